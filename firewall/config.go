@@ -1,0 +1,111 @@
+package firewall
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+)
+
+// Default marks. The high half spells "SG" (0x53 0x47) so the values are easy
+// to recognise in iptables-save and conntrack -L output, and the low half
+// keeps the two apart. Both are matched exactly (the whole 32 bits), so they
+// must not collide with marks the operator's own rules set.
+const (
+	// DefaultEngineMark is the skb mark (SO_MARK) on every packet the
+	// engine sends: SYN-ACKs, replayed SYNs, ACKs, RSTs, window updates.
+	DefaultEngineMark uint32 = 0x53470001
+	// DefaultHandoffMark is the connmark the engine puts on a flow's
+	// conntrack entry when it hands the flow back to the kernel.
+	DefaultHandoffMark uint32 = 0x53470002
+)
+
+// maxQueue is the highest NFQUEUE number the kernel accepts.
+const maxQueue = 65535
+
+// Config describes what to protect and how packets reach the engine.
+type Config struct {
+	// Services are the protected services. IPv4 ones are installed with
+	// iptables, IPv6 ones with ip6tables.
+	Services []netip.AddrPort
+	// Queue is the first NFQUEUE number.
+	Queue uint16
+	// Queues is the number of queues, at least 1. With more than one,
+	// packets are spread over Queue..Queue+Queues-1 by --queue-balance,
+	// which hashes the address pair symmetrically, so both directions of
+	// a flow reach the same queue.
+	Queues uint16
+	// Local protects services on this host (filter INPUT and OUTPUT)
+	// instead of services behind it (filter FORWARD).
+	Local bool
+	// FailOpen adds --queue-bypass: while no program is bound to a queue,
+	// its packets pass as if the rule were not there. Without it they are
+	// dropped (fail closed).
+	FailOpen bool
+	// EngineMark is the skb mark the engine sets (SO_MARK) on every packet
+	// it sends. Must be non-zero.
+	EngineMark uint32
+	// HandoffMark is the connmark of flows handed off to the kernel. Must
+	// be non-zero and differ from EngineMark.
+	HandoffMark uint32
+
+	// Runner runs iptables and reads and writes sysctls. Nil means Host:
+	// the network namespace of the calling process.
+	Runner Runner
+}
+
+// Validate reports the first problem with c, naming the offending field or
+// service.
+func (c Config) Validate() error {
+	if len(c.Services) == 0 {
+		return errors.New("firewall: no services to protect")
+	}
+	seen := make(map[netip.AddrPort]bool, len(c.Services))
+	for i, s := range c.Services {
+		if err := validService(s, c.Local); err != nil {
+			return fmt.Errorf("firewall: service %d (%s): %w", i+1, s, err)
+		}
+		if seen[s] {
+			return fmt.Errorf("firewall: service %d (%s): listed twice", i+1, s)
+		}
+		seen[s] = true
+	}
+	if c.Queues == 0 {
+		return errors.New("firewall: Queues is 0; need at least one queue")
+	}
+	if last := int(c.Queue) + int(c.Queues) - 1; last > maxQueue {
+		return fmt.Errorf("firewall: queues %d..%d run past the last queue number %d", c.Queue, last, maxQueue)
+	}
+	if c.EngineMark == 0 {
+		return errors.New("firewall: EngineMark is 0; it would match every unmarked packet")
+	}
+	if c.HandoffMark == 0 {
+		return errors.New("firewall: HandoffMark is 0; it would match every connection without a connmark")
+	}
+	if c.EngineMark == c.HandoffMark {
+		return fmt.Errorf("firewall: EngineMark and HandoffMark are both %#x; they must differ", c.EngineMark)
+	}
+	return nil
+}
+
+func validService(s netip.AddrPort, local bool) error {
+	a := s.Addr()
+	switch {
+	case !a.IsValid():
+		return errors.New("no address")
+	case s.Port() == 0:
+		return errors.New("port 0")
+	case a.Zone() != "":
+		return errors.New("address has a zone; iptables cannot match it")
+	case a.Is4In6():
+		return fmt.Errorf("IPv4-mapped IPv6 address; write it as %s", a.Unmap())
+	case a.IsUnspecified():
+		return errors.New("unspecified address; name the service's own address")
+	case a.IsMulticast():
+		return errors.New("multicast address; TCP needs a unicast one")
+	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return errors.New("broadcast address; TCP needs a unicast one")
+	case a.IsLoopback() && !local:
+		return errors.New("loopback address is never forwarded; protect it with Local")
+	}
+	return nil
+}

@@ -1,0 +1,176 @@
+package firewall
+
+import (
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+)
+
+// chainPrefix starts the name of every chain synguard owns. RemoveLeftovers
+// deletes any chain with this prefix, and every rule that jumps to one.
+const chainPrefix = "SYNGUARD"
+
+// Ruleset is what Install applies, as iptables-restore input for
+// `iptables-restore --noflush` (IPv4) and `ip6tables-restore --noflush`
+// (IPv6). A family without services is empty and Install leaves it alone.
+type Ruleset struct {
+	IPv4 string
+	IPv6 string
+}
+
+// String returns both families, each under a comment line naming the
+// command that applies it.
+func (r Ruleset) String() string {
+	var b strings.Builder
+	_, _ = r.WriteTo(&b)
+	return b.String()
+}
+
+// WriteTo writes r as String formats it.
+func (r Ruleset) WriteTo(w io.Writer) (int64, error) {
+	var b strings.Builder
+	for _, f := range families {
+		text := f.rules(r)
+		if text == "" {
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte('\n')
+		}
+		fmt.Fprintf(&b, "# %s: %s --noflush\n%s", f.name, f.restore, text)
+	}
+	n, err := io.WriteString(w, b.String())
+	return int64(n), err
+}
+
+// family is one address family and the tools that handle it.
+type family struct {
+	name    string
+	restore string // iptables-restore or ip6tables-restore
+	save    string // iptables-save or ip6tables-save
+	bits    int    // prefix length of a single address
+	is      func(netip.Addr) bool
+	rules   func(Ruleset) string
+}
+
+var families = []family{
+	{"IPv4", "iptables-restore", "iptables-save", 32, netip.Addr.Is4, func(r Ruleset) string { return r.IPv4 }},
+	{"IPv6", "ip6tables-restore", "ip6tables-save", 128, netip.Addr.Is6, func(r Ruleset) string { return r.IPv6 }},
+}
+
+// Rules renders exactly what Install applies for c.
+func Rules(c Config) (Ruleset, error) {
+	if err := c.Validate(); err != nil {
+		return Ruleset{}, err
+	}
+	return Ruleset{IPv4: render(c, families[0]), IPv6: render(c, families[1])}, nil
+}
+
+// render writes the iptables-restore input for one family, or "" when no
+// service belongs to it. Rules are written in the canonical form
+// iptables-save prints them in, so the saved ruleset can be compared with
+// this text line by line.
+func render(c Config, f family) string {
+	var svcs []netip.AddrPort
+	for _, s := range c.Services {
+		if f.is(s.Addr()) {
+			svcs = append(svcs, s)
+		}
+	}
+	if len(svcs) == 0 {
+		return ""
+	}
+
+	engine := fmt.Sprintf("-m mark --mark %#x", c.EngineMark)
+	handoff := fmt.Sprintf("-m connmark --mark %#x", c.HandoffMark)
+	queue := queueTarget(c)
+	const synOnly = "--tcp-flags FIN,SYN,RST,ACK SYN"
+	const stray = "-m conntrack --ctstate INVALID,UNTRACKED"
+	dst := func(s netip.AddrPort) string {
+		return fmt.Sprintf("-d %s/%d -p tcp -m tcp --dport %d", s.Addr(), f.bits, s.Port())
+	}
+	src := func(s netip.AddrPort) string {
+		return fmt.Sprintf("-s %s/%d -p tcp -m tcp --sport %d", s.Addr(), f.bits, s.Port())
+	}
+
+	var b strings.Builder
+	// raw: before conntrack. SYNs go to the engine, and the engine's own
+	// packets are kept out of conntrack.
+	raw := table{name: "raw"}
+	raw.chain("PREROUTING", engine+" -j RETURN")
+	for _, s := range svcs {
+		raw.rule(dst(s) + " " + synOnly + " " + queue)
+	}
+	raw.chain("OUTPUT", engine+" -j CT --notrack")
+	raw.writeTo(&b)
+
+	// filter: after conntrack. Segments conntrack knows no flow for go to
+	// the engine, except the engine's own and those of handed-off flows.
+	filter := table{name: "filter"}
+	in, out := "FORWARD", "FORWARD"
+	if c.Local {
+		in, out = "INPUT", "OUTPUT"
+	}
+	filter.chain(in, engine+" -j RETURN", handoff+" -j RETURN")
+	for _, s := range svcs {
+		filter.rule(dst(s) + " " + stray + " " + queue)
+	}
+	if out != in {
+		filter.chain(out, engine+" -j RETURN", handoff+" -j RETURN")
+	}
+	for _, s := range svcs {
+		filter.rule(src(s) + " " + stray + " " + queue)
+	}
+	filter.writeTo(&b)
+	return b.String()
+}
+
+// queueTarget is the NFQUEUE target with its options.
+func queueTarget(c Config) string {
+	q := fmt.Sprintf("-j NFQUEUE --queue-num %d", c.Queue)
+	if c.Queues > 1 {
+		q = fmt.Sprintf("-j NFQUEUE --queue-balance %d:%d", c.Queue, int(c.Queue)+int(c.Queues)-1)
+	}
+	if c.FailOpen {
+		q += " --queue-bypass"
+	}
+	return q
+}
+
+// table collects the iptables-restore text of one table. iptables-restore
+// wants a table's chain declarations before its rules; the jumps come next
+// and then the chains' rules, the order iptables-save prints them in.
+type table struct {
+	name  string
+	decls []string // ":SYNGUARD-X - [0:0]"
+	jumps []string // "-I X 1 -j SYNGUARD-X"
+	rules []string // "-A SYNGUARD-X ..."
+	cur   string   // the chain rule appends to
+}
+
+// chain declares the chain SYNGUARD-builtin, jumps to it from the first
+// position of the built-in chain, and appends rules to it. Later calls of
+// rule append to it too.
+func (t *table) chain(builtin string, rules ...string) {
+	t.cur = chainPrefix + "-" + builtin
+	t.decls = append(t.decls, ":"+t.cur+" - [0:0]")
+	t.jumps = append(t.jumps, "-I "+builtin+" 1 -j "+t.cur)
+	for _, r := range rules {
+		t.rule(r)
+	}
+}
+
+func (t *table) rule(spec string) {
+	t.rules = append(t.rules, "-A "+t.cur+" "+spec)
+}
+
+func (t *table) writeTo(b *strings.Builder) {
+	b.WriteString("*" + t.name + "\n")
+	for _, part := range [][]string{t.decls, t.jumps, t.rules} {
+		for _, l := range part {
+			b.WriteString(l + "\n")
+		}
+	}
+	b.WriteString("COMMIT\n")
+}
