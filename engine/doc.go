@@ -1,0 +1,25 @@
+// Package engine is synguard's handshake state machine.
+//
+// The engine sees the TCP segments netfilter queues for protected services
+// and decides each one's fate. In cookie mode it:
+//
+//  1. answers a client's SYN with a SYN-ACK whose ISN is a SYN cookie and
+//     whose window is zero, and drops the SYN: nothing is stored;
+//  2. validates the client's ACK (ack-1 must be a cookie for this flow and
+//     seq-1, or seq for a zero-window probe), then replays the client's SYN
+//     to the backend with the options the cookie carries, remembering the
+//     flow in a bounded pending table;
+//  3. matches the backend's SYN-ACK, creates the kernel conntrack entry with
+//     a sequence adjustment (so the kernel translates between the cookie ISN
+//     and the backend's ISN), ACKs the backend and sends the client a window
+//     update. From then on the kernel forwards the flow by itself.
+//
+// A backend RST, or silence after retries with backoff, becomes an RST to
+// the client. Invalid ACKs are dropped without reply, so spoofed sources get
+// nothing reflected.
+//
+// The engine does no I/O of its own: packets arrive through [Worker.Handle],
+// leave through a [Sender], and flows are handed to the kernel through a
+// [Handoffer]. That keeps it testable in memory and lets each queue have its
+// own [Worker] with its own scratch buffers and counters.
+package engine

@@ -1,0 +1,684 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/synguard/synguard/conntrack"
+	"github.com/synguard/synguard/cookies"
+	"github.com/synguard/synguard/packet"
+)
+
+// Verdict is what netfilter should do with a queued packet.
+type Verdict uint8
+
+// Verdicts.
+const (
+	Drop Verdict = iota
+	Accept
+)
+
+func (v Verdict) String() string {
+	if v == Accept {
+		return "accept"
+	}
+	return "drop"
+}
+
+// Sender transmits an IP packet the engine built. Implementations must be
+// safe for concurrent use and must not retain b.
+type Sender interface {
+	Send(b []byte, dst netip.Addr) error
+}
+
+// Handoffer creates the kernel conntrack entry for a flow. It may block on
+// netlink I/O, so the engine calls it only from its hand-off goroutines.
+type Handoffer interface {
+	Create(h conntrack.Handoff) error
+}
+
+// Engine holds the state shared by all workers: services, the pending
+// table and the hand-off queue.
+type Engine struct {
+	cfg      Config
+	log      zerolog.Logger
+	services map[netip.AddrPort]int
+	list     []netip.AddrPort
+	backend  []atomic.Uint32 // packed BackendOptions per service
+
+	mu      sync.Mutex
+	pending *pendingTable
+
+	handoffs chan flowKey
+
+	countersMu sync.Mutex
+	counters   []*counterSet
+
+	// own writers' counters and scratch buffers
+	timerCounters   *counterSet
+	handoffCounters *counterSet
+}
+
+// New validates cfg and builds an Engine. Call Run to start its background
+// work and NewWorker for each packet source.
+func New(cfg Config) (*Engine, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("engine config: %w", err)
+	}
+	e := &Engine{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		services: make(map[netip.AddrPort]int, len(cfg.Services)),
+		list:     append([]netip.AddrPort(nil), cfg.Services...),
+		backend:  make([]atomic.Uint32, len(cfg.Services)),
+		pending:  newPendingTable(cfg.MaxPending),
+		handoffs: make(chan flowKey, 4096),
+	}
+	for i, s := range cfg.Services {
+		e.services[s] = i
+		opts := DefaultBackendOptions(s.Addr().Is6())
+		if cfg.BackendOverride != nil {
+			opts = *cfg.BackendOverride
+		}
+		e.backend[i].Store(packBackend(opts))
+	}
+	e.timerCounters = e.newCounters()
+	e.handoffCounters = e.newCounters()
+	return e, nil
+}
+
+func (e *Engine) newCounters() *counterSet {
+	s := newCounterSet(len(e.list))
+	e.countersMu.Lock()
+	e.counters = append(e.counters, s)
+	e.countersMu.Unlock()
+	return s
+}
+
+// Services returns the protected services, in configuration order.
+func (e *Engine) Services() []netip.AddrPort { return append([]netip.AddrPort(nil), e.list...) }
+
+// Stats sums the counters of service index svc over all writers; svc -1
+// is packets that matched no service.
+func (e *Engine) Stats(svc int) Stats {
+	var out Stats
+	e.countersMu.Lock()
+	defer e.countersMu.Unlock()
+	for _, s := range e.counters {
+		for c := range out {
+			out[c] += s.rows[svc+1].v[c].Load()
+		}
+	}
+	return out
+}
+
+// Pending returns how many flows wait on their backend or linger after
+// their hand-off.
+func (e *Engine) Pending() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.pending.len()
+}
+
+// Backend returns the options announced to clients of service svc.
+func (e *Engine) Backend(svc int) BackendOptions { return unpackBackend(e.backend[svc].Load()) }
+
+// LearnBackend records options observed for service svc (from a probe
+// connection or a backend SYN-ACK). An operator override wins.
+func (e *Engine) LearnBackend(svc int, opts BackendOptions, source string) {
+	if e.cfg.BackendOverride != nil {
+		return
+	}
+	old := e.backend[svc].Swap(packBackend(opts))
+	if old != packBackend(opts) {
+		e.log.Info().Str("event", "backend_options_learned").
+			Str("service", e.list[svc].String()).Str("source", source).
+			Uint16("mss", opts.MSS).Int8("wscale", int8(opts.WindowScale)).
+			Bool("sack", opts.SACKPermitted).Msg("backend TCP options learned")
+	}
+}
+
+// packBackend packs options into 32 bits so a worker reads them with one
+// atomic load: MSS | (scale+1)<<16 | sack<<24.
+func packBackend(o BackendOptions) uint32 {
+	v := uint32(o.MSS) | uint32(uint8(o.WindowScale+1))<<16
+	if o.SACKPermitted {
+		v |= 1 << 24
+	}
+	return v
+}
+
+func unpackBackend(v uint32) BackendOptions {
+	return BackendOptions{
+		MSS:           uint16(v),
+		WindowScale:   cookies.WindowScale(int8(uint8(v>>16)) - 1),
+		SACKPermitted: v&(1<<24) != 0,
+	}
+}
+
+// Run drives retries, expiries and hand-offs until ctx is done.
+func (e *Engine) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	const handoffWorkers = 2
+	for range handoffWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e.runHandoffs(ctx, e.newCounters())
+		}()
+	}
+	tick := time.NewTicker(e.tickInterval())
+	defer tick.Stop()
+	var buf [packet.MaxHandshakeLen]byte
+	for {
+		select {
+		case <-ctx.Done():
+			wg.Wait()
+			return nil
+		case <-tick.C:
+			e.Tick(buf[:])
+		}
+	}
+}
+
+func (e *Engine) tickInterval() time.Duration {
+	d := e.cfg.RetryInitial / 5
+	if d < 10*time.Millisecond {
+		d = 10 * time.Millisecond
+	}
+	return d
+}
+
+// Worker handles packets from one queue. It is not safe for concurrent
+// use; give each receive goroutine its own.
+type Worker struct {
+	e   *Engine
+	c   *counterSet
+	pkt packet.Packet
+	buf [packet.MaxHandshakeLen]byte
+}
+
+// NewWorker returns a worker with its own scratch space and counters.
+func (e *Engine) NewWorker() *Worker {
+	return &Worker{e: e, c: e.newCounters()}
+}
+
+// Handle decides the verdict for one queued IP packet b. It may send
+// packets; it never blocks on anything but the sender.
+func (w *Worker) Handle(b []byte) Verdict {
+	p := &w.pkt
+	if err := packet.Parse(b, p); err != nil {
+		// Only TCP segments of protected services are queued, and
+		// conntrack has already reassembled fragments: what fails to
+		// parse is malformed, and a backend must not see it.
+		w.c.add(-1, Malformed)
+		return Drop
+	}
+	if svc, ok := w.e.services[p.Destination()]; ok {
+		return w.fromClient(svc, b)
+	}
+	if svc, ok := w.e.services[p.Source()]; ok {
+		return w.fromServer(svc)
+	}
+	w.c.add(-1, Unmatched)
+	return Accept
+}
+
+func (w *Worker) fromClient(svc int, b []byte) Verdict {
+	p := &w.pkt
+	switch {
+	case p.Flags&(packet.SYN|packet.ACK|packet.RST|packet.FIN) == packet.SYN:
+		w.c.add(svc, SYNReceived)
+		w.answerSYN(svc, len(b))
+		return Drop
+	case p.Flags.Has(packet.RST):
+		w.clientReset(svc)
+		return Drop
+	case p.Flags&(packet.ACK|packet.SYN) == packet.ACK:
+		w.clientACK(svc)
+		return Drop
+	}
+	// SYN+ACK, FIN without ACK, no flags: nothing a client sends in a
+	// handshake. Drop, like conntrack-invalid traffic should be.
+	w.c.add(svc, Malformed)
+	return Drop
+}
+
+// clientOptions converts a SYN's options to what a cookie carries.
+func clientOptions(o *packet.Options) cookies.Options {
+	c := cookies.Options{WindowScale: cookies.NoWindowScale, SACKPermitted: o.SACKPermitted}
+	if o.HasMSS {
+		c.MSS = o.MSS
+	}
+	if o.HasWindowScale {
+		c.WindowScale = cookies.WindowScale(min(o.WindowScale, packet.MaxWindowScale))
+	}
+	return c
+}
+
+// announce chooses the SYN-ACK options for a client: the backend's own,
+// limited to what the client offered. Offering only what the client sent
+// also keeps the SYN-ACK no larger than the SYN.
+func announce(client *packet.Options, backend BackendOptions) BackendOptions {
+	a := BackendOptions{WindowScale: cookies.NoWindowScale}
+	if client.HasMSS {
+		a.MSS = backend.MSS
+	}
+	if client.HasWindowScale {
+		a.WindowScale = backend.WindowScale
+	}
+	a.SACKPermitted = client.SACKPermitted && backend.SACKPermitted
+	return a
+}
+
+func (a BackendOptions) packetOptions() packet.Options {
+	o := packet.Options{SACKPermitted: a.SACKPermitted}
+	if a.MSS != 0 {
+		o.MSS, o.HasMSS = a.MSS, true
+	}
+	if a.WindowScale != cookies.NoWindowScale {
+		o.WindowScale, o.HasWindowScale = uint8(a.WindowScale), true
+	}
+	return o
+}
+
+// answerSYN sends the cookie SYN-ACK: window 0 so the client sends no data
+// before the backend is ready, no timestamps because the kernel cannot
+// translate them for a flow it did not proxy.
+func (w *Worker) answerSYN(svc int, synLen int) {
+	p := &w.pkt
+	client, server := p.Source(), p.Destination()
+	cookie := w.e.cfg.Cookies.Generate(client, server, p.Seq, clientOptions(&p.Options))
+	a := announce(&p.Options, w.e.Backend(svc))
+	seg := packet.Segment{
+		Src: server, Dst: client,
+		Seq: uint32(cookie), Ack: p.Seq + 1,
+		Flags:   packet.SYN | packet.ACK,
+		Options: a.packetOptions(),
+	}
+	n, err := packet.Build(w.buf[:], &seg)
+	if err != nil {
+		w.c.add(svc, SendError)
+		return
+	}
+	if n > synLen {
+		w.c.add(svc, AmplificationGuard)
+		return
+	}
+	if err := w.e.cfg.Send.Send(w.buf[:n], client.Addr()); err != nil {
+		w.c.add(svc, SendError)
+		return
+	}
+	w.c.add(svc, SYNACKSent)
+}
+
+// clientACK validates a client's ACK. Besides the handshake's third ACK
+// (seq = ISN+1), a client whose ACK was lost sends zero-window probes with
+// seq = ISN; both prove the cookie, so both are accepted.
+func (w *Worker) clientACK(svc int) {
+	p := &w.pkt
+	k := flowKey{client: p.Source(), server: p.Destination()}
+	e := w.e
+	e.mu.Lock()
+	if f := e.pending.get(k); f != nil {
+		e.mu.Unlock()
+		w.c.add(svc, DuplicateACK)
+		return
+	}
+	e.mu.Unlock()
+
+	cookie := cookies.Cookie(p.Ack - 1)
+	isn := p.Seq - 1
+	opts, ok := e.cfg.Cookies.Validate(k.client, k.server, isn, cookie)
+	if !ok && p.PayloadLen == 0 {
+		isn = p.Seq
+		opts, ok = e.cfg.Cookies.Validate(k.client, k.server, isn, cookie)
+	}
+	if !ok {
+		w.c.add(svc, CookieInvalid)
+		return
+	}
+	w.c.add(svc, CookieValid)
+
+	now := e.cfg.Now()
+	f := &pendingFlow{
+		svc:          svc,
+		state:        stateReplaying,
+		clientISN:    isn,
+		cookie:       cookie,
+		client:       opts,
+		announced:    announceFromCookie(opts, e.Backend(svc)),
+		clientWindow: p.Window,
+		validated:    now,
+		nextRetry:    now.Add(e.cfg.RetryInitial),
+	}
+	e.mu.Lock()
+	added := e.pending.add(k, f)
+	e.mu.Unlock()
+	if !added {
+		w.c.add(svc, PendingFull)
+		return
+	}
+	e.sendBackendSYN(w.c, w.buf[:], k, f)
+}
+
+// announceFromCookie reconstructs the SYN-ACK options from the client's
+// options as the cookie carries them: the ACK repeats none of the SYN's.
+func announceFromCookie(c cookies.Options, backend BackendOptions) BackendOptions {
+	o := packet.Options{
+		MSS: c.MSS, HasMSS: true,
+		SACKPermitted:  c.SACKPermitted,
+		HasWindowScale: c.WindowScale != cookies.NoWindowScale,
+	}
+	return announce(&o, backend)
+}
+
+// sendBackendSYN replays the client's SYN to the backend: the client's ISN
+// and its options as the cookie carried them, without timestamps.
+func (e *Engine) sendBackendSYN(c *counterSet, buf []byte, k flowKey, f *pendingFlow) {
+	o := packet.Options{
+		MSS: f.client.MSS, HasMSS: f.client.MSS != 0,
+		SACKPermitted: f.client.SACKPermitted,
+	}
+	window := uint32(f.clientWindow)
+	if f.client.WindowScale != cookies.NoWindowScale {
+		o.WindowScale, o.HasWindowScale = uint8(f.client.WindowScale), true
+		window <<= uint(f.client.WindowScale)
+	}
+	seg := packet.Segment{
+		Src: k.client, Dst: k.server,
+		Seq:     f.clientISN,
+		Flags:   packet.SYN,
+		Window:  uint16(min(window, 0xffff)),
+		Options: o,
+	}
+	e.send(c, f.svc, buf, &seg, BackendSYNSent)
+}
+
+// send builds seg into buf and transmits it, counting ok on success.
+func (e *Engine) send(c *counterSet, svc int, buf []byte, seg *packet.Segment, ok Counter) bool {
+	n, err := packet.Build(buf, seg)
+	if err == nil {
+		err = e.cfg.Send.Send(buf[:n], seg.Dst.Addr())
+	}
+	if err != nil {
+		c.add(svc, SendError)
+		return false
+	}
+	if ok < numCounters {
+		c.add(svc, ok)
+	}
+	return true
+}
+
+// noCount marks a send that has no success counter of its own.
+const noCount = numCounters
+
+// clientReset handles a client RST before the hand-off: forget the flow
+// and, if the backend may have a half-open connection, reset it too.
+func (w *Worker) clientReset(svc int) {
+	p := &w.pkt
+	k := flowKey{client: p.Source(), server: p.Destination()}
+	e := w.e
+	e.mu.Lock()
+	f := e.pending.get(k)
+	if f == nil || f.state == stateDone {
+		e.mu.Unlock()
+		w.c.add(svc, CookieInvalid)
+		return
+	}
+	e.pending.remove(k)
+	isn := f.clientISN
+	e.mu.Unlock()
+	w.c.add(svc, ClientReset)
+	seg := packet.Segment{Src: k.client, Dst: k.server, Seq: isn + 1, Flags: packet.RST}
+	e.send(w.c, svc, w.buf[:], &seg, noCount)
+}
+
+func (w *Worker) fromServer(svc int) Verdict {
+	p := &w.pkt
+	k := flowKey{client: p.Destination(), server: p.Source()}
+	e := w.e
+	e.mu.Lock()
+	f := e.pending.get(k)
+	if f == nil {
+		e.mu.Unlock()
+		// Not a flow of ours: traffic conntrack finds invalid for its
+		// own reasons. Passing it is what the kernel would do.
+		w.c.add(svc, Unmatched)
+		return Accept
+	}
+	switch {
+	case p.Flags.Has(packet.SYN|packet.ACK) && p.Ack == f.clientISN+1:
+		switch f.state {
+		case stateReplaying:
+			f.state = stateHandingOff
+			f.serverISN = p.Seq
+			f.serverWindow = p.Window
+			f.serverScale = cookies.NoWindowScale
+			if p.Options.HasWindowScale {
+				f.serverScale = cookies.WindowScale(min(p.Options.WindowScale, packet.MaxWindowScale))
+			}
+			f.expires = e.cfg.Now().Add(e.cfg.Linger)
+			observed := observedBackend(&p.Options)
+			mismatch := f.announced.mismatch(observed)
+			e.mu.Unlock()
+			if mismatch {
+				w.c.add(svc, OptionMismatch)
+			}
+			e.learnFromSYNACK(svc, observed, mismatch)
+			select {
+			case e.handoffs <- k:
+			default:
+				// Hand-off backlog full: drop this SYN-ACK; the
+				// backend retransmits it and the retry finds the
+				// flow still replaying.
+				e.mu.Lock()
+				f.state = stateReplaying
+				e.mu.Unlock()
+			}
+		case stateDone:
+			// Our ACK was lost and the backend retransmits: ACK again.
+			seg := f.backendACK(k)
+			e.mu.Unlock()
+			e.send(w.c, svc, w.buf[:], &seg, noCount)
+		default:
+			e.mu.Unlock()
+		}
+		return Drop
+	case p.Flags.Has(packet.RST) && f.state != stateDone:
+		e.pending.remove(k)
+		cookie, isn := f.cookie, f.clientISN
+		e.mu.Unlock()
+		w.c.add(svc, BackendReset)
+		seg := packet.Segment{Src: k.server, Dst: k.client, Seq: uint32(cookie) + 1, Ack: isn + 1, Flags: packet.RST | packet.ACK}
+		e.send(w.c, svc, w.buf[:], &seg, noCount)
+		return Drop
+	}
+	e.mu.Unlock()
+	if f.state == stateDone {
+		// Past the hand-off the kernel owns the flow.
+		return Accept
+	}
+	// Anything else from the backend before the hand-off (data from a
+	// server-first protocol racing our ACK) would reach the client with
+	// untranslated sequence numbers: drop it, the backend retransmits.
+	return Drop
+}
+
+func observedBackend(o *packet.Options) BackendOptions {
+	b := BackendOptions{MSS: o.MSS, WindowScale: cookies.NoWindowScale, SACKPermitted: o.SACKPermitted}
+	if !o.HasMSS {
+		b.MSS = 536
+	}
+	if o.HasWindowScale {
+		b.WindowScale = cookies.WindowScale(min(o.WindowScale, packet.MaxWindowScale))
+	}
+	return b
+}
+
+// mismatch reports whether the backend's SYN-ACK contradicts what the
+// client was told. Only options the client was told about count: a
+// backend cannot scale or SACK if the client did not offer it.
+func (a BackendOptions) mismatch(observed BackendOptions) bool {
+	if a.MSS != 0 && a.MSS > observed.MSS {
+		return true
+	}
+	if a.WindowScale != cookies.NoWindowScale && a.WindowScale != observed.WindowScale {
+		return true
+	}
+	return a.SACKPermitted && !observed.SACKPermitted
+}
+
+// learnFromSYNACK folds a backend's observed SYN-ACK into what clients are
+// told. Only options the client offered are observable, so the others keep
+// their learned values.
+func (e *Engine) learnFromSYNACK(svc int, observed BackendOptions, mismatch bool) {
+	if !mismatch {
+		return
+	}
+	cur := e.Backend(svc)
+	if observed.MSS != 0 {
+		cur.MSS = observed.MSS
+	}
+	cur.WindowScale = observed.WindowScale
+	cur.SACKPermitted = observed.SACKPermitted
+	e.log.Warn().Str("event", "backend_option_mismatch").Str("service", e.list[svc].String()).
+		Uint16("mss", observed.MSS).Int8("wscale", int8(observed.WindowScale)).
+		Bool("sack", observed.SACKPermitted).Msg("backend SYN-ACK options differ from those announced")
+	e.LearnBackend(svc, cur, "syn_ack")
+}
+
+func (f *pendingFlow) backendACK(k flowKey) packet.Segment {
+	return packet.Segment{Src: k.client, Dst: k.server, Seq: f.clientISN + 1, Ack: f.serverISN + 1, Flags: packet.ACK, Window: f.clientWindow}
+}
+
+// runHandoffs completes handshakes whose backend answered.
+func (e *Engine) runHandoffs(ctx context.Context, c *counterSet) {
+	var buf [packet.MaxHandshakeLen]byte
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case k := <-e.handoffs:
+			e.handoff(c, buf[:], k)
+		}
+	}
+}
+
+// handoff creates the conntrack entry, then ACKs the backend, then opens
+// the client's window. The window update must follow the entry: the
+// client's first data has to find the entry, or conntrack calls it
+// invalid and the client waits for a retransmit.
+func (e *Engine) handoff(c *counterSet, buf []byte, k flowKey) {
+	e.mu.Lock()
+	f := e.pending.get(k)
+	if f == nil || f.state != stateHandingOff {
+		e.mu.Unlock()
+		return
+	}
+	fl := *f
+	e.mu.Unlock()
+
+	err := e.cfg.Handoff.Create(conntrack.Handoff{
+		Client: k.client, Server: k.server,
+		CookieISN:         uint32(fl.cookie),
+		ServerISN:         fl.serverISN,
+		ClientWindowScale: conntrack.WindowScale(fl.client.WindowScale),
+		ServerWindowScale: conntrack.WindowScale(fl.serverScale),
+		Mark:              e.cfg.HandoffMark,
+		Timeout:           e.cfg.ConntrackTimeout,
+	})
+	if err != nil && !errors.Is(err, conntrack.ErrExists) {
+		c.add(fl.svc, HandoffFailed)
+		e.log.Error().Err(err).Str("event", "handoff_failed").Str("service", k.server.String()).Msg("conntrack hand-off failed")
+		e.mu.Lock()
+		e.pending.remove(k)
+		e.mu.Unlock()
+		e.resetBoth(c, buf, k, &fl)
+		return
+	}
+
+	seg := fl.backendACK(k)
+	e.send(c, fl.svc, buf, &seg, noCount)
+
+	// The backend's SYN-ACK window is unscaled; express it in the scale
+	// the client was told.
+	window := uint32(fl.serverWindow)
+	if fl.announced.WindowScale != cookies.NoWindowScale && fl.serverScale != cookies.NoWindowScale {
+		window >>= uint(fl.announced.WindowScale)
+		if window == 0 && fl.serverWindow != 0 {
+			window = 1
+		}
+	}
+	update := packet.Segment{Src: k.server, Dst: k.client, Seq: uint32(fl.cookie) + 1, Ack: fl.clientISN + 1, Flags: packet.ACK, Window: uint16(window)}
+	e.send(c, fl.svc, buf, &update, noCount)
+
+	e.mu.Lock()
+	if f := e.pending.get(k); f != nil {
+		f.state = stateDone
+		f.expires = e.cfg.Now().Add(e.cfg.Linger)
+	}
+	e.mu.Unlock()
+	c.add(fl.svc, HandedOff)
+}
+
+// resetBoth aborts a flow on both sides.
+func (e *Engine) resetBoth(c *counterSet, buf []byte, k flowKey, f *pendingFlow) {
+	toClient := packet.Segment{Src: k.server, Dst: k.client, Seq: uint32(f.cookie) + 1, Ack: f.clientISN + 1, Flags: packet.RST | packet.ACK}
+	e.send(c, f.svc, buf, &toClient, noCount)
+	toServer := packet.Segment{Src: k.client, Dst: k.server, Seq: f.clientISN + 1, Flags: packet.RST}
+	e.send(c, f.svc, buf, &toServer, noCount)
+}
+
+// Tick resends replayed SYNs to silent backends, gives up on those that
+// stay silent, and forgets handed-off flows past their linger time. Run
+// calls it periodically; tests call it with a synthetic clock.
+func (e *Engine) Tick(buf []byte) {
+	now := e.cfg.Now()
+	type action struct {
+		k     flowKey
+		f     pendingFlow
+		reset bool
+	}
+	var actions []action
+	e.mu.Lock()
+	for k, f := range e.pending.flows {
+		switch f.state {
+		case stateReplaying:
+			if now.Before(f.nextRetry) {
+				continue
+			}
+			if f.retries >= e.cfg.SYNRetries {
+				e.pending.remove(k)
+				actions = append(actions, action{k: k, f: *f, reset: true})
+				continue
+			}
+			f.retries++
+			f.nextRetry = now.Add(e.cfg.RetryInitial << f.retries)
+			actions = append(actions, action{k: k, f: *f})
+		case stateHandingOff, stateDone:
+			if now.After(f.expires) {
+				e.pending.remove(k)
+			}
+		}
+	}
+	e.mu.Unlock()
+	for _, a := range actions {
+		if a.reset {
+			e.timerCounters.add(a.f.svc, BackendTimeout)
+			e.resetBoth(e.timerCounters, buf, a.k, &a.f)
+			continue
+		}
+		e.timerCounters.add(a.f.svc, BackendRetry)
+		e.sendBackendSYN(e.timerCounters, buf, a.k, &a.f)
+	}
+}

@@ -1,0 +1,637 @@
+package engine
+
+import (
+	"errors"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/synguard/synguard/conntrack"
+	"github.com/synguard/synguard/cookies"
+	"github.com/synguard/synguard/packet"
+)
+
+var (
+	client  = netip.MustParseAddrPort("198.51.100.2:40000")
+	server  = netip.MustParseAddrPort("203.0.113.2:80")
+	other   = netip.MustParseAddrPort("203.0.113.9:80")
+	client6 = netip.MustParseAddrPort("[2001:db8:c::2]:40000")
+	server6 = netip.MustParseAddrPort("[2001:db8:b::2]:443")
+)
+
+// sent is a packet the engine transmitted, parsed.
+type sent struct {
+	dst netip.Addr
+	p   packet.Packet
+}
+
+type fakeSender struct {
+	mu   sync.Mutex
+	pkts []sent
+	err  error
+}
+
+func (s *fakeSender) Send(b []byte, dst netip.Addr) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return s.err
+	}
+	var p packet.Packet
+	if err := packet.Parse(b, &p); err != nil {
+		panic("engine sent an unparsable packet: " + err.Error())
+	}
+	if !packet.VerifyTCPChecksum(b, &p) {
+		panic("engine sent a packet with a bad checksum")
+	}
+	s.pkts = append(s.pkts, sent{dst, p})
+	return nil
+}
+
+func (s *fakeSender) take() []sent {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := s.pkts
+	s.pkts = nil
+	return out
+}
+
+type fakeHandoff struct {
+	mu   sync.Mutex
+	got  []conntrack.Handoff
+	err  error
+	done chan struct{}
+}
+
+func (h *fakeHandoff) Create(f conntrack.Handoff) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.got = append(h.got, f)
+	return h.err
+}
+
+type clock struct{ t time.Time }
+
+func (c *clock) now() time.Time          { return c.t }
+func (c *clock) advance(d time.Duration) { c.t = c.t.Add(d) }
+
+type harness struct {
+	t       *testing.T
+	e       *Engine
+	w       *Worker
+	send    *fakeSender
+	handoff *fakeHandoff
+	clock   *clock
+	jar     *cookies.Jar
+}
+
+func newHarness(t *testing.T, mod func(*Config)) *harness {
+	t.Helper()
+	c := &clock{t: time.Unix(1_800_000_000, 0)}
+	jar, err := cookies.New(cookies.Config{Now: c.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{t: t, send: &fakeSender{}, handoff: &fakeHandoff{}, clock: c, jar: jar}
+	cfg := Config{
+		Services:    []netip.AddrPort{server, server6},
+		Mode:        ModeAlways,
+		Cookies:     jar,
+		Send:        h.send,
+		Handoff:     h.handoff,
+		HandoffMark: 0x5347,
+		Logger:      zerolog.Nop(),
+		Now:         c.now,
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	h.e, err = New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.w = h.e.NewWorker()
+	return h
+}
+
+func build(t testing.TB, s packet.Segment) []byte {
+	t.Helper()
+	b := make([]byte, packet.MaxHandshakeLen+64)
+	n, err := packet.Build(b, &s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b[:n]
+}
+
+func linuxOptions() packet.Options {
+	return packet.Options{MSS: 1460, HasMSS: true, SACKPermitted: true, HasTimestamps: true, TSVal: 1, WindowScale: 7, HasWindowScale: true}
+}
+
+// handle feeds a packet and checks the verdict.
+func (h *harness) handle(s packet.Segment, want Verdict) {
+	h.t.Helper()
+	if got := h.w.Handle(build(h.t, s)); got != want {
+		h.t.Fatalf("verdict for %v %s>%s = %v, want %v", s.Flags, s.Src, s.Dst, got, want)
+	}
+}
+
+// expect takes what was sent and checks it is exactly n packets.
+func (h *harness) expect(n int) []sent {
+	h.t.Helper()
+	got := h.send.take()
+	if len(got) != n {
+		h.t.Fatalf("sent %d packets, want %d: %+v", len(got), n, got)
+	}
+	return got
+}
+
+// drainHandoffs runs queued hand-offs synchronously.
+func (h *harness) drainHandoffs() {
+	var buf [packet.MaxHandshakeLen]byte
+	c := h.e.handoffCounters
+	for {
+		select {
+		case k := <-h.e.handoffs:
+			h.e.handoff(c, buf[:], k)
+		default:
+			return
+		}
+	}
+}
+
+func (h *harness) stat(c Counter) uint64 { s := h.e.Stats(0); return s.Get(c) }
+
+const clientISN = 0xfffffff0 // wraps on +1 arithmetic around 2^32
+
+func syn(src, dst netip.AddrPort, opts packet.Options) packet.Segment {
+	return packet.Segment{Src: src, Dst: dst, Seq: clientISN, Flags: packet.SYN, Window: 64240, Options: opts}
+}
+
+// handshake runs SYN and ACK and returns the cookie and the replayed SYN.
+func (h *harness) handshake(opts packet.Options) (cookie uint32, replay packet.Packet) {
+	h.t.Helper()
+	h.handle(syn(client, server, opts), Drop)
+	synack := h.expect(1)[0]
+	cookie = synack.p.Seq
+	h.handle(packet.Segment{Src: client, Dst: server, Seq: clientISN + 1, Ack: cookie + 1, Flags: packet.ACK, Window: 502}, Drop)
+	r := h.expect(1)[0]
+	return cookie, r.p
+}
+
+func TestSYNAnsweredWithCookie(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handle(syn(client, server, linuxOptions()), Drop)
+	got := h.expect(1)[0]
+	p := got.p
+	if got.dst != client.Addr() || p.Source() != server || p.Destination() != client {
+		t.Fatalf("SYN-ACK addressed %s>%s via %s", p.Source(), p.Destination(), got.dst)
+	}
+	if p.Flags != packet.SYN|packet.ACK || p.Ack != clientISN+1 || p.Window != 0 {
+		t.Fatalf("SYN-ACK flags %v ack %#x window %d", p.Flags, p.Ack, p.Window)
+	}
+	if p.Options.HasTimestamps {
+		t.Fatal("SYN-ACK carries timestamps; the kernel cannot translate them after the hand-off")
+	}
+	def := DefaultBackendOptions(false)
+	if !p.Options.HasMSS || p.Options.MSS != def.MSS || !p.Options.HasWindowScale || p.Options.WindowScale != uint8(def.WindowScale) || !p.Options.SACKPermitted {
+		t.Fatalf("SYN-ACK options %+v, want the backend's %+v", p.Options, def)
+	}
+	opts, ok := h.jar.Validate(client, server, clientISN, cookies.Cookie(p.Seq))
+	if !ok || opts.MSS != 1460 || opts.WindowScale != 7 || !opts.SACKPermitted {
+		t.Fatalf("cookie does not validate with the SYN's options: %+v %v", opts, ok)
+	}
+	if h.stat(SYNReceived) != 1 || h.stat(SYNACKSent) != 1 || h.e.Pending() != 0 {
+		t.Fatal("counters or state wrong: a SYN must leave no state")
+	}
+
+	// A retransmitted SYN gets the same cookie.
+	h.handle(syn(client, server, linuxOptions()), Drop)
+	if again := h.expect(1)[0]; again.p.Seq != p.Seq {
+		t.Fatalf("retransmitted SYN got cookie %#x, first %#x", again.p.Seq, p.Seq)
+	}
+}
+
+func TestSYNACKNeverLargerThanSYN(t *testing.T) {
+	tests := []struct {
+		name string
+		opts packet.Options
+	}{
+		{"no options", packet.Options{}},
+		{"window scale only", packet.Options{WindowScale: 7, HasWindowScale: true}},
+		{"SACK only", packet.Options{SACKPermitted: true}},
+		{"MSS only", packet.Options{MSS: 1400, HasMSS: true}},
+		{"MSS and SACK", packet.Options{MSS: 1400, HasMSS: true, SACKPermitted: true}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, nil)
+			in := build(t, syn(client, server, tt.opts))
+			h.w.Handle(in)
+			got := h.expect(1)[0]
+			if l := got.p.IPHeaderLen + got.p.TCPHeaderLen; l > len(in) {
+				t.Fatalf("SYN-ACK %d bytes > SYN %d bytes", l, len(in))
+			}
+			if got.p.Options.HasWindowScale != tt.opts.HasWindowScale || got.p.Options.SACKPermitted != tt.opts.SACKPermitted {
+				t.Fatalf("announced %+v to a client that offered %+v", got.p.Options, tt.opts)
+			}
+		})
+	}
+}
+
+func TestFullHandshakeHandsOff(t *testing.T) {
+	h := newHarness(t, nil)
+	cookie, replay := h.handshake(linuxOptions())
+
+	// The backend gets the client's SYN: its ISN and options, no timestamps.
+	if replay.Source() != client || replay.Destination() != server || replay.Flags != packet.SYN || replay.Seq != clientISN {
+		t.Fatalf("replayed SYN %s>%s flags %v seq %#x", replay.Source(), replay.Destination(), replay.Flags, replay.Seq)
+	}
+	if replay.Options.MSS != 1460 || replay.Options.WindowScale != 7 || !replay.Options.SACKPermitted || replay.Options.HasTimestamps {
+		t.Fatalf("replayed SYN options %+v", replay.Options)
+	}
+	if h.stat(CookieValid) != 1 || h.e.Pending() != 1 {
+		t.Fatal("valid cookie not counted or flow not pending")
+	}
+
+	// The backend answers; the engine drops its SYN-ACK and hands off.
+	const serverISN = 0x10
+	h.handle(packet.Segment{Src: server, Dst: client, Seq: serverISN, Ack: clientISN + 1, Flags: packet.SYN | packet.ACK, Window: 65160,
+		Options: packet.Options{MSS: 1460, HasMSS: true, SACKPermitted: true, WindowScale: 7, HasWindowScale: true}}, Drop)
+	h.expect(0)
+	h.drainHandoffs()
+
+	if len(h.handoff.got) != 1 {
+		t.Fatalf("%d hand-offs, want 1", len(h.handoff.got))
+	}
+	want := conntrack.Handoff{Client: client, Server: server, CookieISN: cookie, ServerISN: serverISN,
+		ClientWindowScale: 7, ServerWindowScale: 7, Mark: 0x5347}
+	if got := h.handoff.got[0]; got != want {
+		t.Fatalf("hand-off %+v, want %+v", got, want)
+	}
+	out := h.expect(2)
+	ack, update := out[0].p, out[1].p
+	if ack.Destination() != server || ack.Flags != packet.ACK || ack.Seq != clientISN+1 || ack.Ack != serverISN+1 || ack.Window != 502 {
+		t.Fatalf("ACK to backend: %+v", ack)
+	}
+	if update.Destination() != client || update.Source() != server || update.Flags != packet.ACK ||
+		update.Seq != cookie+1 || update.Ack != clientISN+1 || update.Window != 65160>>7 {
+		t.Fatalf("window update to client: %+v", update)
+	}
+	if h.stat(HandedOff) != 1 {
+		t.Fatal("hand-off not counted")
+	}
+
+	// The backend retransmits its SYN-ACK (our ACK was lost): ACK again,
+	// without a second hand-off.
+	h.handle(packet.Segment{Src: server, Dst: client, Seq: serverISN, Ack: clientISN + 1, Flags: packet.SYN | packet.ACK, Window: 65160}, Drop)
+	if again := h.expect(1)[0].p; again.Destination() != server || again.Ack != serverISN+1 {
+		t.Fatalf("re-ACK %+v", again)
+	}
+	h.drainHandoffs()
+	if len(h.handoff.got) != 1 {
+		t.Fatal("second hand-off for a retransmitted SYN-ACK")
+	}
+
+	// After the linger time the record is gone.
+	h.clock.advance(DefaultLinger + time.Second)
+	h.e.Tick(make([]byte, packet.MaxHandshakeLen))
+	if h.e.Pending() != 0 {
+		t.Fatal("handed-off flow still pending after linger")
+	}
+}
+
+func TestDuplicateACKAndProbes(t *testing.T) {
+	h := newHarness(t, nil)
+	cookie, _ := h.handshake(linuxOptions())
+	// Duplicate third ACK, zero-window probe (seq = ISN), ACK with data:
+	// none replays the SYN again.
+	for _, seq := range []uint32{clientISN + 1, clientISN} {
+		h.handle(packet.Segment{Src: client, Dst: server, Seq: seq, Ack: cookie + 1, Flags: packet.ACK}, Drop)
+	}
+	h.expect(0)
+	if h.stat(DuplicateACK) != 2 || h.stat(BackendSYNSent) != 1 {
+		t.Fatalf("duplicates %d, replays %d", h.stat(DuplicateACK), h.stat(BackendSYNSent))
+	}
+}
+
+func TestLostACKRecoveredByZeroWindowProbe(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handle(syn(client, server, linuxOptions()), Drop)
+	cookie := h.expect(1)[0].p.Seq
+	// The third ACK is lost; the client, facing a zero window, probes
+	// with seq = ISN. The probe proves the cookie just as well.
+	h.handle(packet.Segment{Src: client, Dst: server, Seq: clientISN, Ack: cookie + 1, Flags: packet.ACK}, Drop)
+	r := h.expect(1)[0].p
+	if r.Flags != packet.SYN || r.Seq != clientISN || r.Destination() != server {
+		t.Fatalf("probe did not replay the SYN: %+v", r)
+	}
+}
+
+func TestACKCarryingData(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handle(syn(client, server, linuxOptions()), Drop)
+	cookie := h.expect(1)[0].p.Seq
+	seg := build(t, packet.Segment{Src: client, Dst: server, Seq: clientISN + 1, Ack: cookie + 1, Flags: packet.ACK | packet.PSH})
+	seg = appendPayload(seg, []byte("GET / HTTP/1.1\r\n\r\n"))
+	if v := h.w.Handle(seg); v != Drop {
+		t.Fatalf("verdict %v", v)
+	}
+	if r := h.expect(1)[0].p; r.Flags != packet.SYN || r.Seq != clientISN {
+		t.Fatalf("data ACK did not replay the SYN: %+v", r)
+	}
+}
+
+// appendPayload adds data to an IPv4 packet and fixes lengths and the TCP
+// checksum.
+func appendPayload(b, data []byte) []byte {
+	out := append(append([]byte(nil), b...), data...)
+	out[2], out[3] = byte(len(out)>>8), byte(len(out))
+	out[10], out[11] = 0, 0
+	ck := packet.Checksum(out[:20])
+	out[10], out[11] = byte(ck>>8), byte(ck)
+	tcp := out[20:]
+	tcp[16], tcp[17] = 0, 0
+	var p packet.Packet
+	_ = packet.Parse(out, &p)
+	ck = packet.TCPChecksum(p.Src, p.Dst, tcp)
+	tcp[16], tcp[17] = byte(ck>>8), byte(ck)
+	return out
+}
+
+func TestInvalidACKDroppedSilently(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handle(syn(client, server, linuxOptions()), Drop)
+	cookie := h.expect(1)[0].p.Seq
+	for _, seg := range []packet.Segment{
+		{Src: client, Dst: server, Seq: clientISN + 1, Ack: cookie + 2, Flags: packet.ACK},                                   // wrong cookie
+		{Src: client, Dst: server, Seq: clientISN + 7, Ack: cookie + 1, Flags: packet.ACK},                                   // wrong ISN
+		{Src: netip.AddrPortFrom(client.Addr(), 40001), Dst: server, Seq: clientISN + 1, Ack: cookie + 1, Flags: packet.ACK}, // other port
+	} {
+		h.handle(seg, Drop)
+	}
+	h.expect(0)
+	if h.stat(CookieInvalid) != 3 || h.e.Pending() != 0 {
+		t.Fatalf("invalid %d pending %d", h.stat(CookieInvalid), h.e.Pending())
+	}
+}
+
+func TestClientResetBeforeHandoff(t *testing.T) {
+	h := newHarness(t, nil)
+	cookie, _ := h.handshake(linuxOptions())
+	h.handle(packet.Segment{Src: client, Dst: server, Seq: clientISN + 1, Ack: cookie + 1, Flags: packet.RST}, Drop)
+	rst := h.expect(1)[0].p
+	if rst.Destination() != server || !rst.Flags.Has(packet.RST) || rst.Seq != clientISN+1 {
+		t.Fatalf("backend not reset: %+v", rst)
+	}
+	if h.e.Pending() != 0 || h.stat(ClientReset) != 1 {
+		t.Fatal("flow not forgotten")
+	}
+}
+
+func TestBackendReset(t *testing.T) {
+	h := newHarness(t, nil)
+	cookie, _ := h.handshake(linuxOptions())
+	h.handle(packet.Segment{Src: server, Dst: client, Ack: clientISN + 1, Flags: packet.RST | packet.ACK}, Drop)
+	rst := h.expect(1)[0].p
+	if rst.Destination() != client || rst.Source() != server || !rst.Flags.Has(packet.RST) || rst.Seq != cookie+1 {
+		t.Fatalf("client not reset: %+v", rst)
+	}
+	if h.e.Pending() != 0 || h.stat(BackendReset) != 1 {
+		t.Fatal("flow not forgotten")
+	}
+}
+
+func TestBackendSilenceRetriesThenResets(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake(linuxOptions())
+	buf := make([]byte, packet.MaxHandshakeLen)
+	wait := DefaultRetryInitial
+	for i := range DefaultSYNRetries {
+		// Just before the retry is due, nothing happens.
+		h.clock.advance(wait - time.Millisecond)
+		h.e.Tick(buf)
+		h.expect(0)
+		h.clock.advance(time.Millisecond)
+		h.e.Tick(buf)
+		r := h.expect(1)[0].p
+		if r.Flags != packet.SYN || r.Seq != clientISN || r.Destination() != server {
+			t.Fatalf("retry %d: %+v", i+1, r)
+		}
+		wait *= 2
+	}
+	h.clock.advance(wait)
+	h.e.Tick(buf)
+	out := h.expect(2)
+	if out[0].p.Destination() != client || !out[0].p.Flags.Has(packet.RST) || out[1].p.Destination() != server || !out[1].p.Flags.Has(packet.RST) {
+		t.Fatalf("give-up did not reset both ends: %+v", out)
+	}
+	if h.e.Pending() != 0 || h.stat(BackendTimeout) != 1 || h.stat(BackendRetry) != DefaultSYNRetries {
+		t.Fatalf("pending %d timeouts %d retries %d", h.e.Pending(), h.stat(BackendTimeout), h.stat(BackendRetry))
+	}
+}
+
+func TestKeyRotation(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handle(syn(client, server, linuxOptions()), Drop)
+	cookie := h.expect(1)[0].p.Seq
+	// One rotation later the cookie is still good...
+	h.clock.advance(cookies.DefaultPeriod)
+	h.handle(packet.Segment{Src: client, Dst: server, Seq: clientISN + 1, Ack: cookie + 1, Flags: packet.ACK}, Drop)
+	h.expect(1)
+
+	// ...two rotations later it is not.
+	h2 := newHarness(t, nil)
+	h2.handle(syn(client, server, linuxOptions()), Drop)
+	cookie = h2.expect(1)[0].p.Seq
+	h2.clock.advance(2*cookies.DefaultPeriod + time.Second)
+	h2.handle(packet.Segment{Src: client, Dst: server, Seq: clientISN + 1, Ack: cookie + 1, Flags: packet.ACK}, Drop)
+	h2.expect(0)
+	if h2.stat(CookieInvalid) != 1 {
+		t.Fatal("expired cookie accepted")
+	}
+}
+
+func TestPendingTableBounded(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.MaxPending = 3 })
+	for port := uint16(1000); port < 1010; port++ {
+		c := netip.AddrPortFrom(client.Addr(), port)
+		h.handle(packet.Segment{Src: c, Dst: server, Seq: clientISN, Flags: packet.SYN, Options: linuxOptions()}, Drop)
+		cookie := h.expect(1)[0].p.Seq
+		h.handle(packet.Segment{Src: c, Dst: server, Seq: clientISN + 1, Ack: cookie + 1, Flags: packet.ACK}, Drop)
+		h.send.take() // the replayed SYN, while the table has room
+	}
+	if h.e.Pending() != 3 || h.stat(PendingFull) != 7 {
+		t.Fatalf("pending %d full %d", h.e.Pending(), h.stat(PendingFull))
+	}
+}
+
+func TestHandoffFailureResetsBoth(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handoff.err = errors.New("netlink says no")
+	h.handshake(linuxOptions())
+	h.handle(packet.Segment{Src: server, Dst: client, Seq: 1, Ack: clientISN + 1, Flags: packet.SYN | packet.ACK}, Drop)
+	h.drainHandoffs()
+	out := h.expect(2)
+	if !out[0].p.Flags.Has(packet.RST) || !out[1].p.Flags.Has(packet.RST) {
+		t.Fatalf("want RSTs, got %+v", out)
+	}
+	if h.stat(HandoffFailed) != 1 || h.e.Pending() != 0 {
+		t.Fatal("failure not counted or flow kept")
+	}
+}
+
+func TestHandoffExistingEntryIsDone(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handoff.err = conntrack.ErrExists
+	h.handshake(linuxOptions())
+	h.handle(packet.Segment{Src: server, Dst: client, Seq: 1, Ack: clientISN + 1, Flags: packet.SYN | packet.ACK, Window: 1000}, Drop)
+	h.drainHandoffs()
+	h.expect(2) // ACK to backend, window update
+	if h.stat(HandedOff) != 1 {
+		t.Fatal("an existing entry is a completed hand-off")
+	}
+}
+
+func TestOptionMismatchCountedAndLearned(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake(linuxOptions())
+	// The backend scales by 9, not the assumed 7.
+	h.handle(packet.Segment{Src: server, Dst: client, Seq: 1, Ack: clientISN + 1, Flags: packet.SYN | packet.ACK, Window: 65535,
+		Options: packet.Options{MSS: 1400, HasMSS: true, SACKPermitted: true, WindowScale: 9, HasWindowScale: true}}, Drop)
+	h.drainHandoffs()
+	if h.stat(OptionMismatch) != 1 {
+		t.Fatal("mismatch not counted")
+	}
+	if got := h.e.Backend(0); got.WindowScale != 9 || got.MSS != 1400 {
+		t.Fatalf("backend options not learned: %+v", got)
+	}
+	// The hand-off carries the backend's real scale, and the window update
+	// uses the scale the client was told (7).
+	if h.handoff.got[0].ServerWindowScale != 9 {
+		t.Fatalf("hand-off server scale %d", h.handoff.got[0].ServerWindowScale)
+	}
+	update := h.expect(2)[1].p
+	if update.Window != 65535>>7 {
+		t.Fatalf("window update %d", update.Window)
+	}
+	// New clients are told the learned values.
+	h.handle(syn(netip.AddrPortFrom(client.Addr(), 5), server, linuxOptions()), Drop)
+	if p := h.expect(1)[0].p; p.Options.WindowScale != 9 || p.Options.MSS != 1400 {
+		t.Fatalf("next SYN-ACK options %+v", p.Options)
+	}
+}
+
+func TestOverrideWins(t *testing.T) {
+	h := newHarness(t, func(c *Config) {
+		c.BackendOverride = &BackendOptions{MSS: 1200, WindowScale: 2, SACKPermitted: false}
+	})
+	h.e.LearnBackend(0, BackendOptions{MSS: 1460, WindowScale: 7, SACKPermitted: true}, "probe")
+	h.handle(syn(client, server, linuxOptions()), Drop)
+	if p := h.expect(1)[0].p; p.Options.MSS != 1200 || p.Options.WindowScale != 2 || p.Options.SACKPermitted {
+		t.Fatalf("override ignored: %+v", p.Options)
+	}
+}
+
+func TestIPv6Handshake(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handle(packet.Segment{Src: client6, Dst: server6, Seq: 7, Flags: packet.SYN, Options: linuxOptions()}, Drop)
+	sa := h.expect(1)[0]
+	if sa.dst != client6.Addr() || sa.p.Options.MSS != DefaultBackendOptions(true).MSS {
+		t.Fatalf("v6 SYN-ACK %+v", sa)
+	}
+	h.handle(packet.Segment{Src: client6, Dst: server6, Seq: 8, Ack: sa.p.Seq + 1, Flags: packet.ACK}, Drop)
+	if r := h.expect(1)[0]; r.dst != server6.Addr() || r.p.Seq != 7 {
+		t.Fatalf("v6 replay %+v", r)
+	}
+}
+
+func TestUnrelatedTraffic(t *testing.T) {
+	h := newHarness(t, nil)
+	// From a protected backend, but no flow of ours: pass.
+	h.handle(packet.Segment{Src: server, Dst: client, Seq: 1, Ack: 2, Flags: packet.ACK}, Accept)
+	// Neither end protected: pass.
+	h.handle(packet.Segment{Src: client, Dst: other, Seq: 1, Flags: packet.SYN}, Accept)
+	// Garbage: drop.
+	if v := h.w.Handle([]byte{0x45, 0, 0}); v != Drop {
+		t.Fatal("malformed packet accepted")
+	}
+	// SYN+FIN to a service: drop.
+	h.handle(packet.Segment{Src: client, Dst: server, Seq: 1, Flags: packet.SYN | packet.FIN}, Drop)
+	h.expect(0)
+}
+
+func TestSendErrorCounted(t *testing.T) {
+	h := newHarness(t, nil)
+	h.send.err = errors.New("ENOBUFS")
+	h.handle(syn(client, server, linuxOptions()), Drop)
+	if h.stat(SendError) != 1 || h.stat(SYNACKSent) != 0 {
+		t.Fatal("send error not counted")
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	jar, _ := cookies.New(cookies.Config{})
+	base := Config{Services: []netip.AddrPort{server}, Cookies: jar, Send: &fakeSender{}, Handoff: &fakeHandoff{}}
+	for name, mod := range map[string]func(*Config){
+		"no services":  func(c *Config) { c.Services = nil },
+		"port zero":    func(c *Config) { c.Services = []netip.AddrPort{netip.MustParseAddrPort("203.0.113.2:0")} },
+		"unspecified":  func(c *Config) { c.Services = []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:80")} },
+		"duplicate":    func(c *Config) { c.Services = []netip.AddrPort{server, server} },
+		"no sender":    func(c *Config) { c.Send = nil },
+		"auto not yet": func(c *Config) { c.Mode = ModeAuto },
+	} {
+		c := base
+		mod(&c)
+		if _, err := New(c); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+}
+
+func TestHandleSYNAllocatesNothing(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.Send = discard{} })
+	in := build(t, syn(client, server, linuxOptions()))
+	ack := build(t, packet.Segment{Src: client, Dst: server, Seq: 5, Ack: 9, Flags: packet.ACK})
+	if n := testing.AllocsPerRun(200, func() {
+		h.w.Handle(in)
+		h.w.Handle(ack) // invalid cookie
+	}); n != 0 {
+		t.Fatalf("Handle allocates %.1f times per SYN + invalid ACK", n)
+	}
+}
+
+type discard struct{}
+
+func (discard) Send([]byte, netip.Addr) error { return nil }
+
+func BenchmarkHandleSYN(b *testing.B) {
+	jar, _ := cookies.New(cookies.Config{})
+	e, err := New(Config{Services: []netip.AddrPort{server}, Cookies: jar, Send: discard{}, Handoff: &fakeHandoff{}, Logger: zerolog.Nop()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	w := e.NewWorker()
+	in := build(b, syn(client, server, linuxOptions()))
+	b.ReportAllocs()
+	for b.Loop() {
+		w.Handle(in)
+	}
+}
+
+func BenchmarkHandleInvalidACK(b *testing.B) {
+	jar, _ := cookies.New(cookies.Config{})
+	e, err := New(Config{Services: []netip.AddrPort{server}, Cookies: jar, Send: discard{}, Handoff: &fakeHandoff{}, Logger: zerolog.Nop()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	w := e.NewWorker()
+	in := build(b, packet.Segment{Src: client, Dst: server, Seq: 5, Ack: 9, Flags: packet.ACK})
+	b.ReportAllocs()
+	for b.Loop() {
+		w.Handle(in)
+	}
+}

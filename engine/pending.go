@@ -1,0 +1,73 @@
+package engine
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/synguard/synguard/cookies"
+)
+
+// flowKey names a flow by its client and server ends.
+type flowKey struct {
+	client, server netip.AddrPort
+}
+
+// flowState is where a pending flow is in its hand-off.
+type flowState uint8
+
+const (
+	// stateReplaying: the client's SYN was replayed; waiting for the backend.
+	stateReplaying flowState = iota + 1
+	// stateHandingOff: the backend answered; the conntrack entry is being made.
+	stateHandingOff
+	// stateDone: handed off; kept briefly to re-ACK a retransmitted SYN-ACK.
+	stateDone
+)
+
+// pendingFlow is what the engine remembers of a cookie-validated flow.
+type pendingFlow struct {
+	svc          int
+	state        flowState
+	clientISN    uint32
+	cookie       cookies.Cookie
+	client       cookies.Options // decoded from the cookie, replayed to the backend
+	announced    BackendOptions  // what the client was told in our SYN-ACK
+	clientWindow uint16          // window field of the client's ACK (scaled)
+
+	serverISN    uint32
+	serverWindow uint16 // SYN-ACK window (never scaled)
+	serverScale  cookies.WindowScale
+
+	validated time.Time // when the client's ACK validated
+	nextRetry time.Time
+	retries   int
+	expires   time.Time // stateDone / stateHandingOff give-up time
+}
+
+// pendingTable is a bounded map of flows waiting on their backend. The
+// bound holds under any flood: only ACKs carrying a valid cookie create
+// entries, and past the bound they are dropped (the client's zero-window
+// probes retry later).
+type pendingTable struct {
+	flows map[flowKey]*pendingFlow
+	max   int
+}
+
+func newPendingTable(max int) *pendingTable {
+	return &pendingTable{flows: make(map[flowKey]*pendingFlow), max: max}
+}
+
+func (t *pendingTable) get(k flowKey) *pendingFlow { return t.flows[k] }
+
+// add inserts f under k, reporting false when the table is full.
+func (t *pendingTable) add(k flowKey, f *pendingFlow) bool {
+	if len(t.flows) >= t.max {
+		return false
+	}
+	t.flows[k] = f
+	return true
+}
+
+func (t *pendingTable) remove(k flowKey) { delete(t.flows, k) }
+
+func (t *pendingTable) len() int { return len(t.flows) }

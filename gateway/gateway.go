@@ -1,0 +1,320 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/synguard/synguard/backendinfo"
+	"github.com/synguard/synguard/conntrack"
+	"github.com/synguard/synguard/cookies"
+	"github.com/synguard/synguard/engine"
+	"github.com/synguard/synguard/firewall"
+	"github.com/synguard/synguard/nfq"
+	"github.com/synguard/synguard/rawsock"
+	"github.com/synguard/synguard/telemetry"
+)
+
+// Config is a validated gateway configuration, built from flags.
+type Config struct {
+	Services []netip.AddrPort
+	Mode     engine.Mode
+	Queue    uint16
+	Queues   uint16
+	Local    bool
+	FailOpen bool
+	KeyFile  string
+	// MetricsAddr is HOST:PORT for /metrics; empty disables it.
+	MetricsAddr string
+	// Backend overrides learned backend options when non-nil.
+	Backend    *engine.BackendOptions
+	MaxPending int
+	// ProbeInterval is how often backends are probed for their options.
+	ProbeInterval time.Duration
+
+	EngineMark, HandoffMark uint32
+	Logger                  zerolog.Logger
+}
+
+// DefaultProbeInterval re-learns backend options often enough to follow
+// a sysctl change on the backend, rarely enough to be invisible.
+const DefaultProbeInterval = time.Minute
+
+// probeTimeout bounds one probe connection.
+const probeTimeout = 2 * time.Second
+
+// FirewallConfig returns the firewall configuration for c.
+func (c *Config) FirewallConfig() firewall.Config {
+	return firewall.Config{
+		Services:    c.Services,
+		Queue:       c.Queue,
+		Queues:      c.Queues,
+		Local:       c.Local,
+		FailOpen:    c.FailOpen,
+		EngineMark:  c.EngineMark,
+		HandoffMark: c.HandoffMark,
+	}
+}
+
+func (c *Config) setDefaults() {
+	if c.Queues == 0 {
+		c.Queues = 1
+	}
+	if c.EngineMark == 0 {
+		c.EngineMark = firewall.DefaultEngineMark
+	}
+	if c.HandoffMark == 0 {
+		c.HandoffMark = firewall.DefaultHandoffMark
+	}
+	if c.ProbeInterval == 0 {
+		c.ProbeInterval = DefaultProbeInterval
+	}
+	if c.Mode == 0 {
+		c.Mode = engine.ModeAlways
+	}
+}
+
+// Run protects the configured services until ctx is done, then removes
+// every rule it installed.
+func Run(ctx context.Context, cfg Config) (err error) {
+	cfg.setDefaults()
+	log := cfg.Logger
+	if err := cfg.FirewallConfig().Validate(); err != nil {
+		return err
+	}
+
+	jar, err := cookies.New(cookies.Config{KeyFile: cfg.KeyFile})
+	if err != nil {
+		return fmt.Errorf("cookie keys: %w", err)
+	}
+	sender, err := rawsock.Open(cfg.EngineMark)
+	if err != nil {
+		return err
+	}
+	defer sender.Close()
+	table, err := conntrack.Open()
+	if err != nil {
+		return fmt.Errorf("open conntrack: %w", err)
+	}
+	defer table.Close()
+
+	eng, err := engine.New(engine.Config{
+		Services:        cfg.Services,
+		Mode:            cfg.Mode,
+		Cookies:         jar,
+		Send:            sender,
+		Handoff:         table,
+		HandoffMark:     cfg.HandoffMark,
+		BackendOverride: cfg.Backend,
+		MaxPending:      cfg.MaxPending,
+		Logger:          log,
+	})
+	if err != nil {
+		return err
+	}
+
+	queues := make([]*nfq.Queue, 0, cfg.Queues)
+	defer func() {
+		for _, q := range queues {
+			q.Close()
+		}
+	}()
+	for i := range cfg.Queues {
+		q, err := nfq.Open(nfq.Config{Queue: cfg.Queue + i, FailOpen: cfg.FailOpen, Logger: log})
+		if err != nil {
+			return fmt.Errorf("open queue %d: %w", cfg.Queue+i, err)
+		}
+		queues = append(queues, q)
+	}
+
+	var metrics *http.Server
+	if cfg.MetricsAddr != "" {
+		ln, err := telemetry.Listen(cfg.MetricsAddr)
+		if err != nil {
+			return err
+		}
+		src := &source{eng: eng, queues: queues, first: cfg.Queue, mode: cfg.Mode.String()}
+		names := make([]string, 0)
+		for _, c := range engine.Counters() {
+			names = append(names, c.String())
+		}
+		metrics = telemetry.NewServer(telemetry.Handler(telemetry.NewCollector(src, names)))
+		go func() {
+			if err := metrics.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error().Err(err).Str("event", "metrics_failed").Msg("metrics server stopped")
+			}
+		}()
+		defer metrics.Close()
+	}
+
+	fwCfg := cfg.FirewallConfig()
+	rules, err := firewall.Install(ctx, fwCfg)
+	if err != nil {
+		return fmt.Errorf("install rules: %w", err)
+	}
+	services := make([]string, len(cfg.Services))
+	for i, s := range cfg.Services {
+		services[i] = s.String()
+	}
+	log.Info().Str("event", "rules_installed").Strs("services", services).
+		Uint16("queue", cfg.Queue).Uint16("queues", cfg.Queues).Bool("local", cfg.Local).
+		Bool("fail_open", cfg.FailOpen).Msg("firewall rules installed")
+	defer func() {
+		// ctx is done by now; removal gets its own bounded time.
+		rctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if rerr := rules.Remove(rctx); rerr != nil {
+			log.Error().Err(rerr).Str("event", "rules_remove_failed").Msg("could not remove firewall rules")
+			err = errors.Join(err, rerr)
+			return
+		}
+		log.Info().Str("event", "rules_removed").Msg("firewall rules removed")
+	}()
+
+	probeMark := uint32(0)
+	if cfg.Local {
+		// A probe to a service on this host loops back through our own
+		// SYN rule; the engine's mark lets it pass untouched.
+		probeMark = cfg.EngineMark
+	}
+	learner := &learner{eng: eng, log: log, mark: probeMark, down: make([]bool, len(cfg.Services))}
+	if cfg.Backend == nil {
+		learner.probeAll(ctx)
+	}
+
+	log.Info().Str("event", "start").Str("mode", cfg.Mode.String()).Strs("services", services).
+		Str("metrics", cfg.MetricsAddr).Msg("synguard protecting services")
+
+	var wg sync.WaitGroup
+	errs := make(chan error, len(queues)+1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		errs <- eng.Run(ctx)
+	}()
+	for _, q := range queues {
+		w := eng.NewWorker()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- q.Run(ctx, func(p *nfq.Packet) nfq.Verdict {
+				if w.Handle(p.Payload) == engine.Accept {
+					return nfq.Accept
+				}
+				return nfq.Drop
+			})
+		}()
+	}
+	if cfg.Backend == nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			learner.loop(ctx, cfg.ProbeInterval)
+		}()
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errs:
+		// A queue or the engine stopped on its own: that is fatal, and
+		// the deferred removal takes the rules down.
+		if runErr == nil {
+			runErr = errors.New("a worker stopped unexpectedly")
+		}
+	}
+	// Workers stop on ctx; when one failed first, stop the rest by
+	// closing the queues (the deferred Close) after the rules are gone.
+	if runErr != nil {
+		log.Error().Err(runErr).Str("event", "worker_failed").Msg("stopping")
+		return runErr
+	}
+	wg.Wait()
+	log.Info().Str("event", "stop").Msg("synguard stopping")
+	return nil
+}
+
+// learner keeps the engine's backend options current.
+type learner struct {
+	eng  *engine.Engine
+	log  zerolog.Logger
+	mark uint32
+	down []bool // per service: last probe failed (log changes only)
+}
+
+func (l *learner) probeAll(ctx context.Context) {
+	for i, svc := range l.eng.Services() {
+		o, err := backendinfo.Probe(ctx, svc, l.mark, probeTimeout)
+		if err != nil {
+			if !l.down[i] {
+				l.log.Warn().Err(err).Str("event", "backend_unreachable").Str("service", svc.String()).
+					Msg("backend probe failed; announcing last known or default options")
+			}
+			l.down[i] = true
+			continue
+		}
+		l.down[i] = false
+		l.eng.LearnBackend(i, engine.BackendOptions{
+			MSS:           o.MSS,
+			WindowScale:   cookies.WindowScale(o.WindowScale),
+			SACKPermitted: o.SACKPermitted,
+		}, "probe")
+	}
+}
+
+func (l *learner) loop(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			l.probeAll(ctx)
+		}
+	}
+}
+
+// source feeds the metrics collector.
+type source struct {
+	eng    *engine.Engine
+	queues []*nfq.Queue
+	first  uint16 // number of queues[0]; the rest follow in order
+	mode   string
+}
+
+func (s *source) ServiceCounters() []telemetry.ServiceCounters {
+	svcs := s.eng.Services()
+	out := make([]telemetry.ServiceCounters, len(svcs))
+	for i, svc := range svcs {
+		st := s.eng.Stats(i)
+		m := make(map[string]uint64, len(st))
+		for _, c := range engine.Counters() {
+			m[c.String()] = st.Get(c)
+		}
+		out[i] = telemetry.ServiceCounters{Service: svc.String(), Mode: s.mode, Counters: m, Pending: s.eng.Pending()}
+	}
+	return out
+}
+
+func (s *source) QueueCounters() []telemetry.QueueCounters {
+	kernel, _ := nfq.KernelStats()
+	out := make([]telemetry.QueueCounters, len(s.queues))
+	for i, q := range s.queues {
+		st := q.Stats()
+		qc := telemetry.QueueCounters{Queue: s.first + uint16(i), Received: st.Received, ENOBUFS: st.ENOBUFS, VerdictError: st.VerdictErrors}
+		for _, k := range kernel {
+			if k.Queue == qc.Queue {
+				qc.KernelDrops = k.QueueDropped + k.UserDropped
+			}
+		}
+		out[i] = qc
+	}
+	return out
+}

@@ -1,0 +1,71 @@
+// Package rawsock sends the IP packets synguard builds through raw sockets.
+//
+// Every packet carries the engine's mark (SO_MARK), which the firewall
+// rules match to keep the engine's SYN-ACKs, replayed SYNs, ACKs and RSTs
+// out of conntrack and out of the queue. Sockets are IPPROTO_RAW, so the
+// caller supplies the whole IP header, source address included: the
+// engine speaks for both the client and the backend.
+package rawsock
+
+import (
+	"fmt"
+	"net/netip"
+
+	"golang.org/x/sys/unix"
+)
+
+// Sender holds one raw socket per address family. It is safe for
+// concurrent use: each Send is one sendto system call.
+type Sender struct {
+	fd4, fd6 int
+}
+
+// Open creates the raw sockets, marking everything they send with mark.
+// IPv6 is optional: a host without it still protects IPv4 services.
+func Open(mark uint32) (*Sender, error) {
+	s := &Sender{fd4: -1, fd6: -1}
+	fd, err := open(unix.AF_INET, mark)
+	if err != nil {
+		return nil, fmt.Errorf("open IPv4 raw socket: %w", err)
+	}
+	s.fd4 = fd
+	if fd, err := open(unix.AF_INET6, mark); err == nil {
+		s.fd6 = fd
+	}
+	return s, nil
+}
+
+func open(family int, mark uint32) (int, error) {
+	fd, err := unix.Socket(family, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+	if err != nil {
+		return -1, err
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark)); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("set SO_MARK: %w", err)
+	}
+	// A burst of SYN-ACKs must not fail for lack of buffer space.
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 4<<20)
+	return fd, nil
+}
+
+// Send transmits the IP packet b to dst.
+func (s *Sender) Send(b []byte, dst netip.Addr) error {
+	if dst.Is4() || dst.Is4In6() {
+		sa := unix.SockaddrInet4{Addr: dst.Unmap().As4()}
+		return unix.Sendto(s.fd4, b, 0, &sa)
+	}
+	if s.fd6 < 0 {
+		return fmt.Errorf("send to %s: no IPv6 raw socket", dst)
+	}
+	sa := unix.SockaddrInet6{Addr: dst.As16()}
+	return unix.Sendto(s.fd6, b, 0, &sa)
+}
+
+// Close closes the sockets.
+func (s *Sender) Close() error {
+	if s.fd6 >= 0 {
+		unix.Close(s.fd6)
+	}
+	return unix.Close(s.fd4)
+}
