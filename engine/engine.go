@@ -52,6 +52,7 @@ type Engine struct {
 	services map[netip.AddrPort]int
 	list     []netip.AddrPort
 	backend  []atomic.Uint32 // packed BackendOptions per service
+	learned  []atomic.Bool   // per service: options learned at least once
 
 	mu      sync.Mutex
 	pending *pendingTable
@@ -79,6 +80,7 @@ func New(cfg Config) (*Engine, error) {
 		services: make(map[netip.AddrPort]int, len(cfg.Services)),
 		list:     append([]netip.AddrPort(nil), cfg.Services...),
 		backend:  make([]atomic.Uint32, len(cfg.Services)),
+		learned:  make([]atomic.Bool, len(cfg.Services)),
 		pending:  newPendingTable(cfg.MaxPending),
 		handoffs: make(chan flowKey, 4096),
 	}
@@ -138,7 +140,8 @@ func (e *Engine) LearnBackend(svc int, opts BackendOptions, source string) {
 		return
 	}
 	old := e.backend[svc].Swap(packBackend(opts))
-	if old != packBackend(opts) {
+	first := !e.learned[svc].Swap(true)
+	if first || old != packBackend(opts) {
 		e.log.Info().Str("event", "backend_options_learned").
 			Str("service", e.list[svc].String()).Str("source", source).
 			Uint16("mss", opts.MSS).Int8("wscale", int8(opts.WindowScale)).

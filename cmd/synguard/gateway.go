@@ -1,0 +1,258 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/rs/zerolog"
+
+	"github.com/synguard/synguard/cookies"
+	"github.com/synguard/synguard/engine"
+	"github.com/synguard/synguard/firewall"
+	"github.com/synguard/synguard/gateway"
+)
+
+// gatewayFlags are the flags shared by run and rules.
+type gatewayFlags struct {
+	protect     serviceList
+	mode        string
+	metrics     string
+	queue       uint
+	queues      uint
+	local       bool
+	keyFile     string
+	fail        string
+	maxPending  int
+	backendMSS  uint
+	backendWS   int
+	backendSACK string
+	logFormat   string
+	logLevel    string
+}
+
+func (f *gatewayFlags) register(fs *flag.FlagSet) {
+	fs.Var(&f.protect, "protect", "services to protect, `ADDR:PORT[,ADDR:PORT...]` ([ADDR]:PORT for IPv6); repeatable")
+	fs.StringVar(&f.mode, "mode", "always", "`always`: cookies for every SYN (auto and off: not yet available)")
+	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus metrics on `HOST:PORT` (path /metrics)")
+	fs.UintVar(&f.queue, "queue", 0, "first NFQUEUE `number`")
+	fs.UintVar(&f.queues, "queues", 1, "`number` of queues and workers (spread with --queue-balance)")
+	fs.BoolVar(&f.local, "local", false, "protect services on this host (INPUT/OUTPUT) instead of behind it (FORWARD)")
+	fs.StringVar(&f.keyFile, "key-file", "", "32-byte cookie secret `file` (mode 0600) shared by gateways behind ECMP; default: random per start")
+	fs.StringVar(&f.fail, "fail", "closed", "when synguard is down or its queue is full: `closed` drops new SYNs (protects the backend), open passes them (protects availability)")
+	fs.IntVar(&f.maxPending, "max-pending", engine.DefaultMaxPending, "bound on flows waiting for their backend")
+	fs.UintVar(&f.backendMSS, "backend-mss", 0, "announce this MSS instead of the learned one (with --backend-wscale and --backend-sack)")
+	fs.IntVar(&f.backendWS, "backend-wscale", -2, "announce this window scale (-1: none) instead of the learned one")
+	fs.StringVar(&f.backendSACK, "backend-sack", "", "announce SACK support: on or off, instead of the learned value")
+	fs.StringVar(&f.logFormat, "log-format", "json", "`json` lines, or console for humans")
+	fs.StringVar(&f.logLevel, "log-level", "info", "`level`: debug, info, warn, error")
+}
+
+// serviceList is a repeatable, comma-separated list of services.
+type serviceList []netip.AddrPort
+
+func (l *serviceList) String() string {
+	parts := make([]string, len(*l))
+	for i, s := range *l {
+		parts[i] = s.String()
+	}
+	return strings.Join(parts, ",")
+}
+
+func (l *serviceList) Set(v string) error {
+	for _, part := range strings.Split(v, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		ap, err := netip.ParseAddrPort(part)
+		if err != nil {
+			return fmt.Errorf("%q is not ADDR:PORT ([ADDR]:PORT for IPv6)", part)
+		}
+		if ap.Port() == 0 {
+			return fmt.Errorf("%q: port 0", part)
+		}
+		if ap.Addr().IsUnspecified() {
+			return fmt.Errorf("%q: give the service's own address, not a wildcard", part)
+		}
+		if ap.Addr().Zone() != "" {
+			return fmt.Errorf("%q: zoned addresses are not supported", part)
+		}
+		*l = append(*l, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+	}
+	return nil
+}
+
+// config validates the flags into a gateway configuration.
+func (f *gatewayFlags) config() (gateway.Config, error) {
+	if len(f.protect) == 0 {
+		return gateway.Config{}, usagef("--protect is required")
+	}
+	mode, err := engine.ParseMode(f.mode)
+	if err != nil {
+		return gateway.Config{}, usagef("--mode: %v", err)
+	}
+	if mode != engine.ModeAlways {
+		return gateway.Config{}, usagef("--mode %s is not available yet; use --mode always", mode)
+	}
+	if f.queues == 0 || f.queue > 65535 || f.queue+f.queues-1 > 65535 {
+		return gateway.Config{}, usagef("--queue %d --queues %d: queues must be 1 or more and end at 65535 or below", f.queue, f.queues)
+	}
+	var failOpen bool
+	switch f.fail {
+	case "closed":
+	case "open":
+		failOpen = true
+	default:
+		return gateway.Config{}, usagef("--fail %q: want open or closed", f.fail)
+	}
+	if f.maxPending < 1 {
+		return gateway.Config{}, usagef("--max-pending %d: must be at least 1", f.maxPending)
+	}
+	if f.metrics != "" {
+		if _, err := netip.ParseAddrPort(f.metrics); err != nil {
+			return gateway.Config{}, usagef("--metrics %q: want HOST:PORT with an IP address, e.g. 127.0.0.1:9847", f.metrics)
+		}
+	}
+	if f.keyFile != "" {
+		if _, err := cookies.LoadKeyFile(f.keyFile); err != nil {
+			return gateway.Config{}, usagef("--key-file: %v", err)
+		}
+	}
+	backend, err := f.backendOverride()
+	if err != nil {
+		return gateway.Config{}, err
+	}
+	cfg := gateway.Config{
+		Services:    f.protect,
+		Mode:        mode,
+		Queue:       uint16(f.queue),
+		Queues:      uint16(f.queues),
+		Local:       f.local,
+		FailOpen:    failOpen,
+		KeyFile:     f.keyFile,
+		MetricsAddr: f.metrics,
+		Backend:     backend,
+		MaxPending:  f.maxPending,
+		EngineMark:  firewall.DefaultEngineMark,
+		HandoffMark: firewall.DefaultHandoffMark,
+	}
+	if err := cfg.FirewallConfig().Validate(); err != nil {
+		return gateway.Config{}, usagef("%v", err)
+	}
+	return cfg, nil
+}
+
+// backendOverride turns the --backend-* flags into fixed options; any of
+// them set means the operator decides, and unset ones take defaults.
+func (f *gatewayFlags) backendOverride() (*engine.BackendOptions, error) {
+	if f.backendMSS == 0 && f.backendWS == -2 && f.backendSACK == "" {
+		return nil, nil
+	}
+	o := engine.DefaultBackendOptions(f.protect[0].Addr().Is6())
+	if f.backendMSS != 0 {
+		if f.backendMSS < 88 || f.backendMSS > 65495 {
+			return nil, usagef("--backend-mss %d: want 88..65495", f.backendMSS)
+		}
+		o.MSS = uint16(f.backendMSS)
+	}
+	if f.backendWS != -2 {
+		if f.backendWS < -1 || f.backendWS > 14 {
+			return nil, usagef("--backend-wscale %d: want -1 (none) or 0..14", f.backendWS)
+		}
+		o.WindowScale = cookies.WindowScale(f.backendWS)
+	}
+	switch f.backendSACK {
+	case "":
+	case "on":
+		o.SACKPermitted = true
+	case "off":
+		o.SACKPermitted = false
+	default:
+		return nil, usagef("--backend-sack %q: want on or off", f.backendSACK)
+	}
+	return &o, nil
+}
+
+func (f *gatewayFlags) logger(w io.Writer) (zerolog.Logger, error) {
+	level, err := zerolog.ParseLevel(f.logLevel)
+	if err != nil || f.logLevel == "" {
+		return zerolog.Logger{}, usagef("--log-level %q: want debug, info, warn or error", f.logLevel)
+	}
+	switch f.logFormat {
+	case "json":
+	case "console":
+		w = zerolog.ConsoleWriter{Out: w}
+	default:
+		return zerolog.Logger{}, usagef("--log-format %q: want json or console", f.logFormat)
+	}
+	return zerolog.New(w).Level(level).With().Timestamp().Logger(), nil
+}
+
+// parseFlags parses args into a flag set, turning flag errors into usage
+// errors (one line, exit 2).
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			fs.SetOutput(os.Stdout)
+			fs.PrintDefaults()
+			return err
+		}
+		return usagef("%s: %v", fs.Name(), err)
+	}
+	if fs.NArg() > 0 {
+		return usagef("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
+	}
+	return nil
+}
+
+func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var f gatewayFlags
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	f.register(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return helpOK(err)
+	}
+	cfg, err := f.config()
+	if err != nil {
+		return err
+	}
+	log, err := f.logger(stdout)
+	if err != nil {
+		return err
+	}
+	cfg.Logger = log
+	return gateway.Run(ctx, cfg)
+}
+
+func printRules(args []string, stdout, stderr io.Writer) error {
+	var f gatewayFlags
+	fs := flag.NewFlagSet("rules", flag.ContinueOnError)
+	f.register(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return helpOK(err)
+	}
+	cfg, err := f.config()
+	if err != nil {
+		return err
+	}
+	rs, err := firewall.Rules(cfg.FirewallConfig())
+	if err != nil {
+		return usagef("%v", err)
+	}
+	_, err = rs.WriteTo(stdout)
+	return err
+}
+
+// helpOK treats -h as success.
+func helpOK(err error) error {
+	if err == flag.ErrHelp {
+		return nil
+	}
+	return err
+}

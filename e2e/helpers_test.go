@@ -1,0 +1,360 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/synguard/synguard/conntrack"
+	"github.com/synguard/synguard/firewall"
+	"github.com/synguard/synguard/internal/roottest"
+	"github.com/synguard/synguard/lab"
+	"github.com/synguard/synguard/lab/netns"
+	"github.com/synguard/synguard/packet"
+)
+
+// binary is the synguard executable built once for all tests.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "synguard-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "synguard")
+	out, err := exec.Command("go", "build", "-o", binary, "github.com/synguard/synguard/cmd/synguard").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build synguard: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+var labSeq atomic.Int32
+
+// newLab builds a lab with a unique name, removed when the test ends.
+func newLab(t *testing.T, cfg lab.Config) *lab.Topology {
+	t.Helper()
+	roottest.Require(t)
+	cfg.Name = fmt.Sprintf("sge%d-%d", os.Getpid()%100000, labSeq.Add(1))
+	topo, err := lab.Up(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := topo.Down(context.Background()); err != nil {
+			t.Errorf("lab down: %v", err)
+		}
+	})
+	return topo
+}
+
+// serve starts the lab HTTP backend at addr inside ns.
+func serve(t *testing.T, ns *netns.NS, addr netip.AddrPort) *lab.Backend {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	b, err := lab.ServeBackend(ctx, ns, addr)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); b.Close() })
+	return b
+}
+
+const metricsAddr = "127.0.0.1:9847"
+
+// gateway is a running synguard process.
+type gateway struct {
+	t    *testing.T
+	ns   *netns.NS
+	cmd  *exec.Cmd
+	log  *syncBuffer
+	done chan error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startGateway runs `synguard run ARGS --metrics ...` inside ns and waits
+// until its metrics answer. The process is stopped with SIGTERM at cleanup
+// and must then exit cleanly.
+func startGateway(t *testing.T, ns *netns.NS, args ...string) *gateway {
+	t.Helper()
+	g := &gateway{t: t, ns: ns, log: &syncBuffer{}, done: make(chan error, 1)}
+	args = append([]string{"run", "--metrics", metricsAddr}, args...)
+	g.cmd = ns.Command(context.Background(), binary, args...)
+	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
+	if err := g.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { g.done <- g.cmd.Wait() }()
+	t.Cleanup(func() {
+		if g.cmd.ProcessState == nil {
+			g.stop()
+		}
+		if t.Failed() {
+			t.Logf("gateway log:\n%s", g.log.String())
+		}
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if _, err := g.metrics(); err == nil {
+			return g
+		}
+		select {
+		case err := <-g.done:
+			g.done <- err
+			t.Fatalf("gateway exited at start: %v\n%s", err, g.log.String())
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gateway not ready after 15s:\n%s", g.log.String())
+		}
+	}
+}
+
+// stop sends SIGTERM and requires a clean exit.
+func (g *gateway) stop() {
+	g.t.Helper()
+	_ = g.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-g.done:
+		if err != nil {
+			g.t.Errorf("gateway exit: %v\n%s", err, g.log.String())
+		}
+	case <-time.After(20 * time.Second):
+		_ = g.cmd.Process.Kill()
+		g.t.Errorf("gateway did not stop on SIGTERM:\n%s", g.log.String())
+	}
+}
+
+func (g *gateway) metrics() (map[string]float64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	return lab.ScrapeMetrics(ctx, g.ns, metricsAddr)
+}
+
+func (g *gateway) metric(name string) float64 {
+	g.t.Helper()
+	m, err := g.metrics()
+	if err != nil {
+		g.t.Fatalf("metrics: %v", err)
+	}
+	return m[name]
+}
+
+// flood runs a bounded spoofed SYN flood from ns and returns a function
+// that waits for it to finish.
+func flood(t *testing.T, ns *netns.NS, target netip.AddrPort, rate, count int, d time.Duration) (wait func() string) {
+	t.Helper()
+	cmd := ns.Command(context.Background(), binary, "bench", "flood", "--target", target.String(),
+		"--rate", fmt.Sprint(rate), "--count", fmt.Sprint(count), "--duration", d.String())
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var once sync.Once
+	var result string
+	wait = func() string {
+		once.Do(func() {
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("flood: %v: %s", err, out.String())
+				}
+			case <-time.After(d + 30*time.Second):
+				_ = cmd.Process.Kill()
+				t.Errorf("flood did not stop by itself")
+			}
+			result = out.String()
+		})
+		return result
+	}
+	t.Cleanup(func() { wait() })
+	return wait
+}
+
+// httpClient makes connections from inside ns.
+func httpClient(ns *netns.NS) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+			err = ns.Do(func() error {
+				var d net.Dialer
+				c, err = d.DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		},
+	}}
+}
+
+// download fetches /bytes/n from target inside ns, calling progress with
+// the running byte count, and checks the body's SHA-256.
+func download(t *testing.T, ns *netns.NS, target netip.AddrPort, n int64, progress func(int64)) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s/bytes/%d", target, n), nil)
+	resp, err := httpClient(ns).Do(req)
+	if err != nil {
+		t.Fatalf("download from %s: %v", target, err)
+	}
+	defer resp.Body.Close()
+	h := sha256.New()
+	buf := make([]byte, 256<<10)
+	var got int64
+	for {
+		k, err := resp.Body.Read(buf)
+		h.Write(buf[:k])
+		got += int64(k)
+		if progress != nil && k > 0 {
+			progress(got)
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("download from %s after %d bytes: %v", target, got, err)
+		}
+	}
+	if got != n {
+		t.Fatalf("downloaded %d bytes, want %d", got, n)
+	}
+	if sum := lab.ContentSHA256(n); !bytes.Equal(h.Sum(nil), sum[:]) {
+		t.Fatalf("download of %d bytes corrupted: checksum mismatch", n)
+	}
+}
+
+// spoofCounter counts SYNs from the spoofed range arriving at an interface.
+type spoofCounter struct {
+	from           netip.Addr // a legitimate client's address
+	spoofed, total atomic.Int64
+	fromClient     atomic.Int64
+	stop           chan struct{}
+	done           chan struct{}
+}
+
+func countSYNs(t *testing.T, ns *netns.NS, iface string, client netip.Addr) *spoofCounter {
+	t.Helper()
+	c, err := lab.OpenCapture(ns, iface)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := &spoofCounter{from: client, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(sc.done)
+		defer c.Close()
+		buf := make([]byte, 2048)
+		var p packet.Packet
+		for {
+			select {
+			case <-sc.stop:
+				return
+			default:
+			}
+			n, outgoing, err := c.Read(buf, 100*time.Millisecond)
+			if err != nil || outgoing {
+				continue
+			}
+			if packet.Parse(buf[:n], &p) != nil || p.Flags&(packet.SYN|packet.ACK) != packet.SYN {
+				continue
+			}
+			sc.total.Add(1)
+			if p.Src == sc.from {
+				sc.fromClient.Add(1)
+			}
+			if lab.SpoofPrefix4.Contains(p.Src) || lab.SpoofPrefix6.Contains(p.Src) {
+				sc.spoofed.Add(1)
+			}
+		}
+	}()
+	t.Cleanup(sc.close)
+	return sc
+}
+
+func (s *spoofCounter) close() {
+	select {
+	case <-s.stop:
+	default:
+		close(s.stop)
+	}
+	<-s.done
+}
+
+// handedOff lists the conntrack entries synguard created in ns.
+func handedOff(t *testing.T, ns *netns.NS) []conntrack.Entry {
+	t.Helper()
+	var entries []conntrack.Entry
+	err := ns.Do(func() error {
+		tab, err := conntrack.Open()
+		if err != nil {
+			return err
+		}
+		defer tab.Close()
+		entries, err = tab.Marked(firewall.DefaultHandoffMark)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return entries
+}
+
+// saved returns iptables-save and ip6tables-save output inside ns.
+func saved(t *testing.T, ns *netns.NS) string {
+	t.Helper()
+	var all strings.Builder
+	for _, tool := range []string{"iptables-save", "ip6tables-save"} {
+		out, err := ns.Output(context.Background(), tool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all.WriteString(out)
+	}
+	return all.String()
+}
+
+func sysctl(t *testing.T, ns *netns.NS, name string) string {
+	t.Helper()
+	out, err := ns.Output(context.Background(), "sysctl", "-n", name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(out)
+}

@@ -1,0 +1,39 @@
+// Package lab builds the client / gateway / backend network-namespace
+// topology synguard is demonstrated, tested and benchmarked in, and the real
+// peers that run in it: an HTTP backend and a legitimate-client prober.
+//
+// # Topology
+//
+// [Up] makes three namespaces named after [Config.Name] and joined by two
+// veth pairs. Every lab uses the same address plan, since each lives in its
+// own namespaces:
+//
+//	NAME-client                 NAME-gateway                  NAME-backend
+//	eth0 ─────────────── to-client      to-backend ─────────────── eth0
+//	198.51.100.2/24      198.51.100.1/24  203.0.113.1/24       203.0.113.2/24
+//	2001:db8:c::2/64     2001:db8:c::1/64 2001:db8:b::1/64     2001:db8:b::2/64
+//
+// Interfaces are created directly in their namespaces (`ip link add … netns`),
+// so their short fixed names never meet the host's. The client and the
+// backend route everything through the gateway and do not forward. The
+// gateway forwards (IPv4 and IPv6), has reverse-path filtering off so that
+// spoofed sources reach it, and routes the spoof ranges [SpoofPrefix4] and
+// [SpoofPrefix6] back to the client: a backend's SYN-ACKs to a flood's
+// spoofed sources are really transmitted, then dropped by the client
+// namespace. IPv6 duplicate address detection is off so addresses work at
+// once. Offloads are left as the kernel sets them on veth.
+//
+// [Topology.Down] kills what still runs in the namespaces and deletes them;
+// [DownAll] does the same for every namespace whose name has a given prefix,
+// for cleaning up after a crash.
+//
+// # Peers
+//
+// [ServeHTTP] is the backend: GET /bytes/N answers N bytes of deterministic
+// content ([NewContentReader], checksum [ContentSHA256]) and GET /healthz
+// answers "ok". [ServeBackend] runs it in-process with the listening socket
+// inside a namespace and counts accepted connections. [Probe] times one
+// legitimate connection (handshake, then a small verified download) and
+// [Download] fetches and checksums a large body. All of them accept a nil
+// namespace, meaning the caller's own.
+package lab

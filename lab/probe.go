@@ -1,0 +1,152 @@
+package lab
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/synguard/synguard/lab/netns"
+)
+
+// ProbeBytes is the body length a Probe asks for.
+const ProbeBytes = 1024
+
+// DefaultProbeTimeout bounds a Probe given no timeout.
+const DefaultProbeTimeout = 5 * time.Second
+
+var probeSum = sync.OnceValue(func() [32]byte { return ContentSHA256(ProbeBytes) })
+
+// ProbeResult is one legitimate client's experience.
+type ProbeResult struct {
+	OK        bool
+	Err       error
+	Handshake time.Duration // connect() until established (or failure)
+	Total     time.Duration // connect() until the body was read and checked
+	Bytes     int64         // body bytes received
+}
+
+// Probe connects to target from inside ns (nil: the caller's namespace),
+// timing the TCP handshake, then sends GET /bytes/ProbeBytes, reads the
+// body and checks its length and content. Everything is bounded by timeout
+// (DefaultProbeTimeout when not positive) and ctx.
+func Probe(ctx context.Context, ns *netns.NS, target netip.AddrPort, timeout time.Duration) ProbeResult {
+	if timeout <= 0 {
+		timeout = DefaultProbeTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	var r ProbeResult
+	start := time.Now()
+	conn, err := dial(ctx, ns, target)
+	r.Handshake = time.Since(start)
+	if err != nil {
+		r.Err = fmt.Errorf("connect %s: %w", target, err)
+		r.Total = r.Handshake
+		return r
+	}
+	defer conn.Close()
+	r.Bytes, r.Err = probeRequest(ctx, conn, target)
+	r.Total = time.Since(start)
+	r.OK = r.Err == nil
+	return r
+}
+
+func probeRequest(ctx context.Context, conn net.Conn, target netip.AddrPort) (int64, error) {
+	if d, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(d)
+	}
+	// Cancellation interrupts blocked I/O by moving the deadline.
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	req := "GET /bytes/" + strconv.Itoa(ProbeBytes) + " HTTP/1.1\r\nHost: " + target.String() +
+		"\r\nUser-Agent: synguard-probe\r\nConnection: close\r\n\r\n"
+	if _, err := io.WriteString(conn, req); err != nil {
+		return 0, fmt.Errorf("send request: %w", err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		return 0, fmt.Errorf("read response: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("status %s", resp.Status)
+	}
+	h := sha256.New()
+	n, err := io.Copy(h, resp.Body)
+	if err != nil {
+		return n, fmt.Errorf("read body: %w", err)
+	}
+	if n != ProbeBytes {
+		return n, fmt.Errorf("body has %d bytes, want %d", n, ProbeBytes)
+	}
+	want := probeSum()
+	if string(h.Sum(nil)) != string(want[:]) {
+		return n, errors.New("body content differs from the expected stream")
+	}
+	return n, nil
+}
+
+// Download fetches GET /bytes/n from target from inside ns (nil: the
+// caller's namespace) and returns the body's SHA-256 and length. It is an
+// error when the status is not 200 or the length is not n; the checksum is
+// for the caller to compare with ContentSHA256(n).
+func Download(ctx context.Context, ns *netns.NS, target netip.AddrPort, n int64) ([32]byte, int64, error) {
+	var sum [32]byte
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return dial(ctx, ns, target)
+		},
+		DisableKeepAlives:  true,
+		DisableCompression: true,
+	}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr}
+	url := "http://" + target.String() + "/bytes/" + strconv.FormatInt(n, 10)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return sum, 0, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return sum, 0, fmt.Errorf("download %s: %w", url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return sum, 0, fmt.Errorf("download %s: status %s", url, resp.Status)
+	}
+	h := sha256.New()
+	got, err := io.CopyBuffer(h, resp.Body, make([]byte, 256<<10))
+	h.Sum(sum[:0])
+	if err != nil {
+		return sum, got, fmt.Errorf("download %s: after %d bytes: %w", url, got, err)
+	}
+	if got != n {
+		return sum, got, fmt.Errorf("download %s: got %d bytes, want %d", url, got, n)
+	}
+	return sum, got, nil
+}
+
+// dial connects to target with the socket created inside ns. The connected
+// socket works from any goroutine afterwards.
+func dial(ctx context.Context, ns *netns.NS, target netip.AddrPort) (net.Conn, error) {
+	var (
+		d    net.Dialer
+		conn net.Conn
+	)
+	err := do(ns, func() (err error) {
+		conn, err = d.DialContext(ctx, "tcp", target.String())
+		return err
+	})
+	return conn, err
+}

@@ -1,0 +1,122 @@
+package nfq
+
+import (
+	"fmt"
+
+	"github.com/rs/zerolog"
+)
+
+// Verdict is the fate of one queued packet.
+type Verdict uint8
+
+// Verdicts. The numeric values equal the kernel's NF_DROP and NF_ACCEPT.
+const (
+	Drop Verdict = iota
+	Accept
+)
+
+func (v Verdict) String() string {
+	switch v {
+	case Drop:
+		return "drop"
+	case Accept:
+		return "accept"
+	}
+	return fmt.Sprintf("verdict(%d)", uint8(v))
+}
+
+// Packet is one queued packet. Payload is only valid during the handler call:
+// a handler that keeps any of it must copy it.
+type Packet struct {
+	ID      uint32 // the kernel's packet id within the queue
+	Payload []byte // the whole IP packet (v4 or v6), starting at the IP header
+	Mark    uint32 // skb->mark; 0 when unset
+	Hook    uint8  // netfilter hook: PREROUTING=0, INPUT=1, FORWARD=2, OUTPUT=3, POSTROUTING=4
+}
+
+// Handler decides a packet's verdict. It runs on the queue's receive
+// goroutine, one packet at a time; it must not block. Any value other than
+// Accept is treated as Drop.
+type Handler func(p *Packet) Verdict
+
+// Defaults applied by Open for zero Config fields.
+const (
+	// DefaultMaxQueueLen is the kernel queue length: packets handed to
+	// userspace and still waiting for a verdict. 4096 is four times the
+	// kernel's 1024, so bursts are absorbed rather than dropped, yet a full
+	// queue is only ~80 ms of work at the ~50k verdicts/s go-nfqueue
+	// sustains (DESIGN.md §7): a SYN older than that is better dropped (the
+	// client retransmits) than answered late. It also fits the default
+	// socket buffer, which holds ~20,000 SYN-sized or ~7,000 full-size
+	// (1500 byte) packet messages (measured, kernel 6.18), so with the
+	// defaults an overload is cut by the queue limit, counted per packet as
+	// queue_dropped, before the socket overflows.
+	DefaultMaxQueueLen = 4096
+
+	// DefaultReadBuffer is the netlink socket receive buffer requested with
+	// SO_RCVBUFFORCE (the kernel doubles it for bookkeeping). The kernel
+	// default (rmem_default, ~208 KiB) overflows above ~40k pps (DESIGN.md
+	// §7); 8 MiB absorbs a burst of ~20,000 SYNs, i.e. 0.4 s at 50k/s.
+	DefaultReadBuffer = 8 << 20
+
+	// copyRange is how many bytes of each packet the kernel copies to us:
+	// all of it (the kernel clamps to its maximum, 0xffff minus the
+	// attribute header). The engine must see complete IPv4/IPv6 header
+	// chains and the TCP header with options, and an IPv6 extension chain
+	// has no useful upper bound short of the MTU; with the whole packet it
+	// can also check the TCP checksum of a cookie ACK. The queued traffic is
+	// SYNs and handshake segments, which are small, so a full copy costs
+	// nothing extra where it matters (a SYN flood).
+	copyRange = 0xffff
+)
+
+// Config configures one queue.
+type Config struct {
+	// Queue is the NFQUEUE number (iptables --queue-num).
+	Queue uint16
+
+	// MaxQueueLen is the kernel's limit on packets waiting for a verdict;
+	// 0 means DefaultMaxQueueLen.
+	MaxQueueLen uint32
+
+	// ReadBuffer is the netlink socket receive buffer in bytes, set with
+	// SO_RCVBUFFORCE (falling back to SO_RCVBUF, capped by
+	// net.core.rmem_max, without CAP_NET_ADMIN); 0 means DefaultReadBuffer.
+	ReadBuffer int
+
+	// FailOpen sets the kernel's NFQA_CFG_F_FAIL_OPEN: a packet that finds
+	// the queue full, or our socket buffer full, is accepted without being
+	// seen instead of dropped. It does not cover "nobody is bound to the
+	// queue"; that is iptables' --queue-bypass.
+	FailOpen bool
+
+	// Logger receives the queue's events (open, receive errors, ENOBUFS,
+	// rate-limited). The zero value logs nothing.
+	Logger zerolog.Logger
+}
+
+// Stats are the userspace counters of one queue. All counts are since Open.
+type Stats struct {
+	Received uint64 // packet messages handed to the handler
+	Verdicts VerdictStats
+	// Malformed counts messages that carried no packet id or no payload.
+	// Those with an id still got a verdict (see doc.go) and are counted in
+	// Verdicts too.
+	Malformed uint64
+	// VerdictErrors counts verdicts that could not be sent, and errors the
+	// kernel reported back for verdicts it rejected.
+	VerdictErrors uint64
+	// ReceiveErrors counts failed receives other than ENOBUFS.
+	ReceiveErrors uint64
+	// ENOBUFS counts the times the kernel reported that it dropped messages
+	// because the socket receive buffer was full. It counts episodes, not
+	// packets: the per-packet count is KernelQueueStats.UserDropped (in
+	// fail-closed mode; fail-open packets are accepted and counted nowhere).
+	ENOBUFS uint64
+}
+
+// VerdictStats counts verdicts sent, by kind.
+type VerdictStats struct {
+	Accept uint64
+	Drop   uint64
+}

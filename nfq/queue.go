@@ -1,0 +1,543 @@
+package nfq
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	nfqueue "github.com/florianl/go-nfqueue/v2"
+	"github.com/mdlayher/netlink"
+	"github.com/rs/zerolog"
+	"golang.org/x/net/bpf"
+	"golang.org/x/sys/unix"
+)
+
+// Errors returned by Run.
+var (
+	ErrClosed  = errors.New("nfq: queue closed")
+	ErrRunning = errors.New("nfq: Run called twice")
+)
+
+const (
+	// logEvery rate-limits repeated warnings from the receive loop.
+	logEvery = time.Second
+
+	// maxErrorBackoff caps the pause after consecutive unexplained receive
+	// errors, so a persistent error cannot spin a CPU.
+	maxErrorBackoff = 100 * time.Millisecond
+)
+
+// Queue is one bound NFQUEUE with its own netlink socket. Open it, call Run
+// once, Close it. Several queues are independent and may run concurrently,
+// each Run in its own goroutine.
+type Queue struct {
+	cfg    Config
+	log    zerolog.Logger
+	nf     *nfqueue.Nfqueue
+	portID uint32
+
+	handler  atomic.Pointer[Handler]
+	running  atomic.Bool
+	started  chan struct{} // closed by Run once the handler is set
+	stopping chan struct{} // closed when shutdown begins
+
+	fatalOnce sync.Once
+	fatal     chan struct{} // closed when the receive loop cannot go on
+	fatalErr  error
+
+	shutdownOnce sync.Once
+	closeErr     error
+
+	received      atomic.Uint64
+	accepted      atomic.Uint64
+	dropped       atomic.Uint64
+	malformed     atomic.Uint64
+	verdictErrors atomic.Uint64
+	receiveErrors atomic.Uint64
+	enobufs       atomic.Uint64
+
+	// Owned by the receive goroutine.
+	pkt           Packet
+	released      bool // releaseHeld done
+	errStreak     int
+	enobufsLog    limiter
+	receiveLog    limiter
+	verdictLog    limiter
+	malformedLog  limiter
+	enobufsLogged uint64
+}
+
+// Open creates the netlink socket, sizes its receive buffer, binds it to
+// cfg.Queue and configures the queue: whole-packet copy mode, the queue
+// length and the fail-open flag. From the moment Open returns the kernel
+// delivers packets to it; they wait (in the socket and the kernel queue,
+// within MaxQueueLen) until Run supplies a handler.
+//
+// The queue is opened in the network namespace of the calling thread.
+func Open(cfg Config) (*Queue, error) {
+	if cfg.ReadBuffer < 0 {
+		return nil, fmt.Errorf("nfq: queue %d: negative read buffer %d", cfg.Queue, cfg.ReadBuffer)
+	}
+	if cfg.MaxQueueLen == 0 {
+		cfg.MaxQueueLen = DefaultMaxQueueLen
+	}
+	if cfg.ReadBuffer == 0 {
+		cfg.ReadBuffer = DefaultReadBuffer
+	}
+	q := &Queue{
+		cfg:      cfg,
+		log:      cfg.Logger.With().Str("component", "nfq").Uint16("queue", cfg.Queue).Logger(),
+		started:  make(chan struct{}),
+		stopping: make(chan struct{}),
+		fatal:    make(chan struct{}),
+	}
+	if err := q.bind(); err != nil {
+		if errors.Is(err, unix.EPERM) {
+			// The kernel answers EPERM both to a missing CAP_NET_ADMIN
+			// and to a queue that another socket holds; say which.
+			if owner, ok := boundBy(cfg.Queue); ok {
+				err = fmt.Errorf("%w (the queue is bound by another socket, netlink port id %d)", err, owner)
+			}
+		}
+		return nil, fmt.Errorf("nfq: open queue %d: %w", cfg.Queue, err)
+	}
+	q.log.Debug().
+		Uint32("port_id", q.portID).
+		Uint32("max_queue_len", cfg.MaxQueueLen).
+		Int("read_buffer", cfg.ReadBuffer).
+		Bool("fail_open", cfg.FailOpen).
+		Msg("queue bound")
+	return q, nil
+}
+
+// bind creates the socket, binds it and configures the queue. On failure
+// everything is released again, including the binding.
+func (q *Queue) bind() error {
+	var flags uint32
+	if q.cfg.FailOpen {
+		flags |= nfqueue.NfQaCfgFlagFailOpen
+	}
+	// No NfQaCfgFlagGSO: without it the kernel segments GSO/GRO aggregates
+	// before queueing, so every packet we see is a real, MTU-sized packet
+	// with a valid checksum, and a verdict applies to exactly one segment.
+	nf, err := nfqueue.Open(&nfqueue.Config{
+		NfQueue:      q.cfg.Queue,
+		MaxQueueLen:  q.cfg.MaxQueueLen,
+		MaxPacketLen: copyRange,
+		Copymode:     nfqueue.NfQnlCopyPacket,
+		Flags:        flags,
+		AfFamily:     unix.AF_UNSPEC, // queues are not per family; v4 and v6 both arrive
+		Logger:       nfLogger{&q.log},
+	})
+	if err != nil {
+		return err
+	}
+	q.nf = nf
+	q.portID = nf.Con.PID()
+	if err := q.setReadBuffer(nf.Con); err != nil {
+		_ = nf.Close()
+		return err
+	}
+	if err := nf.Con.SetBPF(holdPacketsFilter); err != nil {
+		_ = nf.Close()
+		return fmt.Errorf("attach setup filter: %w", err)
+	}
+	if err := q.discardStale(nf.Con); err != nil {
+		_ = nf.Close()
+		return err
+	}
+	// The context only bounds go-nfqueue's goroutines; Close cancels it.
+	if err := nf.RegisterWithErrorFunc(context.Background(), q.onPacket, q.onError); err != nil {
+		_ = nf.Close()
+		return err
+	}
+	if err := nf.Con.RemoveBPF(); err != nil {
+		_ = q.shutdown()
+		return fmt.Errorf("detach setup filter: %w", err)
+	}
+	return nil
+}
+
+// holdPacketsFilter keeps packet messages off the socket while go-nfqueue
+// configures the queue.
+//
+// The kernel queues to us from the bind command on, before copy mode and
+// queue length are set, and go-nfqueue waits for each configuration
+// acknowledgement with netlink's Execute, which fails ("mismatched
+// sequence") when a packet message arrives instead. On a busy queue, say a
+// gateway restarted during a flood, that is every attempt. With this socket
+// filter the kernel discards the packet messages; it still counts their
+// packets as delivered, so they wait in the queue for a verdict (ids
+// 1..n). The first packet that reaches us after the filter is gone
+// therefore has id n+1, and releaseHeld gives 1..n the verdict NF_REPEAT in
+// one batch: the hook runs again, the NFQUEUE rule queues them afresh, and
+// the handler sees every packet.
+var holdPacketsFilter = mustAssemble(
+	// nlmsghdr.nlmsg_type, host byte order, at offset 4. BPF loads are
+	// big-endian, so compare with the type's bytes as stored in memory.
+	bpf.LoadAbsolute{Off: 4, Size: 2},
+	bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(asStored(nfnlPacketMsg)), SkipTrue: 1},
+	bpf.RetConstant{Val: 0xffffffff}, // keep: acknowledgements, errors
+	bpf.RetConstant{Val: 0},          // drop: packets
+)
+
+// discardStale empties the socket's receive queue once the setup filter is
+// in place. The socket got its port id before the filter was attached, and
+// port ids are reused: the first socket of a process gets its pid, so a
+// queue reopened by the same process (or by a new process with a
+// recycled pid) can receive a packet message still in flight from the
+// instance bound by the previous owner of the id. Such messages are not
+// ours to answer (that instance is gone and the kernel drops its packets)
+// and would break go-nfqueue's configuration exchange.
+func (q *Queue) discardStale(c *netlink.Conn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var n int
+	var recvErr error
+	buf := make([]byte, 64)
+	err = rc.Control(func(fd uintptr) {
+		for {
+			_, _, err := unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT|unix.MSG_TRUNC)
+			switch {
+			case err == nil:
+				n++
+			case errors.Is(err, unix.ENOBUFS):
+			case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR):
+				return
+			default:
+				recvErr = err
+				return
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if recvErr != nil {
+		return fmt.Errorf("discard stale messages: %w", recvErr)
+	}
+	if n > 0 {
+		q.log.Debug().Int("messages", n).Msg("discarded messages addressed to a previous owner of our port id")
+	}
+	return nil
+}
+
+// nfnlPacketMsg is the netlink message type of a queued packet:
+// NFNL_SUBSYS_QUEUE<<8 | NFQNL_MSG_PACKET.
+const nfnlPacketMsg = nfnlSubsysQueue<<8 | nfqnlMsgPacket
+
+const (
+	nfnlSubsysQueue = 3 // NFNL_SUBSYS_QUEUE
+	nfqnlMsgPacket  = 0 // NFQNL_MSG_PACKET
+)
+
+func asStored(v uint16) uint16 {
+	var b [2]byte
+	binary.NativeEndian.PutUint16(b[:], v)
+	return binary.BigEndian.Uint16(b[:])
+}
+
+func mustAssemble(insns ...bpf.Instruction) []bpf.RawInstruction {
+	raw, err := bpf.Assemble(insns)
+	if err != nil {
+		panic(err)
+	}
+	return raw
+}
+
+// releaseHeld re-queues the packets the setup filter held back: every id
+// before first, the first one delivered to us (see holdPacketsFilter).
+func (q *Queue) releaseHeld(first uint32) {
+	q.released = true
+	if first <= 1 {
+		return
+	}
+	if err := q.nf.SetVerdictBatch(first-1, nfqueue.NfRepeat); err != nil {
+		q.verdictErrors.Add(1)
+		q.log.Warn().Err(err).Uint32("up_to_id", first-1).Msg("could not re-queue packets held during setup")
+		return
+	}
+	q.log.Debug().Uint32("up_to_id", first-1).Msg("re-queued packets held during setup")
+}
+
+// setReadBuffer sizes the socket's receive buffer. SO_RCVBUFFORCE ignores
+// net.core.rmem_max and needs CAP_NET_ADMIN, which binding a queue needs
+// anyway; without it SO_RCVBUF gives what rmem_max allows.
+func (q *Queue) setReadBuffer(c *netlink.Conn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	n := q.cfg.ReadBuffer
+	var opErr error
+	err = rc.Control(func(fd uintptr) {
+		opErr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n)
+		if errors.Is(opErr, unix.EPERM) {
+			q.log.Warn().Int("bytes", n).Msg("SO_RCVBUFFORCE not permitted; read buffer capped by net.core.rmem_max")
+			opErr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, n)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if opErr != nil {
+		return fmt.Errorf("set read buffer to %d bytes: %w", n, opErr)
+	}
+	return nil
+}
+
+// boundBy returns the port id of the socket bound to queue, if any.
+func boundBy(queue uint16) (uint32, bool) {
+	all, err := KernelStats()
+	if err != nil {
+		return 0, false
+	}
+	for _, s := range all {
+		if s.Queue == queue {
+			return s.PortID, true
+		}
+	}
+	return 0, false
+}
+
+// PortID is the netlink port id of the queue's socket, as listed by
+// KernelStats.
+func (q *Queue) PortID() uint32 { return q.portID }
+
+// Run hands every queued packet to h and sends h's verdict, until ctx is
+// done or Close is called; then it unbinds the queue and closes the socket,
+// so a Queue runs once. ENOBUFS and other transient receive errors are
+// counted (see Stats) and logged, never fatal. Run returns nil when ctx is
+// done or Close is called while it runs, ErrClosed if the queue was closed
+// before, ErrRunning if Run was called before, and another error only if
+// the receive loop cannot continue (its socket failed).
+func (q *Queue) Run(ctx context.Context, h Handler) error {
+	if h == nil {
+		return errors.New("nfq: nil handler")
+	}
+	if !q.running.CompareAndSwap(false, true) {
+		return ErrRunning
+	}
+	select {
+	case <-q.stopping:
+		return ErrClosed
+	default:
+	}
+	q.handler.Store(&h)
+	close(q.started)
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case <-q.stopping:
+	case <-q.fatal:
+		err = fmt.Errorf("nfq: queue %d: %w", q.cfg.Queue, q.fatalErr)
+	}
+	_ = q.shutdown()
+	return err
+}
+
+// Close unbinds the queue, closes its socket and waits for the receive
+// goroutines to finish; a Run in progress returns nil. The kernel drops the
+// packets still waiting for a verdict. Close is idempotent.
+func (q *Queue) Close() error {
+	return q.shutdown()
+}
+
+func (q *Queue) shutdown() error {
+	q.shutdownOnce.Do(func() {
+		close(q.stopping)
+		q.closeErr = q.nf.Close()
+	})
+	return q.closeErr
+}
+
+// Stats returns a snapshot of the queue's counters. It is safe to call
+// concurrently with Run.
+func (q *Queue) Stats() Stats {
+	return Stats{
+		Received: q.received.Load(),
+		Verdicts: VerdictStats{
+			Accept: q.accepted.Load(),
+			Drop:   q.dropped.Load(),
+		},
+		Malformed:     q.malformed.Load(),
+		VerdictErrors: q.verdictErrors.Load(),
+		ReceiveErrors: q.receiveErrors.Load(),
+		ENOBUFS:       q.enobufs.Load(),
+	}
+}
+
+// onPacket is go-nfqueue's per-message callback, on the receive goroutine:
+// packet → handler → verdict. Returning non-zero stops the receive loop.
+func (q *Queue) onPacket(a nfqueue.Attribute) int {
+	if a.PacketID == nil {
+		// Not a packet: nothing to give a verdict to.
+		q.malformed.Add(1)
+		q.logMalformed("message without packet id")
+		return 0
+	}
+	id := *a.PacketID
+	if !q.released {
+		q.releaseHeld(id)
+	}
+
+	h := q.handler.Load()
+	if h == nil {
+		// Open bound the queue but Run has not started: hold this packet
+		// (and, behind it, the socket and kernel queue) until it does.
+		select {
+		case <-q.started:
+			h = q.handler.Load()
+		case <-q.stopping:
+			return 1
+		}
+	}
+	q.errStreak = 0
+
+	if a.Payload == nil || len(*a.Payload) == 0 {
+		// The engine cannot judge a packet it cannot see. It must still get
+		// a verdict, or it holds a queue slot until the socket closes; the
+		// operator's fail-open choice says which.
+		q.malformed.Add(1)
+		q.logMalformed("packet without payload")
+		v := Drop
+		if q.cfg.FailOpen {
+			v = Accept
+		}
+		q.verdict(id, v)
+		return 0
+	}
+
+	q.received.Add(1)
+	p := &q.pkt
+	*p = Packet{ID: id, Payload: *a.Payload}
+	if a.Mark != nil {
+		p.Mark = *a.Mark
+	}
+	if a.Hook != nil {
+		p.Hook = *a.Hook
+	}
+	v := (*h)(p)
+	p.Payload = nil
+	q.verdict(id, v)
+	return 0
+}
+
+func (q *Queue) verdict(id uint32, v Verdict) {
+	nv, n := nfqueue.NfDrop, &q.dropped
+	if v == Accept {
+		nv, n = nfqueue.NfAccept, &q.accepted
+	}
+	if err := q.nf.SetVerdict(id, nv); err != nil {
+		q.verdictErrors.Add(1)
+		if ok, suppressed := q.verdictLog.allow(); ok {
+			q.log.Warn().Err(err).Uint64("suppressed", suppressed).Msg("sending verdict failed")
+		}
+		return
+	}
+	n.Add(1)
+}
+
+// onError is go-nfqueue's receive-error callback, on the receive goroutine.
+// Returning 0 keeps the loop going; anything else ends it.
+func (q *Queue) onError(err error) int {
+	select {
+	case <-q.stopping:
+		// Close interrupts the blocked receive with an error; not ours to count.
+		return 1
+	default:
+	}
+
+	var sysErr *os.SyscallError
+	switch {
+	case errors.Is(err, unix.ENOBUFS):
+		// The kernel could not append to our full socket buffer and dropped
+		// (or, fail-open, accepted) packets. The socket itself is fine.
+		n := q.enobufs.Add(1)
+		if ok, _ := q.enobufsLog.allow(); ok {
+			q.log.Warn().
+				Uint64("enobufs_total", n).
+				Uint64("enobufs_since_last_log", n-q.enobufsLogged).
+				Msg("socket receive buffer overflowed; kernel dropped queued packets")
+			q.enobufsLogged = n
+		}
+		return 0
+
+	case errors.Is(err, net.ErrClosed), errors.Is(err, os.ErrClosed), errors.Is(err, unix.EBADF):
+		q.fail(err)
+		return 1
+
+	case !errors.As(err, &sysErr) && errors.As(err, new(unix.Errno)):
+		// A netlink error message, not a failed system call: the kernel
+		// rejected a message we sent, and we send only verdicts once bound
+		// (e.g. ENOENT for an id it no longer holds).
+		q.verdictErrors.Add(1)
+		if ok, suppressed := q.verdictLog.allow(); ok {
+			q.log.Warn().Err(err).Uint64("suppressed", suppressed).Msg("kernel rejected a verdict")
+		}
+		return 0
+	}
+
+	q.receiveErrors.Add(1)
+	q.errStreak++
+	if ok, suppressed := q.receiveLog.allow(); ok {
+		q.log.Warn().Err(err).Int("consecutive", q.errStreak).Uint64("suppressed", suppressed).Msg("receive failed; retrying")
+	}
+	if q.errStreak > 1 {
+		d := min(time.Millisecond<<min(q.errStreak-2, 10), maxErrorBackoff)
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-q.stopping:
+			t.Stop()
+		}
+	}
+	return 0
+}
+
+func (q *Queue) fail(err error) {
+	q.fatalOnce.Do(func() {
+		q.fatalErr = err
+		q.log.Error().Err(err).Msg("receive loop stopped")
+		close(q.fatal)
+	})
+}
+
+func (q *Queue) logMalformed(what string) {
+	if ok, suppressed := q.malformedLog.allow(); ok {
+		q.log.Warn().Uint64("suppressed", suppressed).Msg(what)
+	}
+}
+
+// limiter lets one log line through per logEvery and counts the rest.
+type limiter struct {
+	last       time.Time
+	suppressed uint64
+}
+
+func (l *limiter) allow() (ok bool, suppressed uint64) {
+	now := time.Now()
+	if !l.last.IsZero() && now.Sub(l.last) < logEvery {
+		l.suppressed++
+		return false, 0
+	}
+	l.last, suppressed, l.suppressed = now, l.suppressed, 0
+	return true, suppressed
+}
+
+// nfLogger routes go-nfqueue's own messages to debug level: they are
+// per-message details (unknown attributes, parse failures, the unbind that
+// fails after Close) that our counters already cover.
+type nfLogger struct{ log *zerolog.Logger }
+
+func (l nfLogger) Debugf(format string, args ...any) { l.log.Debug().Msgf(format, args...) }
+func (l nfLogger) Errorf(format string, args ...any) { l.log.Debug().Msgf(format, args...) }
