@@ -1,9 +1,12 @@
 // Package bench generates the load synguard is measured under.
 //
 // This part is the SYN flood generator. A [Flooder] sends TCP SYNs that look
-// like Linux's (MSS, SACK-permitted, timestamps, window scale 7) from random
-// spoofed sources, random ports and random initial sequence numbers, to one
-// target. Sources are confined to the ranges the lab routes back and that
+// like Linux's (MSS 1460 over IPv4 and 1440 over IPv6, as Linux announces on
+// a 1500-byte MTU; SACK-permitted; timestamps; window scale 7; window 44 or
+// 45 segments) from random spoofed sources, random ports (1024-65535) and
+// random initial sequence numbers and timestamps, to one target. The target
+// must be a loopback, private, documentation or benchmarking address
+// ([LabTarget]). Sources are confined to the ranges the lab routes back and that
 // can never be real hosts: [lab.SpoofPrefix4] (198.18.0.0/15, the RFC 2544
 // benchmarking range) and [lab.SpoofPrefix6] (2001:db8:ff00::/40, inside the
 // documentation prefix). Every flood is bounded by a packet count and a

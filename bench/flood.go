@@ -37,6 +37,7 @@ const (
 
 // FloodConfig describes one flood.
 type FloodConfig struct {
+	// Target must satisfy LabTarget.
 	Target netip.AddrPort
 	// Sources is where the spoofed source addresses are drawn from,
 	// uniformly. It must lie within lab.SpoofPrefix4 or lab.SpoofPrefix6,
@@ -75,6 +76,9 @@ func (c *FloodConfig) Validate() error {
 	case c.Batch < 0 || c.Batch > MaxBatch:
 		return fmt.Errorf("flood: batch %d outside 0..%d", c.Batch, MaxBatch)
 	}
+	if !LabTarget(dst) {
+		return fmt.Errorf("flood: target %v is not a loopback, private, documentation or benchmarking address", dst)
+	}
 	allowed := lab.SpoofPrefix4
 	if !dst.Is4() {
 		allowed = lab.SpoofPrefix6
@@ -83,6 +87,31 @@ func (c *FloodConfig) Validate() error {
 		return fmt.Errorf("flood: sources %v outside the spoofing range %v", c.Sources, allowed)
 	}
 	return nil
+}
+
+// labRanges are the non-private ranges a flood may still target: the
+// documentation and benchmarking ranges the lab's namespaces use.
+var labRanges = []netip.Prefix{
+	netip.MustParsePrefix("192.0.2.0/24"),
+	netip.MustParsePrefix("198.51.100.0/24"),
+	netip.MustParsePrefix("203.0.113.0/24"),
+	netip.MustParsePrefix("198.18.0.0/15"),
+	netip.MustParsePrefix("2001:db8::/32"),
+}
+
+// LabTarget reports whether a flood may target a: a loopback, private
+// (RFC 1918, ULA), documentation or benchmarking address, never one that
+// could belong to someone on the Internet.
+func LabTarget(a netip.Addr) bool {
+	if a.IsLoopback() || a.IsPrivate() {
+		return true
+	}
+	for _, p := range labRanges {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // batchSize is the number of packets per sendmmsg for this config.
@@ -164,11 +193,11 @@ func NewFlooder(cfg FloodConfig) (*Flooder, error) {
 
 func openRawSocket(target netip.AddrPort) (int, error) {
 	dst := target.Addr()
-	family, level, hdrincl := unix.AF_INET, unix.IPPROTO_IP, unix.IP_HDRINCL
-	var sa unix.Sockaddr = &unix.SockaddrInet4{Addr: dst.As4()}
-	if dst.Is6() {
-		family, level, hdrincl = unix.AF_INET6, unix.IPPROTO_IPV6, unix.IPV6_HDRINCL
-		sa = &unix.SockaddrInet6{Addr: dst.As16()}
+	family, level, hdrincl := unix.AF_INET6, unix.IPPROTO_IPV6, unix.IPV6_HDRINCL
+	var sa unix.Sockaddr = &unix.SockaddrInet6{Addr: dst.As16()}
+	if dst.Is4() {
+		family, level, hdrincl = unix.AF_INET, unix.IPPROTO_IP, unix.IP_HDRINCL
+		sa = &unix.SockaddrInet4{Addr: dst.As4()}
 	}
 	fd, err := unix.Socket(family, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
 	if err != nil {

@@ -78,7 +78,7 @@ func TestFloodNeverReachesBackend(t *testing.T) {
 	topo := newLab(t, lab.Config{})
 	service := netip.AddrPortFrom(topo.BackendAddr, 80)
 	backend := serve(t, topo.Backend, service)
-	syns := countSYNs(t, topo.Backend, topo.BackendSide, topo.ClientAddr)
+	syns := watchSYNs(t, topo)
 	g := startGateway(t, topo.Gateway, "--protect", service.String(), "--mode", "always")
 
 	const rate, seconds = 20000, 8
@@ -94,7 +94,7 @@ func TestFloodNeverReachesBackend(t *testing.T) {
 	}
 	t.Logf("flood: %s", wait())
 	time.Sleep(200 * time.Millisecond)
-	syns.close()
+	syns.Close()
 
 	m, err := g.metrics()
 	if err != nil {
@@ -102,8 +102,8 @@ func TestFloodNeverReachesBackend(t *testing.T) {
 	}
 	t.Logf("gateway: %v SYNs in, %v SYN-ACKs out, %v valid cookies, %v invalid, %v handed off; backend: %d SYNs, %d accepted",
 		m["synguard_syn_received_total"], m["synguard_synack_sent_total"], m["synguard_cookie_valid_total"],
-		m["synguard_cookie_invalid_total"], m["synguard_flows_handed_off_total"], syns.total.Load(), backend.Accepted())
-	if n := syns.spoofed.Load(); n != 0 {
+		m["synguard_cookie_invalid_total"], m["synguard_flows_handed_off_total"], syns.Total(), backend.Accepted())
+	if n := syns.Spoofed(); n != 0 {
 		t.Fatalf("backend received %d SYNs from spoofed sources", n)
 	}
 	if m["synguard_syn_received_total"] < rate*seconds/2 {
@@ -114,8 +114,8 @@ func TestFloodNeverReachesBackend(t *testing.T) {
 	}
 	// Besides the client's, the backend sees only the gateway's own
 	// option probe.
-	if want := float64(probes + 1); m["synguard_flows_handed_off_total"] != want || syns.fromClient.Load() != int64(want) {
-		t.Fatalf("handed off %v flows, backend saw %d SYNs from the client; want %v of each", m["synguard_flows_handed_off_total"], syns.fromClient.Load(), want)
+	if want := float64(probes + 1); m["synguard_flows_handed_off_total"] != want || syns.From(topo.ClientAddr) != int64(want) {
+		t.Fatalf("handed off %v flows, backend saw %d SYNs from the client; want %v of each", m["synguard_flows_handed_off_total"], syns.From(topo.ClientAddr), want)
 	}
 }
 

@@ -24,7 +24,6 @@ import (
 	"github.com/synguard/synguard/internal/roottest"
 	"github.com/synguard/synguard/lab"
 	"github.com/synguard/synguard/lab/netns"
-	"github.com/synguard/synguard/packet"
 )
 
 // binary is the synguard executable built once for all tests.
@@ -261,60 +260,15 @@ func download(t *testing.T, ns *netns.NS, target netip.AddrPort, n int64, progre
 	}
 }
 
-// spoofCounter counts SYNs from the spoofed range arriving at an interface.
-type spoofCounter struct {
-	from           netip.Addr // a legitimate client's address
-	spoofed, total atomic.Int64
-	fromClient     atomic.Int64
-	stop           chan struct{}
-	done           chan struct{}
-}
-
-func countSYNs(t *testing.T, ns *netns.NS, iface string, client netip.Addr) *spoofCounter {
+// watchSYNs counts SYNs arriving at the backend for the rest of the test.
+func watchSYNs(t *testing.T, topo *lab.Topology) *lab.SYNWatch {
 	t.Helper()
-	c, err := lab.OpenCapture(ns, iface)
+	w, err := lab.WatchSYNs(topo.Backend, topo.BackendSide)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sc := &spoofCounter{from: client, stop: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(sc.done)
-		defer c.Close()
-		buf := make([]byte, 2048)
-		var p packet.Packet
-		for {
-			select {
-			case <-sc.stop:
-				return
-			default:
-			}
-			n, outgoing, err := c.Read(buf, 100*time.Millisecond)
-			if err != nil || outgoing {
-				continue
-			}
-			if packet.Parse(buf[:n], &p) != nil || p.Flags&(packet.SYN|packet.ACK) != packet.SYN {
-				continue
-			}
-			sc.total.Add(1)
-			if p.Src == sc.from {
-				sc.fromClient.Add(1)
-			}
-			if lab.SpoofPrefix4.Contains(p.Src) || lab.SpoofPrefix6.Contains(p.Src) {
-				sc.spoofed.Add(1)
-			}
-		}
-	}()
-	t.Cleanup(sc.close)
-	return sc
-}
-
-func (s *spoofCounter) close() {
-	select {
-	case <-s.stop:
-	default:
-		close(s.stop)
-	}
-	<-s.done
+	t.Cleanup(func() { w.Close() })
+	return w
 }
 
 // handedOff lists the conntrack entries synguard created in ns.

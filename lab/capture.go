@@ -14,7 +14,8 @@ import (
 
 // Capture receives copies of the IP packets crossing one interface, in
 // both directions, from an AF_PACKET socket: what a test or a scenario
-// checks on the wire.
+// checks on the wire. One goroutine reads at a time; Close it once reading
+// has stopped.
 type Capture struct {
 	fd int
 }

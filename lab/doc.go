@@ -32,8 +32,17 @@
 // [ServeHTTP] is the backend: GET /bytes/N answers N bytes of deterministic
 // content ([NewContentReader], checksum [ContentSHA256]) and GET /healthz
 // answers "ok". [ServeBackend] runs it in-process with the listening socket
-// inside a namespace and counts accepted connections. [Probe] times one
-// legitimate connection (handshake, then a small verified download) and
-// [Download] fetches and checksums a large body. All of them accept a nil
-// namespace, meaning the caller's own.
+// inside a namespace and counts accepted connections; [ServeBackendBacklog]
+// and [Listen] set a listen backlog, for backends whose accept queue
+// overflows. [Probe] times one legitimate connection (handshake, then a
+// small verified download) and [Download] fetches and checksums a large
+// body. Sockets are created inside the namespace with [netns.NS.Do] and then
+// used from ordinary goroutines. All of these accept a nil namespace,
+// meaning the caller's own.
+//
+// # Observing
+//
+// [ReadLinkCounters] reads an interface's packet counters and [OpenCapture]
+// receives copies of the packets crossing one (AF_PACKET), for tests and
+// scenarios that check what was on the wire.
 package lab

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+)
+
+func runCLI(args ...string) (stdout, stderr string, code int) {
+	var out, errb bytes.Buffer
+	err := run(context.Background(), args, &out, &errb)
+	code = exitCode(err, &errb)
+	return out.String(), errb.String(), code
+}
+
+func TestBadCommandLines(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string // in the one-line error
+	}{
+		{"no command", nil, "no command"},
+		{"unknown command", []string{"frobnicate"}, `unknown command "frobnicate"`},
+		{"no protect", []string{"run"}, "--protect is required"},
+		{"bad address", []string{"run", "--protect", "203.0.113.300:80"}, `"203.0.113.300:80" is not ADDR:PORT`},
+		{"no port", []string{"run", "--protect", "203.0.113.2"}, "is not ADDR:PORT"},
+		{"port zero", []string{"run", "--protect", "203.0.113.2:0"}, "port 0"},
+		{"wildcard", []string{"run", "--protect", "0.0.0.0:80"}, "not a wildcard"},
+		{"v6 without brackets", []string{"run", "--protect", "2001:db8::1:80"}, "is not ADDR:PORT"},
+		{"bad mode", []string{"rules", "--protect", "203.0.113.2:80", "--mode", "sometimes"}, `unknown mode "sometimes"`},
+		{"bad fail", []string{"rules", "--protect", "203.0.113.2:80", "--fail", "maybe"}, `--fail "maybe"`},
+		{"queues zero", []string{"rules", "--protect", "203.0.113.2:80", "--queues", "0"}, "queues must be 1 or more"},
+		{"queue range", []string{"rules", "--protect", "203.0.113.2:80", "--queue", "65535", "--queues", "2"}, "end at 65535"},
+		{"bad metrics", []string{"rules", "--protect", "203.0.113.2:80", "--metrics", "localhost"}, "--metrics"},
+		{"missing key file", []string{"rules", "--protect", "203.0.113.2:80", "--key-file", "/nonexistent/key"}, "--key-file"},
+		{"bad wscale", []string{"rules", "--protect", "203.0.113.2:80", "--backend-wscale", "15"}, "--backend-wscale 15"},
+		{"unknown flag", []string{"run", "--protect", "203.0.113.2:80", "--colour"}, "flag provided but not defined"},
+		{"stray argument", []string{"rules", "--protect", "203.0.113.2:80", "extra"}, `unexpected argument "extra"`},
+		{"duplicate service", []string{"rules", "--protect", "203.0.113.2:80,203.0.113.2:80"}, "203.0.113.2:80"},
+		{"lab unknown", []string{"lab", "sideways"}, `unknown subcommand "sideways"`},
+		{"bench flood no target", []string{"bench", "flood"}, "--target"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, stderr, code := runCLI(tt.args...)
+			if code != 2 {
+				t.Fatalf("exit %d, want 2 (stderr %q)", code, stderr)
+			}
+			lines := strings.Split(strings.TrimSpace(stderr), "\n")
+			last := lines[len(lines)-1]
+			if !strings.HasPrefix(last, "synguard: ") || !strings.Contains(last, tt.want) {
+				t.Fatalf("error line %q, want it to contain %q", last, tt.want)
+			}
+		})
+	}
+}
+
+func TestRulesPrintsWhatRunInstalls(t *testing.T) {
+	out, stderr, code := runCLI("rules", "--protect", "203.0.113.2:80,[2001:db8:b::2]:443", "--queue", "7", "--queues", "2", "--fail", "open")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{
+		"*raw",
+		"-A SYNGUARD-PREROUTING -d 203.0.113.2/32 -p tcp -m tcp --dport 80 --tcp-flags FIN,SYN,RST,ACK SYN -j NFQUEUE --queue-balance 7:8 --queue-bypass",
+		"-A SYNGUARD-PREROUTING -d 2001:db8:b::2/128 -p tcp -m tcp --dport 443",
+		"-A SYNGUARD-FORWARD -m connmark --mark 0x53470002 -j RETURN",
+		"-A SYNGUARD-OUTPUT -m mark --mark 0x53470001 -j CT --notrack",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("rules output lacks %q:\n%s", want, out)
+		}
+	}
+	local, _, _ := runCLI("rules", "--protect", "203.0.113.2:80", "--local")
+	if !strings.Contains(local, "-I INPUT 1 -j SYNGUARD-INPUT") || strings.Contains(local, "FORWARD") {
+		t.Errorf("--local rules:\n%s", local)
+	}
+}
+
+func TestVersionAndHelp(t *testing.T) {
+	out, _, code := runCLI("version")
+	if code != 0 || !strings.HasPrefix(out, "synguard ") {
+		t.Fatalf("version: %q exit %d", out, code)
+	}
+	out, _, code = runCLI("help")
+	if code != 0 || !strings.Contains(out, "rules") {
+		t.Fatalf("help: %q exit %d", out, code)
+	}
+}
+
+func TestServiceListParsing(t *testing.T) {
+	var l serviceList
+	for _, v := range []string{"203.0.113.2:80, 203.0.113.3:443", "[2001:db8::1]:80", "[::ffff:203.0.113.9]:25"} {
+		if err := l.Set(v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, want := l.String(), "203.0.113.2:80,203.0.113.3:443,[2001:db8::1]:80,203.0.113.9:25"; got != want {
+		t.Fatalf("parsed %q, want %q", got, want)
+	}
+}
