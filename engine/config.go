@@ -100,6 +100,15 @@ type Config struct {
 	// ConntrackTimeout is the initial timeout of created conntrack entries.
 	ConntrackTimeout time.Duration
 
+	// Thresholds drive auto mode (and what off mode reports); zero means
+	// DefaultThresholds.
+	Thresholds Thresholds
+
+	// HandshakeLatency, when set, is told each handed-off flow's time
+	// from its client's valid ACK to the hand-off (the backend's answer
+	// plus the conntrack entry). It must not block or allocate.
+	HandshakeLatency func(svc int, d time.Duration)
+
 	Logger zerolog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
@@ -115,7 +124,10 @@ const (
 
 func (c *Config) setDefaults() {
 	if c.Mode == 0 {
-		c.Mode = ModeAlways
+		c.Mode = ModeAuto
+	}
+	if c.Thresholds == (Thresholds{}) {
+		c.Thresholds = DefaultThresholds
 	}
 	if c.MaxPending == 0 {
 		c.MaxPending = DefaultMaxPending
@@ -151,8 +163,11 @@ func (c *Config) validate() error {
 	if c.Cookies == nil || c.Send == nil || c.Handoff == nil {
 		return errors.New("engine needs a cookie jar, a sender and a hand-off")
 	}
-	if c.Mode != ModeAlways {
-		return fmt.Errorf("mode %s is not available yet; use --mode always", c.Mode)
+	if c.Mode != ModeAlways && c.Mode != ModeAuto && c.Mode != ModeOff {
+		return fmt.Errorf("unknown mode %d", c.Mode)
+	}
+	if err := c.Thresholds.Validate(); err != nil {
+		return err
 	}
 	if c.MaxPending < 0 || c.SYNRetries < 0 || c.RetryInitial < 0 {
 		return errors.New("negative limits")

@@ -26,6 +26,10 @@ const (
 	AmplificationGuard                // SYN-ACK not sent: it would exceed the SYN
 	DuplicateACK                      // client ACK or probe for a flow already pending
 	Unmatched                         // packets of no pending flow, passed on
+	SYNPassed                         // SYNs let through to the backend (passthrough or off)
+	FirstACK                          // first ACKs of flows let through, observed once
+	HalfOpenEvicted                   // half-open entries pushed out of a full table
+	ModeChanges                       // switches between passthrough and cookie mode
 	numCounters
 )
 
@@ -48,6 +52,10 @@ var counterNames = [numCounters]string{
 	AmplificationGuard: "amplification_guard",
 	DuplicateACK:       "duplicate_ack",
 	Unmatched:          "unmatched",
+	SYNPassed:          "syn_passed",
+	FirstACK:           "first_ack",
+	HalfOpenEvicted:    "half_open_evicted",
+	ModeChanges:        "mode_changes",
 }
 
 // String returns the counter's stable snake_case name.

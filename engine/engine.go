@@ -14,6 +14,7 @@ import (
 	"github.com/synguard/synguard/conntrack"
 	"github.com/synguard/synguard/cookies"
 	"github.com/synguard/synguard/packet"
+	"github.com/synguard/synguard/telemetry"
 )
 
 // Verdict is what netfilter should do with a queued packet.
@@ -53,6 +54,14 @@ type Engine struct {
 	list     []netip.AddrPort
 	backend  []atomic.Uint32 // packed BackendOptions per service
 	learned  []atomic.Bool   // per service: options learned at least once
+
+	// Per service: current state (cookie or passthrough), half-open
+	// table and its last count. The controller (Run) writes states;
+	// workers read them with one atomic load per SYN.
+	states    []atomic.Uint32
+	halfOpen  []*halfOpenTable
+	halfOpenN []atomic.Int64
+	ctrl      []serviceControl
 
 	mu      sync.Mutex
 	pending *pendingTable
@@ -94,8 +103,57 @@ func New(cfg Config) (*Engine, error) {
 	}
 	e.timerCounters = e.newCounters()
 	e.handoffCounters = e.newCounters()
+
+	n := len(cfg.Services)
+	e.states = make([]atomic.Uint32, n)
+	e.halfOpen = make([]*halfOpenTable, n)
+	e.halfOpenN = make([]atomic.Int64, n)
+	e.ctrl = make([]serviceControl, n)
+	start := cfg.Now()
+	for i := range n {
+		initial := StatePassthrough
+		if cfg.Mode == ModeAlways {
+			initial = StateCookie
+		}
+		e.states[i].Store(uint32(initial))
+		e.halfOpen[i] = newHalfOpenTable(DefaultHalfOpenSlots, cfg.Thresholds.HandshakeTimeout, start)
+		e.ctrl[i] = serviceControl{
+			ctrl:   controller{th: cfg.Thresholds},
+			syns:   newRateWindow(controlWindow),
+			passed: newRateWindow(controlWindow),
+			acks:   newRateWindow(controlWindow),
+		}
+	}
 	return e, nil
 }
+
+// State is what a service does with SYNs right now.
+type State uint32
+
+// States.
+const (
+	// StatePassthrough lets SYNs through to the backend untouched.
+	StatePassthrough State = iota
+	// StateCookie answers SYNs with cookies.
+	StateCookie
+)
+
+// String returns the state's metric label: "cookie" or "passthrough".
+func (s State) String() string {
+	if s == StateCookie {
+		return "cookie"
+	}
+	return "passthrough"
+}
+
+// ServiceState returns service svc's current state.
+func (e *Engine) ServiceState(svc int) State { return State(e.states[svc].Load()) }
+
+// Mode returns the configured mode.
+func (e *Engine) Mode() Mode { return e.cfg.Mode }
+
+// HalfOpen returns service svc's half-open count at the last control tick.
+func (e *Engine) HalfOpen(svc int) int { return int(e.halfOpenN[svc].Load()) }
 
 func (e *Engine) newCounters() *counterSet {
 	s := newCounterSet(len(e.list))
@@ -142,7 +200,7 @@ func (e *Engine) LearnBackend(svc int, opts BackendOptions, source string) {
 	old := e.backend[svc].Swap(packBackend(opts))
 	first := !e.learned[svc].Swap(true)
 	if first || old != packBackend(opts) {
-		e.log.Info().Str("event", "backend_options_learned").
+		e.log.Info().Str("event", telemetry.EventBackendOptionsLearned).
 			Str("service", e.list[svc].String()).Str("source", source).
 			Uint16("mss", opts.MSS).Int8("wscale", int8(opts.WindowScale)).
 			Bool("sack", opts.SACKPermitted).Msg("backend TCP options learned")
@@ -167,6 +225,55 @@ func unpackBackend(v uint32) BackendOptions {
 	}
 }
 
+// Control loop timing: a sample every controlTick, rates over
+// controlWindow ticks (one second), so a flood is noticed within a second.
+const (
+	controlTick   = 100 * time.Millisecond
+	controlWindow = 10
+)
+
+// serviceControl is the controller's per-service state; only Run's
+// goroutine touches it.
+type serviceControl struct {
+	ctrl               controller
+	syns, passed, acks *rateWindow
+}
+
+// control samples every service and switches states (auto mode).
+func (e *Engine) control(now time.Time) {
+	for i := range e.ctrl {
+		st := e.Stats(i)
+		c := &e.ctrl[i]
+		n := e.halfOpen[i].count(now)
+		e.halfOpenN[i].Store(int64(n))
+		rate, _ := c.syns.add(now, st.Get(SYNReceived))
+		_, passed := c.passed.add(now, st.Get(SYNPassed))
+		_, acks := c.acks.add(now, st.Get(FirstACK))
+		s := Sample{HalfOpen: n, SYNRate: rate, Completion: 1}
+		if passed > 0 {
+			s.Completion = min(float64(acks)/float64(passed), 1)
+		}
+		if e.cfg.Mode != ModeAuto {
+			continue
+		}
+		changed, reason := c.ctrl.step(now, s)
+		if !changed {
+			continue
+		}
+		from := e.ServiceState(i)
+		to := StatePassthrough
+		if c.ctrl.cookie {
+			to = StateCookie
+		}
+		e.states[i].Store(uint32(to))
+		e.timerCounters.add(i, ModeChanges)
+		e.log.Warn().Str("event", "mode_change").Str("service", e.list[i].String()).
+			Str("from", from.String()).Str("to", to.String()).Str("reason", reason).
+			Int("half_open", s.HalfOpen).Float64("syn_rate", s.SYNRate).
+			Float64("completion_ratio", s.Completion).Msg("service mode changed")
+	}
+}
+
 // Run drives retries, expiries and hand-offs until ctx is done.
 func (e *Engine) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
@@ -180,6 +287,8 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	tick := time.NewTicker(e.tickInterval())
 	defer tick.Stop()
+	ctl := time.NewTicker(controlTick)
+	defer ctl.Stop()
 	var buf [packet.MaxHandshakeLen]byte
 	for {
 		select {
@@ -188,6 +297,8 @@ func (e *Engine) Run(ctx context.Context) error {
 			return nil
 		case <-tick.C:
 			e.Tick(buf[:])
+		case <-ctl.C:
+			e.control(e.cfg.Now())
 		}
 	}
 }
@@ -214,9 +325,30 @@ func (e *Engine) NewWorker() *Worker {
 	return &Worker{e: e, c: e.newCounters()}
 }
 
-// Handle decides the verdict for one queued IP packet b. It may send
-// packets; it never blocks on anything but the sender.
-func (w *Worker) Handle(b []byte) Verdict {
+// Hook is the netfilter hook a packet was queued from (the numbering of
+// enum nf_inet_hooks).
+type Hook uint8
+
+// Hooks.
+const (
+	HookPrerouting Hook = iota
+	HookInput
+	HookForward
+	HookOutput
+	HookPostrouting
+	// HookUnknown is for callers that cannot tell.
+	HookUnknown Hook = 0xff
+)
+
+// Handle decides the verdict for one queued IP packet b whose hook is not
+// known. It may send packets; it never blocks on anything but the sender.
+func (w *Worker) Handle(b []byte) Verdict { return w.HandleAt(b, HookUnknown) }
+
+// HandleAt decides the verdict for one IP packet b queued from hook. In
+// PREROUTING the engine sees SYNs (raw table) and the first established
+// packet of flows it let through (mangle table); in the filter hooks it
+// sees segments conntrack found invalid or untracked.
+func (w *Worker) HandleAt(b []byte, hook Hook) Verdict {
 	p := &w.pkt
 	if err := packet.Parse(b, p); err != nil {
 		// Only TCP segments of protected services are queued, and
@@ -226,7 +358,7 @@ func (w *Worker) Handle(b []byte) Verdict {
 		return Drop
 	}
 	if svc, ok := w.e.services[p.Destination()]; ok {
-		return w.fromClient(svc, b)
+		return w.fromClient(svc, b, hook)
 	}
 	if svc, ok := w.e.services[p.Source()]; ok {
 		return w.fromServer(svc)
@@ -235,13 +367,28 @@ func (w *Worker) Handle(b []byte) Verdict {
 	return Accept
 }
 
-func (w *Worker) fromClient(svc int, b []byte) Verdict {
+func (w *Worker) fromClient(svc int, b []byte, hook Hook) Verdict {
 	p := &w.pkt
+	isSYN := p.Flags&(packet.SYN|packet.ACK|packet.RST|packet.FIN) == packet.SYN
 	switch {
-	case p.Flags&(packet.SYN|packet.ACK|packet.RST|packet.FIN) == packet.SYN:
+	case isSYN:
 		w.c.add(svc, SYNReceived)
+		if w.e.ServiceState(svc) == StatePassthrough {
+			w.passSYN(svc)
+			return Accept
+		}
 		w.answerSYN(svc, len(b))
 		return Drop
+	case hook == HookPrerouting:
+		// Only the mangle rule queues non-SYNs in PREROUTING: the first
+		// established packet of a flow let through. It is the kernel's
+		// flow; note the completed handshake and let it go.
+		w.firstACK(svc)
+		return Accept
+	case w.e.cfg.Mode == ModeOff:
+		// Observe only: whatever conntrack found invalid passes, as it
+		// would without synguard.
+		return Accept
 	case p.Flags.Has(packet.RST):
 		w.clientReset(svc)
 		return Drop
@@ -253,6 +400,28 @@ func (w *Worker) fromClient(svc int, b []byte) Verdict {
 	// handshake. Drop, like conntrack-invalid traffic should be.
 	w.c.add(svc, Malformed)
 	return Drop
+}
+
+// passSYN lets a SYN through to the backend and counts it as half-open.
+func (w *Worker) passSYN(svc int) {
+	p := &w.pkt
+	k := flowKey{client: p.Source(), server: p.Destination()}
+	added, evicted := w.e.halfOpen[svc].add(k, w.e.cfg.Now())
+	if added {
+		w.c.add(svc, SYNPassed)
+	}
+	if evicted {
+		w.c.add(svc, HalfOpenEvicted)
+	}
+}
+
+// firstACK records that a flow let through completed its handshake.
+func (w *Worker) firstACK(svc int) {
+	p := &w.pkt
+	k := flowKey{client: p.Source(), server: p.Destination()}
+	if w.e.halfOpen[svc].complete(k, w.e.cfg.Now()) {
+		w.c.add(svc, FirstACK)
+	}
 }
 
 // clientOptions converts a SYN's options to what a cookie carries.
@@ -554,7 +723,7 @@ func (e *Engine) learnFromSYNACK(svc int, observed BackendOptions, mismatch bool
 	}
 	cur.WindowScale = observed.WindowScale
 	cur.SACKPermitted = observed.SACKPermitted
-	e.log.Warn().Str("event", "backend_option_mismatch").Str("service", e.list[svc].String()).
+	e.log.Warn().Str("event", telemetry.EventBackendOptionMismatch).Str("service", e.list[svc].String()).
 		Uint16("mss", observed.MSS).Int8("wscale", int8(observed.WindowScale)).
 		Bool("sack", observed.SACKPermitted).Msg("backend SYN-ACK options differ from those announced")
 	e.LearnBackend(svc, cur, "syn_ack")
@@ -602,7 +771,7 @@ func (e *Engine) handoff(c *counterSet, buf []byte, k flowKey) {
 	})
 	if err != nil && !errors.Is(err, conntrack.ErrExists) {
 		c.add(fl.svc, HandoffFailed)
-		e.log.Error().Err(err).Str("event", "handoff_failed").Str("service", k.server.String()).Msg("conntrack hand-off failed")
+		e.log.Error().Err(err).Str("event", telemetry.EventHandoffFailed).Str("service", k.server.String()).Msg("conntrack hand-off failed")
 		e.mu.Lock()
 		e.pending.remove(k)
 		e.mu.Unlock()
@@ -632,6 +801,9 @@ func (e *Engine) handoff(c *counterSet, buf []byte, k flowKey) {
 	}
 	e.mu.Unlock()
 	c.add(fl.svc, HandedOff)
+	if e.cfg.HandshakeLatency != nil {
+		e.cfg.HandshakeLatency(fl.svc, e.cfg.Now().Sub(fl.validated))
+	}
 }
 
 // resetBoth aborts a flow on both sides.

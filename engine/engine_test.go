@@ -582,7 +582,19 @@ func TestConfigErrors(t *testing.T) {
 		"unspecified":  func(c *Config) { c.Services = []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:80")} },
 		"duplicate":    func(c *Config) { c.Services = []netip.AddrPort{server, server} },
 		"no sender":    func(c *Config) { c.Send = nil },
-		"auto not yet": func(c *Config) { c.Mode = ModeAuto },
+		"unknown mode": func(c *Config) { c.Mode = 9 },
+		"inverted half-open watermarks": func(c *Config) {
+			c.Thresholds = DefaultThresholds
+			c.Thresholds.HalfOpenLow = c.Thresholds.HalfOpenHigh
+		},
+		"inverted rate watermarks": func(c *Config) {
+			c.Thresholds = DefaultThresholds
+			c.Thresholds.SYNRateLow = c.Thresholds.SYNRateHigh + 1
+		},
+		"high watermark past table": func(c *Config) {
+			c.Thresholds = DefaultThresholds
+			c.Thresholds.HalfOpenHigh = DefaultHalfOpenSlots
+		},
 	} {
 		c := base
 		mod(&c)

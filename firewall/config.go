@@ -48,6 +48,12 @@ type Config struct {
 	// be non-zero and differ from EngineMark.
 	HandoffMark uint32
 
+	// ObserveFirstACK queues the first established packet of each flow to
+	// a protected service once, and connmarks the flow past it, so the
+	// engine can count handshakes completed by SYNs it let through (modes
+	// auto and off).
+	ObserveFirstACK bool
+
 	// Runner runs iptables and reads and writes sysctls. Nil means Host:
 	// the network namespace of the calling process.
 	Runner Runner

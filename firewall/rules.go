@@ -123,8 +123,29 @@ func render(c Config, f family) string {
 		filter.rule(src(s) + " " + stray + " " + queue)
 	}
 	filter.writeTo(&b)
+
+	// mangle: after conntrack, before filter. The first established packet
+	// of a flow synguard let through (connmark still 0) gets the hand-off
+	// connmark and visits the engine once, which counts its handshake as
+	// complete; later packets carry the mark and pass. In mangle an accept
+	// verdict ends only the mangle chain: the operator's filter rules still
+	// judge the packet.
+	if c.ObserveFirstACK {
+		mangle := table{name: "mangle"}
+		mangle.chain("PREROUTING")
+		for _, s := range svcs {
+			mangle.rule(dst(s) + " -m conntrack --ctstate ESTABLISHED -m connmark --mark 0x0 -j " + firstACKChain)
+		}
+		mangle.subchain(firstACKChain,
+			fmt.Sprintf("-j CONNMARK --set-xmark %#x/0xffffffff", c.HandoffMark),
+			queue)
+		mangle.writeTo(&b)
+	}
 	return b.String()
 }
+
+// firstACKChain marks and queues the first established packet of a flow.
+const firstACKChain = chainPrefix + "-FIRSTACK"
 
 // queueTarget is the NFQUEUE target with its options.
 func queueTarget(c Config) string {
@@ -156,6 +177,16 @@ func (t *table) chain(builtin string, rules ...string) {
 	t.cur = chainPrefix + "-" + builtin
 	t.decls = append(t.decls, ":"+t.cur+" - [0:0]")
 	t.jumps = append(t.jumps, "-I "+builtin+" 1 -j "+t.cur)
+	for _, r := range rules {
+		t.rule(r)
+	}
+}
+
+// subchain declares a chain reached only from other SYNGUARD chains and
+// appends rules to it.
+func (t *table) subchain(name string, rules ...string) {
+	t.cur = name
+	t.decls = append(t.decls, ":"+name+" - [0:0]")
 	for _, r := range rules {
 		t.rule(r)
 	}

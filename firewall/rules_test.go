@@ -248,3 +248,33 @@ COMMIT
 		t.Errorf("IPv6 only: got %q, want %q", got, want)
 	}
 }
+
+func TestRulesObserveFirstACK(t *testing.T) {
+	c := base("203.0.113.10:80")
+	c.ObserveFirstACK = true
+	rs, err := Rules(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = `*mangle
+:SYNGUARD-PREROUTING - [0:0]
+:SYNGUARD-FIRSTACK - [0:0]
+-I PREROUTING 1 -j SYNGUARD-PREROUTING
+-A SYNGUARD-PREROUTING -d 203.0.113.10/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate ESTABLISHED -m connmark --mark 0x0 -j SYNGUARD-FIRSTACK
+-A SYNGUARD-FIRSTACK -j CONNMARK --set-xmark 0x53470002/0xffffffff
+-A SYNGUARD-FIRSTACK -j NFQUEUE --queue-num 0
+COMMIT
+`
+	_, mangle, ok := strings.Cut(rs.IPv4, "COMMIT\n*mangle\n")
+	if !ok {
+		t.Fatalf("no mangle table:\n%s", rs.IPv4)
+	}
+	if diff := cmp.Diff(want, "*mangle\n"+mangle); diff != "" {
+		t.Fatalf("mangle rules (-want +got):\n%s", diff)
+	}
+	// Without it, no mangle table at all.
+	c.ObserveFirstACK = false
+	if rs, _ := Rules(c); strings.Contains(rs.IPv4, "mangle") {
+		t.Fatalf("mangle rules without ObserveFirstACK:\n%s", rs.IPv4)
+	}
+}

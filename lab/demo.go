@@ -272,19 +272,32 @@ func (s *metricsScraper) scrape(ctx context.Context) (map[string]float64, error)
 // ScrapeMetrics fetches http://addr/metrics from inside ns and sums each
 // metric over its label sets.
 func ScrapeMetrics(ctx context.Context, ns *netns.NS, addr string) (map[string]float64, error) {
+	text, err := ScrapeMetricsText(ctx, ns, addr)
+	if err != nil {
+		return nil, err
+	}
+	return ParseMetrics(strings.NewReader(text))
+}
+
+// ScrapeMetricsText fetches http://addr/metrics from inside ns as text.
+func ScrapeMetricsText(ctx context.Context, ns *netns.NS, addr string) (string, error) {
 	s := &metricsScraper{ns: ns, addr: addr}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	c := s.client()
 	defer c.CloseIdleConnections()
 	resp, err := c.Do(req)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	defer resp.Body.Close()
-	return ParseMetrics(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("metrics: %s", resp.Status)
+	}
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
 }
 
 func (s *metricsScraper) waitReady(ctx context.Context, exited <-chan error, limit time.Duration) error {

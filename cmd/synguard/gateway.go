@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/synguard/synguard/engine"
 	"github.com/synguard/synguard/firewall"
 	"github.com/synguard/synguard/gateway"
+	"github.com/synguard/synguard/telemetry"
 )
 
 // gatewayFlags are the flags shared by run and rules.
@@ -33,11 +35,13 @@ type gatewayFlags struct {
 	backendSACK string
 	logFormat   string
 	logLevel    string
+	statsEvery  time.Duration
+	thresholds  engine.Thresholds
 }
 
 func (f *gatewayFlags) register(fs *flag.FlagSet) {
 	fs.Var(&f.protect, "protect", "services to protect, `ADDR:PORT[,ADDR:PORT...]` ([ADDR]:PORT for IPv6); repeatable")
-	fs.StringVar(&f.mode, "mode", "always", "`always`: cookies for every SYN (auto and off: not yet available)")
+	fs.StringVar(&f.mode, "mode", "auto", "`auto`: pass SYNs while quiet, cookies under pressure; always: cookies for every SYN; off: observe and report only")
 	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus metrics on `HOST:PORT` (path /metrics)")
 	fs.UintVar(&f.queue, "queue", 0, "first NFQUEUE `number`")
 	fs.UintVar(&f.queues, "queues", 1, "`number` of queues and workers (spread with --queue-balance)")
@@ -48,8 +52,16 @@ func (f *gatewayFlags) register(fs *flag.FlagSet) {
 	fs.UintVar(&f.backendMSS, "backend-mss", 0, "announce this MSS instead of the learned one (with --backend-wscale and --backend-sack)")
 	fs.IntVar(&f.backendWS, "backend-wscale", -2, "announce this window scale (-1: none) instead of the learned one")
 	fs.StringVar(&f.backendSACK, "backend-sack", "", "announce SACK support: on or off, instead of the learned value")
+	th := engine.DefaultThresholds
+	fs.IntVar(&f.thresholds.HalfOpenHigh, "half-open-high", th.HalfOpenHigh, "auto: switch a service to cookies at this many half-open connections")
+	fs.IntVar(&f.thresholds.HalfOpenLow, "half-open-low", th.HalfOpenLow, "auto: back to passthrough only at or below this many half-open connections")
+	fs.Float64Var(&f.thresholds.SYNRateHigh, "syn-rate-high", th.SYNRateHigh, "auto: switch a service to cookies at this many SYNs per second")
+	fs.Float64Var(&f.thresholds.SYNRateLow, "syn-rate-low", th.SYNRateLow, "auto: back to passthrough only at or below this many SYNs per second")
+	fs.DurationVar(&f.thresholds.Hold, "hold", th.Hold, "auto: how long a service must stay under both low watermarks before it returns to passthrough")
+	fs.DurationVar(&f.thresholds.HandshakeTimeout, "handshake-timeout", th.HandshakeTimeout, "a SYN let through counts as half-open for at most this long")
 	fs.StringVar(&f.logFormat, "log-format", "json", "`json` lines, or console for humans")
 	fs.StringVar(&f.logLevel, "log-level", "info", "`level`: debug, info, warn, error")
+	fs.DurationVar(&f.statsEvery, "stats-interval", telemetry.DefaultStatsInterval, "log a stats event per service every `interval` (1s or more)")
 }
 
 // serviceList is a repeatable, comma-separated list of services.
@@ -96,8 +108,8 @@ func (f *gatewayFlags) config() (gateway.Config, error) {
 	if err != nil {
 		return gateway.Config{}, usagef("--mode: %v", err)
 	}
-	if mode != engine.ModeAlways {
-		return gateway.Config{}, usagef("--mode %s is not available yet; use --mode always", mode)
+	if err := f.thresholds.Validate(); err != nil {
+		return gateway.Config{}, usagef("%v", err)
 	}
 	if f.queues == 0 || f.queue > 65535 || f.queue+f.queues-1 > 65535 {
 		return gateway.Config{}, usagef("--queue %d --queues %d: queues must be 1 or more and end at 65535 or below", f.queue, f.queues)
@@ -138,9 +150,14 @@ func (f *gatewayFlags) config() (gateway.Config, error) {
 		MetricsAddr: f.metrics,
 		Backend:     backend,
 		MaxPending:  f.maxPending,
+		Thresholds:  f.thresholds,
 		EngineMark:  firewall.DefaultEngineMark,
 		HandoffMark: firewall.DefaultHandoffMark,
 	}
+	if f.statsEvery < time.Second {
+		return gateway.Config{}, usagef("--stats-interval %v: want 1s or more", f.statsEvery)
+	}
+	cfg.StatsInterval = f.statsEvery
 	if err := cfg.FirewallConfig().Validate(); err != nil {
 		return gateway.Config{}, usagef("%v", err)
 	}
@@ -178,19 +195,23 @@ func (f *gatewayFlags) backendOverride() (*engine.BackendOptions, error) {
 	return &o, nil
 }
 
-func (f *gatewayFlags) logger(w io.Writer) (zerolog.Logger, error) {
+// logger builds the event logger and the rate limit its lines pass.
+func (f *gatewayFlags) logger(w io.Writer) (zerolog.Logger, *telemetry.LineLimiter, error) {
 	level, err := zerolog.ParseLevel(f.logLevel)
 	if err != nil || f.logLevel == "" {
-		return zerolog.Logger{}, usagef("--log-level %q: want debug, info, warn or error", f.logLevel)
+		return zerolog.Logger{}, nil, usagef("--log-level %q: want debug, info, warn or error", f.logLevel)
 	}
+	var format telemetry.Format
 	switch f.logFormat {
 	case "json":
+		format = telemetry.FormatJSON
 	case "console":
-		w = zerolog.ConsoleWriter{Out: w}
+		format = telemetry.FormatConsole
 	default:
-		return zerolog.Logger{}, usagef("--log-format %q: want json or console", f.logFormat)
+		return zerolog.Logger{}, nil, usagef("--log-format %q: want json or console", f.logFormat)
 	}
-	return zerolog.New(w).Level(level).With().Timestamp().Logger(), nil
+	log, lim := telemetry.NewLogger(w, format, level, telemetry.LimitConfig{})
+	return log, lim, nil
 }
 
 // parseFlags parses args into a flag set, turning flag errors into usage
@@ -222,11 +243,11 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	log, err := f.logger(stdout)
+	log, lim, err := f.logger(stdout)
 	if err != nil {
 		return err
 	}
-	cfg.Logger = log
+	cfg.Logger, cfg.LogLimiter = log, lim
 	return gateway.Run(ctx, cfg)
 }
 
