@@ -61,14 +61,7 @@ func (g *gateway) mode() string {
 	if err != nil {
 		g.t.Fatalf("metrics: %v", err)
 	}
-	for _, line := range strings.Split(raw, "\n") {
-		if strings.HasPrefix(line, "synguard_mode{") && strings.HasSuffix(line, " 1") {
-			_, rest, _ := strings.Cut(line, `mode="`)
-			m, _, _ := strings.Cut(rest, `"`)
-			return m
-		}
-	}
-	return ""
+	return lab.CurrentMode(raw)
 }
 
 // TestAutoMode: quiet traffic passes untouched (the backend gets the

@@ -32,6 +32,8 @@ type DemoConfig struct {
 	Binary string
 	// Port is the backend's HTTP port; 0 means 80.
 	Port uint16
+	// Mode is the gateway's --mode; empty means always.
+	Mode string
 }
 
 // demoMetricsAddr is where the demo's gateway serves metrics, inside the
@@ -49,6 +51,9 @@ func Demo(ctx context.Context, cfg DemoConfig, out io.Writer) (err error) {
 	}
 	if cfg.Port == 0 {
 		cfg.Port = 80
+	}
+	if cfg.Mode == "" {
+		cfg.Mode = "always"
 	}
 	t, err := Up(ctx, Config{Name: cfg.Name})
 	if err != nil {
@@ -80,7 +85,7 @@ func Demo(ctx context.Context, cfg DemoConfig, out io.Writer) (err error) {
 	}
 	defer gwLog.Close()
 	gw := t.Gateway.Command(context.Background(), cfg.Binary, "run", "--protect", service.String(),
-		"--mode", "always", "--metrics", demoMetricsAddr)
+		"--mode", cfg.Mode, "--metrics", demoMetricsAddr)
 	gw.Stdout, gw.Stderr = gwLog, gwLog
 	if err := gw.Start(); err != nil {
 		return fmt.Errorf("start gateway: %w", err)
@@ -93,7 +98,7 @@ func Demo(ctx context.Context, cfg DemoConfig, out io.Writer) (err error) {
 	if err := scraper.waitReady(ctx, gwDone, 10*time.Second); err != nil {
 		return fmt.Errorf("gateway did not start (log: %s): %w", gwLog.Name(), err)
 	}
-	fmt.Fprintf(out, "lab %s: client %s -> gateway (synguard, cookie mode) -> backend %s\n", t.Name, t.ClientAddr, service)
+	fmt.Fprintf(out, "lab %s: client %s -> gateway (synguard --mode %s) -> backend %s\n", t.Name, t.ClientAddr, cfg.Mode, service)
 	fmt.Fprintf(out, "flood: %d spoofed SYN/s from %s for %s; legitimate clients: %d/s\n", cfg.FloodRate, SpoofPrefix4, cfg.Duration, cfg.Clients)
 
 	count := strconv.Itoa(cfg.FloodRate * int(cfg.Duration/time.Second+1))
@@ -116,14 +121,18 @@ func Demo(ctx context.Context, cfg DemoConfig, out io.Writer) (err error) {
 		runClients(ctx, t.Client, service, cfg.Clients, cfg.Duration+2*time.Second, probes)
 	}()
 
-	fmt.Fprintf(out, "%5s %10s %10s %8s %8s %9s %9s %10s\n", "t", "SYN/s", "SYN-ACK/s", "valid", "invalid", "handoffs", "legit ok", "p50 hs")
+	fmt.Fprintf(out, "%5s %-11s %10s %10s %8s %8s %9s %9s %10s\n", "t", "mode", "SYN/s", "SYN-ACK/s", "valid", "invalid", "handoffs", "legit ok", "p50 hs")
 	prev, _ := scraper.scrape(ctx)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	start := time.Now()
 	end := start.Add(cfg.Duration + 2*time.Second)
 	for now := range tick.C {
-		cur, err := scraper.scrape(ctx)
+		text, err := ScrapeMetricsText(ctx, t.Gateway, demoMetricsAddr)
+		if err != nil {
+			return fmt.Errorf("read gateway metrics: %w", err)
+		}
+		cur, err := ParseMetrics(strings.NewReader(text))
 		if err != nil {
 			return fmt.Errorf("read gateway metrics: %w", err)
 		}
@@ -132,8 +141,8 @@ func Demo(ctx context.Context, cfg DemoConfig, out io.Writer) (err error) {
 		if p50 > 0 {
 			hs = p50.Round(10 * time.Microsecond).String()
 		}
-		fmt.Fprintf(out, "%4.0fs %10.0f %10.0f %8.0f %8.0f %9.0f %5d/%-3d %10s\n",
-			now.Sub(start).Seconds(),
+		fmt.Fprintf(out, "%4.0fs %-11s %10.0f %10.0f %8.0f %8.0f %9.0f %5d/%-3d %10s\n",
+			now.Sub(start).Seconds(), CurrentMode(text),
 			cur["synguard_syn_received_total"]-prev["synguard_syn_received_total"],
 			cur["synguard_synack_sent_total"]-prev["synguard_synack_sent_total"],
 			cur["synguard_cookie_valid_total"]-prev["synguard_cookie_valid_total"],
@@ -314,6 +323,21 @@ func (s *metricsScraper) waitReady(ctx context.Context, exited <-chan error, lim
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// CurrentMode returns the mode label of the synguard_mode series that is
+// 1 in a metrics text, or "?" when there is none.
+func CurrentMode(metrics string) string {
+	for _, line := range strings.Split(metrics, "\n") {
+		if !strings.HasPrefix(line, "synguard_mode{") || !strings.HasSuffix(line, " 1") {
+			continue
+		}
+		if _, rest, ok := strings.Cut(line, `mode="`); ok {
+			m, _, _ := strings.Cut(rest, `"`)
+			return m
+		}
+	}
+	return "?"
 }
 
 // ParseMetrics reads Prometheus text exposition and sums each metric's

@@ -57,11 +57,15 @@ func runLab(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		fs.DurationVar(&d.Duration, "duration", 20*time.Second, "how long the flood runs")
 		fs.IntVar(&d.FloodRate, "rate", 20000, "spoofed SYNs per `second`")
 		fs.IntVar(&d.Clients, "clients", 10, "legitimate client connections per `second`")
+		fs.StringVar(&d.Mode, "mode", "always", "the gateway's `mode`: always (every SYN gets a cookie: no flood SYN reaches the backend) or auto (watch it switch)")
 		if err := parseFlags(fs, rest); err != nil {
 			return helpOK(err)
 		}
 		if d.Duration <= 0 || d.Duration > 10*time.Minute {
 			return usagef("lab demo --duration %s: want 1s..10m", d.Duration)
+		}
+		if d.Mode != "always" && d.Mode != "auto" && d.Mode != "off" {
+			return usagef("lab demo --mode %q: want always, auto or off", d.Mode)
 		}
 		if d.FloodRate < 1 || d.FloodRate > 1_000_000 || d.Clients < 1 || d.Clients > 1000 {
 			return usagef("lab demo: --rate must be 1..1000000 and --clients 1..1000")
