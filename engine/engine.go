@@ -14,7 +14,6 @@ import (
 	"github.com/synguard/synguard/conntrack"
 	"github.com/synguard/synguard/cookies"
 	"github.com/synguard/synguard/packet"
-	"github.com/synguard/synguard/telemetry"
 )
 
 // Verdict is what netfilter should do with a queued packet.
@@ -200,7 +199,7 @@ func (e *Engine) LearnBackend(svc int, opts BackendOptions, source string) {
 	old := e.backend[svc].Swap(packBackend(opts))
 	first := !e.learned[svc].Swap(true)
 	if first || old != packBackend(opts) {
-		e.log.Info().Str("event", telemetry.EventBackendOptionsLearned).
+		e.log.Info().Str("event", "backend_options_learned").
 			Str("service", e.list[svc].String()).Str("source", source).
 			Uint16("mss", opts.MSS).Int8("wscale", int8(opts.WindowScale)).
 			Bool("sack", opts.SACKPermitted).Msg("backend TCP options learned")
@@ -723,7 +722,7 @@ func (e *Engine) learnFromSYNACK(svc int, observed BackendOptions, mismatch bool
 	}
 	cur.WindowScale = observed.WindowScale
 	cur.SACKPermitted = observed.SACKPermitted
-	e.log.Warn().Str("event", telemetry.EventBackendOptionMismatch).Str("service", e.list[svc].String()).
+	e.log.Warn().Str("event", "backend_option_mismatch").Str("service", e.list[svc].String()).
 		Uint16("mss", observed.MSS).Int8("wscale", int8(observed.WindowScale)).
 		Bool("sack", observed.SACKPermitted).Msg("backend SYN-ACK options differ from those announced")
 	e.LearnBackend(svc, cur, "syn_ack")
@@ -771,7 +770,7 @@ func (e *Engine) handoff(c *counterSet, buf []byte, k flowKey) {
 	})
 	if err != nil && !errors.Is(err, conntrack.ErrExists) {
 		c.add(fl.svc, HandoffFailed)
-		e.log.Error().Err(err).Str("event", telemetry.EventHandoffFailed).Str("service", k.server.String()).Msg("conntrack hand-off failed")
+		e.log.Error().Err(err).Str("event", "handoff_failed").Str("service", k.server.String()).Msg("conntrack hand-off failed")
 		e.mu.Lock()
 		e.pending.remove(k)
 		e.mu.Unlock()
