@@ -30,15 +30,8 @@ type Config struct {
 	Local    bool
 	FailOpen bool
 	KeyFile  string
-	// MetricsAddr is HOST:PORT for /metrics, /api/stats and the dashboard
-	// at /; empty disables them.
+	// MetricsAddr is HOST:PORT for /metrics; empty disables it.
 	MetricsAddr string
-	// StatsInterval is how often a stats event per service is logged; 0
-	// means telemetry.DefaultStatsInterval.
-	StatsInterval time.Duration
-	// LogLimiter is the rate limit Logger's lines pass through, for
-	// synguard_log_suppressed_total; nil leaves that metric out.
-	LogLimiter *telemetry.LineLimiter
 	// Thresholds drive auto mode; zero means engine.DefaultThresholds.
 	Thresholds engine.Thresholds
 	// Backend overrides learned backend options when non-nil.
@@ -115,7 +108,6 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	defer table.Close()
 
-	handshake := telemetry.NewHistograms(len(cfg.Services))
 	eng, err := engine.New(engine.Config{
 		Services:        cfg.Services,
 		Mode:            cfg.Mode,
@@ -127,8 +119,6 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		MaxPending:      cfg.MaxPending,
 		Thresholds:      cfg.Thresholds,
 		Logger:          log,
-
-		HandshakeLatency: handshake.Observe,
 	})
 	if err != nil {
 		return err
@@ -141,38 +131,28 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 	}()
 	for i := range cfg.Queues {
-		q, err := nfq.Open(nfq.Config{Queue: cfg.Queue + i, FailOpen: cfg.FailOpen, Logger: log.With().Str(telemetry.FieldEvent, telemetry.EventQueue).Logger()})
+		q, err := nfq.Open(nfq.Config{Queue: cfg.Queue + i, FailOpen: cfg.FailOpen, Logger: log})
 		if err != nil {
 			return fmt.Errorf("open queue %d: %w", cfg.Queue+i, err)
 		}
 		queues = append(queues, q)
 	}
 
-	names := make([]string, 0)
-	for _, c := range engine.Counters() {
-		names = append(names, c.String())
-	}
-	tel := telemetry.New(telemetry.Config{
-		Source: &source{eng: eng, queues: queues, first: cfg.Queue, mode: cfg.Mode.String()},
-		Collector: telemetry.CollectorConfig{
-			Counters:  names,
-			Modes:     []string{engine.StateCookie.String(), engine.StatePassthrough.String(), engine.ModeOff.String()},
-			Handshake: handshake,
-			Log:       cfg.LogLimiter,
-		},
-		Logger:        log,
-		StatsInterval: cfg.StatsInterval,
-	})
 	var metrics *http.Server
 	if cfg.MetricsAddr != "" {
 		ln, err := telemetry.Listen(cfg.MetricsAddr)
 		if err != nil {
 			return err
 		}
-		metrics = telemetry.NewServer(tel.Handler())
+		src := &source{eng: eng, queues: queues, first: cfg.Queue, mode: cfg.Mode.String()}
+		names := make([]string, 0)
+		for _, c := range engine.Counters() {
+			names = append(names, c.String())
+		}
+		metrics = telemetry.NewServer(telemetry.Handler(telemetry.NewCollector(src, names)))
 		go func() {
 			if err := metrics.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error().Err(err).Str("event", telemetry.EventMetricsFailed).Msg("metrics server stopped")
+				log.Error().Err(err).Str("event", "metrics_failed").Msg("metrics server stopped")
 			}
 		}()
 		defer metrics.Close()
@@ -187,7 +167,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	for i, s := range cfg.Services {
 		services[i] = s.String()
 	}
-	log.Info().Str("event", telemetry.EventRulesInstalled).Strs("services", services).
+	log.Info().Str("event", "rules_installed").Strs("services", services).
 		Uint16("queue", cfg.Queue).Uint16("queues", cfg.Queues).Bool("local", cfg.Local).
 		Bool("fail_open", cfg.FailOpen).Msg("firewall rules installed")
 	defer func() {
@@ -195,11 +175,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		rctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if rerr := rules.Remove(rctx); rerr != nil {
-			log.Error().Err(rerr).Str("event", telemetry.EventRulesRemoveFailed).Msg("could not remove firewall rules")
+			log.Error().Err(rerr).Str("event", "rules_remove_failed").Msg("could not remove firewall rules")
 			err = errors.Join(err, rerr)
 			return
 		}
-		log.Info().Str("event", telemetry.EventRulesRemoved).Msg("firewall rules removed")
+		log.Info().Str("event", "rules_removed").Msg("firewall rules removed")
 	}()
 
 	probeMark := uint32(0)
@@ -213,7 +193,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		learner.probeAll(ctx)
 	}
 
-	log.Info().Str("event", telemetry.EventStart).Str("mode", cfg.Mode.String()).Strs("services", services).
+	log.Info().Str("event", "start").Str("mode", cfg.Mode.String()).Strs("services", services).
 		Str("metrics", cfg.MetricsAddr).Msg("synguard protecting services")
 
 	var wg sync.WaitGroup
@@ -222,11 +202,6 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	go func() {
 		defer wg.Done()
 		errs <- eng.Run(ctx)
-	}()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		tel.Run(ctx)
 	}()
 	for _, q := range queues {
 		w := eng.NewWorker()
@@ -262,11 +237,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	// Workers stop on ctx; when one failed first, stop the rest by
 	// closing the queues (the deferred Close) after the rules are gone.
 	if runErr != nil {
-		log.Error().Err(runErr).Str("event", telemetry.EventWorkerFailed).Msg("stopping")
+		log.Error().Err(runErr).Str("event", "worker_failed").Msg("stopping")
 		return runErr
 	}
 	wg.Wait()
-	log.Info().Str("event", telemetry.EventStop).Msg("synguard stopping")
+	log.Info().Str("event", "stop").Msg("synguard stopping")
 	return nil
 }
 
@@ -283,7 +258,7 @@ func (l *learner) probeAll(ctx context.Context) {
 		o, err := backendinfo.Probe(ctx, svc, l.mark, probeTimeout)
 		if err != nil {
 			if !l.down[i] {
-				l.log.Warn().Err(err).Str("event", telemetry.EventBackendUnreachable).Str("service", svc.String()).
+				l.log.Warn().Err(err).Str("event", "backend_unreachable").Str("service", svc.String()).
 					Msg("backend probe failed; announcing last known or default options")
 			}
 			l.down[i] = true
@@ -328,7 +303,7 @@ func (s *source) ServiceCounters() []telemetry.ServiceCounters {
 		for _, c := range engine.Counters() {
 			m[c.String()] = st.Get(c)
 		}
-		out[i] = telemetry.ServiceCounters{Service: svc.String(), Mode: s.serviceMode(i), Counters: m, HalfOpen: s.eng.HalfOpen(i), Pending: s.eng.Pending()}
+		out[i] = telemetry.ServiceCounters{Service: svc.String(), Mode: s.serviceMode(i), Counters: m, Pending: s.eng.Pending()}
 	}
 	return out
 }

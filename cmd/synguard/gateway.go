@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/rs/zerolog"
 
@@ -16,7 +15,6 @@ import (
 	"github.com/synguard/synguard/engine"
 	"github.com/synguard/synguard/firewall"
 	"github.com/synguard/synguard/gateway"
-	"github.com/synguard/synguard/telemetry"
 )
 
 // gatewayFlags are the flags shared by run and rules.
@@ -35,7 +33,6 @@ type gatewayFlags struct {
 	backendSACK string
 	logFormat   string
 	logLevel    string
-	statsEvery  time.Duration
 	thresholds  engine.Thresholds
 }
 
@@ -61,7 +58,6 @@ func (f *gatewayFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.thresholds.HandshakeTimeout, "handshake-timeout", th.HandshakeTimeout, "a SYN let through counts as half-open for at most this long")
 	fs.StringVar(&f.logFormat, "log-format", "json", "`json` lines, or console for humans")
 	fs.StringVar(&f.logLevel, "log-level", "info", "`level`: debug, info, warn, error")
-	fs.DurationVar(&f.statsEvery, "stats-interval", telemetry.DefaultStatsInterval, "log a stats event per service every `interval` (1s or more)")
 }
 
 // serviceList is a repeatable, comma-separated list of services.
@@ -154,10 +150,6 @@ func (f *gatewayFlags) config() (gateway.Config, error) {
 		EngineMark:  firewall.DefaultEngineMark,
 		HandoffMark: firewall.DefaultHandoffMark,
 	}
-	if f.statsEvery < time.Second {
-		return gateway.Config{}, usagef("--stats-interval %v: want 1s or more", f.statsEvery)
-	}
-	cfg.StatsInterval = f.statsEvery
 	if err := cfg.FirewallConfig().Validate(); err != nil {
 		return gateway.Config{}, usagef("%v", err)
 	}
@@ -195,23 +187,19 @@ func (f *gatewayFlags) backendOverride() (*engine.BackendOptions, error) {
 	return &o, nil
 }
 
-// logger builds the event logger and the rate limit its lines pass.
-func (f *gatewayFlags) logger(w io.Writer) (zerolog.Logger, *telemetry.LineLimiter, error) {
+func (f *gatewayFlags) logger(w io.Writer) (zerolog.Logger, error) {
 	level, err := zerolog.ParseLevel(f.logLevel)
 	if err != nil || f.logLevel == "" {
-		return zerolog.Logger{}, nil, usagef("--log-level %q: want debug, info, warn or error", f.logLevel)
+		return zerolog.Logger{}, usagef("--log-level %q: want debug, info, warn or error", f.logLevel)
 	}
-	var format telemetry.Format
 	switch f.logFormat {
 	case "json":
-		format = telemetry.FormatJSON
 	case "console":
-		format = telemetry.FormatConsole
+		w = zerolog.ConsoleWriter{Out: w}
 	default:
-		return zerolog.Logger{}, nil, usagef("--log-format %q: want json or console", f.logFormat)
+		return zerolog.Logger{}, usagef("--log-format %q: want json or console", f.logFormat)
 	}
-	log, lim := telemetry.NewLogger(w, format, level, telemetry.LimitConfig{})
-	return log, lim, nil
+	return zerolog.New(w).Level(level).With().Timestamp().Logger(), nil
 }
 
 // parseFlags parses args into a flag set, turning flag errors into usage
@@ -243,11 +231,11 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	log, lim, err := f.logger(stdout)
+	log, err := f.logger(stdout)
 	if err != nil {
 		return err
 	}
-	cfg.Logger, cfg.LogLimiter = log, lim
+	cfg.Logger = log
 	return gateway.Run(ctx, cfg)
 }
 
