@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,6 +26,7 @@ import (
 	"github.com/synguard/synguard/internal/roottest"
 	"github.com/synguard/synguard/lab"
 	"github.com/synguard/synguard/lab/netns"
+	"github.com/synguard/synguard/packet"
 )
 
 // binary is the synguard executable built once for all tests.
@@ -311,4 +314,73 @@ func sysctl(t *testing.T, ns *netns.NS, name string) string {
 		t.Fatal(err)
 	}
 	return strings.TrimSpace(out)
+}
+
+// serviceMetric reads one per-service sample (label service="svc") of a
+// metric, where ParseMetrics would sum over all services. A sample that is
+// absent reads as 0.
+func (g *gateway) serviceMetric(name string, svc netip.AddrPort) float64 {
+	g.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+metricsAddr+"/metrics", nil)
+	resp, err := httpClient(g.ns).Do(req)
+	if err != nil {
+		g.t.Fatalf("metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		g.t.Fatalf("metrics: %v", err)
+	}
+	prefix := fmt.Sprintf("%s{service=%q} ", name, svc.String())
+	for line := range strings.Lines(string(body)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), prefix); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				g.t.Fatalf("metrics line %q: %v", line, err)
+			}
+			return f
+		}
+	}
+	return 0
+}
+
+// capture records the packets crossing iface in ns for the rest of the
+// test; drain reads them.
+func capture(t *testing.T, ns *netns.NS, iface string) *lab.Capture {
+	t.Helper()
+	c, err := lab.OpenCapture(ns, iface)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// captured is one TCP segment a capture saw.
+type captured struct {
+	p        packet.Packet
+	outgoing bool
+}
+
+// drain returns the TCP segments c has buffered, reading until nothing
+// arrives for 200 ms. Packets that do not parse (ARP, NDP) are skipped.
+func drain(t *testing.T, c *lab.Capture) []captured {
+	t.Helper()
+	var out []captured
+	buf := make([]byte, 64<<10)
+	for {
+		n, outgoing, err := c.Read(buf, 200*time.Millisecond)
+		if errors.Is(err, lab.ErrCaptureTimeout) {
+			return out
+		}
+		if err != nil {
+			t.Fatalf("capture: %v", err)
+		}
+		var p packet.Packet
+		if packet.Parse(buf[:n], &p) == nil {
+			out = append(out, captured{p, outgoing})
+		}
+	}
 }

@@ -18,6 +18,21 @@
 // the client. Invalid ACKs are dropped without reply, so spoofed sources get
 // nothing reflected.
 //
+// # IPv6 extension headers
+//
+// The queue gets what ip6tables' tcp match finds TCP in, and that match
+// walks the same headers [packet.Parse] does: hop-by-hop, routing,
+// destination options, AH and fragment. Conntrack reassembles fragments
+// before the raw table, so a fragmented SYN arrives whole and is answered
+// like any other. A SYN behind any other header (Mobility, ESP, an unknown
+// one) is not TCP to netfilter: it is never queued, and the backend's IPv6
+// stack discards it as an unknown protocol before TCP sees it. Whatever
+// reaches the engine and does not parse anyway (a real fragment, a chain of
+// more than eight headers) is dropped and counted as Malformed under no
+// service: it cannot be answered, and passing a SYN the engine cannot read
+// would let it reach the backend unprotected. The e2e test
+// TestIPv6ExtensionHeaders checks the kernel's half of this rule.
+//
 // The engine does no I/O of its own: packets arrive through [Worker.Handle],
 // leave through a [Sender], and flows are handed to the kernel through a
 // [Handoffer]. That keeps it testable in memory and lets each queue have its

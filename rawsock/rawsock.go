@@ -52,6 +52,9 @@ func open(family int, mark uint32) (int, error) {
 // Send transmits the IP packet b to dst.
 func (s *Sender) Send(b []byte, dst netip.Addr) error {
 	if dst.Is4() || dst.Is4In6() {
+		if s.fd4 < 0 {
+			return fmt.Errorf("send to %s: sender closed", dst)
+		}
 		sa := unix.SockaddrInet4{Addr: dst.Unmap().As4()}
 		return unix.Sendto(s.fd4, b, 0, &sa)
 	}
@@ -62,10 +65,18 @@ func (s *Sender) Send(b []byte, dst netip.Addr) error {
 	return unix.Sendto(s.fd6, b, 0, &sa)
 }
 
-// Close closes the sockets.
+// Close closes the sockets. It must not run concurrently with Send. Sends
+// after Close fail, and closing again does nothing: a stale descriptor
+// number may already belong to another file.
 func (s *Sender) Close() error {
 	if s.fd6 >= 0 {
 		unix.Close(s.fd6)
+		s.fd6 = -1
 	}
-	return unix.Close(s.fd4)
+	if s.fd4 < 0 {
+		return nil
+	}
+	err := unix.Close(s.fd4)
+	s.fd4 = -1
+	return err
 }
