@@ -14,6 +14,7 @@ import (
 	"github.com/synguard/synguard/conntrack"
 	"github.com/synguard/synguard/cookies"
 	"github.com/synguard/synguard/packet"
+	"github.com/synguard/synguard/telemetry"
 )
 
 // Verdict is what netfilter should do with a queued packet.
@@ -36,6 +37,30 @@ func (v Verdict) String() string {
 // safe for concurrent use and must not retain b.
 type Sender interface {
 	Send(b []byte, dst netip.Addr) error
+}
+
+// BatchSender is a Sender that can also send many packets at once. A
+// Worker whose engine's Sender implements it gets a Batch of its own from
+// NewBatch and sends its packets through it (see Worker.HandleBatched);
+// the engine's own goroutines (retries, hand-offs) still use Send.
+type BatchSender interface {
+	Sender
+	NewBatch() Batch
+}
+
+// Batch collects packets and sends them together. It is used by one
+// goroutine only.
+type Batch interface {
+	// Add queues a copy of the IP packet b for dst. It reports false, and
+	// queues nothing, when it cannot take the packet: the batch is full,
+	// or the packet is not one it can send (the Worker then flushes and,
+	// failing again, uses Send).
+	Add(b []byte, dst netip.Addr) bool
+	// Flush sends the queued packets, in the order they were added, and
+	// empties the batch. For each packet that could not be sent it calls
+	// failed with the packet's index (0 for the first one added) and the
+	// error.
+	Flush(failed func(i int, err error))
 }
 
 // Handoffer creates the kernel conntrack entry for a flow. It may block on
@@ -199,7 +224,7 @@ func (e *Engine) LearnBackend(svc int, opts BackendOptions, source string) {
 	old := e.backend[svc].Swap(packBackend(opts))
 	first := !e.learned[svc].Swap(true)
 	if first || old != packBackend(opts) {
-		e.log.Info().Str("event", "backend_options_learned").
+		e.log.Info().Str("event", telemetry.EventBackendOptionsLearned).
 			Str("service", e.list[svc].String()).Str("source", source).
 			Uint16("mss", opts.MSS).Int8("wscale", int8(opts.WindowScale)).
 			Bool("sack", opts.SACKPermitted).Msg("backend TCP options learned")
@@ -317,11 +342,31 @@ type Worker struct {
 	c   *counterSet
 	pkt packet.Packet
 	buf [packet.MaxHandshakeLen]byte
+
+	// With a BatchSender: this worker's batch, and what each packet in it
+	// counts once Flush knows whether it went out.
+	batch    Batch
+	queued   []queuedSend
+	failedFn func(i int, err error) // w.sendFailed, bound once
 }
 
-// NewWorker returns a worker with its own scratch space and counters.
+// queuedSend is the accounting of one packet waiting in a Worker's batch.
+type queuedSend struct {
+	svc    int
+	ok     Counter // counted when sent; noCount for none
+	failed bool
+}
+
+// NewWorker returns a worker with its own scratch space and counters, and
+// its own Batch when the engine's Sender is a BatchSender.
 func (e *Engine) NewWorker() *Worker {
-	return &Worker{e: e, c: e.newCounters()}
+	w := &Worker{e: e, c: e.newCounters()}
+	if bs, ok := e.cfg.Send.(BatchSender); ok {
+		w.batch = bs.NewBatch()
+		w.queued = make([]queuedSend, 0, 64)
+		w.failedFn = w.sendFailed
+	}
+	return w
 }
 
 // Hook is the netfilter hook a packet was queued from (the numbering of
@@ -346,14 +391,26 @@ func (w *Worker) Handle(b []byte) Verdict { return w.HandleAt(b, HookUnknown) }
 // HandleAt decides the verdict for one IP packet b queued from hook. In
 // PREROUTING the engine sees SYNs (raw table) and the first established
 // packet of flows it let through (mangle table); in the filter hooks it
-// sees segments conntrack found invalid or untracked.
+// sees segments conntrack found invalid or untracked. Whatever it sends in
+// reply has been handed to the Sender when it returns.
 func (w *Worker) HandleAt(b []byte, hook Hook) Verdict {
+	v := w.HandleBatched(b, hook)
+	w.Flush()
+	return v
+}
+
+// HandleBatched is HandleAt for a caller that handles packets in batches:
+// with a BatchSender, the packets it sends in reply wait in the worker's
+// batch until Flush, so that a whole receive batch goes out in one system
+// call. Call Flush after the last packet of each batch; without a
+// BatchSender, HandleBatched is HandleAt.
+func (w *Worker) HandleBatched(b []byte, hook Hook) Verdict {
 	p := &w.pkt
 	if err := packet.Parse(b, p); err != nil {
 		// Only TCP segments of protected services are queued, and
 		// conntrack has already reassembled fragments: what fails to
 		// parse is malformed, and a backend must not see it.
-		w.c.add(-1, Malformed)
+		w.c.add(w.e.malformedService(b), Malformed)
 		return Drop
 	}
 	if svc, ok := w.e.services[p.Destination()]; ok {
@@ -388,6 +445,12 @@ func (w *Worker) fromClient(svc int, b []byte, hook Hook) Verdict {
 		// Observe only: whatever conntrack found invalid passes, as it
 		// would without synguard.
 		return Accept
+	case p.Flags.Has(packet.SYN):
+		// SYN with ACK, RST or FIN: nothing a client sends in a
+		// handshake (conntrack calls it invalid too). In particular a
+		// SYN+RST must not abort a pending flow as a reset would.
+		w.c.add(svc, Malformed)
+		return Drop
 	case p.Flags.Has(packet.RST):
 		w.clientReset(svc)
 		return Drop
@@ -484,11 +547,7 @@ func (w *Worker) answerSYN(svc int, synLen int) {
 		w.c.add(svc, AmplificationGuard)
 		return
 	}
-	if err := w.e.cfg.Send.Send(w.buf[:n], client.Addr()); err != nil {
-		w.c.add(svc, SendError)
-		return
-	}
-	w.c.add(svc, SYNACKSent)
+	w.transmit(svc, w.buf[:n], client.Addr(), SYNACKSent)
 }
 
 // clientACK validates a client's ACK. Besides the handshake's third ACK
@@ -538,7 +597,8 @@ func (w *Worker) clientACK(svc int) {
 		w.c.add(svc, PendingFull)
 		return
 	}
-	e.sendBackendSYN(w.c, w.buf[:], k, f)
+	seg := backendSYN(k, f)
+	w.send(svc, &seg, BackendSYNSent)
 }
 
 // announceFromCookie reconstructs the SYN-ACK options from the client's
@@ -552,26 +612,25 @@ func announceFromCookie(c cookies.Options, backend BackendOptions) BackendOption
 	return announce(&o, backend)
 }
 
-// sendBackendSYN replays the client's SYN to the backend: the client's ISN
+// backendSYN is the client's SYN replayed to the backend: the client's ISN
 // and its options as the cookie carried them, without timestamps.
-func (e *Engine) sendBackendSYN(c *counterSet, buf []byte, k flowKey, f *pendingFlow) {
+func backendSYN(k flowKey, f *pendingFlow) packet.Segment {
 	o := packet.Options{
 		MSS: f.client.MSS, HasMSS: f.client.MSS != 0,
-		SACKPermitted: f.client.SACKPermitted,
+		SACKPermitted: f.sackNegotiated(),
 	}
 	window := uint32(f.clientWindow)
-	if f.client.WindowScale != cookies.NoWindowScale {
-		o.WindowScale, o.HasWindowScale = uint8(f.client.WindowScale), true
-		window <<= uint(f.client.WindowScale)
+	if scale := f.clientScale(); scale != cookies.NoWindowScale {
+		o.WindowScale, o.HasWindowScale = uint8(scale), true
+		window <<= uint(scale)
 	}
-	seg := packet.Segment{
+	return packet.Segment{
 		Src: k.client, Dst: k.server,
 		Seq:     f.clientISN,
 		Flags:   packet.SYN,
 		Window:  uint16(min(window, 0xffff)),
 		Options: o,
 	}
-	e.send(c, f.svc, buf, &seg, BackendSYNSent)
 }
 
 // send builds seg into buf and transmits it, counting ok on success.
@@ -593,6 +652,66 @@ func (e *Engine) send(c *counterSet, svc int, buf []byte, seg *packet.Segment, o
 // noCount marks a send that has no success counter of its own.
 const noCount = numCounters
 
+// send builds seg and transmits it from the worker: through its batch when
+// it has one, at once otherwise.
+func (w *Worker) send(svc int, seg *packet.Segment, ok Counter) {
+	n, err := packet.Build(w.buf[:], seg)
+	if err != nil {
+		w.c.add(svc, SendError)
+		return
+	}
+	w.transmit(svc, w.buf[:n], seg.Dst.Addr(), ok)
+}
+
+// transmit sends the built packet b to dst, counting ok once it is sent
+// (for a batched packet: at Flush).
+func (w *Worker) transmit(svc int, b []byte, dst netip.Addr, ok Counter) {
+	if w.batch != nil {
+		added := w.batch.Add(b, dst)
+		if !added && len(w.queued) > 0 {
+			w.Flush()
+			added = w.batch.Add(b, dst)
+		}
+		if added {
+			w.queued = append(w.queued, queuedSend{svc: svc, ok: ok})
+			return
+		}
+	}
+	if err := w.e.cfg.Send.Send(b, dst); err != nil {
+		w.c.add(svc, SendError)
+		return
+	}
+	if ok < numCounters {
+		w.c.add(svc, ok)
+	}
+}
+
+// Flush sends the packets waiting in the worker's batch (see
+// HandleBatched). It does nothing without a BatchSender.
+func (w *Worker) Flush() {
+	if len(w.queued) == 0 {
+		return
+	}
+	w.batch.Flush(w.failedFn)
+	for i := range w.queued {
+		q := &w.queued[i]
+		switch {
+		case q.failed:
+			w.c.add(q.svc, SendError)
+		case q.ok < numCounters:
+			w.c.add(q.svc, q.ok)
+		}
+	}
+	w.queued = w.queued[:0]
+}
+
+// sendFailed is the Batch's report of packet i not sent.
+func (w *Worker) sendFailed(i int, _ error) {
+	if i >= 0 && i < len(w.queued) {
+		w.queued[i].failed = true
+	}
+}
+
 // clientReset handles a client RST before the hand-off: forget the flow
 // and, if the backend may have a half-open connection, reset it too.
 func (w *Worker) clientReset(svc int) {
@@ -611,7 +730,7 @@ func (w *Worker) clientReset(svc int) {
 	e.mu.Unlock()
 	w.c.add(svc, ClientReset)
 	seg := packet.Segment{Src: k.client, Dst: k.server, Seq: isn + 1, Flags: packet.RST}
-	e.send(w.c, svc, w.buf[:], &seg, noCount)
+	w.send(svc, &seg, noCount)
 }
 
 func (w *Worker) fromServer(svc int) Verdict {
@@ -660,7 +779,7 @@ func (w *Worker) fromServer(svc int) Verdict {
 			// Our ACK was lost and the backend retransmits: ACK again.
 			seg := f.backendACK(k)
 			e.mu.Unlock()
-			e.send(w.c, svc, w.buf[:], &seg, noCount)
+			w.send(svc, &seg, noCount)
 		default:
 			e.mu.Unlock()
 		}
@@ -671,7 +790,7 @@ func (w *Worker) fromServer(svc int) Verdict {
 		e.mu.Unlock()
 		w.c.add(svc, BackendReset)
 		seg := packet.Segment{Src: k.server, Dst: k.client, Seq: uint32(cookie) + 1, Ack: isn + 1, Flags: packet.RST | packet.ACK}
-		e.send(w.c, svc, w.buf[:], &seg, noCount)
+		w.send(svc, &seg, noCount)
 		return Drop
 	}
 	e.mu.Unlock()
@@ -722,7 +841,7 @@ func (e *Engine) learnFromSYNACK(svc int, observed BackendOptions, mismatch bool
 	}
 	cur.WindowScale = observed.WindowScale
 	cur.SACKPermitted = observed.SACKPermitted
-	e.log.Warn().Str("event", "backend_option_mismatch").Str("service", e.list[svc].String()).
+	e.log.Warn().Str("event", telemetry.EventBackendOptionMismatch).Str("service", e.list[svc].String()).
 		Uint16("mss", observed.MSS).Int8("wscale", int8(observed.WindowScale)).
 		Bool("sack", observed.SACKPermitted).Msg("backend SYN-ACK options differ from those announced")
 	e.LearnBackend(svc, cur, "syn_ack")
@@ -763,14 +882,14 @@ func (e *Engine) handoff(c *counterSet, buf []byte, k flowKey) {
 		Client: k.client, Server: k.server,
 		CookieISN:         uint32(fl.cookie),
 		ServerISN:         fl.serverISN,
-		ClientWindowScale: conntrack.WindowScale(fl.client.WindowScale),
+		ClientWindowScale: conntrack.WindowScale(fl.clientScale()),
 		ServerWindowScale: conntrack.WindowScale(fl.serverScale),
 		Mark:              e.cfg.HandoffMark,
 		Timeout:           e.cfg.ConntrackTimeout,
 	})
 	if err != nil && !errors.Is(err, conntrack.ErrExists) {
 		c.add(fl.svc, HandoffFailed)
-		e.log.Error().Err(err).Str("event", "handoff_failed").Str("service", k.server.String()).Msg("conntrack hand-off failed")
+		e.log.Error().Err(err).Str("event", telemetry.EventHandoffFailed).Str("service", k.server.String()).Msg("conntrack hand-off failed")
 		e.mu.Lock()
 		e.pending.remove(k)
 		e.mu.Unlock()
@@ -853,6 +972,7 @@ func (e *Engine) Tick(buf []byte) {
 			continue
 		}
 		e.timerCounters.add(a.f.svc, BackendRetry)
-		e.sendBackendSYN(e.timerCounters, buf, a.k, &a.f)
+		seg := backendSYN(a.k, &a.f)
+		e.send(e.timerCounters, a.f.svc, buf, &seg, BackendSYNSent)
 	}
 }

@@ -134,9 +134,12 @@
 // alone, and a rejected rule leaves nothing half-installed. (With the
 // nf_tables backend a table Install needed, such as raw, stays behind
 // empty after Remove; an empty table with ACCEPT policies changes
-// nothing.) Sysctls are not
-// recorded anywhere but in memory: after a crash they keep synguard's
-// values, which the next run finds already set and so will not put back.
+// nothing.) The sysctl values Install replaced are also written to a
+// record file per network namespace under RecordDir (/run/synguard), named
+// by the namespace's cookie, and deleted once Remove has put them back.
+// After a crash the sysctls keep synguard's values; the next Install in
+// that namespace adopts the record, so its Remove restores the values the
+// operator had before the crashed run (see sysctlrecord.go).
 //
 // # Where it acts
 //

@@ -18,6 +18,7 @@ type Installed struct {
 	mu        sync.Mutex
 	rulesGone bool
 	sysctls   []sysctlChange
+	record    string // path of this run's sysctl record, "" if none (see sysctlrecord.go)
 }
 
 // sysctlChange is a sysctl Install changed.
@@ -53,6 +54,7 @@ func Install(ctx context.Context, c Config) (*Installed, error) {
 	}
 	// After the rules: their conntrack matches load nf_conntrack, which
 	// registers nf_conntrack_tcp_loose.
+	recPath, rec := readRecord(r)
 	for _, s := range sysctlsFor(c) {
 		old, err := r.ReadSysctl(s.name)
 		if errors.Is(err, fs.ErrNotExist) && s.module != "" {
@@ -61,6 +63,13 @@ func Install(ctx context.Context, c Config) (*Installed, error) {
 		if err != nil {
 			return nil, i.undo(ctx, fmt.Errorf("firewall: read sysctl %s: %w", s.name, err))
 		}
+		if prev, ok := rec[s.name]; ok && prev.Set == s.value && old == s.value {
+			// A crashed run set it; its record has the operator's value.
+			delete(rec, s.name)
+			i.sysctls = append(i.sysctls, sysctlChange{name: s.name, old: prev.Old, set: s.value})
+			continue
+		}
+		delete(rec, s.name)
 		if old == s.value {
 			continue
 		}
@@ -68,6 +77,20 @@ func Install(ctx context.Context, c Config) (*Installed, error) {
 			return nil, i.undo(ctx, fmt.Errorf("firewall: set sysctl %s=%s: %w", s.name, s.value, err))
 		}
 		i.sysctls = append(i.sysctls, sysctlChange{name: s.name, old: old, set: s.value})
+	}
+	// What a crashed run changed and this run does not need goes back now.
+	for _, prev := range rec {
+		_ = restoreSysctl(r, sysctlChange{name: prev.Name, old: prev.Old, set: prev.Set})
+	}
+	if recPath != "" {
+		// Best effort: without a record (say /run is read-only) a crash
+		// only loses the originals, as it would with no record at all.
+		i.record = recPath
+		if len(i.sysctls) == 0 {
+			_ = removeRecord(recPath)
+		} else {
+			_ = writeRecord(recPath, i.sysctls)
+		}
 	}
 	return i, nil
 }
@@ -113,6 +136,14 @@ func (i *Installed) Remove(ctx context.Context) error {
 			continue
 		}
 		s.restored = true
+	}
+	if len(errs) == 0 && i.record != "" {
+		// Everything is back: the record has served.
+		if err := removeRecord(i.record); err != nil {
+			errs = append(errs, fmt.Errorf("firewall: remove sysctl record: %w", err))
+		} else {
+			i.record = ""
+		}
 	}
 	return errors.Join(errs...)
 }

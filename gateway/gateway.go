@@ -30,8 +30,15 @@ type Config struct {
 	Local    bool
 	FailOpen bool
 	KeyFile  string
-	// MetricsAddr is HOST:PORT for /metrics; empty disables it.
+	// MetricsAddr is HOST:PORT for /metrics, /api/stats and the dashboard
+	// at /; empty disables them.
 	MetricsAddr string
+	// StatsInterval is how often a stats event per service is logged; 0
+	// means telemetry.DefaultStatsInterval.
+	StatsInterval time.Duration
+	// LogLimiter is the rate limit Logger's lines pass through, for
+	// synguard_log_suppressed_total; nil leaves that metric out.
+	LogLimiter *telemetry.LineLimiter
 	// Thresholds drive auto mode; zero means engine.DefaultThresholds.
 	Thresholds engine.Thresholds
 	// Backend overrides learned backend options when non-nil.
@@ -108,17 +115,20 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	defer table.Close()
 
+	handshake := telemetry.NewHistograms(len(cfg.Services))
 	eng, err := engine.New(engine.Config{
 		Services:        cfg.Services,
 		Mode:            cfg.Mode,
 		Cookies:         jar,
-		Send:            sender,
+		Send:            batchSender{sender},
 		Handoff:         table,
 		HandoffMark:     cfg.HandoffMark,
 		BackendOverride: cfg.Backend,
 		MaxPending:      cfg.MaxPending,
 		Thresholds:      cfg.Thresholds,
 		Logger:          log,
+
+		HandshakeLatency: handshake.Observe,
 	})
 	if err != nil {
 		return err
@@ -131,28 +141,38 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 	}()
 	for i := range cfg.Queues {
-		q, err := nfq.Open(nfq.Config{Queue: cfg.Queue + i, FailOpen: cfg.FailOpen, Logger: log})
+		q, err := nfq.Open(nfq.Config{Queue: cfg.Queue + i, FailOpen: cfg.FailOpen, Logger: log.With().Str(telemetry.FieldEvent, telemetry.EventQueue).Logger()})
 		if err != nil {
 			return fmt.Errorf("open queue %d: %w", cfg.Queue+i, err)
 		}
 		queues = append(queues, q)
 	}
 
+	names := make([]string, 0)
+	for _, c := range engine.Counters() {
+		names = append(names, c.String())
+	}
+	tel := telemetry.New(telemetry.Config{
+		Source: &source{eng: eng, queues: queues, first: cfg.Queue, mode: cfg.Mode.String()},
+		Collector: telemetry.CollectorConfig{
+			Counters:  names,
+			Modes:     []string{engine.StateCookie.String(), engine.StatePassthrough.String(), engine.ModeOff.String()},
+			Handshake: handshake,
+			Log:       cfg.LogLimiter,
+		},
+		Logger:        log,
+		StatsInterval: cfg.StatsInterval,
+	})
 	var metrics *http.Server
 	if cfg.MetricsAddr != "" {
 		ln, err := telemetry.Listen(cfg.MetricsAddr)
 		if err != nil {
 			return err
 		}
-		src := &source{eng: eng, queues: queues, first: cfg.Queue, mode: cfg.Mode.String()}
-		names := make([]string, 0)
-		for _, c := range engine.Counters() {
-			names = append(names, c.String())
-		}
-		metrics = telemetry.NewServer(telemetry.Handler(telemetry.NewCollector(src, names)))
+		metrics = telemetry.NewServer(tel.Handler())
 		go func() {
 			if err := metrics.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error().Err(err).Str("event", "metrics_failed").Msg("metrics server stopped")
+				log.Error().Err(err).Str("event", telemetry.EventMetricsFailed).Msg("metrics server stopped")
 			}
 		}()
 		defer metrics.Close()
@@ -167,7 +187,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	for i, s := range cfg.Services {
 		services[i] = s.String()
 	}
-	log.Info().Str("event", "rules_installed").Strs("services", services).
+	log.Info().Str("event", telemetry.EventRulesInstalled).Strs("services", services).
 		Uint16("queue", cfg.Queue).Uint16("queues", cfg.Queues).Bool("local", cfg.Local).
 		Bool("fail_open", cfg.FailOpen).Msg("firewall rules installed")
 	defer func() {
@@ -175,11 +195,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		rctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if rerr := rules.Remove(rctx); rerr != nil {
-			log.Error().Err(rerr).Str("event", "rules_remove_failed").Msg("could not remove firewall rules")
+			log.Error().Err(rerr).Str("event", telemetry.EventRulesRemoveFailed).Msg("could not remove firewall rules")
 			err = errors.Join(err, rerr)
 			return
 		}
-		log.Info().Str("event", "rules_removed").Msg("firewall rules removed")
+		log.Info().Str("event", telemetry.EventRulesRemoved).Msg("firewall rules removed")
 	}()
 
 	probeMark := uint32(0)
@@ -193,7 +213,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		learner.probeAll(ctx)
 	}
 
-	log.Info().Str("event", "start").Str("mode", cfg.Mode.String()).Strs("services", services).
+	log.Info().Str("event", telemetry.EventStart).Str("mode", cfg.Mode.String()).Strs("services", services).
 		Str("metrics", cfg.MetricsAddr).Msg("synguard protecting services")
 
 	var wg sync.WaitGroup
@@ -203,17 +223,17 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		defer wg.Done()
 		errs <- eng.Run(ctx)
 	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tel.Run(ctx)
+	}()
 	for _, q := range queues {
 		w := eng.NewWorker()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs <- q.Run(ctx, func(p *nfq.Packet) nfq.Verdict {
-				if w.HandleAt(p.Payload, engine.Hook(p.Hook)) == engine.Accept {
-					return nfq.Accept
-				}
-				return nfq.Drop
-			})
+			errs <- q.RunBatch(ctx, queueHandler{w})
 		}()
 	}
 	if cfg.Backend == nil {
@@ -237,13 +257,32 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	// Workers stop on ctx; when one failed first, stop the rest by
 	// closing the queues (the deferred Close) after the rules are gone.
 	if runErr != nil {
-		log.Error().Err(runErr).Str("event", "worker_failed").Msg("stopping")
+		log.Error().Err(runErr).Str("event", telemetry.EventWorkerFailed).Msg("stopping")
 		return runErr
 	}
 	wg.Wait()
-	log.Info().Str("event", "stop").Msg("synguard stopping")
+	log.Info().Str("event", telemetry.EventStop).Msg("synguard stopping")
 	return nil
 }
+
+// batchSender gives each engine worker a rawsock batch, so that the
+// replies to one receive batch leave in one sendmmsg.
+type batchSender struct{ *rawsock.Sender }
+
+func (s batchSender) NewBatch() engine.Batch { return s.Sender.NewBatch() }
+
+// queueHandler feeds one queue's packets to its worker a receive batch at
+// a time: verdicts per packet, the worker's replies flushed per batch.
+type queueHandler struct{ w *engine.Worker }
+
+func (h queueHandler) Handle(p *nfq.Packet) nfq.Verdict {
+	if h.w.HandleBatched(p.Payload, engine.Hook(p.Hook)) == engine.Accept {
+		return nfq.Accept
+	}
+	return nfq.Drop
+}
+
+func (h queueHandler) Flush() { h.w.Flush() }
 
 // learner keeps the engine's backend options current.
 type learner struct {
@@ -258,7 +297,7 @@ func (l *learner) probeAll(ctx context.Context) {
 		o, err := backendinfo.Probe(ctx, svc, l.mark, probeTimeout)
 		if err != nil {
 			if !l.down[i] {
-				l.log.Warn().Err(err).Str("event", "backend_unreachable").Str("service", svc.String()).
+				l.log.Warn().Err(err).Str("event", telemetry.EventBackendUnreachable).Str("service", svc.String()).
 					Msg("backend probe failed; announcing last known or default options")
 			}
 			l.down[i] = true
@@ -303,7 +342,7 @@ func (s *source) ServiceCounters() []telemetry.ServiceCounters {
 		for _, c := range engine.Counters() {
 			m[c.String()] = st.Get(c)
 		}
-		out[i] = telemetry.ServiceCounters{Service: svc.String(), Mode: s.serviceMode(i), Counters: m, Pending: s.eng.Pending()}
+		out[i] = telemetry.ServiceCounters{Service: svc.String(), Mode: s.serviceMode(i), Counters: m, HalfOpen: s.eng.HalfOpen(i), Pending: s.eng.Pending()}
 	}
 	return out
 }

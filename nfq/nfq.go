@@ -39,24 +39,47 @@ type Packet struct {
 // Accept is treated as Drop.
 type Handler func(p *Packet) Verdict
 
+// Handle calls h, so that a Handler is a BatchHandler.
+func (h Handler) Handle(p *Packet) Verdict { return h(p) }
+
+// Flush does nothing: a Handler has nothing to finish per batch.
+func (Handler) Flush() {}
+
+// BatchHandler is a Handler that also learns where each receive batch
+// ends. Handle has Handler's contract; Flush is called once after the
+// last Handle of a batch, before the batch's verdicts are sent, on the
+// same goroutine: the place to send whatever Handle queued (see doc.go).
+type BatchHandler interface {
+	Handle(p *Packet) Verdict
+	Flush()
+}
+
 // Defaults applied by Open for zero Config fields.
 const (
 	// DefaultMaxQueueLen is the kernel queue length: packets handed to
-	// userspace and still waiting for a verdict. 4096 is four times the
-	// kernel's 1024, so bursts are absorbed rather than dropped, yet a full
-	// queue is only ~80 ms of work at the ~50k verdicts/s go-nfqueue
-	// sustains (DESIGN.md §7): a SYN older than that is better dropped (the
-	// client retransmits) than answered late. It also fits the default
-	// socket buffer, which holds ~20,000 SYN-sized or ~7,000 full-size
-	// (1500 byte) packet messages (measured, kernel 6.18), so with the
-	// defaults an overload is cut by the queue limit, counted per packet as
-	// queue_dropped, before the socket overflows.
-	DefaultMaxQueueLen = 4096
+	// userspace and still waiting for a verdict. A receive loop that keeps
+	// up with a flood still falls behind for a while whenever its thread
+	// is not scheduled (a busy core, another process), and 4096 was found
+	// too short for that: at 100k SYN/s on one queue it lost 6% of the
+	// SYNs with the CPU mostly idle. 16384 is ~100 ms of work at the
+	// ~160k SYN/s one queue answers (doc.go), which a hiccup does not
+	// outlast, while a SYN that waited that long is still answered well
+	// within the client's 1 s retransmission timeout. At that length the
+	// kernel's queue limit, not the socket buffer, cuts an overload of
+	// SYN-sized packets (see DefaultReadBuffer), and every packet it
+	// drops is counted as queue_dropped.
+	DefaultMaxQueueLen = 16384
 
 	// DefaultReadBuffer is the netlink socket receive buffer requested with
-	// SO_RCVBUFFORCE (the kernel doubles it for bookkeeping). The kernel
-	// default (rmem_default, ~208 KiB) overflows above ~40k pps (DESIGN.md
-	// §7); 8 MiB absorbs a burst of ~20,000 SYNs, i.e. 0.4 s at 50k/s.
+	// SO_RCVBUFFORCE; the kernel doubles it for bookkeeping, and charges
+	// each packet message its true size: 832 bytes for a SYN-sized packet,
+	// 2304 for a full-size (1500 byte) one (measured, kernel 6.18). 8 MiB
+	// thus holds ~20,000 SYN messages, more than DefaultMaxQueueLen, so a
+	// burst of SYNs fills the queue before the socket; a backlog of
+	// full-size packets overflows the socket at ~7,000 instead, which the
+	// kernel counts per packet as user_dropped (ENOBUFS). The kernel
+	// default (rmem_default, ~208 KiB, ~250 SYNs) overflows within
+	// milliseconds of a flood (DESIGN.md §7).
 	DefaultReadBuffer = 8 << 20
 
 	// copyRange is how many bytes of each packet the kernel copies to us:

@@ -34,22 +34,23 @@ const (
 )
 
 // Queue is one bound NFQUEUE with its own netlink socket. Open it, call Run
-// once, Close it. Several queues are independent and may run concurrently,
-// each Run in its own goroutine.
+// (or RunBatch) once, Close it. Several queues are independent and may run
+// concurrently, each in its own goroutine.
 type Queue struct {
 	cfg    Config
 	log    zerolog.Logger
 	nf     *nfqueue.Nfqueue
 	portID uint32
 
-	handler  atomic.Pointer[Handler]
 	running  atomic.Bool
-	started  chan struct{} // closed by Run once the handler is set
 	stopping chan struct{} // closed when shutdown begins
 
-	fatalOnce sync.Once
-	fatal     chan struct{} // closed when the receive loop cannot go on
-	fatalErr  error
+	// go-nfqueue's receive goroutine parks in our callbacks once the
+	// queue is configured (see bind); parked is closed when it has,
+	// sockClosed when the socket is closed and it may return.
+	parkOnce   sync.Once
+	parked     chan struct{}
+	sockClosed chan struct{}
 
 	shutdownOnce sync.Once
 	closeErr     error
@@ -63,8 +64,6 @@ type Queue struct {
 	enobufs       atomic.Uint64
 
 	// Owned by the receive goroutine.
-	pkt           Packet
-	released      bool // releaseHeld done
 	errStreak     int
 	enobufsLog    limiter
 	receiveLog    limiter
@@ -91,11 +90,11 @@ func Open(cfg Config) (*Queue, error) {
 		cfg.ReadBuffer = DefaultReadBuffer
 	}
 	q := &Queue{
-		cfg:      cfg,
-		log:      cfg.Logger.With().Str("component", "nfq").Uint16("queue", cfg.Queue).Logger(),
-		started:  make(chan struct{}),
-		stopping: make(chan struct{}),
-		fatal:    make(chan struct{}),
+		cfg:        cfg,
+		log:        cfg.Logger.With().Str("component", "nfq").Uint16("queue", cfg.Queue).Logger(),
+		stopping:   make(chan struct{}),
+		parked:     make(chan struct{}),
+		sockClosed: make(chan struct{}),
 	}
 	if err := q.bind(); err != nil {
 		if errors.Is(err, unix.EPERM) {
@@ -152,9 +151,15 @@ func (q *Queue) bind() error {
 		_ = nf.Close()
 		return err
 	}
-	// The context only bounds go-nfqueue's goroutines; Close cancels it.
+	// go-nfqueue exchanges the configuration messages, then starts its
+	// receive goroutine; the context only bounds that goroutine, and
+	// Close cancels it.
 	if err := nf.RegisterWithErrorFunc(context.Background(), q.onPacket, q.onError); err != nil {
 		_ = nf.Close()
+		return err
+	}
+	if err := q.park(); err != nil {
+		_ = q.shutdown()
 		return err
 	}
 	if err := nf.Con.RemoveBPF(); err != nil {
@@ -163,6 +168,51 @@ func (q *Queue) bind() error {
 	}
 	return nil
 }
+
+// parkTimeout bounds the wait for go-nfqueue's receive goroutine to park.
+const parkTimeout = 5 * time.Second
+
+// park takes the socket from go-nfqueue's receive goroutine, which reads
+// one message at a time into freshly allocated buffers (DESIGN.md §7); the
+// receive loop of this package reads it instead (see doc.go). A read
+// deadline in the past makes that goroutine's blocked receive fail; its
+// error callback (onError) then parks it until the socket is closed. The
+// setup filter is still attached, so no packet message can reach it before
+// it parks.
+func (q *Queue) park() error {
+	if err := q.nf.Con.SetReadDeadline(time.Unix(1, 0)); err != nil {
+		return fmt.Errorf("interrupt go-nfqueue's receive: %w", err)
+	}
+	t := time.NewTimer(parkTimeout)
+	defer t.Stop()
+	select {
+	case <-q.parked:
+	case <-t.C:
+		return fmt.Errorf("go-nfqueue's receive loop did not hand over the socket within %v", parkTimeout)
+	}
+	if err := q.nf.Con.SetReadDeadline(time.Time{}); err != nil {
+		return fmt.Errorf("clear read deadline: %w", err)
+	}
+	return nil
+}
+
+// onError is go-nfqueue's receive-error callback. It is called once, when
+// park interrupts the receive (or if anything else fails it first), and
+// holds the goroutine until the socket is closed. Returning non-zero then
+// ends go-nfqueue's loop; its attempt to unbind fails on the closed socket,
+// which unbinds the queue anyway.
+func (q *Queue) onError(error) int {
+	q.parkOnce.Do(func() { close(q.parked) })
+	<-q.sockClosed
+	return 1
+}
+
+// onPacket is go-nfqueue's per-packet callback. The setup filter keeps
+// packet messages away from go-nfqueue's goroutine until it parks, so this
+// does not run; should it, the packet's id is below the first one the
+// receive loop sees, so the loop re-queues it (see releaseHeld), and the
+// goroutine parks like onError.
+func (q *Queue) onPacket(nfqueue.Attribute) int { return q.onError(nil) }
 
 // holdPacketsFilter keeps packet messages off the socket while go-nfqueue
 // configures the queue.
@@ -230,15 +280,6 @@ func (q *Queue) discardStale(c *netlink.Conn) error {
 	return nil
 }
 
-// nfnlPacketMsg is the netlink message type of a queued packet:
-// NFNL_SUBSYS_QUEUE<<8 | NFQNL_MSG_PACKET.
-const nfnlPacketMsg = nfnlSubsysQueue<<8 | nfqnlMsgPacket
-
-const (
-	nfnlSubsysQueue = 3 // NFNL_SUBSYS_QUEUE
-	nfqnlMsgPacket  = 0 // NFQNL_MSG_PACKET
-)
-
 func asStored(v uint16) uint16 {
 	var b [2]byte
 	binary.NativeEndian.PutUint16(b[:], v)
@@ -251,21 +292,6 @@ func mustAssemble(insns ...bpf.Instruction) []bpf.RawInstruction {
 		panic(err)
 	}
 	return raw
-}
-
-// releaseHeld re-queues the packets the setup filter held back: every id
-// before first, the first one delivered to us (see holdPacketsFilter).
-func (q *Queue) releaseHeld(first uint32) {
-	q.released = true
-	if first <= 1 {
-		return
-	}
-	if err := q.nf.SetVerdictBatch(first-1, nfqueue.NfRepeat); err != nil {
-		q.verdictErrors.Add(1)
-		q.log.Warn().Err(err).Uint32("up_to_id", first-1).Msg("could not re-queue packets held during setup")
-		return
-	}
-	q.log.Debug().Uint32("up_to_id", first-1).Msg("re-queued packets held during setup")
 }
 
 // setReadBuffer sizes the socket's receive buffer. SO_RCVBUFFORCE ignores
@@ -323,6 +349,16 @@ func (q *Queue) Run(ctx context.Context, h Handler) error {
 	if h == nil {
 		return errors.New("nfq: nil handler")
 	}
+	return q.RunBatch(ctx, h)
+}
+
+// RunBatch is Run for a handler that works in batches: h.Handle is called
+// for each packet of a receive batch, then h.Flush once, then the batch's
+// verdicts are sent (see doc.go).
+func (q *Queue) RunBatch(ctx context.Context, h BatchHandler) error {
+	if h == nil {
+		return errors.New("nfq: nil handler")
+	}
 	if !q.running.CompareAndSwap(false, true) {
 		return ErrRunning
 	}
@@ -331,18 +367,19 @@ func (q *Queue) Run(ctx context.Context, h Handler) error {
 		return ErrClosed
 	default:
 	}
-	q.handler.Store(&h)
-	close(q.started)
+	// Closing the socket is what interrupts a blocked receive.
+	stop := context.AfterFunc(ctx, func() { _ = q.shutdown() })
+	defer stop()
 
-	var err error
-	select {
-	case <-ctx.Done():
-	case <-q.stopping:
-	case <-q.fatal:
-		err = fmt.Errorf("nfq: queue %d: %w", q.cfg.Queue, q.fatalErr)
+	r, err := newReceiver(q, q.nf.Con, h)
+	if err == nil {
+		err = r.run()
 	}
 	_ = q.shutdown()
-	return err
+	if err != nil {
+		return fmt.Errorf("nfq: queue %d: %w", q.cfg.Queue, err)
+	}
+	return nil
 }
 
 // Close unbinds the queue, closes its socket and waits for the receive
@@ -355,9 +392,26 @@ func (q *Queue) Close() error {
 func (q *Queue) shutdown() error {
 	q.shutdownOnce.Do(func() {
 		close(q.stopping)
-		q.closeErr = q.nf.Close()
+		// Closing the socket unbinds the queue and ends a receive in
+		// progress. Only then may go-nfqueue's parked goroutine return:
+		// its unbind must not race the receive loop for the socket.
+		q.closeErr = q.nf.Con.Close()
+		close(q.sockClosed)
+		// Cancels go-nfqueue's context and waits for its goroutines; its
+		// second close of the socket fails, and that is expected.
+		_ = q.nf.Close()
 	})
 	return q.closeErr
+}
+
+// isStopping reports whether shutdown has begun.
+func (q *Queue) isStopping() bool {
+	select {
+	case <-q.stopping:
+		return true
+	default:
+		return false
+	}
 }
 
 // Stats returns a snapshot of the queue's counters. It is safe to call
@@ -376,88 +430,9 @@ func (q *Queue) Stats() Stats {
 	}
 }
 
-// onPacket is go-nfqueue's per-message callback, on the receive goroutine:
-// packet → handler → verdict. Returning non-zero stops the receive loop.
-func (q *Queue) onPacket(a nfqueue.Attribute) int {
-	if a.PacketID == nil {
-		// Not a packet: nothing to give a verdict to.
-		q.malformed.Add(1)
-		q.logMalformed("message without packet id")
-		return 0
-	}
-	id := *a.PacketID
-	if !q.released {
-		q.releaseHeld(id)
-	}
-
-	h := q.handler.Load()
-	if h == nil {
-		// Open bound the queue but Run has not started: hold this packet
-		// (and, behind it, the socket and kernel queue) until it does.
-		select {
-		case <-q.started:
-			h = q.handler.Load()
-		case <-q.stopping:
-			return 1
-		}
-	}
-	q.errStreak = 0
-
-	if a.Payload == nil || len(*a.Payload) == 0 {
-		// The engine cannot judge a packet it cannot see. It must still get
-		// a verdict, or it holds a queue slot until the socket closes; the
-		// operator's fail-open choice says which.
-		q.malformed.Add(1)
-		q.logMalformed("packet without payload")
-		v := Drop
-		if q.cfg.FailOpen {
-			v = Accept
-		}
-		q.verdict(id, v)
-		return 0
-	}
-
-	q.received.Add(1)
-	p := &q.pkt
-	*p = Packet{ID: id, Payload: *a.Payload}
-	if a.Mark != nil {
-		p.Mark = *a.Mark
-	}
-	if a.Hook != nil {
-		p.Hook = *a.Hook
-	}
-	v := (*h)(p)
-	p.Payload = nil
-	q.verdict(id, v)
-	return 0
-}
-
-func (q *Queue) verdict(id uint32, v Verdict) {
-	nv, n := nfqueue.NfDrop, &q.dropped
-	if v == Accept {
-		nv, n = nfqueue.NfAccept, &q.accepted
-	}
-	if err := q.nf.SetVerdict(id, nv); err != nil {
-		q.verdictErrors.Add(1)
-		if ok, suppressed := q.verdictLog.allow(); ok {
-			q.log.Warn().Err(err).Uint64("suppressed", suppressed).Msg("sending verdict failed")
-		}
-		return
-	}
-	n.Add(1)
-}
-
-// onError is go-nfqueue's receive-error callback, on the receive goroutine.
-// Returning 0 keeps the loop going; anything else ends it.
-func (q *Queue) onError(err error) int {
-	select {
-	case <-q.stopping:
-		// Close interrupts the blocked receive with an error; not ours to count.
-		return 1
-	default:
-	}
-
-	var sysErr *os.SyscallError
+// receiveFailed accounts for a failed receive, on the receive goroutine,
+// and reports whether the loop must end (the socket is gone).
+func (q *Queue) receiveFailed(err error) (fatal bool) {
 	switch {
 	case errors.Is(err, unix.ENOBUFS):
 		// The kernel could not append to our full socket buffer and dropped
@@ -470,21 +445,11 @@ func (q *Queue) onError(err error) int {
 				Msg("socket receive buffer overflowed; kernel dropped queued packets")
 			q.enobufsLogged = n
 		}
-		return 0
+		return false
 
 	case errors.Is(err, net.ErrClosed), errors.Is(err, os.ErrClosed), errors.Is(err, unix.EBADF):
-		q.fail(err)
-		return 1
-
-	case !errors.As(err, &sysErr) && errors.As(err, new(unix.Errno)):
-		// A netlink error message, not a failed system call: the kernel
-		// rejected a message we sent, and we send only verdicts once bound
-		// (e.g. ENOENT for an id it no longer holds).
-		q.verdictErrors.Add(1)
-		if ok, suppressed := q.verdictLog.allow(); ok {
-			q.log.Warn().Err(err).Uint64("suppressed", suppressed).Msg("kernel rejected a verdict")
-		}
-		return 0
+		q.log.Error().Err(err).Msg("receive loop stopped")
+		return true
 	}
 
 	q.receiveErrors.Add(1)
@@ -501,15 +466,7 @@ func (q *Queue) onError(err error) int {
 			t.Stop()
 		}
 	}
-	return 0
-}
-
-func (q *Queue) fail(err error) {
-	q.fatalOnce.Do(func() {
-		q.fatalErr = err
-		q.log.Error().Err(err).Msg("receive loop stopped")
-		close(q.fatal)
-	})
+	return false
 }
 
 func (q *Queue) logMalformed(what string) {

@@ -5,6 +5,12 @@
 // out of conntrack and out of the queue. Sockets are IPPROTO_RAW, so the
 // caller supplies the whole IP header, source address included: the
 // engine speaks for both the client and the backend.
+//
+// Send is one sendto per packet. Under a flood the engine answers a whole
+// receive batch of SYNs at once, so each queue worker also gets a Batch
+// (NewBatch): it copies packets into preallocated slots and sends them with
+// one sendmmsg per address family, which saves a system call entry and exit
+// per packet and allocates nothing.
 package rawsock
 
 import (

@@ -7,18 +7,32 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Namespace prefixes every metric name.
 const Namespace = "synguard"
 
+// Engine counter names telemetry gives a meaning to, as the engine spells
+// them (engine.Counter.String()).
+const (
+	CounterSYNReceived   = "syn_received"
+	CounterSYNACKSent    = "synack_sent"
+	CounterCookieValid   = "cookie_valid"
+	CounterCookieInvalid = "cookie_invalid"
+	CounterHandedOff     = "handed_off"
+)
+
 // ServiceCounters is one service's counters at scrape time.
 type ServiceCounters struct {
 	Service string
-	Mode    string
+	// Mode is the mode the service is in now; one of the collector's
+	// Modes.
+	Mode string
 	// Counters maps a stable snake_case counter name to its value.
 	Counters map[string]uint64
+	// HalfOpen is the service's count of SYNs passed to the backend whose
+	// handshake has not completed (0 while every SYN gets a cookie).
+	HalfOpen int
 	Pending  int
 }
 
@@ -31,7 +45,10 @@ type QueueCounters struct {
 	VerdictError uint64
 }
 
-// Source is what the collector reads at each scrape.
+// Source is what telemetry reads, at each scrape and once a second for
+// the dashboard. ServiceCounters lists the services in the engine's order
+// (the index Histograms.Observe is given). Both methods may be called
+// concurrently.
 type Source interface {
 	ServiceCounters() []ServiceCounters
 	QueueCounters() []QueueCounters
@@ -40,45 +57,76 @@ type Source interface {
 // counterHelp documents the engine counters that have their own metric
 // names; any other counter is exported as synguard_<name>_total too.
 var counterHelp = map[string]string{
-	"syn_received":   "Client SYNs to a protected service seen by the engine.",
-	"synack_sent":    "Cookie SYN-ACKs sent.",
-	"cookie_valid":   "Client ACKs whose SYN cookie validated.",
-	"cookie_invalid": "Client ACKs dropped because no flow or cookie matched.",
-	"handed_off":     "Flows handed off to kernel conntrack.",
+	CounterSYNReceived:   "Client SYNs to a protected service seen by the engine.",
+	CounterSYNACKSent:    "Cookie SYN-ACKs sent.",
+	CounterCookieValid:   "Client ACKs whose SYN cookie validated.",
+	CounterCookieInvalid: "Client ACKs dropped because no flow or cookie matched.",
+	CounterHandedOff:     "Flows handed off to kernel conntrack.",
 }
 
 // metricName maps an engine counter name to its exported metric name.
 func metricName(counter string) string {
-	if counter == "handed_off" {
+	if counter == CounterHandedOff {
 		return Namespace + "_flows_handed_off_total"
 	}
 	return Namespace + "_" + counter + "_total"
 }
 
-// Collector exports a Source as Prometheus metrics.
-type Collector struct {
-	src   Source
-	descs map[string]*prometheus.Desc
-	mode  *prometheus.Desc
-	pend  *prometheus.Desc
-	qRecv *prometheus.Desc
-	qDrop *prometheus.Desc
-	qNoBu *prometheus.Desc
-	qVErr *prometheus.Desc
+// CollectorConfig says what a Collector exports besides its Source.
+type CollectorConfig struct {
+	// Counters are the engine counter names to export, one metric each.
+	Counters []string
+	// Modes are every value synguard_mode can take; each service gets one
+	// series per value, 1 for its current mode and 0 for the others, so a
+	// graph of a mode is continuous. With none, only the current mode's
+	// series is exported.
+	Modes []string
+	// Handshake holds the backend handshake latency per service; nil
+	// leaves the histogram out.
+	Handshake *Histograms
+	// Log is the log line limiter whose held-back lines are exported;
+	// nil leaves the metric out.
+	Log *LineLimiter
 }
 
-// NewCollector builds a collector for counters with the given names.
-func NewCollector(src Source, counterNames []string) *Collector {
-	c := &Collector{src: src, descs: make(map[string]*prometheus.Desc)}
-	for _, n := range counterNames {
+// Collector exports a Source as Prometheus metrics.
+type Collector struct {
+	src       Source
+	modes     []string
+	handshake *Histograms
+	log       *LineLimiter
+	bounds    []float64 // HandshakeBuckets in seconds
+
+	descs      map[string]*prometheus.Desc
+	mode       *prometheus.Desc
+	halfOpen   *prometheus.Desc
+	pend       *prometheus.Desc
+	hsLatency  *prometheus.Desc
+	suppressed *prometheus.Desc
+	qRecv      *prometheus.Desc
+	qDrop      *prometheus.Desc
+	qNoBu      *prometheus.Desc
+	qVErr      *prometheus.Desc
+}
+
+// NewCollector builds a collector reading src.
+func NewCollector(src Source, cfg CollectorConfig) *Collector {
+	c := &Collector{src: src, modes: cfg.Modes, handshake: cfg.Handshake, log: cfg.Log, descs: make(map[string]*prometheus.Desc)}
+	for _, b := range HandshakeBuckets {
+		c.bounds = append(c.bounds, b.Seconds())
+	}
+	for _, n := range cfg.Counters {
 		help := counterHelp[n]
 		if help == "" {
 			help = fmt.Sprintf("Engine events of kind %s.", n)
 		}
 		c.descs[n] = prometheus.NewDesc(metricName(n), help, []string{"service"}, nil)
 	}
-	c.mode = prometheus.NewDesc(Namespace+"_mode", "1 for the mode each service is in.", []string{"service", "mode"}, nil)
+	c.mode = prometheus.NewDesc(Namespace+"_mode", "1 for the mode each service is in, 0 for the others.", []string{"service", "mode"}, nil)
+	c.halfOpen = prometheus.NewDesc(Namespace+"_half_open", "SYNs passed to the backend whose handshake has not completed.", []string{"service"}, nil)
 	c.pend = prometheus.NewDesc(Namespace+"_pending_flows", "Cookie-validated flows waiting on their backend or lingering after hand-off.", []string{"service"}, nil)
+	c.hsLatency = prometheus.NewDesc(Namespace+"_backend_handshake_seconds", "Time from a client's valid cookie ACK to its flow's hand-off: the backend's answer to the replayed SYN, and the conntrack entry.", []string{"service"}, nil)
+	c.suppressed = prometheus.NewDesc(Namespace+"_log_suppressed_total", "Log lines held back by the per-event rate limit.", []string{"event"}, nil)
 	c.qRecv = prometheus.NewDesc(Namespace+"_queue_received_total", "Packets received from the NFQUEUE.", []string{"queue"}, nil)
 	c.qDrop = prometheus.NewDesc(Namespace+"_queue_dropped_total", "Packets the kernel dropped because the queue or its socket was full (/proc/net/netfilter/nfnetlink_queue).", []string{"queue"}, nil)
 	c.qNoBu = prometheus.NewDesc(Namespace+"_queue_enobufs_total", "Times the kernel reported the queue socket's buffer overflowed.", []string{"queue"}, nil)
@@ -91,21 +139,46 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range c.descs {
 		ch <- d
 	}
-	for _, d := range []*prometheus.Desc{c.mode, c.pend, c.qRecv, c.qDrop, c.qNoBu, c.qVErr} {
+	for _, d := range []*prometheus.Desc{c.mode, c.halfOpen, c.pend, c.qRecv, c.qDrop, c.qNoBu, c.qVErr} {
 		ch <- d
+	}
+	if c.handshake != nil {
+		ch <- c.hsLatency
+	}
+	if c.log != nil {
+		ch <- c.suppressed
 	}
 }
 
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
-	for _, s := range c.src.ServiceCounters() {
+	for i, s := range c.src.ServiceCounters() {
 		for name, v := range s.Counters {
 			if d, ok := c.descs[name]; ok {
 				ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), s.Service)
 			}
 		}
-		ch <- prometheus.MustNewConstMetric(c.mode, prometheus.GaugeValue, 1, s.Service, s.Mode)
+		known := false
+		for _, m := range c.modes {
+			v := 0.0
+			if m == s.Mode {
+				v, known = 1, true
+			}
+			ch <- prometheus.MustNewConstMetric(c.mode, prometheus.GaugeValue, v, s.Service, m)
+		}
+		if !known {
+			// A mode the gateway forgot to list still shows.
+			ch <- prometheus.MustNewConstMetric(c.mode, prometheus.GaugeValue, 1, s.Service, s.Mode)
+		}
+		ch <- prometheus.MustNewConstMetric(c.halfOpen, prometheus.GaugeValue, float64(s.HalfOpen), s.Service)
 		ch <- prometheus.MustNewConstMetric(c.pend, prometheus.GaugeValue, float64(s.Pending), s.Service)
+		if h, ok := c.handshake.Snapshot(i); ok {
+			buckets := make(map[float64]uint64, len(c.bounds))
+			for j, b := range c.bounds {
+				buckets[b] = h.Cumulative[j]
+			}
+			ch <- prometheus.MustNewConstHistogram(c.hsLatency, h.Count, h.Sum.Seconds(), buckets, s.Service)
+		}
 	}
 	for _, q := range c.src.QueueCounters() {
 		id := fmt.Sprint(q.Queue)
@@ -114,15 +187,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.qNoBu, prometheus.CounterValue, float64(q.ENOBUFS), id)
 		ch <- prometheus.MustNewConstMetric(c.qVErr, prometheus.CounterValue, float64(q.VerdictError), id)
 	}
-}
-
-// Handler returns the HTTP handler serving /metrics for the collector.
-func Handler(c *Collector) http.Handler {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(c)
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	return mux
+	if c.log != nil {
+		for event, n := range c.log.Suppressed() {
+			ch <- prometheus.MustNewConstMetric(c.suppressed, prometheus.CounterValue, float64(n), event)
+		}
+	}
 }
 
 // Listen binds the metrics address now, so a bad or busy address fails

@@ -6,34 +6,187 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/synguard/synguard/bench"
 	"github.com/synguard/synguard/lab"
 )
 
-const benchUsage = `usage: synguard bench flood [flags]
+const benchUsage = `usage: synguard bench [flags]
+       synguard bench flood [flags]
+       synguard bench report --in FILE [--out DIR]
 
-  flood  send a bounded SYN flood with spoofed sources from the benchmarking
-         range (198.18.0.0/15, or 2001:db8:ff00::/40 for IPv6), from the
-         current network namespace; stops at --count or --duration
+  (no subcommand)  build a lab and measure synguard, kernel SYNPROXY and an
+                   unprotected backend under SYN floods stepped up to the
+                   generator's maximum; writes report.md, report.json and plots
+  flood            send a bounded SYN flood with spoofed sources from the
+                   benchmarking range (198.18.0.0/15, or 2001:db8:ff00::/40 for
+                   IPv6), from the current network namespace; stops at --count
+                   or --duration
+  report           draw report.md and the plots again from a report.json
 `
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "flood" {
-		fmt.Fprint(stderr, benchUsage)
-		if len(args) == 0 {
-			return usagef("bench: no subcommand given")
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		switch args[0] {
+		case "flood":
+			return runBenchFlood(ctx, args[1:], stdout)
+		case "report":
+			return runBenchReport(args[1:], stdout)
 		}
+		fmt.Fprint(stderr, benchUsage)
 		return usagef("bench: unknown subcommand %q", args[0])
 	}
+	return runBenchScenarios(ctx, args, stdout)
+}
+
+// benchLabName prefixes the namespaces of the benchmark's lab.
+const benchLabName = "sgbench"
+
+func runBenchScenarios(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	quick := fs.Bool("quick", false, "a short run: rates "+ratesString(bench.QuickRates)+", "+bench.QuickDuration.String()+" each (about 2 minutes)")
+	out := fs.String("out", "bench-out", "output `directory`")
+	rates := fs.String("rates", "", "offered loads in SYN/s, comma-separated; max = as fast as the generator goes (default "+ratesString(bench.DefaultRates)+")")
+	duration := fs.Duration("duration", 0, "how long each flood lasts (default "+bench.DefaultDuration.String()+", "+bench.QuickDuration.String()+" with --quick)")
+	systems := fs.String("systems", "", "systems to compare, comma-separated (default synguard,synproxy,none)")
+	probeRate := fs.Int("probe-rate", bench.DefaultProbeRate, "legitimate clients per `second` during each flood")
+	probeTimeout := fs.Duration("probe-timeout", bench.DefaultProbeTimeout, "time a legitimate client has to connect and fetch its page")
+	name := fs.String("name", benchLabName, "namespace name `prefix` of the benchmark's lab")
+	if err := parseFlags(fs, args); err != nil {
+		return helpOK(err)
+	}
+	cfg := bench.Config{
+		Name:         *name,
+		Rates:        bench.DefaultRates,
+		Duration:     bench.DefaultDuration,
+		ProbeRate:    *probeRate,
+		ProbeTimeout: *probeTimeout,
+		OutDir:       *out,
+		Progress:     stdout,
+	}
+	if *quick {
+		cfg.Rates, cfg.Duration, cfg.MaxAttempts = bench.QuickRates, bench.QuickDuration, bench.QuickMaxAttempts
+	}
+	if *rates != "" {
+		r, err := parseRates(*rates)
+		if err != nil {
+			return usagef("bench --rates: %v", err)
+		}
+		cfg.Rates = r
+	}
+	if *duration != 0 {
+		cfg.Duration = *duration
+	}
+	if *systems != "" {
+		for _, s := range strings.Split(*systems, ",") {
+			sys, err := bench.ParseSystem(strings.TrimSpace(s))
+			if err != nil {
+				return usagef("bench --systems: %v", err)
+			}
+			cfg.Systems = append(cfg.Systems, sys)
+		}
+	}
+	var err error
+	if cfg.Binary, err = os.Executable(); err != nil {
+		return fmt.Errorf("bench: find synguard executable: %w", err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return usagef("%v", err)
+	}
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("bench: needs root (network namespaces, netfilter)")
+	}
+	fmt.Fprintf(stdout, "bench: lab %s, rates %s, %s per flood, systems %v; writing to %s\n",
+		cfg.Name, ratesString(cfg.Rates), cfg.Duration, systemNames(cfg.Systems), cfg.OutDir)
+	rep, err := bench.Run(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout)
+	if err := rep.TableMarkdown(stdout); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "\nreport: %s\n", filepath.Join(cfg.OutDir, bench.ReportMD))
+	return nil
+}
+
+func runBenchReport(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("bench report", flag.ContinueOnError)
+	in := fs.String("in", "", "recorded report.json `file`")
+	out := fs.String("out", "", "output `directory` (default: the directory of --in)")
+	if err := parseFlags(fs, args); err != nil {
+		return helpOK(err)
+	}
+	if *in == "" {
+		return usagef("bench report: --in is required")
+	}
+	if *out == "" {
+		*out = filepath.Dir(*in)
+	}
+	rep, err := bench.LoadReport(*in)
+	if err != nil {
+		return err
+	}
+	if err := rep.Write(*out); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "report: %s\n", filepath.Join(*out, bench.ReportMD))
+	return nil
+}
+
+// parseRates reads "10000,50000,max".
+func parseRates(s string) ([]int, error) {
+	var rates []int
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "max" {
+			rates = append(rates, 0)
+			continue
+		}
+		n, err := strconv.Atoi(strings.ReplaceAll(f, "_", ""))
+		if err != nil || n < 1 || n > bench.MaxFloodRate {
+			return nil, fmt.Errorf("%q: want 1..%d SYN/s or max", f, bench.MaxFloodRate)
+		}
+		rates = append(rates, n)
+	}
+	return rates, nil
+}
+
+func ratesString(rates []int) string {
+	parts := make([]string, len(rates))
+	for i, r := range rates {
+		parts[i] = "max"
+		if r > 0 {
+			parts[i] = strconv.Itoa(r)
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+func systemNames(ss []bench.System) []string {
+	if len(ss) == 0 {
+		ss = bench.AllSystems
+	}
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = string(s)
+	}
+	return out
+}
+
+func runBenchFlood(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("bench flood", flag.ContinueOnError)
 	target := fs.String("target", "", "`ADDR:PORT` to flood")
 	sources := fs.String("sources", "", "source `prefix` (default: the benchmarking range of the target's family)")
 	rate := fs.Int("rate", 10000, "packets per `second` (0: as fast as possible)")
 	count := fs.Int("count", 100000, "total `packets`")
 	duration := fs.Duration("duration", 10*time.Second, "maximum `duration`")
-	if err := parseFlags(fs, args[1:]); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return helpOK(err)
 	}
 	t, err := netip.ParseAddrPort(*target)

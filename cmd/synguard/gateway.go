@@ -7,7 +7,10 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"runtime/pprof"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -15,6 +18,7 @@ import (
 	"github.com/synguard/synguard/engine"
 	"github.com/synguard/synguard/firewall"
 	"github.com/synguard/synguard/gateway"
+	"github.com/synguard/synguard/telemetry"
 )
 
 // gatewayFlags are the flags shared by run and rules.
@@ -33,6 +37,7 @@ type gatewayFlags struct {
 	backendSACK string
 	logFormat   string
 	logLevel    string
+	statsEvery  time.Duration
 	thresholds  engine.Thresholds
 }
 
@@ -58,6 +63,7 @@ func (f *gatewayFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.thresholds.HandshakeTimeout, "handshake-timeout", th.HandshakeTimeout, "a SYN let through counts as half-open for at most this long")
 	fs.StringVar(&f.logFormat, "log-format", "json", "`json` lines, or console for humans")
 	fs.StringVar(&f.logLevel, "log-level", "info", "`level`: debug, info, warn, error")
+	fs.DurationVar(&f.statsEvery, "stats-interval", telemetry.DefaultStatsInterval, "log a stats event per service every `interval` (1s or more)")
 }
 
 // serviceList is a repeatable, comma-separated list of services.
@@ -150,6 +156,10 @@ func (f *gatewayFlags) config() (gateway.Config, error) {
 		EngineMark:  firewall.DefaultEngineMark,
 		HandoffMark: firewall.DefaultHandoffMark,
 	}
+	if f.statsEvery < time.Second {
+		return gateway.Config{}, usagef("--stats-interval %v: want 1s or more", f.statsEvery)
+	}
+	cfg.StatsInterval = f.statsEvery
 	if err := cfg.FirewallConfig().Validate(); err != nil {
 		return gateway.Config{}, usagef("%v", err)
 	}
@@ -187,19 +197,23 @@ func (f *gatewayFlags) backendOverride() (*engine.BackendOptions, error) {
 	return &o, nil
 }
 
-func (f *gatewayFlags) logger(w io.Writer) (zerolog.Logger, error) {
+// logger builds the event logger and the rate limit its lines pass.
+func (f *gatewayFlags) logger(w io.Writer) (zerolog.Logger, *telemetry.LineLimiter, error) {
 	level, err := zerolog.ParseLevel(f.logLevel)
 	if err != nil || f.logLevel == "" {
-		return zerolog.Logger{}, usagef("--log-level %q: want debug, info, warn or error", f.logLevel)
+		return zerolog.Logger{}, nil, usagef("--log-level %q: want debug, info, warn or error", f.logLevel)
 	}
+	var format telemetry.Format
 	switch f.logFormat {
 	case "json":
+		format = telemetry.FormatJSON
 	case "console":
-		w = zerolog.ConsoleWriter{Out: w}
+		format = telemetry.FormatConsole
 	default:
-		return zerolog.Logger{}, usagef("--log-format %q: want json or console", f.logFormat)
+		return zerolog.Logger{}, nil, usagef("--log-format %q: want json or console", f.logFormat)
 	}
-	return zerolog.New(w).Level(level).With().Timestamp().Logger(), nil
+	log, lim := telemetry.NewLogger(w, format, level, telemetry.LimitConfig{})
+	return log, lim, nil
 }
 
 // parseFlags parses args into a flag set, turning flag errors into usage
@@ -224,6 +238,12 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	var f gatewayFlags
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	f.register(fs)
+	// --cpuprofile FILE is a development aid (profiling the packet path
+	// under a flood), registered only when given so that -h does not list it.
+	var cpuProfile string
+	if slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(strings.TrimLeft(a, "-"), "cpuprofile") }) {
+		fs.StringVar(&cpuProfile, "cpuprofile", "", "")
+	}
 	if err := parseFlags(fs, args); err != nil {
 		return helpOK(err)
 	}
@@ -231,11 +251,22 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	log, err := f.logger(stdout)
+	log, lim, err := f.logger(stdout)
 	if err != nil {
 		return err
 	}
-	cfg.Logger = log
+	cfg.Logger, cfg.LogLimiter = log, lim
+	if cpuProfile != "" {
+		pf, err := os.Create(cpuProfile)
+		if err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	return gateway.Run(ctx, cfg)
 }
 

@@ -24,7 +24,7 @@ commands:
   run      protect services (iptables rules, NFQUEUE engine) until SIGINT/SIGTERM
   rules    print the rules 'run' would install, for the same flags
   lab      up|down|demo: a self-contained client/gateway/backend lab in namespaces
-  bench    flood: a bounded SYN flood generator for labs
+  bench    benchmark synguard against kernel SYNPROXY under SYN floods; flood: a bounded SYN flood generator
   version  print the version
 
 Run 'synguard <command> -h' for a command's flags.

@@ -1,0 +1,176 @@
+package bench
+
+import (
+	"math"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseProcStat(t *testing.T) {
+	const stat = `cpu  85444 3 19682 195773 635 7 2753 135 11 0
+cpu0 41923 0 9439 99337 95 0 1385 61 0 0
+cpu1 43521 0 10242 96436 540 0 1367 74 0 0
+intr 1234 5 6
+ctxt 987654
+`
+	got, err := ParseProcStat(strings.NewReader(stat))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// user+nice+system+irq+softirq+steal; guest (11) is inside user.
+	wantBusy := time.Duration(85444+3+19682+7+2753+135) * 10 * time.Millisecond
+	wantIdle := time.Duration(195773+635) * 10 * time.Millisecond
+	if got.Busy != wantBusy || got.Idle != wantIdle {
+		t.Errorf("got busy %v idle %v, want %v and %v", got.Busy, got.Idle, wantBusy, wantIdle)
+	}
+	// An old kernel's four columns.
+	got, err = ParseProcStat(strings.NewReader("cpu 1 2 3 4\n"))
+	if err != nil || got.Busy != 60*time.Millisecond || got.Idle != 40*time.Millisecond {
+		t.Errorf("short line: %+v, %v", got, err)
+	}
+	for _, bad := range []string{"", "cpu0 1 2 3 4\n", "cpu 1 2\n", "cpu 1 x 3 4\n"} {
+		if _, err := ParseProcStat(strings.NewReader(bad)); err == nil {
+			t.Errorf("ParseProcStat(%q) accepted", bad)
+		}
+	}
+	// The real file parses, and busy time only grows.
+	a, err := ReadCPUTimes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := ReadCPUTimes()
+	if d := b.Sub(a); d.Busy < 0 || d.Idle < 0 {
+		t.Errorf("cpu times went backwards: %+v", d)
+	}
+}
+
+func TestParseProcessStat(t *testing.T) {
+	// A command name with spaces and parentheses; utime 250, stime 50,
+	// cutime 7, cstime 8 (children are not counted), flags PF_KTHREAD,
+	// starttime 4242.
+	line := "1234 (a (b) c) S 1 1234 1234 0 -1 2097216 100 0 0 0 250 50 7 8 20 0 3 0 4242 1000 200\n"
+	got, err := ParseProcessStat([]byte(line))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != 3*time.Second {
+		t.Errorf("process cpu %v, want 3s", got)
+	}
+	s, kthread, err := parseProcSample([]byte(line))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.cpu != 3*time.Second || s.start != 4242 || !kthread {
+		t.Errorf("sample %+v kthread %v", s, kthread)
+	}
+	if _, _, err := parseProcSample([]byte("1 (x) S 1 2 3")); err == nil {
+		t.Error("short stat line accepted")
+	}
+	if _, err := ParseProcessStat([]byte("no name here")); err == nil {
+		t.Error("stat line without a name accepted")
+	}
+	// Our own process: it has run, and it is not a kernel thread.
+	b, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, kthread, err := parseProcSample(b); err != nil || kthread || s.start == 0 {
+		t.Errorf("own stat: %+v kthread %v err %v", s, kthread, err)
+	}
+}
+
+func TestProcessCPU(t *testing.T) {
+	sec := func(n int) time.Duration { return time.Duration(n) * time.Second }
+	start := map[int]procSample{
+		1:  {start: 10, cpu: sec(5), ours: false},
+		2:  {start: 20, cpu: sec(1), ours: true},
+		3:  {start: 30, cpu: sec(9), ours: false}, // exits
+		4:  {start: 40, cpu: sec(2), ours: false}, // PID reused below
+		99: {start: 50, cpu: sec(3), ours: true},
+	}
+	end := map[int]procSample{
+		1:  {start: 10, cpu: sec(7), ours: false}, // +2 others
+		2:  {start: 20, cpu: sec(4), ours: true},  // +3 ours
+		4:  {start: 45, cpu: sec(1), ours: false}, // new process: +1 others
+		5:  {start: 60, cpu: sec(6), ours: true},  // new: +6 ours
+		99: {start: 50, cpu: sec(3), ours: true},  // +0
+	}
+	ours, others := processCPU(start, end)
+	if ours != sec(9) || others != sec(3) {
+		t.Errorf("ours %v others %v, want 9s and 3s", ours, others)
+	}
+}
+
+func TestSampleProcesses(t *testing.T) {
+	procs, err := sampleProcesses(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	self, ok := procs[os.Getpid()]
+	if !ok || !self.ours {
+		t.Errorf("own process %+v (found %v), want it counted as ours", self, ok)
+	}
+	if kt, ok := procs[2]; ok && !kt.ours { // kthreadd
+		t.Errorf("kthreadd is not counted as ours")
+	}
+}
+
+func TestParseVmHWM(t *testing.T) {
+	status := "Name:\tsynguard\nVmPeak:\t 1786868 kB\nVmHWM:\t   21504 kB\nVmRSS:\t   20000 kB\n"
+	got, err := ParseVmHWM([]byte(status))
+	if err != nil || got != 21504<<10 {
+		t.Errorf("ParseVmHWM = %d, %v; want %d", got, err, 21504<<10)
+	}
+	for _, bad := range []string{"Name:\tx\n", "VmHWM:\t12 MB\n", "VmHWM:\tlots kB\n"} {
+		if _, err := ParseVmHWM([]byte(bad)); err == nil {
+			t.Errorf("ParseVmHWM(%q) accepted", bad)
+		}
+	}
+	if n, err := PeakRSS(os.Getpid()); err != nil || n == 0 {
+		t.Errorf("own peak RSS %d, %v", n, err)
+	}
+}
+
+func TestCPUPerSYN(t *testing.T) {
+	tests := []struct {
+		name     string
+		busy     time.Duration
+		sent     int
+		baseBusy time.Duration
+		baseSent int
+		want     float64
+	}{
+		// 3 s more for 1M SYNs: 3 µs each.
+		{"same count", 5 * time.Second, 1_000_000, 2 * time.Second, 1_000_000, 3},
+		// Baseline sent twice as many at 2 µs each; the run's 400k SYNs
+		// cost 5 µs each in all: 3 µs beyond the baseline.
+		{"scaled per SYN", 2 * time.Second, 400_000, 1600 * time.Millisecond, 800_000, 3},
+		{"noise below baseline", 990 * time.Millisecond, 1_000_000, time.Second, 1_000_000, -0.01},
+		{"nothing sent", time.Second, 0, time.Second, 10, 0},
+		{"no baseline", time.Second, 10, time.Second, 0, 0},
+	}
+	for _, tt := range tests {
+		got := CPUPerSYN(tt.busy, tt.sent, tt.baseBusy, tt.baseSent)
+		if math.Abs(got-tt.want) > 1e-9 {
+			t.Errorf("%s: CPUPerSYN = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+func TestParseSoftnetDrops(t *testing.T) {
+	const stat = `021bf98b 000058c1 00000004 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000
+02a16388 00004377 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000001 00000000 00000000
+`
+	got, err := ParseSoftnetDrops(strings.NewReader(stat))
+	if err != nil || got != 0x58c1+0x4377 {
+		t.Errorf("ParseSoftnetDrops = %d, %v; want %d", got, err, 0x58c1+0x4377)
+	}
+	if _, err := ParseSoftnetDrops(strings.NewReader("0001 zz\n")); err == nil {
+		t.Error("bad hex accepted")
+	}
+	if _, err := ReadBacklogDrops(); err != nil {
+		t.Error(err)
+	}
+}

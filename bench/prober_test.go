@@ -1,0 +1,194 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/synguard/synguard/internal/roottest"
+	"github.com/synguard/synguard/lab"
+	"github.com/synguard/synguard/lab/netns"
+)
+
+func TestPercentile(t *testing.T) {
+	ms := func(vs ...int) []time.Duration {
+		out := make([]time.Duration, len(vs))
+		for i, v := range vs {
+			out[i] = time.Duration(v) * time.Millisecond
+		}
+		return out
+	}
+	tests := []struct {
+		name string
+		xs   []time.Duration
+		p    float64
+		want time.Duration
+	}{
+		{"empty", nil, 50, 0},
+		{"one", ms(7), 50, 7 * time.Millisecond},
+		{"one p99", ms(7), 99, 7 * time.Millisecond},
+		// Nearest rank: ceil(p/100 * n)-th smallest.
+		{"median of 4 is the 2nd", ms(40, 10, 30, 20), 50, 20 * time.Millisecond},
+		{"median of 5 is the 3rd", ms(5, 1, 4, 2, 3), 50, 3 * time.Millisecond},
+		{"p99 of 100 is the 99th", ms(seq(1, 100)...), 99, 99 * time.Millisecond},
+		{"p99 of 101 is the 100th", ms(seq(1, 101)...), 99, 100 * time.Millisecond},
+		{"p99 of 10 is the max", ms(seq(1, 10)...), 99, 10 * time.Millisecond},
+		{"p100", ms(3, 9, 1), 100, 9 * time.Millisecond},
+		{"p0 is undefined", ms(3, 9, 1), 0, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := append([]time.Duration(nil), tt.xs...)
+			if got := Percentile(tt.xs, tt.p); got != tt.want {
+				t.Errorf("Percentile(%v, %v) = %v, want %v", tt.xs, tt.p, got, tt.want)
+			}
+			for i := range in {
+				if in[i] != tt.xs[i] {
+					t.Fatalf("Percentile reordered its input")
+				}
+			}
+		})
+	}
+}
+
+func seq(from, to int) []int {
+	var out []int
+	for i := from; i <= to; i++ {
+		out = append(out, i)
+	}
+	return out
+}
+
+// The tally counts attempts and successes, and takes latencies from the
+// successful probes only.
+func TestProbeTally(t *testing.T) {
+	var tally ProbeTally
+	if s := tally.Summary(); s.Attempts != 0 || s.Success != 0 || s.HandshakeP50 != 0 {
+		t.Fatalf("empty tally: %+v", s)
+	}
+	// 10 successes with handshakes of 1..10 ms and totals of 11..20 ms,
+	// and 3 failures whose durations must not count.
+	for i := 1; i <= 10; i++ {
+		tally.Add(lab.ProbeResult{OK: true, Handshake: time.Duration(i) * time.Millisecond, Total: time.Duration(10+i) * time.Millisecond})
+	}
+	timeout := &net.OpError{Op: "dial", Net: "tcp", Err: os.ErrDeadlineExceeded}
+	tally.Add(lab.ProbeResult{Err: fmt.Errorf("connect 203.0.113.2:80: %w", timeout), Handshake: 3 * time.Second, Total: 3 * time.Second})
+	tally.Add(lab.ProbeResult{Err: fmt.Errorf("connect 203.0.113.2:80: %w", timeout), Handshake: 3 * time.Second, Total: 3 * time.Second})
+	tally.Add(lab.ProbeResult{Err: fmt.Errorf("read response: %w", &net.OpError{Op: "read", Err: os.ErrDeadlineExceeded}), Handshake: time.Millisecond, Total: 3 * time.Second})
+
+	s := tally.Summary()
+	if s.Attempts != 13 || s.OK != 10 {
+		t.Errorf("attempts %d ok %d, want 13 and 10", s.Attempts, s.OK)
+	}
+	if want := 10.0 / 13; s.Success != want {
+		t.Errorf("success %v, want %v", s.Success, want)
+	}
+	for _, c := range []struct {
+		name      string
+		got, want time.Duration
+	}{
+		{"handshake p50", s.HandshakeP50, 5 * time.Millisecond},
+		{"handshake p99", s.HandshakeP99, 10 * time.Millisecond},
+		{"request p50", s.TotalP50, 15 * time.Millisecond},
+		{"request p99", s.TotalP99, 20 * time.Millisecond},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
+		}
+	}
+	if s.Errors["connect: timeout"] != 2 || s.Errors["request: timeout"] != 1 || len(s.Errors) != 2 {
+		t.Errorf("errors by kind: %v", s.Errors)
+	}
+}
+
+func TestClassifyProbeError(t *testing.T) {
+	tests := []struct {
+		err  error
+		want string
+	}{
+		{nil, "failed"},
+		{fmt.Errorf("connect 203.0.113.2:80: %w", &net.OpError{Op: "dial", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}), "connect: refused"},
+		{fmt.Errorf("connect 203.0.113.2:80: %w", context.DeadlineExceeded), "connect: timeout"},
+		{fmt.Errorf("read body: %w", &net.OpError{Op: "read", Err: os.NewSyscallError("read", syscall.ECONNRESET)}), "request: reset"},
+		{errors.New("status 500 Internal Server Error"), "request: status 500 Internal Server Error"},
+	}
+	for _, tt := range tests {
+		if got := classifyProbeError(tt.err); got != tt.want {
+			t.Errorf("classifyProbeError(%v) = %q, want %q", tt.err, got, tt.want)
+		}
+	}
+}
+
+// RunProbes against a real backend in a namespace of the test's own:
+// every probe succeeds, and none against a port nobody listens on.
+func TestRunProbes(t *testing.T) {
+	roottest.Require(t)
+	ctx := context.Background()
+	ns, err := netns.Create(ctx, fmt.Sprintf("sgt-probe-%d", os.Getpid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := ns.Delete(); err != nil {
+			t.Error(err)
+		}
+	})
+	bctx, cancel := context.WithCancel(ctx)
+	backend, err := lab.ServeBackend(bctx, ns, netip.MustParseAddrPort("127.0.0.1:0"))
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); backend.Close() })
+
+	cfg := ProbeConfig{NS: ns, Target: backend.Addr(), Rate: 50, Duration: 400 * time.Millisecond, Timeout: 2 * time.Second}
+	start := time.Now()
+	tally, err := RunProbes(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := tally.Summary()
+	if s.Attempts != 20 || s.OK != 20 || s.Success != 1 {
+		t.Errorf("served backend: %d of %d succeeded (%v), want 20 of 20; errors %v", s.OK, s.Attempts, s.Success, s.Errors)
+	}
+	if int(backend.Accepted()) != s.Attempts {
+		t.Errorf("backend accepted %d connections, prober made %d", backend.Accepted(), s.Attempts)
+	}
+	if s.HandshakeP50 <= 0 || s.HandshakeP99 < s.HandshakeP50 || s.TotalP50 < s.HandshakeP50 {
+		t.Errorf("latencies out of order: %+v", s)
+	}
+	// The schedule spreads the probes over the window rather than
+	// starting them all at once.
+	if el := time.Since(start); el < 300*time.Millisecond {
+		t.Errorf("20 probes at 50/s took only %v", el)
+	}
+
+	cfg.Target = netip.AddrPortFrom(backend.Addr().Addr(), backend.Addr().Port()+1)
+	cfg.Duration = 100 * time.Millisecond
+	tally, err = RunProbes(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := tally.Summary(); s.Attempts != 5 || s.OK != 0 || s.Errors["connect: refused"] != 5 {
+		t.Errorf("closed port: %+v", s)
+	}
+}
+
+func TestProbeConfigErrors(t *testing.T) {
+	for _, cfg := range []ProbeConfig{
+		{Rate: 0, Duration: time.Second},
+		{Rate: MaxProbeRate + 1, Duration: time.Second},
+		{Rate: 10, Duration: 0},
+		{Rate: 10, Duration: MaxFloodDuration + time.Second},
+	} {
+		if _, err := RunProbes(context.Background(), cfg); err == nil {
+			t.Errorf("RunProbes(%+v) accepted", cfg)
+		}
+	}
+}

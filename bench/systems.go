@@ -1,0 +1,347 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/synguard/synguard/lab"
+	"github.com/synguard/synguard/lab/netns"
+	"github.com/synguard/synguard/packet"
+)
+
+// System names a protection set-up the benchmark compares.
+type System string
+
+// The systems, in the order they run and are reported.
+const (
+	// Synguard is `synguard run --mode always` on the gateway.
+	Synguard System = "synguard"
+	// Synproxy is the kernel's SYNPROXY target on the gateway, set up as
+	// the iptables-extensions manual prescribes.
+	Synproxy System = "synproxy"
+	// None is plain forwarding: the backend defends itself with the
+	// kernel's own SYN cookies (net.ipv4.tcp_syncookies=1, the default).
+	None System = "none"
+)
+
+// AllSystems lists every system.
+var AllSystems = []System{Synguard, Synproxy, None}
+
+// ParseSystem checks a system name.
+func ParseSystem(s string) (System, error) {
+	for _, sys := range AllSystems {
+		if string(sys) == s {
+			return sys, nil
+		}
+	}
+	return "", fmt.Errorf("unknown system %q (want synguard, synproxy or none)", s)
+}
+
+// setup is one system (or the baseline) installed on the gateway for one
+// run.
+type setup interface {
+	// start installs it; stop removes it and must undo a partial start.
+	start(ctx context.Context) error
+	stop(ctx context.Context) error
+	// before and after bracket the measured window.
+	before(ctx context.Context) error
+	after(ctx context.Context, m *measurement) error
+}
+
+// iptables runs one iptables command in ns, waiting for the xtables lock.
+func iptables(ctx context.Context, ns *netns.NS, args ...string) error {
+	return ns.Run(ctx, "iptables", append([]string{"-w"}, args...)...)
+}
+
+// ruleSet is iptables rules added in order by start and deleted in
+// reverse by stop; the gateway-side set-ups are made of these.
+type ruleSet struct {
+	ns    *netns.NS
+	rules [][]string // each: table, chain, match and target
+	added int
+	// sysctls are set in ns at start and put back at stop.
+	sysctls [][2]string
+	saved   []string
+}
+
+func (r *ruleSet) start(ctx context.Context) error {
+	for _, s := range r.sysctls {
+		old, err := r.ns.Output(ctx, "sysctl", "-n", s[0])
+		if err != nil {
+			return err
+		}
+		r.saved = append(r.saved, strings.TrimSpace(old))
+		if err := r.ns.Run(ctx, "sysctl", "-qw", s[0]+"="+s[1]); err != nil {
+			return err
+		}
+	}
+	for _, rule := range r.rules {
+		if err := iptables(ctx, r.ns, append([]string{"-t", rule[0], "-A"}, rule[1:]...)...); err != nil {
+			return err
+		}
+		r.added++
+	}
+	return nil
+}
+
+func (r *ruleSet) stop(ctx context.Context) error {
+	var errs []error
+	for ; r.added > 0; r.added-- {
+		rule := r.rules[r.added-1]
+		if err := iptables(ctx, r.ns, append([]string{"-t", rule[0], "-D"}, rule[1:]...)...); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for i := len(r.saved) - 1; i >= 0; i-- {
+		if err := r.ns.Run(ctx, "sysctl", "-qw", r.sysctls[i][0]+"="+r.saved[i]); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	r.saved = r.saved[:0]
+	return errors.Join(errs...)
+}
+
+func (r *ruleSet) before(context.Context) error              { return nil }
+func (r *ruleSet) after(context.Context, *measurement) error { return nil }
+
+// baselineRules drop the flood in raw PREROUTING, the gateway's first
+// netfilter hook: what is left is the cost of generating the flood and
+// delivering it to the gateway, which every system pays too. Legitimate
+// clients are not spoofed and pass.
+func baselineRules(ns *netns.NS, service netip.AddrPort) *ruleSet {
+	return &ruleSet{ns: ns, rules: [][]string{
+		{"raw", "PREROUTING", "-s", lab.SpoofPrefix4.String(), "-d", service.Addr().String(),
+			"-p", "tcp", "--syn", "-j", "DROP"},
+	}}
+}
+
+// BackendOptions are the TCP options a backend announces in its SYN-ACK,
+// which SYNPROXY must be told.
+type BackendOptions struct {
+	MSS         uint16 `json:"mss"`
+	WindowScale uint8  `json:"wscale"`
+}
+
+// synproxyRules is kernel SYNPROXY in front of service, as the
+// iptables-extensions manual (SYNPROXY target) prescribes, with INPUT
+// replaced by FORWARD because the gateway protects a service behind it:
+//
+//   - nf_conntrack_tcp_loose=0, so the client's handshake ACK is INVALID
+//     rather than picked up as a new flow;
+//   - SYNs to the service are made untracked in raw PREROUTING;
+//   - UNTRACKED (the SYNs) and INVALID (the handshake ACKs) go to SYNPROXY,
+//     with the backend's MSS and window scale, SACK and timestamps;
+//   - the remaining INVALID packets are dropped.
+//
+// The nftables wiki adds tcp_syncookies=1 and tcp_timestamps=1 (SYNPROXY's
+// cookies carry the options in the timestamp); both are the defaults and
+// are set explicitly. The conntrack table size is not raised: SYNPROXY
+// creates entries only for validated clients, and nf_conntrack_max is not
+// a per-namespace setting.
+func synproxyRules(ns *netns.NS, service netip.AddrPort, opt BackendOptions) *ruleSet {
+	match := []string{"-i", lab.GatewayClientIface, "-p", "tcp", "-d", service.Addr().String(),
+		"--dport", strconv.Itoa(int(service.Port()))}
+	rule := func(table, chain string, rest ...string) []string {
+		return append(append([]string{table, chain}, match...), rest...)
+	}
+	return &ruleSet{
+		ns: ns,
+		sysctls: [][2]string{
+			{"net.netfilter.nf_conntrack_tcp_loose", "0"},
+			{"net.ipv4.tcp_syncookies", "1"},
+			{"net.ipv4.tcp_timestamps", "1"},
+		},
+		rules: [][]string{
+			rule("raw", "PREROUTING", "--syn", "-j", "CT", "--notrack"),
+			rule("filter", "FORWARD", "-m", "conntrack", "--ctstate", "INVALID,UNTRACKED",
+				"-j", "SYNPROXY", "--sack-perm", "--timestamp",
+				"--wscale", strconv.Itoa(int(opt.WindowScale)), "--mss", strconv.Itoa(int(opt.MSS))),
+			rule("filter", "FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"),
+		},
+	}
+}
+
+// noneSetup is no protection at all.
+type noneSetup struct{}
+
+func (noneSetup) start(context.Context) error               { return nil }
+func (noneSetup) stop(context.Context) error                { return nil }
+func (noneSetup) before(context.Context) error              { return nil }
+func (noneSetup) after(context.Context, *measurement) error { return nil }
+
+// metricsAddr is where the benchmarked synguard serves metrics, inside the
+// gateway namespace.
+const metricsAddr = "127.0.0.1:9847"
+
+// synguardSetup runs `synguard run --mode always` in the gateway namespace,
+// a fresh process per run so that its peak RSS is the run's.
+type synguardSetup struct {
+	ns      *netns.NS
+	binary  string
+	service netip.AddrPort
+	logPath string
+
+	cmd  *exec.Cmd
+	done chan error
+	log  *os.File
+
+	m0   map[string]float64
+	cpu0 time.Duration
+}
+
+func (s *synguardSetup) start(ctx context.Context) error {
+	log, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	s.log = log
+	s.cmd = s.ns.Command(context.WithoutCancel(ctx), s.binary, "run", "--protect", s.service.String(),
+		"--mode", "always", "--metrics", metricsAddr, "--log-level", "warn")
+	s.cmd.Stdout, s.cmd.Stderr = log, log
+	if err := s.cmd.Start(); err != nil {
+		log.Close()
+		return fmt.Errorf("start synguard: %w", err)
+	}
+	s.done = make(chan error, 1)
+	go func() { s.done <- s.cmd.Wait() }()
+
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if _, err := s.scrape(ctx); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			return fmt.Errorf("synguard not ready after 15s (log %s): %w", s.logPath, err)
+		}
+		select {
+		case err := <-s.done:
+			s.done <- err
+			return fmt.Errorf("synguard exited at start (log %s): %v", s.logPath, err)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	// `ip netns exec` execs the command in place, so the child's PID is
+	// synguard's; check, since RSS and CPU are read through it.
+	comm, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(s.cmd.Process.Pid), "comm"))
+	if err != nil {
+		return fmt.Errorf("synguard process: %w", err)
+	}
+	if got, want := strings.TrimSpace(string(comm)), filepath.Base(s.binary); !strings.HasPrefix(want, got) {
+		return fmt.Errorf("process %d is %q, not %q", s.cmd.Process.Pid, got, want)
+	}
+	return nil
+}
+
+func (s *synguardSetup) scrape(ctx context.Context) (map[string]float64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	return lab.ScrapeMetrics(ctx, s.ns, metricsAddr)
+}
+
+func (s *synguardSetup) before(ctx context.Context) error {
+	var err error
+	if s.m0, err = s.scrape(ctx); err != nil {
+		return fmt.Errorf("synguard metrics: %w", err)
+	}
+	s.cpu0, err = ProcessCPU(s.cmd.Process.Pid)
+	return err
+}
+
+func (s *synguardSetup) after(ctx context.Context, m *measurement) error {
+	cpu1, err := ProcessCPU(s.cmd.Process.Pid)
+	if err != nil {
+		return err
+	}
+	m.processCPU = cpu1 - s.cpu0
+	if m.peakRSS, err = PeakRSS(s.cmd.Process.Pid); err != nil {
+		return err
+	}
+	m1, err := s.scrape(ctx)
+	if err != nil {
+		return fmt.Errorf("synguard metrics: %w", err)
+	}
+	delta := func(name string) uint64 { return uint64(max(m1[name]-s.m0[name], 0)) }
+	m.queueDrops = delta("synguard_queue_dropped_total")
+	m.engineSYNs = delta("synguard_syn_received_total")
+	return nil
+}
+
+// stop sends SIGTERM, so that synguard removes its rules and restores
+// its sysctls, and kills it if it has not gone in 10 s.
+func (s *synguardSetup) stop(context.Context) error {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return nil
+	}
+	defer s.log.Close()
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-s.done:
+		if err != nil {
+			return fmt.Errorf("synguard exit (log %s): %w", s.logPath, err)
+		}
+		return nil
+	case <-time.After(10 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-s.done
+		return fmt.Errorf("synguard did not stop on SIGTERM (log %s)", s.logPath)
+	}
+}
+
+// learnBackendOptions reads the options the backend announces, the way the
+// SYNPROXY manual says to: connect once from the client side and look at
+// the backend's SYN-ACK, here captured on the gateway's backend-side
+// interface.
+func learnBackendOptions(ctx context.Context, t *lab.Topology, service netip.AddrPort) (BackendOptions, error) {
+	c, err := lab.OpenCapture(t.Gateway, t.GatewayBackendSide)
+	if err != nil {
+		return BackendOptions{}, err
+	}
+	defer c.Close()
+	r := lab.Probe(ctx, t.Client, service, 5*time.Second)
+	if !r.OK {
+		return BackendOptions{}, fmt.Errorf("learn backend options: %w", r.Err)
+	}
+	buf := make([]byte, 2048)
+	var p packet.Packet
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		n, _, err := c.Read(buf, 200*time.Millisecond)
+		if errors.Is(err, lab.ErrCaptureTimeout) {
+			continue
+		}
+		if err != nil {
+			return BackendOptions{}, err
+		}
+		if packet.Parse(buf[:n], &p) != nil || p.Flags&(packet.SYN|packet.ACK) != packet.SYN|packet.ACK ||
+			p.Source() != service {
+			continue
+		}
+		if !p.Options.HasMSS {
+			return BackendOptions{}, errors.New("learn backend options: SYN-ACK without MSS")
+		}
+		o := BackendOptions{MSS: p.Options.MSS}
+		if p.Options.HasWindowScale {
+			o.WindowScale = p.Options.WindowScale
+		}
+		return o, nil
+	}
+	return BackendOptions{}, errors.New("learn backend options: no SYN-ACK from the backend captured")
+}
+
+// logf writes a progress line when w is set.
+func logf(w io.Writer, format string, args ...any) {
+	if w != nil {
+		fmt.Fprintf(w, format, args...)
+	}
+}

@@ -1,0 +1,226 @@
+package engine
+
+import (
+	"errors"
+	"net/netip"
+	"testing"
+
+	"github.com/rs/zerolog"
+
+	"github.com/synguard/synguard/cookies"
+	"github.com/synguard/synguard/packet"
+)
+
+// batchSender is a BatchSender over fakeSender: its batches hold copies
+// until Flush, which sends them through fakeSender in order.
+type batchSender struct {
+	*fakeSender
+	capacity int
+	refuse   func(dst netip.Addr) bool // packets Add does not take
+	fail     map[int]error             // by index within a flush
+	flushes  []int                     // packets per Flush
+}
+
+func (s *batchSender) NewBatch() Batch { return &fakeBatch{s: s} }
+
+type fakeBatch struct {
+	s    *batchSender
+	pkts [][]byte
+	dsts []netip.Addr
+}
+
+func (b *fakeBatch) Add(p []byte, dst netip.Addr) bool {
+	if len(b.pkts) == b.s.capacity || (b.s.refuse != nil && b.s.refuse(dst)) {
+		return false
+	}
+	b.pkts = append(b.pkts, append([]byte(nil), p...))
+	b.dsts = append(b.dsts, dst)
+	return true
+}
+
+func (b *fakeBatch) Flush(failed func(int, error)) {
+	b.s.flushes = append(b.s.flushes, len(b.pkts))
+	for i, p := range b.pkts {
+		if err := b.s.fail[i]; err != nil {
+			failed(i, err)
+			continue
+		}
+		if err := b.s.Send(p, b.dsts[i]); err != nil {
+			failed(i, err)
+		}
+	}
+	b.pkts, b.dsts = b.pkts[:0], b.dsts[:0]
+}
+
+func newBatchHarness(t *testing.T, capacity int) (*harness, *batchSender) {
+	t.Helper()
+	bs := &batchSender{fakeSender: &fakeSender{}, capacity: capacity}
+	h := newHarness(t, func(c *Config) { c.Send = bs })
+	h.send = bs.fakeSender
+	if h.w.batch == nil {
+		t.Fatal("worker of a BatchSender has no batch")
+	}
+	return h, bs
+}
+
+func TestBatchedRepliesWaitForFlush(t *testing.T) {
+	h, bs := newBatchHarness(t, 64)
+	for i := range 3 {
+		s := syn(client, server, linuxOptions())
+		s.Seq += uint32(i)
+		if v := h.w.HandleBatched(build(t, s), HookPrerouting); v != Drop {
+			t.Fatalf("SYN %d: verdict %v, want drop", i, v)
+		}
+	}
+	h.expect(0)
+	if got := h.stat(SYNACKSent); got != 0 {
+		t.Fatalf("SYNACKSent = %d before Flush, want 0", got)
+	}
+	h.w.Flush()
+	out := h.expect(3)
+	for i, s := range out {
+		if s.dst != client.Addr() || s.p.Flags != packet.SYN|packet.ACK || s.p.Ack != clientISN+uint32(i)+1 {
+			t.Errorf("packet %d: %+v to %v, want the SYN-ACK to SYN %d", i, s.p, s.dst, i)
+		}
+	}
+	if got := h.stat(SYNACKSent); got != 3 {
+		t.Fatalf("SYNACKSent = %d after Flush, want 3", got)
+	}
+	if len(bs.flushes) != 1 || bs.flushes[0] != 3 {
+		t.Fatalf("flushes %v, want one of 3 packets", bs.flushes)
+	}
+	h.w.Flush() // nothing queued: no call
+	if len(bs.flushes) != 1 {
+		t.Fatalf("Flush of an empty batch reached the sender: %v", bs.flushes)
+	}
+}
+
+// TestBatchedHandshake runs the whole cookie handshake through a batching
+// worker: HandleAt (which Handle calls) must have sent its replies when it
+// returns, whatever the sender.
+func TestBatchedHandshake(t *testing.T) {
+	h, bs := newBatchHarness(t, 64)
+	cookie, replay := h.handshake(linuxOptions())
+	if replay.Destination() != server || replay.Flags != packet.SYN || replay.Seq != clientISN {
+		t.Fatalf("replayed SYN %+v", replay)
+	}
+	if h.stat(SYNACKSent) != 1 || h.stat(BackendSYNSent) != 1 {
+		t.Fatalf("SYNACKSent %d, BackendSYNSent %d; want 1 and 1", h.stat(SYNACKSent), h.stat(BackendSYNSent))
+	}
+	const serverISN = 0x10
+	synack := packet.Segment{Src: server, Dst: client, Seq: serverISN, Ack: clientISN + 1, Flags: packet.SYN | packet.ACK, Window: 65160}
+	h.handle(synack, Drop)
+	h.drainHandoffs()
+	if out := h.expect(2); out[1].p.Seq != cookie+1 {
+		t.Fatalf("window update %+v", out[1].p)
+	}
+	// The re-ACK of a retransmitted SYN-ACK comes from the worker.
+	h.handle(synack, Drop)
+	if again := h.expect(1)[0].p; again.Destination() != server || again.Ack != serverISN+1 {
+		t.Fatalf("re-ACK %+v", again)
+	}
+	// SYN, ACK, re-ACK went through the batch; the hand-off's two
+	// packets through Send.
+	if want := []int{1, 1, 1}; len(bs.flushes) != len(want) {
+		t.Fatalf("flushes %v, want %v", bs.flushes, want)
+	}
+}
+
+func TestBatchedSendErrorsCounted(t *testing.T) {
+	h, bs := newBatchHarness(t, 64)
+	bs.fail = map[int]error{1: errors.New("EPERM")}
+	for i := range 3 {
+		s := syn(client, server, linuxOptions())
+		s.Seq += uint32(i)
+		h.w.HandleBatched(build(t, s), HookPrerouting)
+	}
+	h.w.Flush()
+	h.expect(2)
+	if h.stat(SendError) != 1 || h.stat(SYNACKSent) != 2 {
+		t.Fatalf("SendError %d, SYNACKSent %d; want 1 and 2", h.stat(SendError), h.stat(SYNACKSent))
+	}
+}
+
+func TestFullBatchFlushesEarly(t *testing.T) {
+	h, bs := newBatchHarness(t, 2)
+	for i := range 5 {
+		s := syn(client, server, linuxOptions())
+		s.Seq += uint32(i)
+		h.w.HandleBatched(build(t, s), HookPrerouting)
+	}
+	h.expect(4)
+	h.w.Flush()
+	h.expect(1)
+	if want := []int{2, 2, 1}; len(bs.flushes) != 3 || bs.flushes[0] != 2 || bs.flushes[1] != 2 || bs.flushes[2] != 1 {
+		t.Fatalf("flushes %v, want %v", bs.flushes, want)
+	}
+	if h.stat(SYNACKSent) != 5 {
+		t.Fatalf("SYNACKSent = %d, want 5", h.stat(SYNACKSent))
+	}
+}
+
+func TestBatchRefusalFallsBackToSend(t *testing.T) {
+	h, bs := newBatchHarness(t, 64)
+	bs.refuse = func(dst netip.Addr) bool { return dst.Is6() }
+	h.w.HandleBatched(build(t, syn(client, server, linuxOptions())), HookPrerouting)
+	h.w.HandleBatched(build(t, syn(client6, server6, linuxOptions())), HookPrerouting)
+	// Refused, the IPv6 SYN-ACK flushed the batch (it might have been
+	// full) and, refused again, went out through Send, after the IPv4
+	// SYN-ACK before it.
+	out := h.expect(2)
+	if out[0].dst != client.Addr() || out[1].dst != client6.Addr() {
+		t.Fatalf("sent to %v, %v; want %v, %v", out[0].dst, out[1].dst, client.Addr(), client6.Addr())
+	}
+	if len(bs.flushes) != 1 || bs.flushes[0] != 1 {
+		t.Fatalf("flushes %v, want one of 1 packet", bs.flushes)
+	}
+	h.w.Flush()
+	h.expect(0)
+	if st := h.e.Stats(1); st.Get(SYNACKSent) != 1 {
+		t.Fatalf("IPv6 service SYNACKSent = %d, want 1", st.Get(SYNACKSent))
+	}
+	if h.stat(SYNACKSent) != 1 {
+		t.Fatalf("IPv4 service SYNACKSent = %d, want 1", h.stat(SYNACKSent))
+	}
+}
+
+// discardBatch is a BatchSender that sends nothing, for allocation checks.
+type discardBatch struct{ n int }
+
+func (discardBatch) Send([]byte, netip.Addr) error  { return nil }
+func (d *discardBatch) NewBatch() Batch             { return d }
+func (d *discardBatch) Add([]byte, netip.Addr) bool { d.n++; return true }
+func (d *discardBatch) Flush(func(int, error))      { d.n = 0 }
+
+func TestHandleBatchedAllocatesNothing(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.Send = &discardBatch{} })
+	in := build(t, syn(client, server, linuxOptions()))
+	ack := build(t, packet.Segment{Src: client, Dst: server, Seq: 5, Ack: 9, Flags: packet.ACK})
+	if n := testing.AllocsPerRun(200, func() {
+		for range 32 {
+			h.w.HandleBatched(in, HookPrerouting)
+			h.w.HandleBatched(ack, HookForward) // invalid cookie
+		}
+		h.w.Flush()
+	}); n != 0 {
+		t.Fatalf("a batch of 32 SYNs and 32 invalid ACKs allocates %.1f times", n)
+	}
+}
+
+func BenchmarkHandleSYNBatched(b *testing.B) {
+	jar, _ := cookies.New(cookies.Config{})
+	e, err := New(Config{Services: []netip.AddrPort{server}, Cookies: jar, Send: &discardBatch{}, Handoff: &fakeHandoff{}, Logger: zerolog.Nop()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	w := e.NewWorker()
+	in := build(b, syn(client, server, linuxOptions()))
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		w.HandleBatched(in, HookPrerouting)
+		if i++; i%64 == 0 {
+			w.Flush()
+		}
+	}
+}

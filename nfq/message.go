@@ -1,0 +1,118 @@
+package nfq
+
+import (
+	"encoding/binary"
+)
+
+// The nfnetlink_queue wire format, as the receive loop reads and writes it
+// (include/uapi/linux/netlink.h, netfilter/nfnetlink.h,
+// netfilter/nfnetlink_queue.h). Netlink headers are in host byte order,
+// nfnetlink payloads in network byte order.
+const (
+	nlmsgHdrLen = 16 // struct nlmsghdr
+	nfgenHdrLen = 4  // struct nfgenmsg
+	nlaHdrLen   = 4  // struct nlattr
+
+	nlmsgNoop  = 1 // NLMSG_NOOP
+	nlmsgError = 2 // NLMSG_ERROR
+	nlmsgDone  = 3 // NLMSG_DONE
+
+	nlmFRequest = 0x1 // NLM_F_REQUEST
+
+	nlaTypeMask = 0x3fff // NLA_TYPE_MASK: without NLA_F_NESTED, NLA_F_NET_BYTEORDER
+
+	nfqnlMsgVerdictBatch = 3 // NFQNL_MSG_VERDICT_BATCH
+
+	nfqaPacketHdr  = 1  // NFQA_PACKET_HDR: struct nfqnl_msg_packet_hdr
+	nfqaVerdictHdr = 2  // NFQA_VERDICT_HDR: struct nfqnl_msg_verdict_hdr
+	nfqaMark       = 3  // NFQA_MARK
+	nfqaPayload    = 10 // NFQA_PAYLOAD
+
+	// Kernel verdicts (include/uapi/linux/netfilter.h).
+	nfDrop   = 0
+	nfAccept = 1
+	nfRepeat = 4
+
+	// verdictMsgLen is one verdict message: header, nfgenmsg and the
+	// NFQA_VERDICT_HDR attribute carrying {verdict, id}.
+	verdictMsgLen = nlmsgHdrLen + nfgenHdrLen + nlaHdrLen + 8
+)
+
+// nfnlPacketMsg is the netlink message type of a queued packet:
+// NFNL_SUBSYS_QUEUE<<8 | NFQNL_MSG_PACKET.
+const nfnlPacketMsg = nfnlSubsysQueue<<8 | nfqnlMsgPacket
+
+const (
+	nfnlSubsysQueue = 3 // NFNL_SUBSYS_QUEUE
+	nfqnlMsgPacket  = 0 // NFQNL_MSG_PACKET
+)
+
+func align4(n int) int { return (n + 3) &^ 3 }
+
+func nativeUint16(b []byte) uint16 { return binary.NativeEndian.Uint16(b) }
+func nativeUint32(b []byte) uint32 { return binary.NativeEndian.Uint32(b) }
+
+// packetMsg is what the receive loop reads from one NFQNL_MSG_PACKET.
+type packetMsg struct {
+	id      uint32
+	hasID   bool
+	hook    uint8
+	mark    uint32
+	payload []byte // nil when absent
+}
+
+// parsePacketMsg reads the attributes of a packet message: body is the
+// message after its netlink header (nfgenmsg, then attributes). Unknown
+// attributes are skipped; a malformed attribute ends the walk, keeping
+// what was read before it.
+func parsePacketMsg(body []byte, m *packetMsg) {
+	*m = packetMsg{}
+	if len(body) < nfgenHdrLen {
+		return
+	}
+	b := body[nfgenHdrLen:]
+	for len(b) >= nlaHdrLen {
+		l := int(binary.NativeEndian.Uint16(b[0:2]))
+		typ := binary.NativeEndian.Uint16(b[2:4]) & nlaTypeMask
+		if l < nlaHdrLen || l > len(b) {
+			return
+		}
+		v := b[nlaHdrLen:l]
+		switch typ {
+		case nfqaPacketHdr:
+			// struct nfqnl_msg_packet_hdr { __be32 packet_id; __be16 hw_protocol; __u8 hook; }
+			if len(v) >= 7 {
+				m.id, m.hasID = binary.BigEndian.Uint32(v[0:4]), true
+				m.hook = v[6]
+			}
+		case nfqaMark:
+			if len(v) >= 4 {
+				m.mark = binary.BigEndian.Uint32(v[0:4])
+			}
+		case nfqaPayload:
+			m.payload = v
+		}
+		b = b[min(align4(l), len(b)):]
+	}
+}
+
+// putVerdictBatch writes an NFQNL_MSG_VERDICT_BATCH message into b (at
+// least verdictMsgLen bytes): verdict for every packet of queue whose id is
+// at most id (the kernel's ids are in queueing order and wrap around) and
+// that still waits for one.
+func putVerdictBatch(b []byte, queue uint16, id uint32, verdict uint32) {
+	_ = b[verdictMsgLen-1]
+	ne, be := binary.NativeEndian, binary.BigEndian
+	ne.PutUint32(b[0:4], verdictMsgLen)
+	ne.PutUint16(b[4:6], nfnlSubsysQueue<<8|nfqnlMsgVerdictBatch)
+	ne.PutUint16(b[6:8], nlmFRequest)
+	ne.PutUint32(b[8:12], 0)  // sequence: no reply is asked for
+	ne.PutUint32(b[12:16], 0) // port id: the kernel fills it in
+	b[16] = 0                 // nfgenmsg.nfgen_family: AF_UNSPEC
+	b[17] = 0                 // nfgenmsg.version: NFNETLINK_V0
+	be.PutUint16(b[18:20], queue)
+	ne.PutUint16(b[20:22], nlaHdrLen+8)
+	ne.PutUint16(b[22:24], nfqaVerdictHdr)
+	be.PutUint32(b[24:28], verdict)
+	be.PutUint32(b[28:32], id)
+}

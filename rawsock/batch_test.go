@@ -1,0 +1,302 @@
+package rawsock_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/synguard/synguard/internal/roottest"
+	"github.com/synguard/synguard/lab/netns"
+	"github.com/synguard/synguard/packet"
+	"github.com/synguard/synguard/rawsock"
+)
+
+const mark = 0x53470001
+
+var nsSeq atomic.Int32
+
+// newNS creates a namespace with loopback up, removed at cleanup.
+func newNS(t *testing.T) *netns.NS {
+	t.Helper()
+	roottest.Require(t)
+	ns, err := netns.Create(context.Background(), fmt.Sprintf("sgt-raw-%d-%d", os.Getpid(), nsSeq.Add(1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := ns.Delete(); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	return ns
+}
+
+// openSender opens a Sender inside ns.
+func openSender(t *testing.T, ns *netns.NS) *rawsock.Sender {
+	t.Helper()
+	var s *rawsock.Sender
+	if err := ns.Do(func() (err error) {
+		s, err = rawsock.Open(mark)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// tcpListener is a raw socket inside ns that receives a copy of every TCP
+// segment delivered locally.
+func tcpListener(t *testing.T, ns *netns.NS, v6 bool) int {
+	t.Helper()
+	family := unix.AF_INET
+	if v6 {
+		family = unix.AF_INET6
+	}
+	var fd int
+	if err := ns.Do(func() (err error) {
+		fd, err = unix.Socket(family, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	tv := unix.NsecToTimeval((200 * time.Millisecond).Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		t.Fatal(err)
+	}
+	return fd
+}
+
+// received reads TCP segments from a tcpListener until it stays quiet,
+// returning the sequence numbers of the SYN-ACKs (the kernel answers each
+// with a RST, which the listener sees too). An IPv4 raw socket delivers
+// the IP header, an IPv6 one only the TCP segment.
+func received(t *testing.T, fd int, v6 bool) []uint32 {
+	t.Helper()
+	var seqs []uint32
+	buf := make([]byte, 2048)
+	for {
+		n, err := unix.Read(fd, buf)
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+			return seqs
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		tcp := buf[:n]
+		if !v6 {
+			tcp = tcp[int(tcp[0]&0x0f)*4:]
+		}
+		if tcp[13] != 0x12 { // SYN|ACK
+			continue
+		}
+		seqs = append(seqs, uint32(tcp[4])<<24|uint32(tcp[5])<<16|uint32(tcp[6])<<8|uint32(tcp[7]))
+	}
+}
+
+func segment(t testing.TB, src, dst netip.AddrPort, seq uint32) []byte {
+	t.Helper()
+	b := make([]byte, packet.MaxHandshakeLen)
+	n, err := packet.Build(b, &packet.Segment{Src: src, Dst: dst, Seq: seq, Ack: 1, Flags: packet.SYN | packet.ACK})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b[:n]
+}
+
+// markedPackets reads the packet counter of the OUTPUT rule matching the
+// engine's mark.
+func markedPackets(t *testing.T, ns *netns.NS, v6 bool) string {
+	t.Helper()
+	cmd := "iptables"
+	if v6 {
+		cmd = "ip6tables"
+	}
+	out, err := ns.Output(context.Background(), cmd, "-w", "-t", "raw", "-L", "OUTPUT", "-v", "-n", "-x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(out) {
+		if strings.Contains(line, "mark match") {
+			return strings.Fields(line)[0]
+		}
+	}
+	t.Fatalf("no mark rule in:\n%s", out)
+	return ""
+}
+
+// TestBatchSends sends batches of both families and checks that every
+// packet arrives, in order, carrying the mark.
+func TestBatchSends(t *testing.T) {
+	ns := newNS(t)
+	for _, cmd := range []string{"iptables", "ip6tables"} {
+		if err := ns.Run(context.Background(), cmd, "-w", "-t", "raw", "-A", "OUTPUT", "-m", "mark", "--mark", fmt.Sprint(mark)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := openSender(t, ns)
+	rx4, rx6 := tcpListener(t, ns, false), tcpListener(t, ns, true)
+	b := s.NewBatch()
+
+	src4, dst4 := netip.MustParseAddrPort("127.0.0.1:80"), netip.MustParseAddrPort("127.0.0.2:40000")
+	src6, dst6 := netip.MustParseAddrPort("[::1]:80"), netip.MustParseAddrPort("[::1]:40000")
+	const n = rawsock.BatchSize
+	for i := range n {
+		if !b.Add(segment(t, src4, dst4, uint32(i)), dst4.Addr()) {
+			t.Fatalf("Add of IPv4 packet %d refused", i)
+		}
+		if !b.Add(segment(t, src6, dst6, uint32(1000+i)), dst6.Addr()) {
+			t.Fatalf("Add of IPv6 packet %d refused", i)
+		}
+	}
+	if b.Add(segment(t, src4, dst4, 99999), dst4.Addr()) {
+		t.Fatal("Add to a full batch accepted")
+	}
+	var failures []error
+	b.Flush(func(_ int, err error) { failures = append(failures, err) })
+	if len(failures) > 0 {
+		t.Fatalf("Flush failures: %v", failures)
+	}
+
+	for _, tc := range []struct {
+		v6    bool
+		fd    int
+		first uint32
+	}{{false, rx4, 0}, {true, rx6, 1000}} {
+		got := received(t, tc.fd, tc.v6)
+		if len(got) != n {
+			t.Fatalf("v6=%v: received %d packets, want %d", tc.v6, len(got), n)
+		}
+		for i, seq := range got {
+			if seq != tc.first+uint32(i) {
+				t.Fatalf("v6=%v: packet %d has seq %d, want %d", tc.v6, i, seq, tc.first+uint32(i))
+			}
+		}
+		if got := markedPackets(t, ns, tc.v6); got != fmt.Sprint(n) {
+			t.Fatalf("v6=%v: %s packets carried the mark, want %d", tc.v6, got, n)
+		}
+	}
+
+	// A flushed batch is empty and takes packets again.
+	if !b.Add(segment(t, src4, dst4, 7), dst4.Addr()) {
+		t.Fatal("Add after Flush refused")
+	}
+	b.Flush(nil)
+	if got := received(t, rx4, false); len(got) != 1 || got[0] != 7 {
+		t.Fatalf("after the second Flush received %v, want [7]", got)
+	}
+}
+
+// TestBatchReportsFailures sends a batch in which some packets have no
+// route: those are reported by index, the others still go out.
+func TestBatchReportsFailures(t *testing.T) {
+	ns := newNS(t)
+	s := openSender(t, ns)
+	rx := tcpListener(t, ns, false)
+	b := s.NewBatch()
+	src := netip.MustParseAddrPort("127.0.0.1:80")
+	good, bad := netip.MustParseAddrPort("127.0.0.2:40000"), netip.MustParseAddrPort("203.0.113.9:40000")
+	dsts := []netip.AddrPort{good, bad, good, bad, bad, good}
+	for i, d := range dsts {
+		if !b.Add(segment(t, src, d, uint32(i)), d.Addr()) {
+			t.Fatalf("Add %d refused", i)
+		}
+	}
+	var failed []int
+	b.Flush(func(i int, err error) {
+		if !errors.Is(err, unix.ENETUNREACH) {
+			t.Errorf("packet %d: %v, want ENETUNREACH", i, err)
+		}
+		failed = append(failed, i)
+	})
+	if fmt.Sprint(failed) != "[1 3 4]" {
+		t.Fatalf("failed %v, want [1 3 4]", failed)
+	}
+	if got := received(t, rx, false); fmt.Sprint(got) != "[0 2 5]" {
+		t.Fatalf("received seqs %v, want [0 2 5]", got)
+	}
+}
+
+func TestBatchRefusesOversizedPackets(t *testing.T) {
+	ns := newNS(t)
+	b := openSender(t, ns).NewBatch()
+	if b.Add(make([]byte, rawsock.SlotSize+1), netip.MustParseAddr("127.0.0.2")) {
+		t.Fatal("Add of a packet larger than a slot accepted")
+	}
+}
+
+func TestBatchAllocatesNothing(t *testing.T) {
+	ns := newNS(t)
+	s := openSender(t, ns)
+	_ = tcpListener(t, ns, false)
+	b := s.NewBatch()
+	src, dst := netip.MustParseAddrPort("127.0.0.1:80"), netip.MustParseAddrPort("127.0.0.2:40000")
+	p := segment(t, src, dst, 1)
+	failed := func(int, error) { t.Error("send failed") }
+	if n := testing.AllocsPerRun(100, func() {
+		for range 32 {
+			b.Add(p, dst.Addr())
+		}
+		b.Flush(failed)
+	}); n != 0 {
+		t.Fatalf("Add ×32 + Flush allocates %.1f times", n)
+	}
+}
+
+// BenchmarkSend compares one sendto per packet with a Batch, per packet,
+// sending SYN-ACKs out of a veth whose peer is down, which discards them
+// (this kernel has no dummy interfaces).
+func BenchmarkSend(b *testing.B) {
+	roottest.Require(b)
+	ns, err := netns.Create(context.Background(), fmt.Sprintf("sgb-raw-%d", os.Getpid()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ns.Delete() })
+	for _, args := range [][]string{
+		{"link", "add", "d0", "type", "veth", "peer", "name", "d1"},
+		{"link", "set", "d0", "arp", "off", "up"},
+		{"addr", "add", "192.0.2.1/24", "dev", "d0"},
+		{"route", "add", "198.18.0.0/15", "dev", "d0"},
+	} {
+		if err := ns.Run(context.Background(), "ip", args...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var s *rawsock.Sender
+	if err := ns.Do(func() (err error) { s, err = rawsock.Open(mark); return err }); err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	src, dst := netip.MustParseAddrPort("192.0.2.1:80"), netip.MustParseAddrPort("198.18.0.7:40000")
+	p := segment(b, src, dst, 1)
+	b.Run("sendto", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := s.Send(p, dst.Addr()); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("sendmmsg", func(b *testing.B) {
+		bt := s.NewBatch()
+		failed := func(_ int, err error) { b.Fatal(err) }
+		b.ReportAllocs()
+		for b.Loop() {
+			if !bt.Add(p, dst.Addr()) {
+				bt.Flush(failed)
+				bt.Add(p, dst.Addr())
+			}
+		}
+		bt.Flush(failed)
+	})
+}
