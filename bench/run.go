@@ -149,7 +149,8 @@ type measurement struct {
 
 // Run builds a lab, runs every rate against the baseline and every
 // system, writes the report into cfg.OutDir and returns it. The lab is
-// removed whatever happens.
+// removed whatever happens; after an error, the runs done so far are
+// still written and returned with it.
 func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -185,25 +186,29 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			BackendOptions: b.backendOpts,
 		},
 	}
+	// A failed or interrupted benchmark still writes the runs it has.
+	finish := func(err error) (*Report, error) {
+		rep.ElapsedS = time.Since(started).Seconds()
+		if err != nil && len(rep.Runs) == 0 {
+			return nil, err
+		}
+		return rep, errors.Join(err, rep.Write(cfg.OutDir))
+	}
 	for _, rate := range cfg.Rates {
 		base, err := b.run(ctx, "baseline", func() setup { return baselineRules(t.Gateway, b.service) }, rate)
 		if err != nil {
-			return nil, fmt.Errorf("baseline at %s: %w", rateName(rate), err)
+			return finish(fmt.Errorf("baseline at %s: %w", rateName(rate), err))
 		}
 		rep.Baselines = append(rep.Baselines, baselineRow(rate, base))
 		for _, sys := range cfg.Systems {
 			m, err := b.run(ctx, string(sys), func() setup { return b.setupFor(sys) }, rate)
 			if err != nil {
-				return nil, fmt.Errorf("%s at %s: %w", sys, rateName(rate), err)
+				return finish(fmt.Errorf("%s at %s: %w", sys, rateName(rate), err))
 			}
 			rep.Runs = append(rep.Runs, runRow(sys, rate, m, base))
 		}
 	}
-	rep.ElapsedS = time.Since(started).Seconds()
-	if err := rep.Write(cfg.OutDir); err != nil {
-		return rep, err
-	}
-	return rep, nil
+	return finish(nil)
 }
 
 // bencher holds one benchmark's lab and the state shared by its runs.

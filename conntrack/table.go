@@ -24,6 +24,8 @@ var (
 	// ErrTimeout reports that the kernel did not answer within the request
 	// deadline. The request may still have taken effect.
 	ErrTimeout = errors.New("ctnetlink request timed out")
+	// ErrNotFound reports that the kernel has no entry for the tuple.
+	ErrNotFound = errors.New("no such entry")
 	// ErrClosed reports use of a closed Table.
 	ErrClosed = errors.New("conntrack table closed")
 )
@@ -132,6 +134,25 @@ func (t *Table) Create(h Handoff) error {
 	}
 	if err != nil {
 		return fmt.Errorf("create conntrack entry %s -> %s: %w", h.Client, h.Server, err)
+	}
+	return nil
+}
+
+// Delete removes the TCP entry whose original direction is client -> server.
+// The engine uses it when a client reuses the ports of a flow whose entry
+// the kernel still keeps (TIME_WAIT lasts two minutes): the old entry, with
+// its sequence adjustment, must give way to the new flow's. A missing
+// entry is reported as ErrNotFound.
+func (t *Table) Delete(client, server netip.AddrPort) error {
+	client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
+	server = netip.AddrPortFrom(server.Addr().Unmap(), server.Port())
+	f := ctnl.NewFlow(unix.IPPROTO_TCP, 0, client.Addr(), server.Addr(), client.Port(), server.Port(), 0, 0)
+	err := t.do(t.requestTimeout, func(c *ctnl.Conn) error { return c.Delete(f) })
+	if errors.Is(err, unix.ENOENT) {
+		err = fmt.Errorf("%w: %w", ErrNotFound, err)
+	}
+	if err != nil {
+		return fmt.Errorf("delete conntrack entry %s -> %s: %w", client, server, err)
 	}
 	return nil
 }

@@ -451,3 +451,40 @@ func testHandoff(clientPort uint16) Handoff {
 		Timeout:           time.Minute,
 	}
 }
+
+// TestDeleteThenCreate: a flow whose tuple still has an entry (a client
+// reusing ports within TIME_WAIT) gets its own entry after Delete.
+func TestDeleteThenCreate(t *testing.T) {
+	ns := newNS(t)
+	tb := openIn(t, ns)
+	client := netip.MustParseAddrPort("198.51.100.2:40123")
+	server := netip.MustParseAddrPort("203.0.113.2:80")
+	old := Handoff{Client: client, Server: server, CookieISN: 1000, ServerISN: 5000, ClientWindowScale: 7, ServerWindowScale: 7, Mark: testMark}
+	if err := tb.Create(old); err != nil {
+		t.Fatal(err)
+	}
+	fresh := old
+	fresh.CookieISN, fresh.ServerISN = 0x80000000, 0x10
+	if err := tb.Create(fresh); !errors.Is(err, ErrExists) {
+		t.Fatalf("second Create = %v, want ErrExists", err)
+	}
+	if err := tb.Delete(client, server); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := tb.Lookup(client, server); err != nil || ok {
+		t.Fatalf("entry still there after Delete (ok=%v err=%v)", ok, err)
+	}
+	if err := tb.Create(fresh); err != nil {
+		t.Fatal(err)
+	}
+	e, ok, err := tb.Lookup(client, server)
+	if err != nil || !ok {
+		t.Fatalf("new entry missing (ok=%v err=%v)", ok, err)
+	}
+	if want := fresh.CookieISN - fresh.ServerISN; e.SeqAdjReply.Before != want {
+		t.Fatalf("new entry's adjustment %d, want the new flow's %d", e.SeqAdjReply.Before, want)
+	}
+	if err := tb.Delete(netip.MustParseAddrPort("198.51.100.2:1"), server); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Delete of a missing entry = %v, want ErrNotFound", err)
+	}
+}

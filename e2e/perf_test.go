@@ -75,8 +75,12 @@ func BenchmarkGatewayFlood(b *testing.B) {
 		probes bool
 	}
 	var runs []run
+	offered := "max"
+	if *perfRate > 0 {
+		offered = fmt.Sprintf("rate=%d", *perfRate)
+	}
 	for _, q := range strings.Split(*perfQueues, ",") {
-		runs = append(runs, run{name: "max/queues=" + q, queues: q, rate: *perfRate})
+		runs = append(runs, run{name: offered + "/queues=" + q, queues: q, rate: *perfRate})
 	}
 	if *perfFixedRate > 0 {
 		runs = append(runs, run{name: fmt.Sprintf("rate=%d/queues=1", *perfFixedRate), queues: "1", rate: *perfFixedRate, probes: true})

@@ -558,33 +558,6 @@ func (r *probeResults) String() string {
 	return s
 }
 
-// probeEvery runs a legitimate probe from ns every interval until the
-// returned stop function is called; stop waits for the last probe and
-// returns the results.
-func probeEvery(ns *netns.NS, target netip.AddrPort, interval time.Duration) (stop func() *probeResults) {
-	res := &probeResults{}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(interval)
-		defer t.Stop()
-		for {
-			res.add(lab.Probe(context.Background(), ns, target, 5*time.Second))
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-		}
-	}()
-	return func() *probeResults {
-		cancel()
-		<-done
-		return res
-	}
-}
-
 // serveSlow serves the lab's HTTP routes on addr in the backend namespace
 // with a listen backlog of backlog, accepting one connection per delay: a
 // backend too busy to keep up, whose accept queue overflows and drops

@@ -30,6 +30,8 @@ const (
 	FirstACK                          // first ACKs of flows let through, observed once
 	HalfOpenEvicted                   // half-open entries pushed out of a full table
 	ModeChanges                       // switches between passthrough and cookie mode
+	StalePassed                       // segments of closing handed-off flows, passed on
+	EntryReplaced                     // stale conntrack entries replaced by a new flow on the same ports
 	numCounters
 )
 
@@ -56,6 +58,8 @@ var counterNames = [numCounters]string{
 	FirstACK:           "first_ack",
 	HalfOpenEvicted:    "half_open_evicted",
 	ModeChanges:        "mode_changes",
+	StalePassed:        "stale_passed",
+	EntryReplaced:      "entry_replaced",
 }
 
 // String returns the counter's stable snake_case name.

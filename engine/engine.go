@@ -69,6 +69,14 @@ type Handoffer interface {
 	Create(h conntrack.Handoff) error
 }
 
+// Replacer is a Handoffer that can also remove an entry. With one, a
+// hand-off that finds the kernel still holding an entry for its tuple (a
+// client reusing the ports of a flow in TIME_WAIT) replaces it; without
+// one, the old entry is taken as the hand-off's.
+type Replacer interface {
+	Delete(client, server netip.AddrPort) error
+}
+
 // Engine holds the state shared by all workers: services, the pending
 // table and the hand-off queue.
 type Engine struct {
@@ -380,6 +388,11 @@ const (
 	HookForward
 	HookOutput
 	HookPostrouting
+	// HookStaleEntry marks a segment queued by the rule for handed-off
+	// flows whose conntrack entry is about to expire (the firewall's
+	// stale mark): usually the old flow's last segments, or a client
+	// reusing its ports.
+	HookStaleEntry Hook = 0xfe
 	// HookUnknown is for callers that cannot tell.
 	HookUnknown Hook = 0xff
 )
@@ -435,6 +448,17 @@ func (w *Worker) fromClient(svc int, b []byte, hook Hook) Verdict {
 		}
 		w.answerSYN(svc, len(b))
 		return Drop
+	case hook == HookStaleEntry:
+		// The flow's entry is closing. A cookie ACK here is a client
+		// reusing the ports: replay it, and the hand-off replaces the
+		// entry. Anything else is the old flow's tail: the kernel's.
+		if p.Flags&(packet.ACK|packet.SYN|packet.RST|packet.FIN) != packet.ACK {
+			return Accept
+		}
+		if w.clientACK(svc, true) {
+			return Accept
+		}
+		return Drop
 	case hook == HookPrerouting:
 		// Only the mangle rule queues non-SYNs in PREROUTING: the first
 		// established packet of a flow let through. It is the kernel's
@@ -455,7 +479,7 @@ func (w *Worker) fromClient(svc int, b []byte, hook Hook) Verdict {
 		w.clientReset(svc)
 		return Drop
 	case p.Flags&(packet.ACK|packet.SYN) == packet.ACK:
-		w.clientACK(svc)
+		w.clientACK(svc, false)
 		return Drop
 	}
 	// SYN+ACK, FIN without ACK, no flags: nothing a client sends in a
@@ -553,19 +577,29 @@ func (w *Worker) answerSYN(svc int, synLen int) {
 // clientACK validates a client's ACK. Besides the handshake's third ACK
 // (seq = ISN+1), a client whose ACK was lost sends zero-window probes with
 // seq = ISN; both prove the cookie, so both are accepted.
-func (w *Worker) clientACK(svc int) {
+//
+// It reports whether the ACK proved nothing: no pending flow, no valid
+// cookie. stale says the segment belongs to a closing handed-off flow,
+// where that is the normal case and not worth counting as invalid.
+func (w *Worker) clientACK(svc int, stale bool) (invalid bool) {
 	p := &w.pkt
 	k := flowKey{client: p.Source(), server: p.Destination()}
 	e := w.e
+	cookie := cookies.Cookie(p.Ack - 1)
 	e.mu.Lock()
 	if f := e.pending.get(k); f != nil {
-		e.mu.Unlock()
-		w.c.add(svc, DuplicateACK)
-		return
+		if f.state != stateDone || f.cookie == cookie {
+			e.mu.Unlock()
+			w.c.add(svc, DuplicateACK)
+			return false
+		}
+		// The record of a flow already handed off, lingering only to
+		// re-ACK its backend: a different cookie means a new flow on the
+		// same ports, which takes its place.
+		e.pending.remove(k)
 	}
 	e.mu.Unlock()
 
-	cookie := cookies.Cookie(p.Ack - 1)
 	isn := p.Seq - 1
 	opts, ok := e.cfg.Cookies.Validate(k.client, k.server, isn, cookie)
 	if !ok && p.PayloadLen == 0 {
@@ -573,8 +607,12 @@ func (w *Worker) clientACK(svc int) {
 		opts, ok = e.cfg.Cookies.Validate(k.client, k.server, isn, cookie)
 	}
 	if !ok {
-		w.c.add(svc, CookieInvalid)
-		return
+		if stale {
+			w.c.add(svc, StalePassed)
+		} else {
+			w.c.add(svc, CookieInvalid)
+		}
+		return true
 	}
 	w.c.add(svc, CookieValid)
 
@@ -595,10 +633,11 @@ func (w *Worker) clientACK(svc int) {
 	e.mu.Unlock()
 	if !added {
 		w.c.add(svc, PendingFull)
-		return
+		return false
 	}
 	seg := backendSYN(k, f)
 	w.send(svc, &seg, BackendSYNSent)
+	return false
 }
 
 // announceFromCookie reconstructs the SYN-ACK options from the client's
@@ -878,7 +917,7 @@ func (e *Engine) handoff(c *counterSet, buf []byte, k flowKey) {
 	fl := *f
 	e.mu.Unlock()
 
-	err := e.cfg.Handoff.Create(conntrack.Handoff{
+	h := conntrack.Handoff{
 		Client: k.client, Server: k.server,
 		CookieISN:         uint32(fl.cookie),
 		ServerISN:         fl.serverISN,
@@ -886,7 +925,18 @@ func (e *Engine) handoff(c *counterSet, buf []byte, k flowKey) {
 		ServerWindowScale: conntrack.WindowScale(fl.serverScale),
 		Mark:              e.cfg.HandoffMark,
 		Timeout:           e.cfg.ConntrackTimeout,
-	})
+	}
+	err := e.cfg.Handoff.Create(h)
+	if r, ok := e.cfg.Handoff.(Replacer); ok && errors.Is(err, conntrack.ErrExists) {
+		// The kernel still holds the entry of an earlier flow on these
+		// ports (TIME_WAIT): its sequence adjustment belongs to that flow.
+		if err = r.Delete(k.client, k.server); err == nil || errors.Is(err, conntrack.ErrNotFound) {
+			err = e.cfg.Handoff.Create(h)
+		}
+		if err == nil {
+			c.add(fl.svc, EntryReplaced)
+		}
+	}
 	if err != nil && !errors.Is(err, conntrack.ErrExists) {
 		c.add(fl.svc, HandoffFailed)
 		e.log.Error().Err(err).Str("event", telemetry.EventHandoffFailed).Str("service", k.server.String()).Msg("conntrack hand-off failed")

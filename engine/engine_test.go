@@ -60,10 +60,13 @@ func (s *fakeSender) take() []sent {
 }
 
 type fakeHandoff struct {
-	mu   sync.Mutex
-	got  []conntrack.Handoff
-	err  error
-	done chan struct{}
+	mu  sync.Mutex
+	got []conntrack.Handoff
+	err error
+	// clearAfterDelete makes Delete clear err, like a kernel whose stale
+	// entry is gone.
+	clearAfterDelete bool
+	deleted          int
 }
 
 func (h *fakeHandoff) Create(f conntrack.Handoff) error {
@@ -71,6 +74,16 @@ func (h *fakeHandoff) Create(f conntrack.Handoff) error {
 	defer h.mu.Unlock()
 	h.got = append(h.got, f)
 	return h.err
+}
+
+func (h *fakeHandoff) Delete(client, server netip.AddrPort) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.deleted++
+	if h.clearAfterDelete {
+		h.err = nil
+	}
+	return nil
 }
 
 type clock struct{ t time.Time }
@@ -645,5 +658,49 @@ func BenchmarkHandleInvalidACK(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		w.Handle(in)
+	}
+}
+
+// TestNewFlowOnLingeringPorts: a client that reconnects from the ports of
+// a flow just handed off (its record still lingers) is not mistaken for a
+// duplicate of the old flow, and the old entry in the kernel is replaced.
+func TestNewFlowOnLingeringPorts(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake(linuxOptions())
+	h.handle(packet.Segment{Src: server, Dst: client, Seq: 1, Ack: clientISN + 1, Flags: packet.SYN | packet.ACK, Window: 1000}, Drop)
+	h.drainHandoffs()
+	h.expect(2)
+	if h.e.Pending() != 1 {
+		t.Fatal("handed-off flow not lingering")
+	}
+
+	// The same ports, a new ISN.
+	const isn2 = 0x12345678
+	h.handle(packet.Segment{Src: client, Dst: server, Seq: isn2, Flags: packet.SYN, Options: linuxOptions()}, Drop)
+	cookie2 := h.expect(1)[0].p.Seq
+	h.handle(packet.Segment{Src: client, Dst: server, Seq: isn2 + 1, Ack: cookie2 + 1, Flags: packet.ACK}, Drop)
+	if r := h.expect(1)[0].p; r.Flags != packet.SYN || r.Seq != isn2 {
+		t.Fatalf("new flow's ACK did not replay its SYN: %+v", r)
+	}
+	if h.stat(DuplicateACK) != 0 {
+		t.Fatal("new flow's ACK taken for a duplicate")
+	}
+	// A duplicate of the old flow's ACK still is one... once the new flow
+	// replaced the record, it belongs to the new flow, so use its cookie.
+	h.handle(packet.Segment{Src: client, Dst: server, Seq: isn2 + 1, Ack: cookie2 + 1, Flags: packet.ACK}, Drop)
+	if h.stat(DuplicateACK) != 1 {
+		t.Fatal("duplicate of the new flow's ACK not recognised")
+	}
+
+	// The kernel still has the old flow's entry: the hand-off replaces it.
+	h.handoff.err = conntrack.ErrExists
+	h.handoff.clearAfterDelete = true
+	h.handle(packet.Segment{Src: server, Dst: client, Seq: 77, Ack: isn2 + 1, Flags: packet.SYN | packet.ACK, Window: 1000}, Drop)
+	h.drainHandoffs()
+	if h.handoff.deleted != 1 || h.stat(EntryReplaced) != 1 || h.stat(HandedOff) != 2 {
+		t.Fatalf("deleted %d, replaced %d, handed off %d", h.handoff.deleted, h.stat(EntryReplaced), h.stat(HandedOff))
+	}
+	if last := h.handoff.got[len(h.handoff.got)-1]; last.CookieISN != cookie2 || last.ServerISN != 77 {
+		t.Fatalf("entry created for %+v", last)
 	}
 }

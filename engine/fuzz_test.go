@@ -31,13 +31,23 @@ const fuzzMaxPending = 3
 // it (nothing is sent to a third party); a SYN-ACK is never larger than
 // the packet that caused it; the pending table never exceeds MaxPending;
 // and once all timers have run, nothing is left pending.
+//
+// mode picks the engine's mode (mode%3: always, auto, off) and, with bit
+// 2, feeds the first packet as queued from PREROUTING instead of a filter
+// hook; in auto mode the controller also runs as time passes.
 func FuzzHandle(f *testing.F) {
 	for _, s := range fuzzSeeds(f) {
-		f.Add(s.first, s.mutation, s.ctl)
+		for _, mode := range []uint8{0, 1, 2, 1 | 4} {
+			f.Add(s.first, s.mutation, s.ctl, mode)
+		}
 	}
-	f.Fuzz(func(t *testing.T, first, mutation []byte, ctl uint8) {
-		h := newFuzzHarness(t)
-		h.step("first packet", first)
+	f.Fuzz(func(t *testing.T, first, mutation []byte, ctl, mode uint8) {
+		h := newFuzzHarness(t, [...]Mode{ModeAlways, ModeAuto, ModeOff}[mode%3])
+		hook := HookForward
+		if mode&4 != 0 {
+			hook = HookPrerouting
+		}
+		h.stepAt("first packet", first, hook)
 
 		synack, ok := h.lastSent(packet.SYN | packet.ACK)
 		if !ok {
@@ -124,10 +134,10 @@ type fuzzHarness struct {
 	lastStep []sentPacket
 }
 
-func newFuzzHarness(t *testing.T) *fuzzHarness {
+func newFuzzHarness(t *testing.T, mode Mode) *fuzzHarness {
 	out := &recordingSender{}
 	h := newHarness(t, func(c *Config) {
-		c.Mode = ModeAlways
+		c.Mode = mode
 		c.Send = out
 		c.MaxPending = fuzzMaxPending
 	})
@@ -166,7 +176,13 @@ type sentPacket struct {
 // step feeds b to the worker and checks the invariants.
 func (h *fuzzHarness) step(what string, b []byte) {
 	h.t.Helper()
-	v := h.w.Handle(b)
+	h.stepAt(what, b, HookUnknown)
+}
+
+// stepAt is step for a packet queued from hook.
+func (h *fuzzHarness) stepAt(what string, b []byte, hook Hook) {
+	h.t.Helper()
+	v := h.w.HandleAt(b, hook)
 	if v != Drop && v != Accept {
 		h.t.Fatalf("%s: verdict %d", what, v)
 	}
@@ -321,6 +337,7 @@ func (h *fuzzHarness) expire() {
 	for step := DefaultRetryInitial; step <= 8*time.Second; step *= 2 {
 		h.clock.advance(step)
 		h.e.Tick(buf)
+		h.e.control(h.clock.now())
 		h.checkSent("timer", 0, nil, false)
 		if n := h.e.Pending(); n > fuzzMaxPending {
 			h.t.Fatalf("timer: %d flows pending, bound %d", n, fuzzMaxPending)

@@ -17,6 +17,9 @@ const (
 	// DefaultHandoffMark is the connmark the engine puts on a flow's
 	// conntrack entry when it hands the flow back to the kernel.
 	DefaultHandoffMark uint32 = 0x53470002
+	// DefaultStaleMark is the skb mark on segments queued because their
+	// flow's conntrack entry is about to expire (see Config.ReopenWithin).
+	DefaultStaleMark uint32 = 0x53470003
 )
 
 // maxQueue is the highest NFQUEUE number the kernel accepts.
@@ -47,6 +50,18 @@ type Config struct {
 	// HandoffMark is the connmark of flows handed off to the kernel. Must
 	// be non-zero and differ from EngineMark.
 	HandoffMark uint32
+
+	// ReopenWithin, when non-zero, queues (with StaleMark set) the segments
+	// of handed-off flows whose conntrack entry expires within this many
+	// seconds: closing flows, TIME_WAIT above all. A client that reuses the
+	// ports of such a flow has its cookie ACK matched to the old entry,
+	// which the kernel would forward with the old flow's sequence
+	// adjustment; queued, the engine recognises the cookie and replaces
+	// the entry. Set it to nf_conntrack_tcp_timeout_time_wait (120).
+	ReopenWithin uint32
+	// StaleMark is set on those segments so the engine can tell them from
+	// segments conntrack found invalid.
+	StaleMark uint32
 
 	// ObserveFirstACK queues the first established packet of each flow to
 	// a protected service once, and connmarks the flow past it, so the
@@ -89,6 +104,9 @@ func (c Config) Validate() error {
 	}
 	if c.EngineMark == c.HandoffMark {
 		return fmt.Errorf("firewall: EngineMark and HandoffMark are both %#x; they must differ", c.EngineMark)
+	}
+	if c.ReopenWithin > 0 && (c.StaleMark == 0 || c.StaleMark == c.EngineMark || c.StaleMark == c.HandoffMark) {
+		return errors.New("firewall: the stale mark must be non-zero and differ from the engine and hand-off marks")
 	}
 	return nil
 }

@@ -112,15 +112,58 @@ func render(c Config, f family) string {
 	if c.Local {
 		in, out = "INPUT", "OUTPUT"
 	}
-	filter.chain(in, engine+" -j RETURN", handoff+" -j RETURN")
-	for _, s := range svcs {
-		filter.rule(dst(s) + " " + stray + " " + queue)
+	// A handed-off flow whose entry is about to expire (closing, or in
+	// TIME_WAIT) goes to the engine before the hand-off RETURN: a client
+	// reusing its ports must not be matched to the old entry.
+	//
+	// Only what a reusing client and its backend send are caught: the
+	// client's pure ACK (its cookie ACK or a zero-window probe) and the
+	// backend's SYN-ACK to the replayed SYN. Of the old flow itself only
+	// its final ACK matches, once per flow.
+	closing := func(flags string) string {
+		return fmt.Sprintf(" --tcp-flags %s %s -m conntrack --ctstate ESTABLISHED --ctexpire 0:%d -j %s", flags, handoff, c.ReopenWithin, staleChain)
 	}
-	if out != in {
-		filter.chain(out, engine+" -j RETURN", handoff+" -j RETURN")
+	closingFromClient := closing("FIN,SYN,RST,PSH,ACK ACK")
+	closingFromService := closing("FIN,SYN,RST,ACK SYN,ACK")
+	toService := func() {
+		for _, s := range svcs {
+			filter.rule(dst(s) + " " + stray + " " + queue)
+		}
 	}
-	for _, s := range svcs {
-		filter.rule(src(s) + " " + stray + " " + queue)
+	fromService := func() {
+		for _, s := range svcs {
+			filter.rule(src(s) + " " + stray + " " + queue)
+		}
+	}
+	closingRules := func(match func(netip.AddrPort) string, tail string) {
+		if c.ReopenWithin == 0 {
+			return
+		}
+		for _, s := range svcs {
+			filter.rule(match(s) + tail)
+		}
+	}
+	if in == out {
+		filter.chain(in, engine+" -j RETURN")
+		closingRules(dst, closingFromClient)
+		closingRules(src, closingFromService)
+		filter.rule(handoff + " -j RETURN")
+		toService()
+		fromService()
+	} else {
+		filter.chain(in, engine+" -j RETURN")
+		closingRules(dst, closingFromClient)
+		filter.rule(handoff + " -j RETURN")
+		toService()
+		filter.chain(out, engine+" -j RETURN")
+		closingRules(src, closingFromService)
+		filter.rule(handoff + " -j RETURN")
+		fromService()
+	}
+	if c.ReopenWithin > 0 {
+		filter.subchain(staleChain,
+			fmt.Sprintf("-j MARK --set-xmark %#x/0xffffffff", c.StaleMark),
+			queue)
 	}
 	filter.writeTo(&b)
 
@@ -143,6 +186,9 @@ func render(c Config, f family) string {
 	}
 	return b.String()
 }
+
+// staleChain marks and queues a segment of a flow whose entry is closing.
+const staleChain = chainPrefix + "-STALE"
 
 // firstACKChain marks and queues the first established packet of a flow.
 const firstACKChain = chainPrefix + "-FIRSTACK"

@@ -278,3 +278,49 @@ COMMIT
 		t.Fatalf("mangle rules without ObserveFirstACK:\n%s", rs.IPv4)
 	}
 }
+
+func TestRulesReopenWithin(t *testing.T) {
+	c := base("203.0.113.10:80")
+	c.ReopenWithin, c.StaleMark = 120, DefaultStaleMark
+	rs, err := Rules(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = `*filter
+:SYNGUARD-FORWARD - [0:0]
+:SYNGUARD-STALE - [0:0]
+-I FORWARD 1 -j SYNGUARD-FORWARD
+-A SYNGUARD-FORWARD -m mark --mark 0x53470001 -j RETURN
+-A SYNGUARD-FORWARD -d 203.0.113.10/32 -p tcp -m tcp --dport 80 --tcp-flags FIN,SYN,RST,PSH,ACK ACK -m connmark --mark 0x53470002 -m conntrack --ctstate ESTABLISHED --ctexpire 0:120 -j SYNGUARD-STALE
+-A SYNGUARD-FORWARD -s 203.0.113.10/32 -p tcp -m tcp --sport 80 --tcp-flags FIN,SYN,RST,ACK SYN,ACK -m connmark --mark 0x53470002 -m conntrack --ctstate ESTABLISHED --ctexpire 0:120 -j SYNGUARD-STALE
+-A SYNGUARD-FORWARD -m connmark --mark 0x53470002 -j RETURN
+-A SYNGUARD-FORWARD -d 203.0.113.10/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-num 0
+-A SYNGUARD-FORWARD -s 203.0.113.10/32 -p tcp -m tcp --sport 80 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-num 0
+-A SYNGUARD-STALE -j MARK --set-xmark 0x53470003/0xffffffff
+-A SYNGUARD-STALE -j NFQUEUE --queue-num 0
+COMMIT
+`
+	_, filter, ok := strings.Cut(rs.IPv4, "COMMIT\n*filter\n")
+	if !ok {
+		t.Fatalf("no filter table:\n%s", rs.IPv4)
+	}
+	if diff := cmp.Diff(want, "*filter\n"+filter); diff != "" {
+		t.Fatalf("filter rules (-want +got):\n%s", diff)
+	}
+	// Local mode: the client side's rule in INPUT, the service side's in
+	// OUTPUT, each before that chain's hand-off RETURN.
+	c.Local = true
+	rs, _ = Rules(c)
+	for _, want := range []string{
+		"-A SYNGUARD-INPUT -m mark --mark 0x53470001 -j RETURN\n-A SYNGUARD-INPUT -d 203.0.113.10/32 -p tcp -m tcp --dport 80 --tcp-flags FIN,SYN,RST,PSH,ACK ACK -m connmark --mark 0x53470002 -m conntrack --ctstate ESTABLISHED --ctexpire 0:120 -j SYNGUARD-STALE\n-A SYNGUARD-INPUT -m connmark --mark 0x53470002 -j RETURN\n",
+		"-A SYNGUARD-OUTPUT -m mark --mark 0x53470001 -j RETURN\n-A SYNGUARD-OUTPUT -s 203.0.113.10/32 -p tcp -m tcp --sport 80 --tcp-flags FIN,SYN,RST,ACK SYN,ACK -m connmark --mark 0x53470002 -m conntrack --ctstate ESTABLISHED --ctexpire 0:120 -j SYNGUARD-STALE\n-A SYNGUARD-OUTPUT -m connmark --mark 0x53470002 -j RETURN\n",
+	} {
+		if !strings.Contains(rs.IPv4, want) {
+			t.Errorf("local rules lack\n%s\nin:\n%s", want, rs.IPv4)
+		}
+	}
+	c.StaleMark = c.HandoffMark
+	if _, err := Rules(c); err == nil {
+		t.Fatal("a stale mark equal to the hand-off mark was accepted")
+	}
+}

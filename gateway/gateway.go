@@ -1,11 +1,15 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -48,7 +52,13 @@ type Config struct {
 	ProbeInterval time.Duration
 
 	EngineMark, HandoffMark uint32
-	Logger                  zerolog.Logger
+	// StaleMark tags segments of closing handed-off flows; ReopenWithin
+	// is how close to expiry (seconds) an entry counts as closing. Zero
+	// means DefaultStaleMark and DefaultReopenWithin; at start the latter
+	// is replaced by the namespace's TIME_WAIT timeout.
+	StaleMark    uint32
+	ReopenWithin uint32
+	Logger       zerolog.Logger
 }
 
 // DefaultProbeInterval re-learns backend options often enough to follow
@@ -70,7 +80,25 @@ func (c *Config) FirewallConfig() firewall.Config {
 		HandoffMark: c.HandoffMark,
 		// Only a mode that lets SYNs through needs to see first ACKs.
 		ObserveFirstACK: c.Mode != engine.ModeAlways,
+		StaleMark:       cmp.Or(c.StaleMark, firewall.DefaultStaleMark),
+		ReopenWithin:    cmp.Or(c.ReopenWithin, DefaultReopenWithin),
 	}
+}
+
+// DefaultReopenWithin is the kernel's default TIME_WAIT timeout in
+// conntrack (nf_conntrack_tcp_timeout_time_wait), in seconds.
+const DefaultReopenWithin = 120
+
+// timeWaitTimeout reads the namespace's conntrack TIME_WAIT timeout: an
+// entry with at most this long to live may belong to a closed flow whose
+// ports a client reuses.
+func timeWaitTimeout() (uint32, error) {
+	b, err := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_time_wait")
+	if err != nil {
+		return 0, err
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32)
+	return uint32(v), err
 }
 
 func (c *Config) setDefaults() {
@@ -114,6 +142,13 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return fmt.Errorf("open conntrack: %w", err)
 	}
 	defer table.Close()
+	// Opening the table loaded conntrack for the namespace, so its
+	// TIME_WAIT timeout can be read now.
+	if cfg.ReopenWithin == 0 {
+		if v, err := timeWaitTimeout(); err == nil && v > 0 {
+			cfg.ReopenWithin = v
+		}
+	}
 
 	handshake := telemetry.NewHistograms(len(cfg.Services))
 	eng, err := engine.New(engine.Config{
@@ -233,7 +268,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs <- q.RunBatch(ctx, queueHandler{w})
+			errs <- q.RunBatch(ctx, queueHandler{w: w, staleMark: fwCfg.StaleMark})
 		}()
 	}
 	if cfg.Backend == nil {
@@ -273,10 +308,17 @@ func (s batchSender) NewBatch() engine.Batch { return s.Sender.NewBatch() }
 
 // queueHandler feeds one queue's packets to its worker a receive batch at
 // a time: verdicts per packet, the worker's replies flushed per batch.
-type queueHandler struct{ w *engine.Worker }
+type queueHandler struct {
+	w         *engine.Worker
+	staleMark uint32
+}
 
 func (h queueHandler) Handle(p *nfq.Packet) nfq.Verdict {
-	if h.w.HandleBatched(p.Payload, engine.Hook(p.Hook)) == engine.Accept {
+	hook := engine.Hook(p.Hook)
+	if p.Mark == h.staleMark {
+		hook = engine.HookStaleEntry
+	}
+	if h.w.HandleBatched(p.Payload, hook) == engine.Accept {
 		return nfq.Accept
 	}
 	return nfq.Drop

@@ -96,7 +96,7 @@ func newPipeline(tb testing.TB) *pipeline {
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	w := p.eng.NewWorker()
-	go func() { done <- p.q.RunBatch(runCtx, queueHandler{w}) }()
+	go func() { done <- p.q.RunBatch(runCtx, queueHandler{w: w}) }()
 	tb.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {

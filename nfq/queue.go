@@ -374,6 +374,8 @@ func (q *Queue) RunBatch(ctx context.Context, h BatchHandler) error {
 	r, err := newReceiver(q, q.nf.Con, h)
 	if err == nil {
 		err = r.run()
+	} else if q.isStopping() {
+		err = nil // ctx was done already, and the socket is closed
 	}
 	_ = q.shutdown()
 	if err != nil {

@@ -434,6 +434,35 @@ func TestRunStopsPromptly(t *testing.T) {
 	}
 }
 
+// TestRunWithDoneContext checks that Run given a context that is already
+// done returns nil at once and unbinds the queue.
+func TestRunWithDoneContext(t *testing.T) {
+	const queue = 32
+	ns := newNS(t)
+	var q *nfq.Queue
+	if err := ns.Do(func() (err error) {
+		q, err = nfq.Open(nfq.Config{Queue: queue})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	done := make(chan error, 1)
+	go func() { done <- q.Run(ctx, func(*nfq.Packet) nfq.Verdict { return nfq.Accept }) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run with a done context: %v", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Run with a done context did not return")
+	}
+	if ks, ok := kernelStats(t, ns, queue); ok {
+		t.Fatalf("queue still bound after Run returned: %+v", ks)
+	}
+}
+
 // TestCloseBeforeRun checks Close on a queue that never ran, with packets
 // waiting, and that Run afterwards reports the queue closed.
 func TestCloseBeforeRun(t *testing.T) {

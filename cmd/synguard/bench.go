@@ -49,12 +49,12 @@ const benchLabName = "sgbench"
 
 func runBenchScenarios(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	quick := fs.Bool("quick", false, "a short run: rates "+ratesString(bench.QuickRates)+", "+bench.QuickDuration.String()+" each (about 2 minutes)")
+	quick := fs.Bool("quick", false, "a short run: rates "+ratesString(bench.QuickRates)+", "+bench.QuickDuration.String()+" each (about 1.5 minutes)")
 	out := fs.String("out", "bench-out", "output `directory`")
 	rates := fs.String("rates", "", "offered loads in SYN/s, comma-separated; max = as fast as the generator goes (default "+ratesString(bench.DefaultRates)+")")
 	duration := fs.Duration("duration", 0, "how long each flood lasts (default "+bench.DefaultDuration.String()+", "+bench.QuickDuration.String()+" with --quick)")
 	systems := fs.String("systems", "", "systems to compare, comma-separated (default synguard,synproxy,none)")
-	probeRate := fs.Int("probe-rate", bench.DefaultProbeRate, "legitimate clients per `second` during each flood")
+	probeRate := fs.Int("probe-rate", bench.DefaultProbeRate, "`number` of legitimate clients per second during each flood")
 	probeTimeout := fs.Duration("probe-timeout", bench.DefaultProbeTimeout, "time a legitimate client has to connect and fetch its page")
 	name := fs.String("name", benchLabName, "namespace name `prefix` of the benchmark's lab")
 	if err := parseFlags(fs, args); err != nil {
@@ -105,6 +105,9 @@ func runBenchScenarios(ctx context.Context, args []string, stdout io.Writer) err
 		cfg.Name, ratesString(cfg.Rates), cfg.Duration, systemNames(cfg.Systems), cfg.OutDir)
 	rep, err := bench.Run(ctx, cfg)
 	if err != nil {
+		if rep != nil {
+			fmt.Fprintf(stdout, "partial report of the runs done: %s\n", filepath.Join(cfg.OutDir, bench.ReportMD))
+		}
 		return err
 	}
 	fmt.Fprintln(stdout)
