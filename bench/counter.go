@@ -28,26 +28,27 @@ const synackComment = "sgbench-synack"
 // baseline, so it cancels out of the CPU figure; copying 300k packets a
 // second to a capture socket would cost more than what is measured.
 type synackCounter struct {
-	ns *netns.NS
+	ns  *netns.NS
+	fam netFamily
 }
 
 func (c synackCounter) rule() []string {
-	return []string{"POSTROUTING", "-o", lab.GatewayClientIface, "-d", lab.SpoofPrefix4.String(),
+	return []string{"POSTROUTING", "-o", lab.GatewayClientIface, "-d", c.fam.spoof.String(),
 		"-p", "tcp", "--tcp-flags", "SYN,ACK,RST,FIN", "SYN,ACK",
 		"-m", "comment", "--comment", synackComment}
 }
 
 func (c synackCounter) install(ctx context.Context) error {
-	return c.ns.Run(ctx, "iptables", append([]string{"-w", "-t", "mangle", "-A"}, c.rule()...)...)
+	return iptables(ctx, c.ns, c.fam.iptables, append([]string{"-t", "mangle", "-A"}, c.rule()...)...)
 }
 
 func (c synackCounter) remove(ctx context.Context) error {
-	return c.ns.Run(ctx, "iptables", append([]string{"-w", "-t", "mangle", "-D"}, c.rule()...)...)
+	return iptables(ctx, c.ns, c.fam.iptables, append([]string{"-t", "mangle", "-D"}, c.rule()...)...)
 }
 
 // read returns the packets the rule has matched so far.
 func (c synackCounter) read(ctx context.Context) (uint64, error) {
-	out, err := c.ns.Output(ctx, "iptables-save", "-c", "-t", "mangle")
+	out, err := c.ns.Output(ctx, c.fam.iptablesSave, "-c", "-t", "mangle")
 	if err != nil {
 		return 0, err
 	}

@@ -41,9 +41,13 @@
 //
 // # Scenarios
 //
-// [Run] builds its own lab ([lab.Up]), then for every offered rate runs a
-// baseline and each [System]: [Synguard] (`synguard run --mode always` in
-// the gateway namespace, a fresh process per run), [Synproxy] (the
+// [Run] builds its own lab ([lab.Up]) for one address [Family]
+// ([Config.Family]): IPv4 with the lab's IPv6 off, or IPv6, where the
+// service, the flood's sources, the legitimate clients and every gateway
+// rule (through ip6tables) are IPv6. Then for every offered rate it runs a
+// baseline and each [System]: [Synguard] (`synguard run --mode always
+// --queues N` in the gateway namespace, a fresh process per run, once for
+// each of [Config.Queues]), [Synproxy] (the
 // iptables-extensions manual's SYNPROXY recipe, in FORWARD, with the MSS
 // and window scale read from the backend's own SYN-ACK) and [None] (plain
 // forwarding to a backend with the kernel's SYN cookies). Before each run
@@ -60,15 +64,19 @@
 //     of the benchmark's own tasks (this process, the lab's namespaces,
 //     kernel threads; see sampleProcesses), and the whole machine's busy
 //     time from /proc/stat ([ReadCPUTimes]) for comparison;
-//   - synguard's queue drops and engine counters from its metrics, its
-//     peak RSS ([PeakRSS]) and its own CPU time ([ProcessCPU]);
+//   - synguard's queue drops, the packets each of its queues received and
+//     its engine counters from its metrics, its peak RSS ([PeakRSS]) and
+//     its own CPU time ([ProcessCPU]);
 //   - the kernel's input-backlog drops ([ReadBacklogDrops]).
 //
 // # Report
 //
 // A [Report] is written as report.json, report.md (tables, a reading drawn
 // from the numbers, the method) and PNG plots of SYN-ACK rate, legitimate
-// success and CPU per SYN against offered load, drawn with gonum/plot.
+// success and CPU per SYN against offered load, drawn with gonum/plot,
+// with a line per system and per synguard queue count. A run's "system"
+// is always synguard, synproxy or none; its "queues" tells synguard's
+// runs at one rate apart (0 for the kernel systems).
 // [LoadReport] and [Report.Write] make the report files again from a
 // recorded report.json.
 package bench

@@ -21,17 +21,58 @@ const (
 	PlotCPU    = "cpu.png"
 )
 
-// systemStyle gives each system the same colour and marker in every plot.
-// Dashes differ too, so that lines lying on top of each other (every
-// system at 100% of legitimate clients) stay visible.
-var systemStyle = map[System]struct {
+// lineStyle is how one system's line looks.
+type lineStyle struct {
 	color  color.Color
 	shape  draw.GlyphDrawer
 	dashes []vg.Length
-}{
+}
+
+// systemStyle gives each system the same colour and marker in every plot.
+// Dashes differ too, so that lines lying on top of each other (every
+// system at 100% of legitimate clients) stay visible.
+var systemStyle = map[System]lineStyle{
 	Synguard: {color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff}, draw.CircleGlyph{}, nil},
 	Synproxy: {color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff}, draw.SquareGlyph{}, []vg.Length{vg.Points(6), vg.Points(3)}},
 	None:     {color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff}, draw.TriangleGlyph{}, []vg.Length{vg.Points(2), vg.Points(2)}},
+}
+
+// synguardMoreQueues styles synguard's second, third, ... queue count in a
+// report (the first looks as synguard always has): colours unlike the
+// kernel systems', and a dash-dot line. Their lines are drawn under the
+// kernel systems' and often lie on them (every system at 100% of
+// legitimate clients), so the first ones get filled markers, which show
+// where a thin line does not. Past the sixth count the styles repeat; the
+// legend still names each.
+var synguardMoreQueues = []lineStyle{
+	{color.RGBA{R: 0x94, G: 0x67, B: 0xbd, A: 0xff}, draw.BoxGlyph{}, nil},
+	{color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff}, draw.PyramidGlyph{}, nil},
+	{color.RGBA{R: 0x8c, G: 0x56, B: 0x4b, A: 0xff}, draw.RingGlyph{}, nil},
+	{color.RGBA{R: 0xe3, G: 0x77, B: 0xc2, A: 0xff}, draw.CrossGlyph{}, nil},
+	{color.RGBA{R: 0x17, G: 0xbe, B: 0xcf, A: 0xff}, draw.PlusGlyph{}, nil},
+}
+
+// styleOf returns a variant's style: the kernel systems' own, and for
+// synguard one per queue count in the report, in ascending order.
+func (r *Report) styleOf(v variant) lineStyle {
+	if v.sys != Synguard {
+		return systemStyle[v.sys]
+	}
+	i := 0
+	for _, w := range r.variants() {
+		if w == v {
+			break
+		}
+		if w.sys == Synguard {
+			i++
+		}
+	}
+	if i == 0 {
+		return systemStyle[Synguard]
+	}
+	st := synguardMoreQueues[(i-1)%len(synguardMoreQueues)]
+	st.dashes = []vg.Length{vg.Points(8), vg.Points(2), vg.Points(2), vg.Points(2)}
+	return st
 }
 
 // legendAt places a plot's legend in a corner its lines rarely cross.
@@ -90,10 +131,10 @@ func (r *Report) WritePlots(dir string) error {
 		}
 
 		var xmax, ymax float64
-		for _, sys := range r.systems() {
+		for _, v := range r.variants() {
 			var pts plotter.XYs
 			for _, run := range r.Runs {
-				if run.System == sys {
+				if run.variant() == v {
 					pts = append(pts, plotter.XY{X: run.OfferedPPS / 1000, Y: pl.y(run)})
 					xmax = max(xmax, run.OfferedPPS/1000)
 					ymax = max(ymax, pl.y(run))
@@ -104,7 +145,7 @@ func (r *Report) WritePlots(dir string) error {
 			if err != nil {
 				return fmt.Errorf("plot %s: %w", pl.file, err)
 			}
-			st := systemStyle[sys]
+			st := r.styleOf(v)
 			line.Color = st.color
 			line.Width = vg.Points(1.5)
 			line.Dashes = st.dashes
@@ -112,7 +153,7 @@ func (r *Report) WritePlots(dir string) error {
 			points.Shape = st.shape
 			points.Radius = vg.Points(3)
 			p.Add(line, points)
-			p.Legend.Add(string(sys), line, points)
+			p.Legend.Add(r.label(v), line, points)
 		}
 		if pl.diagonal && xmax > 0 {
 			d, err := plotter.NewLine(plotter.XYs{{X: 0, Y: 0}, {X: xmax, Y: xmax}})

@@ -12,14 +12,20 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/synguard/synguard/lab"
 )
 
 // Report is a benchmark's outcome: report.json holds it as it is, and
 // report.md and the plots are drawn from it alone, so they can be made
 // again from a recorded report.json (`synguard bench report`).
 type Report struct {
-	Date      time.Time    `json:"date"`
-	ElapsedS  float64      `json:"elapsed_s"`
+	Date     time.Time `json:"date"`
+	ElapsedS float64   `json:"elapsed_s"`
+	// Family is the address family every run used: the lab, the service,
+	// the flood and the gateway's rules (reports recorded before the
+	// field existed are IPv4).
+	Family    Family       `json:"family"`
 	Machine   Machine      `json:"machine"`
 	Config    ReportConfig `json:"config"`
 	Runs      []RunResult  `json:"runs"`
@@ -40,6 +46,9 @@ type ReportConfig struct {
 	DurationS     float64 `json:"duration_s"`
 	ProbeRate     int     `json:"probe_rate"`
 	ProbeTimeoutS float64 `json:"probe_timeout_s"`
+	// Queues are the NFQUEUE counts synguard was measured with, once
+	// each at every rate (absent from reports recorded before them: one).
+	Queues []int `json:"queues,omitempty"`
 	// BackendOptions are the MSS and window scale learned from the
 	// backend's SYN-ACK and given to SYNPROXY.
 	BackendOptions BackendOptions `json:"backend_options"`
@@ -47,7 +56,13 @@ type ReportConfig struct {
 
 // RunResult is one system under one offered load.
 type RunResult struct {
-	System     System  `json:"system"`
+	System System `json:"system"`
+	// Queues is the number of NFQUEUEs synguard ran with (`synguard run
+	// --queues N`), which tells its runs at one rate apart; 0 for the
+	// kernel systems, which have no queue. Reports recorded before the
+	// field existed measured synguard with one, and LoadReport reads them
+	// so.
+	Queues     int     `json:"queues"`
 	TargetPPS  int     `json:"target_pps"` // 0: as fast as the generator goes
 	DurationS  float64 `json:"duration_s"`
 	SYNsSent   int     `json:"syns_sent"`
@@ -103,6 +118,10 @@ type RunResult struct {
 	// EngineSYNs is synguard_syn_received_total over the run: the SYNs
 	// that reached synguard's engine rather than being dropped on the way.
 	EngineSYNs uint64 `json:"engine_syns,omitempty"`
+	// QueueReceived is packets each of synguard's queues received over
+	// the run (synguard_queue_received_total by queue number): how
+	// --queue-balance spread the flood over them.
+	QueueReceived []uint64 `json:"queue_received,omitempty"`
 	// ProcessCPUusSYN is the synguard process's own run time per offered
 	// SYN: user, system calls and the softirq work that ran in its
 	// context (part of CPUusPerSYN).
@@ -149,9 +168,26 @@ func LoadReport(path string) (*Report, error) {
 	if err := json.Unmarshal(b, &r); err != nil {
 		return nil, fmt.Errorf("load report %s: %w", path, err)
 	}
-	for i, run := range r.Runs {
+	if r.Family == "" {
+		// Recorded before "family": IPv4, the only family there was.
+		r.Family = IPv4
+	}
+	if _, err := ParseFamily(string(r.Family)); err != nil {
+		return nil, fmt.Errorf("load report %s: %w", path, err)
+	}
+	for i := range r.Runs {
+		run := &r.Runs[i]
 		if _, err := ParseSystem(string(run.System)); err != nil {
 			return nil, fmt.Errorf("load report %s: run %d: %w", path, i, err)
+		}
+		switch {
+		case run.Queues < 0 || run.Queues > MaxQueues:
+			return nil, fmt.Errorf("load report %s: run %d: %d queues outside 0..%d", path, i, run.Queues, MaxQueues)
+		case run.System == Synguard && run.Queues == 0:
+			// Recorded before "queues": synguard ran with one.
+			run.Queues = 1
+		case run.System != Synguard && run.Queues != 0:
+			return nil, fmt.Errorf("load report %s: run %d: %s has no queues, but %d are recorded", path, i, run.System, run.Queues)
 		}
 	}
 	return &r, nil
@@ -180,14 +216,27 @@ func (r *Report) Write(dir string) error {
 }
 
 // sortedRuns returns the runs ordered by target rate (the generator's
-// maximum last), then by system.
+// maximum last), then by system, synguard's by queue count.
 func (r *Report) sortedRuns() []RunResult {
 	runs := slices.Clone(r.Runs)
 	slices.SortStableFunc(runs, func(a, b RunResult) int {
-		return cmp.Or(cmp.Compare(rateKey(a.TargetPPS), rateKey(b.TargetPPS)),
-			cmp.Compare(systemIndex(a.System), systemIndex(b.System)))
+		return cmp.Or(cmp.Compare(rateKey(a.TargetPPS), rateKey(b.TargetPPS)), compareVariants(a.variant(), b.variant()))
 	})
 	return runs
+}
+
+func compareVariants(a, b variant) int {
+	return cmp.Or(cmp.Compare(systemIndex(a.sys), systemIndex(b.sys)), cmp.Compare(a.queues, b.queues))
+}
+
+// variant is the run's system and queue count; a synguard run without a
+// count ran with one.
+func (run RunResult) variant() variant {
+	v := variant{sys: run.System, queues: run.Queues}
+	if v.sys == Synguard && v.queues == 0 {
+		v.queues = 1
+	}
+	return v
 }
 
 func rateKey(target int) int {
@@ -204,15 +253,37 @@ func systemIndex(s System) int {
 	return len(AllSystems)
 }
 
-// systems lists the systems present, in report order.
-func (r *Report) systems() []System {
-	var out []System
-	for _, s := range AllSystems {
-		if slices.ContainsFunc(r.Runs, func(run RunResult) bool { return run.System == s }) {
-			out = append(out, s)
+// variants lists the systems present, synguard once per queue count, in
+// report order.
+func (r *Report) variants() []variant {
+	var out []variant
+	for _, run := range r.Runs {
+		if !slices.Contains(out, run.variant()) {
+			out = append(out, run.variant())
 		}
 	}
+	slices.SortFunc(out, compareVariants)
 	return out
+}
+
+// showQueues says whether the report names synguard's queue counts: when
+// it measured more than one, or a single count other than one. A report
+// of the default one-queue synguard reads as before.
+func (r *Report) showQueues() bool {
+	return slices.ContainsFunc(r.Runs, func(run RunResult) bool { return run.variant().queues > 1 })
+}
+
+// label names a variant for people, in the reading and the plots' legends:
+// "synguard ×2 queues" when the report tells synguard's queue counts
+// apart, the system alone otherwise.
+func (r *Report) label(v variant) string {
+	if v.sys != Synguard || !r.showQueues() {
+		return string(v.sys)
+	}
+	if v.queues == 1 {
+		return "synguard ×1 queue"
+	}
+	return fmt.Sprintf("synguard ×%d queues", v.queues)
 }
 
 // answered is the share of offered SYNs that got a SYN-ACK.
@@ -226,19 +297,18 @@ func (run RunResult) answered() float64 {
 // TableMarkdown writes the results table alone, as the README carries it.
 func (r *Report) TableMarkdown(w io.Writer) error {
 	var b strings.Builder
-	b.WriteString("| target | system | offered SYN/s | SYN-ACK/s | answered | legit ok | handshake p50 / p99 | request p50 / p99 | CPU µs/SYN | queue drops | peak RSS | other load |\n")
-	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| target | system | queues | offered SYN/s | SYN-ACK/s | answered | legit ok | handshake p50 / p99 | request p50 / p99 | CPU µs/SYN | queue drops | peak RSS | other load |\n")
+	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, run := range r.sortedRuns() {
-		rss := "n/a"
+		// The kernel systems have no queue and no process of their own.
+		queues, drops, rss := "n/a", "n/a", "n/a"
 		if run.System == Synguard {
+			queues = fmt.Sprint(run.variant().queues)
+			drops = fmtCount(float64(run.QueueDrops))
 			rss = fmt.Sprintf("%.1f MiB", run.GatewayRSSMB)
 		}
-		drops := "n/a"
-		if run.System == Synguard {
-			drops = fmtCount(float64(run.QueueDrops))
-		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %.1f%% | %.1f%% (%d/%d) | %s / %s ms | %s / %s ms | %.2f | %s | %s | %.0f%% |\n",
-			rateName(run.TargetPPS), run.System, fmtCount(run.OfferedPPS), fmtCount(run.SynackPPS),
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %.1f%% | %.1f%% (%d/%d) | %s / %s ms | %s / %s ms | %.2f | %s | %s | %.0f%% |\n",
+			rateName(run.TargetPPS), run.System, queues, fmtCount(run.OfferedPPS), fmtCount(run.SynackPPS),
 			100*run.answered(), 100*run.LegitSuccess, run.LegitOK, run.LegitAttempts,
 			fmtMS(run.HandshakeP50ms), fmtMS(run.HandshakeP99ms), fmtMS(run.TotalP50ms), fmtMS(run.TotalP99ms),
 			run.CPUusPerSYN, drops, rss, 100*run.OtherLoad)
@@ -252,6 +322,9 @@ func (r *Report) TableMarkdown(w io.Writer) error {
 func (r *Report) WriteMarkdown(w io.Writer) error {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "# synguard bench: SYN flood, side by side\n\n")
+	fam := cmp.Or(r.Family, IPv4)
+	fmt.Fprintf(&b, "Address family: **%s** (service %s, flood from %s).\n\n",
+		fam, familyReport(fam).service, familyReport(fam).spoof)
 	fmt.Fprintf(&b, "Measured %s on %s. Each flood lasted %s s, while %d legitimate clients per second connected, "+
 		"each given %s s; SYNPROXY was given the backend's MSS %d and window scale %d. The whole run took %.0f s.\n\n",
 		r.Date.UTC().Format("2006-01-02 15:04 MST"), r.Machine.describe(), fmtFloat(r.Config.DurationS),
@@ -270,7 +343,8 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 	}
 
 	b.WriteString("\n## Baselines\n\n")
-	b.WriteString("The gateway drops the flood in raw PREROUTING (`iptables -t raw -A PREROUTING -s 198.18.0.0/15 -d BACKEND -p tcp --syn -j DROP`).\n\n")
+	fmt.Fprintf(&b, "The gateway drops the flood in raw PREROUTING (`%s -t raw -A PREROUTING -s %s -d BACKEND -p tcp --syn -j DROP`).\n\n",
+		familyNet(fam).iptables, familyReport(fam).spoof)
 	b.WriteString("| target | offered SYN/s | gateway received/s | SYN-ACK/s | benchmark CPU | CPU µs/SYN, all in | backlog drops | legit ok | other load |\n")
 	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	bases := slices.Clone(r.Baselines)
@@ -283,17 +357,41 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 	}
 
 	b.WriteString("\n## Method\n\n")
-	b.WriteString(methodText)
+	b.WriteString(familyReport(fam).method.Replace(methodText))
 	_, err := w.Write(b.Bytes())
 	return err
 }
 
+// familyText is what report.md says differently for each family.
+type familyText struct {
+	service, spoof string
+	// method fills in methodText's placeholders.
+	method *strings.Replacer
+}
+
+func familyReport(f Family) familyText {
+	t := familyText{service: "203.0.113.2:80", spoof: lab.SpoofPrefix4.String()}
+	labText := "IPv4 only"
+	if f == IPv6 {
+		t = familyText{service: "[2001:db8:b::2]:80", spoof: lab.SpoofPrefix6.String()}
+		labText = "with IPv6: the service, the flood, the legitimate clients (from 2001:db8:c::2) and " +
+			"the gateway's rules (ip6tables) are all IPv6"
+	}
+	t.method = strings.NewReplacer("{service}", t.service, "{spoof}", t.spoof, "{lab}", labText)
+	return t
+}
+
+// methodText is report.md's method; familyReport fills in {service},
+// {spoof} and {lab}.
 const methodText = `- **Lab.** Three network namespaces on one machine: client, gateway, backend,
-  joined by veth pairs (` + "`lab.Up`" + `, IPv4 only). The backend is an in-process Go HTTP
-  server on 203.0.113.2:80, restarted before every run so that no half-open
+  joined by veth pairs (` + "`lab.Up`" + `, {lab}). The backend is an in-process Go HTTP
+  server on {service}, restarted before every run so that no half-open
   requests carry over.
-- **Systems.** *synguard*: ` + "`synguard run --protect 203.0.113.2:80 --mode always`" + ` in the
-  gateway namespace, one queue, a fresh process per run. *synproxy*: the kernel's
+- **Systems.** *synguard*: ` + "`synguard run --protect {service} --mode always --queues N`" + ` in the
+  gateway namespace, a fresh process per run, measured once per queue count asked for (one
+  by default; the table's queues column). With several queues netfilter spreads the SYNs
+  over them by a hash of each flow's addresses and ports (` + "`--queue-balance`" + `), one worker each;
+  every worker shares the machine's cores with the generator. *synproxy*: the kernel's
   SYNPROXY target as the iptables-extensions manual prescribes, in FORWARD:
   ` + "`nf_conntrack_tcp_loose=0`" + `; ` + "`raw PREROUTING --syn -j CT --notrack`" + `;
   ` + "`FORWARD -m conntrack --ctstate INVALID,UNTRACKED -j SYNPROXY --sack-perm --timestamp --wscale W --mss M`" + `
@@ -301,9 +399,9 @@ const methodText = `- **Lab.** Three network namespaces on one machine: client, 
   *none*: plain forwarding; the backend answers with the kernel's SYN cookies
   (` + "`net.ipv4.tcp_syncookies=1`" + `).
 - **Offered load** is the rate the generator achieved (SYNs sent / flood time), from
-  random sources in 198.18.0.0/15 with random ports and ISNs, from the client namespace.
+  random sources in {spoof} with random ports and ISNs, from the client namespace.
   "max" is as fast as it goes; it then competes for the CPUs with what it floods.
-- **SYN-ACK/s** counts SYN-ACKs leaving the gateway toward 198.18.0.0/15, with a
+- **SYN-ACK/s** counts SYN-ACKs leaving the gateway toward {spoof}, with a
   match-only rule at the end of mangle POSTROUTING on the client-side interface: every
   system's SYN-ACKs pass there (synguard's raw socket and SYNPROXY via the local output
   path, the backend's forwarded), and a rule counter costs the same in every run.
@@ -327,9 +425,9 @@ const methodText = `- **Lab.** Three network namespaces on one machine: client, 
   softirq + steal) gives the same figure in report.json as machine_cpu_us_per_syn;
   it counts every other process too and is sampled at the timer tick, so on a busy
   or bursty machine it is much noisier. Either is noisy at low rates.
-- **Queue drops** is ` + "`synguard_queue_dropped_total`" + ` over the run: SYNs the kernel dropped
-  because synguard's queue or its socket was full (fail closed). The kernel systems
-  have no queue.
+- **Queue drops** is ` + "`synguard_queue_dropped_total`" + ` over the run, summed over synguard's
+  queues: SYNs the kernel dropped because a queue or its socket was full (fail closed).
+  The kernel systems have no queue.
 - **Backlog drops** (report.json and the baselines table) is packets the kernel dropped,
   machine-wide, because a CPU's input backlog (net.core.netdev_max_backlog) was full
   (/proc/net/softnet_stat): where veth links overflow at high rates, whatever the system.
@@ -346,19 +444,22 @@ const methodText = `- **Lab.** Three network namespaces on one machine: client, 
 // numbers alone.
 func (r *Report) reading() []string {
 	var lines []string
-	for _, sys := range r.systems() {
+	for _, v := range r.variants() {
 		var runs []RunResult
 		for _, run := range r.sortedRuns() {
-			if run.System == sys {
+			if run.variant() == v {
 				runs = append(runs, run)
 			}
 		}
-		lines = append(lines, readSystem(sys, runs))
+		lines = append(lines, readSystem(r.label(v), v.sys, runs))
+	}
+	if line := r.readQueues(); line != "" {
+		lines = append(lines, line)
 	}
 	var contended []string
 	for _, run := range r.sortedRuns() {
 		if run.OtherLoad > contendedShare {
-			contended = append(contended, fmt.Sprintf("%s at %s (%.0f%%)", run.System, rateName(run.TargetPPS), 100*run.OtherLoad))
+			contended = append(contended, fmt.Sprintf("%s at %s (%.0f%%)", r.label(run.variant()), rateName(run.TargetPPS), 100*run.OtherLoad))
 		}
 	}
 	for _, base := range r.Baselines {
@@ -374,7 +475,7 @@ func (r *Report) reading() []string {
 		var parts []string
 		for _, run := range top {
 			parts = append(parts, fmt.Sprintf("%s %s SYN-ACK/s of %s offered (legit %.0f%%)",
-				run.System, fmtCount(run.SynackPPS), fmtCount(run.OfferedPPS), 100*run.LegitSuccess))
+				r.label(run.variant()), fmtCount(run.SynackPPS), fmtCount(run.OfferedPPS), 100*run.LegitSuccess))
 		}
 		line := "At the highest load: " + strings.Join(parts, "; ") + "."
 		if top[0].TargetPPS == 0 {
@@ -385,7 +486,67 @@ func (r *Report) reading() []string {
 	return lines
 }
 
-func readSystem(sys System, runs []RunResult) string {
+// readQueues compares synguard's queue counts at the highest load, where
+// one queue is most likely to be the bottleneck: what each answered
+// against the fewest queues, what its queues dropped and how evenly
+// --queue-balance spread the flood. Empty unless the report has more than
+// one count.
+func (r *Report) readQueues() string {
+	var runs []RunResult
+	for _, run := range r.atHighestLoad() {
+		if run.System == Synguard {
+			runs = append(runs, run)
+		}
+	}
+	if len(runs) < 2 {
+		return ""
+	}
+	first, q1 := runs[0], runs[0].variant().queues
+	var s strings.Builder
+	fmt.Fprintf(&s, "**Queues** (synguard at %s): with %d %s it answered %s SYN-ACK/s of %s offered (%.0f%%; %s queue drops)",
+		rateName(first.TargetPPS), q1, plural(q1, "queue", "queues"), fmtCount(first.SynackPPS),
+		fmtCount(first.OfferedPPS), 100*first.answered(), fmtCount(float64(first.QueueDrops)))
+	for _, run := range runs[1:] {
+		fmt.Fprintf(&s, "; with %d, %s of %s (%.0f%%; %s queue drops)",
+			run.variant().queues, fmtCount(run.SynackPPS), fmtCount(run.OfferedPPS), 100*run.answered(), fmtCount(float64(run.QueueDrops)))
+		if first.SynackPPS > 0 {
+			fmt.Fprintf(&s, ", %.2f× the SYN-ACKs of %d", run.SynackPPS/first.SynackPPS, q1)
+		}
+		if share, ok := busiestQueueShare(run.QueueReceived); ok {
+			fmt.Fprintf(&s, ", its busiest queue receiving %.0f%% of the packets", 100*share)
+		}
+	}
+	s.WriteString(".")
+	if most := runs[len(runs)-1].variant().queues; r.Machine.CPUs > 0 && most >= r.Machine.CPUs {
+		fmt.Fprintf(&s, " This machine has %d CPUs, and the generator, the legitimate clients and the backend share them with synguard's %d workers, so more queues add workers but not cores.",
+			r.Machine.CPUs, most)
+	}
+	return s.String()
+}
+
+// busiestQueueShare is the busiest queue's share of the packets the
+// queues received; ok is false without at least two queues that received
+// something.
+func busiestQueueShare(received []uint64) (share float64, ok bool) {
+	var total, top uint64
+	for _, n := range received {
+		total += n
+		top = max(top, n)
+	}
+	if len(received) < 2 || total == 0 {
+		return 0, false
+	}
+	return float64(top) / float64(total), true
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
+func readSystem(label string, sys System, runs []RunResult) string {
 	var (
 		kept      float64 // highest offered load answered ≥ 95%
 		firstFail *RunResult
@@ -414,7 +575,7 @@ func readSystem(sys System, runs []RunResult) string {
 		}
 	}
 	var s strings.Builder
-	fmt.Fprintf(&s, "**%s**: ", sys)
+	fmt.Fprintf(&s, "**%s**: ", label)
 	switch {
 	case firstFail == nil:
 		fmt.Fprintf(&s, "answered at least 95%% of the SYNs at every load, up to %s SYN/s", fmtCount(kept))

@@ -9,20 +9,32 @@ import (
 	"image/png"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 )
 
-// recordedReport is report.json from a real `synguard bench --quick`.
-const recordedReport = "testdata/report.json"
+// Reports recorded by real `synguard bench --quick` runs: recordedReport
+// from before synguard's queue counts were measured (its runs have no
+// "queues"), recordedQueues from `--queues 1,2`.
+const (
+	recordedReport = "testdata/report.json"
+	recordedQueues = "testdata/report-queues.json"
+)
 
 // The report files are drawn from a recorded report.json alone: written
 // again, report.json reads back the same, report.md has a row per run in
 // order and the plots show every system.
 func TestReportFromRecordedJSON(t *testing.T) {
-	rep, err := LoadReport(recordedReport)
+	for _, f := range []string{recordedReport, recordedQueues} {
+		t.Run(filepath.Base(f), func(t *testing.T) { checkRecordedReport(t, f) })
+	}
+}
+
+func checkRecordedReport(t *testing.T, path string) *Report {
+	rep, err := LoadReport(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,11 +65,18 @@ func TestReportFromRecordedJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, run := range raw.Runs {
-		for _, k := range []string{"system", "offered_pps", "synack_pps", "legit_success", "handshake_p50_ms",
+		for _, k := range []string{"system", "queues", "offered_pps", "synack_pps", "legit_success", "handshake_p50_ms",
 			"handshake_p99_ms", "cpu_us_per_syn", "queue_drops", "gateway_rss_mb"} {
 			if _, ok := run[k]; !ok {
 				t.Errorf("run %d has no %q", i, k)
 			}
+		}
+		// "system" stays the plain enum; "queues" is synguard's count
+		// (one for runs recorded before it), 0 for the kernel systems.
+		sys, _ := run["system"].(string)
+		q, _ := run["queues"].(float64)
+		if _, err := ParseSystem(sys); err != nil || (sys == "synguard") != (q >= 1) || (sys != "synguard" && q != 0) {
+			t.Errorf("run %d: system %q with %v queues", i, run["system"], run["queues"])
 		}
 	}
 
@@ -73,12 +92,92 @@ func TestReportFromRecordedJSON(t *testing.T) {
 			if b := img.Bounds(); b.Dx() < 400 || b.Dy() < 250 {
 				t.Errorf("plot is %v", b)
 			}
-			for _, sys := range rep.systems() {
-				if n := countColour(img, systemStyle[sys].color); n < 50 {
-					t.Errorf("%s's colour covers %d pixels: its line is missing", sys, n)
+			for _, v := range rep.variants() {
+				if n := countColour(img, rep.styleOf(v).color); n < 50 {
+					t.Errorf("%s's colour covers %d pixels: its line is missing", rep.label(v), n)
 				}
 			}
 		})
+	}
+	// Every line has a legend entry and a colour of its own.
+	labels, colours := make(map[string]bool), make(map[color.Color]bool)
+	for _, v := range rep.variants() {
+		labels[rep.label(v)], colours[rep.styleOf(v).color] = true, true
+	}
+	if n := len(rep.variants()); len(labels) != n || len(colours) != n {
+		t.Errorf("%d lines with %d distinct legend labels and %d colours", n, len(labels), len(colours))
+	}
+	return rep
+}
+
+// A report recorded before queue counts reads as one-queue synguard and
+// looks as it did: plain "synguard" in the reading and the legends.
+func TestRecordedReportBeforeQueues(t *testing.T) {
+	rep, err := LoadReport(recordedReport)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, run := range rep.Runs {
+		want := 0
+		if run.System == Synguard {
+			want = 1
+		}
+		if run.Queues != want {
+			t.Errorf("run %d (%s) has %d queues, want %d", i, run.System, run.Queues, want)
+		}
+	}
+	want := []string{"synguard", "synproxy", "none"}
+	var got []string
+	for _, v := range rep.variants() {
+		got = append(got, rep.label(v))
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("labels (-want +got):\n%s", diff)
+	}
+	if r := rep.readQueues(); r != "" {
+		t.Errorf("one queue count, yet a reading of queues: %q", r)
+	}
+}
+
+// A report of synguard with one and two queues at every rate tells them
+// apart: a table row each (checkRecordedReport), "synguard ×N queue(s)"
+// in the reading and the legends, and a comparison at the highest load.
+func TestRecordedReportTwoQueues(t *testing.T) {
+	rep, err := LoadReport(recordedQueues)
+	if err != nil {
+		t.Fatal(err)
+	}
+	perRate := make(map[int][]int)
+	for _, run := range rep.Runs {
+		if run.System == Synguard {
+			perRate[run.TargetPPS] = append(perRate[run.TargetPPS], run.Queues)
+			if len(run.QueueReceived) != run.Queues {
+				t.Errorf("synguard ×%d at %s: received by queue %v", run.Queues, rateName(run.TargetPPS), run.QueueReceived)
+			}
+		}
+	}
+	if len(perRate) != len(rep.Config.Rates) {
+		t.Errorf("synguard at %d rates of %d", len(perRate), len(rep.Config.Rates))
+	}
+	for rate, qs := range perRate {
+		slices.Sort(qs)
+		if !slices.Equal(qs, []int{1, 2}) {
+			t.Errorf("synguard at %s with queues %v, want [1 2]", rateName(rate), qs)
+		}
+	}
+	var labels []string
+	for _, v := range rep.variants() {
+		labels = append(labels, rep.label(v))
+	}
+	if diff := cmp.Diff([]string{"synguard ×1 queue", "synguard ×2 queues", "synproxy", "none"}, labels); diff != "" {
+		t.Errorf("labels (-want +got):\n%s", diff)
+	}
+	joined := strings.Join(rep.reading(), "\n")
+	for _, want := range []string{"**synguard ×1 queue**: ", "**synguard ×2 queues**: ", "**Queues** (synguard at max): with 1 queue it answered",
+		"; with 2, ", "its busiest queue receiving"} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("reading lacks %q:\n%s", want, joined)
+		}
 	}
 }
 
@@ -104,7 +203,11 @@ func checkMarkdown(t *testing.T, rep *Report, md string) {
 		t.Fatalf("report.md has %d result rows for %d runs:\n%s", len(rows), len(rep.Runs), strings.Join(rows, "\n"))
 	}
 	for i, run := range rep.sortedRuns() {
-		prefix := fmt.Sprintf("| %s | %s | %s | %s | ", rateName(run.TargetPPS), run.System, fmtCount(run.OfferedPPS), fmtCount(run.SynackPPS))
+		queues := "n/a"
+		if run.System == Synguard {
+			queues = fmt.Sprint(run.Queues)
+		}
+		prefix := fmt.Sprintf("| %s | %s | %s | %s | %s | ", rateName(run.TargetPPS), run.System, queues, fmtCount(run.OfferedPPS), fmtCount(run.SynackPPS))
 		if !strings.HasPrefix(rows[i], prefix) {
 			t.Errorf("row %d is %q, want it to start %q", i, rows[i], prefix)
 		}
@@ -112,9 +215,9 @@ func checkMarkdown(t *testing.T, rep *Report, md string) {
 			t.Errorf("row %d lacks the legitimate client counts: %q", i, rows[i])
 		}
 	}
-	for _, sys := range rep.systems() {
-		if !strings.Contains(md, "- **"+string(sys)+"**: ") {
-			t.Errorf("the reading says nothing about %s", sys)
+	for _, v := range rep.variants() {
+		if !strings.Contains(md, "- **"+rep.label(v)+"**: ") {
+			t.Errorf("the reading says nothing about %s", rep.label(v))
 		}
 	}
 }
@@ -148,13 +251,15 @@ func countColour(img image.Image, c color.Color) int {
 }
 
 // The results table, exactly, for a small report: the kernel systems have
-// no queue and no process of their own, and the generator's maximum sorts
-// last.
+// no queue and no process of their own, the generator's maximum sorts
+// last, and synguard's queue counts are rows of their own, fewest first.
 func TestTableMarkdown(t *testing.T) {
 	rep := &Report{Runs: []RunResult{
 		{System: None, TargetPPS: 0, OfferedPPS: 210_129.4, SynackPPS: 211_624, LegitOK: 100, LegitAttempts: 100, LegitSuccess: 1,
 			HandshakeP50ms: 0.4, HandshakeP99ms: 1.48, TotalP50ms: 0.78, TotalP99ms: 3.98, CPUusPerSYN: 3.52, OtherLoad: 0.41},
-		{System: Synguard, TargetPPS: 100_000, OfferedPPS: 99_989, SynackPPS: 51_916, LegitOK: 94, LegitAttempts: 100, LegitSuccess: 0.94,
+		{System: Synguard, Queues: 2, TargetPPS: 100_000, OfferedPPS: 99_990, SynackPPS: 83_120, LegitOK: 99, LegitAttempts: 100, LegitSuccess: 0.99,
+			HandshakeP50ms: 1.5, HandshakeP99ms: 1030, TotalP50ms: 3.1, TotalP99ms: 1200, CPUusPerSYN: 7.25, QueueDrops: 84_350, GatewayRSSMB: 24.2, OtherLoad: 0.05},
+		{System: Synguard, Queues: 1, TargetPPS: 100_000, OfferedPPS: 99_989, SynackPPS: 51_916, LegitOK: 94, LegitAttempts: 100, LegitSuccess: 0.94,
 			HandshakeP50ms: 80.74, HandshakeP99ms: 1107.2, TotalP50ms: 247, TotalP99ms: 1996, CPUusPerSYN: 10.42, QueueDrops: 240_426, GatewayRSSMB: 21.84, OtherLoad: 0.03},
 		{System: Synproxy, TargetPPS: 100_000, OfferedPPS: 99_986, SynackPPS: 99_986, LegitOK: 0, LegitAttempts: 100,
 			CPUusPerSYN: -0.5},
@@ -163,11 +268,12 @@ func TestTableMarkdown(t *testing.T) {
 	if err := rep.TableMarkdown(&b); err != nil {
 		t.Fatal(err)
 	}
-	want := `| target | system | offered SYN/s | SYN-ACK/s | answered | legit ok | handshake p50 / p99 | request p50 / p99 | CPU µs/SYN | queue drops | peak RSS | other load |
-|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
-| 100000/s | synguard | 99,989 | 51,916 | 51.9% | 94.0% (94/100) | 81 / 1107 ms | 247 / 1996 ms | 10.42 | 240,426 | 21.8 MiB | 3% |
-| 100000/s | synproxy | 99,986 | 99,986 | 100.0% | 0.0% (0/100) | – / – ms | – / – ms | -0.50 | n/a | n/a | 0% |
-| max | none | 210,129 | 211,624 | 100.7% | 100.0% (100/100) | 0.40 / 1.48 ms | 0.78 / 3.98 ms | 3.52 | n/a | n/a | 41% |
+	want := `| target | system | queues | offered SYN/s | SYN-ACK/s | answered | legit ok | handshake p50 / p99 | request p50 / p99 | CPU µs/SYN | queue drops | peak RSS | other load |
+|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| 100000/s | synguard | 1 | 99,989 | 51,916 | 51.9% | 94.0% (94/100) | 81 / 1107 ms | 247 / 1996 ms | 10.42 | 240,426 | 21.8 MiB | 3% |
+| 100000/s | synguard | 2 | 99,990 | 83,120 | 83.1% | 99.0% (99/100) | 1.50 / 1030 ms | 3.10 / 1200 ms | 7.25 | 84,350 | 24.2 MiB | 5% |
+| 100000/s | synproxy | n/a | 99,986 | 99,986 | 100.0% | 0.0% (0/100) | – / – ms | – / – ms | -0.50 | n/a | n/a | 0% |
+| max | none | n/a | 210,129 | 211,624 | 100.7% | 100.0% (100/100) | 0.40 / 1.48 ms | 0.78 / 3.98 ms | 3.52 | n/a | n/a | 41% |
 `
 	if diff := cmp.Diff(want, b.String()); diff != "" {
 		t.Errorf("table (-want +got):\n%s", diff)
@@ -197,6 +303,77 @@ func TestReading(t *testing.T) {
 	} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("reading lacks %q:\n%s", want, joined)
+		}
+	}
+}
+
+// The reading compares queue counts at the highest load, from the numbers.
+func TestReadingQueues(t *testing.T) {
+	rep := &Report{Machine: Machine{CPUs: 2}, Runs: []RunResult{
+		{System: Synguard, Queues: 2, TargetPPS: 0, OfferedPPS: 200_000, SynackPPS: 150_000, LegitSuccess: 1,
+			QueueDrops: 1_000, QueueReceived: []uint64{60_000, 40_000}},
+		{System: Synguard, Queues: 1, TargetPPS: 0, OfferedPPS: 200_000, SynackPPS: 100_000, LegitSuccess: 1,
+			QueueDrops: 500_000, QueueReceived: []uint64{100_000}},
+		{System: Synguard, Queues: 2, TargetPPS: 20_000, OfferedPPS: 20_000, SynackPPS: 20_000, LegitSuccess: 1},
+		{System: None, TargetPPS: 0, OfferedPPS: 200_000, SynackPPS: 200_000, LegitSuccess: 1},
+	}}
+	want := "**Queues** (synguard at max): with 1 queue it answered 100,000 SYN-ACK/s of 200,000 offered (50%; 500,000 queue drops); " +
+		"with 2, 150,000 of 200,000 (75%; 1,000 queue drops), 1.50× the SYN-ACKs of 1, its busiest queue receiving 60% of the packets. " +
+		"This machine has 2 CPUs"
+	if got := rep.readQueues(); !strings.HasPrefix(got, want) {
+		t.Errorf("queues reading\n%q\nwant it to start\n%q", got, want)
+	}
+	joined := strings.Join(rep.reading(), "\n")
+	for _, want := range []string{"**synguard ×1 queue**: answered less than 95%", "**synguard ×2 queues**: answered at least 95% of the SYNs up to 20,000",
+		"At the highest load: synguard ×1 queue 100,000 SYN-ACK/s", "synguard ×2 queues 150,000 SYN-ACK/s", "none 200,000 SYN-ACK/s"} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("reading lacks %q:\n%s", want, joined)
+		}
+	}
+}
+
+// "queues" survives a round trip, is read as one for synguard runs
+// recorded without it, and must be 0 for the kernel systems.
+func TestLoadReportQueues(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "r.json")
+	write := func(s string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`{"runs":[{"system":"synguard","target_pps":0},{"system":"synguard","queues":2},{"system":"none"},{"system":"synproxy","queues":0}]}`)
+	rep, err := LoadReport(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []int
+	for _, run := range rep.Runs {
+		got = append(got, run.Queues)
+	}
+	if want := []int{1, 2, 0, 0}; !slices.Equal(got, want) {
+		t.Errorf("queues read %v, want %v", got, want)
+	}
+	out := t.TempDir()
+	if err := rep.Write(out); err != nil {
+		t.Fatal(err)
+	}
+	again, err := LoadReport(filepath.Join(out, ReportJSON))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(rep, again); diff != "" {
+		t.Errorf("round trip (-first +again):\n%s", diff)
+	}
+	for _, tt := range []struct{ json, want string }{
+		{`{"runs":[{"system":"synproxy","queues":2}]}`, "synproxy has no queues"},
+		{`{"runs":[{"system":"synguard","queues":-1}]}`, "-1 queues"},
+		{`{"runs":[{"system":"synguard","queues":1000}]}`, "1000 queues"},
+	} {
+		write(tt.json)
+		if _, err := LoadReport(path); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: error %v, want %q", tt.json, err, tt.want)
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -22,6 +23,8 @@ const (
 	DefaultDuration = 10 * time.Second
 	QuickDuration   = 5 * time.Second
 	MaxRuns         = 64
+	// MaxQueues bounds the NFQUEUE counts synguard is measured with.
+	MaxQueues = 64
 	// settle is the time after a flood during which queues and socket
 	// buffers drain; it is inside the measured window of every run and
 	// baseline alike.
@@ -38,6 +41,10 @@ var DefaultRates = []int{10_000, 25_000, 50_000, 100_000, 200_000, 300_000, 0}
 // QuickRates is --quick's offered load.
 var QuickRates = []int{20_000, 100_000, 0}
 
+// DefaultQueues is the NFQUEUE count synguard is measured with unless told
+// otherwise: one, `synguard run`'s own default.
+var DefaultQueues = []int{1}
+
 // Config describes a benchmark.
 type Config struct {
 	// Name prefixes the lab's namespaces; it must not be in use.
@@ -51,6 +58,11 @@ type Config struct {
 	Duration time.Duration
 	// Systems to compare (AllSystems when empty).
 	Systems []System
+	// Queues are the NFQUEUE counts synguard runs with (`synguard run
+	// --queues N`, spread with --queue-balance): it is measured once per
+	// count at every rate (DefaultQueues when empty). They apply to
+	// synguard only; the kernel systems have no queue.
+	Queues []int
 	// ProbeRate is legitimate clients per second during each flood
 	// (DefaultProbeRate when 0); ProbeTimeout bounds each
 	// (DefaultProbeTimeout when 0).
@@ -65,11 +77,17 @@ type Config struct {
 	OutDir string
 	// Progress receives a line per run (nil: none).
 	Progress io.Writer
+	// Family is the address family of the lab, the service, the flood
+	// and the gateway's rules (IPv4 when empty).
+	Family Family
 }
 
 func (c *Config) setDefaults() {
 	if len(c.Systems) == 0 {
 		c.Systems = AllSystems
+	}
+	if len(c.Queues) == 0 {
+		c.Queues = DefaultQueues
 	}
 	if c.ProbeRate == 0 {
 		c.ProbeRate = DefaultProbeRate
@@ -80,6 +98,9 @@ func (c *Config) setDefaults() {
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = DefaultMaxAttempts
 	}
+	if c.Family == "" {
+		c.Family = IPv4
+	}
 }
 
 // Validate checks the configuration.
@@ -89,10 +110,13 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("bench: invalid lab name %q", c.Name)
 	case c.Binary == "":
 		return errors.New("bench: no synguard binary")
+	case c.Family != "" && c.Family != IPv4 && c.Family != IPv6:
+		return fmt.Errorf("bench: unknown address family %q", string(c.Family))
 	case len(c.Rates) == 0:
 		return errors.New("bench: no rates")
-	case len(c.Rates)*(len(c.Systems)+1) > MaxRuns:
-		return fmt.Errorf("bench: %d rates × %d systems is more than %d runs", len(c.Rates), len(c.Systems), MaxRuns)
+	case len(c.Rates)*(len(c.variants())+1) > MaxRuns:
+		return fmt.Errorf("bench: %d rates × (%d system runs + a baseline) is more than %d runs",
+			len(c.Rates), len(c.variants()), MaxRuns)
 	case c.Duration <= 0 || c.Duration > MaxFloodDuration:
 		return fmt.Errorf("bench: duration %v outside (0, %v]", c.Duration, MaxFloodDuration)
 	case c.ProbeRate < 1 || c.ProbeRate > MaxProbeRate:
@@ -122,7 +146,61 @@ func (c *Config) Validate() error {
 		}
 		seen[s] = true
 	}
+	seenQ := make(map[int]bool)
+	for _, q := range c.Queues {
+		if q < 1 || q > MaxQueues {
+			return fmt.Errorf("bench: %d queues outside 1..%d", q, MaxQueues)
+		}
+		if seenQ[q] {
+			return fmt.Errorf("bench: queue count %d listed twice", q)
+		}
+		seenQ[q] = true
+	}
+	if len(c.Queues) > 0 && !slices.Equal(c.Queues, DefaultQueues) && len(c.Systems) > 0 && !slices.Contains(c.Systems, Synguard) {
+		return errors.New("bench: queue counts apply to synguard, which is not among the systems")
+	}
 	return nil
+}
+
+// variant is one system as measured: synguard once per queue count, the
+// kernel systems once each.
+type variant struct {
+	sys    System
+	queues int // synguard's NFQUEUE count; 0 for the kernel systems
+}
+
+// variants lists the runs made at every rate, in order: the systems as
+// configured, synguard expanded into one run per queue count. It takes
+// the defaults for what is unset, so that Validate can count before
+// setDefaults.
+func (c *Config) variants() []variant {
+	systems, queues := c.Systems, c.Queues
+	if len(systems) == 0 {
+		systems = AllSystems
+	}
+	if len(queues) == 0 {
+		queues = DefaultQueues
+	}
+	var out []variant
+	for _, s := range systems {
+		if s != Synguard {
+			out = append(out, variant{sys: s})
+			continue
+		}
+		for _, q := range queues {
+			out = append(out, variant{sys: s, queues: q})
+		}
+	}
+	return out
+}
+
+// progressName names a variant in the progress lines: the queue count
+// shows only when it is not the default.
+func (c *Config) progressName(v variant) string {
+	if v.sys == Synguard && !slices.Equal(c.Queues, DefaultQueues) {
+		return fmt.Sprintf("%s×%d", v.sys, v.queues)
+	}
+	return string(v.sys)
 }
 
 // measurement is what one run observed.
@@ -145,6 +223,10 @@ type measurement struct {
 	engineSYNs uint64
 	processCPU time.Duration
 	peakRSS    uint64
+
+	// queueReceived is packets each of synguard's queues received, by
+	// queue number.
+	queueReceived []uint64
 }
 
 // Run builds a lab, runs every rate against the baseline and every
@@ -160,7 +242,10 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
 	started := time.Now()
-	t, err := lab.Up(ctx, lab.Config{Name: cfg.Name, DisableIPv6: true})
+	// An IPv4 benchmark turns IPv6 off, so that nothing but its own
+	// traffic (such as neighbour discovery) runs in the lab.
+	fam := familyNet(cfg.Family)
+	t, err := lab.Up(ctx, lab.Config{Name: cfg.Name, DisableIPv6: fam.family == IPv4})
 	if err != nil {
 		return nil, err
 	}
@@ -169,7 +254,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			err = errors.Join(err, derr)
 		}
 	}()
-	b := &bencher{cfg: cfg, lab: t, service: netip.AddrPortFrom(t.BackendAddr, 80)}
+	b := &bencher{cfg: cfg, lab: t, fam: fam, service: fam.service(t)}
 	defer b.closeBackend()
 	if err := b.prepare(ctx); err != nil {
 		return nil, err
@@ -177,9 +262,11 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 
 	rep = &Report{
 		Date:    started.UTC(),
+		Family:  fam.family,
 		Machine: describeMachine(),
 		Config: ReportConfig{
 			Rates:          cfg.Rates,
+			Queues:         cfg.Queues,
 			DurationS:      cfg.Duration.Seconds(),
 			ProbeRate:      cfg.ProbeRate,
 			ProbeTimeoutS:  cfg.ProbeTimeout.Seconds(),
@@ -195,17 +282,18 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		return rep, errors.Join(err, rep.Write(cfg.OutDir))
 	}
 	for _, rate := range cfg.Rates {
-		base, err := b.run(ctx, "baseline", func() setup { return baselineRules(t.Gateway, b.service) }, rate)
+		base, err := b.run(ctx, "baseline", func() setup { return baselineRules(t.Gateway, fam, b.service) }, rate)
 		if err != nil {
 			return finish(fmt.Errorf("baseline at %s: %w", rateName(rate), err))
 		}
 		rep.Baselines = append(rep.Baselines, baselineRow(rate, base))
-		for _, sys := range cfg.Systems {
-			m, err := b.run(ctx, string(sys), func() setup { return b.setupFor(sys) }, rate)
+		for _, v := range cfg.variants() {
+			name := cfg.progressName(v)
+			m, err := b.run(ctx, name, func() setup { return b.setupFor(v) }, rate)
 			if err != nil {
-				return finish(fmt.Errorf("%s at %s: %w", sys, rateName(rate), err))
+				return finish(fmt.Errorf("%s at %s: %w", name, rateName(rate), err))
 			}
-			rep.Runs = append(rep.Runs, runRow(sys, rate, m, base))
+			rep.Runs = append(rep.Runs, runRow(v, rate, m, base))
 		}
 	}
 	return finish(nil)
@@ -215,6 +303,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 type bencher struct {
 	cfg         Config
 	lab         *lab.Topology
+	fam         netFamily
 	service     netip.AddrPort
 	backend     *lab.Backend
 	stopBackend context.CancelFunc
@@ -240,7 +329,7 @@ func (b *bencher) prepare(ctx context.Context) error {
 		}
 		b.labNS[st.Ino] = true
 	}
-	b.counter = synackCounter{ns: b.lab.Gateway}
+	b.counter = synackCounter{ns: b.lab.Gateway, fam: b.fam}
 	if err := b.counter.install(ctx); err != nil {
 		return err
 	}
@@ -276,17 +365,18 @@ func (b *bencher) closeBackend() {
 	}
 }
 
-func (b *bencher) setupFor(sys System) setup {
-	switch sys {
+func (b *bencher) setupFor(v variant) setup {
+	switch v.sys {
 	case Synguard:
 		return &synguardSetup{
 			ns:      b.lab.Gateway,
 			binary:  b.cfg.Binary,
 			service: b.service,
+			queues:  v.queues,
 			logPath: filepath.Join(b.cfg.OutDir, "synguard.log"),
 		}
 	case Synproxy:
-		return synproxyRules(b.lab.Gateway, b.service, b.backendOpts)
+		return synproxyRules(b.lab.Gateway, b.fam, b.service, b.backendOpts)
 	default:
 		return noneSetup{}
 	}
@@ -312,7 +402,7 @@ func (b *bencher) run(ctx context.Context, name string, mk func() setup, rate in
 		if m.otherShare() <= contendedShare || attempt >= b.cfg.MaxAttempts {
 			return best, nil
 		}
-		logf(b.cfg.Progress, "%-8s %-9s other processes used %.0f%% of the machine: measuring again\n",
+		logf(b.cfg.Progress, "%-8s %-11s other processes used %.0f%% of the machine: measuring again\n",
 			rateName(rate), name, 100*m.otherShare())
 	}
 }
@@ -347,7 +437,7 @@ func (b *bencher) runOnce(ctx context.Context, name string, s setup, rate int) (
 	// (120 s), because the proxy's untracked SYN never replaces it. Left
 	// in place, an earlier run's entries would fail a later run's clients
 	// whatever the flood.
-	if err := b.lab.Gateway.Run(ctx, "conntrack", "-F"); err != nil {
+	if err := b.lab.Gateway.Run(ctx, "conntrack", b.fam.conntrackFlush()...); err != nil {
 		return m, fmt.Errorf("flush the gateway's conntrack table: %w", err)
 	}
 	if err := s.start(ctx); err != nil {
@@ -367,7 +457,7 @@ func (b *bencher) runOnce(ctx context.Context, name string, s setup, rate int) (
 	if err := s.after(ctx, &m); err != nil {
 		return m, err
 	}
-	logf(b.cfg.Progress, "%-8s %-9s offered %8.0f/s  SYN-ACK %8.0f/s  legit %3d/%-3d  hs p50 %6.2f ms p99 %7.2f ms  CPU: machine %5.2f s, bench %5.2f s, others %5.2f s\n",
+	logf(b.cfg.Progress, "%-8s %-11s offered %8.0f/s  SYN-ACK %8.0f/s  legit %3d/%-3d  hs p50 %6.2f ms p99 %7.2f ms  CPU: machine %5.2f s, bench %5.2f s, others %5.2f s\n",
 		rateName(rate), name, m.flood.PPS(), perSecond(m.synacks, m.flood.Elapsed),
 		m.probes.OK, m.probes.Attempts, ms(m.probes.HandshakeP50), ms(m.probes.HandshakeP99), m.busy.Seconds(), m.ours.Seconds(), m.other.Seconds())
 	select {
@@ -384,7 +474,7 @@ func (b *bencher) measure(ctx context.Context, rate int) (measurement, error) {
 	var m measurement
 	cfg := FloodConfig{
 		Target:   b.service,
-		Sources:  lab.SpoofPrefix4,
+		Sources:  b.fam.spoof,
 		Rate:     rate,
 		Count:    MaxFloodCount,
 		Duration: b.cfg.Duration,
@@ -486,9 +576,10 @@ func (b *bencher) measure(ctx context.Context, rate int) (measurement, error) {
 	return m, nil
 }
 
-func runRow(sys System, rate int, m, base measurement) RunResult {
+func runRow(v variant, rate int, m, base measurement) RunResult {
 	r := RunResult{
-		System:          sys,
+		System:          v.sys,
+		Queues:          v.queues,
 		TargetPPS:       rate,
 		DurationS:       m.flood.Elapsed.Seconds(),
 		SYNsSent:        m.flood.Sent,
@@ -519,6 +610,7 @@ func runRow(sys System, rate int, m, base measurement) RunResult {
 		GatewayRSSMB:    float64(m.peakRSS) / (1 << 20),
 		ProbeErrors:     m.probes.Errors,
 		EngineSYNs:      m.engineSYNs,
+		QueueReceived:   m.queueReceived,
 		ProcessCPUusSYN: 0,
 	}
 	if m.flood.Sent > 0 {

@@ -3,9 +3,11 @@ package bench
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -100,9 +102,14 @@ func TestBenchEndToEnd(t *testing.T) {
 				if float64(r.EngineSYNs) < 0.95*float64(r.SYNsSent) {
 					t.Errorf("synguard's engine saw %d SYNs of %d sent", r.EngineSYNs, r.SYNsSent)
 				}
+				// One queue by default, and it received the flood.
+				if r.Queues != 1 || len(r.QueueReceived) != 1 || float64(r.QueueReceived[0]) < 0.95*float64(r.SYNsSent) {
+					t.Errorf("synguard with %d queues received %v of %d SYNs sent", r.Queues, r.QueueReceived, r.SYNsSent)
+				}
 			default:
-				if r.GatewayRSSMB != 0 || r.QueueDrops != 0 || r.EngineSYNs != 0 {
-					t.Errorf("kernel system with RSS %.1f, queue drops %d, engine SYNs %d", r.GatewayRSSMB, r.QueueDrops, r.EngineSYNs)
+				if r.GatewayRSSMB != 0 || r.QueueDrops != 0 || r.EngineSYNs != 0 || r.Queues != 0 || r.QueueReceived != nil {
+					t.Errorf("kernel system with RSS %.1f, queue drops %d, engine SYNs %d, queues %d %v",
+						r.GatewayRSSMB, r.QueueDrops, r.EngineSYNs, r.Queues, r.QueueReceived)
 				}
 			}
 		})
@@ -123,5 +130,150 @@ func TestBenchEndToEnd(t *testing.T) {
 		if st, err := os.Stat(filepath.Join(out, f)); err != nil || (st.Size() == 0 && f != "synguard.log") {
 			t.Errorf("%s: %v", f, err)
 		}
+	}
+}
+
+// synguard is measured once per queue count, in the order given, between
+// the systems before and after it; the kernel systems have no count.
+func TestConfigVariants(t *testing.T) {
+	cfg := Config{Systems: []System{Synproxy, Synguard, None}, Queues: []int{2, 1}}
+	want := []variant{{Synproxy, 0}, {Synguard, 2}, {Synguard, 1}, {None, 0}}
+	if got := cfg.variants(); !slices.Equal(got, want) {
+		t.Errorf("variants %v, want %v", got, want)
+	}
+	// Unset, every system with one queue: the benchmark as it always was.
+	want = []variant{{Synguard, 1}, {Synproxy, 0}, {None, 0}}
+	if got := (&Config{}).variants(); !slices.Equal(got, want) {
+		t.Errorf("default variants %v, want %v", got, want)
+	}
+	if got := cfg.progressName(variant{Synguard, 2}); got != "synguard×2" {
+		t.Errorf("progress name %q", got)
+	}
+	if got := (&Config{Queues: DefaultQueues}).progressName(variant{Synguard, 1}); got != "synguard" {
+		t.Errorf("default progress name %q", got)
+	}
+}
+
+func TestConfigValidateQueues(t *testing.T) {
+	ok := Config{Name: "b", Binary: "/bin/true", Rates: []int{1000}, Duration: time.Second, ProbeRate: 1, OutDir: "/tmp/x"}
+	for _, q := range [][]int{nil, {1}, {1, 2, 4}, {MaxQueues}} {
+		cfg := ok
+		cfg.Queues = q
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("queues %v: %v", q, err)
+		}
+	}
+	for _, tt := range []struct {
+		queues  []int
+		systems []System
+		rates   int
+		want    string
+	}{
+		{[]int{0}, nil, 1, "0 queues outside"},
+		{[]int{MaxQueues + 1}, nil, 1, "queues outside"},
+		{[]int{2, 2}, nil, 1, "queue count 2 listed twice"},
+		{[]int{1, 2}, []System{None}, 1, "synguard, which is not among the systems"},
+		// 13 rates × (4 variants + baseline) = 65 runs.
+		{[]int{1, 2}, nil, 13, "more than 64 runs"},
+	} {
+		cfg := ok
+		cfg.Queues, cfg.Systems = tt.queues, tt.systems
+		cfg.Rates = nil
+		for i := range tt.rates {
+			cfg.Rates = append(cfg.Rates, 1000+i)
+		}
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("queues %v, systems %v, %d rates: error %v, want %q", tt.queues, tt.systems, tt.rates, err, tt.want)
+		}
+	}
+}
+
+// The packets each queue received are read by queue label from the
+// metrics text; other metrics and labels are ignored.
+func TestPerQueue(t *testing.T) {
+	text := `# HELP synguard_queue_received_total Packets received from the NFQUEUE.
+# TYPE synguard_queue_received_total counter
+synguard_queue_received_total{queue="0"} 250491
+synguard_queue_received_total{queue="1"} 2.49816e+05
+synguard_queue_dropped_total{queue="1"} 7
+synguard_queue_received_totals{queue="2"} 9
+synguard_syn_received_total{service="203.0.113.2:80"} 500307
+`
+	got, err := perQueue(text, "synguard_queue_received_total")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[int]float64{0: 250491, 1: 249816}; !maps.Equal(got, want) {
+		t.Errorf("perQueue = %v, want %v", got, want)
+	}
+	for _, bad := range []string{`synguard_queue_received_total{queue="x"} 1`, `synguard_queue_received_total{queue="0"} many`,
+		`synguard_queue_received_total{queue="0" 1`} {
+		if _, err := perQueue(bad, "synguard_queue_received_total"); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// A tiny IPv6 benchmark end to end: the lab with IPv6, a flood from
+// 2001:db8:ff00::/40 to [2001:db8:b::2]:80, synguard and SYNPROXY over
+// ip6tables, legitimate clients from the client's IPv6 address.
+func TestBenchEndToEndIPv6(t *testing.T) {
+	roottest.Require(t)
+	bin := buildSynguard(t)
+	out := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cfg := Config{
+		Name:      fmt.Sprintf("sgt-bench6-%d", os.Getpid()%100000),
+		Binary:    bin,
+		Rates:     []int{5000},
+		Duration:  2 * time.Second,
+		Systems:   []System{Synguard, Synproxy},
+		ProbeRate: 10,
+		OutDir:    out,
+		Progress:  logWriter{t},
+		Family:    IPv6,
+	}
+	if _, err := Run(ctx, cfg); err != nil {
+		if log, rerr := os.ReadFile(filepath.Join(out, "synguard.log")); rerr == nil {
+			t.Logf("synguard log:\n%s", log)
+		}
+		t.Fatal(err)
+	}
+	rep, err := LoadReport(filepath.Join(out, ReportJSON))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Family != IPv6 || len(rep.Runs) != 2 || len(rep.Baselines) != 1 {
+		t.Fatalf("family %q, %d runs, %d baselines; want ipv6, 2, 1", rep.Family, len(rep.Runs), len(rep.Baselines))
+	}
+	// IPv6's MSS on a 1500-byte link, learned from the backend's SYN-ACK.
+	if mss := rep.Config.BackendOptions.MSS; mss != 1440 {
+		t.Errorf("backend MSS %d, want 1440 (IPv6)", mss)
+	}
+	for _, r := range rep.Runs {
+		t.Run(string(r.System), func(t *testing.T) {
+			// The flood is counted, SYN-ACKs toward 2001:db8:ff00::/40 are
+			// counted, and the clients got through over IPv6.
+			if r.OfferedPPS <= 0 || r.SynackPPS <= 0 || r.SynackPPS < 0.9*r.OfferedPPS {
+				t.Errorf("SYN-ACKs %.0f/s for %.0f/s offered", r.SynackPPS, r.OfferedPPS)
+			}
+			if r.LegitSuccess <= 0.9 {
+				t.Errorf("legitimate clients: %d of %d (%.2f); errors %v", r.LegitOK, r.LegitAttempts, r.LegitSuccess, r.ProbeErrors)
+			}
+			if r.System == Synguard && float64(r.EngineSYNs) < 0.95*float64(r.SYNsSent) {
+				t.Errorf("synguard's engine saw %d SYNs of %d sent", r.EngineSYNs, r.SYNsSent)
+			}
+		})
+	}
+	if base := rep.Baselines[0]; base.SynackPPS > 0.05*base.OfferedPPS || base.LegitSuccess <= 0.9 {
+		t.Errorf("baseline: %.0f SYN-ACK/s for %.0f/s offered, legitimate success %.2f", base.SynackPPS, base.OfferedPPS, base.LegitSuccess)
+	}
+	md, err := os.ReadFile(filepath.Join(out, ReportMD))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(md), "Address family: **IPv6**") {
+		t.Error("report.md does not say IPv6")
 	}
 }

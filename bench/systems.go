@@ -58,17 +58,21 @@ type setup interface {
 	after(ctx context.Context, m *measurement) error
 }
 
-// iptables runs one iptables command in ns, waiting for the xtables lock.
-func iptables(ctx context.Context, ns *netns.NS, args ...string) error {
-	return ns.Run(ctx, "iptables", append([]string{"-w"}, args...)...)
+// iptables runs one iptables (or ip6tables: tool) command in ns, waiting
+// for the xtables lock.
+func iptables(ctx context.Context, ns *netns.NS, tool string, args ...string) error {
+	return ns.Run(ctx, tool, append([]string{"-w"}, args...)...)
 }
 
 // ruleSet is iptables rules added in order by start and deleted in
 // reverse by stop; the gateway-side set-ups are made of these.
 type ruleSet struct {
-	ns    *netns.NS
-	rules [][]string // each: table, chain, match and target
-	added int
+	ns *netns.NS
+	// iptables is the tool that installs the rules: iptables or
+	// ip6tables.
+	iptables string
+	rules    [][]string // each: table, chain, match and target
+	added    int
 	// sysctls are set in ns at start and put back at stop.
 	sysctls [][2]string
 	saved   []string
@@ -86,7 +90,7 @@ func (r *ruleSet) start(ctx context.Context) error {
 		}
 	}
 	for _, rule := range r.rules {
-		if err := iptables(ctx, r.ns, append([]string{"-t", rule[0], "-A"}, rule[1:]...)...); err != nil {
+		if err := iptables(ctx, r.ns, r.iptables, append([]string{"-t", rule[0], "-A"}, rule[1:]...)...); err != nil {
 			return err
 		}
 		r.added++
@@ -98,7 +102,7 @@ func (r *ruleSet) stop(ctx context.Context) error {
 	var errs []error
 	for ; r.added > 0; r.added-- {
 		rule := r.rules[r.added-1]
-		if err := iptables(ctx, r.ns, append([]string{"-t", rule[0], "-D"}, rule[1:]...)...); err != nil {
+		if err := iptables(ctx, r.ns, r.iptables, append([]string{"-t", rule[0], "-D"}, rule[1:]...)...); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -118,9 +122,9 @@ func (r *ruleSet) after(context.Context, *measurement) error { return nil }
 // netfilter hook: what is left is the cost of generating the flood and
 // delivering it to the gateway, which every system pays too. Legitimate
 // clients are not spoofed and pass.
-func baselineRules(ns *netns.NS, service netip.AddrPort) *ruleSet {
-	return &ruleSet{ns: ns, rules: [][]string{
-		{"raw", "PREROUTING", "-s", lab.SpoofPrefix4.String(), "-d", service.Addr().String(),
+func baselineRules(ns *netns.NS, fam netFamily, service netip.AddrPort) *ruleSet {
+	return &ruleSet{ns: ns, iptables: fam.iptables, rules: [][]string{
+		{"raw", "PREROUTING", "-s", fam.spoof.String(), "-d", service.Addr().String(),
 			"-p", "tcp", "--syn", "-j", "DROP"},
 	}}
 }
@@ -147,15 +151,18 @@ type BackendOptions struct {
 // cookies carry the options in the timestamp); both are the defaults and
 // are set explicitly. The conntrack table size is not raised: SYNPROXY
 // creates entries only for validated clients, and nf_conntrack_max is not
-// a per-namespace setting.
-func synproxyRules(ns *netns.NS, service netip.AddrPort, opt BackendOptions) *ruleSet {
+// a per-namespace setting. Over IPv6 the same rules go through ip6tables;
+// the sysctls are the same, since the net.ipv4.tcp_* ones govern IPv6's
+// TCP too.
+func synproxyRules(ns *netns.NS, fam netFamily, service netip.AddrPort, opt BackendOptions) *ruleSet {
 	match := []string{"-i", lab.GatewayClientIface, "-p", "tcp", "-d", service.Addr().String(),
 		"--dport", strconv.Itoa(int(service.Port()))}
 	rule := func(table, chain string, rest ...string) []string {
 		return append(append([]string{table, chain}, match...), rest...)
 	}
 	return &ruleSet{
-		ns: ns,
+		ns:       ns,
+		iptables: fam.iptables,
 		sysctls: [][2]string{
 			{"net.netfilter.nf_conntrack_tcp_loose", "0"},
 			{"net.ipv4.tcp_syncookies", "1"},
@@ -183,12 +190,14 @@ func (noneSetup) after(context.Context, *measurement) error { return nil }
 // gateway namespace.
 const metricsAddr = "127.0.0.1:9847"
 
-// synguardSetup runs `synguard run --mode always` in the gateway namespace,
-// a fresh process per run so that its peak RSS is the run's.
+// synguardSetup runs `synguard run --mode always --queues N` in the
+// gateway namespace, a fresh process per run so that its peak RSS is the
+// run's.
 type synguardSetup struct {
 	ns      *netns.NS
 	binary  string
 	service netip.AddrPort
+	queues  int // NFQUEUEs, one worker each (1 when 0)
 	logPath string
 
 	cmd  *exec.Cmd
@@ -196,6 +205,7 @@ type synguardSetup struct {
 	log  *os.File
 
 	m0   map[string]float64
+	q0   map[int]float64
 	cpu0 time.Duration
 }
 
@@ -206,7 +216,8 @@ func (s *synguardSetup) start(ctx context.Context) error {
 	}
 	s.log = log
 	s.cmd = s.ns.Command(context.WithoutCancel(ctx), s.binary, "run", "--protect", s.service.String(),
-		"--mode", "always", "--metrics", metricsAddr, "--log-level", "warn")
+		"--mode", "always", "--queues", strconv.Itoa(max(s.queues, 1)),
+		"--metrics", metricsAddr, "--log-level", "warn")
 	s.cmd.Stdout, s.cmd.Stderr = log, log
 	if err := s.cmd.Start(); err != nil {
 		log.Close()
@@ -217,7 +228,7 @@ func (s *synguardSetup) start(ctx context.Context) error {
 
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		if _, err := s.scrape(ctx); err == nil {
+		if _, _, err := s.scrape(ctx); err == nil {
 			break
 		} else if time.Now().After(deadline) {
 			return fmt.Errorf("synguard not ready after 15s (log %s): %w", s.logPath, err)
@@ -243,15 +254,58 @@ func (s *synguardSetup) start(ctx context.Context) error {
 	return nil
 }
 
-func (s *synguardSetup) scrape(ctx context.Context) (map[string]float64, error) {
+// scrape reads synguard's metrics: each metric summed over its labels,
+// and the packets each queue received.
+func (s *synguardSetup) scrape(ctx context.Context) (map[string]float64, map[int]float64, error) {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	return lab.ScrapeMetrics(ctx, s.ns, metricsAddr)
+	text, err := lab.ScrapeMetricsText(ctx, s.ns, metricsAddr)
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err := lab.ParseMetrics(strings.NewReader(text))
+	if err != nil {
+		return nil, nil, err
+	}
+	q, err := perQueue(text, "synguard_queue_received_total")
+	return m, q, err
+}
+
+// perQueue reads one metric's series by their queue label from a
+// Prometheus text exposition: `name{queue="N"} value`.
+func perQueue(text, name string) (map[int]float64, error) {
+	out := make(map[int]float64)
+	for line := range strings.Lines(text) {
+		rest, ok := strings.CutPrefix(line, name+"{")
+		if !ok {
+			continue
+		}
+		labels, value, ok := strings.Cut(rest, "}")
+		if !ok {
+			return nil, fmt.Errorf("bad metrics line %q", strings.TrimSpace(line))
+		}
+		_, q, ok := strings.Cut(labels, `queue="`)
+		if !ok {
+			continue
+		}
+		q, _, _ = strings.Cut(q, `"`)
+		n, err := strconv.Atoi(q)
+		if err != nil {
+			return nil, fmt.Errorf("bad queue label in %q", strings.TrimSpace(line))
+		}
+		valStr, _, _ := strings.Cut(strings.TrimSpace(value), " ")
+		v, err := strconv.ParseFloat(valStr, 64)
+		if err != nil {
+			return nil, fmt.Errorf("bad metrics value in %q: %w", strings.TrimSpace(line), err)
+		}
+		out[n] += v
+	}
+	return out, nil
 }
 
 func (s *synguardSetup) before(ctx context.Context) error {
 	var err error
-	if s.m0, err = s.scrape(ctx); err != nil {
+	if s.m0, s.q0, err = s.scrape(ctx); err != nil {
 		return fmt.Errorf("synguard metrics: %w", err)
 	}
 	s.cpu0, err = ProcessCPU(s.cmd.Process.Pid)
@@ -267,13 +321,18 @@ func (s *synguardSetup) after(ctx context.Context, m *measurement) error {
 	if m.peakRSS, err = PeakRSS(s.cmd.Process.Pid); err != nil {
 		return err
 	}
-	m1, err := s.scrape(ctx)
+	m1, q1, err := s.scrape(ctx)
 	if err != nil {
 		return fmt.Errorf("synguard metrics: %w", err)
 	}
 	delta := func(name string) uint64 { return uint64(max(m1[name]-s.m0[name], 0)) }
 	m.queueDrops = delta("synguard_queue_dropped_total")
 	m.engineSYNs = delta("synguard_syn_received_total")
+	// synguard binds queues 0..N-1 (--queue 0, the default).
+	m.queueReceived = make([]uint64, max(s.queues, 1))
+	for q := range m.queueReceived {
+		m.queueReceived[q] = uint64(max(q1[q]-s.q0[q], 0))
+	}
 	return nil
 }
 

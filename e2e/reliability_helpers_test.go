@@ -708,39 +708,3 @@ func splitIPv6(b []byte, first int) [][]byte {
 	}
 	return [][]byte{frag(data[:first], 0, true), frag(data[first:], first, false)}
 }
-
-// getFromPort makes one HTTP/1.1 request with "Connection: close" from
-// local port port, so that the server closes first, and reads the whole
-// answer (at most 3 s for each step).
-func getFromPort(ns *netns.NS, local netip.Addr, port int, target netip.AddrPort) error {
-	var c net.Conn
-	err := ns.Do(func() (err error) {
-		d := net.Dialer{
-			Timeout:   3 * time.Second,
-			LocalAddr: &net.TCPAddr{IP: local.AsSlice(), Port: port},
-			Control: func(_, _ string, rc syscall.RawConn) error {
-				var serr error
-				err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1) })
-				return errors.Join(err, serr)
-			},
-		}
-		c, err = d.Dial("tcp", target.String())
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-	if _, err := fmt.Fprintf(c, "GET /bytes/%d HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", lab.ProbeBytes, target); err != nil {
-		return err
-	}
-	b, err := io.ReadAll(c)
-	if err != nil {
-		return fmt.Errorf("after %d bytes: %w", len(b), err)
-	}
-	if !strings.HasPrefix(string(b), "HTTP/1.1 200") {
-		return fmt.Errorf("answer %.40q", b)
-	}
-	return nil
-}

@@ -299,10 +299,10 @@ func (e *Engine) control(now time.Time) {
 		}
 		e.states[i].Store(uint32(to))
 		e.timerCounters.add(i, ModeChanges)
-		e.log.Warn().Str("event", "mode_change").Str("service", e.list[i].String()).
-			Str("from", from.String()).Str("to", to.String()).Str("reason", reason).
-			Int("half_open", s.HalfOpen).Float64("syn_rate", s.SYNRate).
-			Float64("completion_ratio", s.Completion).Msg("service mode changed")
+		telemetry.LogModeChange(e.log, telemetry.ModeChange{
+			Service: e.list[i], From: from.String(), To: to.String(), Reason: reason,
+			HalfOpen: s.HalfOpen, SYNRate: s.SYNRate, CompletionRatio: s.Completion,
+		})
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -20,9 +21,10 @@ const benchUsage = `usage: synguard bench [flags]
        synguard bench flood [flags]
        synguard bench report --in FILE [--out DIR]
 
-  (no subcommand)  build a lab and measure synguard, kernel SYNPROXY and an
-                   unprotected backend under SYN floods stepped up to the
-                   generator's maximum; writes report.md, report.json and plots
+  (no subcommand)  build a lab and measure synguard (once per --queues count),
+                   kernel SYNPROXY and an unprotected backend under SYN floods
+                   stepped up to the generator's maximum; writes report.md,
+                   report.json and plots
   flood            send a bounded SYN flood with spoofed sources from the
                    benchmarking range (198.18.0.0/15, or 2001:db8:ff00::/40 for
                    IPv6), from the current network namespace; stops at --count
@@ -48,61 +50,23 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 const benchLabName = "sgbench"
 
 func runBenchScenarios(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	quick := fs.Bool("quick", false, "a short run: rates "+ratesString(bench.QuickRates)+", "+bench.QuickDuration.String()+" each (about 1.5 minutes)")
-	out := fs.String("out", "bench-out", "output `directory`")
-	rates := fs.String("rates", "", "offered loads in SYN/s, comma-separated; max = as fast as the generator goes (default "+ratesString(bench.DefaultRates)+")")
-	duration := fs.Duration("duration", 0, "how long each flood lasts (default "+bench.DefaultDuration.String()+", "+bench.QuickDuration.String()+" with --quick)")
-	systems := fs.String("systems", "", "systems to compare, comma-separated (default synguard,synproxy,none)")
-	probeRate := fs.Int("probe-rate", bench.DefaultProbeRate, "`number` of legitimate clients per second during each flood")
-	probeTimeout := fs.Duration("probe-timeout", bench.DefaultProbeTimeout, "time a legitimate client has to connect and fetch its page")
-	name := fs.String("name", benchLabName, "namespace name `prefix` of the benchmark's lab")
-	if err := parseFlags(fs, args); err != nil {
+	cfg, err := benchConfig(args, stdout)
+	if err != nil {
 		return helpOK(err)
-	}
-	cfg := bench.Config{
-		Name:         *name,
-		Rates:        bench.DefaultRates,
-		Duration:     bench.DefaultDuration,
-		ProbeRate:    *probeRate,
-		ProbeTimeout: *probeTimeout,
-		OutDir:       *out,
-		Progress:     stdout,
-	}
-	if *quick {
-		cfg.Rates, cfg.Duration, cfg.MaxAttempts = bench.QuickRates, bench.QuickDuration, bench.QuickMaxAttempts
-	}
-	if *rates != "" {
-		r, err := parseRates(*rates)
-		if err != nil {
-			return usagef("bench --rates: %v", err)
-		}
-		cfg.Rates = r
-	}
-	if *duration != 0 {
-		cfg.Duration = *duration
-	}
-	if *systems != "" {
-		for _, s := range strings.Split(*systems, ",") {
-			sys, err := bench.ParseSystem(strings.TrimSpace(s))
-			if err != nil {
-				return usagef("bench --systems: %v", err)
-			}
-			cfg.Systems = append(cfg.Systems, sys)
-		}
-	}
-	var err error
-	if cfg.Binary, err = os.Executable(); err != nil {
-		return fmt.Errorf("bench: find synguard executable: %w", err)
-	}
-	if err := cfg.Validate(); err != nil {
-		return usagef("%v", err)
 	}
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("bench: needs root (network namespaces, netfilter)")
 	}
-	fmt.Fprintf(stdout, "bench: lab %s, rates %s, %s per flood, systems %v; writing to %s\n",
-		cfg.Name, ratesString(cfg.Rates), cfg.Duration, systemNames(cfg.Systems), cfg.OutDir)
+	sysDesc := fmt.Sprint(systemNames(cfg.Systems))
+	if len(cfg.Systems) == 0 || slices.Contains(cfg.Systems, bench.Synguard) {
+		sysDesc += " (synguard --queues " + queuesString(cfg.Queues) + ")"
+	}
+	labDesc := cfg.Name
+	if cfg.Family == bench.IPv6 {
+		labDesc += " (IPv6)"
+	}
+	fmt.Fprintf(stdout, "bench: lab %s, rates %s, %s per flood, systems %s; writing to %s\n",
+		labDesc, ratesString(cfg.Rates), cfg.Duration, sysDesc, cfg.OutDir)
 	rep, err := bench.Run(ctx, cfg)
 	if err != nil {
 		if rep != nil {
@@ -116,6 +80,72 @@ func runBenchScenarios(ctx context.Context, args []string, stdout io.Writer) err
 	}
 	fmt.Fprintf(stdout, "\nreport: %s\n", filepath.Join(cfg.OutDir, bench.ReportMD))
 	return nil
+}
+
+// benchConfig reads `synguard bench`'s flags into a checked benchmark
+// configuration that reports progress to stdout; -h is flag.ErrHelp.
+func benchConfig(args []string, stdout io.Writer) (bench.Config, error) {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	quick := fs.Bool("quick", false, "a short run: rates "+ratesString(bench.QuickRates)+", "+bench.QuickDuration.String()+" each (about 1.5 minutes; each --queues count beyond the first adds about 20 s)")
+	out := fs.String("out", "bench-out", "output `directory`")
+	rates := fs.String("rates", "", "offered loads in SYN/s, comma-separated; max = as fast as the generator goes (default "+ratesString(bench.DefaultRates)+")")
+	duration := fs.Duration("duration", 0, "how long each flood lasts (default "+bench.DefaultDuration.String()+", "+bench.QuickDuration.String()+" with --quick)")
+	systems := fs.String("systems", "", "systems to compare, comma-separated (default synguard,synproxy,none)")
+	queues := fs.String("queues", "1", "synguard's NFQUEUE `counts`, comma-separated: synguard is measured once per count at every rate, its queues spread with --queue-balance")
+	probeRate := fs.Int("probe-rate", bench.DefaultProbeRate, "`number` of legitimate clients per second during each flood")
+	probeTimeout := fs.Duration("probe-timeout", bench.DefaultProbeTimeout, "time a legitimate client has to connect and fetch its page")
+	name := fs.String("name", benchLabName, "namespace name `prefix` of the benchmark's lab")
+	ipv6 := fs.Bool("ipv6", false, "run everything over IPv6: service [2001:db8:b::2]:80, flood from 2001:db8:ff00::/40, ip6tables on the gateway")
+	if err := parseFlags(fs, args); err != nil {
+		return bench.Config{}, err
+	}
+	cfg := bench.Config{
+		Name:         *name,
+		Rates:        bench.DefaultRates,
+		Duration:     bench.DefaultDuration,
+		ProbeRate:    *probeRate,
+		ProbeTimeout: *probeTimeout,
+		OutDir:       *out,
+		Progress:     stdout,
+		Family:       bench.IPv4,
+	}
+	if *ipv6 {
+		cfg.Family = bench.IPv6
+	}
+	if *quick {
+		cfg.Rates, cfg.Duration, cfg.MaxAttempts = bench.QuickRates, bench.QuickDuration, bench.QuickMaxAttempts
+	}
+	if *rates != "" {
+		r, err := parseRates(*rates)
+		if err != nil {
+			return cfg, usagef("bench --rates: %v", err)
+		}
+		cfg.Rates = r
+	}
+	if *duration != 0 {
+		cfg.Duration = *duration
+	}
+	if *systems != "" {
+		for _, s := range strings.Split(*systems, ",") {
+			sys, err := bench.ParseSystem(strings.TrimSpace(s))
+			if err != nil {
+				return cfg, usagef("bench --systems: %v", err)
+			}
+			cfg.Systems = append(cfg.Systems, sys)
+		}
+	}
+	q, err := parseQueues(*queues)
+	if err != nil {
+		return cfg, usagef("bench --queues: %v", err)
+	}
+	cfg.Queues = q
+	if cfg.Binary, err = os.Executable(); err != nil {
+		return cfg, fmt.Errorf("bench: find synguard executable: %w", err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, usagef("%v", err)
+	}
+	return cfg, nil
 }
 
 func runBenchReport(args []string, stdout io.Writer) error {
@@ -158,6 +188,29 @@ func parseRates(s string) ([]int, error) {
 		rates = append(rates, n)
 	}
 	return rates, nil
+}
+
+// parseQueues reads "1,2,4": synguard's queue counts. Repeats are left to
+// bench.Config.Validate.
+func parseQueues(s string) ([]int, error) {
+	var queues []int
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 || n > bench.MaxQueues {
+			return nil, fmt.Errorf("%q: want queue counts 1..%d, comma-separated", f, bench.MaxQueues)
+		}
+		queues = append(queues, n)
+	}
+	return queues, nil
+}
+
+func queuesString(queues []int) string {
+	parts := make([]string, len(queues))
+	for i, q := range queues {
+		parts[i] = strconv.Itoa(q)
+	}
+	return strings.Join(parts, ",")
 }
 
 func ratesString(rates []int) string {

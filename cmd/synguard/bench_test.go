@@ -1,11 +1,14 @@
 package main
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/synguard/synguard/bench"
 )
 
 func TestBenchBadCommandLines(t *testing.T) {
@@ -24,6 +27,17 @@ func TestBenchBadCommandLines(t *testing.T) {
 		{"bad name", []string{"bench", "--name", "a b"}, "invalid lab name"},
 		{"report without input", []string{"bench", "report"}, "--in is required"},
 		{"stray argument", []string{"bench", "--quick", "now"}, `unexpected argument "now"`},
+		{"queues not a number", []string{"bench", "--queues", "1,two"}, `--queues: "two": want queue counts 1..64`},
+		{"queues zero", []string{"bench", "--queues", "0"}, `--queues: "0": want queue counts 1..64`},
+		{"queues negative", []string{"bench", "--queues", "-2"}, `"-2": want queue counts`},
+		{"queues too many", []string{"bench", "--queues", "1,65"}, `"65": want queue counts 1..64`},
+		{"queues empty", []string{"bench", "--queues", ""}, `--queues: "": want queue counts`},
+		{"queues trailing comma", []string{"bench", "--queues", "1,"}, `--queues: "": want queue counts`},
+		{"queues twice", []string{"bench", "--queues", "2,1,2"}, "queue count 2 listed twice"},
+		{"queues without synguard", []string{"bench", "--systems", "synproxy,none", "--queues", "1,2"}, "synguard, which is not among the systems"},
+		{"queues too many runs", []string{"bench", "--queues", "1,2,3,4,5,6,7,8,9,10"}, "more than 64 runs"},
+		{"ipv6 not a bool", []string{"bench", "--ipv6=maybe"}, "-ipv6"},
+		{"ipv6 with a bad value", []string{"bench", "--ipv6", "--probe-rate", "0"}, "probe rate 0"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -32,10 +46,57 @@ func TestBenchBadCommandLines(t *testing.T) {
 				t.Fatalf("exit %d, want 2 (stderr %q)", code, stderr)
 			}
 			lines := strings.Split(strings.TrimSpace(stderr), "\n")
-			if last := lines[len(lines)-1]; !strings.Contains(last, tt.want) {
+			if last := lines[len(lines)-1]; !strings.HasPrefix(last, "synguard: ") || !strings.Contains(last, tt.want) {
 				t.Fatalf("error line %q, want it to contain %q", last, tt.want)
 			}
+			// A bad value is one line, without the usage around it.
+			if tt.name != "unknown subcommand" && len(lines) != 1 {
+				t.Errorf("stderr has %d lines, want 1:\n%s", len(lines), stderr)
+			}
 		})
+	}
+}
+
+// --ipv6 runs the benchmark over IPv6; without it, IPv4 as always. It
+// combines with every other flag.
+func TestBenchConfigFamily(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want bench.Family
+	}{
+		{nil, bench.IPv4},
+		{[]string{"--ipv6"}, bench.IPv6},
+		{[]string{"--ipv6=false"}, bench.IPv4},
+		{[]string{"--quick", "--ipv6", "--systems", "synguard,synproxy", "--queues", "1,2", "--name", "sg6"}, bench.IPv6},
+	} {
+		cfg, err := benchConfig(tt.args, io.Discard)
+		if err != nil {
+			t.Errorf("%q: %v", tt.args, err)
+			continue
+		}
+		if cfg.Family != tt.want {
+			t.Errorf("%q: family %q, want %q", tt.args, cfg.Family, tt.want)
+		}
+	}
+	cfg, err := benchConfig([]string{"--quick", "--ipv6", "--systems", "synguard,synproxy", "--queues", "1,2", "--name", "sg6"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Name != "sg6" || len(cfg.Systems) != 2 || !slices.Equal(cfg.Queues, []int{1, 2}) || !slices.Equal(cfg.Rates, bench.QuickRates) {
+		t.Errorf("with --ipv6 the other flags were lost: %+v", cfg)
+	}
+}
+
+func TestParseQueues(t *testing.T) {
+	got, err := parseQueues(" 1, 2,4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []int{1, 2, 4}; !slices.Equal(got, want) {
+		t.Errorf("parseQueues = %v, want %v", got, want)
+	}
+	if s := queuesString(got); s != "1,2,4" {
+		t.Errorf("queuesString = %q", s)
 	}
 }
 
@@ -66,5 +127,38 @@ func TestBenchReport(t *testing.T) {
 		if st, err := os.Stat(filepath.Join(out, f)); err != nil || st.Size() == 0 {
 			t.Errorf("%s: %v", f, err)
 		}
+	}
+}
+
+// `bench report` of a recording with synguard at one and two queues keeps
+// them apart: a table row each per rate, "queues" in every run of the
+// report.json it writes.
+func TestBenchReportQueues(t *testing.T) {
+	out := t.TempDir()
+	_, stderr, code := runCLI("bench", "report", "--in", "../../bench/testdata/report-queues.json", "--out", out)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	md, err := os.ReadFile(filepath.Join(out, "report.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rate := range []string{"20000/s", "100000/s", "max"} {
+		for _, want := range []string{"| " + rate + " | synguard | 1 | ", "| " + rate + " | synguard | 2 | ", "| " + rate + " | synproxy | n/a | "} {
+			if !strings.Contains(string(md), want) {
+				t.Errorf("report.md has no row starting %q", want)
+			}
+		}
+	}
+	rep, err := bench.LoadReport(filepath.Join(out, "report.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := map[int]int{}
+	for _, run := range rep.Runs {
+		count[run.Queues]++
+	}
+	if count[1] != 3 || count[2] != 3 || count[0] != 6 {
+		t.Errorf("runs by queue count %v, want 3 with 1, 3 with 2 and 6 kernel runs with 0", count)
 	}
 }
