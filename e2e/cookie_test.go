@@ -73,49 +73,61 @@ func TestHandOffToKernel(t *testing.T) {
 
 // TestFloodNeverReachesBackend: during a bounded spoofed SYN flood, real
 // clients get through, a 64 MiB download is intact, and the backend sees
-// not one SYN from a spoofed source.
+// not one SYN from a spoofed source; for each address family.
 func TestFloodNeverReachesBackend(t *testing.T) {
-	topo := newLab(t, lab.Config{})
-	service := netip.AddrPortFrom(topo.BackendAddr, 80)
-	backend := serve(t, topo.Backend, service)
-	syns := watchSYNs(t, topo)
-	g := startGateway(t, topo.Gateway, "--protect", service.String(), "--mode", "always")
+	for _, family := range []struct {
+		name    string
+		service func(*lab.Topology) netip.AddrPort
+		client  func(*lab.Topology) netip.Addr
+	}{
+		{"IPv4", func(l *lab.Topology) netip.AddrPort { return netip.AddrPortFrom(l.BackendAddr, 80) }, func(l *lab.Topology) netip.Addr { return l.ClientAddr }},
+		{"IPv6", func(l *lab.Topology) netip.AddrPort { return netip.AddrPortFrom(l.BackendAddr6, 80) }, func(l *lab.Topology) netip.Addr { return l.ClientAddr6 }},
+	} {
+		t.Run(family.name, func(t *testing.T) {
+			topo := newLab(t, lab.Config{})
+			service, client := family.service(topo), family.client(topo)
+			backend := serve(t, topo.Backend, service)
+			syns := watchSYNs(t, topo)
+			g := startGateway(t, topo.Gateway, "--protect", service.String(), "--mode", "always")
 
-	const rate, seconds = 20000, 8
-	wait := flood(t, topo.Client, service, rate, rate*seconds, seconds*time.Second)
-	time.Sleep(time.Second)
+			const rate, seconds = 20000, 8
+			wait := flood(t, topo.Client, service, rate, rate*seconds, seconds*time.Second)
+			time.Sleep(time.Second)
 
-	download(t, topo.Client, service, 64*mib, nil)
-	const probes = 20
-	for i := range probes {
-		if r := lab.Probe(context.Background(), topo.Client, service, 5*time.Second); !r.OK {
-			t.Fatalf("legitimate client %d failed during the flood: %v", i, r.Err)
-		}
-	}
-	t.Logf("flood: %s", wait())
-	time.Sleep(200 * time.Millisecond)
-	syns.Close()
+			download(t, topo.Client, service, 64*mib, nil)
+			const probes = 20
+			for i := range probes {
+				if r := lab.Probe(context.Background(), topo.Client, service, 5*time.Second); !r.OK {
+					t.Fatalf("legitimate client %d failed during the flood: %v", i, r.Err)
+				}
+			}
+			t.Logf("flood: %s", wait())
+			time.Sleep(200 * time.Millisecond)
+			syns.Close()
 
-	m, err := g.metrics()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("gateway: %v SYNs in, %v SYN-ACKs out, %v valid cookies, %v invalid, %v handed off; backend: %d SYNs, %d accepted",
-		m["synguard_syn_received_total"], m["synguard_synack_sent_total"], m["synguard_cookie_valid_total"],
-		m["synguard_cookie_invalid_total"], m["synguard_flows_handed_off_total"], syns.Total(), backend.Accepted())
-	if n := syns.Spoofed(); n != 0 {
-		t.Fatalf("backend received %d SYNs from spoofed sources", n)
-	}
-	if m["synguard_syn_received_total"] < rate*seconds/2 {
-		t.Fatalf("gateway saw %v flood SYNs of %d sent", m["synguard_syn_received_total"], rate*seconds)
-	}
-	if m["synguard_synack_sent_total"] < m["synguard_syn_received_total"]*0.9 {
-		t.Fatalf("answered %v of %v SYNs", m["synguard_synack_sent_total"], m["synguard_syn_received_total"])
-	}
-	// Besides the client's, the backend sees only the gateway's own
-	// option probe.
-	if want := float64(probes + 1); m["synguard_flows_handed_off_total"] != want || syns.From(topo.ClientAddr) != int64(want) {
-		t.Fatalf("handed off %v flows, backend saw %d SYNs from the client; want %v of each", m["synguard_flows_handed_off_total"], syns.From(topo.ClientAddr), want)
+			m, err := g.metrics()
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("gateway: %v SYNs in, %v SYN-ACKs out, %v valid cookies, %v invalid, %v handed off; backend: %d SYNs, %d accepted",
+				m["synguard_syn_received_total"], m["synguard_synack_sent_total"], m["synguard_cookie_valid_total"],
+				m["synguard_cookie_invalid_total"], m["synguard_flows_handed_off_total"], syns.Total(), backend.Accepted())
+			if n := syns.Spoofed(); n != 0 {
+				t.Fatalf("backend received %d SYNs from spoofed sources", n)
+			}
+			if m["synguard_syn_received_total"] < rate*seconds/2 {
+				t.Fatalf("gateway saw %v flood SYNs of %d sent", m["synguard_syn_received_total"], rate*seconds)
+			}
+			if m["synguard_synack_sent_total"] < m["synguard_syn_received_total"]*0.9 {
+				t.Fatalf("answered %v of %v SYNs", m["synguard_synack_sent_total"], m["synguard_syn_received_total"])
+			}
+			// The download and the probes, each handed off once; besides
+			// their replayed SYNs the backend sees only the gateway's own
+			// option probe, from the gateway's address.
+			if want := float64(probes + 1); m["synguard_flows_handed_off_total"] != want || syns.From(client) != int64(want) {
+				t.Fatalf("handed off %v flows, backend saw %d SYNs from the client; want %v of each", m["synguard_flows_handed_off_total"], syns.From(client), want)
+			}
+		})
 	}
 }
 

@@ -226,16 +226,17 @@ func httpClient(ns *netns.NS) *http.Client {
 	}}
 }
 
-// download fetches /bytes/n from target inside ns, calling progress with
-// the running byte count, and checks the body's SHA-256.
-func download(t *testing.T, ns *netns.NS, target netip.AddrPort, n int64, progress func(int64)) {
-	t.Helper()
+// fetch gets /bytes/n from target inside ns, calling progress with the
+// running byte count, and checks the body's length and SHA-256. It
+// returns errors instead of failing the test, so that it can also run in
+// a goroutine of its own.
+func fetch(ns *netns.NS, target netip.AddrPort, n int64, progress func(int64)) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s/bytes/%d", target, n), nil)
 	resp, err := httpClient(ns).Do(req)
 	if err != nil {
-		t.Fatalf("download from %s: %v", target, err)
+		return err
 	}
 	defer resp.Body.Close()
 	h := sha256.New()
@@ -252,14 +253,23 @@ func download(t *testing.T, ns *netns.NS, target netip.AddrPort, n int64, progre
 			break
 		}
 		if err != nil {
-			t.Fatalf("download from %s after %d bytes: %v", target, got, err)
+			return fmt.Errorf("after %d bytes: %w", got, err)
 		}
 	}
 	if got != n {
-		t.Fatalf("downloaded %d bytes, want %d", got, n)
+		return fmt.Errorf("downloaded %d bytes, want %d", got, n)
 	}
 	if sum := lab.ContentSHA256(n); !bytes.Equal(h.Sum(nil), sum[:]) {
-		t.Fatalf("download of %d bytes corrupted: checksum mismatch", n)
+		return fmt.Errorf("download of %d bytes corrupted: checksum mismatch", n)
+	}
+	return nil
+}
+
+// download is fetch in the test's own goroutine: a failure ends the test.
+func download(t *testing.T, ns *netns.NS, target netip.AddrPort, n int64, progress func(int64)) {
+	t.Helper()
+	if err := fetch(ns, target, n, progress); err != nil {
+		t.Fatalf("download from %s: %v", target, err)
 	}
 }
 

@@ -3,10 +3,8 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -140,48 +138,19 @@ func waitUntil(d time.Duration, cond func() bool) bool {
 	}
 }
 
-// slowDownload fetches /bytes/n from target inside ns reading at most
-// rate bytes per second, so a transfer spans a known time, and checks the
-// body's SHA-256. progress, if set, is called with the running count. It
-// returns errors instead of failing the test, so that it can run in its
-// own goroutine.
+// slowDownload is fetch reading at most rate bytes per second, so a
+// transfer spans a known time. progress, if set, is called with the
+// running count.
 func slowDownload(ns *netns.NS, target netip.AddrPort, n, rate int64, progress func(int64)) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s/bytes/%d", target, n), nil)
-	resp, err := httpClient(ns).Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	h := sha256.New()
-	buf := make([]byte, 64<<10)
 	start := time.Now()
-	var got int64
-	for {
-		k, err := resp.Body.Read(buf)
-		h.Write(buf[:k])
-		got += int64(k)
-		if progress != nil && k > 0 {
+	return fetch(ns, target, n, func(got int64) {
+		if progress != nil {
 			progress(got)
-		}
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("after %d bytes: %w", got, err)
 		}
 		if ahead := time.Duration(got*int64(time.Second)/rate) - time.Since(start); ahead > 0 {
 			time.Sleep(ahead)
 		}
-	}
-	if got != n {
-		return fmt.Errorf("downloaded %d bytes, want %d", got, n)
-	}
-	if sum := lab.ContentSHA256(n); string(h.Sum(nil)) != string(sum[:]) {
-		return fmt.Errorf("download of %d bytes corrupted: checksum mismatch", n)
-	}
-	return nil
+	})
 }
 
 // ipSender sends whole IP packets from inside a namespace through raw
