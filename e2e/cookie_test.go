@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/synguard/synguard/conntrack"
 	"github.com/synguard/synguard/lab"
 )
 
@@ -30,37 +29,7 @@ func TestHandOffToKernel(t *testing.T) {
 		t.Fatalf("nf_conntrack_tcp_loose = %s, want 0", v)
 	}
 
-	// Read slowly so the transfer spans seconds, and look at the queue and
-	// conntrack while it runs.
-	var q1, q2 float64
-	var entries []conntrack.Entry
-	download(t, topo.Client, service, 64*mib, func(got int64) {
-		time.Sleep(8 * time.Millisecond)
-		switch {
-		case q1 == 0 && got >= 16*mib:
-			q1 = g.metric("synguard_queue_received_total")
-			entries = handedOff(t, topo.Gateway)
-		case q2 == 0 && got >= 48*mib:
-			q2 = g.metric("synguard_queue_received_total")
-		}
-	})
-	if q1 < 3 || q1 != q2 {
-		t.Fatalf("queue packets at 16 MiB: %v, at 48 MiB: %v; want the same, at least 3 (SYN, ACK, backend SYN-ACK)", q1, q2)
-	}
-	t.Logf("queue saw %v packets for the whole connection", q2)
-	if len(entries) != 1 {
-		t.Fatalf("%d handed-off conntrack entries mid-transfer, want 1: %+v", len(entries), entries)
-	}
-	e := entries[0]
-	if e.Client.Addr() != topo.ClientAddr || e.Server != service || e.TCPState != conntrack.TCPEstablished {
-		t.Fatalf("conntrack entry %+v", e)
-	}
-	if !e.Status.Has(conntrack.StatusSeqAdjust) || e.SeqAdjReply.Before == 0 || e.SeqAdjReply.Before != e.SeqAdjReply.After {
-		t.Fatalf("conntrack entry lacks the reply sequence adjustment: status %v adj %+v", e.Status, e.SeqAdjReply)
-	}
-	if v := g.metric("synguard_flows_handed_off_total"); v != 1 {
-		t.Fatalf("flows handed off = %v, want 1", v)
-	}
+	checkHandOffMidTransfer(t, g, topo, service, topo.ClientAddr)
 
 	g.stop()
 	if s := saved(t, topo.Gateway); strings.Contains(s, "SYNGUARD") {
