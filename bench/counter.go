@@ -16,39 +16,40 @@ import (
 // again in iptables-save output.
 const synackComment = "sgbench-synack"
 
-// synackCounter counts the SYN-ACKs the gateway sends toward the flood's
-// spoofed sources, with one match-only rule at the end of mangle
-// POSTROUTING on the gateway's client-side interface.
+// synackCounter counts the SYN-ACKs toward the flood's spoofed sources
+// that reach the client namespace, with one match-only rule in its raw
+// PREROUTING on the interface facing the gateway.
 //
-// Every system's SYN-ACKs pass there: synguard's leave its raw socket
-// through OUTPUT and POSTROUTING; SYNPROXY's are sent with ip_local_out,
-// hence the same path; without protection the backend's own SYN-ACKs are
-// forwarded, through FORWARD and POSTROUTING. A rule counter costs one
-// rule evaluation per packet, the same in every run including the
-// baseline, so it cancels out of the CPU figure; copying 300k packets a
-// second to a capture socket would cost more than what is measured.
+// Counting where they arrive, not where they leave, counts every system
+// alike whatever way its SYN-ACKs leave the gateway: synguard's by default
+// go straight out of the interface the SYN came in on, past the gateway's
+// output hooks, while SYNPROXY's cross them (ip_local_out) and the
+// unprotected backend's are forwarded. And a SYN-ACK that went astray is
+// not counted as answered. A rule counter costs one rule evaluation per
+// packet, the same in every run; copying 300k packets a second to a
+// capture socket would cost more than what is measured.
 type synackCounter struct {
 	ns  *netns.NS
 	fam netFamily
 }
 
 func (c synackCounter) rule() []string {
-	return []string{"POSTROUTING", "-o", lab.GatewayClientIface, "-d", c.fam.spoof.String(),
+	return []string{"PREROUTING", "-i", lab.ClientIface, "-d", c.fam.spoof.String(),
 		"-p", "tcp", "--tcp-flags", "SYN,ACK,RST,FIN", "SYN,ACK",
 		"-m", "comment", "--comment", synackComment}
 }
 
 func (c synackCounter) install(ctx context.Context) error {
-	return iptables(ctx, c.ns, c.fam.iptables, append([]string{"-t", "mangle", "-A"}, c.rule()...)...)
+	return iptables(ctx, c.ns, c.fam.iptables, append([]string{"-t", "raw", "-A"}, c.rule()...)...)
 }
 
 func (c synackCounter) remove(ctx context.Context) error {
-	return iptables(ctx, c.ns, c.fam.iptables, append([]string{"-t", "mangle", "-D"}, c.rule()...)...)
+	return iptables(ctx, c.ns, c.fam.iptables, append([]string{"-t", "raw", "-D"}, c.rule()...)...)
 }
 
 // read returns the packets the rule has matched so far.
 func (c synackCounter) read(ctx context.Context) (uint64, error) {
-	out, err := c.ns.Output(ctx, c.fam.iptablesSave, "-c", "-t", "mangle")
+	out, err := c.ns.Output(ctx, c.fam.iptablesSave, "-c", "-t", "raw")
 	if err != nil {
 		return 0, err
 	}

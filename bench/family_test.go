@@ -68,7 +68,7 @@ func TestFamilyRules(t *testing.T) {
 
 			c := synackCounter{fam: fam}
 			rule := c.rule()
-			wantRule := []string{"POSTROUTING", "-o", "to-client", "-d", tt.spoof, "-p", "tcp",
+			wantRule := []string{"PREROUTING", "-i", "eth0", "-d", tt.spoof, "-p", "tcp",
 				"--tcp-flags", "SYN,ACK,RST,FIN", "SYN,ACK", "-m", "comment", "--comment", synackComment}
 			if !slices.Equal(rule, wantRule) {
 				t.Errorf("SYN-ACK counter %q, want %q", rule, wantRule)

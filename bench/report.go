@@ -52,6 +52,9 @@ type ReportConfig struct {
 	// BackendOptions are the MSS and window scale learned from the
 	// backend's SYN-ACK and given to SYNPROXY.
 	BackendOptions BackendOptions `json:"backend_options"`
+	// SynguardArgs are the arguments synguard ran with beyond the
+	// benchmark's own (bench --synguard-args); none means its defaults.
+	SynguardArgs []string `json:"synguard_args,omitempty"`
 }
 
 // RunResult is one system under one offered load.
@@ -329,6 +332,9 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 		"each given %s s; SYNPROXY was given the backend's MSS %d and window scale %d. The whole run took %.0f s.\n\n",
 		r.Date.UTC().Format("2006-01-02 15:04 MST"), r.Machine.describe(), fmtFloat(r.Config.DurationS),
 		r.Config.ProbeRate, fmtFloat(r.Config.ProbeTimeoutS), r.Config.BackendOptions.MSS, r.Config.BackendOptions.WindowScale, r.ElapsedS)
+	if len(r.Config.SynguardArgs) > 0 {
+		fmt.Fprintf(&b, "synguard ran with `%s` beyond the benchmark's own arguments.\n\n", strings.Join(r.Config.SynguardArgs, " "))
+	}
 	b.WriteString("## Results\n\n")
 	if err := r.TableMarkdown(&b); err != nil {
 		return err

@@ -411,3 +411,38 @@ func TestFormatting(t *testing.T) {
 		t.Errorf("rateName(0) = %q", got)
 	}
 }
+
+// A run with --synguard-args says so in report.md and keeps them in
+// report.json.
+func TestReportNamesSynguardArgs(t *testing.T) {
+	rep, err := LoadReport(recordedReport)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var md bytes.Buffer
+	if err := rep.WriteMarkdown(&md); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(md.String(), "beyond the benchmark's own arguments") {
+		t.Fatal("report.md names synguard arguments the run did not have")
+	}
+	rep.Config.SynguardArgs = []string{"--reply-path", "route"}
+	md.Reset()
+	if err := rep.WriteMarkdown(&md); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(md.String(), "synguard ran with `--reply-path route`") {
+		t.Fatalf("report.md does not name the synguard arguments:\n%.600s", md.String())
+	}
+	dir := t.TempDir()
+	if err := rep.Write(dir); err != nil {
+		t.Fatal(err)
+	}
+	again, err := LoadReport(filepath.Join(dir, ReportJSON))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(again.Config.SynguardArgs, rep.Config.SynguardArgs) {
+		t.Fatalf("report.json synguard_args %q, want %q", again.Config.SynguardArgs, rep.Config.SynguardArgs)
+	}
+}

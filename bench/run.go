@@ -80,6 +80,10 @@ type Config struct {
 	// Family is the address family of the lab, the service, the flood
 	// and the gateway's rules (IPv4 when empty).
 	Family Family
+	// SynguardArgs are more arguments for `synguard run`, after the
+	// benchmark's own (e.g. --reply-path route): to measure a
+	// deployment's configuration rather than the defaults.
+	SynguardArgs []string
 }
 
 func (c *Config) setDefaults() {
@@ -271,6 +275,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			ProbeRate:      cfg.ProbeRate,
 			ProbeTimeoutS:  cfg.ProbeTimeout.Seconds(),
 			BackendOptions: b.backendOpts,
+			SynguardArgs:   cfg.SynguardArgs,
 		},
 	}
 	// A failed or interrupted benchmark still writes the runs it has.
@@ -329,7 +334,7 @@ func (b *bencher) prepare(ctx context.Context) error {
 		}
 		b.labNS[st.Ino] = true
 	}
-	b.counter = synackCounter{ns: b.lab.Gateway, fam: b.fam}
+	b.counter = synackCounter{ns: b.lab.Client, fam: b.fam}
 	if err := b.counter.install(ctx); err != nil {
 		return err
 	}
@@ -373,6 +378,7 @@ func (b *bencher) setupFor(v variant) setup {
 			binary:  b.cfg.Binary,
 			service: b.service,
 			queues:  v.queues,
+			args:    b.cfg.SynguardArgs,
 			logPath: filepath.Join(b.cfg.OutDir, "synguard.log"),
 		}
 	case Synproxy:

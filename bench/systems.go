@@ -197,7 +197,8 @@ type synguardSetup struct {
 	ns      *netns.NS
 	binary  string
 	service netip.AddrPort
-	queues  int // NFQUEUEs, one worker each (1 when 0)
+	queues  int      // NFQUEUEs, one worker each (1 when 0)
+	args    []string // more arguments for `synguard run`
 	logPath string
 
 	cmd  *exec.Cmd
@@ -215,9 +216,10 @@ func (s *synguardSetup) start(ctx context.Context) error {
 		return err
 	}
 	s.log = log
-	s.cmd = s.ns.Command(context.WithoutCancel(ctx), s.binary, "run", "--protect", s.service.String(),
+	args := append([]string{"run", "--protect", s.service.String(),
 		"--mode", "always", "--queues", strconv.Itoa(max(s.queues, 1)),
-		"--metrics", metricsAddr, "--log-level", "warn")
+		"--metrics", metricsAddr, "--log-level", "warn"}, s.args...)
+	s.cmd = s.ns.Command(context.WithoutCancel(ctx), s.binary, args...)
 	s.cmd.Stdout, s.cmd.Stderr = log, log
 	if err := s.cmd.Start(); err != nil {
 		log.Close()

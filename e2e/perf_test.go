@@ -26,6 +26,7 @@ var (
 	perfQueues     = flag.String("perf.queues", "1,2", "BenchmarkGatewayFlood: queue counts to compare, in one lab")
 	perfProfileDir = flag.String("perf.profiles", "", "BenchmarkGatewayFlood: write the gateway's CPU profile of each run to this directory")
 	perfBinary     = flag.String("perf.binary", "", "BenchmarkGatewayFlood: measure this synguard executable instead of the tree's")
+	perfArgs       = flag.String("perf.gateway-args", "", "BenchmarkGatewayFlood: more arguments for `synguard run`, space-separated (e.g. \"--reply-path route\")")
 )
 
 // BenchmarkGatewayFlood measures `synguard run --mode always` in a lab
@@ -97,6 +98,7 @@ func BenchmarkGatewayFlood(b *testing.B) {
 			b.ReportMetric(100*res.answered, "%answered")
 			b.ReportMetric(float64(res.drops), "qdrops")
 			b.ReportMetric(res.cpuPerSYN, "µs/SYN")
+			b.ReportMetric(res.perBatch, "pkts/batch")
 			if r.probes {
 				b.ReportMetric(100*res.legit, "%legit")
 			}
@@ -109,6 +111,7 @@ func BenchmarkGatewayFlood(b *testing.B) {
 
 type floodResult struct {
 	offered, synacks, answered, cpuPerSYN, legit float64
+	perBatch                                     float64 // mean receive batch size
 	engineSYNs, drops, enobufs                   uint64
 	cpu                                          time.Duration
 	legitOK, legitN                              int
@@ -122,6 +125,7 @@ func floodGateway(b *testing.B, exe string, topo *lab.Topology, service netip.Ad
 	ctx := context.Background()
 	args := []string{"run", "--protect", service.String(), "--mode", "always", "--queues", queues,
 		"--metrics", metricsAddr, "--log-level", "warn"}
+	args = append(args, strings.Fields(*perfArgs)...)
 	if profile != "" {
 		args = append(args, "--cpuprofile", profile)
 	}
@@ -228,6 +232,9 @@ func floodGateway(b *testing.B, exe string, topo *lab.Topology, service netip.Ad
 	}
 	if st.Sent > 0 {
 		res.answered = float64(delta("synguard_synack_sent_total")) / float64(st.Sent)
+	}
+	if n := delta("synguard_queue_batches_total"); n > 0 {
+		res.perBatch = float64(delta("synguard_queue_received_total")) / float64(n)
 	}
 	if res.engineSYNs > 0 {
 		res.cpuPerSYN = float64(res.cpu.Microseconds()) / float64(res.engineSYNs)

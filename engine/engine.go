@@ -368,12 +368,19 @@ type queuedSend struct {
 // NewWorker returns a worker with its own scratch space and counters, and
 // its own Batch when the engine's Sender is a BatchSender.
 func (e *Engine) NewWorker() *Worker {
-	w := &Worker{e: e, c: e.newCounters()}
 	if bs, ok := e.cfg.Send.(BatchSender); ok {
-		w.batch = bs.NewBatch()
-		w.queued = make([]queuedSend, 0, 64)
-		w.failedFn = w.sendFailed
+		return e.NewWorkerWithBatch(bs.NewBatch())
 	}
+	return &Worker{e: e, c: e.newCounters()}
+}
+
+// NewWorkerWithBatch returns a worker that sends through b, which the
+// caller may keep and steer (the gateway points each reply at the link
+// its packet came in on). b is used only from the worker's goroutine.
+func (e *Engine) NewWorkerWithBatch(b Batch) *Worker {
+	w := &Worker{e: e, c: e.newCounters(), batch: b}
+	w.queued = make([]queuedSend, 0, 64)
+	w.failedFn = w.sendFailed
 	return w
 }
 

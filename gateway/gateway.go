@@ -58,7 +58,46 @@ type Config struct {
 	// is replaced by the namespace's TIME_WAIT timeout.
 	StaleMark    uint32
 	ReopenWithin uint32
-	Logger       zerolog.Logger
+	// ReplyPath says how the engine's replies to a queued packet leave:
+	// back out the interface it came in on (the default) or routed.
+	ReplyPath ReplyPath
+	Logger    zerolog.Logger
+}
+
+// ReplyPath is how replies to queued packets (SYN-ACKs, above all) leave
+// the host.
+type ReplyPath uint8
+
+// Reply paths.
+const (
+	// ReplyIngress sends a reply back out the interface its packet came
+	// in on, to the neighbour that sent it, through a packet socket: no
+	// route lookup and no netfilter output hooks (see package rawsock).
+	// Replies to packets with no such link (sent by this host, or from
+	// a tunnel) are routed.
+	ReplyIngress ReplyPath = iota
+	// ReplyRoute routes every reply and passes it through the output
+	// hooks, as the kernel's SYNPROXY does: for asymmetric routing, or
+	// OUTPUT rules that must see SYN-ACKs.
+	ReplyRoute
+)
+
+func (p ReplyPath) String() string {
+	if p == ReplyRoute {
+		return "route"
+	}
+	return "ingress"
+}
+
+// ParseReplyPath reads --reply-path.
+func ParseReplyPath(s string) (ReplyPath, error) {
+	switch s {
+	case "ingress":
+		return ReplyIngress, nil
+	case "route":
+		return ReplyRoute, nil
+	}
+	return 0, fmt.Errorf("unknown reply path %q: want ingress or route", s)
 }
 
 // DefaultProbeInterval re-learns backend options often enough to follow
@@ -263,12 +302,19 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		defer wg.Done()
 		tel.Run(ctx)
 	}()
+	viaIngress := cfg.ReplyPath == ReplyIngress && sender.CanReplyOnLink()
 	for _, q := range queues {
-		w := eng.NewWorker()
+		h := queueHandler{staleMark: fwCfg.StaleMark}
+		if viaIngress {
+			h.replies = &replyBatch{Batch: sender.NewBatch()}
+			h.w = eng.NewWorkerWithBatch(h.replies)
+		} else {
+			h.w = eng.NewWorker()
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs <- q.RunBatch(ctx, queueHandler{w: w, staleMark: fwCfg.StaleMark})
+			errs <- q.RunBatch(ctx, h)
 		}()
 	}
 	if cfg.Backend == nil {
@@ -311,9 +357,13 @@ func (s batchSender) NewBatch() engine.Batch { return s.Sender.NewBatch() }
 type queueHandler struct {
 	w         *engine.Worker
 	staleMark uint32
+	replies   *replyBatch // w's batch with ReplyIngress; nil otherwise
 }
 
 func (h queueHandler) Handle(p *nfq.Packet) nfq.Verdict {
+	if h.replies != nil {
+		h.replies.arrived(p)
+	}
 	hook := engine.Hook(p.Hook)
 	if p.Mark == h.staleMark {
 		hook = engine.HookStaleEntry
@@ -325,6 +375,47 @@ func (h queueHandler) Handle(p *nfq.Packet) nfq.Verdict {
 }
 
 func (h queueHandler) Flush() { h.w.Flush() }
+
+// replyBatch is a worker's Batch that sends each reply to the packet in
+// hand back out the link that packet came in on, and everything else (a
+// replayed SYN to the backend, say) through the routing table.
+type replyBatch struct {
+	*rawsock.Batch
+	from netip.Addr   // source address of the packet in hand
+	link rawsock.Link // the link it came in on; invalid when unknown
+}
+
+// arrived records where p came from, before the worker handles it.
+func (r *replyBatch) arrived(p *nfq.Packet) {
+	r.from, r.link = netip.Addr{}, rawsock.Link{}
+	link, ok := rawsock.LinkFrom(p.InIndex, p.HwAddr)
+	if !ok {
+		return
+	}
+	if src, ok := sourceAddr(p.Payload); ok {
+		r.from, r.link = src, link
+	}
+}
+
+// Add sends b on the ingress link when it goes back to the packet's
+// sender.
+func (r *replyBatch) Add(b []byte, dst netip.Addr) bool {
+	if r.link.IsValid() && dst == r.from {
+		return r.Batch.AddVia(b, dst, r.link)
+	}
+	return r.Batch.Add(b, dst)
+}
+
+// sourceAddr reads the source address of the IP packet p.
+func sourceAddr(p []byte) (netip.Addr, bool) {
+	switch {
+	case len(p) >= 20 && p[0]>>4 == 4:
+		return netip.AddrFrom4([4]byte(p[12:16])), true
+	case len(p) >= 40 && p[0]>>4 == 6:
+		return netip.AddrFrom16([16]byte(p[8:24])), true
+	}
+	return netip.Addr{}, false
+}
 
 // learner keeps the engine's backend options current.
 type learner struct {
@@ -403,7 +494,7 @@ func (s *source) QueueCounters() []telemetry.QueueCounters {
 	out := make([]telemetry.QueueCounters, len(s.queues))
 	for i, q := range s.queues {
 		st := q.Stats()
-		qc := telemetry.QueueCounters{Queue: s.first + uint16(i), Received: st.Received, ENOBUFS: st.ENOBUFS, VerdictError: st.VerdictErrors}
+		qc := telemetry.QueueCounters{Queue: s.first + uint16(i), Received: st.Received, Batches: st.Batches, ENOBUFS: st.ENOBUFS, VerdictError: st.VerdictErrors}
 		for _, k := range kernel {
 			if k.Queue == qc.Queue {
 				qc.KernelDrops = k.QueueDropped + k.UserDropped

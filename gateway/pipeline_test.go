@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -20,16 +22,17 @@ import (
 	"github.com/synguard/synguard/firewall"
 	"github.com/synguard/synguard/internal/roottest"
 	"github.com/synguard/synguard/lab"
+	"github.com/synguard/synguard/lab/netns"
 	"github.com/synguard/synguard/nfq"
 	"github.com/synguard/synguard/packet"
 	"github.com/synguard/synguard/rawsock"
 )
 
 // The packet path of a gateway, assembled in this process as Run wires it
-// (queue, worker, batched raw sends), against the kernel of a lab: spoofed
+// (queue, worker, batched sends), against the kernel of a lab: spoofed
 // SYNs from the client namespace are queued in the gateway namespace's raw
-// PREROUTING, answered, and the SYN-ACKs routed back to the client
-// namespace, which discards them.
+// PREROUTING, answered, and the SYN-ACKs sent back to the client namespace
+// (on the ingress link, or routed), which discards them.
 
 var pipelineSeq atomic.Int32
 
@@ -37,7 +40,11 @@ type pipeline struct {
 	q   *nfq.Queue
 	eng *engine.Engine
 	inj *injector
+	gw  *netns.NS
 }
+
+// replyPaths are the ways out a pipeline's SYN-ACKs can take.
+var replyPaths = []ReplyPath{ReplyIngress, ReplyRoute}
 
 var service = netip.MustParseAddrPort("203.0.113.2:80")
 
@@ -45,7 +52,7 @@ type noHandoff struct{}
 
 func (noHandoff) Create(conntrack.Handoff) error { return nil }
 
-func newPipeline(tb testing.TB) *pipeline {
+func newPipeline(tb testing.TB, path ReplyPath) *pipeline {
 	tb.Helper()
 	roottest.Require(tb)
 	ctx := context.Background()
@@ -68,7 +75,7 @@ func newPipeline(tb testing.TB) *pipeline {
 		}
 	}
 
-	p := &pipeline{}
+	p := &pipeline{gw: gw}
 	var sender *rawsock.Sender
 	if err := gw.Do(func() (err error) {
 		if p.q, err = nfq.Open(nfq.Config{Queue: 0}); err != nil {
@@ -95,8 +102,12 @@ func newPipeline(tb testing.TB) *pipeline {
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	w := p.eng.NewWorker()
-	go func() { done <- p.q.RunBatch(runCtx, queueHandler{w: w}) }()
+	h := queueHandler{w: p.eng.NewWorker()}
+	if path == ReplyIngress {
+		h.replies = &replyBatch{Batch: sender.NewBatch()}
+		h.w = p.eng.NewWorkerWithBatch(h.replies)
+	}
+	go func() { done <- p.q.RunBatch(runCtx, h) }()
 	tb.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -112,6 +123,27 @@ func newPipeline(tb testing.TB) *pipeline {
 	}
 	tb.Cleanup(func() { unix.Close(p.inj.fd) })
 	return p
+}
+
+// routed is the number of the engine's packets that took the routed way
+// out: the packet counter of the raw OUTPUT rule matching its mark.
+func (p *pipeline) routed(tb testing.TB) int {
+	tb.Helper()
+	out, err := p.gw.Output(context.Background(), "iptables", "-w", "-t", "raw", "-L", "OUTPUT", "-v", "-n", "-x")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for line := range strings.Lines(out) {
+		if strings.Contains(line, "mark match") {
+			n, err := strconv.Atoi(strings.Fields(line)[0])
+			if err != nil {
+				tb.Fatal(err)
+			}
+			return n
+		}
+	}
+	tb.Fatalf("no mark rule in:\n%s", out)
+	return 0
 }
 
 // answered is the number of SYN-ACKs the engine sent.
@@ -188,7 +220,13 @@ func (in *injector) send(tb testing.TB, n int) {
 // gateway process, receive to verdict, against the real kernel: queued
 // SYNs are answered, and no batch allocates.
 func TestPipelineAllocatesNothing(t *testing.T) {
-	p := newPipeline(t)
+	for _, path := range replyPaths {
+		t.Run(path.String(), func(t *testing.T) { testPipelineAllocatesNothing(t, path) })
+	}
+}
+
+func testPipelineAllocatesNothing(t *testing.T, path ReplyPath) {
+	p := newPipeline(t, path)
 	p.inj.send(t, 64) // warm up: first use of sockets, route and neighbour
 	p.await(t, 64)
 	var want uint64 = 64
@@ -199,7 +237,12 @@ func TestPipelineAllocatesNothing(t *testing.T) {
 	}); n != 0 {
 		t.Fatalf("answering 64 SYNs allocates %.1f times (in the whole process)", n)
 	}
+	// The newest drops wait for the next batch, or for the queue to go
+	// idle (nfq's deferred drops): give them that long.
 	st := p.q.Stats()
+	for deadline := time.Now().Add(2 * time.Second); st.Verdicts.Drop < want && time.Now().Before(deadline); st = p.q.Stats() {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if st.Received != want || st.Verdicts.Drop != want || st.VerdictErrors != 0 {
 		t.Fatalf("queue stats %+v, want %d received and dropped", st, want)
 	}
@@ -207,15 +250,30 @@ func TestPipelineAllocatesNothing(t *testing.T) {
 	if es.Get(engine.SYNReceived) != want || es.Get(engine.SendError) != 0 {
 		t.Fatalf("engine saw %d SYNs with %d send errors, want %d and 0", es.Get(engine.SYNReceived), es.Get(engine.SendError), want)
 	}
+	// Every SYN-ACK took the way out asked for.
+	wantRouted := 0
+	if path == ReplyRoute {
+		wantRouted = int(want)
+	}
+	if n := p.routed(t); n != wantRouted {
+		t.Fatalf("%d SYN-ACKs routed through OUTPUT, want %d", n, wantRouted)
+	}
 }
 
 // BenchmarkPipeline measures the gateway process's packet path per SYN:
 // queue receive, engine, batched SYN-ACK send and verdict, with the kernel
-// work the process does for them. The injector, in this process too, sends
-// SYNs 64 at a time and keeps at most 4096 unanswered; the kernel queues
-// them in its context. Allocations are counted over the whole process.
+// work the process does for them, once per reply path. The injector, in
+// this process too, sends SYNs 64 at a time and keeps at most 4096
+// unanswered; the kernel queues them in its context. Allocations are
+// counted over the whole process.
 func BenchmarkPipeline(b *testing.B) {
-	p := newPipeline(b)
+	for _, path := range replyPaths {
+		b.Run("reply="+path.String(), func(b *testing.B) { benchmarkPipeline(b, path) })
+	}
+}
+
+func benchmarkPipeline(b *testing.B, path ReplyPath) {
+	p := newPipeline(b, path)
 	p.inj.send(b, 64)
 	p.await(b, 64)
 	const window = 4096 // SYNs in flight, well inside the queue's length

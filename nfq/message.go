@@ -26,6 +26,8 @@ const (
 	nfqaPacketHdr  = 1  // NFQA_PACKET_HDR: struct nfqnl_msg_packet_hdr
 	nfqaVerdictHdr = 2  // NFQA_VERDICT_HDR: struct nfqnl_msg_verdict_hdr
 	nfqaMark       = 3  // NFQA_MARK
+	nfqaInDev      = 5  // NFQA_IFINDEX_INDEV
+	nfqaHwAddr     = 9  // NFQA_HWADDR: struct nfqnl_msg_packet_hw
 	nfqaPayload    = 10 // NFQA_PAYLOAD
 
 	// Kernel verdicts (include/uapi/linux/netfilter.h).
@@ -58,6 +60,8 @@ type packetMsg struct {
 	hasID   bool
 	hook    uint8
 	mark    uint32
+	inDev   uint32
+	hwAddr  []byte // nil when absent
 	payload []byte // nil when absent
 }
 
@@ -88,6 +92,17 @@ func parsePacketMsg(body []byte, m *packetMsg) {
 		case nfqaMark:
 			if len(v) >= 4 {
 				m.mark = binary.BigEndian.Uint32(v[0:4])
+			}
+		case nfqaInDev:
+			if len(v) >= 4 {
+				m.inDev = binary.BigEndian.Uint32(v[0:4])
+			}
+		case nfqaHwAddr:
+			// struct nfqnl_msg_packet_hw { __be16 hw_addrlen; __u16 _pad; __u8 hw_addr[8]; }
+			if len(v) >= 4 {
+				if n := int(binary.BigEndian.Uint16(v[0:2])); n > 0 && n <= len(v)-4 && n <= 8 {
+					m.hwAddr = v[4 : 4+n]
+				}
 			}
 		case nfqaPayload:
 			m.payload = v

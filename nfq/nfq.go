@@ -32,6 +32,14 @@ type Packet struct {
 	Payload []byte // the whole IP packet (v4 or v6), starting at the IP header
 	Mark    uint32 // skb->mark; 0 when unset
 	Hook    uint8  // netfilter hook: PREROUTING=0, INPUT=1, FORWARD=2, OUTPUT=3, POSTROUTING=4
+
+	// InIndex is the interface the packet arrived on (NFQA_IFINDEX_INDEV),
+	// 0 for a packet this host sent. HwAddr is the link-layer source
+	// address of the frame it arrived in (NFQA_HWADDR): on Ethernet, the
+	// MAC of the neighbour that sent it. It is empty when the kernel
+	// reports none, and, like Payload, valid only during Handle.
+	InIndex uint32
+	HwAddr  []byte
 }
 
 // Handler decides a packet's verdict. It runs on the queue's receive
@@ -121,6 +129,10 @@ type Config struct {
 // Stats are the userspace counters of one queue. All counts are since Open.
 type Stats struct {
 	Received uint64 // packet messages handed to the handler
+	// Batches counts the receive batches those came in: Received/Batches
+	// is the mean batch size, and the per-batch system calls and wake-ups
+	// are the part of the CPU cost per packet that batching divides.
+	Batches  uint64
 	Verdicts VerdictStats
 	// Malformed counts messages that carried no packet id or no payload.
 	// Those with an id still got a verdict (see doc.go) and are counted in

@@ -56,6 +56,7 @@ type Queue struct {
 	closeErr     error
 
 	received      atomic.Uint64
+	batches       atomic.Uint64
 	accepted      atomic.Uint64
 	dropped       atomic.Uint64
 	malformed     atomic.Uint64
@@ -421,6 +422,7 @@ func (q *Queue) isStopping() bool {
 func (q *Queue) Stats() Stats {
 	return Stats{
 		Received: q.received.Load(),
+		Batches:  q.batches.Load(),
 		Verdicts: VerdictStats{
 			Accept: q.accepted.Load(),
 			Drop:   q.dropped.Load(),

@@ -25,7 +25,22 @@ const (
 type Batch struct {
 	s      *Sender
 	v4, v6 family
-	n      int // packets added since the last Flush, both families
+	link   linkFamily
+	n      int // packets added since the last Flush, all families
+}
+
+// linkFamily is the part of a Batch sent on ingress links (AddVia): packet
+// slots, each with its interface and neighbour, and its destination for
+// the routed fallback.
+type linkFamily struct {
+	fd    int
+	slots [BatchSize][SlotSize]byte
+	iovs  [BatchSize]unix.Iovec
+	msgs  [BatchSize]unix.Mmsghdr
+	sll   [BatchSize]unix.RawSockaddrLinklayer
+	dst   [BatchSize]netip.Addr
+	index [BatchSize]int
+	n     int
 }
 
 // family is the part of a Batch sent through one socket: packet slots,
@@ -46,6 +61,17 @@ func (s *Sender) NewBatch() *Batch {
 	b := &Batch{s: s}
 	b.v4.init(s.fd4, false)
 	b.v6.init(s.fd6, true)
+	b.link.fd = s.fdLink
+	for i := range b.link.msgs {
+		h := &b.link.msgs[i].Hdr
+		h.Iov = &b.link.iovs[i]
+		h.SetIovlen(1)
+		b.link.iovs[i].Base = &b.link.slots[i][0]
+		b.link.sll[i].Family = unix.AF_PACKET
+		b.link.sll[i].Halen = 6
+		h.Name = (*byte)(unsafe.Pointer(&b.link.sll[i]))
+		h.Namelen = unix.SizeofSockaddrLinklayer
+	}
 	return b
 }
 
@@ -99,10 +125,39 @@ func (b *Batch) Add(p []byte, dst netip.Addr) bool {
 	return true
 }
 
-// Flush sends the queued packets, IPv4 first, and empties the batch. A
-// packet the kernel refuses is reported to failed (with its index in Add
-// order) and skipped; the rest are sent.
+// AddVia queues a copy of the IP packet p for dst, to be sent on link: a
+// reply to the packet that arrived there (see the package doc). Without a
+// packet socket it is Add. It reports false when the batch cannot take p,
+// as Add does.
+func (b *Batch) AddVia(p []byte, dst netip.Addr, link Link) bool {
+	f := &b.link
+	if f.fd < 0 || !link.IsValid() {
+		return b.Add(p, dst)
+	}
+	if len(p) > SlotSize || f.n == BatchSize {
+		return false
+	}
+	i := f.n
+	copy(f.slots[i][:], p)
+	f.iovs[i].SetLen(len(p))
+	sa := &f.sll[i]
+	sa.Protocol = ethertype(dst)
+	sa.Ifindex = link.index
+	copy(sa.Addr[:], link.addr[:])
+	f.dst[i] = dst
+	f.index[i] = b.n
+	f.n++
+	b.n++
+	return true
+}
+
+// Flush sends the queued packets, those for ingress links first, then
+// IPv4, then IPv6, and empties the batch. A packet the kernel refuses is
+// reported to failed (with its index in Add order) and skipped; the rest
+// are sent. A packet its link refuses is routed instead, and reported
+// only if that fails too.
 func (b *Batch) Flush(failed func(i int, err error)) {
+	b.link.flush(b.s, failed)
 	b.v4.flush(failed)
 	b.v6.flush(failed)
 	b.n = 0
@@ -117,6 +172,26 @@ func (f *family) flush(failed func(int, error)) {
 			// sendmmsg reports an error only for the first message it
 			// tried; skip that one and send the rest.
 			if failed != nil {
+				failed(f.index[off], err)
+			}
+			off++
+		default:
+			off += sent
+		}
+	}
+	f.n = 0
+}
+
+func (f *linkFamily) flush(s *Sender, failed func(int, error)) {
+	for off := 0; off < f.n; {
+		sent, err := sendmmsg(f.fd, f.msgs[off:f.n])
+		switch {
+		case errors.Is(err, unix.EINTR):
+		case err != nil:
+			// The interface is gone or down, or the packet does not fit
+			// its MTU: the routing table still knows a way.
+			p := f.slots[off][:f.iovs[off].Len]
+			if err := s.Send(p, f.dst[off]); err != nil && failed != nil {
 				failed(f.index[off], err)
 			}
 			off++

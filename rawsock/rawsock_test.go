@@ -226,8 +226,8 @@ func TestCloseTwice(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The lowest free descriptor numbers are the ones Close released, so
-	// these two files now hold them.
-	var reused [2]*os.File
+	// these three files now hold them.
+	var reused [3]*os.File
 	for i := range reused {
 		f, err := os.Open(os.DevNull)
 		if err != nil {

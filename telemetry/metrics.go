@@ -40,6 +40,7 @@ type ServiceCounters struct {
 type QueueCounters struct {
 	Queue        uint16
 	Received     uint64
+	Batches      uint64 // receive batches (Received/Batches is the mean batch size)
 	KernelDrops  uint64 // queue_dropped + user_dropped from the kernel
 	ENOBUFS      uint64
 	VerdictError uint64
@@ -106,6 +107,7 @@ type Collector struct {
 	qRecv      *prometheus.Desc
 	qDrop      *prometheus.Desc
 	qNoBu      *prometheus.Desc
+	qBatch     *prometheus.Desc
 	qVErr      *prometheus.Desc
 }
 
@@ -129,6 +131,7 @@ func NewCollector(src Source, cfg CollectorConfig) *Collector {
 	c.suppressed = prometheus.NewDesc(Namespace+"_log_suppressed_total", "Log lines held back by the per-event rate limit.", []string{"event"}, nil)
 	c.qRecv = prometheus.NewDesc(Namespace+"_queue_received_total", "Packets received from the NFQUEUE.", []string{"queue"}, nil)
 	c.qDrop = prometheus.NewDesc(Namespace+"_queue_dropped_total", "Packets the kernel dropped because the queue or its socket was full (/proc/net/netfilter/nfnetlink_queue).", []string{"queue"}, nil)
+	c.qBatch = prometheus.NewDesc(Namespace+"_queue_batches_total", "Receive batches the queue's packets came in; received/batches is the mean batch size.", []string{"queue"}, nil)
 	c.qNoBu = prometheus.NewDesc(Namespace+"_queue_enobufs_total", "Times the kernel reported the queue socket's buffer overflowed.", []string{"queue"}, nil)
 	c.qVErr = prometheus.NewDesc(Namespace+"_queue_verdict_errors_total", "Verdicts that could not be delivered.", []string{"queue"}, nil)
 	return c
@@ -139,7 +142,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range c.descs {
 		ch <- d
 	}
-	for _, d := range []*prometheus.Desc{c.mode, c.halfOpen, c.pend, c.qRecv, c.qDrop, c.qNoBu, c.qVErr} {
+	for _, d := range []*prometheus.Desc{c.mode, c.halfOpen, c.pend, c.qRecv, c.qDrop, c.qNoBu, c.qVErr, c.qBatch} {
 		ch <- d
 	}
 	if c.handshake != nil {
@@ -185,6 +188,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.qRecv, prometheus.CounterValue, float64(q.Received), id)
 		ch <- prometheus.MustNewConstMetric(c.qDrop, prometheus.CounterValue, float64(q.KernelDrops), id)
 		ch <- prometheus.MustNewConstMetric(c.qNoBu, prometheus.CounterValue, float64(q.ENOBUFS), id)
+		ch <- prometheus.MustNewConstMetric(c.qBatch, prometheus.CounterValue, float64(q.Batches), id)
 		ch <- prometheus.MustNewConstMetric(c.qVErr, prometheus.CounterValue, float64(q.VerdictError), id)
 	}
 	if c.log != nil {

@@ -92,6 +92,7 @@ func TestCollectorExportsEveryMetric(t *testing.T) {
 		"synguard_queue_received_total":       {`synguard_queue_received_total{queue="7"} 2000`},
 		"synguard_queue_dropped_total":        {`synguard_queue_dropped_total{queue="7"} 0`},
 		"synguard_queue_enobufs_total":        {`synguard_queue_enobufs_total{queue="7"} 0`},
+		"synguard_queue_batches_total":        {`synguard_queue_batches_total{queue="7"} 40`},
 		"synguard_queue_verdict_errors_total": {`synguard_queue_verdict_errors_total{queue="7"} 1`},
 		"synguard_log_suppressed_total": {
 			`synguard_log_suppressed_total{event="backend_unreachable"} 0`,

@@ -59,7 +59,7 @@ func runBenchScenarios(ctx context.Context, args []string, stdout io.Writer) err
 	}
 	sysDesc := fmt.Sprint(systemNames(cfg.Systems))
 	if len(cfg.Systems) == 0 || slices.Contains(cfg.Systems, bench.Synguard) {
-		sysDesc += " (synguard --queues " + queuesString(cfg.Queues) + ")"
+		sysDesc += " (synguard --queues " + queuesString(cfg.Queues) + strings.Join(append([]string{""}, cfg.SynguardArgs...), " ") + ")"
 	}
 	labDesc := cfg.Name
 	if cfg.Family == bench.IPv6 {
@@ -95,6 +95,7 @@ func benchConfig(args []string, stdout io.Writer) (bench.Config, error) {
 	probeRate := fs.Int("probe-rate", bench.DefaultProbeRate, "`number` of legitimate clients per second during each flood")
 	probeTimeout := fs.Duration("probe-timeout", bench.DefaultProbeTimeout, "time a legitimate client has to connect and fetch its page")
 	name := fs.String("name", benchLabName, "namespace name `prefix` of the benchmark's lab")
+	synguardArgs := fs.String("synguard-args", "", "more `arguments` for synguard run, space-separated, e.g. \"--reply-path route\" (default: none, its defaults)")
 	ipv6 := fs.Bool("ipv6", false, "run everything over IPv6: service [2001:db8:b::2]:80, flood from 2001:db8:ff00::/40, ip6tables on the gateway")
 	if err := parseFlags(fs, args); err != nil {
 		return bench.Config{}, err
@@ -112,6 +113,7 @@ func benchConfig(args []string, stdout io.Writer) (bench.Config, error) {
 	if *ipv6 {
 		cfg.Family = bench.IPv6
 	}
+	cfg.SynguardArgs = strings.Fields(*synguardArgs)
 	if *quick {
 		cfg.Rates, cfg.Duration, cfg.MaxAttempts = bench.QuickRates, bench.QuickDuration, bench.QuickMaxAttempts
 	}

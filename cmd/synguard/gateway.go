@@ -31,6 +31,7 @@ type gatewayFlags struct {
 	local       bool
 	keyFile     string
 	fail        string
+	replyPath   string
 	maxPending  int
 	backendMSS  uint
 	backendWS   int
@@ -50,6 +51,7 @@ func (f *gatewayFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.local, "local", false, "protect services on this host (INPUT/OUTPUT) instead of behind it (FORWARD)")
 	fs.StringVar(&f.keyFile, "key-file", "", "32-byte cookie secret `file` (mode 0600) shared by gateways behind ECMP; default: random per start")
 	fs.StringVar(&f.fail, "fail", "closed", "when synguard is down or its queue is full: `closed` drops new SYNs (protects the backend), open passes them (protects availability)")
+	fs.StringVar(&f.replyPath, "reply-path", "ingress", "how SYN-ACKs and other replies leave: `ingress` sends each back out the interface its packet came in on, to the neighbour that sent it (fast: no route lookup, no OUTPUT/POSTROUTING rules); route routes them through the output hooks, as kernel SYNPROXY does (for asymmetric routing, or OUTPUT rules that must see them)")
 	fs.IntVar(&f.maxPending, "max-pending", engine.DefaultMaxPending, "bound on flows waiting for their backend")
 	fs.UintVar(&f.backendMSS, "backend-mss", 0, "announce this MSS instead of the learned one (with --backend-wscale and --backend-sack)")
 	fs.IntVar(&f.backendWS, "backend-wscale", -2, "announce this window scale (-1: none) instead of the learned one")
@@ -124,6 +126,10 @@ func (f *gatewayFlags) config() (gateway.Config, error) {
 	default:
 		return gateway.Config{}, usagef("--fail %q: want open or closed", f.fail)
 	}
+	replyPath, err := gateway.ParseReplyPath(f.replyPath)
+	if err != nil {
+		return gateway.Config{}, usagef("--reply-path: %v", err)
+	}
 	if f.maxPending < 1 {
 		return gateway.Config{}, usagef("--max-pending %d: must be at least 1", f.maxPending)
 	}
@@ -148,6 +154,7 @@ func (f *gatewayFlags) config() (gateway.Config, error) {
 		Queues:      uint16(f.queues),
 		Local:       f.local,
 		FailOpen:    failOpen,
+		ReplyPath:   replyPath,
 		KeyFile:     f.keyFile,
 		MetricsAddr: f.metrics,
 		Backend:     backend,

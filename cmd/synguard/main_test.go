@@ -30,6 +30,7 @@ func TestBadCommandLines(t *testing.T) {
 		{"v6 without brackets", []string{"run", "--protect", "2001:db8::1:80"}, "is not ADDR:PORT"},
 		{"bad mode", []string{"rules", "--protect", "203.0.113.2:80", "--mode", "sometimes"}, `unknown mode "sometimes"`},
 		{"bad fail", []string{"rules", "--protect", "203.0.113.2:80", "--fail", "maybe"}, `--fail "maybe"`},
+		{"bad reply path", []string{"run", "--protect", "203.0.113.2:80", "--reply-path", "sideways"}, `--reply-path: unknown reply path "sideways"`},
 		{"queues zero", []string{"rules", "--protect", "203.0.113.2:80", "--queues", "0"}, "queues must be 1 or more"},
 		{"queue range", []string{"rules", "--protect", "203.0.113.2:80", "--queue", "65535", "--queues", "2"}, "end at 65535"},
 		{"bad metrics", []string{"rules", "--protect", "203.0.113.2:80", "--metrics", "localhost"}, "--metrics"},
