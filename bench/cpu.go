@@ -180,12 +180,14 @@ type procSample struct {
 	start uint64        // field 22, clock ticks after boot
 	cpu   time.Duration // utime + stime
 	ours  bool          // part of the benchmark (see sampleProcesses)
+	self  bool          // this process
 }
 
 // sampleProcesses reads the CPU time of every process and thread group,
 // and classes each as the benchmark's own or someone else's. The
 // benchmark's own are this process (the generator, the legitimate
-// clients and the backend run in it), every process in one of the lab's
+// clients and the backend run in it; marked self, since the measure
+// counts only its flood thread), every process in one of the lab's
 // network namespaces (given by the inodes of their namespace files: the
 // synguard gateway) and the kernel threads (ksoftirqd and the kworkers
 // do the flood's deferred work). Every other user process is someone
@@ -219,7 +221,8 @@ func sampleProcesses(labNS map[uint64]bool) (map[int]procSample, error) {
 		if err != nil {
 			continue
 		}
-		s.ours = pid == self || kthread
+		s.self = pid == self
+		s.ours = s.self || kthread
 		if !s.ours {
 			var st unix.Stat_t
 			if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &st); err != nil {
@@ -264,23 +267,37 @@ func parseProcSample(b []byte) (procSample, bool, error) {
 }
 
 // processCPU is the CPU time the processes in end used since start,
-// split into the benchmark's and everyone else's: the difference for
-// processes present in both samples, everything for those started in
-// between. A process that both starts and ends between the samples is in
-// neither.
-func processCPU(start, end map[int]procSample) (ours, others time.Duration) {
+// split into this process's, the rest of the benchmark's and everyone
+// else's: the difference for processes present in both samples,
+// everything for those started in between. A process that both starts
+// and ends between the samples is in neither.
+func processCPU(start, end map[int]procSample) (self, ours, others time.Duration) {
 	for pid, e := range end {
 		d := e.cpu
 		if s, ok := start[pid]; ok && s.start == e.start {
 			d = max(e.cpu-s.cpu, 0)
 		}
-		if e.ours {
+		switch {
+		case e.self:
+			self += d
+		case e.ours:
 			ours += d
-		} else {
+		default:
 			others += d
 		}
 	}
-	return ours, others
+	return self, ours, others
+}
+
+// threadCPU is the calling thread's CPU time so far, to the nanosecond.
+// It includes the softirq work the kernel ran in the thread's context
+// (this kernel does not account interrupt time apart).
+func threadCPU() time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts); err != nil {
+		return 0
+	}
+	return time.Duration(ts.Nano())
 }
 
 // ReadBacklogDrops sums, over all CPUs, the packets the kernel dropped

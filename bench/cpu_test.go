@@ -3,6 +3,7 @@ package bench
 import (
 	"math"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -89,17 +90,44 @@ func TestProcessCPU(t *testing.T) {
 		3:  {start: 30, cpu: sec(9), ours: false}, // exits
 		4:  {start: 40, cpu: sec(2), ours: false}, // PID reused below
 		99: {start: 50, cpu: sec(3), ours: true},
+		7:  {start: 5, cpu: sec(10), ours: true, self: true},
 	}
 	end := map[int]procSample{
-		1:  {start: 10, cpu: sec(7), ours: false}, // +2 others
-		2:  {start: 20, cpu: sec(4), ours: true},  // +3 ours
-		4:  {start: 45, cpu: sec(1), ours: false}, // new process: +1 others
-		5:  {start: 60, cpu: sec(6), ours: true},  // new: +6 ours
-		99: {start: 50, cpu: sec(3), ours: true},  // +0
+		7:  {start: 5, cpu: sec(18), ours: true, self: true}, // +8 self
+		1:  {start: 10, cpu: sec(7), ours: false},            // +2 others
+		2:  {start: 20, cpu: sec(4), ours: true},             // +3 ours
+		4:  {start: 45, cpu: sec(1), ours: false},            // new process: +1 others
+		5:  {start: 60, cpu: sec(6), ours: true},             // new: +6 ours
+		99: {start: 50, cpu: sec(3), ours: true},             // +0
 	}
-	ours, others := processCPU(start, end)
-	if ours != sec(9) || others != sec(3) {
-		t.Errorf("ours %v others %v, want 9s and 3s", ours, others)
+	self, ours, others := processCPU(start, end)
+	if self != sec(8) || ours != sec(9) || others != sec(3) {
+		t.Errorf("self %v ours %v others %v, want 8s, 9s and 3s", self, ours, others)
+	}
+}
+
+// threadCPU counts this thread's own work, not the process's: a busy
+// loop on it shows, time spent by another goroutine's thread does not.
+func TestThreadCPU(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	t0 := threadCPU()
+	for end := time.Now().Add(50 * time.Millisecond); time.Now().Before(end); {
+	}
+	busy := threadCPU() - t0
+	if busy < 20*time.Millisecond || busy > time.Second {
+		t.Fatalf("50 ms busy loop: thread CPU %v", busy)
+	}
+	t1 := threadCPU()
+	done := make(chan struct{})
+	go func() {
+		for end := time.Now().Add(50 * time.Millisecond); time.Now().Before(end); {
+		}
+		close(done)
+	}()
+	<-done
+	if idle := threadCPU() - t1; idle > 20*time.Millisecond {
+		t.Fatalf("thread CPU grew %v while another thread worked", idle)
 	}
 }
 
@@ -109,8 +137,8 @@ func TestSampleProcesses(t *testing.T) {
 		t.Fatal(err)
 	}
 	self, ok := procs[os.Getpid()]
-	if !ok || !self.ours {
-		t.Errorf("own process %+v (found %v), want it counted as ours", self, ok)
+	if !ok || !self.ours || !self.self {
+		t.Errorf("own process %+v (found %v), want it counted as ours and self", self, ok)
 	}
 	if kt, ok := procs[2]; ok && !kt.ours { // kthreadd
 		t.Errorf("kthreadd is not counted as ours")

@@ -84,15 +84,24 @@ type RunResult struct {
 	TotalP50ms     float64 `json:"request_p50_ms"`
 	TotalP99ms     float64 `json:"request_p99_ms"`
 	// CPU seconds in this run's window and in its baseline's: the whole
-	// machine's busy time from /proc/stat (CPUBusyS), the benchmark's own
-	// tasks' run time (BenchCPUS: see sampleProcesses) and the run time
-	// of every other user process (OtherCPUS: someone else's work on a
-	// shared machine).
+	// machine's busy time from /proc/stat (CPUBusyS); what the measure
+	// counts (BenchCPUS): the flood generator's thread (FloodCPUS, which
+	// the veth hops and a kernel system's own work run in) plus the lab's
+	// processes, synguard's among them, and the kernel threads; the
+	// benchmark process as a whole, legitimate clients and backend
+	// included (BenchProcessS: the same work in every run, left out of
+	// the measure as noise); and the run time of every other user
+	// process (OtherCPUS: someone else's work on a shared machine).
+	// Reports recorded before FloodCPUS existed counted the whole
+	// benchmark process in BenchCPUS.
 	CPUBusyS       float64 `json:"cpu_busy_s"`
 	BenchCPUS      float64 `json:"bench_cpu_s"`
+	FloodCPUS      float64 `json:"flood_cpu_s,omitempty"`
+	BenchProcessS  float64 `json:"bench_process_cpu_s,omitempty"`
 	OtherCPUS      float64 `json:"other_cpu_s"`
 	BaselineBusyS  float64 `json:"baseline_cpu_busy_s"`
 	BaselineBenchS float64 `json:"baseline_bench_cpu_s"`
+	BaselineFloodS float64 `json:"baseline_flood_cpu_s,omitempty"`
 	BaselineOtherS float64 `json:"baseline_other_cpu_s"`
 	// CPUusPerSYN is the benchmark's CPU time per offered SYN beyond the
 	// baseline's (CPUPerSYN of BenchCPUS); MachineCPUusSYN is the same
@@ -135,20 +144,22 @@ type RunResult struct {
 // Baseline is the run at one offered load in which the gateway drops the
 // flood in raw PREROUTING.
 type Baseline struct {
-	TargetPPS    int     `json:"target_pps"`
-	DurationS    float64 `json:"duration_s"`
-	SYNsSent     int     `json:"syns_sent"`
-	OfferedPPS   float64 `json:"offered_pps"`
-	GatewayRxPPS float64 `json:"gateway_rx_pps"`
-	SynackPPS    float64 `json:"synack_pps"`
-	LegitSuccess float64 `json:"legit_success"`
-	BacklogDrops uint64  `json:"backlog_drops"`
-	WindowS      float64 `json:"window_s"`
-	OtherLoad    float64 `json:"other_load"`
-	Attempts     int     `json:"attempts"`
-	CPUBusyS     float64 `json:"cpu_busy_s"`
-	BenchCPUS    float64 `json:"bench_cpu_s"`
-	OtherCPUS    float64 `json:"other_cpu_s"`
+	TargetPPS     int     `json:"target_pps"`
+	DurationS     float64 `json:"duration_s"`
+	SYNsSent      int     `json:"syns_sent"`
+	OfferedPPS    float64 `json:"offered_pps"`
+	GatewayRxPPS  float64 `json:"gateway_rx_pps"`
+	SynackPPS     float64 `json:"synack_pps"`
+	LegitSuccess  float64 `json:"legit_success"`
+	BacklogDrops  uint64  `json:"backlog_drops"`
+	WindowS       float64 `json:"window_s"`
+	OtherLoad     float64 `json:"other_load"`
+	Attempts      int     `json:"attempts"`
+	CPUBusyS      float64 `json:"cpu_busy_s"`
+	BenchCPUS     float64 `json:"bench_cpu_s"`
+	FloodCPUS     float64 `json:"flood_cpu_s,omitempty"`
+	BenchProcessS float64 `json:"bench_process_cpu_s,omitempty"`
+	OtherCPUS     float64 `json:"other_cpu_s"`
 	// CPUusPerSYN is the baseline's whole cost per SYN in the
 	// benchmark's own tasks: generating it, delivering it to the gateway
 	// and dropping it.

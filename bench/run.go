@@ -209,13 +209,20 @@ func (c *Config) progressName(v variant) string {
 
 // measurement is what one run observed.
 type measurement struct {
-	flood   FloodStats
-	window  time.Duration // flood plus settle: the CPU window
-	busy    time.Duration // whole-machine busy CPU time in the window
-	ours    time.Duration // CPU time of the benchmark's processes (sampleProcesses)
-	other   time.Duration // CPU time of processes outside the benchmark
-	synacks uint64        // SYN-ACKs to spoofed sources leaving the gateway
-	rx      uint64        // packets the gateway received on its client side
+	flood  FloodStats
+	window time.Duration // flood plus settle: the CPU window
+	busy   time.Duration // whole-machine busy CPU time in the window
+	// ours is the CPU time the measure counts: the flood thread's
+	// (floodCPU) and that of the benchmark's other tasks but this
+	// process (the lab's processes, the kernel threads). self is this
+	// whole process's, flood thread included: the legitimate clients,
+	// the backend and the Go runtime, the same in every run.
+	ours     time.Duration
+	floodCPU time.Duration
+	self     time.Duration
+	other    time.Duration // CPU time of processes outside the benchmark
+	synacks  uint64        // SYN-ACKs to spoofed sources leaving the gateway
+	rx       uint64        // packets the gateway received on its client side
 	// backlogDrops is packets the kernel dropped, machine-wide, because a
 	// CPU's input backlog was full.
 	backlogDrops uint64
@@ -538,7 +545,9 @@ func (b *bencher) measure(ctx context.Context, rate int) (measurement, error) {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
 		defer close(floodDone)
+		t0 := threadCPU()
 		m.flood, floodErr = f.Run(ctx)
+		m.floodCPU = threadCPU() - t0
 	}()
 	<-floodDone
 	if floodErr != nil {
@@ -556,7 +565,9 @@ func (b *bencher) measure(ctx context.Context, rate int) (measurement, error) {
 	if err != nil {
 		return m, err
 	}
-	m.ours, m.other = processCPU(procs0, procs1)
+	var rest time.Duration
+	m.self, rest, m.other = processCPU(procs0, procs1)
+	m.ours = m.floodCPU + rest
 	backlog1, err := ReadBacklogDrops()
 	if err != nil {
 		return m, err
@@ -606,6 +617,9 @@ func runRow(v variant, rate int, m, base measurement) RunResult {
 		BaselineOtherS:  base.other.Seconds(),
 		BenchCPUS:       m.ours.Seconds(),
 		BaselineBenchS:  base.ours.Seconds(),
+		FloodCPUS:       m.floodCPU.Seconds(),
+		BaselineFloodS:  base.floodCPU.Seconds(),
+		BenchProcessS:   m.self.Seconds(),
 		CPUusPerSYN:     CPUPerSYN(m.ours, m.flood.Sent, base.ours, base.flood.Sent),
 		MachineCPUusSYN: CPUPerSYN(m.busy, m.flood.Sent, base.busy, base.flood.Sent),
 		OtherLoad:       m.otherShare(),
@@ -627,21 +641,23 @@ func runRow(v variant, rate int, m, base measurement) RunResult {
 
 func baselineRow(rate int, m measurement) Baseline {
 	return Baseline{
-		TargetPPS:    rate,
-		DurationS:    m.flood.Elapsed.Seconds(),
-		SYNsSent:     m.flood.Sent,
-		OfferedPPS:   m.flood.PPS(),
-		GatewayRxPPS: perSecond(m.rx, m.flood.Elapsed),
-		SynackPPS:    perSecond(m.synacks, m.flood.Elapsed),
-		LegitSuccess: m.probes.Success,
-		BacklogDrops: m.backlogDrops,
-		OtherLoad:    m.otherShare(),
-		Attempts:     m.attempts,
-		WindowS:      m.window.Seconds(),
-		CPUBusyS:     m.busy.Seconds(),
-		OtherCPUS:    m.other.Seconds(),
-		BenchCPUS:    m.ours.Seconds(),
-		CPUusPerSYN:  CPUPerSYN(m.ours, m.flood.Sent, 0, 1),
+		TargetPPS:     rate,
+		DurationS:     m.flood.Elapsed.Seconds(),
+		SYNsSent:      m.flood.Sent,
+		OfferedPPS:    m.flood.PPS(),
+		GatewayRxPPS:  perSecond(m.rx, m.flood.Elapsed),
+		SynackPPS:     perSecond(m.synacks, m.flood.Elapsed),
+		LegitSuccess:  m.probes.Success,
+		BacklogDrops:  m.backlogDrops,
+		OtherLoad:     m.otherShare(),
+		Attempts:      m.attempts,
+		WindowS:       m.window.Seconds(),
+		CPUBusyS:      m.busy.Seconds(),
+		OtherCPUS:     m.other.Seconds(),
+		BenchCPUS:     m.ours.Seconds(),
+		FloodCPUS:     m.floodCPU.Seconds(),
+		BenchProcessS: m.self.Seconds(),
+		CPUusPerSYN:   CPUPerSYN(m.ours, m.flood.Sent, 0, 1),
 	}
 }
 
