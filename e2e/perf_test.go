@@ -99,6 +99,7 @@ func BenchmarkGatewayFlood(b *testing.B) {
 			b.ReportMetric(float64(res.drops), "qdrops")
 			b.ReportMetric(res.cpuPerSYN, "µs/SYN")
 			b.ReportMetric(res.perBatch, "pkts/batch")
+			b.ReportMetric(res.machinePerSYN, "machine-µs/SYN")
 			if r.probes {
 				b.ReportMetric(100*res.legit, "%legit")
 			}
@@ -112,9 +113,13 @@ func BenchmarkGatewayFlood(b *testing.B) {
 type floodResult struct {
 	offered, synacks, answered, cpuPerSYN, legit float64
 	perBatch                                     float64 // mean receive batch size
-	engineSYNs, drops, enobufs                   uint64
-	cpu                                          time.Duration
-	legitOK, legitN                              int
+	// machinePerSYN is the whole machine's busy time per SYN sent, the
+	// generator's included: wall time × CPUs − idle time, whose /proc/stat
+	// figure is not tick-sampled. Compare it between gateways in one lab.
+	machinePerSYN              float64
+	engineSYNs, drops, enobufs uint64
+	cpu                        time.Duration
+	legitOK, legitN            int
 }
 
 // floodGateway starts a gateway with queues queues, floods service at rate
@@ -187,6 +192,11 @@ func floodGateway(b *testing.B, exe string, topo *lab.Topology, service netip.Ad
 	defer f.Close()
 
 	m0 := scrape()
+	mach0, err := bench.ReadCPUTimes()
+	if err != nil {
+		b.Fatal(err)
+	}
+	wall0 := time.Now()
 	cpu0, err := bench.ProcessCPU(cmd.Process.Pid)
 	if err != nil {
 		b.Fatal(err)
@@ -215,6 +225,11 @@ func floodGateway(b *testing.B, exe string, topo *lab.Topology, service netip.Ad
 		b.Fatalf("flood: %v", err)
 	}
 	time.Sleep(500 * time.Millisecond) // let the queue drain
+	mach1, err := bench.ReadCPUTimes()
+	if err != nil {
+		b.Fatal(err)
+	}
+	wall := time.Since(wall0)
 	cpu1, err := bench.ProcessCPU(cmd.Process.Pid)
 	if err != nil {
 		b.Fatal(err)
@@ -232,6 +247,10 @@ func floodGateway(b *testing.B, exe string, topo *lab.Topology, service netip.Ad
 	}
 	if st.Sent > 0 {
 		res.answered = float64(delta("synguard_synack_sent_total")) / float64(st.Sent)
+	}
+	if st.Sent > 0 {
+		busy := time.Duration(runtime.NumCPU())*wall - mach1.Sub(mach0).Idle
+		res.machinePerSYN = float64(busy.Microseconds()) / float64(st.Sent)
 	}
 	if n := delta("synguard_queue_batches_total"); n > 0 {
 		res.perBatch = float64(delta("synguard_queue_received_total")) / float64(n)

@@ -64,6 +64,9 @@ func TestReplyPath(t *testing.T) {
 				}
 				before := outputCounter(t, topo, fam.save)
 				g := startGateway(t, topo.Gateway, "--protect", fam.svc.String(), "--mode", "always", "--reply-path", step.path)
+				if !waitUntil(5*time.Second, func() bool { return strings.Contains(g.log.String(), `"reply_path":"`+step.path+`"`) }) {
+					t.Fatalf("no start event with reply_path %q:\n%s", step.path, g.log.String())
+				}
 				err := connect(topo, fam.svc)
 				sent := g.serviceMetric("synguard_synack_sent_total", fam.svc)
 				failed := g.serviceMetric("synguard_send_error_total", fam.svc)

@@ -287,8 +287,14 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		learner.probeAll(ctx)
 	}
 
+	// Without a packet socket every reply is routed; say which way they go.
+	viaIngress := cfg.ReplyPath == ReplyIngress && sender.CanReplyOnLink()
+	replyPath := ReplyRoute
+	if viaIngress {
+		replyPath = ReplyIngress
+	}
 	log.Info().Str("event", telemetry.EventStart).Str("mode", cfg.Mode.String()).Strs("services", services).
-		Str("metrics", cfg.MetricsAddr).Msg("synguard protecting services")
+		Str("metrics", cfg.MetricsAddr).Str("reply_path", replyPath.String()).Msg("synguard protecting services")
 
 	var wg sync.WaitGroup
 	errs := make(chan error, len(queues)+1)
@@ -302,7 +308,6 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		defer wg.Done()
 		tel.Run(ctx)
 	}()
-	viaIngress := cfg.ReplyPath == ReplyIngress && sender.CanReplyOnLink()
 	for _, q := range queues {
 		h := queueHandler{staleMark: fwCfg.StaleMark}
 		if viaIngress {

@@ -68,8 +68,6 @@
 //     queue up to its id that still waits; the kernel queues to us in id
 //     order and every earlier packet already has its verdict, so that is
 //     exactly the run. A SYN flood's batch is one message.
-//   - The newest packets of a batch's last run of drops wait for the next
-//     batch's verdict write: see "Deferred drops" below.
 //   - BatchHandler.Flush runs after the last Handle of a batch and before
 //     its verdicts: the engine sends the batch's SYN-ACKs there, in one
 //     sendmmsg (package rawsock).
@@ -96,28 +94,6 @@
 // Queue length and socket buffer (DefaultMaxQueueLen, DefaultReadBuffer)
 // are sized together so that a burst fills the queue, counted per packet,
 // rather than the socket; their comments give the figures.
-//
-// # Deferred drops
-//
-// Recent kernels (the 6.18 these figures come from among them) find the
-// packet a verdict names in a per-queue hash table (an rhashtable) that
-// grows when packets wait and shrinks when they do not; older ones walk a
-// list, where the deferral costs nothing either. A flood arrives in bursts and the loop gives every packet its
-// verdict at the end of each batch, so the table emptied after every burst
-// and was resized twice per burst, in a kernel worker: measured, that
-// cost about 5% of the machine at 100k SYN/s, and per SYN more at lower
-// rates. So a batch that ends in a run of drops sends its verdict for all
-// but the newest 128 packets of the run (deferredDrops); their verdict
-// goes out with the next batch's, or, when no packet comes for 100 ms,
-// on its own (a read deadline). The table then keeps about 128 entries
-// and no longer resizes while the flood lasts. That changes nothing a
-// packet does: a dropped packet goes nowhere however long it waits (the
-// engine's reply to it has already left), and any verdict but Drop, and
-// every drop before it, is sent with its batch as before. It costs 128
-// queue slots of DefaultMaxQueueLen and the held packets' memory, and the
-// Drop count in Stats lags by up to 128 until the next batch or the idle
-// flush. With the deferral, BenchmarkGatewayFlood and `synguard bench`
-// measured 10–25% less CPU per SYN at 25k and 100k SYN/s.
 //
 // # Verdicts
 //

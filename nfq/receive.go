@@ -1,11 +1,8 @@
 package nfq
 
 import (
-	"errors"
 	"fmt"
-	"os"
 	"syscall"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -27,17 +24,6 @@ const (
 	// packet when every verdict differs from the one before, and the
 	// re-queue of the packets held during setup.
 	maxVerdictMsgs = rxBatch + 1
-
-	// deferredDrops is how many of the newest packets of a trailing run
-	// of Drop verdicts wait for the next batch's verdict write (doc.go,
-	// "Deferred drops"); runRing holds the ids of the run being built and
-	// must exceed it by a batch.
-	deferredDrops = 128
-	runRing       = 256
-
-	// deferredIdle is how long deferred drops wait for another packet
-	// before they are sent on their own.
-	deferredIdle = 100 * time.Millisecond
 )
 
 // receiver is the receive loop of one queue: recvmmsg into preallocated
@@ -45,10 +31,9 @@ const (
 // of a whole batch in one write. Everything in it belongs to the receive
 // goroutine; nothing is allocated per packet.
 type receiver struct {
-	q    *Queue
-	conn rawConner
-	rc   syscall.RawConn
-	h    BatchHandler
+	q  *Queue
+	rc syscall.RawConn
+	h  BatchHandler
 
 	msgs []unix.Mmsghdr
 	iovs []unix.Iovec
@@ -72,15 +57,6 @@ type receiver struct {
 	runLen     uint64
 	runID      uint32
 	runVerdict uint32
-	// The ids of the run's newest packets, oldest first from runStart:
-	// a batch ends by sending all but the newest deferDrops of a run of
-	// drops.
-	runIDs   [runRing]uint32
-	runStart uint64
-
-	deferDrops   uint64        // deferredDrops; 0 sends every verdict with its batch
-	deferIdle    time.Duration // deferredIdle
-	idleDeadline bool          // a read deadline is set to send deferred drops
 
 	released bool // the packets held during setup were re-queued
 	msg      packetMsg
@@ -94,7 +70,6 @@ type receiver struct {
 // give it another socket.
 type rawConner interface {
 	SyscallConn() (syscall.RawConn, error)
-	SetReadDeadline(time.Time) error
 }
 
 func newReceiver(q *Queue, c rawConner, h BatchHandler) (*receiver, error) {
@@ -103,16 +78,13 @@ func newReceiver(q *Queue, c rawConner, h BatchHandler) (*receiver, error) {
 		return nil, fmt.Errorf("socket: %w", err)
 	}
 	r := &receiver{
-		q:          q,
-		conn:       c,
-		rc:         rc,
-		h:          h,
-		deferDrops: deferredDrops,
-		deferIdle:  deferredIdle,
-		msgs:       make([]unix.Mmsghdr, rxBatch),
-		iovs:       make([]unix.Iovec, rxBatch),
-		bufs:       make([]byte, rxBatch*rxSlot),
-		out:        make([]byte, 0, maxVerdictMsgs*verdictMsgLen),
+		q:    q,
+		rc:   rc,
+		h:    h,
+		msgs: make([]unix.Mmsghdr, rxBatch),
+		iovs: make([]unix.Iovec, rxBatch),
+		bufs: make([]byte, rxBatch*rxSlot),
+		out:  make([]byte, 0, maxVerdictMsgs*verdictMsgLen),
 	}
 	for i := range r.msgs {
 		r.iovs[i].Base = &r.bufs[i*rxSlot]
@@ -129,7 +101,6 @@ func newReceiver(q *Queue, c rawConner, h BatchHandler) (*receiver, error) {
 // nil when the queue is shutting down, the error otherwise.
 func (r *receiver) run() error {
 	for {
-		r.armIdleFlush()
 		err := r.receive()
 		if err == nil {
 			r.q.errStreak = 0
@@ -138,10 +109,6 @@ func (r *receiver) run() error {
 		}
 		if r.q.isStopping() {
 			return nil
-		}
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			r.flushDeferred()
-			continue
 		}
 		if r.q.receiveFailed(err) {
 			return err
@@ -195,7 +162,7 @@ func (r *receiver) handle() {
 		r.messages(b, m.Hdr.Flags&unix.MSG_TRUNC != 0)
 	}
 	r.h.Flush()
-	r.endBatch()
+	r.closeRun()
 	r.sendVerdicts()
 	q := r.q
 	q.batches.Add(1)
@@ -302,57 +269,13 @@ func (r *receiver) verdict(id uint32, v Verdict) {
 	if v == Accept {
 		kv = nfAccept
 	}
-	if r.runLen > 0 && kv == r.runVerdict && r.runLen < runRing {
-		r.runIDs[(r.runStart+r.runLen)%runRing] = id
+	if r.runLen > 0 && kv == r.runVerdict {
 		r.runID = id
 		r.runLen++
 		return
 	}
 	r.closeRun()
 	r.runID, r.runVerdict, r.runLen = id, kv, 1
-	r.runStart = 0
-	r.runIDs[0] = id
-}
-
-// endBatch turns the batch's last run into a verdict message, except for
-// the newest deferDrops packets of a run of drops: their verdict waits
-// for the next batch, which most likely continues the run (doc.go says
-// why).
-func (r *receiver) endBatch() {
-	switch {
-	case r.runLen == 0:
-	case r.runVerdict != nfDrop:
-		r.closeRun()
-	case r.runLen > r.deferDrops:
-		send := r.runLen - r.deferDrops
-		r.outDrop += send
-		r.appendVerdict(r.runIDs[(r.runStart+send-1)%runRing], nfDrop)
-		r.runStart = (r.runStart + send) % runRing
-		r.runLen = r.deferDrops
-	}
-}
-
-// armIdleFlush sets a read deadline while drops are deferred, so that
-// they are sent when no other packet comes (run's ErrDeadlineExceeded).
-// It is set once, not per batch: under traffic it expires every
-// deferIdle and costs one verdict write.
-func (r *receiver) armIdleFlush() {
-	if r.idleDeadline || r.runLen == 0 || r.runVerdict != nfDrop || r.deferDrops == 0 {
-		return
-	}
-	if err := r.conn.SetReadDeadline(time.Now().Add(r.deferIdle)); err == nil {
-		r.idleDeadline = true
-	}
-}
-
-// flushDeferred sends the deferred drops and clears the deadline.
-func (r *receiver) flushDeferred() {
-	r.idleDeadline = false
-	if err := r.conn.SetReadDeadline(time.Time{}); err != nil {
-		r.q.log.Warn().Err(err).Msg("clearing the read deadline failed")
-	}
-	r.closeRun()
-	r.sendVerdicts()
 }
 
 // closeRun turns the run being built into a verdict message. A batch

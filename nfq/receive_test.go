@@ -7,7 +7,6 @@ import (
 	"os"
 	"slices"
 	"testing"
-	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/rs/zerolog"
@@ -97,7 +96,6 @@ type harness struct {
 	t    testing.TB
 	q    *Queue
 	r    *receiver
-	f    *os.File // the receiver's end
 	peer int
 	buf  []byte
 }
@@ -120,10 +118,7 @@ func newTestReceiver(t testing.TB, cfg Config, h BatchHandler) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Every verdict goes out with its batch unless a test of deferred
-	// drops turns them on: the other tests check what one batch writes.
-	r.deferDrops = 0
-	return &harness{t: t, q: q, r: r, f: f, peer: fds[1], buf: make([]byte, 1<<16)}
+	return &harness{t: t, q: q, r: r, peer: fds[1], buf: make([]byte, 1<<16)}
 }
 
 // send queues datagrams for the receiver.
@@ -397,160 +392,30 @@ func renumber(m []byte, id uint32) {
 }
 
 func TestReceiverAllocatesNothing(t *testing.T) {
-	for _, deferred := range []uint64{0, deferredDrops} {
-		t.Run(fmt.Sprintf("deferred=%d", deferred), func(t *testing.T) {
-			c := &countingHandler{}
-			h := newTestReceiver(t, Config{Queue: 7}, c)
-			h.r.deferDrops = deferred
-			msgs := synMessages()
-			id := uint32(0)
-			batch := func() {
-				for _, m := range msgs {
-					id++
-					renumber(m, id)
-					if _, err := unix.Write(h.peer, m); err != nil {
-						t.Fatal(err)
-					}
-				}
-				h.r.armIdleFlush() // as run does
-				if err := h.r.receive(); err != nil {
-					t.Fatal(err)
-				}
-				h.r.handle()
+	c := &countingHandler{}
+	h := newTestReceiver(t, Config{Queue: 7}, c)
+	msgs := synMessages()
+	id := uint32(0)
+	if n := testing.AllocsPerRun(50, func() {
+		for _, m := range msgs {
+			id++
+			renumber(m, id)
+			if _, err := unix.Write(h.peer, m); err != nil {
+				t.Fatal(err)
 			}
-			// Fill the deferred drops first: from then on every batch
-			// writes its verdicts.
-			for range deferred / rxBatch {
-				batch()
-			}
-			if n := testing.AllocsPerRun(50, func() {
-				batch()
-				if _, err := unix.Read(h.peer, h.buf); err != nil {
-					t.Fatal(err)
-				}
-			}); n != 0 {
-				t.Fatalf("a batch of %d packets allocates %.1f times", rxBatch, n)
-			}
-			batches := 51 + int(deferred/rxBatch)
-			if c.handled != batches*rxBatch || c.flushed != batches {
-				t.Fatalf("handled %d packets in %d flushes, want %d in %d", c.handled, c.flushed, batches*rxBatch, batches)
-			}
-		})
-	}
-}
-
-// TestReceiverDefersTrailingDrops: a batch ends by sending every verdict
-// but the newest deferDrops drops of its last run; the next batch's
-// verdict covers them, a batch that ends in another verdict sends them
-// all, and nothing is counted before it is sent.
-func TestReceiverDefersTrailingDrops(t *testing.T) {
-	rec := &recorder{verdicts: map[uint32]Verdict{13: Accept, 17: Accept}}
-	h := newTestReceiver(t, Config{Queue: 7}, rec)
-	h.r.deferDrops = 4
-	send := func(from, to uint32) {
-		for id := from; id <= to; id++ {
-			h.send(cannedPacket{id: id, payload: []byte{0x45}}.message())
 		}
-		h.step()
-	}
-	for _, step := range []struct {
-		from, to     uint32
-		want         [][]sentVerdict
-		accept, drop uint64
-	}{
-		// Ten drops: six go out, the newest four wait.
-		{1, 10, [][]sentVerdict{{{6, nfDrop}}}, 0, 6},
-		// Two more: two of the waiting ones go out.
-		{11, 12, [][]sentVerdict{{{8, nfDrop}}}, 0, 8},
-		// An accept ends the run: every drop before it goes out first.
-		{13, 13, [][]sentVerdict{{{12, nfDrop}, {13, nfAccept}}}, 1, 12},
-		// Fewer drops than deferred: nothing to write.
-		{14, 16, nil, 1, 12},
-		{17, 17, [][]sentVerdict{{{16, nfDrop}, {17, nfAccept}}}, 2, 15},
-	} {
-		send(step.from, step.to)
-		if diff := cmp.Diff(step.want, h.verdicts()); diff != "" {
-			t.Fatalf("after ids %d..%d, verdict writes (-want +got):\n%s", step.from, step.to, diff)
+		if err := h.r.receive(); err != nil {
+			t.Fatal(err)
 		}
-		if st := h.q.Stats().Verdicts; st.Accept != step.accept || st.Drop != step.drop {
-			t.Fatalf("after ids %d..%d: %+v, want %d accepted and %d dropped", step.from, step.to, st, step.accept, step.drop)
+		h.r.handle()
+		if _, err := unix.Read(h.peer, h.buf); err != nil {
+			t.Fatal(err)
 		}
+	}); n != 0 {
+		t.Fatalf("a batch of %d packets allocates %.1f times", rxBatch, n)
 	}
-}
-
-// TestReceiverDeferredDropsAcrossBatches: a run of drops longer than the
-// id ring, in full batches, is sent exactly, batch by batch.
-func TestReceiverDeferredDropsAcrossBatches(t *testing.T) {
-	h := newTestReceiver(t, Config{Queue: 7}, &recorder{})
-	h.r.deferDrops = deferredDrops
-	const total = 10 * runRing
-	var last uint32
-	for id := uint32(1); id <= total; id++ {
-		h.send(cannedPacket{id: id, payload: []byte{0x45}}.message())
-		if id%rxBatch != 0 {
-			continue
-		}
-		h.step()
-		for _, w := range h.verdicts() {
-			if len(w) != 1 || w[0].Verdict != nfDrop {
-				t.Fatalf("write %v, want one drop verdict", w)
-			}
-			last = w[0].ID
-		}
-		if want := int64(id) - deferredDrops; want > 0 && last != uint32(want) {
-			t.Fatalf("after %d packets the verdicts cover up to %d, want %d", id, last, want)
-		}
-	}
-	if st := h.q.Stats().Verdicts; st.Drop != total-deferredDrops {
-		t.Fatalf("%d drops counted, want %d", st.Drop, total-deferredDrops)
-	}
-}
-
-// TestReceiverSendsDeferredDropsWhenIdle: drops still deferred when no
-// other packet comes are sent after deferIdle, and the loop goes on.
-func TestReceiverSendsDeferredDropsWhenIdle(t *testing.T) {
-	h := newTestReceiver(t, Config{Queue: 7}, &recorder{verdicts: map[uint32]Verdict{9: Accept}})
-	h.r.deferDrops = 4
-	h.r.deferIdle = 50 * time.Millisecond
-	done := make(chan error, 1)
-	go func() { done <- h.r.run() }()
-	defer func() {
-		close(h.q.stopping)
-		h.f.Close()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-	}()
-	// writes waits for n verdict writes, at most a second.
-	writes := func(n int) [][]sentVerdict {
-		var got [][]sentVerdict
-		for deadline := time.Now().Add(time.Second); len(got) < n && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-			got = append(got, h.verdicts()...)
-		}
-		return got
-	}
-	start := time.Now()
-	for id := uint32(1); id <= 6; id++ {
-		h.send(cannedPacket{id: id, payload: []byte{0x45}}.message())
-	}
-	got := writes(2)
-	if waited := time.Since(start); waited < h.r.deferIdle {
-		t.Errorf("deferred drops sent after %v, before the idle time %v", waited, h.r.deferIdle)
-	}
-	// The six may arrive in one batch or more; the last write covers all.
-	if len(got) == 0 || got[len(got)-1][0] != (sentVerdict{6, nfDrop}) {
-		t.Fatalf("verdict writes %v, want the last to drop up to 6", got)
-	}
-	// After the idle flush the loop still takes packets.
-	for id := uint32(7); id <= 9; id++ {
-		h.send(cannedPacket{id: id, payload: []byte{0x45}}.message())
-	}
-	got = writes(1)
-	if len(got) == 0 || got[len(got)-1][len(got[len(got)-1])-1] != (sentVerdict{9, nfAccept}) {
-		t.Fatalf("verdict writes %v, want the last to accept 9", got)
-	}
-	if st := h.q.Stats().Verdicts; st.Drop != 8 || st.Accept != 1 {
-		t.Fatalf("%+v, want 8 dropped and 1 accepted", st)
+	if c.handled != 51*rxBatch || c.flushed != 51 {
+		t.Fatalf("handled %d packets in %d flushes, want %d in 51", c.handled, c.flushed, 51*rxBatch)
 	}
 }
 
