@@ -33,6 +33,21 @@ func TestReportFromRecordedJSON(t *testing.T) {
 	}
 }
 
+// rewrite writes rep's files into a new directory and reads its
+// report.json back.
+func rewrite(t *testing.T, rep *Report) (dir string, again *Report) {
+	t.Helper()
+	dir = t.TempDir()
+	if err := rep.Write(dir); err != nil {
+		t.Fatal(err)
+	}
+	again, err := LoadReport(filepath.Join(dir, ReportJSON))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir, again
+}
+
 func checkRecordedReport(t *testing.T, path string) *Report {
 	rep, err := LoadReport(path)
 	if err != nil {
@@ -41,15 +56,7 @@ func checkRecordedReport(t *testing.T, path string) *Report {
 	if len(rep.Runs) == 0 || len(rep.Baselines) == 0 {
 		t.Fatalf("recorded report has %d runs and %d baselines", len(rep.Runs), len(rep.Baselines))
 	}
-	dir := t.TempDir()
-	if err := rep.Write(dir); err != nil {
-		t.Fatal(err)
-	}
-
-	again, err := LoadReport(filepath.Join(dir, ReportJSON))
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, again := rewrite(t, rep)
 	if diff := cmp.Diff(rep, again); diff != "" {
 		t.Errorf("report.json does not read back the same (-recorded +written):\n%s", diff)
 	}
@@ -434,14 +441,7 @@ func TestReportNamesSynguardArgs(t *testing.T) {
 	if !strings.Contains(md.String(), "synguard ran with `--reply-path route`") {
 		t.Fatalf("report.md does not name the synguard arguments:\n%.600s", md.String())
 	}
-	dir := t.TempDir()
-	if err := rep.Write(dir); err != nil {
-		t.Fatal(err)
-	}
-	again, err := LoadReport(filepath.Join(dir, ReportJSON))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, again := rewrite(t, rep)
 	if !slices.Equal(again.Config.SynguardArgs, rep.Config.SynguardArgs) {
 		t.Fatalf("report.json synguard_args %q, want %q", again.Config.SynguardArgs, rep.Config.SynguardArgs)
 	}

@@ -61,19 +61,7 @@ func tcpListener(t *testing.T, ns *netns.NS, v6 bool) int {
 	if v6 {
 		family = unix.AF_INET6
 	}
-	var fd int
-	if err := ns.Do(func() (err error) {
-		fd, err = unix.Socket(family, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	tv := unix.NsecToTimeval((200 * time.Millisecond).Nanoseconds())
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		t.Fatal(err)
-	}
-	return fd
+	return rawsock.OpenTCPReceiver(t, ns, family, 200*time.Millisecond)
 }
 
 // received reads TCP segments from a tcpListener until it stays quiet,

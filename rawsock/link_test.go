@@ -76,10 +76,11 @@ func linkTo(t *testing.T, ns, peer *netns.NS) Link {
 	return l
 }
 
-// delivered opens a raw TCP socket in ns: it gets a copy of each TCP
-// segment ns's IP stack accepts as its own, which a frame sent to another
-// MAC address is not.
-func delivered(t *testing.T, ns *netns.NS, family int) func() [][]byte {
+// OpenTCPReceiver opens a raw TCP socket of family in ns, closed at
+// cleanup: it gets a copy of each TCP segment ns's IP stack accepts as its
+// own (which a frame sent to another MAC address is not), and a read
+// gives up after timeout. The package's external tests use it too.
+func OpenTCPReceiver(t *testing.T, ns *netns.NS, family int, timeout time.Duration) int {
 	t.Helper()
 	var fd int
 	if err := ns.Do(func() (err error) {
@@ -89,10 +90,18 @@ func delivered(t *testing.T, ns *netns.NS, family int) func() [][]byte {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Close(fd) })
-	tv := unix.NsecToTimeval((300 * time.Millisecond).Nanoseconds())
+	tv := unix.NsecToTimeval(timeout.Nanoseconds())
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 		t.Fatal(err)
 	}
+	return fd
+}
+
+// delivered returns a function that reads the TCP segments ns's IP stack
+// took as its own (OpenTCPReceiver) until none comes for 300 ms.
+func delivered(t *testing.T, ns *netns.NS, family int) func() [][]byte {
+	t.Helper()
+	fd := OpenTCPReceiver(t, ns, family, 300*time.Millisecond)
 	return func() [][]byte {
 		var got [][]byte
 		buf := make([]byte, 2048)

@@ -67,19 +67,11 @@ func Open(mark uint32) (*Sender, error) {
 // openLink opens the packet socket replies go back on. Its protocol is 0,
 // so it is bound to nothing and receives nothing; each message names its
 // interface and neighbour.
+//
+// The mark is for tc and for anyone tracing the engine's packets:
+// netfilter never sees these.
 func openLink(mark uint32) (int, error) {
-	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, err
-	}
-	// The mark is for tc and for anyone tracing the engine's packets;
-	// netfilter never sees these.
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark)); err != nil {
-		unix.Close(fd)
-		return -1, fmt.Errorf("set SO_MARK: %w", err)
-	}
-	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 4<<20)
-	return fd, nil
+	return openMarked(unix.AF_PACKET, unix.SOCK_DGRAM, 0, mark)
 }
 
 // CanReplyOnLink reports whether s has a packet socket, so that
@@ -87,7 +79,13 @@ func openLink(mark uint32) (int, error) {
 func (s *Sender) CanReplyOnLink() bool { return s.fdLink >= 0 }
 
 func open(family int, mark uint32) (int, error) {
-	fd, err := unix.Socket(family, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+	return openMarked(family, unix.SOCK_RAW, unix.IPPROTO_RAW, mark)
+}
+
+// openMarked opens a socket whose packets carry mark, with a send buffer
+// large enough that a burst of SYN-ACKs never fails for lack of room.
+func openMarked(domain, typ, proto int, mark uint32) (int, error) {
+	fd, err := unix.Socket(domain, typ|unix.SOCK_CLOEXEC, proto)
 	if err != nil {
 		return -1, err
 	}
@@ -95,7 +93,6 @@ func open(family int, mark uint32) (int, error) {
 		unix.Close(fd)
 		return -1, fmt.Errorf("set SO_MARK: %w", err)
 	}
-	// A burst of SYN-ACKs must not fail for lack of buffer space.
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 4<<20)
 	return fd, nil
 }
