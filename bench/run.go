@@ -221,7 +221,7 @@ type measurement struct {
 	floodCPU time.Duration
 	self     time.Duration
 	other    time.Duration // CPU time of processes outside the benchmark
-	synacks  uint64        // SYN-ACKs to spoofed sources leaving the gateway
+	synacks  uint64        // SYN-ACKs to spoofed sources reaching the client namespace
 	rx       uint64        // packets the gateway received on its client side
 	// backlogDrops is packets the kernel dropped, machine-wide, because a
 	// CPU's input backlog was full.

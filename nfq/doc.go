@@ -83,13 +83,14 @@
 //
 // Measured in a lab on a 2-vCPU VM (e2e's BenchmarkGatewayFlood, `synguard
 // bench`): the gateway process spends ~3–4.5 µs of CPU per SYN (it was
-// 17–21; 3.2 at 100k SYN/s since SYN-ACKs leave on the ingress link, see
-// package rawsock), one queue answers ~150–220k SYN/s, and 100k SYN/s
-// offered to one queue are all answered with no queue drops. What remains
-// is nearly all kernel work: the SYN-ACK's way out (about half, most of it
-// the receiving side's processing, which veth runs in the sender's
-// context), recvmmsg, the verdicts, and waking up when the queue runs dry;
-// the engine's own code is under a tenth.
+// 17–21; 2.2–3.2 at 100k SYN/s since SYN-ACKs leave on the ingress link,
+// see package rawsock), one queue answers ~190–230k SYN/s, and 200k SYN/s
+// offered to one queue were all answered with no queue drops. What
+// remains is nearly all kernel work: the SYN-ACK's way out (about half:
+// the packet socket's path a quarter of the process, the receiving side's
+// processing, which veth runs in the sender's context, a fifth),
+// recvmmsg, the verdicts, and waking up when the queue runs dry; the
+// engine's own code is about a tenth.
 //
 // Queue length and socket buffer (DefaultMaxQueueLen, DefaultReadBuffer)
 // are sized together so that a burst fills the queue, counted per packet,
