@@ -12,7 +12,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
@@ -20,8 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/synguard/synguard/backendinfo"
-	"github.com/synguard/synguard/internal/roottest"
-	"github.com/synguard/synguard/lab"
+	"github.com/synguard/synguard/internal/nstest"
 	"github.com/synguard/synguard/lab/netns"
 )
 
@@ -32,56 +30,14 @@ var (
 	backendAddr6 = netip.MustParseAddr("2001:db8:c::1")
 )
 
-// mtu is the veth pair's MTU (the kernel's default for veth).
+// mtu is the veth pair's MTU (nstest.Pair's, the kernel's default for veth).
 const mtu = 1500
-
-var pairSeq atomic.Int32
 
 // newPair makes a client and a backend namespace joined by a veth pair
 // (eth0 in each, MTU 1500), removed when the test ends.
 func newPair(t *testing.T) (client, backend *netns.NS) {
 	t.Helper()
-	roottest.Require(t)
-	ctx := context.Background()
-	base := fmt.Sprintf("sgbi%d-%d", os.Getpid()%100000, pairSeq.Add(1))
-	var made []*netns.NS
-	for _, suffix := range []string{"-c", "-b"} {
-		ns, err := netns.Create(ctx, base+suffix)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			if err := ns.Delete(); err != nil {
-				t.Error(err)
-			}
-		})
-		made = append(made, ns)
-	}
-	client, backend = made[0], made[1]
-	if err := netns.Run(ctx, "ip", "link", "add", "eth0", "netns", client.Name, "mtu", strconv.Itoa(mtu),
-		"type", "veth", "peer", "name", "eth0", "netns", backend.Name, "mtu", strconv.Itoa(mtu)); err != nil {
-		t.Fatal(err)
-	}
-	for _, side := range []struct {
-		ns     *netns.NS
-		v4, v6 netip.Addr
-	}{{client, clientAddr4, clientAddr6}, {backend, backendAddr4, backendAddr6}} {
-		for _, args := range [][]string{
-			{"addr", "add", side.v4.String() + "/24", "dev", "eth0"},
-			{"addr", "add", side.v6.String() + "/64", "dev", "eth0", "nodad"},
-			{"link", "set", "eth0", "up"},
-		} {
-			if err := side.ns.Run(ctx, "ip", args...); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	for _, ns := range made {
-		if err := lab.WaitLinkReady(ctx, ns, "eth0"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return client, backend
+	return nstest.Pair(t, "sgbi", nstest.Addrs{V4: clientAddr4, V6: clientAddr6}, nstest.Addrs{V4: backendAddr4, V6: backendAddr6})
 }
 
 // setSysctls writes /proc/sys entries (key with dots) inside ns.

@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/synguard/synguard/bench"
+	"github.com/synguard/synguard/internal/nstest"
 	"github.com/synguard/synguard/internal/roottest"
 	"github.com/synguard/synguard/lab"
 	"github.com/synguard/synguard/lab/netns"
@@ -38,25 +38,15 @@ type sink struct {
 	target4, target6 netip.Addr
 }
 
-var nsSeq atomic.Int32
-
 func newSink(t testing.TB, ipv6 bool) *sink {
 	t.Helper()
 	ctx := context.Background()
-	name := fmt.Sprintf("sgt-flood-%d-%d", os.Getpid(), nsSeq.Add(1))
 	s := &sink{
 		target4: netip.MustParseAddr("203.0.113.2"),
 		target6: netip.MustParseAddr("2001:db8:b::2"),
+		tx:      nstest.New(t, "sgt-flood-tx"),
+		rx:      nstest.New(t, "sgt-flood-rx"),
 	}
-	var err error
-	if s.tx, err = netns.Create(ctx, name+"-tx"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { deleteNS(t, s.tx) })
-	if s.rx, err = netns.Create(ctx, name+"-rx"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { deleteNS(t, s.rx) })
 
 	run := func(ns *netns.NS, args ...string) {
 		t.Helper()
@@ -99,12 +89,6 @@ func newSink(t testing.TB, ipv6 bool) *sink {
 		run(s.tx, "-6", "route", "add", "2001:db8:b::/64", "via", "2001:db8:c::1")
 	}
 	return s
-}
-
-func deleteNS(t testing.TB, ns *netns.NS) {
-	if err := ns.Delete(); err != nil && netns.Exists(ns.Name) {
-		t.Errorf("cleanup: %v", err)
-	}
 }
 
 func linkAddress(t testing.TB, ns *netns.NS, iface string) string {

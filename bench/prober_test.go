@@ -11,9 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/synguard/synguard/internal/roottest"
+	"github.com/synguard/synguard/internal/nstest"
 	"github.com/synguard/synguard/lab"
-	"github.com/synguard/synguard/lab/netns"
 )
 
 func TestPercentile(t *testing.T) {
@@ -128,17 +127,8 @@ func TestClassifyProbeError(t *testing.T) {
 // RunProbes against a real backend in a namespace of the test's own:
 // every probe succeeds, and none against a port nobody listens on.
 func TestRunProbes(t *testing.T) {
-	roottest.Require(t)
 	ctx := context.Background()
-	ns, err := netns.Create(ctx, fmt.Sprintf("sgt-probe-%d", os.Getpid()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := ns.Delete(); err != nil {
-			t.Error(err)
-		}
-	})
+	ns := nstest.New(t, "sgt-probe")
 	bctx, cancel := context.WithCancel(ctx)
 	backend, err := lab.ServeBackend(bctx, ns, netip.MustParseAddrPort("127.0.0.1:0"))
 	if err != nil {

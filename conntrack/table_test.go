@@ -5,39 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	ctnl "github.com/ti-mo/conntrack"
 
+	"github.com/synguard/synguard/internal/nstest"
 	"github.com/synguard/synguard/internal/roottest"
 	"github.com/synguard/synguard/lab/netns"
 )
-
-var nsCount atomic.Int64
-
-// newNS creates a namespace unique to this test process, removed on cleanup.
-func newNS(t *testing.T) *netns.NS {
-	t.Helper()
-	roottest.Require(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	name := fmt.Sprintf("sgt-ct-%d-%d", os.Getpid(), nsCount.Add(1))
-	ns, err := netns.Create(ctx, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := ns.Delete(); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
-	return ns
-}
 
 // openIn opens a Table inside ns, closed on cleanup (before ns is deleted).
 func openIn(t *testing.T, ns *netns.NS) *Table {
@@ -136,7 +114,7 @@ func TestCreateLookup(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ns := newNS(t)
+			ns := nstest.New(t, "sgt-ct")
 			var tb *Table
 			if err := ns.Do(func() (err error) {
 				if tb, err = Open(); err != nil {
@@ -212,7 +190,7 @@ func TestCreateLookup(t *testing.T) {
 
 func TestLookupAbsent(t *testing.T) {
 	roottest.Require(t)
-	ns := newNS(t)
+	ns := nstest.New(t, "sgt-ct")
 	tb := openIn(t, ns)
 	h := testHandoff(40000)
 	if err := tb.Create(h); err != nil {
@@ -239,7 +217,7 @@ func TestLookupAbsent(t *testing.T) {
 // established timeout; an explicit one is used as given.
 func TestTimeoutFromNamespace(t *testing.T) {
 	roottest.Require(t)
-	ns := newNS(t)
+	ns := nstest.New(t, "sgt-ct")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := ns.Run(ctx, "sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_timeout_established=1234"); err != nil {
@@ -274,7 +252,7 @@ func TestTimeoutFromNamespace(t *testing.T) {
 // that Marked returns exactly the flows handed off with that mark.
 func TestMarked(t *testing.T) {
 	roottest.Require(t)
-	ns := newNS(t)
+	ns := nstest.New(t, "sgt-ct")
 	tb := openIn(t, ns)
 	for i := range 6 {
 		h := testHandoff(40000 + uint16(i))
@@ -336,7 +314,7 @@ func containsAll(have []uint16, want ...uint16) bool {
 // TestConcurrentCreate creates flows from many goroutines at once (run with -race).
 func TestConcurrentCreate(t *testing.T) {
 	roottest.Require(t)
-	ns := newNS(t)
+	ns := nstest.New(t, "sgt-ct")
 	tb := openIn(t, ns)
 	const n = 64
 	var wg sync.WaitGroup
@@ -375,7 +353,7 @@ func TestConcurrentCreate(t *testing.T) {
 // an existing entry, which never returns with this netlink version.
 func TestDeadline(t *testing.T) {
 	roottest.Require(t)
-	nsA, nsB := newNS(t), newNS(t)
+	nsA, nsB := nstest.New(t, "sgt-ct"), nstest.New(t, "sgt-ct")
 	tb := openIn(t, nsA)
 	h := testHandoff(40000)
 	if err := tb.Create(h); err != nil {
@@ -423,7 +401,7 @@ func TestDeadline(t *testing.T) {
 
 func TestClosed(t *testing.T) {
 	roottest.Require(t)
-	ns := newNS(t)
+	ns := nstest.New(t, "sgt-ct")
 	tb := openIn(t, ns)
 	if err := tb.Close(); err != nil {
 		t.Fatal(err)
@@ -455,7 +433,7 @@ func testHandoff(clientPort uint16) Handoff {
 // TestDeleteThenCreate: a flow whose tuple still has an entry (a client
 // reusing ports within TIME_WAIT) gets its own entry after Delete.
 func TestDeleteThenCreate(t *testing.T) {
-	ns := newNS(t)
+	ns := nstest.New(t, "sgt-ct")
 	tb := openIn(t, ns)
 	client := netip.MustParseAddrPort("198.51.100.2:40123")
 	server := netip.MustParseAddrPort("203.0.113.2:80")

@@ -6,17 +6,16 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"regexp"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/synguard/synguard/internal/nstest"
 	"github.com/synguard/synguard/internal/roottest"
 	"github.com/synguard/synguard/lab/netns"
 )
@@ -25,27 +24,9 @@ import (
 // kernel inside network namespaces of its own, which it removes when done;
 // the host's firewall and sysctls are never touched.
 
-var nsSeq atomic.Int32
-
 // emptyTable matches a reduced table with built-in chains only, all with
 // policy ACCEPT, and no rules.
 var emptyTable = regexp.MustCompile(`^\*\w+\n(:[A-Z]+ ACCEPT\n)*COMMIT\n$`)
-
-// newNS creates a namespace that is removed when the test ends.
-func newNS(t *testing.T, role string) *netns.NS {
-	t.Helper()
-	name := fmt.Sprintf("sgfw-%d-%d-%s", os.Getpid(), nsSeq.Add(1), role)
-	ns, err := netns.Create(context.Background(), name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := ns.Delete(); err != nil {
-			t.Errorf("remove test namespace: %v", err)
-		}
-	})
-	return ns
-}
 
 // nsRunner is a Runner acting inside a namespace: commands run under
 // `ip netns exec`, sysctls are read and written by Host on a thread that
@@ -262,7 +243,7 @@ COMMIT
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx := context.Background()
-			ns := newNS(t, "inst")
+			ns := nstest.New(t, "sgfw-inst")
 			sh(t, ns, operatorRules)
 			for name, v := range tt.presets {
 				if err := (nsRunner{ns}).WriteSysctl(name, v); err != nil {
@@ -337,7 +318,7 @@ func assertClean(t *testing.T, ns *netns.NS) {
 func TestInstallAfterCrash(t *testing.T) {
 	roottest.Require(t)
 	ctx := context.Background()
-	ns := newNS(t, "crash")
+	ns := nstest.New(t, "sgfw-crash")
 	c := base("203.0.113.10:80")
 	c.Runner = nsRunner{ns}
 
@@ -389,7 +370,7 @@ COMMIT
 func TestRemoveLeftovers(t *testing.T) {
 	roottest.Require(t)
 	ctx := context.Background()
-	ns := newNS(t, "left")
+	ns := nstest.New(t, "sgfw-left")
 	// A crashed run's chains, some referring to each other and some jumped
 	// to twice, next to the operator's chains, one with a look-alike name.
 	sh(t, ns, `
@@ -457,7 +438,7 @@ COMMIT
 // error.
 func TestRestoreError(t *testing.T) {
 	roottest.Require(t)
-	ns := newNS(t, "rerr")
+	ns := nstest.New(t, "sgfw-rerr")
 	tests := []struct {
 		rule string
 		want []string
@@ -526,7 +507,7 @@ func TestInstallUndo(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ns := newNS(t, "undo")
+			ns := nstest.New(t, "sgfw-undo")
 			sysBefore := sysctls(t, ns, tcpLoose, forward4, forward6)
 			c := base("203.0.113.10:80", "[2001:db8::10]:80")
 			c.Runner = tt.runner(ns)
@@ -557,7 +538,7 @@ func TestQueueBypass(t *testing.T) {
 	ctx := context.Background()
 	for _, failOpen := range []bool{true, false} {
 		t.Run(fmt.Sprintf("FailOpen=%v", failOpen), func(t *testing.T) {
-			client, server := newNS(t, "cli"), newNS(t, "srv")
+			client, server := nstest.New(t, "sgfw-cli"), nstest.New(t, "sgfw-srv")
 			sh(t, client, fmt.Sprintf(`
 ip link add veth0 type veth peer name veth1 netns %s
 ip addr add 198.51.100.2/24 dev veth0
@@ -570,23 +551,7 @@ ip link set veth1 up
 ip route add 198.51.100.0/24 dev veth1
 `)
 			service := netip.MustParseAddrPort("203.0.113.10:8080")
-			var ln net.Listener
-			if err := server.Do(func() (err error) {
-				ln, err = net.Listen("tcp", service.String())
-				return err
-			}); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { ln.Close() })
-			go func() {
-				for {
-					c, err := ln.Accept()
-					if err != nil {
-						return
-					}
-					c.Close()
-				}
-			}()
+			nstest.ListenTCP(t, server, service.String())
 			dial := func() error {
 				return client.Do(func() error {
 					c, err := (&net.Dialer{Timeout: 1500 * time.Millisecond}).Dial("tcp", service.String())

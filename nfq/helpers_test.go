@@ -6,36 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/synguard/synguard/internal/roottest"
 	"github.com/synguard/synguard/lab/netns"
 	"github.com/synguard/synguard/nfq"
 )
-
-var nsSeq atomic.Int32
-
-// newNS creates a namespace for this test only (loopback up) and removes it
-// in cleanup; its netfilter rules go with it.
-func newNS(t *testing.T) *netns.NS {
-	t.Helper()
-	roottest.Require(t)
-	name := fmt.Sprintf("sgt-nfq-%d-%d", os.Getpid(), nsSeq.Add(1))
-	ns, err := netns.Create(context.Background(), name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := ns.Delete(); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
-	return ns
-}
 
 // iptables runs iptables (or ip6tables with v6) inside ns.
 func iptables(t *testing.T, ns *netns.NS, v6 bool, args ...string) {
@@ -91,30 +69,6 @@ func runQueue(t *testing.T, q *nfq.Queue, h nfq.Handler) (stop func()) {
 	}
 	t.Cleanup(stop)
 	return stop
-}
-
-// listenTCP opens a TCP listener inside ns that accepts and closes
-// connections until the test ends.
-func listenTCP(t *testing.T, ns *netns.NS, addr string) *net.TCPAddr {
-	t.Helper()
-	var ln net.Listener
-	if err := ns.Do(func() (err error) {
-		ln, err = net.Listen("tcp", addr)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr)
 }
 
 // dialTCP connects from inside ns.

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/synguard/synguard/internal/nstest"
 	"github.com/synguard/synguard/nfq"
 )
 
@@ -63,12 +64,12 @@ func TestVerdicts(t *testing.T) {
 		{"drop/ipv6", true, nfq.Drop},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ns := newNS(t)
+			ns := nstest.New(t, "sgt-nfq")
 			host := "127.0.0.1"
 			if tc.v6 {
 				host = "::1"
 			}
-			addr := listenTCP(t, ns, net.JoinHostPort(host, "0"))
+			addr := nstest.ListenTCP(t, ns, net.JoinHostPort(host, "0"))
 			port := strconv.Itoa(addr.Port)
 			iptables(t, ns, tc.v6, "-t", "mangle", "-A", "INPUT", "-p", "tcp", "--dport", port, "-j", "MARK", "--set-mark", strconv.Itoa(mark))
 			iptables(t, ns, tc.v6, "-A", "INPUT", "-p", "tcp", "--dport", port, "--syn", "-j", "NFQUEUE", "--queue-num", strconv.Itoa(queue))
@@ -142,8 +143,8 @@ func TestVerdicts(t *testing.T) {
 // held, not lost, and that the kernel lists the queue with our port id.
 func TestPacketsWaitForRun(t *testing.T) {
 	const queue = 3
-	ns := newNS(t)
-	addr := listenTCP(t, ns, "127.0.0.1:0")
+	ns := nstest.New(t, "sgt-nfq")
+	addr := nstest.ListenTCP(t, ns, "127.0.0.1:0")
 	iptables(t, ns, false, "-A", "INPUT", "-p", "tcp", "--dport", strconv.Itoa(addr.Port), "--syn", "-j", "NFQUEUE", "--queue-num", strconv.Itoa(queue))
 	q := openQueue(t, ns, nfq.Config{Queue: queue})
 
@@ -190,7 +191,7 @@ func TestENOBUFSSurvival(t *testing.T) {
 		queue = 11
 		burst = 3000
 	)
-	ns := newNS(t)
+	ns := nstest.New(t, "sgt-nfq")
 	sender := udpSender(t, ns)
 	// Closed ports: nothing listens, packets are only queued.
 	const burstPort, markerPort = 9, 10
@@ -267,7 +268,7 @@ func TestFailOpen(t *testing.T) {
 	)
 	for _, failOpen := range []bool{false, true} {
 		t.Run(fmt.Sprintf("failopen=%v", failOpen), func(t *testing.T) {
-			ns := newNS(t)
+			ns := nstest.New(t, "sgt-nfq")
 			var rx *net.UDPConn
 			if err := ns.Do(func() (err error) {
 				rx, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -338,7 +339,7 @@ func TestFailOpen(t *testing.T) {
 // TestMultipleQueues runs two queues side by side, each with its own
 // socket, goroutine and traffic.
 func TestMultipleQueues(t *testing.T) {
-	ns := newNS(t)
+	ns := nstest.New(t, "sgt-nfq")
 	queues := []uint16{20, 21}
 	type qs struct {
 		addr *net.TCPAddr
@@ -347,7 +348,7 @@ func TestMultipleQueues(t *testing.T) {
 	}
 	all := make([]*qs, len(queues))
 	for i, num := range queues {
-		x := &qs{addr: listenTCP(t, ns, "127.0.0.1:0")}
+		x := &qs{addr: nstest.ListenTCP(t, ns, "127.0.0.1:0")}
 		iptables(t, ns, false, "-A", "INPUT", "-p", "tcp", "--dport", strconv.Itoa(x.addr.Port), "--syn", "-j", "NFQUEUE", "--queue-num", strconv.Itoa(int(num)))
 		x.q = openQueue(t, ns, nfq.Config{Queue: num})
 		runQueue(t, x.q, func(p *nfq.Packet) nfq.Verdict {
@@ -391,7 +392,7 @@ func TestMultipleQueues(t *testing.T) {
 // is cancelled, that the queue is unbound and no goroutine is left behind.
 func TestRunStopsPromptly(t *testing.T) {
 	const queue = 30
-	ns := newNS(t)
+	ns := nstest.New(t, "sgt-nfq")
 	before := runtime.NumGoroutine()
 
 	var q *nfq.Queue
@@ -440,7 +441,7 @@ func TestRunStopsPromptly(t *testing.T) {
 // done returns nil at once and unbinds the queue.
 func TestRunWithDoneContext(t *testing.T) {
 	const queue = 32
-	ns := newNS(t)
+	ns := nstest.New(t, "sgt-nfq")
 	var q *nfq.Queue
 	if err := ns.Do(func() (err error) {
 		q, err = nfq.Open(nfq.Config{Queue: queue})
@@ -469,7 +470,7 @@ func TestRunWithDoneContext(t *testing.T) {
 // waiting, and that Run afterwards reports the queue closed.
 func TestCloseBeforeRun(t *testing.T) {
 	const queue = 31
-	ns := newNS(t)
+	ns := nstest.New(t, "sgt-nfq")
 	before := runtime.NumGoroutine()
 	sender := udpSender(t, ns)
 	iptables(t, ns, false, "-A", "INPUT", "-p", "udp", "--dport", "9", "-j", "NFQUEUE", "--queue-num", strconv.Itoa(queue))
@@ -510,7 +511,7 @@ func TestCloseBeforeRun(t *testing.T) {
 // refused rather than shared.
 func TestOpenQueueInUse(t *testing.T) {
 	const queue = 40
-	ns := newNS(t)
+	ns := nstest.New(t, "sgt-nfq")
 	first := openQueue(t, ns, nfq.Config{Queue: queue})
 	err := ns.Do(func() error {
 		q, err := nfq.Open(nfq.Config{Queue: queue})
@@ -536,7 +537,7 @@ func TestOpenUnderLoad(t *testing.T) {
 		opens = 30
 		port  = 9
 	)
-	ns := newNS(t)
+	ns := nstest.New(t, "sgt-nfq")
 	sender := udpSender(t, ns)
 	iptables(t, ns, false, "-A", "INPUT", "-p", "udp", "--dport", strconv.Itoa(port), "-j", "NFQUEUE", "--queue-num", strconv.Itoa(queue))
 

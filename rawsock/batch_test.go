@@ -5,39 +5,19 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/synguard/synguard/internal/roottest"
+	"github.com/synguard/synguard/internal/nstest"
 	"github.com/synguard/synguard/lab/netns"
 	"github.com/synguard/synguard/packet"
 	"github.com/synguard/synguard/rawsock"
 )
 
 const mark = 0x53470001
-
-var nsSeq atomic.Int32
-
-// newNS creates a namespace with loopback up, removed at cleanup.
-func newNS(t *testing.T) *netns.NS {
-	t.Helper()
-	roottest.Require(t)
-	ns, err := netns.Create(context.Background(), fmt.Sprintf("sgt-raw-%d-%d", os.Getpid(), nsSeq.Add(1)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := ns.Delete(); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
-	return ns
-}
 
 // openSender opens a Sender inside ns.
 func openSender(t *testing.T, ns *netns.NS) *rawsock.Sender {
@@ -125,7 +105,7 @@ func markedPackets(t *testing.T, ns *netns.NS, v6 bool) string {
 // TestBatchSends sends batches of both families and checks that every
 // packet arrives, in order, carrying the mark.
 func TestBatchSends(t *testing.T) {
-	ns := newNS(t)
+	ns := nstest.New(t, "sgt-raw")
 	for _, cmd := range []string{"iptables", "ip6tables"} {
 		if err := ns.Run(context.Background(), cmd, "-w", "-t", "raw", "-A", "OUTPUT", "-m", "mark", "--mark", fmt.Sprint(mark)); err != nil {
 			t.Fatal(err)
@@ -187,7 +167,7 @@ func TestBatchSends(t *testing.T) {
 // TestBatchReportsFailures sends a batch in which some packets have no
 // route: those are reported by index, the others still go out.
 func TestBatchReportsFailures(t *testing.T) {
-	ns := newNS(t)
+	ns := nstest.New(t, "sgt-raw")
 	s := openSender(t, ns)
 	rx := tcpListener(t, ns, false)
 	b := s.NewBatch()
@@ -215,7 +195,7 @@ func TestBatchReportsFailures(t *testing.T) {
 }
 
 func TestBatchRefusesOversizedPackets(t *testing.T) {
-	ns := newNS(t)
+	ns := nstest.New(t, "sgt-raw")
 	b := openSender(t, ns).NewBatch()
 	if b.Add(make([]byte, rawsock.SlotSize+1), netip.MustParseAddr("127.0.0.2")) {
 		t.Fatal("Add of a packet larger than a slot accepted")
@@ -223,7 +203,7 @@ func TestBatchRefusesOversizedPackets(t *testing.T) {
 }
 
 func TestBatchAllocatesNothing(t *testing.T) {
-	ns := newNS(t)
+	ns := nstest.New(t, "sgt-raw")
 	s := openSender(t, ns)
 	_ = tcpListener(t, ns, false)
 	b := s.NewBatch()
@@ -244,12 +224,7 @@ func TestBatchAllocatesNothing(t *testing.T) {
 // sending SYN-ACKs out of a veth whose peer is down, which discards them
 // (this kernel has no dummy interfaces).
 func BenchmarkSend(b *testing.B) {
-	roottest.Require(b)
-	ns, err := netns.Create(context.Background(), fmt.Sprintf("sgb-raw-%d", os.Getpid()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ns.Delete() })
+	ns := nstest.New(b, "sgb-raw")
 	for _, args := range [][]string{
 		{"link", "add", "d0", "type", "veth", "peer", "name", "d1"},
 		{"link", "set", "d0", "arp", "off", "up"},

@@ -4,17 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"net/netip"
 	"os"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/synguard/synguard/internal/roottest"
+	"github.com/synguard/synguard/internal/nstest"
 	"github.com/synguard/synguard/lab"
 	"github.com/synguard/synguard/lab/netns"
 	"github.com/synguard/synguard/packet"
@@ -31,52 +29,11 @@ var (
 	addrB6 = netip.MustParseAddr("2001:db8:c::2")
 )
 
-var pairSeq atomic.Int32
-
 // newPair makes two namespaces joined by a veth pair (eth0 in each), with
 // A at .1 / ::1 and B at .2 / ::2, removed when the test ends.
 func newPair(t *testing.T) (a, b *netns.NS) {
 	t.Helper()
-	roottest.Require(t)
-	ctx := context.Background()
-	base := fmt.Sprintf("sgrs%d-%d", os.Getpid()%100000, pairSeq.Add(1))
-	var made []*netns.NS
-	for _, suffix := range []string{"-a", "-b"} {
-		ns, err := netns.Create(ctx, base+suffix)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			if err := ns.Delete(); err != nil {
-				t.Error(err)
-			}
-		})
-		made = append(made, ns)
-	}
-	a, b = made[0], made[1]
-	if err := netns.Run(ctx, "ip", "link", "add", "eth0", "netns", a.Name, "type", "veth", "peer", "name", "eth0", "netns", b.Name); err != nil {
-		t.Fatal(err)
-	}
-	for _, side := range []struct {
-		ns     *netns.NS
-		v4, v6 netip.Addr
-	}{{a, addrA4, addrA6}, {b, addrB4, addrB6}} {
-		for _, args := range [][]string{
-			{"addr", "add", side.v4.String() + "/24", "dev", "eth0"},
-			{"addr", "add", side.v6.String() + "/64", "dev", "eth0", "nodad"},
-			{"link", "set", "eth0", "up"},
-		} {
-			if err := side.ns.Run(ctx, "ip", args...); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	for _, ns := range made {
-		if err := lab.WaitLinkReady(ctx, ns, "eth0"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return a, b
+	return nstest.Pair(t, "sgrs", nstest.Addrs{V4: addrA4, V6: addrA6}, nstest.Addrs{V4: addrB4, V6: addrB6})
 }
 
 // openIn opens a Sender inside ns.
@@ -215,12 +172,7 @@ func TestSendIPv6WithoutSocket(t *testing.T) {
 // TestCloseTwice: a closed Sender fails to send, and a second Close leaves
 // alone the descriptors its old numbers now name.
 func TestCloseTwice(t *testing.T) {
-	roottest.Require(t)
-	ns, err := netns.Create(context.Background(), fmt.Sprintf("sgrs%d-%d", os.Getpid()%100000, pairSeq.Add(1)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ns.Delete() })
+	ns := nstest.New(t, "sgrs")
 	s := openIn(t, ns)
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
