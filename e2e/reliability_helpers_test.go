@@ -361,7 +361,11 @@ func watchSpoofReplies(t *testing.T, ns *netns.NS, iface string) *spoofWatch {
 		if err != nil {
 			return err
 		}
-		w.fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
+		// Protocol 0: the socket receives nothing until bind names the
+		// interface and protocol, after the filter is in place. Opened
+		// with ETH_P_ALL it would take every interface's packets in the
+		// meantime (a metrics scrape on lo, say) and count them.
+		w.fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			return err
 		}

@@ -32,8 +32,10 @@ func OpenCapture(ns *netns.NS, iface string) (*Capture, error) {
 		if err != nil {
 			return err
 		}
-		proto := int(htons(unix.ETH_P_ALL))
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, proto)
+		// Protocol 0 receives nothing; bind below starts the capture on
+		// iface alone. Opened with ETH_P_ALL, the socket would take every
+		// interface's packets until bound.
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			return err
 		}
