@@ -20,7 +20,7 @@
 // ctnetlink creates an entry (ctnetlink_create_conntrack); an adjustment sent
 // as an update of an existing entry is silently ignored. That is also why the
 // handshake packets must stay untracked: a kernel-made entry would be in the
-// way (Create would fail with ErrExists) and could not carry the adjustment.
+// way (Create would fail with handoff.ErrExists) and could not carry the adjustment.
 //
 // Order matters: the engine sends the client its window update only after
 // Create returned, or the client's first data arrives before the entry,
@@ -49,10 +49,10 @@
 //     which are equal; it must merely be non-zero, because ti-mo/conntrack
 //     sends an adjustment only when all three fields are non-zero (so 1 is
 //     used when ServerISN+1 wraps to 0). With a zero delta nothing is sent.
-//   - The connmark Handoff.Mark, which must be non-zero: it is how the
+//   - The connmark handoff.Flow.Mark, which must be non-zero: it is how the
 //     firewall tells handed-off flows from others.
 //   - A timeout, which the kernel requires on create and replaces with its own
-//     per-state timeout on the flow's next packet. A zero Handoff.Timeout
+//     per-state timeout on the flow's next packet. A zero handoff.Flow.Timeout
 //     means the namespace's nf_conntrack_tcp_timeout_established (read by
 //     Open; 5 days by default): exactly what the kernel sets when it sees a
 //     handshake complete. So a flow that stays silent after its handshake (an
@@ -75,7 +75,7 @@
 // ti-mo/conntrack does not expose the socket's deadline, so an expired
 // deadline closes the socket, interrupting the read; the next request opens
 // a new socket in the same namespace. A request that timed out may still have
-// taken effect: a retried Create then reports ErrExists, which the engine
+// taken effect: a retried Create then reports handoff.ErrExists, which the engine
 // counts as done. Requests on a Table are serialised; the netlink socket
 // would serialise them anyway, and each takes tens of microseconds.
 //

@@ -8,6 +8,8 @@ import (
 
 	ctnl "github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
+
+	"github.com/synguard/synguard/cookies"
 )
 
 // Entry is what synguard cares about in a kernel conntrack entry of a TCP flow.
@@ -21,9 +23,9 @@ type Entry struct {
 	TCPState TCPState      // TCPNone when the kernel reported no TCP protoinfo
 	Timeout  time.Duration // remaining lifetime
 
-	// Window-scale shifts in use per direction; NoWindowScale when the
+	// Window-scale shifts in use per direction; cookies.NoWindowScale when the
 	// direction's WINDOW_SCALE flag is clear.
-	ClientWindowScale, ServerWindowScale WindowScale
+	ClientWindowScale, ServerWindowScale cookies.WindowScale
 	// Tracking flags per direction.
 	ClientFlags, ServerFlags TCPFlags
 
@@ -50,18 +52,18 @@ func entryFromFlow(f ctnl.Flow) Entry {
 			Before:   f.SeqAdjReply.OffsetBefore,
 			After:    f.SeqAdjReply.OffsetAfter,
 		},
-		ClientWindowScale: NoWindowScale,
-		ServerWindowScale: NoWindowScale,
+		ClientWindowScale: cookies.NoWindowScale,
+		ServerWindowScale: cookies.NoWindowScale,
 	}
 	if tcp := f.ProtoInfo.TCP; tcp != nil {
 		e.TCPState = TCPState(tcp.State)
 		e.ClientFlags = unpackTCPFlags(tcp.OriginalFlags)
 		e.ServerFlags = unpackTCPFlags(tcp.ReplyFlags)
 		if e.ClientFlags&FlagWindowScale != 0 {
-			e.ClientWindowScale = WindowScale(tcp.OriginalWindowScale)
+			e.ClientWindowScale = cookies.WindowScale(tcp.OriginalWindowScale)
 		}
 		if e.ServerFlags&FlagWindowScale != 0 {
-			e.ServerWindowScale = WindowScale(tcp.ReplyWindowScale)
+			e.ServerWindowScale = cookies.WindowScale(tcp.ReplyWindowScale)
 		}
 	}
 	return e

@@ -9,51 +9,10 @@ import (
 
 	ctnl "github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
+
+	"github.com/synguard/synguard/cookies"
+	"github.com/synguard/synguard/handoff"
 )
-
-// Handoff describes a flow whose handshake the gateway completed with SYN cookies.
-type Handoff struct {
-	// Client and Server give the original direction: Client -> Server.
-	Client, Server netip.AddrPort
-
-	// CookieISN is the ISN the gateway sent the client (the seq of its SYN-ACK).
-	CookieISN uint32
-	// ServerISN is the ISN in the backend's SYN-ACK.
-	ServerISN uint32
-
-	// ClientWindowScale is the shift the client announced in its SYN,
-	// ServerWindowScale the one in the backend's SYN-ACK. NoWindowScale when
-	// that side sent no window-scale option.
-	ClientWindowScale, ServerWindowScale WindowScale
-
-	// Mark is the connmark that identifies handed-off flows: the firewall
-	// accepts marked flows without queueing them. Must be non-zero.
-	Mark uint32
-
-	// Timeout is the entry's lifetime until the next packet of the flow, when
-	// the kernel replaces it with its own per-state timeout. Zero means the
-	// namespace's nf_conntrack_tcp_timeout_established (see the package doc).
-	Timeout time.Duration
-}
-
-// WindowScale is a TCP window-scale shift count (RFC 7323), or NoWindowScale.
-type WindowScale int8
-
-const (
-	// NoWindowScale means the side sent no window-scale option.
-	NoWindowScale WindowScale = -1
-	// MaxWindowScale is the largest shift RFC 7323 allows.
-	MaxWindowScale WindowScale = 14
-)
-
-func (s WindowScale) valid() bool { return s >= NoWindowScale && s <= MaxWindowScale }
-
-func (s WindowScale) String() string {
-	if s == NoWindowScale {
-		return "none"
-	}
-	return fmt.Sprintf("%d", int8(s))
-}
 
 // SeqAdjust is a conntrack sequence adjustment for one direction: a packet of
 // that direction whose seq is after Position has After added to its seq,
@@ -131,9 +90,9 @@ func unpackTCPFlags(v uint16) TCPFlags { return TCPFlags(v >> 8) }
 // edge; with it set, blocks a peer does send are honoured. BE_LIBERAL stops
 // window tracking from marking segments INVALID: conntrack never saw the
 // handshake, so its idea of the windows starts out as a guess.
-func handoffFlags(client, server WindowScale) TCPFlags {
+func handoffFlags(client, server cookies.WindowScale) TCPFlags {
 	f := FlagSACKPerm | FlagBeLiberal
-	if client != NoWindowScale && server != NoWindowScale {
+	if client != cookies.NoWindowScale && server != cookies.NoWindowScale {
 		f |= FlagWindowScale
 	}
 	return f
@@ -145,7 +104,7 @@ func handoffFlags(client, server WindowScale) TCPFlags {
 const handoffStatus = StatusSeenReply | StatusAssured | StatusConfirmed
 
 // DefaultTimeout is the kernel's default nf_conntrack_tcp_timeout_established,
-// used for Handoff.Timeout zero when the namespace's sysctl cannot be read.
+// used for a zero handoff.Flow.Timeout when the namespace's sysctl cannot be read.
 const DefaultTimeout = 5 * 24 * time.Hour
 
 // TCP connection-tracking states (enum tcp_conntrack).
@@ -153,9 +112,9 @@ const tcpEstablished = 3
 
 var errNoMark = errors.New("mark must be non-zero: it is how the firewall recognises handed-off flows")
 
-// flow validates h and builds the ti-mo flow that creates its entry.
+// newFlow validates h and builds the ti-mo flow that creates its entry.
 // defaultTimeout replaces a zero h.Timeout.
-func (h Handoff) flow(defaultTimeout time.Duration) (ctnl.Flow, error) {
+func newFlow(h handoff.Flow, defaultTimeout time.Duration) (ctnl.Flow, error) {
 	client := netip.AddrPortFrom(h.Client.Addr().Unmap(), h.Client.Port())
 	server := netip.AddrPortFrom(h.Server.Addr().Unmap(), h.Server.Port())
 	switch {
@@ -167,9 +126,9 @@ func (h Handoff) flow(defaultTimeout time.Duration) (ctnl.Flow, error) {
 		return ctnl.Flow{}, errors.New("addresses with a zone are not supported")
 	case client.Port() == 0 || server.Port() == 0:
 		return ctnl.Flow{}, errors.New("ports must be non-zero")
-	case !h.ClientWindowScale.valid():
+	case !h.ClientWindowScale.Valid():
 		return ctnl.Flow{}, fmt.Errorf("client window scale %d out of range", h.ClientWindowScale)
-	case !h.ServerWindowScale.valid():
+	case !h.ServerWindowScale.Valid():
 		return ctnl.Flow{}, fmt.Errorf("server window scale %d out of range", h.ServerWindowScale)
 	case h.Mark == 0:
 		return ctnl.Flow{}, errNoMark

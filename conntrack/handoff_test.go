@@ -12,6 +12,9 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 	ctnl "github.com/ti-mo/conntrack"
 	"github.com/ti-mo/netfilter"
+
+	"github.com/synguard/synguard/cookies"
+	"github.com/synguard/synguard/handoff"
 )
 
 func TestReplySeqAdjust(t *testing.T) {
@@ -84,14 +87,14 @@ func TestPackTCPFlags(t *testing.T) {
 
 func TestHandoffFlags(t *testing.T) {
 	tests := []struct {
-		client, server WindowScale
+		client, server cookies.WindowScale
 		want           TCPFlags
 	}{
 		{7, 9, FlagWindowScale | FlagSACKPerm | FlagBeLiberal},
 		{0, 0, FlagWindowScale | FlagSACKPerm | FlagBeLiberal},
-		{7, NoWindowScale, FlagSACKPerm | FlagBeLiberal},
-		{NoWindowScale, 9, FlagSACKPerm | FlagBeLiberal},
-		{NoWindowScale, NoWindowScale, FlagSACKPerm | FlagBeLiberal},
+		{7, cookies.NoWindowScale, FlagSACKPerm | FlagBeLiberal},
+		{cookies.NoWindowScale, 9, FlagSACKPerm | FlagBeLiberal},
+		{cookies.NoWindowScale, cookies.NoWindowScale, FlagSACKPerm | FlagBeLiberal},
 	}
 	for _, tt := range tests {
 		if got := handoffFlags(tt.client, tt.server); got != tt.want {
@@ -113,12 +116,12 @@ func TestHandoffFlow(t *testing.T) {
 	}
 	tests := []struct {
 		name string
-		h    Handoff
+		h    handoff.Flow
 		want ctnl.Flow
 	}{
 		{
 			name: "scaled, adjusted",
-			h: Handoff{Client: client, Server: server, CookieISN: 0x100, ServerISN: 0xffffff00,
+			h: handoff.Flow{Client: client, Server: server, CookieISN: 0x100, ServerISN: 0xffffff00,
 				ClientWindowScale: 7, ServerWindowScale: 9, Mark: 0x5a6e, Timeout: 90 * time.Second},
 			want: ctnl.Flow{
 				Status:     ctnl.StatusSeenReply | ctnl.StatusAssured | ctnl.StatusConfirmed,
@@ -138,11 +141,11 @@ func TestHandoffFlow(t *testing.T) {
 		},
 		{
 			name: "unscaled, zero delta, default timeout, mapped client",
-			h: Handoff{
+			h: handoff.Flow{
 				Client:    netip.AddrPortFrom(netip.AddrFrom16(client.Addr().As16()), client.Port()),
 				Server:    server,
 				CookieISN: 0x42, ServerISN: 0x42,
-				ClientWindowScale: NoWindowScale, ServerWindowScale: 9, Mark: 1,
+				ClientWindowScale: cookies.NoWindowScale, ServerWindowScale: 9, Mark: 1,
 			},
 			want: ctnl.Flow{
 				Status:     ctnl.StatusSeenReply | ctnl.StatusAssured | ctnl.StatusConfirmed,
@@ -160,7 +163,7 @@ func TestHandoffFlow(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := tt.h.flow(10 * time.Minute)
+			got, err := newFlow(tt.h, 10*time.Minute)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -172,37 +175,37 @@ func TestHandoffFlow(t *testing.T) {
 }
 
 func TestHandoffFlowInvalid(t *testing.T) {
-	good := Handoff{
+	good := handoff.Flow{
 		Client:            netip.MustParseAddrPort("198.51.100.2:40000"),
 		Server:            netip.MustParseAddrPort("203.0.113.2:80"),
 		ClientWindowScale: 7, ServerWindowScale: 9, Mark: 1,
 	}
-	if _, err := good.flow(time.Minute); err != nil {
+	if _, err := newFlow(good, time.Minute); err != nil {
 		t.Fatalf("valid hand-off rejected: %v", err)
 	}
 	tests := []struct {
 		name   string
-		modify func(*Handoff)
+		modify func(*handoff.Flow)
 		want   string
 	}{
-		{"no client", func(h *Handoff) { h.Client = netip.AddrPort{} }, "addresses are required"},
-		{"mixed families", func(h *Handoff) { h.Server = netip.MustParseAddrPort("[2001:db8:1::2]:80") }, "different address families"},
-		{"zoned", func(h *Handoff) {
+		{"no client", func(h *handoff.Flow) { h.Client = netip.AddrPort{} }, "addresses are required"},
+		{"mixed families", func(h *handoff.Flow) { h.Server = netip.MustParseAddrPort("[2001:db8:1::2]:80") }, "different address families"},
+		{"zoned", func(h *handoff.Flow) {
 			h.Client = netip.MustParseAddrPort("[fe80::1%eth0]:40000")
 			h.Server = netip.MustParseAddrPort("[2001:db8:1::2]:80")
 		}, "zone"},
-		{"client port 0", func(h *Handoff) { h.Client = netip.AddrPortFrom(h.Client.Addr(), 0) }, "ports"},
-		{"server port 0", func(h *Handoff) { h.Server = netip.AddrPortFrom(h.Server.Addr(), 0) }, "ports"},
-		{"client scale 15", func(h *Handoff) { h.ClientWindowScale = 15 }, "client window scale"},
-		{"server scale -2", func(h *Handoff) { h.ServerWindowScale = -2 }, "server window scale"},
-		{"mark 0", func(h *Handoff) { h.Mark = 0 }, "mark"},
-		{"negative timeout", func(h *Handoff) { h.Timeout = -time.Second }, "timeout"},
+		{"client port 0", func(h *handoff.Flow) { h.Client = netip.AddrPortFrom(h.Client.Addr(), 0) }, "ports"},
+		{"server port 0", func(h *handoff.Flow) { h.Server = netip.AddrPortFrom(h.Server.Addr(), 0) }, "ports"},
+		{"client scale 15", func(h *handoff.Flow) { h.ClientWindowScale = 15 }, "client window scale"},
+		{"server scale -2", func(h *handoff.Flow) { h.ServerWindowScale = -2 }, "server window scale"},
+		{"mark 0", func(h *handoff.Flow) { h.Mark = 0 }, "mark"},
+		{"negative timeout", func(h *handoff.Flow) { h.Timeout = -time.Second }, "timeout"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := good
 			tt.modify(&h)
-			_, err := h.flow(time.Minute)
+			_, err := newFlow(h, time.Minute)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("err = %v, want one mentioning %q", err, tt.want)
 			}
@@ -251,7 +254,7 @@ func TestEntryFromFlow(t *testing.T) {
 		TCPState:          TCPEstablished,
 		Timeout:           299 * time.Second,
 		ClientWindowScale: 7,
-		ServerWindowScale: NoWindowScale, // reply flags lack WINDOW_SCALE
+		ServerWindowScale: cookies.NoWindowScale, // reply flags lack WINDOW_SCALE
 		ClientFlags:       FlagWindowScale | FlagSACKPerm | FlagBeLiberal,
 		ServerFlags:       FlagSACKPerm | FlagBeLiberal,
 		SeqAdjReply:       SeqAdjust{Position: 5, Before: 6, After: 7},
@@ -263,7 +266,7 @@ func TestEntryFromFlow(t *testing.T) {
 	// No protoinfo: state NONE, no scales.
 	f.ProtoInfo.TCP = nil
 	e := entryFromFlow(f)
-	if e.TCPState != TCPNone || e.ClientWindowScale != NoWindowScale || e.ServerWindowScale != NoWindowScale {
+	if e.TCPState != TCPNone || e.ClientWindowScale != cookies.NoWindowScale || e.ServerWindowScale != cookies.NoWindowScale {
 		t.Errorf("without protoinfo: state %v, scales %v/%v", e.TCPState, e.ClientWindowScale, e.ServerWindowScale)
 	}
 }
@@ -279,8 +282,8 @@ func TestStrings(t *testing.T) {
 		{TCPSynSent2.String(), "SYN_SENT2"},
 		{TCPState(13).String(), "TCPState(13)"},
 		{(FlagWindowScale | FlagSACKPerm | FlagBeLiberal).String(), "WINDOW_SCALE|SACK_PERM|BE_LIBERAL"},
-		{NoWindowScale.String(), "none"},
-		{WindowScale(14).String(), "14"},
+		{cookies.NoWindowScale.String(), "none"},
+		{cookies.WindowScale(14).String(), "14"},
 	}
 	for _, tt := range tests {
 		if tt.got != tt.want {

@@ -15,17 +15,14 @@ import (
 	ctnl "github.com/ti-mo/conntrack"
 	"github.com/ti-mo/netfilter"
 	"golang.org/x/sys/unix"
+
+	"github.com/synguard/synguard/handoff"
 )
 
 var (
-	// ErrExists reports that the kernel already has an entry for the flow's
-	// tuple. For a retried hand-off that means an earlier attempt succeeded.
-	ErrExists = errors.New("entry exists")
 	// ErrTimeout reports that the kernel did not answer within the request
 	// deadline. The request may still have taken effect.
 	ErrTimeout = errors.New("ctnetlink request timed out")
-	// ErrNotFound reports that the kernel has no entry for the tuple.
-	ErrNotFound = errors.New("no such entry")
 	// ErrClosed reports use of a closed Table.
 	ErrClosed = errors.New("conntrack table closed")
 )
@@ -68,12 +65,12 @@ func Open() (*Table, error) {
 
 	ns, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("open conntrack table: network namespace: %w", err)
+		return nil, fmt.Errorf("conntrack: open table: network namespace: %w", err)
 	}
 	c, err := ctnl.Dial(nil)
 	if err != nil {
 		unix.Close(ns)
-		return nil, fmt.Errorf("open conntrack table: %w", err)
+		return nil, fmt.Errorf("conntrack: open table: %w", err)
 	}
 	return &Table{
 		conn:           c,
@@ -122,14 +119,14 @@ func (t *Table) Close() error {
 // window scales, the hand-off mark, and the reply-direction sequence
 // adjustment from ServerISN to CookieISN.
 //
-// An entry that already exists yields an error matching ErrExists; a kernel
+// An entry that already exists yields an error matching handoff.ErrExists; a kernel
 // that does not answer within RequestTimeout one matching ErrTimeout.
-func (t *Table) Create(h Handoff) error {
-	f, err := h.flow(t.defaultTimeout)
+func (t *Table) Create(h handoff.Flow) error {
+	f, err := newFlow(h, t.defaultTimeout)
 	if err == nil {
 		err = t.do(t.requestTimeout, func(c *ctnl.Conn) error { return c.Create(f) })
 		if errors.Is(err, unix.EEXIST) {
-			err = fmt.Errorf("%w: %w", ErrExists, err)
+			err = fmt.Errorf("%w: %w", handoff.ErrExists, err)
 		}
 	}
 	if err != nil {
@@ -142,14 +139,14 @@ func (t *Table) Create(h Handoff) error {
 // The engine uses it when a client reuses the ports of a flow whose entry
 // the kernel still keeps (TIME_WAIT lasts two minutes): the old entry, with
 // its sequence adjustment, must give way to the new flow's. A missing
-// entry is reported as ErrNotFound.
+// entry is reported as handoff.ErrNotFound.
 func (t *Table) Delete(client, server netip.AddrPort) error {
 	client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
 	server = netip.AddrPortFrom(server.Addr().Unmap(), server.Port())
 	f := ctnl.NewFlow(unix.IPPROTO_TCP, 0, client.Addr(), server.Addr(), client.Port(), server.Port(), 0, 0)
 	err := t.do(t.requestTimeout, func(c *ctnl.Conn) error { return c.Delete(f) })
 	if errors.Is(err, unix.ENOENT) {
-		err = fmt.Errorf("%w: %w", ErrNotFound, err)
+		err = fmt.Errorf("%w: %w", handoff.ErrNotFound, err)
 	}
 	if err != nil {
 		return fmt.Errorf("delete conntrack entry %s -> %s: %w", client, server, err)

@@ -12,6 +12,8 @@ import (
 
 	ctnl "github.com/ti-mo/conntrack"
 
+	"github.com/synguard/synguard/cookies"
+	"github.com/synguard/synguard/handoff"
 	"github.com/synguard/synguard/internal/nstest"
 	"github.com/synguard/synguard/internal/roottest"
 	"github.com/synguard/synguard/lab/netns"
@@ -67,48 +69,48 @@ func TestCreateLookup(t *testing.T) {
 
 	tests := []struct {
 		name      string
-		h         Handoff
+		h         handoff.Flow
 		wantAdj   SeqAdjust // zero: no adjustment expected
-		wantScale [2]WindowScale
+		wantScale [2]cookies.WindowScale
 		wantFlags TCPFlags
 	}{
 		{
 			name: "ipv4",
-			h: Handoff{Client: v4c, Server: v4s, CookieISN: 0x9e3779b9, ServerISN: 0x12345678,
+			h: handoff.Flow{Client: v4c, Server: v4s, CookieISN: 0x9e3779b9, ServerISN: 0x12345678,
 				ClientWindowScale: 7, ServerWindowScale: 9, Mark: testMark},
 			wantAdj:   SeqAdjust{Position: 0x12345679, Before: 0x8c032341, After: 0x8c032341},
-			wantScale: [2]WindowScale{7, 9},
+			wantScale: [2]cookies.WindowScale{7, 9},
 			wantFlags: FlagWindowScale | FlagSACKPerm | FlagBeLiberal,
 		},
 		{
 			name: "ipv4 delta wraps",
-			h: Handoff{Client: v4c, Server: v4s, CookieISN: 0x00000100, ServerISN: 0xffffff00,
+			h: handoff.Flow{Client: v4c, Server: v4s, CookieISN: 0x00000100, ServerISN: 0xffffff00,
 				ClientWindowScale: 7, ServerWindowScale: 9, Mark: testMark},
 			wantAdj:   SeqAdjust{Position: 0xffffff01, Before: 0x200, After: 0x200},
-			wantScale: [2]WindowScale{7, 9},
+			wantScale: [2]cookies.WindowScale{7, 9},
 			wantFlags: FlagWindowScale | FlagSACKPerm | FlagBeLiberal,
 		},
 		{
 			name: "ipv4 negative delta, position wraps",
-			h: Handoff{Client: v4c, Server: v4s, CookieISN: 0x7fffffff, ServerISN: 0xffffffff,
+			h: handoff.Flow{Client: v4c, Server: v4s, CookieISN: 0x7fffffff, ServerISN: 0xffffffff,
 				ClientWindowScale: 7, ServerWindowScale: 9, Mark: testMark},
 			wantAdj:   SeqAdjust{Position: 1, Before: 0x80000000, After: 0x80000000},
-			wantScale: [2]WindowScale{7, 9},
+			wantScale: [2]cookies.WindowScale{7, 9},
 			wantFlags: FlagWindowScale | FlagSACKPerm | FlagBeLiberal,
 		},
 		{
 			name: "ipv4 zero delta, no window scale",
-			h: Handoff{Client: v4c, Server: v4s, CookieISN: 0xabcdef01, ServerISN: 0xabcdef01,
-				ClientWindowScale: 7, ServerWindowScale: NoWindowScale, Mark: testMark},
-			wantScale: [2]WindowScale{NoWindowScale, NoWindowScale},
+			h: handoff.Flow{Client: v4c, Server: v4s, CookieISN: 0xabcdef01, ServerISN: 0xabcdef01,
+				ClientWindowScale: 7, ServerWindowScale: cookies.NoWindowScale, Mark: testMark},
+			wantScale: [2]cookies.WindowScale{cookies.NoWindowScale, cookies.NoWindowScale},
 			wantFlags: FlagSACKPerm | FlagBeLiberal,
 		},
 		{
 			name: "ipv6",
-			h: Handoff{Client: v6c, Server: v6s, CookieISN: 0x00000010, ServerISN: 0xfffffff0,
+			h: handoff.Flow{Client: v6c, Server: v6s, CookieISN: 0x00000010, ServerISN: 0xfffffff0,
 				ClientWindowScale: 7, ServerWindowScale: 9, Mark: testMark},
 			wantAdj:   SeqAdjust{Position: 0xfffffff1, Before: 0x20, After: 0x20},
-			wantScale: [2]WindowScale{7, 9},
+			wantScale: [2]cookies.WindowScale{7, 9},
 			wantFlags: FlagWindowScale | FlagSACKPerm | FlagBeLiberal,
 		},
 	}
@@ -157,7 +159,7 @@ func TestCreateLookup(t *testing.T) {
 			if e.SeqAdjOrig != (SeqAdjust{}) {
 				t.Errorf("original seq adjustment = %+v, want none", e.SeqAdjOrig)
 			}
-			if got := [2]WindowScale{e.ClientWindowScale, e.ServerWindowScale}; got != tt.wantScale {
+			if got := [2]cookies.WindowScale{e.ClientWindowScale, e.ServerWindowScale}; got != tt.wantScale {
 				t.Errorf("window scales = %v, want %v", got, tt.wantScale)
 			}
 			if e.ClientFlags != tt.wantFlags || e.ServerFlags != tt.wantFlags {
@@ -178,8 +180,8 @@ func TestCreateLookup(t *testing.T) {
 
 			// A second hand-off of the same flow is a distinguishable duplicate.
 			err = tb.Create(tt.h)
-			if !errors.Is(err, ErrExists) {
-				t.Fatalf("second Create: err = %v, want ErrExists", err)
+			if !errors.Is(err, handoff.ErrExists) {
+				t.Fatalf("second Create: err = %v, want handoff.ErrExists", err)
 			}
 			if want := fmt.Sprintf("create conntrack entry %s -> %s: ", tt.h.Client, tt.h.Server); !strings.HasPrefix(err.Error(), want) {
 				t.Errorf("error %q does not start with %q", err, want)
@@ -325,8 +327,8 @@ func TestConcurrentCreate(t *testing.T) {
 			errs <- tb.Create(h)
 			// Half of them race a duplicate against each other.
 			if i%2 == 0 {
-				if err := tb.Create(h); !errors.Is(err, ErrExists) {
-					errs <- fmt.Errorf("duplicate of %s: err = %v, want ErrExists", h.Client, err)
+				if err := tb.Create(h); !errors.Is(err, handoff.ErrExists) {
+					errs <- fmt.Errorf("duplicate of %s: err = %v, want handoff.ErrExists", h.Client, err)
 				}
 			}
 		})
@@ -360,7 +362,7 @@ func TestDeadline(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	f, err := h.flow(time.Minute)
+	f, err := newFlow(h, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -387,7 +389,7 @@ func TestDeadline(t *testing.T) {
 	if err := nsB.Do(func() error { return tb.Create(h2) }); err != nil {
 		t.Fatal(err)
 	}
-	for _, h := range []Handoff{h, h2} {
+	for _, h := range []handoff.Flow{h, h2} {
 		if _, ok, err := tb.Lookup(h.Client, h.Server); err != nil || !ok {
 			t.Errorf("after redial: Lookup(%s) = %v, %v; want found", h.Client, ok, err)
 		}
@@ -417,8 +419,8 @@ func TestClosed(t *testing.T) {
 	}
 }
 
-func testHandoff(clientPort uint16) Handoff {
-	return Handoff{
+func testHandoff(clientPort uint16) handoff.Flow {
+	return handoff.Flow{
 		Client:            netip.AddrPortFrom(netip.MustParseAddr("198.51.100.2"), clientPort),
 		Server:            netip.MustParseAddrPort("203.0.113.2:80"),
 		CookieISN:         0x9e3779b9,
@@ -437,14 +439,14 @@ func TestDeleteThenCreate(t *testing.T) {
 	tb := openIn(t, ns)
 	client := netip.MustParseAddrPort("198.51.100.2:40123")
 	server := netip.MustParseAddrPort("203.0.113.2:80")
-	old := Handoff{Client: client, Server: server, CookieISN: 1000, ServerISN: 5000, ClientWindowScale: 7, ServerWindowScale: 7, Mark: testMark}
+	old := handoff.Flow{Client: client, Server: server, CookieISN: 1000, ServerISN: 5000, ClientWindowScale: 7, ServerWindowScale: 7, Mark: testMark}
 	if err := tb.Create(old); err != nil {
 		t.Fatal(err)
 	}
 	fresh := old
 	fresh.CookieISN, fresh.ServerISN = 0x80000000, 0x10
-	if err := tb.Create(fresh); !errors.Is(err, ErrExists) {
-		t.Fatalf("second Create = %v, want ErrExists", err)
+	if err := tb.Create(fresh); !errors.Is(err, handoff.ErrExists) {
+		t.Fatalf("second Create = %v, want handoff.ErrExists", err)
 	}
 	if err := tb.Delete(client, server); err != nil {
 		t.Fatal(err)
@@ -462,7 +464,7 @@ func TestDeleteThenCreate(t *testing.T) {
 	if want := fresh.CookieISN - fresh.ServerISN; e.SeqAdjReply.Before != want {
 		t.Fatalf("new entry's adjustment %d, want the new flow's %d", e.SeqAdjReply.Before, want)
 	}
-	if err := tb.Delete(netip.MustParseAddrPort("198.51.100.2:1"), server); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("Delete of a missing entry = %v, want ErrNotFound", err)
+	if err := tb.Delete(netip.MustParseAddrPort("198.51.100.2:1"), server); !errors.Is(err, handoff.ErrNotFound) {
+		t.Fatalf("Delete of a missing entry = %v, want handoff.ErrNotFound", err)
 	}
 }

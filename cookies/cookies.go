@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"sync/atomic"
 	"time"
 )
@@ -16,8 +17,23 @@ type Cookie uint32
 // was absent. Any other negative value is treated as absent too.
 type WindowScale int8
 
-// NoWindowScale marks a SYN without the window-scale option.
-const NoWindowScale WindowScale = -1
+const (
+	// NoWindowScale marks a SYN without the window-scale option.
+	NoWindowScale WindowScale = -1
+	// MaxWindowScale is the largest shift RFC 7323 §2.3 allows; a larger
+	// one is to be treated as 14.
+	MaxWindowScale WindowScale = 14
+)
+
+// Valid reports whether s is NoWindowScale or a shift RFC 7323 allows.
+func (s WindowScale) Valid() bool { return s >= NoWindowScale && s <= MaxWindowScale }
+
+func (s WindowScale) String() string {
+	if s == NoWindowScale {
+		return "none"
+	}
+	return strconv.Itoa(int(s))
+}
 
 // Options are the client SYN options a cookie carries.
 type Options struct {

@@ -90,8 +90,9 @@
 // The shifts real clients send are exact, and across 0..14 no shift is
 // rounded down by more than two, so the backend never underestimates a
 // client's window by more than a factor of four. A shift above 14 is treated
-// as 14, as RFC 7323 says to. Cookie mode carries no timestamp option, so
-// none is encoded (see DESIGN.md §4).
+// as 14, as RFC 7323 says to. The SYN-ACK carries no timestamp option (the
+// kernel cannot translate timestamps for a flow it did not proxy), so none
+// is encoded.
 //
 // # Keys and rotation
 //

@@ -17,10 +17,6 @@ var (
 	wscaleTable = [8]WindowScale{NoWindowScale, 0, 3, 6, 7, 8, 9, 12}
 )
 
-// maxWindowScale is the largest shift RFC 7323 §2.3 allows; a larger one is
-// to be treated as 14.
-const maxWindowScale = 14
-
 // Bit positions of the option fields in a cookie's low byte.
 const (
 	sackBit     = 0 // bit 0: SACK permitted
@@ -52,7 +48,7 @@ func encodeOptions(opts Options, ipv6 bool) uint32 {
 
 	wi := 0 // absent
 	if ws := opts.WindowScale; ws >= 0 {
-		ws = min(ws, maxWindowScale)
+		ws = min(ws, MaxWindowScale)
 		wi = 1 // shift 0 is entry 1 and every present shift is >= 0
 		for i := len(wscaleTable) - 1; i > 1; i-- {
 			if ws >= wscaleTable[i] {

@@ -142,7 +142,7 @@ func TestTables(t *testing.T) {
 		t.Errorf("window-scale table must start absent, 0: %v", wscaleTable)
 	}
 	for i := 2; i < len(wscaleTable); i++ {
-		if wscaleTable[i] <= wscaleTable[i-1] || wscaleTable[i] > maxWindowScale {
+		if wscaleTable[i] <= wscaleTable[i-1] || wscaleTable[i] > MaxWindowScale {
 			t.Errorf("window-scale table not ascending within 0..14 at %d: %v", i, wscaleTable)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/synguard/synguard/cookies"
+	"github.com/synguard/synguard/nf"
 	"github.com/synguard/synguard/packet"
 )
 
@@ -196,7 +197,7 @@ func TestAutoPassesQuietSYNsUntouched(t *testing.T) {
 	if h.e.ServiceState(0) != StatePassthrough {
 		t.Fatal("auto mode does not start in passthrough")
 	}
-	h.handle(h.synFrom(1), Accept)
+	h.handle(h.synFrom(1), nf.Accept)
 	h.expect(0) // no SYN-ACK of ours: the backend answers itself
 	if h.stat(SYNPassed) != 1 || h.stat(SYNACKSent) != 0 {
 		t.Fatal("passed SYN not counted")
@@ -208,7 +209,7 @@ func TestAutoPassesQuietSYNsUntouched(t *testing.T) {
 	// The flow's first ACK, queued once from mangle PREROUTING.
 	k := flow(1)
 	ack := build(t, packet.Segment{Src: k.client, Dst: k.server, Seq: 2, Ack: 99, Flags: packet.ACK})
-	if v := h.w.HandleAt(ack, HookPrerouting); v != Accept {
+	if v := h.handleAt(ack, nf.Prerouting); v != nf.Accept {
 		t.Fatalf("first ACK verdict %v", v)
 	}
 	h.expect(0)
@@ -219,7 +220,7 @@ func TestAutoPassesQuietSYNsUntouched(t *testing.T) {
 	// An established packet the table never saw (a flow older than
 	// synguard) still passes.
 	other := build(t, packet.Segment{Src: flow(2).client, Dst: server, Seq: 2, Ack: 99, Flags: packet.ACK})
-	if v := h.w.HandleAt(other, HookPrerouting); v != Accept {
+	if v := h.handleAt(other, nf.Prerouting); v != nf.Accept {
 		t.Fatal("an established flow's packet was dropped")
 	}
 }
@@ -231,7 +232,7 @@ func TestAutoSwitchesUnderFloodAndBack(t *testing.T) {
 	// A flood of SYNs that never complete: half-open reaches the high
 	// watermark at the next control tick.
 	for i := range testThresholds.HalfOpenHigh {
-		h.handle(h.synFrom(i), Accept)
+		h.handle(h.synFrom(i), nf.Accept)
 	}
 	floodEnd := h.clock.now()
 	step()
@@ -242,7 +243,7 @@ func TestAutoSwitchesUnderFloodAndBack(t *testing.T) {
 		t.Fatal("mode change not counted")
 	}
 	// Now SYNs get cookies and are dropped.
-	h.handle(h.synFrom(100_000), Drop)
+	h.handle(h.synFrom(100_000), nf.Drop)
 	if sa := h.expect(1)[0].p; sa.Flags != packet.SYN|packet.ACK {
 		t.Fatalf("in cookie mode a SYN got %v", sa.Flags)
 	}
@@ -266,7 +267,7 @@ func TestAutoSwitchesUnderFloodAndBack(t *testing.T) {
 	if h.stat(ModeChanges) != 2 {
 		t.Fatal("return not counted")
 	}
-	h.handle(h.synFrom(200_000), Accept)
+	h.handle(h.synFrom(200_000), nf.Accept)
 }
 
 func TestAutoSwitchesOnSYNRate(t *testing.T) {
@@ -277,9 +278,9 @@ func TestAutoSwitchesOnSYNRate(t *testing.T) {
 	i := 0
 	for tick := 0; tick < 10 && h.e.ServiceState(0) == StatePassthrough; tick++ {
 		for range 150 {
-			h.handle(h.synFrom(i), Accept)
+			h.handle(h.synFrom(i), nf.Accept)
 			k := flow(i)
-			h.w.HandleAt(build(t, packet.Segment{Src: k.client, Dst: k.server, Flags: packet.ACK}), HookPrerouting)
+			h.handleAt(build(t, packet.Segment{Src: k.client, Dst: k.server, Flags: packet.ACK}), nf.Prerouting)
 			i++
 		}
 		h.clock.advance(controlTick)
@@ -296,7 +297,7 @@ func TestAutoSwitchesOnSYNRate(t *testing.T) {
 func TestOffModeObservesOnly(t *testing.T) {
 	h := autoHarness(t, ModeOff)
 	for i := range 500 {
-		h.handle(h.synFrom(i), Accept)
+		h.handle(h.synFrom(i), nf.Accept)
 	}
 	h.clock.advance(controlTick)
 	h.e.control(h.clock.now())
@@ -304,7 +305,7 @@ func TestOffModeObservesOnly(t *testing.T) {
 		t.Fatalf("off mode: state %v half-open %d", h.e.ServiceState(0), h.e.HalfOpen(0))
 	}
 	// An invalid ACK passes too: off mode never drops.
-	h.handle(packet.Segment{Src: client, Dst: server, Seq: 5, Ack: 9, Flags: packet.ACK}, Accept)
+	h.handle(packet.Segment{Src: client, Dst: server, Seq: 5, Ack: 9, Flags: packet.ACK}, nf.Accept)
 	h.expect(0)
 }
 
@@ -324,11 +325,11 @@ func BenchmarkHandleSYNPassthrough(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	e, err := New(Config{Services: []netip.AddrPort{server}, Mode: ModeAuto, Cookies: jar, Send: discard{}, Handoff: &fakeHandoff{}})
+	e, err := New(Config{Services: []netip.AddrPort{server}, Mode: ModeAuto, Cookies: jar, NewBatch: discardBatches, Kernel: &fakeHandoff{}})
 	if err != nil {
 		b.Fatal(err)
 	}
-	w := e.NewWorker()
+	w := e.NewWorker(discardBatches())
 	pkts := make([][]byte, 1024)
 	for i := range pkts {
 		k := flow(i)
@@ -337,7 +338,7 @@ func BenchmarkHandleSYNPassthrough(b *testing.B) {
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
-		w.HandleAt(pkts[i&1023], HookPrerouting)
+		w.Handle(pkts[i&1023], nf.Prerouting)
 		i++
 	}
 }

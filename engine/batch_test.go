@@ -3,16 +3,16 @@ package engine
 import (
 	"errors"
 	"net/netip"
+	"slices"
 	"testing"
 
-	"github.com/rs/zerolog"
-
 	"github.com/synguard/synguard/cookies"
+	"github.com/synguard/synguard/nf"
 	"github.com/synguard/synguard/packet"
 )
 
-// batchSender is a BatchSender over fakeSender: its batches hold copies
-// until Flush, which sends them through fakeSender in order.
+// batchSender makes batches over fakeSender: they hold copies until
+// Flush, which sends them through fakeSender in order.
 type batchSender struct {
 	*fakeSender
 	capacity int
@@ -55,11 +55,8 @@ func (b *fakeBatch) Flush(failed func(int, error)) {
 func newBatchHarness(t *testing.T, capacity int) (*harness, *batchSender) {
 	t.Helper()
 	bs := &batchSender{fakeSender: &fakeSender{}, capacity: capacity}
-	h := newHarness(t, func(c *Config) { c.Send = bs })
+	h := newHarness(t, func(c *Config) { c.NewBatch = bs.NewBatch })
 	h.send = bs.fakeSender
-	if h.w.batch == nil {
-		t.Fatal("worker of a BatchSender has no batch")
-	}
 	return h, bs
 }
 
@@ -68,7 +65,7 @@ func TestBatchedRepliesWaitForFlush(t *testing.T) {
 	for i := range 3 {
 		s := syn(client, server, linuxOptions())
 		s.Seq += uint32(i)
-		if v := h.w.HandleBatched(build(t, s), HookPrerouting); v != Drop {
+		if v := h.w.Handle(build(t, s), nf.Prerouting); v != nf.Drop {
 			t.Fatalf("SYN %d: verdict %v, want drop", i, v)
 		}
 	}
@@ -95,9 +92,9 @@ func TestBatchedRepliesWaitForFlush(t *testing.T) {
 	}
 }
 
-// TestBatchedHandshake runs the whole cookie handshake through a batching
-// worker: HandleAt (which Handle calls) must have sent its replies when it
-// returns, whatever the sender.
+// TestBatchedHandshake runs the whole cookie handshake through batches
+// that hold their packets until Flush: the harness flushes after each
+// packet, as the gateway does after each receive batch.
 func TestBatchedHandshake(t *testing.T) {
 	h, bs := newBatchHarness(t, 64)
 	cookie, replay := h.handshake(linuxOptions())
@@ -109,19 +106,19 @@ func TestBatchedHandshake(t *testing.T) {
 	}
 	const serverISN = 0x10
 	synack := packet.Segment{Src: server, Dst: client, Seq: serverISN, Ack: clientISN + 1, Flags: packet.SYN | packet.ACK, Window: 65160}
-	h.handle(synack, Drop)
+	h.handle(synack, nf.Drop)
 	h.drainHandoffs()
 	if out := h.expect(2); out[1].p.Seq != cookie+1 {
 		t.Fatalf("window update %+v", out[1].p)
 	}
 	// The re-ACK of a retransmitted SYN-ACK comes from the worker.
-	h.handle(synack, Drop)
+	h.handle(synack, nf.Drop)
 	if again := h.expect(1)[0].p; again.Destination() != server || again.Ack != serverISN+1 {
 		t.Fatalf("re-ACK %+v", again)
 	}
-	// SYN, ACK, re-ACK went through the batch; the hand-off's two
-	// packets through Send.
-	if want := []int{1, 1, 1}; len(bs.flushes) != len(want) {
+	// SYN, ACK, the hand-off's ACK and window update, and the re-ACK
+	// went through batches, each flushed once.
+	if want := []int{1, 1, 2, 1}; !slices.Equal(bs.flushes, want) {
 		t.Fatalf("flushes %v, want %v", bs.flushes, want)
 	}
 }
@@ -132,7 +129,7 @@ func TestBatchedSendErrorsCounted(t *testing.T) {
 	for i := range 3 {
 		s := syn(client, server, linuxOptions())
 		s.Seq += uint32(i)
-		h.w.HandleBatched(build(t, s), HookPrerouting)
+		h.w.Handle(build(t, s), nf.Prerouting)
 	}
 	h.w.Flush()
 	h.expect(2)
@@ -146,7 +143,7 @@ func TestFullBatchFlushesEarly(t *testing.T) {
 	for i := range 5 {
 		s := syn(client, server, linuxOptions())
 		s.Seq += uint32(i)
-		h.w.HandleBatched(build(t, s), HookPrerouting)
+		h.w.Handle(build(t, s), nf.Prerouting)
 	}
 	h.expect(4)
 	h.w.Flush()
@@ -159,47 +156,48 @@ func TestFullBatchFlushesEarly(t *testing.T) {
 	}
 }
 
-func TestBatchRefusalFallsBackToSend(t *testing.T) {
+func TestBatchRefusalCountsSendError(t *testing.T) {
 	h, bs := newBatchHarness(t, 64)
 	bs.refuse = func(dst netip.Addr) bool { return dst.Is6() }
-	h.w.HandleBatched(build(t, syn(client, server, linuxOptions())), HookPrerouting)
-	h.w.HandleBatched(build(t, syn(client6, server6, linuxOptions())), HookPrerouting)
+	h.w.Handle(build(t, syn(client, server, linuxOptions())), nf.Prerouting)
+	h.w.Handle(build(t, syn(client6, server6, linuxOptions())), nf.Prerouting)
 	// Refused, the IPv6 SYN-ACK flushed the batch (it might have been
-	// full) and, refused again, went out through Send, after the IPv4
-	// SYN-ACK before it.
-	out := h.expect(2)
-	if out[0].dst != client.Addr() || out[1].dst != client6.Addr() {
-		t.Fatalf("sent to %v, %v; want %v, %v", out[0].dst, out[1].dst, client.Addr(), client6.Addr())
+	// full) and, refused again, was counted as a send error: the IPv4
+	// SYN-ACK before it went out.
+	out := h.expect(1)
+	if out[0].dst != client.Addr() {
+		t.Fatalf("sent to %v; want %v", out[0].dst, client.Addr())
 	}
 	if len(bs.flushes) != 1 || bs.flushes[0] != 1 {
 		t.Fatalf("flushes %v, want one of 1 packet", bs.flushes)
 	}
 	h.w.Flush()
 	h.expect(0)
-	if st := h.e.Stats(1); st.Get(SYNACKSent) != 1 {
-		t.Fatalf("IPv6 service SYNACKSent = %d, want 1", st.Get(SYNACKSent))
+	if st := h.e.Stats(1); st.Get(SYNACKSent) != 0 || st.Get(SendError) != 1 {
+		t.Fatalf("IPv6 service SYNACKSent = %d, SendError = %d; want 0 and 1", st.Get(SYNACKSent), st.Get(SendError))
 	}
 	if h.stat(SYNACKSent) != 1 {
 		t.Fatalf("IPv4 service SYNACKSent = %d, want 1", h.stat(SYNACKSent))
 	}
 }
 
-// discardBatch is a BatchSender that sends nothing, for allocation checks.
+// discardBatch sends nothing, for allocation checks.
 type discardBatch struct{ n int }
 
-func (discardBatch) Send([]byte, netip.Addr) error  { return nil }
-func (d *discardBatch) NewBatch() Batch             { return d }
 func (d *discardBatch) Add([]byte, netip.Addr) bool { d.n++; return true }
 func (d *discardBatch) Flush(func(int, error))      { d.n = 0 }
 
-func TestHandleBatchedAllocatesNothing(t *testing.T) {
-	h := newHarness(t, func(c *Config) { c.Send = &discardBatch{} })
+// discardBatches is a Config.NewBatch whose batches send nothing.
+func discardBatches() Batch { return &discardBatch{} }
+
+func TestHandleBatchAllocatesNothing(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.NewBatch = discardBatches })
 	in := build(t, syn(client, server, linuxOptions()))
 	ack := build(t, packet.Segment{Src: client, Dst: server, Seq: 5, Ack: 9, Flags: packet.ACK})
 	if n := testing.AllocsPerRun(200, func() {
 		for range 32 {
-			h.w.HandleBatched(in, HookPrerouting)
-			h.w.HandleBatched(ack, HookForward) // invalid cookie
+			h.w.Handle(in, nf.Prerouting)
+			h.w.Handle(ack, nf.Forward) // invalid cookie
 		}
 		h.w.Flush()
 	}); n != 0 {
@@ -209,16 +207,16 @@ func TestHandleBatchedAllocatesNothing(t *testing.T) {
 
 func BenchmarkHandleSYNBatched(b *testing.B) {
 	jar, _ := cookies.New(cookies.Config{})
-	e, err := New(Config{Services: []netip.AddrPort{server}, Cookies: jar, Send: &discardBatch{}, Handoff: &fakeHandoff{}, Logger: zerolog.Nop()})
+	e, err := New(Config{Services: []netip.AddrPort{server}, Cookies: jar, NewBatch: discardBatches, Kernel: &fakeHandoff{}})
 	if err != nil {
 		b.Fatal(err)
 	}
-	w := e.NewWorker()
+	w := e.NewWorker(discardBatches())
 	in := build(b, syn(client, server, linuxOptions()))
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
-		w.HandleBatched(in, HookPrerouting)
+		w.Handle(in, nf.Prerouting)
 		if i++; i%64 == 0 {
 			w.Flush()
 		}

@@ -6,8 +6,6 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"github.com/synguard/synguard/cookies"
 )
 
@@ -77,10 +75,12 @@ type Config struct {
 
 	// Cookies makes and checks SYN cookies.
 	Cookies *cookies.Jar
-	// Send transmits packets the engine builds.
-	Send Sender
-	// Handoff creates kernel conntrack entries.
-	Handoff Handoffer
+	// NewBatch makes the Batch each of the engine's own goroutines (the
+	// timers, each hand-off goroutine) sends through; workers get theirs
+	// from NewWorker's caller.
+	NewBatch func() Batch
+	// Kernel is the conntrack table flows are handed off to.
+	Kernel Kernel
 	// HandoffMark is the connmark given to handed-off flows.
 	HandoffMark uint32
 
@@ -104,12 +104,8 @@ type Config struct {
 	// DefaultThresholds.
 	Thresholds Thresholds
 
-	// HandshakeLatency, when set, is told each handed-off flow's time
-	// from its client's valid ACK to the hand-off (the backend's answer
-	// plus the conntrack entry). It must not block or allocate.
-	HandshakeLatency func(svc int, d time.Duration)
-
-	Logger zerolog.Logger
+	// Events receives what the engine reports; nil discards it.
+	Events Events
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -160,8 +156,8 @@ func (c *Config) validate() error {
 		}
 		seen[s] = true
 	}
-	if c.Cookies == nil || c.Send == nil || c.Handoff == nil {
-		return errors.New("engine needs a cookie jar, a sender and a hand-off")
+	if c.Cookies == nil || c.NewBatch == nil || c.Kernel == nil {
+		return errors.New("engine needs a cookie jar, a batch maker and a conntrack table")
 	}
 	if c.Mode != ModeAlways && c.Mode != ModeAuto && c.Mode != ModeOff {
 		return fmt.Errorf("unknown mode %d", c.Mode)

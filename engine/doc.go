@@ -33,8 +33,28 @@
 // would let it reach the backend unprotected. The e2e test
 // TestIPv6ExtensionHeaders checks the kernel's half of this rule.
 //
-// The engine does no I/O of its own: packets arrive through [Worker.Handle],
-// leave through a [Sender], and flows are handed to the kernel through a
-// [Handoffer]. That keeps it testable in memory and lets each queue have its
-// own [Worker] with its own scratch buffers and counters.
+// # Where each stage lives
+//
+// The engine does no I/O of its own and imports only packet, cookies, nf,
+// handoff and the standard library. Each step of the handshake has one
+// file:
+//
+//   - worker.go: the pipeline's entry. [Worker.Handle] parses a queued
+//     packet and hands it to the client's or the backend's side; what the
+//     engine sends waits in the worker's [Batch] until [Worker.Flush].
+//   - client.go: the client's SYN (let through, or answered with a
+//     cookie), its ACK (the cookie checked, the SYN replayed) and its RST.
+//   - backend.go: the backend's SYN-ACK or RST to a replayed SYN.
+//   - handoff.go: the conntrack entry, through [Kernel], then the ACK to
+//     the backend and the client's window update.
+//   - timers.go: retries to silent backends, expiry of old flows, and the
+//     control loop that switches services in auto mode.
+//   - negotiate.go: which TCP options each side is told.
+//
+// Everything the engine sends goes through a [Batch]: each worker's, and
+// those [Config.NewBatch] makes for the hand-off goroutines and the timer
+// loop. What an operator should hear of leaves through [Events]. That
+// keeps the engine testable in memory and lets each queue have its own
+// [Worker] with its own scratch space and counters. docs/architecture.md
+// describes the whole packet path.
 package engine

@@ -7,10 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
-
-	"github.com/synguard/synguard/conntrack"
 	"github.com/synguard/synguard/cookies"
+	"github.com/synguard/synguard/handoff"
+	"github.com/synguard/synguard/nf"
 	"github.com/synguard/synguard/packet"
 )
 
@@ -59,9 +58,41 @@ func (s *fakeSender) take() []sent {
 	return out
 }
 
+// sink takes the packets a test's batches send.
+type sink interface {
+	Send(b []byte, dst netip.Addr) error
+}
+
+// immediate is a Batch that sends each packet through its sink as it is
+// added, and reports the sink's errors at Flush: tests see what the
+// engine sent at once, and the engine counts as it does in production.
+type immediate struct {
+	to   sink
+	errs []error
+}
+
+func (b *immediate) Add(p []byte, dst netip.Addr) bool {
+	b.errs = append(b.errs, b.to.Send(p, dst))
+	return true
+}
+
+func (b *immediate) Flush(failed func(int, error)) {
+	for i, err := range b.errs {
+		if err != nil {
+			failed(i, err)
+		}
+	}
+	b.errs = b.errs[:0]
+}
+
+// immediateTo is a Config.NewBatch whose batches send to s.
+func immediateTo(s sink) func() Batch {
+	return func() Batch { return &immediate{to: s} }
+}
+
 type fakeHandoff struct {
 	mu  sync.Mutex
-	got []conntrack.Handoff
+	got []handoff.Flow
 	err error
 	// clearAfterDelete makes Delete clear err, like a kernel whose stale
 	// entry is gone.
@@ -69,7 +100,7 @@ type fakeHandoff struct {
 	deleted          int
 }
 
-func (h *fakeHandoff) Create(f conntrack.Handoff) error {
+func (h *fakeHandoff) Create(f handoff.Flow) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.got = append(h.got, f)
@@ -97,6 +128,7 @@ type harness struct {
 	w       *Worker
 	send    *fakeSender
 	handoff *fakeHandoff
+	events  *recordedEvents
 	clock   *clock
 	jar     *cookies.Jar
 }
@@ -108,15 +140,15 @@ func newHarness(t *testing.T, mod func(*Config)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, send: &fakeSender{}, handoff: &fakeHandoff{}, clock: c, jar: jar}
+	h := &harness{t: t, send: &fakeSender{}, handoff: &fakeHandoff{}, events: &recordedEvents{}, clock: c, jar: jar}
 	cfg := Config{
 		Services:    []netip.AddrPort{server, server6},
 		Mode:        ModeAlways,
 		Cookies:     jar,
-		Send:        h.send,
-		Handoff:     h.handoff,
+		NewBatch:    immediateTo(h.send),
+		Kernel:      h.handoff,
 		HandoffMark: 0x5347,
-		Logger:      zerolog.Nop(),
+		Events:      h.events,
 		Now:         c.now,
 	}
 	if mod != nil {
@@ -126,7 +158,7 @@ func newHarness(t *testing.T, mod func(*Config)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.w = h.e.NewWorker()
+	h.w = h.e.NewWorker(cfg.NewBatch())
 	return h
 }
 
@@ -145,9 +177,20 @@ func linuxOptions() packet.Options {
 }
 
 // handle feeds a packet and checks the verdict.
-func (h *harness) handle(s packet.Segment, want Verdict) {
+// handleRaw hands b to the worker as a packet of unknown hook and flushes
+// its replies, as the gateway does at the end of a receive batch.
+func (h *harness) handleRaw(b []byte) nf.Verdict { return h.handleAt(b, nf.Unknown) }
+
+// handleAt is handleRaw for a packet queued from hook.
+func (h *harness) handleAt(b []byte, hook nf.Hook) nf.Verdict {
+	v := h.w.Handle(b, hook)
+	h.w.Flush()
+	return v
+}
+
+func (h *harness) handle(s packet.Segment, want nf.Verdict) {
 	h.t.Helper()
-	if got := h.w.Handle(build(h.t, s)); got != want {
+	if got := h.handleRaw(build(h.t, s)); got != want {
 		h.t.Fatalf("verdict for %v %s>%s = %v, want %v", s.Flags, s.Src, s.Dst, got, want)
 	}
 }
@@ -164,12 +207,12 @@ func (h *harness) expect(n int) []sent {
 
 // drainHandoffs runs queued hand-offs synchronously.
 func (h *harness) drainHandoffs() {
-	var buf [packet.MaxHandshakeLen]byte
-	c := h.e.handoffCounters
+	out := h.e.newOutbox(h.e.cfg.NewBatch())
 	for {
 		select {
 		case k := <-h.e.handoffs:
-			h.e.handoff(c, buf[:], k)
+			h.e.handoff(out, k)
+			out.flush()
 		default:
 			return
 		}
@@ -187,17 +230,17 @@ func syn(src, dst netip.AddrPort, opts packet.Options) packet.Segment {
 // handshake runs SYN and ACK and returns the cookie and the replayed SYN.
 func (h *harness) handshake(opts packet.Options) (cookie uint32, replay packet.Packet) {
 	h.t.Helper()
-	h.handle(syn(client, server, opts), Drop)
+	h.handle(syn(client, server, opts), nf.Drop)
 	synack := h.expect(1)[0]
 	cookie = synack.p.Seq
-	h.handle(packet.Segment{Src: client, Dst: server, Seq: clientISN + 1, Ack: cookie + 1, Flags: packet.ACK, Window: 502}, Drop)
+	h.handle(packet.Segment{Src: client, Dst: server, Seq: clientISN + 1, Ack: cookie + 1, Flags: packet.ACK, Window: 502}, nf.Drop)
 	r := h.expect(1)[0]
 	return cookie, r.p
 }
 
 func TestSYNAnsweredWithCookie(t *testing.T) {
 	h := newHarness(t, nil)
-	h.handle(syn(client, server, linuxOptions()), Drop)
+	h.handle(syn(client, server, linuxOptions()), nf.Drop)
 	got := h.expect(1)[0]
 	p := got.p
 	if got.dst != client.Addr() || p.Source() != server || p.Destination() != client {
@@ -222,7 +265,7 @@ func TestSYNAnsweredWithCookie(t *testing.T) {
 	}
 
 	// A retransmitted SYN gets the same cookie.
-	h.handle(syn(client, server, linuxOptions()), Drop)
+	h.handle(syn(client, server, linuxOptions()), nf.Drop)
 	if again := h.expect(1)[0]; again.p.Seq != p.Seq {
 		t.Fatalf("retransmitted SYN got cookie %#x, first %#x", again.p.Seq, p.Seq)
 	}
@@ -243,7 +286,7 @@ func TestSYNACKNeverLargerThanSYN(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t, nil)
 			in := build(t, syn(client, server, tt.opts))
-			h.w.Handle(in)
+			h.handleRaw(in)
 			got := h.expect(1)[0]
 			if l := got.p.IPHeaderLen + got.p.TCPHeaderLen; l > len(in) {
 				t.Fatalf("SYN-ACK %d bytes > SYN %d bytes", l, len(in))
@@ -273,14 +316,14 @@ func TestFullHandshakeHandsOff(t *testing.T) {
 	// The backend answers; the engine drops its SYN-ACK and hands off.
 	const serverISN = 0x10
 	h.handle(packet.Segment{Src: server, Dst: client, Seq: serverISN, Ack: clientISN + 1, Flags: packet.SYN | packet.ACK, Window: 65160,
-		Options: packet.Options{MSS: 1460, HasMSS: true, SACKPermitted: true, WindowScale: 7, HasWindowScale: true}}, Drop)
+		Options: packet.Options{MSS: 1460, HasMSS: true, SACKPermitted: true, WindowScale: 7, HasWindowScale: true}}, nf.Drop)
 	h.expect(0)
 	h.drainHandoffs()
 
 	if len(h.handoff.got) != 1 {
 		t.Fatalf("%d hand-offs, want 1", len(h.handoff.got))
 	}
-	want := conntrack.Handoff{Client: client, Server: server, CookieISN: cookie, ServerISN: serverISN,
+	want := handoff.Flow{Client: client, Server: server, CookieISN: cookie, ServerISN: serverISN,
 		ClientWindowScale: 7, ServerWindowScale: 7, Mark: 0x5347}
 	if got := h.handoff.got[0]; got != want {
 		t.Fatalf("hand-off %+v, want %+v", got, want)
@@ -300,7 +343,7 @@ func TestFullHandshakeHandsOff(t *testing.T) {
 
 	// The backend retransmits its SYN-ACK (our ACK was lost): ACK again,
 	// without a second hand-off.
-	h.handle(packet.Segment{Src: server, Dst: client, Seq: serverISN, Ack: clientISN + 1, Flags: packet.SYN | packet.ACK, Window: 65160}, Drop)
+	h.handle(packet.Segment{Src: server, Dst: client, Seq: serverISN, Ack: clientISN + 1, Flags: packet.SYN | packet.ACK, Window: 65160}, nf.Drop)
 	if again := h.expect(1)[0].p; again.Destination() != server || again.Ack != serverISN+1 {
 		t.Fatalf("re-ACK %+v", again)
 	}
@@ -311,7 +354,7 @@ func TestFullHandshakeHandsOff(t *testing.T) {
 
 	// After the linger time the record is gone.
 	h.clock.advance(DefaultLinger + time.Second)
-	h.e.Tick(make([]byte, packet.MaxHandshakeLen))
+	h.e.Tick()
 	if h.e.Pending() != 0 {
 		t.Fatal("handed-off flow still pending after linger")
 	}
@@ -323,7 +366,7 @@ func TestDuplicateACKAndProbes(t *testing.T) {
 	// Duplicate third ACK, zero-window probe (seq = ISN), ACK with data:
 	// none replays the SYN again.
 	for _, seq := range []uint32{clientISN + 1, clientISN} {
-		h.handle(packet.Segment{Src: client, Dst: server, Seq: seq, Ack: cookie + 1, Flags: packet.ACK}, Drop)
+		h.handle(packet.Segment{Src: client, Dst: server, Seq: seq, Ack: cookie + 1, Flags: packet.ACK}, nf.Drop)
 	}
 	h.expect(0)
 	if h.stat(DuplicateACK) != 2 || h.stat(BackendSYNSent) != 1 {
@@ -333,11 +376,11 @@ func TestDuplicateACKAndProbes(t *testing.T) {
 
 func TestLostACKRecoveredByZeroWindowProbe(t *testing.T) {
 	h := newHarness(t, nil)
-	h.handle(syn(client, server, linuxOptions()), Drop)
+	h.handle(syn(client, server, linuxOptions()), nf.Drop)
 	cookie := h.expect(1)[0].p.Seq
 	// The third ACK is lost; the client, facing a zero window, probes
 	// with seq = ISN. The probe proves the cookie just as well.
-	h.handle(packet.Segment{Src: client, Dst: server, Seq: clientISN, Ack: cookie + 1, Flags: packet.ACK}, Drop)
+	h.handle(packet.Segment{Src: client, Dst: server, Seq: clientISN, Ack: cookie + 1, Flags: packet.ACK}, nf.Drop)
 	r := h.expect(1)[0].p
 	if r.Flags != packet.SYN || r.Seq != clientISN || r.Destination() != server {
 		t.Fatalf("probe did not replay the SYN: %+v", r)
@@ -346,11 +389,11 @@ func TestLostACKRecoveredByZeroWindowProbe(t *testing.T) {
 
 func TestACKCarryingData(t *testing.T) {
 	h := newHarness(t, nil)
-	h.handle(syn(client, server, linuxOptions()), Drop)
+	h.handle(syn(client, server, linuxOptions()), nf.Drop)
 	cookie := h.expect(1)[0].p.Seq
 	seg := build(t, packet.Segment{Src: client, Dst: server, Seq: clientISN + 1, Ack: cookie + 1, Flags: packet.ACK | packet.PSH})
 	seg = appendPayload(seg, []byte("GET / HTTP/1.1\r\n\r\n"))
-	if v := h.w.Handle(seg); v != Drop {
+	if v := h.handleRaw(seg); v != nf.Drop {
 		t.Fatalf("verdict %v", v)
 	}
 	if r := h.expect(1)[0].p; r.Flags != packet.SYN || r.Seq != clientISN {
@@ -377,14 +420,14 @@ func appendPayload(b, data []byte) []byte {
 
 func TestInvalidACKDroppedSilently(t *testing.T) {
 	h := newHarness(t, nil)
-	h.handle(syn(client, server, linuxOptions()), Drop)
+	h.handle(syn(client, server, linuxOptions()), nf.Drop)
 	cookie := h.expect(1)[0].p.Seq
 	for _, seg := range []packet.Segment{
 		{Src: client, Dst: server, Seq: clientISN + 1, Ack: cookie + 2, Flags: packet.ACK},                                   // wrong cookie
 		{Src: client, Dst: server, Seq: clientISN + 7, Ack: cookie + 1, Flags: packet.ACK},                                   // wrong ISN
 		{Src: netip.AddrPortFrom(client.Addr(), 40001), Dst: server, Seq: clientISN + 1, Ack: cookie + 1, Flags: packet.ACK}, // other port
 	} {
-		h.handle(seg, Drop)
+		h.handle(seg, nf.Drop)
 	}
 	h.expect(0)
 	if h.stat(CookieInvalid) != 3 || h.e.Pending() != 0 {
@@ -395,7 +438,7 @@ func TestInvalidACKDroppedSilently(t *testing.T) {
 func TestClientResetBeforeHandoff(t *testing.T) {
 	h := newHarness(t, nil)
 	cookie, _ := h.handshake(linuxOptions())
-	h.handle(packet.Segment{Src: client, Dst: server, Seq: clientISN + 1, Ack: cookie + 1, Flags: packet.RST}, Drop)
+	h.handle(packet.Segment{Src: client, Dst: server, Seq: clientISN + 1, Ack: cookie + 1, Flags: packet.RST}, nf.Drop)
 	rst := h.expect(1)[0].p
 	if rst.Destination() != server || !rst.Flags.Has(packet.RST) || rst.Seq != clientISN+1 {
 		t.Fatalf("backend not reset: %+v", rst)
@@ -408,7 +451,7 @@ func TestClientResetBeforeHandoff(t *testing.T) {
 func TestBackendReset(t *testing.T) {
 	h := newHarness(t, nil)
 	cookie, _ := h.handshake(linuxOptions())
-	h.handle(packet.Segment{Src: server, Dst: client, Ack: clientISN + 1, Flags: packet.RST | packet.ACK}, Drop)
+	h.handle(packet.Segment{Src: server, Dst: client, Ack: clientISN + 1, Flags: packet.RST | packet.ACK}, nf.Drop)
 	rst := h.expect(1)[0].p
 	if rst.Destination() != client || rst.Source() != server || !rst.Flags.Has(packet.RST) || rst.Seq != cookie+1 {
 		t.Fatalf("client not reset: %+v", rst)
@@ -421,15 +464,14 @@ func TestBackendReset(t *testing.T) {
 func TestBackendSilenceRetriesThenResets(t *testing.T) {
 	h := newHarness(t, nil)
 	h.handshake(linuxOptions())
-	buf := make([]byte, packet.MaxHandshakeLen)
 	wait := DefaultRetryInitial
 	for i := range DefaultSYNRetries {
 		// Just before the retry is due, nothing happens.
 		h.clock.advance(wait - time.Millisecond)
-		h.e.Tick(buf)
+		h.e.Tick()
 		h.expect(0)
 		h.clock.advance(time.Millisecond)
-		h.e.Tick(buf)
+		h.e.Tick()
 		r := h.expect(1)[0].p
 		if r.Flags != packet.SYN || r.Seq != clientISN || r.Destination() != server {
 			t.Fatalf("retry %d: %+v", i+1, r)
@@ -437,7 +479,7 @@ func TestBackendSilenceRetriesThenResets(t *testing.T) {
 		wait *= 2
 	}
 	h.clock.advance(wait)
-	h.e.Tick(buf)
+	h.e.Tick()
 	out := h.expect(2)
 	if out[0].p.Destination() != client || !out[0].p.Flags.Has(packet.RST) || out[1].p.Destination() != server || !out[1].p.Flags.Has(packet.RST) {
 		t.Fatalf("give-up did not reset both ends: %+v", out)
@@ -449,19 +491,19 @@ func TestBackendSilenceRetriesThenResets(t *testing.T) {
 
 func TestKeyRotation(t *testing.T) {
 	h := newHarness(t, nil)
-	h.handle(syn(client, server, linuxOptions()), Drop)
+	h.handle(syn(client, server, linuxOptions()), nf.Drop)
 	cookie := h.expect(1)[0].p.Seq
 	// One rotation later the cookie is still good...
 	h.clock.advance(cookies.DefaultPeriod)
-	h.handle(packet.Segment{Src: client, Dst: server, Seq: clientISN + 1, Ack: cookie + 1, Flags: packet.ACK}, Drop)
+	h.handle(packet.Segment{Src: client, Dst: server, Seq: clientISN + 1, Ack: cookie + 1, Flags: packet.ACK}, nf.Drop)
 	h.expect(1)
 
 	// ...two rotations later it is not.
 	h2 := newHarness(t, nil)
-	h2.handle(syn(client, server, linuxOptions()), Drop)
+	h2.handle(syn(client, server, linuxOptions()), nf.Drop)
 	cookie = h2.expect(1)[0].p.Seq
 	h2.clock.advance(2*cookies.DefaultPeriod + time.Second)
-	h2.handle(packet.Segment{Src: client, Dst: server, Seq: clientISN + 1, Ack: cookie + 1, Flags: packet.ACK}, Drop)
+	h2.handle(packet.Segment{Src: client, Dst: server, Seq: clientISN + 1, Ack: cookie + 1, Flags: packet.ACK}, nf.Drop)
 	h2.expect(0)
 	if h2.stat(CookieInvalid) != 1 {
 		t.Fatal("expired cookie accepted")
@@ -472,9 +514,9 @@ func TestPendingTableBounded(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.MaxPending = 3 })
 	for port := uint16(1000); port < 1010; port++ {
 		c := netip.AddrPortFrom(client.Addr(), port)
-		h.handle(packet.Segment{Src: c, Dst: server, Seq: clientISN, Flags: packet.SYN, Options: linuxOptions()}, Drop)
+		h.handle(packet.Segment{Src: c, Dst: server, Seq: clientISN, Flags: packet.SYN, Options: linuxOptions()}, nf.Drop)
 		cookie := h.expect(1)[0].p.Seq
-		h.handle(packet.Segment{Src: c, Dst: server, Seq: clientISN + 1, Ack: cookie + 1, Flags: packet.ACK}, Drop)
+		h.handle(packet.Segment{Src: c, Dst: server, Seq: clientISN + 1, Ack: cookie + 1, Flags: packet.ACK}, nf.Drop)
 		h.send.take() // the replayed SYN, while the table has room
 	}
 	if h.e.Pending() != 3 || h.stat(PendingFull) != 7 {
@@ -486,7 +528,7 @@ func TestHandoffFailureResetsBoth(t *testing.T) {
 	h := newHarness(t, nil)
 	h.handoff.err = errors.New("netlink says no")
 	h.handshake(linuxOptions())
-	h.handle(packet.Segment{Src: server, Dst: client, Seq: 1, Ack: clientISN + 1, Flags: packet.SYN | packet.ACK}, Drop)
+	h.handle(packet.Segment{Src: server, Dst: client, Seq: 1, Ack: clientISN + 1, Flags: packet.SYN | packet.ACK}, nf.Drop)
 	h.drainHandoffs()
 	out := h.expect(2)
 	if !out[0].p.Flags.Has(packet.RST) || !out[1].p.Flags.Has(packet.RST) {
@@ -499,9 +541,9 @@ func TestHandoffFailureResetsBoth(t *testing.T) {
 
 func TestHandoffExistingEntryIsDone(t *testing.T) {
 	h := newHarness(t, nil)
-	h.handoff.err = conntrack.ErrExists
+	h.handoff.err = handoff.ErrExists
 	h.handshake(linuxOptions())
-	h.handle(packet.Segment{Src: server, Dst: client, Seq: 1, Ack: clientISN + 1, Flags: packet.SYN | packet.ACK, Window: 1000}, Drop)
+	h.handle(packet.Segment{Src: server, Dst: client, Seq: 1, Ack: clientISN + 1, Flags: packet.SYN | packet.ACK, Window: 1000}, nf.Drop)
 	h.drainHandoffs()
 	h.expect(2) // ACK to backend, window update
 	if h.stat(HandedOff) != 1 {
@@ -514,7 +556,7 @@ func TestOptionMismatchCountedAndLearned(t *testing.T) {
 	h.handshake(linuxOptions())
 	// The backend scales by 9, not the assumed 7.
 	h.handle(packet.Segment{Src: server, Dst: client, Seq: 1, Ack: clientISN + 1, Flags: packet.SYN | packet.ACK, Window: 65535,
-		Options: packet.Options{MSS: 1400, HasMSS: true, SACKPermitted: true, WindowScale: 9, HasWindowScale: true}}, Drop)
+		Options: packet.Options{MSS: 1400, HasMSS: true, SACKPermitted: true, WindowScale: 9, HasWindowScale: true}}, nf.Drop)
 	h.drainHandoffs()
 	if h.stat(OptionMismatch) != 1 {
 		t.Fatal("mismatch not counted")
@@ -532,7 +574,7 @@ func TestOptionMismatchCountedAndLearned(t *testing.T) {
 		t.Fatalf("window update %d", update.Window)
 	}
 	// New clients are told the learned values.
-	h.handle(syn(netip.AddrPortFrom(client.Addr(), 5), server, linuxOptions()), Drop)
+	h.handle(syn(netip.AddrPortFrom(client.Addr(), 5), server, linuxOptions()), nf.Drop)
 	if p := h.expect(1)[0].p; p.Options.WindowScale != 9 || p.Options.MSS != 1400 {
 		t.Fatalf("next SYN-ACK options %+v", p.Options)
 	}
@@ -543,7 +585,7 @@ func TestOverrideWins(t *testing.T) {
 		c.BackendOverride = &BackendOptions{MSS: 1200, WindowScale: 2, SACKPermitted: false}
 	})
 	h.e.LearnBackend(0, BackendOptions{MSS: 1460, WindowScale: 7, SACKPermitted: true}, "probe")
-	h.handle(syn(client, server, linuxOptions()), Drop)
+	h.handle(syn(client, server, linuxOptions()), nf.Drop)
 	if p := h.expect(1)[0].p; p.Options.MSS != 1200 || p.Options.WindowScale != 2 || p.Options.SACKPermitted {
 		t.Fatalf("override ignored: %+v", p.Options)
 	}
@@ -551,12 +593,12 @@ func TestOverrideWins(t *testing.T) {
 
 func TestIPv6Handshake(t *testing.T) {
 	h := newHarness(t, nil)
-	h.handle(packet.Segment{Src: client6, Dst: server6, Seq: 7, Flags: packet.SYN, Options: linuxOptions()}, Drop)
+	h.handle(packet.Segment{Src: client6, Dst: server6, Seq: 7, Flags: packet.SYN, Options: linuxOptions()}, nf.Drop)
 	sa := h.expect(1)[0]
 	if sa.dst != client6.Addr() || sa.p.Options.MSS != DefaultBackendOptions(true).MSS {
 		t.Fatalf("v6 SYN-ACK %+v", sa)
 	}
-	h.handle(packet.Segment{Src: client6, Dst: server6, Seq: 8, Ack: sa.p.Seq + 1, Flags: packet.ACK}, Drop)
+	h.handle(packet.Segment{Src: client6, Dst: server6, Seq: 8, Ack: sa.p.Seq + 1, Flags: packet.ACK}, nf.Drop)
 	if r := h.expect(1)[0]; r.dst != server6.Addr() || r.p.Seq != 7 {
 		t.Fatalf("v6 replay %+v", r)
 	}
@@ -565,22 +607,22 @@ func TestIPv6Handshake(t *testing.T) {
 func TestUnrelatedTraffic(t *testing.T) {
 	h := newHarness(t, nil)
 	// From a protected backend, but no flow of ours: pass.
-	h.handle(packet.Segment{Src: server, Dst: client, Seq: 1, Ack: 2, Flags: packet.ACK}, Accept)
+	h.handle(packet.Segment{Src: server, Dst: client, Seq: 1, Ack: 2, Flags: packet.ACK}, nf.Accept)
 	// Neither end protected: pass.
-	h.handle(packet.Segment{Src: client, Dst: other, Seq: 1, Flags: packet.SYN}, Accept)
+	h.handle(packet.Segment{Src: client, Dst: other, Seq: 1, Flags: packet.SYN}, nf.Accept)
 	// Garbage: drop.
-	if v := h.w.Handle([]byte{0x45, 0, 0}); v != Drop {
+	if v := h.handleRaw([]byte{0x45, 0, 0}); v != nf.Drop {
 		t.Fatal("malformed packet accepted")
 	}
 	// SYN+FIN to a service: drop.
-	h.handle(packet.Segment{Src: client, Dst: server, Seq: 1, Flags: packet.SYN | packet.FIN}, Drop)
+	h.handle(packet.Segment{Src: client, Dst: server, Seq: 1, Flags: packet.SYN | packet.FIN}, nf.Drop)
 	h.expect(0)
 }
 
 func TestSendErrorCounted(t *testing.T) {
 	h := newHarness(t, nil)
 	h.send.err = errors.New("ENOBUFS")
-	h.handle(syn(client, server, linuxOptions()), Drop)
+	h.handle(syn(client, server, linuxOptions()), nf.Drop)
 	if h.stat(SendError) != 1 || h.stat(SYNACKSent) != 0 {
 		t.Fatal("send error not counted")
 	}
@@ -588,13 +630,13 @@ func TestSendErrorCounted(t *testing.T) {
 
 func TestConfigErrors(t *testing.T) {
 	jar, _ := cookies.New(cookies.Config{})
-	base := Config{Services: []netip.AddrPort{server}, Cookies: jar, Send: &fakeSender{}, Handoff: &fakeHandoff{}}
+	base := Config{Services: []netip.AddrPort{server}, Cookies: jar, NewBatch: immediateTo(&fakeSender{}), Kernel: &fakeHandoff{}}
 	for name, mod := range map[string]func(*Config){
 		"no services":  func(c *Config) { c.Services = nil },
 		"port zero":    func(c *Config) { c.Services = []netip.AddrPort{netip.MustParseAddrPort("203.0.113.2:0")} },
 		"unspecified":  func(c *Config) { c.Services = []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:80")} },
 		"duplicate":    func(c *Config) { c.Services = []netip.AddrPort{server, server} },
-		"no sender":    func(c *Config) { c.Send = nil },
+		"no batches":   func(c *Config) { c.NewBatch = nil },
 		"unknown mode": func(c *Config) { c.Mode = 9 },
 		"inverted half-open watermarks": func(c *Config) {
 			c.Thresholds = DefaultThresholds
@@ -618,46 +660,44 @@ func TestConfigErrors(t *testing.T) {
 }
 
 func TestHandleSYNAllocatesNothing(t *testing.T) {
-	h := newHarness(t, func(c *Config) { c.Send = discard{} })
+	h := newHarness(t, func(c *Config) { c.NewBatch = discardBatches })
 	in := build(t, syn(client, server, linuxOptions()))
 	ack := build(t, packet.Segment{Src: client, Dst: server, Seq: 5, Ack: 9, Flags: packet.ACK})
 	if n := testing.AllocsPerRun(200, func() {
-		h.w.Handle(in)
-		h.w.Handle(ack) // invalid cookie
+		h.handleRaw(in)
+		h.handleRaw(ack) // invalid cookie
 	}); n != 0 {
 		t.Fatalf("Handle allocates %.1f times per SYN + invalid ACK", n)
 	}
 }
 
-type discard struct{}
-
-func (discard) Send([]byte, netip.Addr) error { return nil }
-
 func BenchmarkHandleSYN(b *testing.B) {
 	jar, _ := cookies.New(cookies.Config{})
-	e, err := New(Config{Services: []netip.AddrPort{server}, Cookies: jar, Send: discard{}, Handoff: &fakeHandoff{}, Logger: zerolog.Nop()})
+	e, err := New(Config{Services: []netip.AddrPort{server}, Cookies: jar, NewBatch: discardBatches, Kernel: &fakeHandoff{}})
 	if err != nil {
 		b.Fatal(err)
 	}
-	w := e.NewWorker()
+	w := e.NewWorker(discardBatches())
 	in := build(b, syn(client, server, linuxOptions()))
 	b.ReportAllocs()
 	for b.Loop() {
-		w.Handle(in)
+		w.Handle(in, nf.Unknown)
+		w.Flush()
 	}
 }
 
 func BenchmarkHandleInvalidACK(b *testing.B) {
 	jar, _ := cookies.New(cookies.Config{})
-	e, err := New(Config{Services: []netip.AddrPort{server}, Cookies: jar, Send: discard{}, Handoff: &fakeHandoff{}, Logger: zerolog.Nop()})
+	e, err := New(Config{Services: []netip.AddrPort{server}, Cookies: jar, NewBatch: discardBatches, Kernel: &fakeHandoff{}})
 	if err != nil {
 		b.Fatal(err)
 	}
-	w := e.NewWorker()
+	w := e.NewWorker(discardBatches())
 	in := build(b, packet.Segment{Src: client, Dst: server, Seq: 5, Ack: 9, Flags: packet.ACK})
 	b.ReportAllocs()
 	for b.Loop() {
-		w.Handle(in)
+		w.Handle(in, nf.Unknown)
+		w.Flush()
 	}
 }
 
@@ -667,7 +707,7 @@ func BenchmarkHandleInvalidACK(b *testing.B) {
 func TestNewFlowOnLingeringPorts(t *testing.T) {
 	h := newHarness(t, nil)
 	h.handshake(linuxOptions())
-	h.handle(packet.Segment{Src: server, Dst: client, Seq: 1, Ack: clientISN + 1, Flags: packet.SYN | packet.ACK, Window: 1000}, Drop)
+	h.handle(packet.Segment{Src: server, Dst: client, Seq: 1, Ack: clientISN + 1, Flags: packet.SYN | packet.ACK, Window: 1000}, nf.Drop)
 	h.drainHandoffs()
 	h.expect(2)
 	if h.e.Pending() != 1 {
@@ -676,9 +716,9 @@ func TestNewFlowOnLingeringPorts(t *testing.T) {
 
 	// The same ports, a new ISN.
 	const isn2 = 0x12345678
-	h.handle(packet.Segment{Src: client, Dst: server, Seq: isn2, Flags: packet.SYN, Options: linuxOptions()}, Drop)
+	h.handle(packet.Segment{Src: client, Dst: server, Seq: isn2, Flags: packet.SYN, Options: linuxOptions()}, nf.Drop)
 	cookie2 := h.expect(1)[0].p.Seq
-	h.handle(packet.Segment{Src: client, Dst: server, Seq: isn2 + 1, Ack: cookie2 + 1, Flags: packet.ACK}, Drop)
+	h.handle(packet.Segment{Src: client, Dst: server, Seq: isn2 + 1, Ack: cookie2 + 1, Flags: packet.ACK}, nf.Drop)
 	if r := h.expect(1)[0].p; r.Flags != packet.SYN || r.Seq != isn2 {
 		t.Fatalf("new flow's ACK did not replay its SYN: %+v", r)
 	}
@@ -687,15 +727,15 @@ func TestNewFlowOnLingeringPorts(t *testing.T) {
 	}
 	// A duplicate of the old flow's ACK still is one... once the new flow
 	// replaced the record, it belongs to the new flow, so use its cookie.
-	h.handle(packet.Segment{Src: client, Dst: server, Seq: isn2 + 1, Ack: cookie2 + 1, Flags: packet.ACK}, Drop)
+	h.handle(packet.Segment{Src: client, Dst: server, Seq: isn2 + 1, Ack: cookie2 + 1, Flags: packet.ACK}, nf.Drop)
 	if h.stat(DuplicateACK) != 1 {
 		t.Fatal("duplicate of the new flow's ACK not recognised")
 	}
 
 	// The kernel still has the old flow's entry: the hand-off replaces it.
-	h.handoff.err = conntrack.ErrExists
+	h.handoff.err = handoff.ErrExists
 	h.handoff.clearAfterDelete = true
-	h.handle(packet.Segment{Src: server, Dst: client, Seq: 77, Ack: isn2 + 1, Flags: packet.SYN | packet.ACK, Window: 1000}, Drop)
+	h.handle(packet.Segment{Src: server, Dst: client, Seq: 77, Ack: isn2 + 1, Flags: packet.SYN | packet.ACK, Window: 1000}, nf.Drop)
 	h.drainHandoffs()
 	if h.handoff.deleted != 1 || h.stat(EntryReplaced) != 1 || h.stat(HandedOff) != 2 {
 		t.Fatalf("deleted %d, replaced %d, handed off %d", h.handoff.deleted, h.stat(EntryReplaced), h.stat(HandedOff))

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/synguard/synguard/nf"
 	"github.com/synguard/synguard/packet"
 )
 
@@ -43,9 +44,9 @@ func FuzzHandle(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, first, mutation []byte, ctl, mode uint8) {
 		h := newFuzzHarness(t, [...]Mode{ModeAlways, ModeAuto, ModeOff}[mode%3])
-		hook := HookForward
+		hook := nf.Forward
 		if mode&4 != 0 {
-			hook = HookPrerouting
+			hook = nf.Prerouting
 		}
 		h.stepAt("first packet", first, hook)
 
@@ -138,7 +139,7 @@ func newFuzzHarness(t *testing.T, mode Mode) *fuzzHarness {
 	out := &recordingSender{}
 	h := newHarness(t, func(c *Config) {
 		c.Mode = mode
-		c.Send = out
+		c.NewBatch = immediateTo(out)
 		c.MaxPending = fuzzMaxPending
 	})
 	return &fuzzHarness{harness: h, out: out}
@@ -176,14 +177,14 @@ type sentPacket struct {
 // step feeds b to the worker and checks the invariants.
 func (h *fuzzHarness) step(what string, b []byte) {
 	h.t.Helper()
-	h.stepAt(what, b, HookUnknown)
+	h.stepAt(what, b, nf.Unknown)
 }
 
 // stepAt is step for a packet queued from hook.
-func (h *fuzzHarness) stepAt(what string, b []byte, hook Hook) {
+func (h *fuzzHarness) stepAt(what string, b []byte, hook nf.Hook) {
 	h.t.Helper()
-	v := h.w.HandleAt(b, hook)
-	if v != Drop && v != Accept {
+	v := h.handleAt(b, hook)
+	if v != nf.Drop && v != nf.Accept {
 		h.t.Fatalf("%s: verdict %d", what, v)
 	}
 	var in packet.Packet
@@ -333,10 +334,9 @@ func (h *fuzzHarness) drain() {
 // requires an empty pending table.
 func (h *fuzzHarness) expire() {
 	h.t.Helper()
-	buf := make([]byte, packet.MaxHandshakeLen)
 	for step := DefaultRetryInitial; step <= 8*time.Second; step *= 2 {
 		h.clock.advance(step)
-		h.e.Tick(buf)
+		h.e.Tick()
 		h.e.control(h.clock.now())
 		h.checkSent("timer", 0, nil, false)
 		if n := h.e.Pending(); n > fuzzMaxPending {
@@ -344,7 +344,7 @@ func (h *fuzzHarness) expire() {
 		}
 	}
 	h.clock.advance(DefaultLinger + time.Second)
-	h.e.Tick(buf)
+	h.e.Tick()
 	h.checkSent("timer", 0, nil, false)
 	if n := h.e.Pending(); n != 0 {
 		h.t.Fatalf("%d flows still pending after every retry and linger", n)

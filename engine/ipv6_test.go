@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/synguard/synguard/cookies"
+	"github.com/synguard/synguard/nf"
 	"github.com/synguard/synguard/packet"
 )
 
@@ -101,7 +102,7 @@ func TestIPv6ExtensionHeadersWalked(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t, nil)
 			in := withExt(t, syn(client6, server6, linuxOptions()), tt.hs...)
-			if v := h.w.Handle(in); v != Drop {
+			if v := h.handleRaw(in); v != nf.Drop {
 				t.Fatalf("SYN verdict %v, want drop (answered by the engine)", v)
 			}
 			sa := h.expect(1)[0]
@@ -118,7 +119,7 @@ func TestIPv6ExtensionHeadersWalked(t *testing.T) {
 			}
 
 			ack := withExt(t, packet.Segment{Src: client6, Dst: server6, Seq: clientISN + 1, Ack: p.Seq + 1, Flags: packet.ACK, Window: 502}, tt.hs...)
-			if v := h.w.Handle(ack); v != Drop {
+			if v := h.handleRaw(ack); v != nf.Drop {
 				t.Fatalf("ACK verdict %v, want drop", v)
 			}
 			r := h.expect(1)[0]
@@ -173,7 +174,7 @@ func TestIPv6UnsupportedHeadersDropped(t *testing.T) {
 			if err := packet.Parse(in, &p); err == nil {
 				t.Fatal("test packet parses; it does not test the unsupported case")
 			}
-			if v := h.w.Handle(in); v != Drop {
+			if v := h.handleRaw(in); v != nf.Drop {
 				t.Fatalf("verdict %v, want drop", v)
 			}
 			h.expect(0)

@@ -4,8 +4,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/synguard/synguard/conntrack"
 	"github.com/synguard/synguard/cookies"
+	"github.com/synguard/synguard/nf"
 	"github.com/synguard/synguard/packet"
 )
 
@@ -32,7 +32,7 @@ func TestHandshakeAcrossKeyRotation(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t, nil)
 			h.clock.advance(tt.syn)
-			h.handle(syn(client, server, linuxOptions()), Drop)
+			h.handle(syn(client, server, linuxOptions()), nf.Drop)
 			cookie := h.expect(1)[0].p.Seq
 
 			h.clock.advance(tt.ack - tt.syn)
@@ -40,7 +40,7 @@ func TestHandshakeAcrossKeyRotation(t *testing.T) {
 			if tt.probe {
 				seq = clientISN
 			}
-			h.handle(packet.Segment{Src: client, Dst: server, Seq: seq, Ack: cookie + 1, Flags: packet.ACK, Window: 502}, Drop)
+			h.handle(packet.Segment{Src: client, Dst: server, Seq: seq, Ack: cookie + 1, Flags: packet.ACK, Window: 502}, nf.Drop)
 			if !tt.wantReplay {
 				h.expect(0)
 				if h.stat(CookieInvalid) != 1 {
@@ -55,7 +55,7 @@ func TestHandshakeAcrossKeyRotation(t *testing.T) {
 			// does not depend on the keys any more.
 			h.clock.advance(period)
 			h.handle(packet.Segment{Src: server, Dst: client, Seq: 77, Ack: clientISN + 1, Flags: packet.SYN | packet.ACK, Window: 65160,
-				Options: packet.Options{MSS: 1460, HasMSS: true, SACKPermitted: true, WindowScale: 7, HasWindowScale: true}}, Drop)
+				Options: packet.Options{MSS: 1460, HasMSS: true, SACKPermitted: true, WindowScale: 7, HasWindowScale: true}}, nf.Drop)
 			h.drainHandoffs()
 			if h.stat(HandedOff) != 1 || len(h.handoff.got) != 1 || h.handoff.got[0].CookieISN != cookie {
 				t.Fatalf("hand-off after the rotation: %d handed off, %+v", h.stat(HandedOff), h.handoff.got)
@@ -81,7 +81,7 @@ func TestMalformedCountedUnderItsService(t *testing.T) {
 		badOption(packet.Segment{Src: server, Dst: client, Flags: packet.SYN | packet.ACK, Options: linuxOptions()}), // from it
 		badOption(syn(client6, server6, linuxOptions())),
 	} {
-		if v := h.w.Handle(in); v != Drop {
+		if v := h.handleRaw(in); v != nf.Drop {
 			t.Fatalf("verdict %v for a malformed packet", v)
 		}
 	}
@@ -99,7 +99,7 @@ func TestMalformedCountedUnderItsService(t *testing.T) {
 	unknown[6] = 253
 	elsewhere := badOption(syn(client, other, linuxOptions()))
 	for _, in := range [][]byte{short, unknown, elsewhere} {
-		h.w.Handle(in)
+		h.handleRaw(in)
 	}
 	if none := h.e.Stats(-1); none.Get(Malformed) != 3 {
 		t.Fatalf("malformed under no service: %d, want 3", none.Get(Malformed))
@@ -121,7 +121,7 @@ func TestSYNWithRSTIsMalformed(t *testing.T) {
 	h := newHarness(t, nil)
 	h.handshake(linuxOptions())
 	for _, flags := range []packet.Flags{packet.SYN | packet.RST, packet.SYN | packet.RST | packet.ACK, 0xff, packet.SYN | packet.FIN, packet.SYN | packet.ACK} {
-		h.handle(packet.Segment{Src: client, Dst: server, Seq: clientISN + 1, Flags: flags}, Drop)
+		h.handle(packet.Segment{Src: client, Dst: server, Seq: clientISN + 1, Flags: flags}, nf.Drop)
 	}
 	h.expect(0)
 	if h.stat(Malformed) != 5 || h.stat(ClientReset) != 0 || h.e.Pending() != 1 {
@@ -136,12 +136,12 @@ func TestSYNWithRSTIsMalformed(t *testing.T) {
 func TestReplayOffersOnlyAnnouncedOptions(t *testing.T) {
 	h := newHarness(t, nil)
 	h.e.LearnBackend(0, BackendOptions{MSS: 1460, WindowScale: cookies.NoWindowScale}, "test")
-	h.handle(syn(client, server, linuxOptions()), Drop)
+	h.handle(syn(client, server, linuxOptions()), nf.Drop)
 	sa := h.expect(1)[0].p
 	if sa.Options.HasWindowScale || sa.Options.SACKPermitted {
 		t.Fatalf("SYN-ACK announces %+v for a backend without scaling or SACK", sa.Options)
 	}
-	h.handle(packet.Segment{Src: client, Dst: server, Seq: clientISN + 1, Ack: sa.Seq + 1, Flags: packet.ACK, Window: 60000}, Drop)
+	h.handle(packet.Segment{Src: client, Dst: server, Seq: clientISN + 1, Ack: sa.Seq + 1, Flags: packet.ACK, Window: 60000}, nf.Drop)
 	r := h.expect(1)[0].p
 	if r.Options.HasWindowScale || r.Options.SACKPermitted {
 		t.Fatalf("replayed SYN offers %+v, which the client was not given", r.Options)
@@ -150,9 +150,9 @@ func TestReplayOffersOnlyAnnouncedOptions(t *testing.T) {
 		t.Fatalf("replayed SYN window %d; the client's window is unscaled, want 60000", r.Window)
 	}
 	h.handle(packet.Segment{Src: server, Dst: client, Seq: 5, Ack: clientISN + 1, Flags: packet.SYN | packet.ACK, Window: 65160,
-		Options: packet.Options{MSS: 1460, HasMSS: true}}, Drop)
+		Options: packet.Options{MSS: 1460, HasMSS: true}}, nf.Drop)
 	h.drainHandoffs()
-	if got := h.handoff.got[0].ClientWindowScale; got != conntrack.NoWindowScale {
+	if got := h.handoff.got[0].ClientWindowScale; got != cookies.NoWindowScale {
 		t.Fatalf("hand-off gives the client window scale %d; it negotiated none", got)
 	}
 

@@ -13,13 +13,12 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
-	"github.com/synguard/synguard/conntrack"
 	"github.com/synguard/synguard/cookies"
 	"github.com/synguard/synguard/engine"
 	"github.com/synguard/synguard/firewall"
+	"github.com/synguard/synguard/handoff"
 	"github.com/synguard/synguard/internal/roottest"
 	"github.com/synguard/synguard/lab"
 	"github.com/synguard/synguard/lab/netns"
@@ -48,9 +47,12 @@ var replyPaths = []ReplyPath{ReplyIngress, ReplyRoute}
 
 var service = netip.MustParseAddrPort("203.0.113.2:80")
 
+// noHandoff is a conntrack table that takes every hand-off: the
+// pipeline's SYNs never complete a handshake.
 type noHandoff struct{}
 
-func (noHandoff) Create(conntrack.Handoff) error { return nil }
+func (noHandoff) Create(handoff.Flow) error        { return nil }
+func (noHandoff) Delete(_, _ netip.AddrPort) error { return nil }
 
 func newPipeline(tb testing.TB, path ReplyPath) *pipeline {
 	tb.Helper()
@@ -93,20 +95,16 @@ func newPipeline(tb testing.TB, path ReplyPath) *pipeline {
 	}
 	p.eng, err = engine.New(engine.Config{
 		Services: []netip.AddrPort{service}, Mode: engine.ModeAlways, Cookies: jar,
-		Send: batchSender{sender}, Handoff: noHandoff{},
+		NewBatch:        func() engine.Batch { return sender.NewBatch() },
+		Kernel:          noHandoff{},
 		BackendOverride: &engine.BackendOptions{MSS: 1460, WindowScale: 7, SACKPermitted: true},
-		Logger:          zerolog.Nop(),
 	})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	h := queueHandler{w: p.eng.NewWorker()}
-	if path == ReplyIngress {
-		h.replies = &replyBatch{Batch: sender.NewBatch()}
-		h.w = p.eng.NewWorkerWithBatch(h.replies)
-	}
+	h := newQueueHandler(p.eng, sender, path, firewall.DefaultStaleMark)
 	go func() { done <- p.q.RunBatch(runCtx, h) }()
 	tb.Cleanup(func() {
 		cancel()

@@ -37,11 +37,14 @@
 // that receives one message at a time into fresh buffers, parses it into
 // an Attribute of pointers and sends each verdict on its own: 61
 // allocations and three system calls per packet, 17–21 µs of CPU per SYN,
-// ~50k packets/s per queue (DESIGN.md §7). Once the queue is configured,
-// Open parks that goroutine: a read deadline in the past fails its
-// receive, and its error callback holds it until the socket is closed
-// (the setup filter is still attached, so it cannot have taken a packet).
-// From then on the socket belongs to this package's receive loop.
+// ~50k packets/s per queue (measured in the lab described below; see
+// docs/architecture.md). Once the queue is configured, Open parks that
+// goroutine: a read deadline in the past fails its receive, and its error
+// callback holds it until the socket is closed (the setup filter is still
+// attached, so it cannot have taken a packet). From then on the socket
+// belongs to this package's receive loop. TestGoNfqueueContract pins each
+// go-nfqueue behaviour this hand-over relies on, so that an upgrade that
+// changes one fails by name.
 //
 // # Receive path
 //
@@ -117,8 +120,10 @@
 //     kernel drops the packet and counts it (queue_dropped, user_dropped;
 //     see KernelStats), unless Config.FailOpen sets NFQA_CFG_F_FAIL_OPEN,
 //     in which case it accepts the packet unseen and counts it nowhere. At
-//     flood rates that lets a large share of the flood past the engine
-//     (DESIGN.md §7), so fail-open must be a conscious, documented choice.
+//     flood rates that lets every SYN the queue cannot take in past the
+//     engine, unchallenged, to the backend: with a flood several times
+//     what the queue answers, most of it. Fail-open must be a conscious,
+//     documented choice.
 //   - Nobody bound to the queue (the daemon is down): decided by the
 //     iptables rule, not by this package. Without --queue-bypass the
 //     packet is dropped; with it, it skips the NFQUEUE rule.

@@ -114,20 +114,6 @@ func kernelStats(t *testing.T, ns *netns.NS, queue uint16) (nfq.KernelQueueStats
 	return nfq.KernelQueueStats{}, false
 }
 
-// waitFor polls cond until it holds or d passes.
-func waitFor(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // segment is what the tests read from a queued packet.
 type segment struct {
 	version int

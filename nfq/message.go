@@ -2,6 +2,8 @@ package nfq
 
 import (
 	"encoding/binary"
+
+	"github.com/synguard/synguard/nf"
 )
 
 // The nfnetlink_queue wire format, as the receive loop reads and writes it
@@ -58,7 +60,7 @@ func nativeUint32(b []byte) uint32 { return binary.NativeEndian.Uint32(b) }
 type packetMsg struct {
 	id      uint32
 	hasID   bool
-	hook    uint8
+	hook    nf.Hook
 	mark    uint32
 	inDev   uint32
 	hwAddr  []byte // nil when absent
@@ -87,7 +89,7 @@ func parsePacketMsg(body []byte, m *packetMsg) {
 			// struct nfqnl_msg_packet_hdr { __be32 packet_id; __be16 hw_protocol; __u8 hook; }
 			if len(v) >= 7 {
 				m.id, m.hasID = binary.BigEndian.Uint32(v[0:4]), true
-				m.hook = v[6]
+				m.hook = nf.Hook(v[6])
 			}
 		case nfqaMark:
 			if len(v) >= 4 {

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/synguard/synguard/internal/nstest"
+	"github.com/synguard/synguard/internal/poll"
+	"github.com/synguard/synguard/nf"
 	"github.com/synguard/synguard/nfq"
 )
 
@@ -56,12 +58,12 @@ func TestVerdicts(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		v6      bool
-		verdict nfq.Verdict
+		verdict nf.Verdict
 	}{
-		{"accept/ipv4", false, nfq.Accept},
-		{"drop/ipv4", false, nfq.Drop},
-		{"accept/ipv6", true, nfq.Accept},
-		{"drop/ipv6", true, nfq.Drop},
+		{"accept/ipv4", false, nf.Accept},
+		{"drop/ipv4", false, nf.Drop},
+		{"accept/ipv6", true, nf.Accept},
+		{"drop/ipv6", true, nf.Drop},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ns := nstest.New(t, "sgt-nfq")
@@ -76,18 +78,18 @@ func TestVerdicts(t *testing.T) {
 
 			q := openQueue(t, ns, nfq.Config{Queue: queue})
 			var s seen
-			runQueue(t, q, func(p *nfq.Packet) nfq.Verdict {
+			runQueue(t, q, func(p *nfq.Packet) nf.Verdict {
 				s.add(p)
 				return tc.verdict
 			})
 
 			err := dialTCP(ns, addr, 1500*time.Millisecond)
 			switch tc.verdict {
-			case nfq.Accept:
+			case nf.Accept:
 				if err != nil {
 					t.Fatalf("connect with Accept verdict: %v", err)
 				}
-			case nfq.Drop:
+			case nf.Drop:
 				if err == nil {
 					t.Fatal("connect succeeded although the handler dropped the SYN")
 				}
@@ -127,12 +129,12 @@ func TestVerdicts(t *testing.T) {
 			// Each segment arrives on its own (a retransmission is a second
 			// later), so each is a batch of its own.
 			want := nfq.Stats{Received: uint64(len(segs)), Batches: uint64(len(segs))}
-			if tc.verdict == nfq.Accept {
+			if tc.verdict == nf.Accept {
 				want.Verdicts.Accept = want.Received
 			} else {
 				want.Verdicts.Drop = want.Received
 			}
-			if !waitFor(time.Second, func() bool { return q.Stats() == want }) {
+			if !poll.Until(time.Second, func() bool { return q.Stats() == want }) {
 				t.Fatalf("Stats = %+v, want %+v", q.Stats(), want)
 			}
 		})
@@ -152,7 +154,7 @@ func TestPacketsWaitForRun(t *testing.T) {
 	go func() { dialed <- dialTCP(ns, addr, 5*time.Second) }()
 
 	var ks nfq.KernelQueueStats
-	if !waitFor(2*time.Second, func() bool {
+	if !poll.Until(2*time.Second, func() bool {
 		var ok bool
 		ks, ok = kernelStats(t, ns, queue)
 		return ok && ks.Waiting > 0
@@ -169,9 +171,9 @@ func TestPacketsWaitForRun(t *testing.T) {
 	}
 
 	var n atomic.Int32
-	runQueue(t, q, func(p *nfq.Packet) nfq.Verdict {
+	runQueue(t, q, func(p *nfq.Packet) nf.Verdict {
 		n.Add(1)
-		return nfq.Accept
+		return nf.Accept
 	})
 	if err := <-dialed; err != nil {
 		t.Fatalf("connect held until Run: %v", err)
@@ -201,11 +203,11 @@ func TestENOBUFSSurvival(t *testing.T) {
 	q := openQueue(t, ns, nfq.Config{Queue: queue, ReadBuffer: 1}) // the kernel's minimum, a few KiB
 
 	var bursts, markers atomic.Int32
-	runQueue(t, q, func(p *nfq.Packet) nfq.Verdict {
+	runQueue(t, q, func(p *nfq.Packet) nf.Verdict {
 		seg, err := parse(p.Payload)
 		if err != nil || seg.proto != 17 {
 			t.Errorf("unexpected packet %+v: %v", seg, err)
-			return nfq.Drop
+			return nf.Drop
 		}
 		switch seg.dport {
 		case burstPort:
@@ -214,7 +216,7 @@ func TestENOBUFSSurvival(t *testing.T) {
 		case markerPort:
 			markers.Add(1)
 		}
-		return nfq.Drop
+		return nf.Drop
 	})
 
 	payload := make([]byte, 64)
@@ -225,7 +227,7 @@ func TestENOBUFSSurvival(t *testing.T) {
 		}
 	}
 	// Wait for the burst to drain: the kernel holds nothing for us any more.
-	if !waitFor(10*time.Second, func() bool {
+	if !poll.Until(10*time.Second, func() bool {
 		ks, ok := kernelStats(t, ns, queue)
 		return ok && ks.Waiting == 0 && ks.LastID >= burst
 	}) {
@@ -253,7 +255,7 @@ func TestENOBUFSSurvival(t *testing.T) {
 	if _, err := sender.WriteToUDP(payload, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: markerPort}); err != nil {
 		t.Fatal(err)
 	}
-	if !waitFor(2*time.Second, func() bool { return markers.Load() == 1 }) {
+	if !poll.Until(2*time.Second, func() bool { return markers.Load() == 1 }) {
 		t.Fatalf("packet after the overflow never reached the handler; stats %+v", q.Stats())
 	}
 }
@@ -285,10 +287,10 @@ func TestFailOpen(t *testing.T) {
 
 			q := openQueue(t, ns, nfq.Config{Queue: queue, MaxQueueLen: 4, FailOpen: failOpen})
 			var handled atomic.Int32
-			runQueue(t, q, func(p *nfq.Packet) nfq.Verdict {
+			runQueue(t, q, func(p *nfq.Packet) nf.Verdict {
 				handled.Add(1)
-				time.Sleep(time.Millisecond)
-				return nfq.Accept
+				time.Sleep(time.Millisecond) // a slow handler, so that the queue of 4 overflows
+				return nf.Accept
 			})
 
 			sender := udpSender(t, ns)
@@ -297,7 +299,7 @@ func TestFailOpen(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if !waitFor(5*time.Second, func() bool {
+			if !poll.Until(5*time.Second, func() bool {
 				ks, ok := kernelStats(t, ns, queue)
 				return ok && ks.Waiting == 0 && ks.LastID == uint32(handled.Load())
 			}) {
@@ -351,9 +353,9 @@ func TestMultipleQueues(t *testing.T) {
 		x := &qs{addr: nstest.ListenTCP(t, ns, "127.0.0.1:0")}
 		iptables(t, ns, false, "-A", "INPUT", "-p", "tcp", "--dport", strconv.Itoa(x.addr.Port), "--syn", "-j", "NFQUEUE", "--queue-num", strconv.Itoa(int(num)))
 		x.q = openQueue(t, ns, nfq.Config{Queue: num})
-		runQueue(t, x.q, func(p *nfq.Packet) nfq.Verdict {
+		runQueue(t, x.q, func(p *nfq.Packet) nf.Verdict {
 			x.s.add(p)
-			return nfq.Accept
+			return nf.Accept
 		})
 		all[i] = x
 	}
@@ -393,6 +395,8 @@ func TestMultipleQueues(t *testing.T) {
 func TestRunStopsPromptly(t *testing.T) {
 	const queue = 30
 	ns := nstest.New(t, "sgt-nfq")
+	sender := udpSender(t, ns)
+	iptables(t, ns, false, "-A", "INPUT", "-p", "udp", "--dport", "9", "-j", "NFQUEUE", "--queue-num", strconv.Itoa(queue))
 	before := runtime.NumGoroutine()
 
 	var q *nfq.Queue
@@ -404,8 +408,18 @@ func TestRunStopsPromptly(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- q.Run(ctx, func(*nfq.Packet) nfq.Verdict { return nfq.Accept }) }()
-	time.Sleep(100 * time.Millisecond)
+	var handled atomic.Int32
+	go func() {
+		done <- q.Run(ctx, func(*nfq.Packet) nf.Verdict {
+			handled.Add(1)
+			return nf.Accept
+		})
+	}()
+	// Run is under way once a packet has been through its loop.
+	if _, err := sender.WriteToUDP([]byte("x"), &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}); err != nil {
+		t.Fatal(err)
+	}
+	poll.Must(t, 2*time.Second, "Run handed no packet to its handler", func() bool { return handled.Load() > 0 })
 	if _, ok := kernelStats(t, ns, queue); !ok {
 		t.Fatal("queue not bound while running")
 	}
@@ -424,14 +438,14 @@ func TestRunStopsPromptly(t *testing.T) {
 	if ks, ok := kernelStats(t, ns, queue); ok {
 		t.Fatalf("queue still bound after Run returned: %+v", ks)
 	}
-	if err := q.Run(context.Background(), func(*nfq.Packet) nfq.Verdict { return nfq.Accept }); !errors.Is(err, nfq.ErrRunning) {
+	if err := q.Run(context.Background(), func(*nfq.Packet) nf.Verdict { return nf.Accept }); !errors.Is(err, nfq.ErrRunning) {
 		t.Fatalf("second Run: %v, want ErrRunning", err)
 	}
 	if err := q.Close(); err != nil {
 		t.Fatalf("Close after Run: %v", err)
 	}
 
-	if !waitFor(2*time.Second, func() bool { return runtime.NumGoroutine() <= before }) {
+	if !poll.Until(2*time.Second, func() bool { return runtime.NumGoroutine() <= before }) {
 		buf := make([]byte, 1<<16)
 		t.Fatalf("goroutines: %d before, %d after\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
 	}
@@ -452,7 +466,7 @@ func TestRunWithDoneContext(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	done := make(chan error, 1)
-	go func() { done <- q.Run(ctx, func(*nfq.Packet) nfq.Verdict { return nfq.Accept }) }()
+	go func() { done <- q.Run(ctx, func(*nfq.Packet) nf.Verdict { return nf.Accept }) }()
 	select {
 	case err := <-done:
 		if err != nil {
@@ -486,7 +500,7 @@ func TestCloseBeforeRun(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if !waitFor(2*time.Second, func() bool { ks, _ := kernelStats(t, ns, queue); return ks.Waiting == 10 }) {
+	if !poll.Until(2*time.Second, func() bool { ks, _ := kernelStats(t, ns, queue); return ks.Waiting == 10 }) {
 		t.Fatal("packets not waiting")
 	}
 	closed := make(chan error, 1)
@@ -499,10 +513,10 @@ func TestCloseBeforeRun(t *testing.T) {
 	case <-time.After(2 * time.Second):
 		t.Fatal("Close blocked with packets waiting for Run")
 	}
-	if err := q.Run(context.Background(), func(*nfq.Packet) nfq.Verdict { return nfq.Accept }); !errors.Is(err, nfq.ErrClosed) {
+	if err := q.Run(context.Background(), func(*nfq.Packet) nf.Verdict { return nf.Accept }); !errors.Is(err, nfq.ErrClosed) {
 		t.Fatalf("Run after Close: %v, want ErrClosed", err)
 	}
-	if !waitFor(2*time.Second, func() bool { return runtime.NumGoroutine() <= before }) {
+	if !poll.Until(2*time.Second, func() bool { return runtime.NumGoroutine() <= before }) {
 		t.Fatalf("goroutines: %d before, %d after", before, runtime.NumGoroutine())
 	}
 }
@@ -556,7 +570,7 @@ func TestOpenUnderLoad(t *testing.T) {
 		}
 	})
 	t.Cleanup(wg.Wait)
-	if !waitFor(time.Second, func() bool { return sent.Load() > 1000 }) {
+	if !poll.Until(time.Second, func() bool { return sent.Load() > 1000 }) {
 		t.Fatal("sender not sending")
 	}
 
@@ -579,18 +593,18 @@ func TestOpenUnderLoad(t *testing.T) {
 	q := openQueue(t, ns, nfq.Config{Queue: queue})
 	var handled atomic.Int64
 	var firstID atomic.Uint32
-	runQueue(t, q, func(p *nfq.Packet) nfq.Verdict {
+	runQueue(t, q, func(p *nfq.Packet) nf.Verdict {
 		firstID.CompareAndSwap(0, p.ID)
 		handled.Add(1)
-		return nfq.Drop
+		return nf.Drop
 	})
-	if !waitFor(2*time.Second, func() bool { return handled.Load() > 1000 }) {
+	if !poll.Until(2*time.Second, func() bool { return handled.Load() > 1000 }) {
 		t.Fatalf("handler saw only %d packets", handled.Load())
 	}
 	cancel()
 	wg.Wait()
 	var ks nfq.KernelQueueStats
-	if !waitFor(5*time.Second, func() bool {
+	if !poll.Until(5*time.Second, func() bool {
 		ks, _ = kernelStats(t, ns, queue)
 		return ks.Waiting == 0
 	}) {

@@ -6,6 +6,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/synguard/synguard/nf"
 )
 
 // Receive path sizes; doc.go explains the choices.
@@ -234,9 +236,9 @@ func (r *receiver) packet(body []byte, truncated bool) {
 		// operator's fail-open choice says which.
 		r.malformed++
 		r.q.logMalformed("packet without payload")
-		v := Drop
+		v := nf.Drop
 		if r.q.cfg.FailOpen {
-			v = Accept
+			v = nf.Accept
 		}
 		r.verdict(m.id, v)
 		return
@@ -264,9 +266,9 @@ func (r *receiver) releaseHeld(first uint32) {
 
 // verdict records packet id's verdict. Consecutive packets with the same
 // verdict share one batch verdict message.
-func (r *receiver) verdict(id uint32, v Verdict) {
+func (r *receiver) verdict(id uint32, v nf.Verdict) {
 	kv := uint32(nfDrop)
-	if v == Accept {
+	if v == nf.Accept {
 		kv = nfAccept
 	}
 	if r.runLen > 0 && kv == r.runVerdict {

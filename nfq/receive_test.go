@@ -11,6 +11,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
+
+	"github.com/synguard/synguard/nf"
 )
 
 // These tests drive the receive loop without the kernel's queue: canned
@@ -189,12 +191,12 @@ func parseVerdict(t testing.TB, b []byte) sentVerdict {
 // recorder is a BatchHandler that records what it saw and answers from a
 // table of verdicts by packet id (Drop when absent).
 type recorder struct {
-	verdicts map[uint32]Verdict
+	verdicts map[uint32]nf.Verdict
 	packets  []Packet // Payload copied
 	calls    []string
 }
 
-func (r *recorder) Handle(p *Packet) Verdict {
+func (r *recorder) Handle(p *Packet) nf.Verdict {
 	c := *p
 	c.Payload = slices.Clone(p.Payload)
 	c.HwAddr = slices.Clone(p.HwAddr)
@@ -236,7 +238,7 @@ func TestReceiverHandsPacketsOver(t *testing.T) {
 // TestReceiverBatchesVerdicts checks that a batch's verdicts go out in one
 // write, one batch verdict per run of equal verdicts, and are counted.
 func TestReceiverBatchesVerdicts(t *testing.T) {
-	rec := &recorder{verdicts: map[uint32]Verdict{1: Accept, 2: Accept, 6: Accept, 9: Accept}}
+	rec := &recorder{verdicts: map[uint32]nf.Verdict{1: nf.Accept, 2: nf.Accept, 6: nf.Accept, 9: nf.Accept}}
 	h := newTestReceiver(t, Config{Queue: 7}, rec)
 	for id := uint32(1); id <= 9; id++ {
 		h.send(cannedPacket{id: id, payload: []byte{0x45}}.message())
@@ -279,7 +281,7 @@ func TestReceiverBatchSize(t *testing.T) {
 // setup filter held back: when the first packet seen has id 5, ids 1..4
 // get NF_REPEAT before any other verdict, and only once.
 func TestReceiverRequeuesHeldPackets(t *testing.T) {
-	rec := &recorder{verdicts: map[uint32]Verdict{5: Accept}}
+	rec := &recorder{verdicts: map[uint32]nf.Verdict{5: nf.Accept}}
 	h := newTestReceiver(t, Config{Queue: 7}, rec)
 	h.send(cannedPacket{id: 5, payload: []byte{0x45}}.message(), cannedPacket{id: 6, payload: []byte{0x45}}.message())
 	h.step()
@@ -309,7 +311,7 @@ func TestReceiverFirstPacketOneHoldsNothing(t *testing.T) {
 func TestReceiverMalformed(t *testing.T) {
 	for _, failOpen := range []bool{false, true} {
 		t.Run(fmt.Sprintf("failopen=%v", failOpen), func(t *testing.T) {
-			rec := &recorder{verdicts: map[uint32]Verdict{1: Accept, 5: Accept}}
+			rec := &recorder{verdicts: map[uint32]nf.Verdict{1: nf.Accept, 5: nf.Accept}}
 			h := newTestReceiver(t, Config{Queue: 7, FailOpen: failOpen}, rec)
 			huge := make([]byte, rxSlot) // its message is larger than a receive buffer
 			h.send(
@@ -374,8 +376,8 @@ func TestReceiverCountsFailedVerdictWrites(t *testing.T) {
 // countingHandler is a BatchHandler that allocates nothing.
 type countingHandler struct{ handled, flushed int }
 
-func (c *countingHandler) Handle(*Packet) Verdict { c.handled++; return Drop }
-func (c *countingHandler) Flush()                 { c.flushed++ }
+func (c *countingHandler) Handle(*Packet) nf.Verdict { c.handled++; return nf.Drop }
+func (c *countingHandler) Flush()                    { c.flushed++ }
 
 // synMessages are rxBatch canned packet messages of SYN size, ids from 1.
 func synMessages() [][]byte {

@@ -1,0 +1,204 @@
+package engine
+
+import (
+	"github.com/synguard/synguard/cookies"
+	"github.com/synguard/synguard/nf"
+	"github.com/synguard/synguard/packet"
+)
+
+// This file is the client's side of the handshake: its SYN (let through
+// or answered with a cookie), its ACK (the cookie checked, the SYN
+// replayed to the backend) and its RST.
+
+// fromClient decides the fate of a segment sent to service svc.
+func (w *Worker) fromClient(svc int, size int, hook nf.Hook) nf.Verdict {
+	p := &w.pkt
+	c := w.out.c
+	isSYN := p.Flags&(packet.SYN|packet.ACK|packet.RST|packet.FIN) == packet.SYN
+	switch {
+	case isSYN:
+		c.add(svc, SYNReceived)
+		if w.e.ServiceState(svc) == StatePassthrough {
+			w.passSYN(svc)
+			return nf.Accept
+		}
+		w.answerSYN(svc, size)
+		return nf.Drop
+	case hook == HookStaleEntry:
+		// The flow's entry is closing. A cookie ACK here is a client
+		// reusing the ports: replay it, and the hand-off replaces the
+		// entry. Anything else is the old flow's tail: the kernel's.
+		if p.Flags&(packet.ACK|packet.SYN|packet.RST|packet.FIN) != packet.ACK {
+			return nf.Accept
+		}
+		if w.clientACK(svc, true) {
+			return nf.Accept
+		}
+		return nf.Drop
+	case hook == nf.Prerouting:
+		// Only the mangle rule queues non-SYNs in PREROUTING: the first
+		// established packet of a flow let through. It is the kernel's
+		// flow; note the completed handshake and let it go.
+		w.firstACK(svc)
+		return nf.Accept
+	case w.e.cfg.Mode == ModeOff:
+		// Observe only: whatever conntrack found invalid passes, as it
+		// would without synguard.
+		return nf.Accept
+	case p.Flags.Has(packet.SYN):
+		// SYN with ACK, RST or FIN: nothing a client sends in a
+		// handshake (conntrack calls it invalid too). In particular a
+		// SYN+RST must not abort a pending flow as a reset would.
+		c.add(svc, Malformed)
+		return nf.Drop
+	case p.Flags.Has(packet.RST):
+		w.clientReset(svc)
+		return nf.Drop
+	case p.Flags&(packet.ACK|packet.SYN) == packet.ACK:
+		w.clientACK(svc, false)
+		return nf.Drop
+	}
+	// SYN+ACK, FIN without ACK, no flags: nothing a client sends in a
+	// handshake. Drop, like conntrack-invalid traffic should be.
+	c.add(svc, Malformed)
+	return nf.Drop
+}
+
+// passSYN lets a SYN through to the backend and counts it as half-open.
+func (w *Worker) passSYN(svc int) {
+	p := &w.pkt
+	k := flowKey{client: p.Source(), server: p.Destination()}
+	added, evicted := w.e.services[svc].halfOpen.add(k, w.e.cfg.Now())
+	if added {
+		w.out.c.add(svc, SYNPassed)
+	}
+	if evicted {
+		w.out.c.add(svc, HalfOpenEvicted)
+	}
+}
+
+// firstACK records that a flow let through completed its handshake.
+func (w *Worker) firstACK(svc int) {
+	p := &w.pkt
+	k := flowKey{client: p.Source(), server: p.Destination()}
+	if w.e.services[svc].halfOpen.complete(k, w.e.cfg.Now()) {
+		w.out.c.add(svc, FirstACK)
+	}
+}
+
+// answerSYN sends the cookie SYN-ACK: window 0 so the client sends no data
+// before the backend is ready, no timestamps because the kernel cannot
+// translate them for a flow it did not proxy. synLen is the SYN's size: a
+// SYN-ACK larger than its SYN is never sent, so a spoofed flood cannot be
+// amplified toward its victim.
+func (w *Worker) answerSYN(svc int, synLen int) {
+	p := &w.pkt
+	o := w.out
+	client, server := p.Source(), p.Destination()
+	cookie := w.e.cfg.Cookies.Generate(client, server, p.Seq, clientOptions(&p.Options))
+	a := announce(&p.Options, w.e.Backend(svc))
+	seg := packet.Segment{
+		Src: server, Dst: client,
+		Seq: uint32(cookie), Ack: p.Seq + 1,
+		Flags:   packet.SYN | packet.ACK,
+		Options: a.packetOptions(),
+	}
+	n, err := packet.Build(o.buf[:], &seg)
+	if err != nil {
+		o.c.add(svc, SendError)
+		return
+	}
+	if n > synLen {
+		o.c.add(svc, AmplificationGuard)
+		return
+	}
+	o.queue(svc, o.buf[:n], client.Addr(), SYNACKSent)
+}
+
+// clientACK validates a client's ACK. Besides the handshake's third ACK
+// (seq = ISN+1), a client whose ACK was lost sends zero-window probes with
+// seq = ISN; both prove the cookie, so both are accepted.
+//
+// It reports whether the ACK proved nothing: no pending flow, no valid
+// cookie. stale says the segment belongs to a closing handed-off flow,
+// where that is the normal case and not worth counting as invalid.
+func (w *Worker) clientACK(svc int, stale bool) (invalid bool) {
+	p := &w.pkt
+	c := w.out.c
+	k := flowKey{client: p.Source(), server: p.Destination()}
+	e := w.e
+	cookie := cookies.Cookie(p.Ack - 1)
+	e.mu.Lock()
+	if f := e.pending.get(k); f != nil {
+		if f.state != stateDone || f.cookie == cookie {
+			e.mu.Unlock()
+			c.add(svc, DuplicateACK)
+			return false
+		}
+		// The record of a flow already handed off, lingering only to
+		// re-ACK its backend: a different cookie means a new flow on the
+		// same ports, which takes its place.
+		e.pending.remove(k)
+	}
+	e.mu.Unlock()
+
+	isn := p.Seq - 1
+	opts, ok := e.cfg.Cookies.Validate(k.client, k.server, isn, cookie)
+	if !ok && p.PayloadLen == 0 {
+		isn = p.Seq
+		opts, ok = e.cfg.Cookies.Validate(k.client, k.server, isn, cookie)
+	}
+	if !ok {
+		if stale {
+			c.add(svc, StalePassed)
+		} else {
+			c.add(svc, CookieInvalid)
+		}
+		return true
+	}
+	c.add(svc, CookieValid)
+
+	now := e.cfg.Now()
+	f := &pendingFlow{
+		svc:          svc,
+		state:        stateReplaying,
+		clientISN:    isn,
+		cookie:       cookie,
+		client:       opts,
+		announced:    announceFromCookie(opts, e.Backend(svc)),
+		clientWindow: p.Window,
+		validated:    now,
+		nextRetry:    now.Add(e.cfg.RetryInitial),
+	}
+	e.mu.Lock()
+	added := e.pending.add(k, f)
+	e.mu.Unlock()
+	if !added {
+		c.add(svc, PendingFull)
+		return false
+	}
+	seg := backendSYN(k, f)
+	w.out.send(svc, &seg, BackendSYNSent)
+	return false
+}
+
+// clientReset handles a client RST before the hand-off: forget the flow
+// and, if the backend may have a half-open connection, reset it too.
+func (w *Worker) clientReset(svc int) {
+	p := &w.pkt
+	k := flowKey{client: p.Source(), server: p.Destination()}
+	e := w.e
+	e.mu.Lock()
+	f := e.pending.get(k)
+	if f == nil || f.state == stateDone {
+		e.mu.Unlock()
+		w.out.c.add(svc, CookieInvalid)
+		return
+	}
+	e.pending.remove(k)
+	isn := f.clientISN
+	e.mu.Unlock()
+	w.out.c.add(svc, ClientReset)
+	seg := packet.Segment{Src: k.client, Dst: k.server, Seq: isn + 1, Flags: packet.RST}
+	w.out.send(svc, &seg, noCount)
+}

@@ -1,0 +1,48 @@
+package engine
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Events receives what the engine has to tell an operator. The engine
+// calls it from its control loop, hand-off goroutines and, rarely,
+// workers: an implementation must be safe for concurrent use and should
+// not block. The gateway's logs each as a structured event.
+type Events interface {
+	// ModeChanged reports a service switching between passthrough and
+	// cookie mode (auto mode).
+	ModeChanged(ModeChange)
+	// BackendLearned reports options a service's backend announces, the
+	// first time and whenever they change; source says how they were
+	// seen ("probe" or "syn_ack").
+	BackendLearned(service netip.AddrPort, opts BackendOptions, source string)
+	// BackendMismatch reports a backend SYN-ACK whose options contradict
+	// what clients were told.
+	BackendMismatch(service netip.AddrPort, observed BackendOptions)
+	// HandoffFailed reports a flow whose conntrack entry could not be
+	// made; both ends were reset.
+	HandoffFailed(service netip.AddrPort, err error)
+	// HandedOff reports a flow handed to the kernel, d after its
+	// client's ACK validated. It is called for every hand-off and must
+	// not allocate.
+	HandedOff(service int, d time.Duration)
+}
+
+// ModeChange is one switch of a service's state, with the figures it was
+// decided on.
+type ModeChange struct {
+	Service  netip.AddrPort
+	From, To State
+	Reason   string // ReasonHalfOpen, ReasonSYNRate or ReasonCalm
+	Sample
+}
+
+// NopEvents discards every event.
+type NopEvents struct{}
+
+func (NopEvents) ModeChanged(ModeChange)                                {}
+func (NopEvents) BackendLearned(netip.AddrPort, BackendOptions, string) {}
+func (NopEvents) BackendMismatch(netip.AddrPort, BackendOptions)        {}
+func (NopEvents) HandoffFailed(netip.AddrPort, error)                   {}
+func (NopEvents) HandedOff(int, time.Duration)                          {}

@@ -1,0 +1,136 @@
+package engine
+
+import (
+	"context"
+	"time"
+)
+
+// This file is the engine's clock work: the timers that retry silent
+// backends and forget old flows, and the control loop that switches
+// services between passthrough and cookie mode.
+
+// Control loop timing: a sample every controlTick, rates over
+// controlWindow ticks (one second), so a flood is noticed within a second.
+const (
+	controlTick   = 100 * time.Millisecond
+	controlWindow = 10
+)
+
+// runTimers ticks the timers and the control loop until ctx is done.
+func (e *Engine) runTimers(ctx context.Context) {
+	tick := time.NewTicker(e.tickInterval())
+	defer tick.Stop()
+	ctl := time.NewTicker(controlTick)
+	defer ctl.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			e.Tick()
+		case <-ctl.C:
+			e.control(e.cfg.Now())
+		}
+	}
+}
+
+// tickInterval is a fifth of the first retry's wait, so a retry is late
+// by at most a fifth, and at least 10 ms.
+func (e *Engine) tickInterval() time.Duration {
+	return max(e.cfg.RetryInitial/5, 10*time.Millisecond)
+}
+
+// Tick resends replayed SYNs to silent backends, gives up on those that
+// stay silent, and forgets handed-off flows past their linger time. Run
+// calls it periodically; tests call it with a synthetic clock.
+func (e *Engine) Tick() {
+	now := e.cfg.Now()
+	type action struct {
+		k     flowKey
+		f     pendingFlow
+		reset bool
+	}
+	var actions []action
+	e.mu.Lock()
+	for k, f := range e.pending.flows {
+		switch f.state {
+		case stateReplaying:
+			if now.Before(f.nextRetry) {
+				continue
+			}
+			if f.retries >= e.cfg.SYNRetries {
+				e.pending.remove(k)
+				actions = append(actions, action{k: k, f: *f, reset: true})
+				continue
+			}
+			f.retries++
+			f.nextRetry = now.Add(e.cfg.RetryInitial << f.retries)
+			actions = append(actions, action{k: k, f: *f})
+		case stateHandingOff, stateDone:
+			if now.After(f.expires) {
+				e.pending.remove(k)
+			}
+		}
+	}
+	e.mu.Unlock()
+	out := e.timers
+	for _, a := range actions {
+		if a.reset {
+			out.c.add(a.f.svc, BackendTimeout)
+			resetBoth(out, a.k, &a.f)
+			continue
+		}
+		out.c.add(a.f.svc, BackendRetry)
+		seg := backendSYN(a.k, &a.f)
+		out.send(a.f.svc, &seg, BackendSYNSent)
+	}
+	out.flush()
+}
+
+// serviceControl is the control loop's state for one service.
+type serviceControl struct {
+	ctrl               controller
+	syns, passed, acks *rateWindow
+}
+
+func newServiceControl(th Thresholds) serviceControl {
+	return serviceControl{
+		ctrl:   controller{th: th},
+		syns:   newRateWindow(controlWindow),
+		passed: newRateWindow(controlWindow),
+		acks:   newRateWindow(controlWindow),
+	}
+}
+
+// control samples every service and, in auto mode, switches states.
+func (e *Engine) control(now time.Time) {
+	for i := range e.services {
+		s := &e.services[i]
+		st := e.Stats(i)
+		c := &s.control
+		n := s.halfOpen.count(now)
+		s.halfOpenN.Store(int64(n))
+		rate, _ := c.syns.add(now, st.Get(SYNReceived))
+		_, passed := c.passed.add(now, st.Get(SYNPassed))
+		_, acks := c.acks.add(now, st.Get(FirstACK))
+		sample := Sample{HalfOpen: n, SYNRate: rate, Completion: 1}
+		if passed > 0 {
+			sample.Completion = min(float64(acks)/float64(passed), 1)
+		}
+		if e.cfg.Mode != ModeAuto {
+			continue
+		}
+		changed, reason := c.ctrl.step(now, sample)
+		if !changed {
+			continue
+		}
+		from := e.ServiceState(i)
+		to := StatePassthrough
+		if c.ctrl.cookie {
+			to = StateCookie
+		}
+		s.state.Store(uint32(to))
+		e.timers.c.add(i, ModeChanges)
+		e.events.ModeChanged(ModeChange{Service: s.addr, From: from, To: to, Reason: reason, Sample: sample})
+	}
+}

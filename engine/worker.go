@@ -1,0 +1,152 @@
+package engine
+
+import (
+	"net/netip"
+
+	"github.com/synguard/synguard/nf"
+	"github.com/synguard/synguard/packet"
+)
+
+// Batch collects the packets the engine builds and sends them together:
+// the one way anything leaves the engine. Each Worker, each hand-off
+// goroutine and the timer loop own one; a Batch is used by one goroutine
+// only.
+type Batch interface {
+	// Add queues a copy of the IP packet b for dst. It reports false,
+	// and queues nothing, when it cannot take the packet now (it is
+	// full); the engine then flushes and adds once more.
+	Add(b []byte, dst netip.Addr) bool
+	// Flush sends the queued packets, in the order they were added, and
+	// empties the batch. For each packet that could not be sent it calls
+	// failed with the packet's index (0 for the first one added) and the
+	// error.
+	Flush(failed func(i int, err error))
+}
+
+// HookStaleEntry is the hook the gateway reports for a segment queued by
+// the rule for handed-off flows whose conntrack entry is about to expire
+// (the firewall's stale mark): usually the old flow's last segments, or a
+// client reusing its ports. It is no kernel hook.
+const HookStaleEntry nf.Hook = 0xfe
+
+// Worker handles the packets of one queue: the pipeline's entry. It is
+// not safe for concurrent use; give each receive goroutine its own.
+type Worker struct {
+	e   *Engine
+	pkt packet.Packet
+	out *outbox
+}
+
+// NewWorker returns a worker with its own scratch space and counters that
+// sends through b, which the caller may keep and steer (the gateway points
+// each reply at the link its packet came in on). b is used only from the
+// worker's goroutine.
+func (e *Engine) NewWorker(b Batch) *Worker {
+	return &Worker{e: e, out: e.newOutbox(b)}
+}
+
+// Handle decides the verdict for one IP packet b queued from hook. In
+// PREROUTING the engine sees SYNs (raw table) and the first established
+// packet of flows it let through (mangle table); in the filter hooks it
+// sees segments conntrack found invalid or untracked. What it sends in
+// reply waits in the worker's batch: call Flush after the last packet of
+// each receive batch, so that a whole batch's replies leave in one system
+// call.
+func (w *Worker) Handle(b []byte, hook nf.Hook) nf.Verdict {
+	p := &w.pkt
+	if err := packet.Parse(b, p); err != nil {
+		// Only TCP segments of protected services are queued, and
+		// conntrack has already reassembled fragments: what fails to
+		// parse is malformed, and a backend must not see it.
+		w.out.c.add(w.e.malformedService(b), Malformed)
+		return nf.Drop
+	}
+	if svc, ok := w.e.index[p.Destination()]; ok {
+		return w.fromClient(svc, len(b), hook)
+	}
+	if svc, ok := w.e.index[p.Source()]; ok {
+		return w.fromBackend(svc)
+	}
+	w.out.c.add(-1, Unmatched)
+	return nf.Accept
+}
+
+// Flush sends the replies waiting in the worker's batch.
+func (w *Worker) Flush() { w.out.flush() }
+
+// outbox builds packets and sends them through a Batch, counting each
+// once the batch reports whether it went out. Every writer of packets has
+// one: workers, hand-off goroutines and the timer loop.
+type outbox struct {
+	batch    Batch
+	c        *counterSet
+	buf      [packet.MaxHandshakeLen]byte
+	queued   []queuedSend
+	failedFn func(i int, err error) // sendFailed, bound once
+}
+
+// queuedSend is the accounting of one packet waiting in the batch.
+type queuedSend struct {
+	svc    int
+	ok     Counter // counted when sent; noCount for none
+	failed bool
+}
+
+// noCount marks a send that has no success counter of its own.
+const noCount = numCounters
+
+func (e *Engine) newOutbox(b Batch) *outbox {
+	o := &outbox{batch: b, c: e.newCounters(), queued: make([]queuedSend, 0, 64)}
+	o.failedFn = o.sendFailed
+	return o
+}
+
+// send builds seg and queues it, counting ok once it is sent.
+func (o *outbox) send(svc int, seg *packet.Segment, ok Counter) {
+	n, err := packet.Build(o.buf[:], seg)
+	if err != nil {
+		o.c.add(svc, SendError)
+		return
+	}
+	o.queue(svc, o.buf[:n], seg.Dst.Addr(), ok)
+}
+
+// queue adds the built packet b for dst to the batch, flushing it first
+// when it is full.
+func (o *outbox) queue(svc int, b []byte, dst netip.Addr, ok Counter) {
+	added := o.batch.Add(b, dst)
+	if !added && len(o.queued) > 0 {
+		o.flush()
+		added = o.batch.Add(b, dst)
+	}
+	if !added {
+		o.c.add(svc, SendError)
+		return
+	}
+	o.queued = append(o.queued, queuedSend{svc: svc, ok: ok})
+}
+
+// flush sends what the batch holds and counts the outcome of each packet.
+func (o *outbox) flush() {
+	if len(o.queued) == 0 {
+		return
+	}
+	o.batch.Flush(o.failedFn)
+	for i := range o.queued {
+		q := &o.queued[i]
+		switch {
+		case q.failed:
+			o.c.add(q.svc, SendError)
+		case q.ok < numCounters:
+			o.c.add(q.svc, q.ok)
+		}
+	}
+	o.queued = o.queued[:0]
+}
+
+// sendFailed is the Batch's report of packet i not sent.
+func (o *outbox) sendFailed(i int, _ error) {
+	if i >= 0 && i < len(o.queued) {
+		o.queued[i].failed = true
+	}
+}

@@ -1,0 +1,147 @@
+package gateway
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/synguard/synguard/engine"
+	"github.com/synguard/synguard/firewall"
+	"github.com/synguard/synguard/telemetry"
+)
+
+// Config is a validated gateway configuration, built from flags.
+type Config struct {
+	Services []netip.AddrPort
+	Mode     engine.Mode
+	Queue    uint16
+	Queues   uint16
+	Local    bool
+	FailOpen bool
+	KeyFile  string
+	// MetricsAddr is HOST:PORT for /metrics, /api/stats and the dashboard
+	// at /; empty disables them.
+	MetricsAddr string
+	// StatsInterval is how often a stats event per service is logged; 0
+	// means telemetry.DefaultStatsInterval.
+	StatsInterval time.Duration
+	// LogLimiter is the rate limit Logger's lines pass through, for
+	// synguard_log_suppressed_total; nil leaves that metric out.
+	LogLimiter *telemetry.LineLimiter
+	// Thresholds drive auto mode; zero means engine.DefaultThresholds.
+	Thresholds engine.Thresholds
+	// Backend overrides learned backend options when non-nil.
+	Backend    *engine.BackendOptions
+	MaxPending int
+	// ProbeInterval is how often backends are probed for their options.
+	ProbeInterval time.Duration
+
+	EngineMark, HandoffMark uint32
+	// StaleMark tags segments of closing handed-off flows; ReopenWithin
+	// is how close to expiry (seconds) an entry counts as closing. Zero
+	// means DefaultStaleMark and DefaultReopenWithin; at start the latter
+	// is replaced by the namespace's TIME_WAIT timeout.
+	StaleMark    uint32
+	ReopenWithin uint32
+	// ReplyPath says how the engine's replies to a queued packet leave:
+	// back out the interface it came in on (the default) or routed.
+	ReplyPath ReplyPath
+	Logger    zerolog.Logger
+}
+
+// ReplyPath is how replies to queued packets (SYN-ACKs, above all) leave
+// the host.
+type ReplyPath uint8
+
+// Reply paths.
+const (
+	// ReplyIngress sends a reply back out the interface its packet came
+	// in on, to the neighbour that sent it, through a packet socket: no
+	// route lookup and no netfilter output hooks (see package rawsock).
+	// Replies to packets with no such link (sent by this host, or from
+	// a tunnel) are routed.
+	ReplyIngress ReplyPath = iota
+	// ReplyRoute routes every reply and passes it through the output
+	// hooks, as the kernel's SYNPROXY does: for asymmetric routing, or
+	// OUTPUT rules that must see SYN-ACKs.
+	ReplyRoute
+)
+
+func (p ReplyPath) String() string {
+	if p == ReplyRoute {
+		return "route"
+	}
+	return "ingress"
+}
+
+// ParseReplyPath reads --reply-path.
+func ParseReplyPath(s string) (ReplyPath, error) {
+	switch s {
+	case "ingress":
+		return ReplyIngress, nil
+	case "route":
+		return ReplyRoute, nil
+	}
+	return 0, fmt.Errorf("unknown reply path %q: want ingress or route", s)
+}
+
+// DefaultProbeInterval re-learns backend options often enough to follow
+// a sysctl change on the backend, rarely enough to be invisible.
+const DefaultProbeInterval = time.Minute
+
+// FirewallConfig returns the firewall configuration for c.
+func (c *Config) FirewallConfig() firewall.Config {
+	return firewall.Config{
+		Services:    c.Services,
+		Queue:       c.Queue,
+		Queues:      c.Queues,
+		Local:       c.Local,
+		FailOpen:    c.FailOpen,
+		EngineMark:  c.EngineMark,
+		HandoffMark: c.HandoffMark,
+		// Only a mode that lets SYNs through needs to see first ACKs.
+		ObserveFirstACK: c.Mode != engine.ModeAlways,
+		StaleMark:       cmp.Or(c.StaleMark, firewall.DefaultStaleMark),
+		ReopenWithin:    cmp.Or(c.ReopenWithin, DefaultReopenWithin),
+	}
+}
+
+// DefaultReopenWithin is the kernel's default TIME_WAIT timeout in
+// conntrack (nf_conntrack_tcp_timeout_time_wait), in seconds.
+const DefaultReopenWithin = 120
+
+// timeWaitTimeout reads the namespace's conntrack TIME_WAIT timeout: an
+// entry with at most this long to live may belong to a closed flow whose
+// ports a client reuses.
+func timeWaitTimeout() (uint32, error) {
+	b, err := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_time_wait")
+	if err != nil {
+		return 0, err
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32)
+	return uint32(v), err
+}
+
+func (c *Config) setDefaults() {
+	if c.Queues == 0 {
+		c.Queues = 1
+	}
+	if c.EngineMark == 0 {
+		c.EngineMark = firewall.DefaultEngineMark
+	}
+	if c.HandoffMark == 0 {
+		c.HandoffMark = firewall.DefaultHandoffMark
+	}
+	if c.ProbeInterval == 0 {
+		c.ProbeInterval = DefaultProbeInterval
+	}
+	if c.Mode == 0 {
+		c.Mode = engine.ModeAuto
+	}
+}

@@ -1,0 +1,57 @@
+package gateway
+
+import (
+	"context"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/synguard/synguard/backendinfo"
+	"github.com/synguard/synguard/cookies"
+	"github.com/synguard/synguard/engine"
+	"github.com/synguard/synguard/telemetry"
+)
+
+// probeTimeout bounds one probe connection.
+const probeTimeout = 2 * time.Second
+
+// learner keeps the engine's backend options current.
+type learner struct {
+	eng  *engine.Engine
+	log  zerolog.Logger
+	mark uint32
+	down []bool // per service: last probe failed (log changes only)
+}
+
+func (l *learner) probeAll(ctx context.Context) {
+	for i, svc := range l.eng.Services() {
+		o, err := backendinfo.Probe(ctx, svc, l.mark, probeTimeout)
+		if err != nil {
+			if !l.down[i] {
+				l.log.Warn().Err(err).Str("event", telemetry.EventBackendUnreachable).Str("service", svc.String()).
+					Msg("backend probe failed; announcing last known or default options")
+			}
+			l.down[i] = true
+			continue
+		}
+		l.down[i] = false
+		l.eng.LearnBackend(i, engine.BackendOptions{
+			MSS:           o.MSS,
+			WindowScale:   cookies.WindowScale(o.WindowScale),
+			SACKPermitted: o.SACKPermitted,
+		}, "probe")
+	}
+}
+
+func (l *learner) loop(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			l.probeAll(ctx)
+		}
+	}
+}

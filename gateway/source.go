@@ -1,0 +1,54 @@
+package gateway
+
+import (
+	"github.com/synguard/synguard/engine"
+	"github.com/synguard/synguard/nfq"
+	"github.com/synguard/synguard/telemetry"
+)
+
+// source feeds the metrics collector.
+type source struct {
+	eng    *engine.Engine
+	queues []*nfq.Queue
+	first  uint16 // number of queues[0]; the rest follow in order
+	mode   string
+}
+
+func (s *source) ServiceCounters() []telemetry.ServiceCounters {
+	svcs := s.eng.Services()
+	out := make([]telemetry.ServiceCounters, len(svcs))
+	for i, svc := range svcs {
+		st := s.eng.Stats(i)
+		m := make(map[string]uint64, len(st))
+		for _, c := range engine.Counters() {
+			m[c.String()] = st.Get(c)
+		}
+		out[i] = telemetry.ServiceCounters{Service: svc.String(), Mode: s.serviceMode(i), Counters: m, HalfOpen: s.eng.HalfOpen(i), Pending: s.eng.Pending()}
+	}
+	return out
+}
+
+// serviceMode is the synguard_mode label of service i: what it does with
+// SYNs now (cookie or passthrough), or off when synguard only observes.
+func (s *source) serviceMode(i int) string {
+	if s.eng.Mode() == engine.ModeOff {
+		return engine.ModeOff.String()
+	}
+	return s.eng.ServiceState(i).String()
+}
+
+func (s *source) QueueCounters() []telemetry.QueueCounters {
+	kernel, _ := nfq.KernelStats()
+	out := make([]telemetry.QueueCounters, len(s.queues))
+	for i, q := range s.queues {
+		st := q.Stats()
+		qc := telemetry.QueueCounters{Queue: s.first + uint16(i), Received: st.Received, Batches: st.Batches, ENOBUFS: st.ENOBUFS, VerdictError: st.VerdictErrors}
+		for _, k := range kernel {
+			if k.Queue == qc.Queue {
+				qc.KernelDrops = k.QueueDropped + k.UserDropped
+			}
+		}
+		out[i] = qc
+	}
+	return out
+}

@@ -1,0 +1,57 @@
+// Package nf names the netfilter values that the queue and the engine
+// share: a queued packet's verdict and the hook it was queued from. It
+// imports nothing, so the engine can speak of verdicts without the queue's
+// netlink dependencies.
+package nf
+
+import "fmt"
+
+// Verdict is the fate of one queued packet.
+type Verdict uint8
+
+// Verdicts. The numeric values equal the kernel's NF_DROP and NF_ACCEPT.
+const (
+	Drop Verdict = iota
+	Accept
+)
+
+func (v Verdict) String() string {
+	switch v {
+	case Drop:
+		return "drop"
+	case Accept:
+		return "accept"
+	}
+	return fmt.Sprintf("verdict(%d)", uint8(v))
+}
+
+// Hook is the netfilter hook a packet was queued from, numbered as the
+// kernel's enum nf_inet_hooks.
+type Hook uint8
+
+// Hooks.
+const (
+	Prerouting Hook = iota
+	Input
+	Forward
+	Output
+	Postrouting
+	// Unknown is for callers that cannot tell.
+	Unknown Hook = 0xff
+)
+
+func (h Hook) String() string {
+	switch h {
+	case Prerouting:
+		return "prerouting"
+	case Input:
+		return "input"
+	case Forward:
+		return "forward"
+	case Output:
+		return "output"
+	case Postrouting:
+		return "postrouting"
+	}
+	return fmt.Sprintf("hook(%d)", uint8(h))
+}
