@@ -2,7 +2,7 @@ package main
 
 import (
 	"context"
-	"flag"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -17,45 +17,16 @@ import (
 	"github.com/synguard/synguard/lab"
 )
 
-const benchUsage = `usage: synguard bench [flags]
-       synguard bench flood [flags]
-       synguard bench report --in FILE [--out DIR]
-
-  (no subcommand)  build a lab and measure synguard (once per --queues count),
-                   kernel SYNPROXY and an unprotected backend under SYN floods
-                   stepped up to the generator's maximum; writes report.md,
-                   report.json and plots
-  flood            send a bounded SYN flood with spoofed sources from the
-                   benchmarking range (198.18.0.0/15, or 2001:db8:ff00::/40 for
-                   IPv6), from the current network namespace; stops at --count
-                   or --duration
-  report           draw report.md and the plots again from a report.json
-`
-
-func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		switch args[0] {
-		case "flood":
-			return runBenchFlood(ctx, args[1:], stdout)
-		case "report":
-			return runBenchReport(args[1:], stdout)
-		}
-		fmt.Fprint(stderr, benchUsage)
-		return usagef("bench: unknown subcommand %q", args[0])
-	}
-	return runBenchScenarios(ctx, args, stdout)
-}
-
 // benchLabName prefixes the namespaces of the benchmark's lab.
 const benchLabName = "sgbench"
 
-func runBenchScenarios(ctx context.Context, args []string, stdout io.Writer) error {
+func runBenchScenarios(ctx context.Context, args []string, stdout, _ io.Writer) error {
 	cfg, err := benchConfig(args, stdout)
 	if err != nil {
-		return helpOK(err)
+		return err
 	}
 	if os.Geteuid() != 0 {
-		return fmt.Errorf("bench: needs root (network namespaces, netfilter)")
+		return errors.New("bench: needs root (network namespaces, netfilter)")
 	}
 	sysDesc := fmt.Sprint(systemNames(cfg.Systems))
 	if len(cfg.Systems) == 0 || slices.Contains(cfg.Systems, bench.Synguard) {
@@ -83,9 +54,10 @@ func runBenchScenarios(ctx context.Context, args []string, stdout io.Writer) err
 }
 
 // benchConfig reads `synguard bench`'s flags into a checked benchmark
-// configuration that reports progress to stdout; -h is flag.ErrHelp.
+// configuration that reports progress to stdout; -h prints the usage to
+// stdout and is flag.ErrHelp.
 func benchConfig(args []string, stdout io.Writer) (bench.Config, error) {
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs := newFlagSet(stdout, "bench")
 	quick := fs.Bool("quick", false, "a short run: rates "+ratesString(bench.QuickRates)+", "+bench.QuickDuration.String()+" each (about 1.5 minutes; each --queues count beyond the first adds about 20 s)")
 	out := fs.String("out", "bench-out", "output `directory`")
 	rates := fs.String("rates", "", "offered loads in SYN/s, comma-separated; max = as fast as the generator goes (default "+ratesString(bench.DefaultRates)+")")
@@ -97,7 +69,7 @@ func benchConfig(args []string, stdout io.Writer) (bench.Config, error) {
 	name := fs.String("name", benchLabName, "namespace name `prefix` of the benchmark's lab")
 	synguardArgs := fs.String("synguard-args", "", "more `arguments` for synguard run, space-separated, e.g. \"--reply-path route\" (default: none, its defaults)")
 	ipv6 := fs.Bool("ipv6", false, "run everything over IPv6: service [2001:db8:b::2]:80, flood from 2001:db8:ff00::/40, ip6tables on the gateway")
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseArgs(fs, args); err != nil {
 		return bench.Config{}, err
 	}
 	cfg := bench.Config{
@@ -150,12 +122,12 @@ func benchConfig(args []string, stdout io.Writer) (bench.Config, error) {
 	return cfg, nil
 }
 
-func runBenchReport(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("bench report", flag.ContinueOnError)
+func runBenchReport(_ context.Context, args []string, stdout, _ io.Writer) error {
+	fs := newFlagSet(stdout, "bench report")
 	in := fs.String("in", "", "recorded report.json `file`")
 	out := fs.String("out", "", "output `directory` (default: the directory of --in)")
-	if err := parseFlags(fs, args); err != nil {
-		return helpOK(err)
+	if err := parseArgs(fs, args); err != nil {
+		return err
 	}
 	if *in == "" {
 		return usagef("bench report: --in is required")
@@ -237,15 +209,15 @@ func systemNames(ss []bench.System) []string {
 	return out
 }
 
-func runBenchFlood(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("bench flood", flag.ContinueOnError)
+func runBenchFlood(ctx context.Context, args []string, stdout, _ io.Writer) error {
+	fs := newFlagSet(stdout, "bench flood")
 	target := fs.String("target", "", "`ADDR:PORT` to flood")
 	sources := fs.String("sources", "", "source `prefix` (default: the benchmarking range of the target's family)")
-	rate := fs.Int("rate", 10000, "packets per `second` (0: as fast as possible)")
+	rate := fs.Int("rate", 10000, "packets per second (0: as fast as possible)")
 	count := fs.Int("count", 100000, "total `packets`")
 	duration := fs.Duration("duration", 10*time.Second, "maximum `duration`")
-	if err := parseFlags(fs, args); err != nil {
-		return helpOK(err)
+	if err := parseArgs(fs, args); err != nil {
+		return err
 	}
 	t, err := netip.ParseAddrPort(*target)
 	if err != nil {

@@ -223,27 +223,9 @@ func (f *gatewayFlags) logger(w io.Writer) (zerolog.Logger, *telemetry.LineLimit
 	return log, lim, nil
 }
 
-// parseFlags parses args into a flag set, turning flag errors into usage
-// errors (one line, exit 2).
-func parseFlags(fs *flag.FlagSet, args []string) error {
-	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			fs.SetOutput(os.Stdout)
-			fs.PrintDefaults()
-			return err
-		}
-		return usagef("%s: %v", fs.Name(), err)
-	}
-	if fs.NArg() > 0 {
-		return usagef("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
-	}
-	return nil
-}
-
 func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var f gatewayFlags
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs := newFlagSet(stdout, "run")
 	f.register(fs)
 	// --cpuprofile FILE is a development aid (profiling the packet path
 	// under a flood), registered only when given so that -h does not list it.
@@ -251,8 +233,8 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(strings.TrimLeft(a, "-"), "cpuprofile") }) {
 		fs.StringVar(&cpuProfile, "cpuprofile", "", "")
 	}
-	if err := parseFlags(fs, args); err != nil {
-		return helpOK(err)
+	if err := parseArgs(fs, args); err != nil {
+		return err
 	}
 	cfg, err := f.config()
 	if err != nil {
@@ -279,10 +261,10 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 
 func printRules(args []string, stdout, stderr io.Writer) error {
 	var f gatewayFlags
-	fs := flag.NewFlagSet("rules", flag.ContinueOnError)
+	fs := newFlagSet(stdout, "rules")
 	f.register(fs)
-	if err := parseFlags(fs, args); err != nil {
-		return helpOK(err)
+	if err := parseArgs(fs, args); err != nil {
+		return err
 	}
 	cfg, err := f.config()
 	if err != nil {
@@ -293,13 +275,5 @@ func printRules(args []string, stdout, stderr io.Writer) error {
 		return usagef("%v", err)
 	}
 	_, err = rs.WriteTo(stdout)
-	return err
-}
-
-// helpOK treats -h as success.
-func helpOK(err error) error {
-	if err == flag.ErrHelp {
-		return nil
-	}
 	return err
 }

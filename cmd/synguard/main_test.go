@@ -40,6 +40,11 @@ func TestBadCommandLines(t *testing.T) {
 		{"stray argument", []string{"rules", "--protect", "203.0.113.2:80", "extra"}, `unexpected argument "extra"`},
 		{"duplicate service", []string{"rules", "--protect", "203.0.113.2:80,203.0.113.2:80"}, "203.0.113.2:80"},
 		{"lab unknown", []string{"lab", "sideways"}, `unknown subcommand "sideways"`},
+		{"lab no subcommand", []string{"lab"}, "lab: no subcommand given"},
+		{"lab flag for a subcommand", []string{"lab", "--name", "x"}, `lab: unknown subcommand "--name"`},
+		{"version argument", []string{"version", "now"}, `version: unexpected argument "now"`},
+		{"help unknown", []string{"help", "frobnicate"}, `unknown command "frobnicate"`},
+		{"bench flood stray argument", []string{"bench", "flood", "--target", "203.0.113.2:80", "now"}, `bench flood: unexpected argument "now"`},
 		{"bench flood no target", []string{"bench", "flood"}, "--target"},
 	}
 	for _, tt := range tests {
@@ -87,6 +92,41 @@ func TestVersionAndHelp(t *testing.T) {
 	out, _, code = runCLI("help")
 	if code != 0 || !strings.Contains(out, "rules") {
 		t.Fatalf("help: %q exit %d", out, code)
+	}
+}
+
+// TestEveryCommandAnswersHelp runs synguard and every command of its
+// command tree with -h and with --help: each must exit 0 with its usage on
+// stdout, starting with its own usage line, and nothing on stderr. The
+// list comes from the tree, so a new command is covered as it is added.
+func TestEveryCommandAnswersHelp(t *testing.T) {
+	tree := commandTree()
+	for _, path := range []string{"run", "rules", "lab", "lab up", "lab down", "lab demo", "lab serve", "bench", "bench flood", "bench report", "version"} {
+		if tree.find(path) == nil {
+			t.Errorf("command %q is missing from the command tree", path)
+		}
+	}
+	for _, c := range tree.all() {
+		want := strings.TrimSpace("usage: synguard " + c.path)
+		for _, help := range []string{"-h", "--help"} {
+			args := append(strings.Fields(c.path), help)
+			t.Run(strings.Join(args, " "), func(t *testing.T) {
+				stdout, stderr, code := runCLI(args...)
+				if code != 0 {
+					t.Fatalf("exit %d, want 0 (stderr %q)", code, stderr)
+				}
+				if first, _, _ := strings.Cut(stdout, "\n"); first != want && !strings.HasPrefix(first, want+" ") {
+					t.Fatalf("first line of the help %q, want it to start with %q; help:\n%s", first, want, stdout)
+				}
+				if stderr != "" {
+					t.Errorf("stderr %q, want nothing", stderr)
+				}
+				// synguard help PATH shows the same.
+				if out, _, code := runCLI(append([]string{"help"}, strings.Fields(c.path)...)...); code != 0 || out != stdout {
+					t.Errorf("synguard help %s: exit %d, help\n%s\nwant the -h help", c.path, code, out)
+				}
+			})
+		}
 	}
 }
 

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"runtime"
 	"runtime/debug"
 )
@@ -15,4 +17,13 @@ func versionString() string {
 		v = info.Main.Version
 	}
 	return fmt.Sprintf("synguard %s %s %s/%s", v, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+func printVersion(_ context.Context, args []string, stdout, _ io.Writer) error {
+	fs := newFlagSet(stdout, "version")
+	if err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, versionString())
+	return nil
 }
