@@ -7,12 +7,12 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/synguard/synguard/lab"
 	"github.com/synguard/synguard/packet"
+	"github.com/synguard/synguard/rawsock"
 )
 
 // Flood bounds and defaults.
@@ -305,7 +305,7 @@ func (f *Flooder) Run(ctx context.Context) (FloodStats, error) {
 			}
 		}
 		for off := 0; off < n; {
-			sent, err := f.sendmmsg(off, n)
+			sent, err := rawsock.SendMmsg(f.fd, f.msgs[off:n])
 			switch {
 			case errors.Is(err, unix.EINTR):
 				continue
@@ -329,16 +329,6 @@ func (f *Flooder) Run(ctx context.Context) (FloodStats, error) {
 		tried += n
 	}
 	return finish(nil)
-}
-
-// sendmmsg sends msgs[off:n] and returns how many went.
-func (f *Flooder) sendmmsg(off, n int) (int, error) {
-	r, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(f.fd),
-		uintptr(unsafe.Pointer(&f.msgs[off])), uintptr(n-off), 0, 0, 0)
-	if errno != 0 {
-		return 0, errno
-	}
-	return int(r), nil
 }
 
 // synGen builds the flood's SYNs: random source address within the prefix,

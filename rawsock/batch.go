@@ -165,7 +165,7 @@ func (b *Batch) Flush(failed func(i int, err error)) {
 
 func (f *family) flush(failed func(int, error)) {
 	for off := 0; off < f.n; {
-		sent, err := sendmmsg(f.fd, f.msgs[off:f.n])
+		sent, err := SendMmsg(f.fd, f.msgs[off:f.n])
 		switch {
 		case errors.Is(err, unix.EINTR):
 		case err != nil:
@@ -184,7 +184,7 @@ func (f *family) flush(failed func(int, error)) {
 
 func (f *linkFamily) flush(s *Sender, failed func(int, error)) {
 	for off := 0; off < f.n; {
-		sent, err := sendmmsg(f.fd, f.msgs[off:f.n])
+		sent, err := SendMmsg(f.fd, f.msgs[off:f.n])
 		switch {
 		case errors.Is(err, unix.EINTR):
 		case err != nil:
@@ -202,13 +202,13 @@ func (f *linkFamily) flush(s *Sender, failed func(int, error)) {
 	f.n = 0
 }
 
-// sendmmsg sends msgs, as many as the socket takes. It tries first
+// SendMmsg sends msgs on fd, as many as the socket takes. It tries first
 // without blocking, as a raw system call the Go scheduler does not see: a
 // batch takes longer than sysmon's 20 µs tick, and an announced system
 // call that long gets its P handed to another thread, which under a flood
 // costs more than the sends themselves (nfq/doc.go). Only when the socket
 // buffer is full does it wait, announced, for room.
-func sendmmsg(fd int, msgs []unix.Mmsghdr) (int, error) {
+func SendMmsg(fd int, msgs []unix.Mmsghdr) (int, error) {
 	n, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)), unix.MSG_DONTWAIT, 0, 0)
 	if errno == unix.EAGAIN {
 		n, _, errno = unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)), 0, 0, 0)
