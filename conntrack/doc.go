@@ -75,8 +75,11 @@
 // ti-mo/conntrack does not expose the socket's deadline, so an expired
 // deadline closes the socket, interrupting the read; the next request opens
 // a new socket in the same namespace. A request that timed out may still have
-// taken effect: a retried Create then reports handoff.ErrExists, which the engine
-// counts as done. Requests on a Table are serialised; the netlink socket
+// taken effect. The engine does not retry: it resets both ends of a flow
+// whose Create failed, and an entry a timed-out Create made anyway lingers
+// until its timeout. Only a Create that finds an entry (handoff.ErrExists)
+// is answered with Delete and a second Create: the entry of an earlier flow
+// on the same ports. Requests on a Table are serialised; the netlink socket
 // would serialise them anyway, and each takes tens of microseconds.
 //
 // Lookup and Marked dump the table and are meant for tests and diagnostics.

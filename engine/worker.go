@@ -16,10 +16,11 @@ type Batch interface {
 	// and queues nothing, when it cannot take the packet now (it is
 	// full); the engine then flushes and adds once more.
 	Add(b []byte, dst netip.Addr) bool
-	// Flush sends the queued packets, in the order they were added, and
-	// empties the batch. For each packet that could not be sent it calls
-	// failed with the packet's index (0 for the first one added) and the
-	// error.
+	// Flush sends the queued packets and empties the batch. Packets to
+	// one destination leave in the order they were added; a batch may
+	// group the rest (by address family, by link). For each packet that
+	// could not be sent it calls failed with the packet's index (0 for
+	// the first one added) and the error.
 	Flush(failed func(i int, err error))
 }
 

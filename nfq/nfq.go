@@ -51,7 +51,7 @@ const (
 	// is not scheduled (a busy core, another process), and 4096 was found
 	// too short for that: at 100k SYN/s on one queue it lost 6% of the
 	// SYNs with the CPU mostly idle. 16384 is ~100 ms of work at the
-	// ~160k SYN/s one queue answers (doc.go), which a hiccup does not
+	// ~190k SYN/s one queue answers at least (doc.go), which a hiccup does not
 	// outlast, while a SYN that waited that long is still answered well
 	// within the client's 1 s retransmission timeout. At that length the
 	// kernel's queue limit, not the socket buffer, cuts an overload of
