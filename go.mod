@@ -17,6 +17,8 @@ require (
 
 require go.uber.org/goleak v1.3.0
 
+require github.com/cilium/ebpf v0.22.0
+
 require (
 	codeberg.org/go-fonts/liberation v0.5.0 // indirect
 	codeberg.org/go-latex/latex v0.2.0 // indirect
@@ -40,3 +42,5 @@ require (
 	gonum.org/v1/plot v0.17.0
 	google.golang.org/protobuf v1.36.12 // indirect
 )
+
+tool github.com/cilium/ebpf/cmd/bpf2go

@@ -225,3 +225,29 @@ func family(a netip.Addr) byte {
 	}
 	return 0
 }
+
+// EpochKeys are the MAC keys of three consecutive epochs, for a packet
+// path outside the Jar (the XDP program) that makes and checks the same
+// cookies: it computes the epoch itself and takes the key of that epoch,
+// or of the one before for a cookie of the other parity.
+type EpochKeys struct {
+	Period time.Duration
+	// First is the epoch of Keys[0]; the others follow.
+	First int64
+	// Keys are SipHash keys as k0, k1: the words the algorithm takes.
+	Keys [3][2]uint64
+}
+
+// EpochKeys returns the keys of the epoch before t's, t's own and the
+// next: enough for a reader that refreshes them at least once an epoch
+// to generate and validate across a rotation without waiting for the
+// refresh.
+func (j *Jar) EpochKeys(t time.Time) EpochKeys {
+	e := epochAt(t, j.period)
+	k := EpochKeys{Period: j.period, First: e - 1}
+	for i := range k.Keys {
+		sk := deriveKey(&j.secret, j.period, e-1+int64(i))
+		k.Keys[i] = [2]uint64{sk.k0, sk.k1}
+	}
+	return k
+}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestLoadKeyFileErrors(t *testing.T) {
@@ -117,5 +118,33 @@ func TestWriteKeyFile(t *testing.T) {
 	}
 	if again, err := LoadKeyFile(p1); err != nil || again != k1 {
 		t.Errorf("existing key file changed or broke: %v", err)
+	}
+}
+
+// TestEpochKeysMatchTheJar: the keys handed to another packet path are
+// the ones the jar itself uses, for the epochs before, at and after t.
+func TestEpochKeysMatchTheJar(t *testing.T) {
+	var secret [KeySize]byte
+	for i := range secret {
+		secret[i] = byte(i)
+	}
+	now := time.Unix(1_800_000_000, 0)
+	j := newJar(secret, 30*time.Second, func() time.Time { return now })
+	k := j.EpochKeys(now)
+	e := epochAt(now, 30*time.Second)
+	if k.First != e-1 || k.Period != 30*time.Second {
+		t.Fatalf("first epoch %d period %v, want %d and 30s", k.First, k.Period, e-1)
+	}
+	ks := j.keysAt(now)
+	for i, epoch := range []int64{e - 1, e, e + 1} {
+		want := deriveKey(&secret, 30*time.Second, epoch)
+		if k.Keys[i] != [2]uint64{want.k0, want.k1} {
+			t.Errorf("key %d (epoch %d) = %x, want %x", i, epoch, k.Keys[i], want)
+		}
+		if epoch != e+1 {
+			if got := ks.byParity[epoch&1]; got != want {
+				t.Errorf("jar's key of epoch %d = %x, want %x", epoch, got, want)
+			}
+		}
 	}
 }

@@ -1,0 +1,351 @@
+package xdp
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/synguard/synguard/cookies"
+)
+
+// MaxServices is how many services the program's map holds.
+const MaxServices = 256
+
+// Mode is how the program is attached to a link.
+type Mode uint8
+
+// Modes.
+const (
+	// ModeAuto attaches natively where that cannot lose SYN-ACKs and
+	// generically elsewhere: veth links get generic mode (native XDP_TX
+	// frames on veth are lost unless the peer runs an XDP program, which
+	// synguard cannot know), other links native mode when their driver
+	// supports it, generic when it does not.
+	ModeAuto Mode = iota
+	// ModeNative attaches in the driver (XDP_FLAGS_DRV_MODE).
+	ModeNative
+	// ModeGeneric attaches after the kernel built the skb
+	// (XDP_FLAGS_SKB_MODE): slower than native, but works everywhere.
+	ModeGeneric
+	// ModeOff attaches nothing: the NFQUEUE path handles every packet.
+	ModeOff
+)
+
+func (m Mode) String() string {
+	switch m {
+	case ModeAuto:
+		return "auto"
+	case ModeNative:
+		return "native"
+	case ModeGeneric:
+		return "generic"
+	case ModeOff:
+		return "off"
+	}
+	return fmt.Sprintf("mode(%d)", uint8(m))
+}
+
+// ParseMode reads --xdp.
+func ParseMode(s string) (Mode, error) {
+	for m := ModeAuto; m <= ModeOff; m++ {
+		if s == m.String() {
+			return m, nil
+		}
+	}
+	return 0, fmt.Errorf("unknown XDP mode %q: want auto, native, generic or off", s)
+}
+
+// ServiceMode is what the program does with a service's packets.
+type ServiceMode uint8
+
+// Service modes, as synguard.c numbers them.
+const (
+	// Passthrough: SYNs pass to the engine's half-open accounting; forged
+	// ACKs are dropped.
+	Passthrough ServiceMode = 0
+	// Cookie: SYNs are answered here; forged ACKs are dropped.
+	Cookie ServiceMode = 1
+	// Observe: everything passes (the engine's off mode).
+	Observe ServiceMode = 2
+)
+
+// Service is one protected service as the program sees it.
+type Service struct {
+	Addr netip.AddrPort
+	Mode ServiceMode
+	// The options the backend announces, told to clients that offer
+	// them: as engine.BackendOptions.
+	MSS           uint16
+	WindowScale   cookies.WindowScale
+	SACKPermitted bool
+}
+
+// Counters are one service's counts in the program, summed over CPUs.
+type Counters struct {
+	SYNReceived        uint64 // SYNs to the service in cookie mode
+	SYNACKSent         uint64 // answered with XDP_TX
+	AmplificationGuard uint64 // not answered: the SYN-ACK would exceed the SYN
+	ACKInvalid         uint64 // forged ACKs dropped
+	ACKValid           uint64 // cookie ACKs passed on to the queue
+}
+
+// Actions are the program's verdicts, summed over CPUs.
+type Actions struct {
+	Pass, Drop, TX uint64
+}
+
+// Attachment is the program on one link.
+type Attachment struct {
+	Interface string
+	Mode      Mode // native or generic
+	link      link.Link
+}
+
+// Program is the loaded XDP program and its maps.
+type Program struct {
+	objs     synguardObjects
+	attached []Attachment
+}
+
+// Load loads the program into the kernel. It needs CAP_BPF and
+// CAP_NET_ADMIN (or root), BTF, and conntrack built in or loaded.
+func Load() (*Program, error) {
+	p := &Program{}
+	if err := loadSynguardObjects(&p.objs, nil); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("xdp: load program: %w", ve)
+		}
+		return nil, fmt.Errorf("xdp: load program: %w", err)
+	}
+	return p, nil
+}
+
+// Attach attaches the program to the link named name in mode (auto picks
+// as ModeAuto says) and returns the mode in effect.
+func (p *Program) Attach(name string, mode Mode) (Mode, error) {
+	iface, err := net.InterfaceByName(name)
+	if err != nil {
+		return 0, fmt.Errorf("xdp: attach to %s: %w", name, err)
+	}
+	try := []Mode{mode}
+	if mode == ModeAuto {
+		try = []Mode{ModeNative, ModeGeneric}
+		if driver(name) == "veth" {
+			try = []Mode{ModeGeneric}
+		}
+	}
+	var errs []error
+	for _, m := range try {
+		flags := link.XDPGenericMode
+		if m == ModeNative {
+			flags = link.XDPDriverMode
+		}
+		l, err := link.AttachXDP(link.XDPOptions{Program: p.objs.SynguardXdp, Interface: iface.Index, Flags: flags})
+		if err == nil {
+			p.attached = append(p.attached, Attachment{Interface: name, Mode: m, link: l})
+			return m, nil
+		}
+		if errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST) {
+			return 0, fmt.Errorf("xdp: attach to %s: another XDP program is attached (remove it with 'ip link set dev %s xdp off', or run with --xdp off): %w", name, name, err)
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", m, err))
+	}
+	return 0, fmt.Errorf("xdp: attach to %s: %w", name, errors.Join(errs...))
+}
+
+// Attached lists the links the program is attached to.
+func (p *Program) Attached() []Attachment { return append([]Attachment(nil), p.attached...) }
+
+// Detach detaches the program from every link; the maps stay.
+func (p *Program) Detach() error {
+	var errs []error
+	for _, a := range p.attached {
+		if err := a.link.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("xdp: detach from %s: %w", a.Interface, err))
+		}
+	}
+	p.attached = nil
+	return errors.Join(errs...)
+}
+
+// Close detaches the program and releases it.
+func (p *Program) Close() error {
+	return errors.Join(p.Detach(), p.objs.Close())
+}
+
+// SetService writes service index i (its counters' index, below
+// MaxServices).
+func (p *Program) SetService(i int, s Service) error {
+	if i < 0 || i >= MaxServices {
+		return fmt.Errorf("xdp: service index %d: the program holds %d services", i, MaxServices)
+	}
+	k := serviceKey(s.Addr)
+	v := synguardSvcVal{Index: uint32(i), Mode: uint8(s.Mode), Mss: s.MSS, Wscale: 0xff}
+	if s.WindowScale != cookies.NoWindowScale {
+		v.Wscale = uint8(s.WindowScale)
+	}
+	if s.SACKPermitted {
+		v.Sack = 1
+	}
+	if err := p.objs.Services.Put(&k, &v); err != nil {
+		return fmt.Errorf("xdp: set service %s: %w", s.Addr, err)
+	}
+	return nil
+}
+
+// serviceKey is the map key of a service: IPv4 as the IPv4-mapped IPv6
+// address, as the cookie's MAC message writes it.
+func serviceKey(a netip.AddrPort) synguardSvcKey {
+	k := synguardSvcKey{Family: 6, Addr: a.Addr().As16()}
+	if a.Addr().Is4() {
+		k.Family = 4
+	}
+	// The port is in network byte order in the packet; the map compares
+	// bytes.
+	k.Port = uint16(a.Port()>>8) | uint16(a.Port()&0xff)<<8
+	return k
+}
+
+// Renew hands the program the keys and a new deadline: it answers and
+// drops until the clock passes deadline, then passes everything.
+func (p *Program) Renew(keys cookies.EpochKeys, deadline time.Time) error {
+	return p.renew(keys, time.Now(), deadline)
+}
+
+// renew is Renew at the instant now: the program reads the TAI clock and
+// adds the offset that makes it now.
+func (p *Program) renew(keys cookies.EpochKeys, now, deadline time.Time) error {
+	tai, err := clockNow(unix.CLOCK_TAI)
+	if err != nil {
+		return fmt.Errorf("xdp: read the TAI clock: %w", err)
+	}
+	c := synguardEngineControl{
+		DeadlineTai: uint64(tai + int64(deadline.Sub(now))),
+		TaiToUnix:   now.UnixNano() - tai,
+		PeriodNs:    uint64(keys.Period),
+		EpochBase:   keys.First,
+		Keys:        keys.Keys,
+	}
+	if err := p.objs.Control.Put(uint32(0), &c); err != nil {
+		return fmt.Errorf("xdp: renew: %w", err)
+	}
+	return nil
+}
+
+func clockNow(id int32) (int64, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(id, &ts); err != nil {
+		return 0, err
+	}
+	return ts.Nano(), nil
+}
+
+// counter indexes, as synguard.c numbers them.
+const (
+	cSYNReceived = iota
+	cSYNACKSent
+	cAmplificationGuard
+	cACKInvalid
+	cACKValid
+	numCounters
+)
+
+// Counters returns service i's counts.
+func (p *Program) Counters(i int) (Counters, error) {
+	var v [numCounters]uint64
+	for c := range numCounters {
+		n, err := p.sum(p.objs.Counters, uint32(i*numCounters+c))
+		if err != nil {
+			return Counters{}, err
+		}
+		v[c] = n
+	}
+	return Counters{
+		SYNReceived:        v[cSYNReceived],
+		SYNACKSent:         v[cSYNACKSent],
+		AmplificationGuard: v[cAmplificationGuard],
+		ACKInvalid:         v[cACKInvalid],
+		ACKValid:           v[cACKValid],
+	}, nil
+}
+
+// Actions returns the program's verdict counts.
+func (p *Program) Actions() (Actions, error) {
+	var v [3]uint64
+	for i := range v {
+		n, err := p.sum(p.objs.Actions, uint32(i))
+		if err != nil {
+			return Actions{}, err
+		}
+		v[i] = n
+	}
+	return Actions{Pass: v[0], Drop: v[1], TX: v[2]}, nil
+}
+
+// sum adds up a per-CPU counter.
+func (p *Program) sum(m *ebpf.Map, k uint32) (uint64, error) {
+	var per []uint64
+	if err := m.Lookup(k, &per); err != nil {
+		return 0, fmt.Errorf("xdp: read counters: %w", err)
+	}
+	var n uint64
+	for _, v := range per {
+		n += v
+	}
+	return n, nil
+}
+
+// driver returns the kernel driver of link name ("veth", "virtio_net",
+// ...), or "" when it cannot be read.
+func driver(name string) string {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return ""
+	}
+	defer unix.Close(fd)
+	info, err := unix.IoctlGetEthtoolDrvinfo(fd, name)
+	if err != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(info.Driver[:])
+}
+
+// DefaultInterfaces are the links clients can arrive on when
+// --xdp-interfaces is not given: every link that is up, is not loopback,
+// and has an Ethernet address (XDP_TX answers in Ethernet frames).
+func DefaultInterfaces() ([]string, error) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil, fmt.Errorf("xdp: list interfaces: %w", err)
+	}
+	var names []string
+	for _, i := range ifs {
+		if i.Flags&net.FlagUp == 0 || i.Flags&net.FlagLoopback != 0 || len(i.HardwareAddr) != 6 {
+			continue
+		}
+		names = append(names, i.Name)
+	}
+	return names, nil
+}
+
+// ParseInterfaces reads --xdp-interfaces: a comma-separated list of link
+// names.
+func ParseInterfaces(s string) ([]string, error) {
+	var names []string
+	for n := range strings.SplitSeq(s, ",") {
+		n = strings.TrimSpace(n)
+		if n == "" {
+			return nil, fmt.Errorf("--xdp-interfaces %q: an empty interface name", s)
+		}
+		names = append(names, n)
+	}
+	return names, nil
+}
