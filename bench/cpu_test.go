@@ -1,12 +1,21 @@
 package bench
 
 import (
+	"context"
+	"fmt"
 	"math"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/synguard/synguard/internal/nstest"
+	"github.com/synguard/synguard/internal/poll"
 )
 
 func TestParseProcStat(t *testing.T) {
@@ -131,6 +140,9 @@ func TestThreadCPU(t *testing.T) {
 	}
 }
 
+// sampleProcesses counts as the benchmark's own its process (as self),
+// the kernel threads and every process in one of the lab's namespaces, and
+// nobody else.
 func TestSampleProcesses(t *testing.T) {
 	procs, err := sampleProcesses(nil)
 	if err != nil {
@@ -143,6 +155,39 @@ func TestSampleProcesses(t *testing.T) {
 	if kt, ok := procs[2]; ok && !kt.ours { // kthreadd
 		t.Errorf("kthreadd is not counted as ours")
 	}
+
+	t.Run("lab namespaces", func(t *testing.T) {
+		ns := nstest.New(t, "sgt-cpu")
+		var labNS unix.Stat_t
+		if err := unix.Stat(filepath.Join("/run/netns", ns.Name), &labNS); err != nil {
+			t.Fatal(err)
+		}
+		start := func(cmd *exec.Cmd) int {
+			t.Helper()
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+			return cmd.Process.Pid
+		}
+		inLab := start(ns.Command(context.Background(), "sleep", "60"))
+		outside := start(exec.Command("sleep", "60"))
+		// `ip netns exec` enters the namespace, then becomes sleep.
+		poll.Must(t, 5*time.Second, "the process started in the lab namespace never entered it", func() bool {
+			var st unix.Stat_t
+			return unix.Stat(fmt.Sprintf("/proc/%d/ns/net", inLab), &st) == nil && st.Ino == labNS.Ino
+		})
+		procs, err := sampleProcesses(map[uint64]bool{labNS.Ino: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p, ok := procs[inLab]; !ok || !p.ours || p.self {
+			t.Errorf("process in a lab namespace: %+v (found %v), want it ours, not self", p, ok)
+		}
+		if p, ok := procs[outside]; !ok || p.ours || p.self {
+			t.Errorf("process outside the lab: %+v (found %v), want it listed and not ours", p, ok)
+		}
+	})
 }
 
 func TestParseVmHWM(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/synguard/synguard/internal/poll"
 	"github.com/synguard/synguard/lab"
 	"github.com/synguard/synguard/packet"
 )
@@ -41,16 +42,12 @@ func firstSYN(t *testing.T, topo *lab.Topology, client netip.Addr, start func())
 	return packet.Options{}
 }
 
-// waitMode polls the gateway until service's synguard_mode is want.
+// waitMode polls the gateway until service's synguard_mode is want, and
+// reports how long that took.
 func (g *gateway) waitMode(want string, limit time.Duration) (time.Duration, bool) {
 	start := time.Now()
-	for time.Since(start) < limit {
-		if g.mode() == want {
-			return time.Since(start), true
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return time.Since(start), false
+	ok := poll.Until(limit, func() bool { return g.mode() == want })
+	return time.Since(start), ok
 }
 
 // mode returns the mode label whose synguard_mode series is 1.
@@ -152,7 +149,8 @@ func TestOffModeObserves(t *testing.T) {
 	syns := watchSYNs(t, topo)
 	wait := flood(t, topo.Client, service, 5000, 10000, 2*time.Second)
 	wait()
-	time.Sleep(300 * time.Millisecond)
+	g.waitIdle()
+	settleSYNs(t, topo, syns)
 	syns.Close()
 	if g.mode() != "off" {
 		t.Fatalf("mode %q, want off", g.mode())

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/synguard/synguard/internal/poll"
 	"github.com/synguard/synguard/lab"
 )
 
@@ -61,7 +62,10 @@ func TestFloodNeverReachesBackend(t *testing.T) {
 
 			const rate, seconds = 20000, 8
 			wait := flood(t, topo.Client, service, rate, rate*seconds, seconds*time.Second)
-			time.Sleep(time.Second)
+			// The clients below go while the flood is under way.
+			poll.Must(t, 5*time.Second, "the flood's SYNs never reached the gateway", func() bool {
+				return g.metric("synguard_syn_received_total") >= rate/10
+			})
 
 			download(t, topo.Client, service, 64*mib, nil)
 			const probes = 20
@@ -71,7 +75,8 @@ func TestFloodNeverReachesBackend(t *testing.T) {
 				}
 			}
 			t.Logf("flood: %s", wait())
-			time.Sleep(200 * time.Millisecond)
+			g.waitIdle()
+			settleSYNs(t, topo, syns)
 			syns.Close()
 
 			m, err := g.metrics()

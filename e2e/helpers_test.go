@@ -23,6 +23,7 @@ import (
 
 	"github.com/synguard/synguard/conntrack"
 	"github.com/synguard/synguard/firewall"
+	"github.com/synguard/synguard/internal/poll"
 	"github.com/synguard/synguard/internal/roottest"
 	"github.com/synguard/synguard/lab"
 	"github.com/synguard/synguard/lab/netns"
@@ -130,21 +131,20 @@ func startGateway(t *testing.T, ns *netns.NS, args ...string) *gateway {
 			t.Logf("gateway log:\n%s", g.log.String())
 		}
 	})
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		if _, err := g.metrics(); err == nil {
-			return g
-		}
+	ready := poll.Until(15*time.Second, func() bool {
 		select {
 		case err := <-g.done:
 			g.done <- err
 			t.Fatalf("gateway exited at start: %v\n%s", err, g.log.String())
-		case <-time.After(100 * time.Millisecond):
+		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("gateway not ready after 15s:\n%s", g.log.String())
-		}
+		_, err := g.metrics()
+		return err == nil
+	})
+	if !ready {
+		t.Fatalf("gateway not ready after 15s:\n%s", g.log.String())
 	}
+	return g
 }
 
 // stop sends SIGTERM and requires a clean exit.
@@ -209,6 +209,23 @@ func flood(t *testing.T, ns *netns.NS, target netip.AddrPort, rate, count int, d
 	}
 	t.Cleanup(func() { wait() })
 	return wait
+}
+
+// floodSent returns how many SYNs a flood reported sending ("sent N SYNs
+// in ..." for each generator in out).
+func floodSent(t *testing.T, out string) int {
+	t.Helper()
+	total, found := 0, false
+	for line := range strings.Lines(out) {
+		var n int
+		if _, err := fmt.Sscanf(strings.TrimSpace(line), "sent %d SYNs", &n); err == nil {
+			total, found = total+n, true
+		}
+	}
+	if !found {
+		t.Fatalf("no \"sent N SYNs\" line in the flood's output:\n%s", out)
+	}
+	return total
 }
 
 // httpClient makes connections from inside ns.
@@ -395,17 +412,16 @@ func drain(t *testing.T, c *lab.Capture) []captured {
 	}
 }
 
-// checkHandOffMidTransfer downloads 64 MiB from service, slowly enough
+// checkHandOffMidTransfer downloads 64 MiB from service at 16 MiB/s, so
 // that the transfer spans seconds, and checks while it runs that the flow
 // from client was handed off: one conntrack entry, ESTABLISHED, with the
 // reply sequence adjustment, and a queue counter that stays flat from
-// 16 MiB to 48 MiB.
+// 16 MiB to 48 MiB (two seconds apart).
 func checkHandOffMidTransfer(t *testing.T, g *gateway, topo *lab.Topology, service netip.AddrPort, client netip.Addr) {
 	t.Helper()
 	var q1, q2 float64
 	var entries []conntrack.Entry
-	download(t, topo.Client, service, 64*mib, func(got int64) {
-		time.Sleep(8 * time.Millisecond)
+	err := slowDownload(topo.Client, service, 64*mib, 16*mib, func(got int64) {
 		switch {
 		case q1 == 0 && got >= 16*mib:
 			q1 = g.metric("synguard_queue_received_total")
@@ -414,6 +430,9 @@ func checkHandOffMidTransfer(t *testing.T, g *gateway, topo *lab.Topology, servi
 			q2 = g.metric("synguard_queue_received_total")
 		}
 	})
+	if err != nil {
+		t.Fatalf("download from %s: %v", service, err)
+	}
 	if q1 < 3 || q1 != q2 {
 		t.Fatalf("queue packets at 16 MiB: %v, at 48 MiB: %v; want the same, at least 3 (SYN, ACK, backend SYN-ACK)", q1, q2)
 	}

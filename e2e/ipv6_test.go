@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/synguard/synguard/firewall"
+	"github.com/synguard/synguard/internal/poll"
 	"github.com/synguard/synguard/lab"
 	"github.com/synguard/synguard/lab/netns"
 	"github.com/synguard/synguard/packet"
@@ -311,6 +312,9 @@ func TestIPv6ExtensionHeaders(t *testing.T) {
 	if answered[portMobility] {
 		t.Error("a SYN behind a Mobility header was answered")
 	}
+	// The Mobility-header SYN crosses the gateway unseen; wait for the
+	// backend to have discarded it.
+	poll.Until(3*time.Second, func() bool { return unknownProtos()-unknownBefore >= 1 })
 	if d := unknownProtos() - unknownBefore; d != 1 {
 		t.Errorf("backend discarded %d packets as unknown protocols, want 1 (the Mobility-header SYN)", d)
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/synguard/synguard/bench"
+	"github.com/synguard/synguard/internal/poll"
 	"github.com/synguard/synguard/internal/roottest"
 	"github.com/synguard/synguard/lab"
 )
@@ -163,16 +164,14 @@ func floodGateway(b *testing.B, exe string, topo *lab.Topology, service netip.Ad
 		}
 		return m
 	}
-	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+	var notReady error
+	if !poll.Until(15*time.Second, func() bool {
 		sctx, cancel := context.WithTimeout(ctx, time.Second)
-		_, err := lab.ScrapeMetrics(sctx, topo.Gateway, metricsAddr)
-		cancel()
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("gateway not ready: %v\n%s", err, log.String())
-		}
+		defer cancel()
+		_, notReady = lab.ScrapeMetrics(sctx, topo.Gateway, metricsAddr)
+		return notReady == nil
+	}) {
+		b.Fatalf("gateway not ready: %v\n%s", notReady, log.String())
 	}
 
 	cfg := bench.FloodConfig{
@@ -224,7 +223,9 @@ func floodGateway(b *testing.B, exe string, topo *lab.Topology, service netip.Ad
 	if err := <-flooded; err != nil {
 		b.Fatalf("flood: %v", err)
 	}
-	time.Sleep(500 * time.Millisecond) // let the queue drain
+	// The counters read below are final once the gateway is done with
+	// the flood.
+	waitQueueIdle(b, topo.Gateway, func() float64 { return scrape()["synguard_queue_received_total"] })
 	mach1, err := bench.ReadCPUTimes()
 	if err != nil {
 		b.Fatal(err)

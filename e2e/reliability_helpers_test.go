@@ -22,8 +22,10 @@ import (
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/synguard/synguard/internal/poll"
 	"github.com/synguard/synguard/lab"
 	"github.com/synguard/synguard/lab/netns"
+	"github.com/synguard/synguard/nfq"
 	"github.com/synguard/synguard/packet"
 )
 
@@ -123,19 +125,75 @@ func (g *gateway) alive() bool {
 	}
 }
 
-// waitUntil polls cond every 100 ms until it holds or d passes, and
-// reports whether it held.
-func waitUntil(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for {
-		if cond() {
-			return true
+// waitQueueIdle waits until the gateway in ns has dealt with everything
+// queued to it: no packet waits in its kernel queues for a verdict, no
+// packet reached a queue since the previous look, and the gateway's own
+// count of packets received (read by received, which it updates just after
+// its verdicts) did not move either. Called once the senders of a flood
+// are done, it returns when the gateway is done with the flood too, so that
+// counters read afterwards are final.
+func waitQueueIdle(t testing.TB, ns *netns.NS, received func() float64) {
+	t.Helper()
+	var (
+		waiting, arrived uint64
+		recv             float64
+		lastArrived      = ^uint64(0)
+		lastRecv         = -1.0
+	)
+	idle := poll.Until(30*time.Second, func() bool {
+		var qs []nfq.KernelQueueStats
+		if err := ns.Do(func() (err error) {
+			qs, err = nfq.KernelStats()
+			return err
+		}); err != nil {
+			t.Fatalf("queue state in %s: %v", ns.Name, err)
 		}
-		if time.Now().After(deadline) {
-			return false
+		waiting, arrived = 0, 0
+		for _, q := range qs {
+			// Every packet that reached a queue either got an id or was
+			// dropped because the queue was full.
+			waiting += uint64(q.Waiting)
+			arrived += uint64(q.LastID) + q.QueueDropped
 		}
-		time.Sleep(100 * time.Millisecond)
+		recv = received()
+		still := arrived == lastArrived && recv == lastRecv
+		lastArrived, lastRecv = arrived, recv
+		return waiting == 0 && still
+	})
+	if !idle {
+		t.Fatalf("the gateway's queues in %s still busy after 30 s: %d packets waiting for a verdict, %d arrived, %v received so far", ns.Name, waiting, arrived, recv)
 	}
+}
+
+// waitIdle is waitQueueIdle for g.
+func (g *gateway) waitIdle() {
+	g.t.Helper()
+	waitQueueIdle(g.t, g.ns, func() float64 { return g.metric("synguard_queue_received_total") })
+}
+
+// settleSYNs returns once w has counted every SYN that reached the backend
+// before the call. It connects to a closed port of the backend from the
+// gateway's own namespace, a SYN synguard does not queue, and waits until
+// w has counted it: the capture delivers in order of arrival, so every SYN
+// that came before it has been counted too.
+func settleSYNs(t *testing.T, topo *lab.Topology, w *lab.SYNWatch) {
+	t.Helper()
+	from := topo.GatewayBackendAddr
+	before := w.From(from)
+	closed := netip.AddrPortFrom(topo.BackendAddr, 9)
+	err := topo.Gateway.Do(func() error {
+		c, err := net.DialTimeout("tcp", closed.String(), 2*time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return nil // refused, as it should be: the SYN went out
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	poll.Must(t, 5*time.Second, fmt.Sprintf("the backend's SYN watch never counted the gateway's SYN to %s", closed), func() bool {
+		return w.From(from) > before
+	})
 }
 
 // slowDownload is fetch reading at most rate bytes per second, so a
@@ -339,19 +397,22 @@ func forgeACKs(ns *netns.NS, target netip.AddrPort, count, rate int, limit time.
 // source ranges (lab.SpoofPrefix4, lab.SpoofPrefix6): the replies a flood
 // from forged sources would reflect. A socket filter keeps everything else
 // out of the capture, so a flood arriving on the same interface cannot
-// overflow it and hide a reply.
+// overflow it and hide a reply. UDP datagrams are the test's own markers
+// (settle), not replies: synguard sends nothing but TCP.
 type spoofWatch struct {
-	fd    int
-	count atomic.Int64
-	first atomic.Value // string: the first reply seen, for the report
-	stop  chan struct{}
-	done  chan struct{}
-	once  sync.Once
+	fd      int
+	ns      *netns.NS
+	count   atomic.Int64
+	markers atomic.Int64
+	first   atomic.Value // string: the first reply seen, for the report
+	stop    chan struct{}
+	done    chan struct{}
+	once    sync.Once
 }
 
 func watchSpoofReplies(t *testing.T, ns *netns.NS, iface string) *spoofWatch {
 	t.Helper()
-	w := &spoofWatch{fd: -1, stop: make(chan struct{}), done: make(chan struct{})}
+	w := &spoofWatch{fd: -1, ns: ns, stop: make(chan struct{}), done: make(chan struct{})}
 	filter, err := bpf.Assemble(spoofReplyFilter())
 	if err != nil {
 		t.Fatal(err)
@@ -437,6 +498,10 @@ func (w *spoofWatch) run() {
 			}
 			return
 		}
+		if n > 9 && buf[0]>>4 == 4 && buf[9] == unix.IPPROTO_UDP {
+			w.markers.Add(1)
+			continue
+		}
 		if w.count.Add(1) == 1 {
 			var p packet.Packet
 			desc := fmt.Sprintf("%d bytes", n)
@@ -446,6 +511,31 @@ func (w *spoofWatch) run() {
 			w.first.Store(desc)
 		}
 	}
+}
+
+// settle returns once w has seen every packet sent toward the spoofed
+// sources before the call. It sends a UDP datagram from the watched
+// namespace to a spoofed address, which leaves by the same interface as
+// any reply would, and waits until w has seen it: the capture delivers in
+// order, so every earlier packet has been seen too.
+func (w *spoofWatch) settle(t *testing.T) {
+	t.Helper()
+	before := w.markers.Load()
+	dst := netip.AddrPortFrom(lab.SpoofPrefix4.Addr().Next(), 9)
+	if err := w.ns.Do(func() error {
+		c, err := net.Dial("udp", dst.String())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.Write([]byte("spoofWatch marker"))
+		return err
+	}); err != nil {
+		t.Fatalf("marker toward %s: %v", dst, err)
+	}
+	poll.Must(t, 5*time.Second, "the reply watch never saw the marker sent toward "+dst.String(), func() bool {
+		return w.markers.Load() > before
+	})
 }
 
 // Count returns the replies seen so far.

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/synguard/synguard/cookies"
+	"github.com/synguard/synguard/internal/poll"
 	"github.com/synguard/synguard/lab"
 	"github.com/synguard/synguard/packet"
 )
@@ -27,7 +28,7 @@ import (
 // then on (the metrics answer earlier, while backends are being probed).
 func (g *gateway) waitStarted() {
 	g.t.Helper()
-	if !waitUntil(15*time.Second, func() bool { return strings.Contains(g.log.String(), `"event":"start"`) }) {
+	if !poll.Until(15*time.Second, func() bool { return strings.Contains(g.log.String(), `"event":"start"`) }) {
 		g.t.Fatalf("no start event after 15 s:\n%s", g.log.String())
 	}
 }
@@ -99,7 +100,7 @@ func TestCrashKeepsFlowsRestartCleansUp(t *testing.T) {
 	var got atomic.Int64
 	done := make(chan error, 1)
 	go func() { done <- slowDownload(topo.Client, service, size, rate, func(n int64) { got.Store(n) }) }()
-	if !waitUntil(10*time.Second, func() bool { return got.Load() >= 4*mib }) {
+	if !poll.Until(10*time.Second, func() bool { return got.Load() >= 4*mib }) {
 		t.Fatalf("download stuck at %d bytes before the crash", got.Load())
 	}
 	g.kill()
@@ -153,8 +154,9 @@ func TestCrashKeepsFlowsRestartCleansUp(t *testing.T) {
 // TestQueueOverflow floods one queue with two generators at their
 // maximum, past what the engine drains. With --fail closed the kernel drops the
 // excess, counts it, and no spoofed SYN reaches the backend. With --fail
-// open the kernel lets the excess through unseen (and counts it nowhere:
-// DESIGN.md §7), so spoofed SYNs do reach the backend. Either way the
+// open the kernel lets the excess through unseen (and counts it nowhere;
+// docs/architecture.md, "Queues and fail-open"), so spoofed SYNs do reach
+// the backend. Either way the
 // receive loop carries on: afterwards a legitimate client gets through
 // and the queue counter grows.
 func TestQueueOverflow(t *testing.T) {
@@ -173,7 +175,11 @@ func TestQueueOverflow(t *testing.T) {
 			wait1 := flood(t, topo.Client, service, 0, count/2, 3*time.Second)
 			wait2 := flood(t, topo.Client, service, 0, count/2, 3*time.Second)
 			out := wait1() + wait2()
-			time.Sleep(500 * time.Millisecond)
+			// Only what the engine counted once it was done with the
+			// flood tells whether it fell behind, and only what the
+			// backend's watch counted by then whether the excess passed.
+			g.waitIdle()
+			settleSYNs(t, topo, syns)
 			m, err := g.metrics()
 			if err != nil {
 				t.Fatalf("metrics after the overload: %v", err)
@@ -323,10 +329,10 @@ func TestBackendFailures(t *testing.T) {
 		}
 
 		// The pending table empties once the last flows have lingered.
-		if !waitUntil(engineLinger+2*time.Second, func() bool { return g.metric("synguard_pending_flows") == 0 }) {
+		if !poll.Until(engineLinger+2*time.Second, func() bool { return g.metric("synguard_pending_flows") == 0 }) {
 			t.Fatalf("round %d: %v flows still pending", round, g.metric("synguard_pending_flows"))
 		}
-		if !waitUntil(10*time.Second, func() bool { return conntrackEntries(t, topo.Gateway, topo.ClientAddr) == 0 }) {
+		if !poll.Until(10*time.Second, func() bool { return conntrackEntries(t, topo.Gateway, topo.ClientAddr) == 0 }) {
 			t.Fatalf("round %d: %d conntrack entries of the client remain after its flows closed", round, conntrackEntries(t, topo.Gateway, topo.ClientAddr))
 		}
 		p := g.proc()
@@ -375,7 +381,11 @@ func TestForgedACKFlood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(time.Second)
+	// The engine done with the last ACKs, and the watches caught up with
+	// whatever it let through or sent back.
+	g.waitIdle()
+	replies.settle(t)
+	settleSYNs(t, topo, syns)
 	m, err := g.metrics()
 	if err != nil {
 		t.Fatal(err)
@@ -426,6 +436,8 @@ const engineLinger = 3 * time.Second
 
 // TestMemoryBoundedUnderFlood: peak resident memory of the gateway under
 // a 10-second SYN flood at the generator's maximum stays under 64 MiB.
+// The flood must really have loaded the gateway: at least half of the
+// SYNs sent reached its queue (taken or dropped there).
 func TestMemoryBoundedUnderFlood(t *testing.T) {
 	topo := newLab(t, lab.Config{DisableIPv6: true})
 	service := netip.AddrPortFrom(topo.BackendAddr, 80)
@@ -435,14 +447,19 @@ func TestMemoryBoundedUnderFlood(t *testing.T) {
 	idle := g.proc()
 
 	out := flood(t, topo.Client, service, 0, 5_000_000, 10*time.Second)()
+	g.waitIdle()
 	peak := g.proc()
 	m, err := g.metrics()
 	if err != nil {
 		t.Fatal(err)
 	}
+	sent := floodSent(t, out)
 	t.Logf("flood: %s", strings.TrimSpace(out))
 	t.Logf("engine: %v SYNs answered, %v dropped by the kernel's queue", m["synguard_synack_sent_total"], m["synguard_queue_dropped_total"])
 	t.Logf("gateway idle: %s; after the flood: %s", idle, peak)
+	if reached := m["synguard_syn_received_total"] + m["synguard_queue_dropped_total"]; reached < float64(sent)/2 {
+		t.Fatalf("%v of the %d SYNs sent reached the gateway's queue: no flood to measure under", reached, sent)
+	}
 	const bound = 64 * mib
 	if peak.HWM > bound {
 		t.Fatalf("peak resident memory %.1f MiB, bound %d MiB", float64(peak.HWM)/mib, bound/mib)
@@ -514,8 +531,20 @@ func TestCookieKeySharedAcrossRestart(t *testing.T) {
 		if err := send.send(ack, service.Addr()); err != nil {
 			t.Fatal(err)
 		}
-		replayed = waitUntil(3*time.Second, func() bool { return syns.From(topo.ClientAddr) > before })
+		// The gateway's verdict on the ACK first; then, for a valid
+		// cookie, the replayed SYN it sends to the backend, or, for an
+		// invalid one, everything that reached the backend until now:
+		// nothing from the client.
+		poll.Must(t, 3*time.Second, "the gateway did not examine the ACK", func() bool {
+			return g.metric("synguard_cookie_valid_total")+g.metric("synguard_cookie_invalid_total") >= 1
+		})
 		valid, invalid = g.metric("synguard_cookie_valid_total"), g.metric("synguard_cookie_invalid_total")
+		if valid > 0 {
+			replayed = poll.Until(3*time.Second, func() bool { return syns.From(topo.ClientAddr) > before })
+		} else {
+			settleSYNs(t, topo, syns)
+			replayed = syns.From(topo.ClientAddr) > before
+		}
 		g.stop()
 		return valid, invalid, replayed
 	}
@@ -634,7 +663,7 @@ func TestMalformedInput(t *testing.T) {
 					}
 				}
 			}
-			time.Sleep(150 * time.Millisecond)
+			g.waitIdle()
 			m1, err := g.metrics()
 			if err != nil {
 				t.Fatalf("after %s: gateway metrics: %v (alive: %v)", mc.name, err, g.alive())
@@ -683,7 +712,7 @@ func TestMalformedInput(t *testing.T) {
 			t.Fatal("gateway exited")
 		}
 		// Only the legitimate probes' flows may linger; wait them out.
-		if !waitUntil(engineLinger+2*time.Second, func() bool { return g.metric("synguard_pending_flows") == 0 }) {
+		if !poll.Until(engineLinger+2*time.Second, func() bool { return g.metric("synguard_pending_flows") == 0 }) {
 			t.Fatalf("%v flows pending after the bad input", g.metric("synguard_pending_flows"))
 		}
 		rss = append(rss, g.proc())

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/synguard/synguard/internal/poll"
 	"github.com/synguard/synguard/lab"
 )
 
@@ -64,7 +65,7 @@ func TestReplyPath(t *testing.T) {
 				}
 				before := outputCounter(t, topo, fam.save)
 				g := startGateway(t, topo.Gateway, "--protect", fam.svc.String(), "--mode", "always", "--reply-path", step.path)
-				if !waitUntil(5*time.Second, func() bool { return strings.Contains(g.log.String(), `"reply_path":"`+step.path+`"`) }) {
+				if !poll.Until(5*time.Second, func() bool { return strings.Contains(g.log.String(), `"reply_path":"`+step.path+`"`) }) {
 					t.Fatalf("no start event with reply_path %q:\n%s", step.path, g.log.String())
 				}
 				err := connect(topo, fam.svc)

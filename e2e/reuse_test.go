@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/synguard/synguard/conntrack"
+	"github.com/synguard/synguard/internal/poll"
 	"github.com/synguard/synguard/lab"
 )
 
@@ -54,6 +55,33 @@ func getFrom(topo *lab.Topology, from, target netip.AddrPort, n int, timeout tim
 	return nil
 }
 
+// waitClosedEntry waits until the gateway's conntrack entry of the flow
+// from client to service is closed: TIME_WAIT, or CLOSE when an RST ended
+// it, the states in which the kernel would reopen the entry for a new SYN,
+// had it seen one.
+func waitClosedEntry(t *testing.T, topo *lab.Topology, client, service netip.AddrPort, what string) {
+	t.Helper()
+	var e conntrack.Entry
+	var ok bool
+	closed := poll.Until(5*time.Second, func() bool {
+		if err := topo.Gateway.Do(func() error {
+			tab, err := conntrack.Open()
+			if err != nil {
+				return err
+			}
+			defer tab.Close()
+			e, ok, err = tab.Lookup(client, service)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return ok && (e.TCPState == conntrack.TCPTimeWait || e.TCPState == conntrack.TCPClose)
+	})
+	if !closed {
+		t.Fatalf("%s: found=%v state %v; want it closed (TIME_WAIT or CLOSE)", what, ok, e.TCPState)
+	}
+}
+
 // TestPortReuseDuringTimeWait: a client reconnecting from the ports of a
 // flow whose conntrack entry is still in TIME_WAIT gets through. Without
 // care the cookie ACK matches the old entry and is forwarded with the old
@@ -69,25 +97,7 @@ func TestPortReuseDuringTimeWait(t *testing.T) {
 	if err := getFrom(topo, from, service, 100_000, 5*time.Second); err != nil {
 		t.Fatalf("first connection: %v", err)
 	}
-	time.Sleep(500 * time.Millisecond)
-	var e conntrack.Entry
-	var ok bool
-	if err := topo.Gateway.Do(func() error {
-		tab, err := conntrack.Open()
-		if err != nil {
-			return err
-		}
-		defer tab.Close()
-		e, ok, err = tab.Lookup(from, service)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	// TIME_WAIT, or CLOSE when an RST ended it: the states in which the
-	// kernel would reopen the entry for a new SYN, had it seen one.
-	if !ok || (e.TCPState != conntrack.TCPTimeWait && e.TCPState != conntrack.TCPClose) {
-		t.Fatalf("the first flow's entry: found=%v state %v; want it closed (TIME_WAIT or CLOSE)", ok, e.TCPState)
-	}
+	waitClosedEntry(t, topo, from, service, "the first flow's entry")
 
 	for i := range 3 {
 		start := time.Now()
@@ -95,7 +105,8 @@ func TestPortReuseDuringTimeWait(t *testing.T) {
 			t.Fatalf("reconnection %d from the same ports: %v", i+1, err)
 		}
 		t.Logf("reconnection %d from %s took %s", i+1, from, time.Since(start).Round(time.Millisecond))
-		time.Sleep(300 * time.Millisecond)
+		// The next reconnection must again meet a closed entry.
+		waitClosedEntry(t, topo, from, service, fmt.Sprintf("reconnection %d's entry", i+1))
 	}
 	if n := g.metric("synguard_entry_replaced_total"); n != 3 {
 		t.Fatalf("replaced %v stale entries, want 3", n)

@@ -106,6 +106,10 @@ type Config struct {
 
 	// Events receives what the engine reports; nil discards it.
 	Events Events
+	// Extra adds counts made outside the engine (the XDP fast path's) to
+	// Stats, so the control loop and the metrics see every SYN; nil for
+	// none.
+	Extra CounterSource
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }

@@ -104,3 +104,12 @@ type Stats [numCounters]uint64
 
 // Get returns one counter's value.
 func (s *Stats) Get(c Counter) uint64 { return s[c] }
+
+// Add adds n to one counter's value.
+func (s *Stats) Add(c Counter, n uint64) { s[c] += n }
+
+// CounterSource adds counts of events the engine did not see to a
+// service's Stats.
+type CounterSource interface {
+	AddTo(svc int, s *Stats)
+}

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/synguard/synguard/cookies"
 )
@@ -28,6 +29,8 @@ type Engine struct {
 
 	// The timer loop's outbox (Tick runs on Run's goroutine, or a test's).
 	timers *outbox
+	// lastControl is the control loop's last run, in Unix nanoseconds.
+	lastControl atomic.Int64
 }
 
 // service is everything the engine keeps for one protected service.
@@ -139,7 +142,20 @@ func (e *Engine) Stats(svc int) Stats {
 			out[c] += s.rows[svc+1].v[c].Load()
 		}
 	}
+	if e.cfg.Extra != nil && svc >= 0 {
+		e.cfg.Extra.AddTo(svc, &out)
+	}
 	return out
+}
+
+// LastControl is when the control loop last ran: the engine's heartbeat.
+// It is the zero time before the first tick.
+func (e *Engine) LastControl() time.Time {
+	ns := e.lastControl.Load()
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
 }
 
 // newCounters registers a writer's counters, so Stats sums them.

@@ -104,6 +104,7 @@ func newServiceControl(th Thresholds) serviceControl {
 
 // control samples every service and, in auto mode, switches states.
 func (e *Engine) control(now time.Time) {
+	defer e.lastControl.Store(now.UnixNano())
 	for i := range e.services {
 		s := &e.services[i]
 		st := e.Stats(i)

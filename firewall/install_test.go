@@ -93,6 +93,13 @@ func saved(t *testing.T, ns *netns.NS, tool string) string {
 	return strings.Join(tables, "")
 }
 
+// savedBoth is saved for both families, each under a heading: what the
+// golden files of the install tests hold.
+func savedBoth(t *testing.T, ns *netns.NS) string {
+	t.Helper()
+	return "# iptables-save\n" + saved(t, ns, "iptables-save") + "\n# ip6tables-save\n" + saved(t, ns, "ip6tables-save")
+}
+
 // sysctls reads names inside ns.
 func sysctls(t *testing.T, ns *netns.NS, names ...string) map[string]string {
 	t.Helper()
@@ -122,120 +129,37 @@ iptables -A INPUT -p udp -j ACCEPT
 ip6tables -A FORWARD -p udp -j ACCEPT
 `
 
+// TestInstallRemove installs in front of an operator's ruleset, compares
+// the saved rulesets with testdata/install/NAME.golden and the sysctls with
+// what the mode needs, then removes and expects everything as before.
 func TestInstallRemove(t *testing.T) {
 	roottest.Require(t)
 	tests := []struct {
-		name         string
+		name, golden string
 		cfg          Config
 		presets      map[string]string // sysctls set before Install
-		ipv4, ipv6   string            // saved rulesets after Install
 		afterInstall map[string]string
 	}{
 		{
-			name: "gateway v4 and v6, balanced, fail open",
+			name:   "gateway v4 and v6, balanced, fail open",
+			golden: "gateway-dual-balanced-fail-open",
 			cfg: func() Config {
 				c := base("203.0.113.10:80", "[2001:db8::10]:443")
 				c.Queue, c.Queues, c.FailOpen = 2, 2, true
 				return c
 			}(),
-			ipv4: `*filter
-:INPUT ACCEPT
-:FORWARD ACCEPT
-:OUTPUT ACCEPT
-:SYNGUARD-FORWARD -
--A INPUT -p udp -j ACCEPT
--A FORWARD -j SYNGUARD-FORWARD
--A FORWARD -p udp -j ACCEPT
--A SYNGUARD-FORWARD -m mark --mark 0x53470001 -j RETURN
--A SYNGUARD-FORWARD -m connmark --mark 0x53470002 -j RETURN
--A SYNGUARD-FORWARD -d 203.0.113.10/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-balance 2:3 --queue-bypass
--A SYNGUARD-FORWARD -s 203.0.113.10/32 -p tcp -m tcp --sport 80 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-balance 2:3 --queue-bypass
-COMMIT
-*raw
-:PREROUTING ACCEPT
-:OUTPUT ACCEPT
-:SYNGUARD-OUTPUT -
-:SYNGUARD-PREROUTING -
--A PREROUTING -j SYNGUARD-PREROUTING
--A PREROUTING -p udp -j ACCEPT
--A OUTPUT -j SYNGUARD-OUTPUT
--A SYNGUARD-OUTPUT -m mark --mark 0x53470001 -j CT --notrack
--A SYNGUARD-PREROUTING -m mark --mark 0x53470001 -j RETURN
--A SYNGUARD-PREROUTING -d 203.0.113.10/32 -p tcp -m tcp --dport 80 --tcp-flags FIN,SYN,RST,ACK SYN -j NFQUEUE --queue-balance 2:3 --queue-bypass
-COMMIT
-`,
-			ipv6: `*filter
-:INPUT ACCEPT
-:FORWARD ACCEPT
-:OUTPUT ACCEPT
-:SYNGUARD-FORWARD -
--A FORWARD -j SYNGUARD-FORWARD
--A FORWARD -p udp -j ACCEPT
--A SYNGUARD-FORWARD -m mark --mark 0x53470001 -j RETURN
--A SYNGUARD-FORWARD -m connmark --mark 0x53470002 -j RETURN
--A SYNGUARD-FORWARD -d 2001:db8::10/128 -p tcp -m tcp --dport 443 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-balance 2:3 --queue-bypass
--A SYNGUARD-FORWARD -s 2001:db8::10/128 -p tcp -m tcp --sport 443 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-balance 2:3 --queue-bypass
-COMMIT
-*raw
-:PREROUTING ACCEPT
-:OUTPUT ACCEPT
-:SYNGUARD-OUTPUT -
-:SYNGUARD-PREROUTING -
--A PREROUTING -j SYNGUARD-PREROUTING
--A OUTPUT -j SYNGUARD-OUTPUT
--A SYNGUARD-OUTPUT -m mark --mark 0x53470001 -j CT --notrack
--A SYNGUARD-PREROUTING -m mark --mark 0x53470001 -j RETURN
--A SYNGUARD-PREROUTING -d 2001:db8::10/128 -p tcp -m tcp --dport 443 --tcp-flags FIN,SYN,RST,ACK SYN -j NFQUEUE --queue-balance 2:3 --queue-bypass
-COMMIT
-`,
 			afterInstall: map[string]string{tcpLoose: "0", forward4: "1", forward6: "1"},
 		},
 		{
-			name: "local v4, forwarding already on",
+			// Its IPv6 ruleset stays the operator's alone: no IPv6 service.
+			name:   "local v4, forwarding already on",
+			golden: "local-v4-forwarding-on",
 			cfg: func() Config {
 				c := base("203.0.113.10:22")
 				c.Local, c.Queue = true, 9
 				return c
 			}(),
 			presets: map[string]string{forward4: "1"},
-			ipv4: `*filter
-:INPUT ACCEPT
-:FORWARD ACCEPT
-:OUTPUT ACCEPT
-:SYNGUARD-INPUT -
-:SYNGUARD-OUTPUT -
--A INPUT -j SYNGUARD-INPUT
--A INPUT -p udp -j ACCEPT
--A FORWARD -p udp -j ACCEPT
--A OUTPUT -j SYNGUARD-OUTPUT
--A SYNGUARD-INPUT -m mark --mark 0x53470001 -j RETURN
--A SYNGUARD-INPUT -m connmark --mark 0x53470002 -j RETURN
--A SYNGUARD-INPUT -d 203.0.113.10/32 -p tcp -m tcp --dport 22 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-num 9
--A SYNGUARD-OUTPUT -m mark --mark 0x53470001 -j RETURN
--A SYNGUARD-OUTPUT -m connmark --mark 0x53470002 -j RETURN
--A SYNGUARD-OUTPUT -s 203.0.113.10/32 -p tcp -m tcp --sport 22 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-num 9
-COMMIT
-*raw
-:PREROUTING ACCEPT
-:OUTPUT ACCEPT
-:SYNGUARD-OUTPUT -
-:SYNGUARD-PREROUTING -
--A PREROUTING -j SYNGUARD-PREROUTING
--A PREROUTING -p udp -j ACCEPT
--A OUTPUT -j SYNGUARD-OUTPUT
--A SYNGUARD-OUTPUT -m mark --mark 0x53470001 -j CT --notrack
--A SYNGUARD-PREROUTING -m mark --mark 0x53470001 -j RETURN
--A SYNGUARD-PREROUTING -d 203.0.113.10/32 -p tcp -m tcp --dport 22 --tcp-flags FIN,SYN,RST,ACK SYN -j NFQUEUE --queue-num 9
-COMMIT
-`,
-			// Operator's IPv6 ruleset only: no IPv6 service.
-			ipv6: `*filter
-:INPUT ACCEPT
-:FORWARD ACCEPT
-:OUTPUT ACCEPT
--A FORWARD -p udp -j ACCEPT
-COMMIT
-`,
 			// Local mode leaves forwarding alone.
 			afterInstall: map[string]string{tcpLoose: "0", forward4: "1", forward6: "0"},
 		},
@@ -264,12 +188,7 @@ COMMIT
 			}
 			t.Cleanup(func() { _ = inst.Remove(context.Background()) })
 
-			if diff := cmp.Diff(tt.ipv4, saved(t, ns, "iptables-save")); diff != "" {
-				t.Errorf("iptables-save after Install (-want +got):\n%s", diff)
-			}
-			if diff := cmp.Diff(tt.ipv6, saved(t, ns, "ip6tables-save")); diff != "" {
-				t.Errorf("ip6tables-save after Install (-want +got):\n%s", diff)
-			}
+			golden(t, "install/"+tt.golden+".golden", savedBoth(t, ns))
 			if diff := cmp.Diff(tt.afterInstall, sysctls(t, ns, tcpLoose, forward4, forward6)); diff != "" {
 				t.Errorf("sysctls after Install (-want +got):\n%s", diff)
 			}
@@ -325,41 +244,18 @@ func TestInstallAfterCrash(t *testing.T) {
 	if _, err := Install(ctx, c); err != nil { // dropped: the crash
 		t.Fatal(err)
 	}
-	first := saved(t, ns, "iptables-save")
+	first := savedBoth(t, ns)
 	inst, err := Install(ctx, c)
 	if err != nil {
 		t.Fatalf("Install over a crashed run's leftovers: %v", err)
 	}
 	t.Cleanup(func() { _ = inst.Remove(context.Background()) })
 
-	want := `*filter
-:INPUT ACCEPT
-:FORWARD ACCEPT
-:OUTPUT ACCEPT
-:SYNGUARD-FORWARD -
--A FORWARD -j SYNGUARD-FORWARD
--A SYNGUARD-FORWARD -m mark --mark 0x53470001 -j RETURN
--A SYNGUARD-FORWARD -m connmark --mark 0x53470002 -j RETURN
--A SYNGUARD-FORWARD -d 203.0.113.10/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-num 0
--A SYNGUARD-FORWARD -s 203.0.113.10/32 -p tcp -m tcp --sport 80 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-num 0
-COMMIT
-*raw
-:PREROUTING ACCEPT
-:OUTPUT ACCEPT
-:SYNGUARD-OUTPUT -
-:SYNGUARD-PREROUTING -
--A PREROUTING -j SYNGUARD-PREROUTING
--A OUTPUT -j SYNGUARD-OUTPUT
--A SYNGUARD-OUTPUT -m mark --mark 0x53470001 -j CT --notrack
--A SYNGUARD-PREROUTING -m mark --mark 0x53470001 -j RETURN
--A SYNGUARD-PREROUTING -d 203.0.113.10/32 -p tcp -m tcp --dport 80 --tcp-flags FIN,SYN,RST,ACK SYN -j NFQUEUE --queue-num 0
-COMMIT
-`
-	if diff := cmp.Diff(want, first); diff != "" {
-		t.Errorf("after first Install (-want +got):\n%s", diff)
-	}
-	if diff := cmp.Diff(want, saved(t, ns, "iptables-save")); diff != "" {
-		t.Errorf("after second Install (-want +got):\n%s", diff)
+	// One copy of every rule after each Install: the second replaced the
+	// first's leftovers.
+	golden(t, "install/after-crash.golden", first)
+	if diff := cmp.Diff(first, savedBoth(t, ns)); diff != "" {
+		t.Errorf("after the second Install (-first +second):\n%s", diff)
 	}
 	if err := inst.Remove(ctx); err != nil {
 		t.Fatal(err)
@@ -397,36 +293,9 @@ ip6tables -A FORWARD -j SYNGUARD-FORWARD
 		t.Fatal(err)
 	}
 	assertClean(t, ns)
-	want4 := `*filter
-:INPUT ACCEPT
-:FORWARD ACCEPT
-:OUTPUT ACCEPT
-:SYNGUARDIAN -
--A INPUT -j SYNGUARDIAN
--A SYNGUARDIAN -j ACCEPT
-COMMIT
-*mangle
-:PREROUTING ACCEPT
-:INPUT ACCEPT
-:FORWARD ACCEPT
-:OUTPUT ACCEPT
-:POSTROUTING ACCEPT
-:OPERATOR -
--A PREROUTING -j OPERATOR
--A OPERATOR -p udp -j ACCEPT
-COMMIT
-*raw
-:PREROUTING ACCEPT
-:OUTPUT ACCEPT
--A PREROUTING -p udp -j ACCEPT
-COMMIT
-`
-	if diff := cmp.Diff(want4, saved(t, ns, "iptables-save")); diff != "" {
-		t.Errorf("iptables-save after removeLeftovers (-want +got):\n%s", diff)
-	}
-	if diff := cmp.Diff("", saved(t, ns, "ip6tables-save")); diff != "" {
-		t.Errorf("ip6tables-save after removeLeftovers (-want +got):\n%s", diff)
-	}
+	// The operator's chains and rules stay, look-alike included; nothing
+	// of synguard's does, in either family.
+	golden(t, "install/leftovers-removed.golden", savedBoth(t, ns))
 	// Nothing left: a second run has nothing to do and must not fail.
 	if err := removeLeftovers(ctx, nsRunner{ns}); err != nil {
 		t.Errorf("second removeLeftovers: %v", err)

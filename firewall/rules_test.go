@@ -17,188 +17,62 @@ func base(svcs ...string) Config {
 	return c
 }
 
+// TestRules renders each configuration and compares it with the golden
+// file testdata/rules/NAME.golden.
 func TestRules(t *testing.T) {
 	tests := []struct {
-		name       string
-		cfg        func() Config
-		ipv4, ipv6 string
+		name, golden string
+		cfg          func() Config
 	}{
 		{
-			name: "one v4 service, gateway",
-			cfg:  func() Config { return base("203.0.113.10:80") },
-			ipv4: `*raw
-:SYNGUARD-PREROUTING - [0:0]
-:SYNGUARD-OUTPUT - [0:0]
--I PREROUTING 1 -j SYNGUARD-PREROUTING
--I OUTPUT 1 -j SYNGUARD-OUTPUT
--A SYNGUARD-PREROUTING -m mark --mark 0x53470001 -j RETURN
--A SYNGUARD-PREROUTING -d 203.0.113.10/32 -p tcp -m tcp --dport 80 --tcp-flags FIN,SYN,RST,ACK SYN -j NFQUEUE --queue-num 0
--A SYNGUARD-OUTPUT -m mark --mark 0x53470001 -j CT --notrack
-COMMIT
-*filter
-:SYNGUARD-FORWARD - [0:0]
--I FORWARD 1 -j SYNGUARD-FORWARD
--A SYNGUARD-FORWARD -m mark --mark 0x53470001 -j RETURN
--A SYNGUARD-FORWARD -m connmark --mark 0x53470002 -j RETURN
--A SYNGUARD-FORWARD -d 203.0.113.10/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-num 0
--A SYNGUARD-FORWARD -s 203.0.113.10/32 -p tcp -m tcp --sport 80 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-num 0
-COMMIT
-`,
+			name:   "one v4 service, gateway",
+			golden: "gateway-v4",
+			cfg:    func() Config { return base("203.0.113.10:80") },
 		},
 		{
-			name: "two v4 and one v6 service, own marks and queue",
+			name:   "two v4 and one v6 service, own marks and queue",
+			golden: "gateway-dual-own-marks",
 			cfg: func() Config {
 				c := base("203.0.113.10:80", "[2001:db8::10]:443", "203.0.113.11:8443")
 				c.Queue, c.EngineMark, c.HandoffMark = 7, 0x10, 0x20
 				return c
 			},
-			ipv4: `*raw
-:SYNGUARD-PREROUTING - [0:0]
-:SYNGUARD-OUTPUT - [0:0]
--I PREROUTING 1 -j SYNGUARD-PREROUTING
--I OUTPUT 1 -j SYNGUARD-OUTPUT
--A SYNGUARD-PREROUTING -m mark --mark 0x10 -j RETURN
--A SYNGUARD-PREROUTING -d 203.0.113.10/32 -p tcp -m tcp --dport 80 --tcp-flags FIN,SYN,RST,ACK SYN -j NFQUEUE --queue-num 7
--A SYNGUARD-PREROUTING -d 203.0.113.11/32 -p tcp -m tcp --dport 8443 --tcp-flags FIN,SYN,RST,ACK SYN -j NFQUEUE --queue-num 7
--A SYNGUARD-OUTPUT -m mark --mark 0x10 -j CT --notrack
-COMMIT
-*filter
-:SYNGUARD-FORWARD - [0:0]
--I FORWARD 1 -j SYNGUARD-FORWARD
--A SYNGUARD-FORWARD -m mark --mark 0x10 -j RETURN
--A SYNGUARD-FORWARD -m connmark --mark 0x20 -j RETURN
--A SYNGUARD-FORWARD -d 203.0.113.10/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-num 7
--A SYNGUARD-FORWARD -d 203.0.113.11/32 -p tcp -m tcp --dport 8443 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-num 7
--A SYNGUARD-FORWARD -s 203.0.113.10/32 -p tcp -m tcp --sport 80 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-num 7
--A SYNGUARD-FORWARD -s 203.0.113.11/32 -p tcp -m tcp --sport 8443 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-num 7
-COMMIT
-`,
-			ipv6: `*raw
-:SYNGUARD-PREROUTING - [0:0]
-:SYNGUARD-OUTPUT - [0:0]
--I PREROUTING 1 -j SYNGUARD-PREROUTING
--I OUTPUT 1 -j SYNGUARD-OUTPUT
--A SYNGUARD-PREROUTING -m mark --mark 0x10 -j RETURN
--A SYNGUARD-PREROUTING -d 2001:db8::10/128 -p tcp -m tcp --dport 443 --tcp-flags FIN,SYN,RST,ACK SYN -j NFQUEUE --queue-num 7
--A SYNGUARD-OUTPUT -m mark --mark 0x10 -j CT --notrack
-COMMIT
-*filter
-:SYNGUARD-FORWARD - [0:0]
--I FORWARD 1 -j SYNGUARD-FORWARD
--A SYNGUARD-FORWARD -m mark --mark 0x10 -j RETURN
--A SYNGUARD-FORWARD -m connmark --mark 0x20 -j RETURN
--A SYNGUARD-FORWARD -d 2001:db8::10/128 -p tcp -m tcp --dport 443 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-num 7
--A SYNGUARD-FORWARD -s 2001:db8::10/128 -p tcp -m tcp --sport 443 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-num 7
-COMMIT
-`,
 		},
 		{
-			name: "local mode",
+			name:   "local mode",
+			golden: "local-v4",
 			cfg: func() Config {
 				c := base("203.0.113.10:22")
 				c.Local = true
 				return c
 			},
-			ipv4: `*raw
-:SYNGUARD-PREROUTING - [0:0]
-:SYNGUARD-OUTPUT - [0:0]
--I PREROUTING 1 -j SYNGUARD-PREROUTING
--I OUTPUT 1 -j SYNGUARD-OUTPUT
--A SYNGUARD-PREROUTING -m mark --mark 0x53470001 -j RETURN
--A SYNGUARD-PREROUTING -d 203.0.113.10/32 -p tcp -m tcp --dport 22 --tcp-flags FIN,SYN,RST,ACK SYN -j NFQUEUE --queue-num 0
--A SYNGUARD-OUTPUT -m mark --mark 0x53470001 -j CT --notrack
-COMMIT
-*filter
-:SYNGUARD-INPUT - [0:0]
-:SYNGUARD-OUTPUT - [0:0]
--I INPUT 1 -j SYNGUARD-INPUT
--I OUTPUT 1 -j SYNGUARD-OUTPUT
--A SYNGUARD-INPUT -m mark --mark 0x53470001 -j RETURN
--A SYNGUARD-INPUT -m connmark --mark 0x53470002 -j RETURN
--A SYNGUARD-INPUT -d 203.0.113.10/32 -p tcp -m tcp --dport 22 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-num 0
--A SYNGUARD-OUTPUT -m mark --mark 0x53470001 -j RETURN
--A SYNGUARD-OUTPUT -m connmark --mark 0x53470002 -j RETURN
--A SYNGUARD-OUTPUT -s 203.0.113.10/32 -p tcp -m tcp --sport 22 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-num 0
-COMMIT
-`,
 		},
 		{
-			name: "queue balance",
+			name:   "queue balance",
+			golden: "queue-balance",
 			cfg: func() Config {
 				c := base("203.0.113.10:80")
 				c.Queue, c.Queues = 4, 4
 				return c
 			},
-			ipv4: `*raw
-:SYNGUARD-PREROUTING - [0:0]
-:SYNGUARD-OUTPUT - [0:0]
--I PREROUTING 1 -j SYNGUARD-PREROUTING
--I OUTPUT 1 -j SYNGUARD-OUTPUT
--A SYNGUARD-PREROUTING -m mark --mark 0x53470001 -j RETURN
--A SYNGUARD-PREROUTING -d 203.0.113.10/32 -p tcp -m tcp --dport 80 --tcp-flags FIN,SYN,RST,ACK SYN -j NFQUEUE --queue-balance 4:7
--A SYNGUARD-OUTPUT -m mark --mark 0x53470001 -j CT --notrack
-COMMIT
-*filter
-:SYNGUARD-FORWARD - [0:0]
--I FORWARD 1 -j SYNGUARD-FORWARD
--A SYNGUARD-FORWARD -m mark --mark 0x53470001 -j RETURN
--A SYNGUARD-FORWARD -m connmark --mark 0x53470002 -j RETURN
--A SYNGUARD-FORWARD -d 203.0.113.10/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-balance 4:7
--A SYNGUARD-FORWARD -s 203.0.113.10/32 -p tcp -m tcp --sport 80 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-balance 4:7
-COMMIT
-`,
 		},
 		{
-			name: "fail open, v6 only, balanced",
+			name:   "fail open, v6 only, balanced",
+			golden: "fail-open-v6-balanced",
 			cfg: func() Config {
 				c := base("[2001:db8::10]:80")
 				c.FailOpen, c.Queues = true, 2
 				return c
 			},
-			ipv6: `*raw
-:SYNGUARD-PREROUTING - [0:0]
-:SYNGUARD-OUTPUT - [0:0]
--I PREROUTING 1 -j SYNGUARD-PREROUTING
--I OUTPUT 1 -j SYNGUARD-OUTPUT
--A SYNGUARD-PREROUTING -m mark --mark 0x53470001 -j RETURN
--A SYNGUARD-PREROUTING -d 2001:db8::10/128 -p tcp -m tcp --dport 80 --tcp-flags FIN,SYN,RST,ACK SYN -j NFQUEUE --queue-balance 0:1 --queue-bypass
--A SYNGUARD-OUTPUT -m mark --mark 0x53470001 -j CT --notrack
-COMMIT
-*filter
-:SYNGUARD-FORWARD - [0:0]
--I FORWARD 1 -j SYNGUARD-FORWARD
--A SYNGUARD-FORWARD -m mark --mark 0x53470001 -j RETURN
--A SYNGUARD-FORWARD -m connmark --mark 0x53470002 -j RETURN
--A SYNGUARD-FORWARD -d 2001:db8::10/128 -p tcp -m tcp --dport 80 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-balance 0:1 --queue-bypass
--A SYNGUARD-FORWARD -s 2001:db8::10/128 -p tcp -m tcp --sport 80 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-balance 0:1 --queue-bypass
-COMMIT
-`,
 		},
 		{
-			name: "fail open, one queue",
+			name:   "fail open, one queue",
+			golden: "fail-open-one-queue",
 			cfg: func() Config {
 				c := base("198.51.100.1:443")
 				c.FailOpen, c.Queue = true, 65535
 				return c
 			},
-			ipv4: `*raw
-:SYNGUARD-PREROUTING - [0:0]
-:SYNGUARD-OUTPUT - [0:0]
--I PREROUTING 1 -j SYNGUARD-PREROUTING
--I OUTPUT 1 -j SYNGUARD-OUTPUT
--A SYNGUARD-PREROUTING -m mark --mark 0x53470001 -j RETURN
--A SYNGUARD-PREROUTING -d 198.51.100.1/32 -p tcp -m tcp --dport 443 --tcp-flags FIN,SYN,RST,ACK SYN -j NFQUEUE --queue-num 65535 --queue-bypass
--A SYNGUARD-OUTPUT -m mark --mark 0x53470001 -j CT --notrack
-COMMIT
-*filter
-:SYNGUARD-FORWARD - [0:0]
--I FORWARD 1 -j SYNGUARD-FORWARD
--A SYNGUARD-FORWARD -m mark --mark 0x53470001 -j RETURN
--A SYNGUARD-FORWARD -m connmark --mark 0x53470002 -j RETURN
--A SYNGUARD-FORWARD -d 198.51.100.1/32 -p tcp -m tcp --dport 443 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-num 65535 --queue-bypass
--A SYNGUARD-FORWARD -s 198.51.100.1/32 -p tcp -m tcp --sport 443 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-num 65535 --queue-bypass
-COMMIT
-`,
 		},
 	}
 	for _, tt := range tests {
@@ -207,14 +81,17 @@ COMMIT
 			if err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff(tt.ipv4, got.IPv4); diff != "" {
-				t.Errorf("IPv4 rules (-want +got):\n%s", diff)
-			}
-			if diff := cmp.Diff(tt.ipv6, got.IPv6); diff != "" {
-				t.Errorf("IPv6 rules (-want +got):\n%s", diff)
-			}
+			goldenRules(t, "rules/"+tt.golden, got)
 		})
 	}
+}
+
+// goldenRules compares rs with the golden file testdata/NAME.golden, which
+// holds it as `synguard rules` prints it: each family's iptables-restore
+// input under a heading, a family without rules left out.
+func goldenRules(t *testing.T, name string, rs Ruleset) {
+	t.Helper()
+	golden(t, name+".golden", rs.String())
 }
 
 func TestRulesInvalidConfig(t *testing.T) {
@@ -249,6 +126,10 @@ COMMIT
 	}
 }
 
+// TestRulesObserveFirstACK: ObserveFirstACK appends a mangle table whose
+// rules mark a flow's first ACK and queue it
+// (testdata/rules/observe-first-ack.golden), and changes nothing else;
+// without it there is no mangle table at all.
 func TestRulesObserveFirstACK(t *testing.T) {
 	c := base("203.0.113.10:80")
 	c.ObserveFirstACK = true
@@ -256,29 +137,25 @@ func TestRulesObserveFirstACK(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const want = `*mangle
-:SYNGUARD-PREROUTING - [0:0]
-:SYNGUARD-FIRSTACK - [0:0]
--I PREROUTING 1 -j SYNGUARD-PREROUTING
--A SYNGUARD-PREROUTING -d 203.0.113.10/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate ESTABLISHED -m connmark --mark 0x0 -j SYNGUARD-FIRSTACK
--A SYNGUARD-FIRSTACK -j CONNMARK --set-xmark 0x53470002/0xffffffff
--A SYNGUARD-FIRSTACK -j NFQUEUE --queue-num 0
-COMMIT
-`
-	_, mangle, ok := strings.Cut(rs.IPv4, "COMMIT\n*mangle\n")
-	if !ok {
-		t.Fatalf("no mangle table:\n%s", rs.IPv4)
-	}
-	if diff := cmp.Diff(want, "*mangle\n"+mangle); diff != "" {
-		t.Fatalf("mangle rules (-want +got):\n%s", diff)
-	}
-	// Without it, no mangle table at all.
+	goldenRules(t, "rules/observe-first-ack", rs)
 	c.ObserveFirstACK = false
-	if rs, _ := Rules(c); strings.Contains(rs.IPv4, "mangle") {
-		t.Fatalf("mangle rules without ObserveFirstACK:\n%s", rs.IPv4)
+	plain, err := Rules(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(plain.IPv4, "mangle") {
+		t.Fatalf("mangle rules without ObserveFirstACK:\n%s", plain.IPv4)
+	}
+	if rest, ok := strings.CutPrefix(rs.IPv4, plain.IPv4); !ok || !strings.HasPrefix(rest, "*mangle\n") || rs.IPv6 != plain.IPv6 {
+		t.Fatalf("ObserveFirstACK changed more than a mangle table at the end:\n%s\nwithout it:\n%s", rs, plain)
 	}
 }
 
+// TestRulesReopenWithin: ReopenWithin sends the ACKs and SYN-ACKs of
+// handed-off flows whose entry expires within that many seconds to a
+// SYNGUARD-STALE chain that marks and queues them, ahead of the hand-off
+// RETURN, in gateway and in local mode (testdata/rules/reopen-within*.golden);
+// a stale mark equal to the hand-off mark is refused.
 func TestRulesReopenWithin(t *testing.T) {
 	c := base("203.0.113.10:80")
 	c.ReopenWithin, c.StaleMark = 120, DefaultStaleMark
@@ -286,31 +163,14 @@ func TestRulesReopenWithin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const want = `*filter
-:SYNGUARD-FORWARD - [0:0]
-:SYNGUARD-STALE - [0:0]
--I FORWARD 1 -j SYNGUARD-FORWARD
--A SYNGUARD-FORWARD -m mark --mark 0x53470001 -j RETURN
--A SYNGUARD-FORWARD -d 203.0.113.10/32 -p tcp -m tcp --dport 80 --tcp-flags FIN,SYN,RST,PSH,ACK ACK -m connmark --mark 0x53470002 -m conntrack --ctstate ESTABLISHED --ctexpire 0:120 -j SYNGUARD-STALE
--A SYNGUARD-FORWARD -s 203.0.113.10/32 -p tcp -m tcp --sport 80 --tcp-flags FIN,SYN,RST,ACK SYN,ACK -m connmark --mark 0x53470002 -m conntrack --ctstate ESTABLISHED --ctexpire 0:120 -j SYNGUARD-STALE
--A SYNGUARD-FORWARD -m connmark --mark 0x53470002 -j RETURN
--A SYNGUARD-FORWARD -d 203.0.113.10/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-num 0
--A SYNGUARD-FORWARD -s 203.0.113.10/32 -p tcp -m tcp --sport 80 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-num 0
--A SYNGUARD-STALE -j MARK --set-xmark 0x53470003/0xffffffff
--A SYNGUARD-STALE -j NFQUEUE --queue-num 0
-COMMIT
-`
-	_, filter, ok := strings.Cut(rs.IPv4, "COMMIT\n*filter\n")
-	if !ok {
-		t.Fatalf("no filter table:\n%s", rs.IPv4)
-	}
-	if diff := cmp.Diff(want, "*filter\n"+filter); diff != "" {
-		t.Fatalf("filter rules (-want +got):\n%s", diff)
-	}
+	goldenRules(t, "rules/reopen-within", rs)
 	// Local mode: the client side's rule in INPUT, the service side's in
 	// OUTPUT, each before that chain's hand-off RETURN.
 	c.Local = true
-	rs, _ = Rules(c)
+	if rs, err = Rules(c); err != nil {
+		t.Fatal(err)
+	}
+	goldenRules(t, "rules/reopen-within-local", rs)
 	for _, want := range []string{
 		"-A SYNGUARD-INPUT -m mark --mark 0x53470001 -j RETURN\n-A SYNGUARD-INPUT -d 203.0.113.10/32 -p tcp -m tcp --dport 80 --tcp-flags FIN,SYN,RST,PSH,ACK ACK -m connmark --mark 0x53470002 -m conntrack --ctstate ESTABLISHED --ctexpire 0:120 -j SYNGUARD-STALE\n-A SYNGUARD-INPUT -m connmark --mark 0x53470002 -j RETURN\n",
 		"-A SYNGUARD-OUTPUT -m mark --mark 0x53470001 -j RETURN\n-A SYNGUARD-OUTPUT -s 203.0.113.10/32 -p tcp -m tcp --sport 80 --tcp-flags FIN,SYN,RST,ACK SYN,ACK -m connmark --mark 0x53470002 -m conntrack --ctstate ESTABLISHED --ctexpire 0:120 -j SYNGUARD-STALE\n-A SYNGUARD-OUTPUT -m connmark --mark 0x53470002 -j RETURN\n",

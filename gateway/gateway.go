@@ -165,13 +165,15 @@ func (g *gateway) workers() []part {
 }
 
 // serveMetrics serves /metrics, /api/stats and the dashboard until ctx is
-// done.
+// done. A server that fails is logged and stays down: protection matters
+// more than its view, and goes on.
 func (g *gateway) serveMetrics(ctx context.Context) error {
 	srv := telemetry.NewServer(g.tel.Handler())
 	stop := context.AfterFunc(ctx, func() { srv.Close() })
 	defer stop()
 	if err := srv.Serve(g.metrics); !errors.Is(err, http.ErrServerClosed) {
-		return err
+		g.cfg.Logger.Error().Err(err).Str("event", telemetry.EventMetricsFailed).Msg("metrics server stopped")
+		<-ctx.Done()
 	}
 	return nil
 }
@@ -236,15 +238,15 @@ func (g *gateway) serve(ctx context.Context, rules *firewall.Installed) error {
 
 	select {
 	case <-ctx.Done():
+		log.Info().Str("event", telemetry.EventStop).Msg("synguard stopping")
 	case <-failed.Done():
+		// The failure is logged once every part has had its say.
 	}
 	removeErr := g.remove(rules)
 	stopWork()
 	runErr := eg.Wait()
 	if runErr != nil {
 		log.Error().Err(runErr).Str("event", telemetry.EventWorkerFailed).Msg("stopping")
-	} else {
-		log.Info().Str("event", telemetry.EventStop).Msg("synguard stopping")
 	}
 	return errors.Join(runErr, removeErr)
 }

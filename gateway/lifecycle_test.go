@@ -1,12 +1,15 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +18,7 @@ import (
 
 	"github.com/synguard/synguard/engine"
 	"github.com/synguard/synguard/internal/nstest"
+	"github.com/synguard/synguard/internal/poll"
 )
 
 // lifecycleConfig is a gateway for one service in a namespace of its
@@ -93,18 +97,19 @@ var slowToStop = part{"slow", func(ctx context.Context) error {
 	return nil
 }}
 
-// TestPartFailureStopsEverything: one part failing for real (the metrics
-// server, its listener closed under it) stops every other part, the rules
-// come down, and serve returns the failure only after every goroutine it
-// started has ended.
+// TestPartFailureStopsEverything: one part failing for real (a queue,
+// closed under its worker) stops every other part, the rules come down,
+// and serve returns the failure only after every goroutine it started has
+// ended.
 func TestPartFailureStopsEverything(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	err, rules := runFailing(t, func(g *gateway) {
 		g.parts = append(g.parts, slowToStop)
-		g.metrics.Close()
+		g.queues[1].Close()
 	})
-	if err == nil || !strings.HasPrefix(err.Error(), "metrics: ") {
-		t.Fatalf("serve returned %v, want the metrics server's failure", err)
+	// Closed before its worker ran or while it ran, either way it failed.
+	if err == nil || !strings.HasPrefix(err.Error(), "queue 8: ") {
+		t.Fatalf("serve returned %v, want queue 8's failure", err)
 	}
 	if strings.Contains(rules, "SYNGUARD") {
 		t.Fatalf("rules left after a failure:\n%s", rules)
@@ -167,4 +172,68 @@ func TestServeStopsOnCancel(t *testing.T) {
 	if strings.Contains(rules, "SYNGUARD") {
 		t.Fatalf("rules left after stop:\n%s", rules)
 	}
+}
+
+// TestMetricsFailureKeepsProtecting: the metrics server is the one part
+// whose failure stops nothing: it is logged, and protection goes on until
+// the gateway is told to stop.
+func TestMetricsFailureKeepsProtecting(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	ns := nstest.New(t, "sggw-life")
+	var logs syncBuffer
+	cfg := lifecycleConfig()
+	cfg.Logger = zerolog.New(&logs)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var served atomic.Bool
+	stillServing := make(chan bool, 1)
+	var serveErr error
+	if err := ns.Do(func() error {
+		g, err := open(cfg)
+		if err != nil {
+			return err
+		}
+		defer g.close()
+		rules, err := g.install(ctx)
+		if err != nil {
+			return err
+		}
+		g.metrics.Close()
+		go func() {
+			stillServing <- poll.Stays(500*time.Millisecond, func() bool { return !served.Load() })
+			cancel()
+		}()
+		serveErr = g.serve(ctx, rules)
+		served.Store(true)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !<-stillServing {
+		t.Fatalf("serve returned (%v) after the metrics server failed", serveErr)
+	}
+	if serveErr != nil {
+		t.Fatalf("serve after cancel: %v", serveErr)
+	}
+	if !strings.Contains(logs.String(), `"event":"metrics_failed"`) {
+		t.Fatalf("no metrics_failed event in:\n%s", logs.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer the gateway's goroutines may log to at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

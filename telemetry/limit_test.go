@@ -99,6 +99,14 @@ func TestLimiterTableBounded(t *testing.T) {
 	if n := len(lim.Suppressed()); n > maxKinds+1 {
 		t.Fatalf("limiter tracks %d kinds, want at most %d", n, maxKinds+1)
 	}
+	// A line each for the kinds that fit in the table, one for all the
+	// rest together.
+	if lines, want := strings.Count(out.String(), "\n"), maxKinds+1; lines != want {
+		t.Fatalf("%d lines written, want %d: one per tracked kind and one for the rest", lines, want)
+	}
+	if n, want := lim.Suppressed()[kindOther], uint64(1000-maxKinds-1); n != want {
+		t.Fatalf("%d lines of kinds past the table's bound suppressed, want %d", n, want)
+	}
 }
 
 func TestEventName(t *testing.T) {

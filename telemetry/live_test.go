@@ -14,6 +14,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/rs/zerolog"
+
+	"github.com/synguard/synguard/internal/poll"
 )
 
 func newTestTelemetry(src *fakeSource, clk *fakeClock, log zerolog.Logger, lim *LineLimiter) *Telemetry {
@@ -184,11 +186,12 @@ func TestDashboardSelfContained(t *testing.T) {
 }
 
 // Run samples and reports while scrapes and page polls arrive: nothing
-// races (run with -race), and Run stops with its context.
+// races (run with -race), every scrape is served, and Run stops with its
+// context.
 func TestRunConcurrentWithScrapes(t *testing.T) {
 	src := newFakeSource()
-	var out strings.Builder
-	log, lim := NewLogger(&syncWriter{w: &out}, FormatJSON, zerolog.InfoLevel, LimitConfig{})
+	out := &syncWriter{w: &strings.Builder{}}
+	log, lim := NewLogger(out, FormatJSON, zerolog.InfoLevel, LimitConfig{})
 	tel := New(Config{
 		Source:        src,
 		Collector:     CollectorConfig{Counters: testCounters, Handshake: NewHistograms(2), Log: lim},
@@ -199,21 +202,28 @@ func TestRunConcurrentWithScrapes(t *testing.T) {
 	done := make(chan struct{})
 	go func() { tel.Run(ctx); close(done) }()
 	h := tel.Handler()
-	for i := range 50 {
-		src.add(i%2, CounterSYNReceived, 10)
-		tel.handshake.Observe(i%2, time.Millisecond)
-		scrape(t, h, "/metrics")
-		scrape(t, h, "/api/stats")
-		time.Sleep(2 * time.Millisecond)
+	// The source moves and both pages are read, round after round, until
+	// Run has written a stats line: its sampling and reporting ran in
+	// the midst of the scrapes.
+	rounds := 0
+	if !poll.Until(5*time.Second, func() bool {
+		src.add(rounds%2, CounterSYNReceived, 10)
+		tel.handshake.Observe(rounds%2, time.Millisecond)
+		for _, path := range []string{"/metrics", "/api/stats"} {
+			if resp, _ := scrape(t, h, path); resp.StatusCode != http.StatusOK {
+				t.Fatalf("GET %s: %s", path, resp.Status)
+			}
+		}
+		rounds++
+		return strings.Contains(out.String(), `"event":"stats"`)
+	}) {
+		t.Fatalf("no stats line in 5 s (%d rounds of scrapes) at a 20 ms interval:\n%s", rounds, out.String())
 	}
 	cancel()
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not stop with its context")
-	}
-	if !strings.Contains(out.String(), `"event":"stats"`) {
-		t.Fatalf("no stats line in 100 ms at a 20 ms interval:\n%s", out.String())
 	}
 }
 
@@ -226,4 +236,11 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.w.Write(p)
+}
+
+// String returns what was written so far, when w is a strings.Builder.
+func (s *syncWriter) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.(*strings.Builder).String()
 }
