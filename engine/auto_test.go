@@ -2,6 +2,7 @@ package engine
 
 import (
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -340,5 +341,46 @@ func BenchmarkHandleSYNPassthrough(b *testing.B) {
 	for b.Loop() {
 		w.Handle(pkts[i&1023], nf.Prerouting)
 		i++
+	}
+}
+
+// fastPathCounts stands in for a fast path outside the engine (XDP) that
+// answers SYNs itself.
+type fastPathCounts struct{ syns atomic.Uint64 }
+
+func (f *fastPathCounts) Counts(svc int) Stats {
+	var s Stats
+	if svc == 0 {
+		s.Add(SYNReceived, f.syns.Load())
+		s.Add(SYNACKSent, f.syns.Load())
+	}
+	return s
+}
+
+// TestExtraCountsDriveTheControlLoop: SYNs answered outside the engine
+// count in its Stats, and keep a service in cookie mode while they come:
+// otherwise the engine, seeing nothing, would switch back to passthrough
+// in the middle of a flood the fast path is absorbing.
+func TestExtraCountsDriveTheControlLoop(t *testing.T) {
+	fast := &fastPathCounts{}
+	h := newHarness(t, func(c *Config) {
+		c.Mode = ModeAuto
+		c.Thresholds = testThresholds
+		c.Extra = fast
+	})
+	step := func() { h.clock.advance(controlTick); h.e.control(h.clock.now()) }
+	h.e.control(h.clock.now())
+	for range 40 { // 4 s of a flood at 10 × SYNRateHigh, seen only outside
+		fast.syns.Add(uint64(testThresholds.SYNRateHigh))
+		step()
+	}
+	if h.e.ServiceState(0) != StateCookie {
+		t.Fatalf("service in %v during a flood counted outside the engine", h.e.ServiceState(0))
+	}
+	if h.stat(SYNReceived) != fast.syns.Load() || h.stat(SYNACKSent) != fast.syns.Load() {
+		t.Fatalf("Stats SYNs %d, SYN-ACKs %d; want the fast path's %d", h.stat(SYNReceived), h.stat(SYNACKSent), fast.syns.Load())
+	}
+	if n := testing.AllocsPerRun(100, func() { h.e.Stats(0) }); n != 0 {
+		t.Fatalf("Stats with an extra source allocates %.1f times", n)
 	}
 }

@@ -108,8 +108,9 @@ func (s *Stats) Get(c Counter) uint64 { return s[c] }
 // Add adds n to one counter's value.
 func (s *Stats) Add(c Counter, n uint64) { s[c] += n }
 
-// CounterSource adds counts of events the engine did not see to a
-// service's Stats.
+// CounterSource counts, per service, events the engine did not see. It
+// returns them by value: Stats stays on the stack, and Stats() allocates
+// nothing.
 type CounterSource interface {
-	AddTo(svc int, s *Stats)
+	Counts(svc int) Stats
 }

@@ -143,7 +143,10 @@ func (e *Engine) Stats(svc int) Stats {
 		}
 	}
 	if e.cfg.Extra != nil && svc >= 0 {
-		e.cfg.Extra.AddTo(svc, &out)
+		extra := e.cfg.Extra.Counts(svc)
+		for c := range out {
+			out[c] += extra[c]
+		}
 	}
 	return out
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/synguard/synguard/engine"
 	"github.com/synguard/synguard/firewall"
 	"github.com/synguard/synguard/telemetry"
+	"github.com/synguard/synguard/xdp"
 )
 
 // Config is a validated gateway configuration, built from flags.
@@ -52,7 +53,12 @@ type Config struct {
 	// ReplyPath says how the engine's replies to a queued packet leave:
 	// back out the interface it came in on (the default) or routed.
 	ReplyPath ReplyPath
-	Logger    zerolog.Logger
+	// XDP is how the XDP fast path attaches (auto by default), on
+	// XDPInterfaces or, when none are named, on every link that is up,
+	// has an Ethernet address and is not loopback.
+	XDP           xdp.Mode
+	XDPInterfaces []string
+	Logger        zerolog.Logger
 }
 
 // ReplyPath is how replies to queued packets (SYN-ACKs, above all) leave

@@ -45,6 +45,8 @@ type gateway struct {
 	tel       *telemetry.Telemetry
 	metrics   net.Listener // nil without --metrics
 	replyPath ReplyPath    // in effect: ingress needs a packet socket
+	jar       *cookies.Jar
+	fast      *fastPath // nil without XDP
 
 	// parts run concurrently while the gateway serves; install adds the
 	// backend learner. The first to fail stops them all.
@@ -70,7 +72,7 @@ func open(cfg Config) (g *gateway, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("cookie keys: %w", err)
 	}
-	g = &gateway{cfg: cfg}
+	g = &gateway{cfg: cfg, jar: jar}
 	defer func() {
 		if err != nil {
 			g.close()
@@ -94,6 +96,16 @@ func open(cfg Config) (g *gateway, err error) {
 		g.replyPath = ReplyIngress
 	}
 
+	// The fast path goes on the links before the rules: it answers
+	// nothing until the engine runs and renews it.
+	if g.fast, err = openFastPath(cfg); err != nil {
+		return nil, err
+	}
+	var extra engine.CounterSource
+	if g.fast != nil {
+		extra = g.fast
+	}
+
 	handshake := telemetry.NewHistograms(len(cfg.Services))
 	g.eng, err = engine.New(engine.Config{
 		Services:        cfg.Services,
@@ -106,6 +118,7 @@ func open(cfg Config) (g *gateway, err error) {
 		MaxPending:      cfg.MaxPending,
 		Thresholds:      cfg.Thresholds,
 		Events:          events{log: cfg.Logger, handshake: handshake},
+		Extra:           extra,
 	})
 	if err != nil {
 		return nil, err
@@ -123,8 +136,11 @@ func open(cfg Config) (g *gateway, err error) {
 	for _, c := range engine.Counters() {
 		names = append(names, c.String())
 	}
+	if g.fast != nil {
+		names = append(names, telemetry.CounterXDPSYNACKSent, telemetry.CounterXDPACKDropped)
+	}
 	g.tel = telemetry.New(telemetry.Config{
-		Source: &source{eng: g.eng, queues: g.queues, first: cfg.Queue, mode: cfg.Mode.String()},
+		Source: &source{eng: g.eng, queues: g.queues, first: cfg.Queue, mode: cfg.Mode.String(), fast: g.fast},
 		Collector: telemetry.CollectorConfig{
 			Counters:  names,
 			Modes:     []string{engine.StateCookie.String(), engine.StatePassthrough.String(), engine.ModeOff.String()},
@@ -160,6 +176,9 @@ func (g *gateway) workers() []part {
 	}
 	if g.metrics != nil {
 		parts = append(parts, part{"metrics", g.serveMetrics})
+	}
+	if g.fast != nil {
+		parts = append(parts, part{"xdp", func(ctx context.Context) error { return g.fast.run(ctx, g.eng, g.jar) }})
 	}
 	return parts
 }
@@ -211,7 +230,8 @@ func (g *gateway) install(ctx context.Context) (*firewall.Installed, error) {
 		}})
 	}
 	log.Info().Str("event", telemetry.EventStart).Str("mode", cfg.Mode.String()).Strs("services", services).
-		Str("metrics", cfg.MetricsAddr).Str("reply_path", g.replyPath.String()).Msg("synguard protecting services")
+		Str("metrics", cfg.MetricsAddr).Str("reply_path", g.replyPath.String()).
+		Dict("xdp", g.fast.attachments()).Msg("synguard protecting services")
 	return rules, nil
 }
 
@@ -242,6 +262,11 @@ func (g *gateway) serve(ctx context.Context, rules *firewall.Installed) error {
 	case <-failed.Done():
 		// The failure is logged once every part has had its say.
 	}
+	// The fast path goes first: a cookie it answered must not find the
+	// rules that complete its handshake gone.
+	if g.fast != nil {
+		g.fast.prog.Detach()
+	}
 	removeErr := g.remove(rules)
 	stopWork()
 	runErr := eg.Wait()
@@ -267,6 +292,9 @@ func (g *gateway) remove(rules *firewall.Installed) error {
 
 // close releases what open made; the queues' close unbinds them.
 func (g *gateway) close() {
+	if g.fast != nil {
+		g.fast.prog.Close()
+	}
 	for _, q := range g.queues {
 		q.Close()
 	}

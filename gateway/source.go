@@ -12,6 +12,7 @@ type source struct {
 	queues []*nfq.Queue
 	first  uint16 // number of queues[0]; the rest follow in order
 	mode   string
+	fast   *fastPath // nil without XDP
 }
 
 func (s *source) ServiceCounters() []telemetry.ServiceCounters {
@@ -22,6 +23,9 @@ func (s *source) ServiceCounters() []telemetry.ServiceCounters {
 		m := make(map[string]uint64, len(st))
 		for _, c := range engine.Counters() {
 			m[c.String()] = st.Get(c)
+		}
+		if s.fast != nil {
+			s.fast.counters(i, m)
 		}
 		out[i] = telemetry.ServiceCounters{Service: svc.String(), Mode: s.serviceMode(i), Counters: m, HalfOpen: s.eng.HalfOpen(i), Pending: s.eng.Pending()}
 	}
@@ -51,4 +55,12 @@ func (s *source) QueueCounters() []telemetry.QueueCounters {
 		out[i] = qc
 	}
 	return out
+}
+
+// XDPActions are the fast path's verdict counts; nil without one.
+func (s *source) XDPActions() map[string]uint64 {
+	if s.fast == nil {
+		return nil
+	}
+	return s.fast.actions()
 }

@@ -44,6 +44,11 @@ const (
 
 	// EventLogSuppressed reports lines the rate limit held back.
 	EventLogSuppressed = "log_suppressed"
+
+	// The XDP fast path: not available at start (--xdp auto), or
+	// detached after an error.
+	EventXDPUnavailable = "xdp_unavailable"
+	EventXDPFailed      = "xdp_failed"
 )
 
 // Events lists every event name, so documentation and tests can check
@@ -54,6 +59,7 @@ func Events() []string {
 		EventWorkerFailed, EventMetricsFailed, EventModeChange, EventStats,
 		EventBackendOptionsLearned, EventBackendOptionMismatch, EventBackendUnreachable,
 		EventHandoffFailed, EventQueueOverflow, EventQueue, EventLogSuppressed,
+		EventXDPUnavailable, EventXDPFailed,
 	}
 }
 

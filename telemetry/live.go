@@ -22,6 +22,8 @@ type Rates struct {
 	CookieValid   float64 `json:"cookie_valid"`
 	CookieInvalid float64 `json:"cookie_invalid"`
 	HandedOff     float64 `json:"handed_off"`
+	// XDPSYNACK is the part of SYNACK the XDP fast path sent.
+	XDPSYNACK float64 `json:"xdp_synack"`
 }
 
 // History is a service's recent samples, oldest first, one column per
@@ -175,6 +177,7 @@ func ratesBetween(prev, cur map[string]uint64, dt float64) Rates {
 		CookieValid:   r(CounterCookieValid),
 		CookieInvalid: r(CounterCookieInvalid),
 		HandedOff:     r(CounterHandedOff),
+		XDPSYNACK:     r(CounterXDPSYNACKSent),
 	}
 }
 

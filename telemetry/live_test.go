@@ -64,7 +64,7 @@ func TestStatsJSONShape(t *testing.T) {
 	if diff := cmp.Diff([]string{"half_open", "handshake_ms", "history", "mode", "pending", "rates", "service", "totals"}, keys(s0)); diff != "" {
 		t.Fatalf("service keys (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff([]string{"cookie_invalid", "cookie_valid", "handed_off", "syn", "synack"}, keys(s0["rates"].(map[string]any))); diff != "" {
+	if diff := cmp.Diff([]string{"cookie_invalid", "cookie_valid", "handed_off", "syn", "synack", "xdp_synack"}, keys(s0["rates"].(map[string]any))); diff != "" {
 		t.Fatalf("rate keys (-want +got):\n%s", diff)
 	}
 	if diff := cmp.Diff([]string{"cookie_invalid", "cookie_valid", "half_open", "handed_off", "syn", "synack", "t"}, keys(s0["history"].(map[string]any))); diff != "" {

@@ -20,6 +20,9 @@ const (
 	CounterCookieValid   = "cookie_valid"
 	CounterCookieInvalid = "cookie_invalid"
 	CounterHandedOff     = "handed_off"
+	// The XDP fast path's share of synack_sent and cookie_invalid.
+	CounterXDPSYNACKSent = "xdp_synack_sent"
+	CounterXDPACKDropped = "xdp_ack_dropped"
 )
 
 // ServiceCounters is one service's counters at scrape time.
@@ -55,14 +58,23 @@ type Source interface {
 	QueueCounters() []QueueCounters
 }
 
+// XDPSource is a Source whose gateway may run the XDP fast path.
+// XDPActions returns the program's verdict counts by action ("pass",
+// "drop", "tx"), or nil when it does not run.
+type XDPSource interface {
+	XDPActions() map[string]uint64
+}
+
 // counterHelp documents the engine counters that have their own metric
 // names; any other counter is exported as synguard_<name>_total too.
 var counterHelp = map[string]string{
-	CounterSYNReceived:   "Client SYNs to a protected service seen by the engine.",
-	CounterSYNACKSent:    "Cookie SYN-ACKs sent.",
+	CounterSYNReceived:   "Client SYNs to a protected service seen by the engine or answered by the XDP fast path.",
+	CounterSYNACKSent:    "Cookie SYN-ACKs sent, by the engine or the XDP fast path.",
 	CounterCookieValid:   "Client ACKs whose SYN cookie validated.",
 	CounterCookieInvalid: "Client ACKs dropped because no flow or cookie matched.",
 	CounterHandedOff:     "Flows handed off to kernel conntrack.",
+	CounterXDPSYNACKSent: "Cookie SYN-ACKs sent by the XDP fast path (included in synguard_synack_sent_total).",
+	CounterXDPACKDropped: "Forged ACKs the XDP fast path dropped (included in synguard_cookie_invalid_total).",
 }
 
 // metricName maps an engine counter name to its exported metric name.
@@ -109,6 +121,7 @@ type Collector struct {
 	qNoBu      *prometheus.Desc
 	qBatch     *prometheus.Desc
 	qVErr      *prometheus.Desc
+	xdpPackets *prometheus.Desc
 }
 
 // NewCollector builds a collector reading src.
@@ -134,6 +147,7 @@ func NewCollector(src Source, cfg CollectorConfig) *Collector {
 	c.qBatch = prometheus.NewDesc(Namespace+"_queue_batches_total", "Receive batches the queue's packets came in; received/batches is the mean batch size.", []string{"queue"}, nil)
 	c.qNoBu = prometheus.NewDesc(Namespace+"_queue_enobufs_total", "Times the kernel reported the queue socket's buffer overflowed.", []string{"queue"}, nil)
 	c.qVErr = prometheus.NewDesc(Namespace+"_queue_verdict_errors_total", "Verdicts that could not be delivered.", []string{"queue"}, nil)
+	c.xdpPackets = prometheus.NewDesc(Namespace+"_xdp_packets_total", "Packets the XDP fast path handled, by action: tx (answered with a SYN-ACK), drop (forged ACKs, SYN-ACKs the amplification guard withheld), pass (left to the kernel and the queue).", []string{"action"}, nil)
 	return c
 }
 
@@ -142,7 +156,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range c.descs {
 		ch <- d
 	}
-	for _, d := range []*prometheus.Desc{c.mode, c.halfOpen, c.pend, c.qRecv, c.qDrop, c.qNoBu, c.qVErr, c.qBatch} {
+	for _, d := range []*prometheus.Desc{c.mode, c.halfOpen, c.pend, c.qRecv, c.qDrop, c.qNoBu, c.qVErr, c.qBatch, c.xdpPackets} {
 		ch <- d
 	}
 	if c.handshake != nil {
@@ -190,6 +204,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.qNoBu, prometheus.CounterValue, float64(q.ENOBUFS), id)
 		ch <- prometheus.MustNewConstMetric(c.qBatch, prometheus.CounterValue, float64(q.Batches), id)
 		ch <- prometheus.MustNewConstMetric(c.qVErr, prometheus.CounterValue, float64(q.VerdictError), id)
+	}
+	if xs, ok := c.src.(XDPSource); ok {
+		for action, n := range xs.XDPActions() {
+			ch <- prometheus.MustNewConstMetric(c.xdpPackets, prometheus.CounterValue, float64(n), action)
+		}
 	}
 	if c.log != nil {
 		for event, n := range c.log.Suppressed() {

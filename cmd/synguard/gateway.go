@@ -19,6 +19,7 @@ import (
 	"github.com/synguard/synguard/firewall"
 	"github.com/synguard/synguard/gateway"
 	"github.com/synguard/synguard/telemetry"
+	"github.com/synguard/synguard/xdp"
 )
 
 // gatewayFlags are the flags shared by run and rules.
@@ -32,6 +33,8 @@ type gatewayFlags struct {
 	keyFile     string
 	fail        string
 	replyPath   string
+	xdp         string
+	xdpIfaces   string
 	maxPending  int
 	backendMSS  uint
 	backendWS   int
@@ -52,6 +55,8 @@ func (f *gatewayFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.keyFile, "key-file", "", "32-byte cookie secret `file` (mode 0600) shared by gateways behind ECMP; default: random per start")
 	fs.StringVar(&f.fail, "fail", "closed", "when synguard is down or its queue is full: `closed` drops new SYNs (protects the backend), open passes them (protects availability)")
 	fs.StringVar(&f.replyPath, "reply-path", "ingress", "how SYN-ACKs and other replies leave: `ingress` sends each back out the interface its packet came in on, to the neighbour that sent it (fast: no route lookup, no OUTPUT/POSTROUTING rules); route routes them through the output hooks, as kernel SYNPROXY does (for asymmetric routing, or OUTPUT rules that must see them)")
+	fs.StringVar(&f.xdp, "xdp", "auto", "XDP fast path, SYNs answered and forged ACKs dropped at the driver: `auto` (native where it cannot lose SYN-ACKs, generic on veth and where the driver lacks XDP), native, generic, or off (every packet through the queue)")
+	fs.StringVar(&f.xdpIfaces, "xdp-interfaces", "", "`IF[,IF...]`: the links clients arrive on, for XDP (default: every link that is up, has an Ethernet address and is not loopback)")
 	fs.IntVar(&f.maxPending, "max-pending", engine.DefaultMaxPending, "bound on flows waiting for their backend")
 	fs.UintVar(&f.backendMSS, "backend-mss", 0, "announce this MSS instead of the learned one (with --backend-wscale and --backend-sack)")
 	fs.IntVar(&f.backendWS, "backend-wscale", -2, "announce this window scale (-1: none) instead of the learned one")
@@ -130,6 +135,19 @@ func (f *gatewayFlags) config() (gateway.Config, error) {
 	if err != nil {
 		return gateway.Config{}, usagef("--reply-path: %v", err)
 	}
+	xdpMode, err := xdp.ParseMode(f.xdp)
+	if err != nil {
+		return gateway.Config{}, usagef("--xdp: %v", err)
+	}
+	var xdpIfaces []string
+	if f.xdpIfaces != "" {
+		if xdpMode == xdp.ModeOff {
+			return gateway.Config{}, usagef("--xdp-interfaces names links for XDP, but --xdp is off")
+		}
+		if xdpIfaces, err = xdp.ParseInterfaces(f.xdpIfaces); err != nil {
+			return gateway.Config{}, usagef("%v", err)
+		}
+	}
 	if f.maxPending < 1 {
 		return gateway.Config{}, usagef("--max-pending %d: must be at least 1", f.maxPending)
 	}
@@ -148,20 +166,22 @@ func (f *gatewayFlags) config() (gateway.Config, error) {
 		return gateway.Config{}, err
 	}
 	cfg := gateway.Config{
-		Services:    f.protect,
-		Mode:        mode,
-		Queue:       uint16(f.queue),
-		Queues:      uint16(f.queues),
-		Local:       f.local,
-		FailOpen:    failOpen,
-		ReplyPath:   replyPath,
-		KeyFile:     f.keyFile,
-		MetricsAddr: f.metrics,
-		Backend:     backend,
-		MaxPending:  f.maxPending,
-		Thresholds:  f.thresholds,
-		EngineMark:  firewall.DefaultEngineMark,
-		HandoffMark: firewall.DefaultHandoffMark,
+		Services:      f.protect,
+		Mode:          mode,
+		Queue:         uint16(f.queue),
+		Queues:        uint16(f.queues),
+		Local:         f.local,
+		FailOpen:      failOpen,
+		ReplyPath:     replyPath,
+		XDP:           xdpMode,
+		XDPInterfaces: xdpIfaces,
+		KeyFile:       f.keyFile,
+		MetricsAddr:   f.metrics,
+		Backend:       backend,
+		MaxPending:    f.maxPending,
+		Thresholds:    f.thresholds,
+		EngineMark:    firewall.DefaultEngineMark,
+		HandoffMark:   firewall.DefaultHandoffMark,
 	}
 	if f.statsEvery < time.Second {
 		return gateway.Config{}, usagef("--stats-interval %v: want 1s or more", f.statsEvery)

@@ -76,6 +76,9 @@ function renderService(s) {
   set("half_open", fmtInt(s.half_open), s.half_open);
   set("syn", fmtRate(s.rates.syn), s.rates.syn);
   set("synack", fmtRate(s.rates.synack), s.rates.synack);
+  const xdp = s.rates.xdp_synack || 0;
+  const share = s.rates.synack > 0 ? Math.round((100 * xdp) / s.rates.synack) : 0;
+  set("synack_path", s.rates.synack > 0 ? "XDP " + share + "% · queue " + (100 - share) + "%" : "", share);
   set("cookie_valid", fmtRate(s.rates.cookie_valid), s.rates.cookie_valid);
   set("cookie_invalid", fmtRate(s.rates.cookie_invalid), s.rates.cookie_invalid);
   set("handed_off", fmtRate(s.rates.handed_off), s.rates.handed_off);

@@ -1,0 +1,186 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/synguard/synguard/cookies"
+	"github.com/synguard/synguard/engine"
+	"github.com/synguard/synguard/telemetry"
+	"github.com/synguard/synguard/xdp"
+)
+
+// XDP timing: the program is brought in step with the engine every
+// xdpSyncEvery, and answers for xdpFreshness past the engine's last
+// control tick: an engine that stalls for that long loses its fast path
+// and the NFQUEUE path, with its --fail semantics, takes every packet.
+const (
+	xdpSyncEvery = 100 * time.Millisecond
+	xdpFreshness = time.Second
+)
+
+// fastPath is the XDP program on the gateway's links, kept in step with
+// the engine: each service's mode and backend options, the cookie keys
+// and a deadline renewed from the engine's heartbeat.
+type fastPath struct {
+	prog     *xdp.Program
+	services []netip.AddrPort
+	log      zerolog.Logger
+	// written is what the program's service map holds, so only changes
+	// are written.
+	written []xdp.Service
+	failed  bool // detached after an error; the NFQUEUE path has it all
+}
+
+// openFastPath loads the program and attaches it to the configured links
+// (by default every link clients can arrive on). With --xdp auto a link
+// or a kernel that cannot take it is logged and left to the NFQUEUE path;
+// an explicit mode that cannot be had is an error. It returns nil when
+// nothing was attached.
+func openFastPath(cfg Config) (*fastPath, error) {
+	if cfg.XDP == xdp.ModeOff {
+		return nil, nil
+	}
+	log := cfg.Logger
+	warn := func(err error) {
+		log.Warn().Err(err).Str(telemetry.FieldEvent, telemetry.EventXDPUnavailable).
+			Msg("XDP fast path unavailable; the NFQUEUE path handles these packets")
+	}
+	unavailable := func(err error) (*fastPath, error) {
+		if cfg.XDP != xdp.ModeAuto {
+			return nil, err
+		}
+		warn(err)
+		return nil, nil
+	}
+	names := cfg.XDPInterfaces
+	if len(names) == 0 {
+		var err error
+		if names, err = xdp.DefaultInterfaces(); err != nil {
+			return unavailable(err)
+		}
+	}
+	if len(cfg.Services) > xdp.MaxServices {
+		return unavailable(fmt.Errorf("xdp: %d services, the program holds %d", len(cfg.Services), xdp.MaxServices))
+	}
+	prog, err := xdp.Load()
+	if err != nil {
+		return unavailable(err)
+	}
+	for _, name := range names {
+		if _, err := prog.Attach(name, cfg.XDP); err != nil {
+			if cfg.XDP != xdp.ModeAuto {
+				prog.Close()
+				return nil, err
+			}
+			warn(err)
+		}
+	}
+	if len(prog.Attached()) == 0 {
+		prog.Close()
+		return nil, nil
+	}
+	return &fastPath{prog: prog, services: cfg.Services, log: log, written: make([]xdp.Service, len(cfg.Services))}, nil
+}
+
+// Counts are the program's counts as engine counters, for the engine to
+// add to its own: the control loop and the metrics see the SYNs answered
+// at the driver.
+func (f *fastPath) Counts(svc int) engine.Stats {
+	var s engine.Stats
+	c, err := f.prog.Counters(svc)
+	if err != nil {
+		return s
+	}
+	s.Add(engine.SYNReceived, c.SYNReceived)
+	s.Add(engine.SYNACKSent, c.SYNACKSent)
+	s.Add(engine.AmplificationGuard, c.AmplificationGuard)
+	s.Add(engine.CookieInvalid, c.ACKInvalid)
+	return s
+}
+
+// run keeps the program in step with eng until ctx is done. An error
+// detaches the program: protection goes on through the NFQUEUE path.
+func (f *fastPath) run(ctx context.Context, eng *engine.Engine, jar *cookies.Jar) error {
+	t := time.NewTicker(xdpSyncEvery)
+	defer t.Stop()
+	for {
+		if err := f.sync(eng, jar, time.Now()); err != nil {
+			f.log.Error().Err(err).Str(telemetry.FieldEvent, telemetry.EventXDPFailed).
+				Msg("XDP fast path detached; the NFQUEUE path handles every packet")
+			f.failed = true
+			f.prog.Detach()
+			<-ctx.Done()
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// sync writes what changed of each service and renews the keys and the
+// deadline.
+func (f *fastPath) sync(eng *engine.Engine, jar *cookies.Jar, now time.Time) error {
+	for i, addr := range f.services {
+		b := eng.Backend(i)
+		s := xdp.Service{Addr: addr, Mode: xdpMode(eng, i), MSS: b.MSS, WindowScale: b.WindowScale, SACKPermitted: b.SACKPermitted}
+		if s == f.written[i] {
+			continue
+		}
+		if err := f.prog.SetService(i, s); err != nil {
+			return err
+		}
+		f.written[i] = s
+	}
+	return f.prog.Renew(jar.EpochKeys(now), eng.LastControl().Add(xdpFreshness))
+}
+
+// xdpMode is what the program does with service i's packets.
+func xdpMode(eng *engine.Engine, i int) xdp.ServiceMode {
+	switch {
+	case eng.Mode() == engine.ModeOff:
+		return xdp.Observe
+	case eng.ServiceState(i) == engine.StateCookie:
+		return xdp.Cookie
+	}
+	return xdp.Passthrough
+}
+
+// attachments names each link's XDP mode for the start event.
+func (f *fastPath) attachments() *zerolog.Event {
+	d := zerolog.Dict()
+	if f != nil {
+		for _, a := range f.prog.Attached() {
+			d.Str(a.Interface, a.Mode.String())
+		}
+	}
+	return d
+}
+
+// actions are the program's verdict counts for synguard_xdp_packets_total.
+func (f *fastPath) actions() map[string]uint64 {
+	a, err := f.prog.Actions()
+	if err != nil {
+		return nil
+	}
+	return map[string]uint64{"pass": a.Pass, "drop": a.Drop, "tx": a.TX}
+}
+
+// counters adds service svc's fast-path counters to m, beside the
+// engine's (which include them), so a dashboard can tell which path
+// answers.
+func (f *fastPath) counters(svc int, m map[string]uint64) {
+	c, err := f.prog.Counters(svc)
+	if err != nil {
+		return
+	}
+	m[telemetry.CounterXDPSYNACKSent] = c.SYNACKSent
+	m[telemetry.CounterXDPACKDropped] = c.ACKInvalid
+}
