@@ -9,7 +9,7 @@ if [ "$(id -u)" -ne 0 ]; then
 	exit 1
 fi
 
-packages=(iptables conntrack iproute2 procps kmod curl ca-certificates chromium)
+packages=(iptables conntrack iproute2 procps kmod curl ca-certificates chromium iperf3)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -672,6 +672,10 @@ int synguard_xdp(struct xdp_md *ctx)
 		p.ip_len = bpf_ntohs(ip->tot_len);
 		if (p.ip_len < sizeof(*ip) + sizeof(*tcp) || (void *)ip + p.ip_len > end)
 			return PASS();
+		// A header with a bad checksum is the kernel's to drop, before
+		// netfilter sees it; it must not be answered here.
+		if (csum_fold(csum_add(ip, sizeof(*ip), 0)) != 0xffff)
+			return PASS();
 		p.f.family = 4;
 		p.f.client[10] = 0xff;
 		p.f.client[11] = 0xff;
