@@ -568,12 +568,10 @@ static __always_inline int answer_syn(struct xdp_md *ctx, struct pkt *p, struct 
 // handshake), and drops it otherwise: a forged ACK never reaches the queue.
 static __always_inline int check_ack(struct xdp_md *ctx, struct pkt *p, struct svc_val *svc)
 {
-	__s64 epoch;
-	int idx;
-	struct engine_control *c = control_now(&epoch, &idx);
-	if (!c || svc->index >= MAX_SERVICES)
+	if (svc->index >= MAX_SERVICES)
 		return PASS();
-
+	// Established flows first: every data segment of a handed-off flow
+	// comes this way, and should cost no more than the lookup.
 	struct bpf_sock_tuple tup = {};
 	__u32 tup_len;
 	if (p->ipv6) {
@@ -596,6 +594,11 @@ static __always_inline int check_ack(struct xdp_md *ctx, struct pkt *p, struct s
 		return PASS();
 	}
 
+	__s64 epoch;
+	int idx;
+	struct engine_control *c = control_now(&epoch, &idx);
+	if (!c)
+		return PASS();
 	__u32 cookie = p->ack - 1;
 	__u8 low = cookie & 0xff;
 	// The key of whichever of this epoch and the last has the cookie's
