@@ -25,6 +25,7 @@ import (
 	"github.com/synguard/synguard/firewall"
 	"github.com/synguard/synguard/internal/poll"
 	"github.com/synguard/synguard/internal/roottest"
+	"github.com/synguard/synguard/internal/syncbuf"
 	"github.com/synguard/synguard/lab"
 	"github.com/synguard/synguard/lab/netns"
 	"github.com/synguard/synguard/packet"
@@ -89,33 +90,17 @@ type gateway struct {
 	t    *testing.T
 	ns   *netns.NS
 	cmd  *exec.Cmd
-	log  *syncBuffer
+	log  *syncbuf.Buffer
 	done chan error
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // startGateway runs `synguard run ARGS --metrics ...` inside ns and waits
 // until its metrics answer. The process is stopped with SIGTERM at cleanup
 // and must then exit cleanly.
 func startGateway(t *testing.T, ns *netns.NS, args ...string) *gateway {
 	t.Helper()
-	g := &gateway{t: t, ns: ns, log: &syncBuffer{}, done: make(chan error, 1)}
+	g := &gateway{t: t, ns: ns, log: &syncbuf.Buffer{}, done: make(chan error, 1)}
 	args = append([]string{"run", "--metrics", metricsAddr}, args...)
 	g.cmd = ns.Command(context.Background(), binary, args...)
 	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
@@ -183,7 +168,7 @@ func flood(t *testing.T, ns *netns.NS, target netip.AddrPort, rate, count int, d
 	t.Helper()
 	cmd := ns.Command(context.Background(), binary, "bench", "flood", "--target", target.String(),
 		"--rate", fmt.Sprint(rate), "--count", fmt.Sprint(count), "--duration", d.String())
-	out := &syncBuffer{}
+	out := &syncbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

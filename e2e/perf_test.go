@@ -16,6 +16,7 @@ import (
 	"github.com/synguard/synguard/bench"
 	"github.com/synguard/synguard/internal/poll"
 	"github.com/synguard/synguard/internal/roottest"
+	"github.com/synguard/synguard/internal/syncbuf"
 	"github.com/synguard/synguard/lab"
 )
 
@@ -136,7 +137,7 @@ func floodGateway(b *testing.B, exe string, topo *lab.Topology, service netip.Ad
 		args = append(args, "--cpuprofile", profile)
 	}
 	cmd := topo.Gateway.Command(ctx, exe, args...)
-	log := &syncBuffer{}
+	log := &syncbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/synguard/synguard/cookies"
 	"github.com/synguard/synguard/nf"
 	"github.com/synguard/synguard/packet"
 )
@@ -322,26 +321,12 @@ func TestAlwaysModeNeverPasses(t *testing.T) {
 }
 
 func BenchmarkHandleSYNPassthrough(b *testing.B) {
-	jar, err := cookies.New(cookies.Config{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	e, err := New(Config{Services: []netip.AddrPort{server}, Mode: ModeAuto, Cookies: jar, NewBatch: discardBatches, Kernel: &fakeHandoff{}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	w := e.NewWorker(discardBatches())
 	pkts := make([][]byte, 1024)
 	for i := range pkts {
 		k := flow(i)
 		pkts[i] = build(b, packet.Segment{Src: k.client, Dst: k.server, Seq: 1, Flags: packet.SYN, Options: linuxOptions()})
 	}
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		w.Handle(pkts[i&1023], nf.Prerouting)
-		i++
-	}
+	benchHandle(b, ModeAuto, nf.Prerouting, 64, pkts...)
 }
 
 // fastPathCounts stands in for a fast path outside the engine (XDP) that

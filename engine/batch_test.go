@@ -6,7 +6,6 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/synguard/synguard/cookies"
 	"github.com/synguard/synguard/nf"
 	"github.com/synguard/synguard/packet"
 )
@@ -202,23 +201,5 @@ func TestHandleBatchAllocatesNothing(t *testing.T) {
 		h.w.Flush()
 	}); n != 0 {
 		t.Fatalf("a batch of 32 SYNs and 32 invalid ACKs allocates %.1f times", n)
-	}
-}
-
-func BenchmarkHandleSYNBatched(b *testing.B) {
-	jar, _ := cookies.New(cookies.Config{})
-	e, err := New(Config{Services: []netip.AddrPort{server}, Cookies: jar, NewBatch: discardBatches, Kernel: &fakeHandoff{}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	w := e.NewWorker(discardBatches())
-	in := build(b, syn(client, server, linuxOptions()))
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		w.Handle(in, nf.Prerouting)
-		if i++; i%64 == 0 {
-			w.Flush()
-		}
 	}
 }

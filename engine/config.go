@@ -24,27 +24,21 @@ const (
 )
 
 // String returns the mode's command-line name.
+var modeNames = [...]string{ModeAlways: "always", ModeAuto: "auto", ModeOff: "off"}
+
 func (m Mode) String() string {
-	switch m {
-	case ModeAlways:
-		return "always"
-	case ModeAuto:
-		return "auto"
-	case ModeOff:
-		return "off"
+	if m != 0 && int(m) < len(modeNames) {
+		return modeNames[m]
 	}
 	return fmt.Sprintf("mode(%d)", uint8(m))
 }
 
 // ParseMode parses a command-line mode name.
 func ParseMode(s string) (Mode, error) {
-	switch s {
-	case "always":
-		return ModeAlways, nil
-	case "auto":
-		return ModeAuto, nil
-	case "off":
-		return ModeOff, nil
+	for m, name := range modeNames {
+		if m != 0 && s == name {
+			return Mode(m), nil
+		}
 	}
 	return 0, fmt.Errorf("unknown mode %q (want always, auto or off)", s)
 }

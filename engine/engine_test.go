@@ -671,34 +671,37 @@ func TestHandleSYNAllocatesNothing(t *testing.T) {
 	}
 }
 
-func BenchmarkHandleSYN(b *testing.B) {
-	jar, _ := cookies.New(cookies.Config{})
-	e, err := New(Config{Services: []netip.AddrPort{server}, Cookies: jar, NewBatch: discardBatches, Kernel: &fakeHandoff{}})
+// benchHandle measures a worker of an engine in mode handling pkts in
+// turn, flushing its batch every flushEvery packets, as the gateway does
+// at the end of each receive batch.
+func benchHandle(b *testing.B, mode Mode, hook nf.Hook, flushEvery int, pkts ...[]byte) {
+	jar, err := cookies.New(cookies.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	e, err := New(Config{Services: []netip.AddrPort{server}, Mode: mode, Cookies: jar, NewBatch: discardBatches, Kernel: &fakeHandoff{}})
 	if err != nil {
 		b.Fatal(err)
 	}
 	w := e.NewWorker(discardBatches())
-	in := build(b, syn(client, server, linuxOptions()))
 	b.ReportAllocs()
+	i := 0
 	for b.Loop() {
-		w.Handle(in, nf.Unknown)
-		w.Flush()
+		w.Handle(pkts[i%len(pkts)], hook)
+		if i++; i%flushEvery == 0 {
+			w.Flush()
+		}
 	}
 }
 
+func BenchmarkHandleSYN(b *testing.B) {
+	in := build(b, syn(client, server, linuxOptions()))
+	b.Run("flush=1", func(b *testing.B) { benchHandle(b, ModeAlways, nf.Prerouting, 1, in) })
+	b.Run("flush=64", func(b *testing.B) { benchHandle(b, ModeAlways, nf.Prerouting, 64, in) })
+}
+
 func BenchmarkHandleInvalidACK(b *testing.B) {
-	jar, _ := cookies.New(cookies.Config{})
-	e, err := New(Config{Services: []netip.AddrPort{server}, Cookies: jar, NewBatch: discardBatches, Kernel: &fakeHandoff{}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	w := e.NewWorker(discardBatches())
-	in := build(b, packet.Segment{Src: client, Dst: server, Seq: 5, Ack: 9, Flags: packet.ACK})
-	b.ReportAllocs()
-	for b.Loop() {
-		w.Handle(in, nf.Unknown)
-		w.Flush()
-	}
+	benchHandle(b, ModeAlways, nf.Forward, 1, build(b, packet.Segment{Src: client, Dst: server, Seq: 5, Ack: 9, Flags: packet.ACK}))
 }
 
 // TestNewFlowOnLingeringPorts: a client that reconnects from the ports of

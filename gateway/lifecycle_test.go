@@ -1,15 +1,11 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"runtime"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,6 +15,9 @@ import (
 	"github.com/synguard/synguard/engine"
 	"github.com/synguard/synguard/internal/nstest"
 	"github.com/synguard/synguard/internal/poll"
+	"github.com/synguard/synguard/internal/syncbuf"
+	"github.com/synguard/synguard/lab/netns"
+	"github.com/synguard/synguard/xdp"
 )
 
 // lifecycleConfig is a gateway for one service in a namespace of its
@@ -33,6 +32,7 @@ func lifecycleConfig() Config {
 		Queues:      2,
 		MetricsAddr: "127.0.0.1:0",
 		Backend:     &engine.BackendOptions{MSS: 1460, WindowScale: 7, SACKPermitted: true},
+		XDP:         xdp.ModeOff, // the namespace has no link it could go on
 		Logger:      zerolog.Nop(),
 	}
 }
@@ -54,26 +54,25 @@ func projectGoroutines() []string {
 	return left
 }
 
-// runFailing opens and installs a gateway in a fresh namespace, starts
-// serving it with a context nobody cancels, and calls fail once every
-// part runs: only a part's failure can end serve. It returns serve's
-// error and the namespace's rules afterwards.
-func runFailing(t *testing.T, fail func(g *gateway)) (error, string) {
+// serveIn opens and installs a gateway for cfg in namespace ns, lets
+// prepare act on it (add a part, break one, cancel ctx), serves it with
+// ctx, and requires serve to return with none of its goroutines left. It
+// returns serve's error and the namespace's rules afterwards.
+func serveIn(t *testing.T, ns *netns.NS, ctx context.Context, cfg Config, prepare func(g *gateway)) (error, string) {
 	t.Helper()
-	ns := nstest.New(t, "sggw-life")
 	var serveErr error
 	err := ns.Do(func() error {
-		g, err := open(lifecycleConfig())
+		g, err := open(cfg)
 		if err != nil {
 			return err
 		}
 		defer g.close()
-		rules, err := g.install(context.Background())
+		rules, err := g.install(ctx)
 		if err != nil {
 			return err
 		}
-		fail(g)
-		serveErr = g.serve(context.Background(), rules)
+		prepare(g)
+		serveErr = g.serve(ctx, rules)
 		if left := projectGoroutines(); len(left) > 0 {
 			return fmt.Errorf("serve returned with goroutines still running:\n%s", strings.Join(left, "\n\n"))
 		}
@@ -82,11 +81,23 @@ func runFailing(t *testing.T, fail func(g *gateway)) (error, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveErr, iptablesSave(t, ns)
+}
+
+func iptablesSave(t *testing.T, ns *netns.NS) string {
+	t.Helper()
 	rules, err := ns.Output(context.Background(), "iptables-save")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return serveErr, rules
+	return rules
+}
+
+// runFailing serves a gateway with a context nobody cancels, after fail
+// broke it: only a part's failure can end serve.
+func runFailing(t *testing.T, fail func(g *gateway)) (error, string) {
+	t.Helper()
+	return serveIn(t, nstest.New(t, "sggw-life"), context.Background(), lifecycleConfig(), fail)
 }
 
 // slowToStop is a part that takes a while to wind down once told to, as
@@ -136,38 +147,16 @@ func TestPartStoppingEarlyIsAFailure(t *testing.T) {
 // goroutine gone and the rules removed.
 func TestServeStopsOnCancel(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	ns := nstest.New(t, "sggw-life")
 	ctx, cancel := context.WithCancel(context.Background())
-	var serveErr error
-	if err := ns.Do(func() error {
-		g, err := open(lifecycleConfig())
-		if err != nil {
-			return err
-		}
-		defer g.close()
-		rules, err := g.install(ctx)
-		if err != nil {
-			return err
-		}
+	err, rules := serveIn(t, nstest.New(t, "sggw-life"), ctx, lifecycleConfig(), func(g *gateway) {
 		if n := len(g.parts); n != 5 {
-			return errors.New("want 5 parts: engine, telemetry, 2 queues, metrics")
+			t.Errorf("%d parts, want 5: engine, telemetry, 2 queues, metrics", n)
 		}
 		g.parts = append(g.parts, slowToStop)
 		cancel()
-		serveErr = g.serve(ctx, rules)
-		if left := projectGoroutines(); len(left) > 0 {
-			return fmt.Errorf("serve returned with goroutines still running:\n%s", strings.Join(left, "\n\n"))
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if serveErr != nil {
-		t.Fatalf("serve after cancel: %v", serveErr)
-	}
-	rules, err := ns.Output(context.Background(), "iptables-save")
+	})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("serve after cancel: %v", err)
 	}
 	if strings.Contains(rules, "SYNGUARD") {
 		t.Fatalf("rules left after stop:\n%s", rules)
@@ -175,65 +164,31 @@ func TestServeStopsOnCancel(t *testing.T) {
 }
 
 // TestMetricsFailureKeepsProtecting: the metrics server is the one part
-// whose failure stops nothing: it is logged, and protection goes on until
-// the gateway is told to stop.
+// whose failure stops nothing: it is logged, and the rules stay in place
+// until the gateway is told to stop.
 func TestMetricsFailureKeepsProtecting(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	ns := nstest.New(t, "sggw-life")
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	cfg := lifecycleConfig()
 	cfg.Logger = zerolog.New(&logs)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var served atomic.Bool
-	stillServing := make(chan bool, 1)
-	var serveErr error
-	if err := ns.Do(func() error {
-		g, err := open(cfg)
-		if err != nil {
-			return err
-		}
-		defer g.close()
-		rules, err := g.install(ctx)
-		if err != nil {
-			return err
-		}
+	protecting := make(chan bool, 1)
+	err, _ := serveIn(t, ns, ctx, cfg, func(g *gateway) {
 		g.metrics.Close()
 		go func() {
-			stillServing <- poll.Stays(500*time.Millisecond, func() bool { return !served.Load() })
+			protecting <- poll.Stays(500*time.Millisecond, func() bool { return strings.Contains(iptablesSave(t, ns), "SYNGUARD") })
 			cancel()
 		}()
-		serveErr = g.serve(ctx, rules)
-		served.Store(true)
-		return nil
-	}); err != nil {
-		t.Fatal(err)
+	})
+	if !<-protecting {
+		t.Fatalf("the rules came down (serve: %v) after the metrics server failed", err)
 	}
-	if !<-stillServing {
-		t.Fatalf("serve returned (%v) after the metrics server failed", serveErr)
-	}
-	if serveErr != nil {
-		t.Fatalf("serve after cancel: %v", serveErr)
+	if err != nil {
+		t.Fatalf("serve after cancel: %v", err)
 	}
 	if !strings.Contains(logs.String(), `"event":"metrics_failed"`) {
 		t.Fatalf("no metrics_failed event in:\n%s", logs.String())
 	}
-}
-
-// syncBuffer is a bytes.Buffer the gateway's goroutines may log to at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -40,18 +40,11 @@ const (
 	Unknown Hook = 0xff
 )
 
+var hookNames = [...]string{"prerouting", "input", "forward", "output", "postrouting"}
+
 func (h Hook) String() string {
-	switch h {
-	case Prerouting:
-		return "prerouting"
-	case Input:
-		return "input"
-	case Forward:
-		return "forward"
-	case Output:
-		return "output"
-	case Postrouting:
-		return "postrouting"
+	if int(h) < len(hookNames) {
+		return hookNames[h]
 	}
 	return fmt.Sprintf("hook(%d)", uint8(h))
 }

@@ -38,25 +38,20 @@ const (
 	ModeOff
 )
 
+var modeNames = [...]string{ModeAuto: "auto", ModeNative: "native", ModeGeneric: "generic", ModeOff: "off"}
+
 func (m Mode) String() string {
-	switch m {
-	case ModeAuto:
-		return "auto"
-	case ModeNative:
-		return "native"
-	case ModeGeneric:
-		return "generic"
-	case ModeOff:
-		return "off"
+	if int(m) < len(modeNames) {
+		return modeNames[m]
 	}
 	return fmt.Sprintf("mode(%d)", uint8(m))
 }
 
 // ParseMode reads --xdp.
 func ParseMode(s string) (Mode, error) {
-	for m := ModeAuto; m <= ModeOff; m++ {
-		if s == m.String() {
-			return m, nil
+	for m, name := range modeNames {
+		if s == name {
+			return Mode(m), nil
 		}
 	}
 	return 0, fmt.Errorf("unknown XDP mode %q: want auto, native, generic or off", s)
