@@ -94,7 +94,6 @@ type gateway struct {
 	done chan error
 }
 
-
 // startGateway runs `synguard run ARGS --metrics ...` inside ns and waits
 // until its metrics answer. The process is stopped with SIGTERM at cleanup
 // and must then exit cleanly.

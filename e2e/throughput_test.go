@@ -15,6 +15,7 @@ import (
 	"github.com/synguard/synguard/internal/poll"
 	"github.com/synguard/synguard/internal/roottest"
 	"github.com/synguard/synguard/lab"
+	"github.com/synguard/synguard/xdp"
 )
 
 var (
@@ -23,12 +24,14 @@ var (
 )
 
 // BenchmarkHandedOffThroughput measures what protection costs a flow once
-// it is handed off: iperf3 through the lab's gateway with plain
-// forwarding, with synguard and its XDP fast path off, and with the fast
-// path on (generic mode on the client's veth). Set-ups alternate, round
-// after round, in one lab; it reports each set-up's median and spread and
-// its ratio to plain forwarding. It asserts nothing about speed. Run it
-// alone, as root (needs iperf3):
+// it is handed off: iperf3 through the lab's gateway, client to server
+// (up) and server to client (down), with plain forwarding, with synguard
+// and its XDP fast path off, with it in generic mode on the client's
+// veth, and in native mode there (a program on the client's end too, as
+// native XDP_TX on veth needs). Set-ups alternate, round after round, in
+// one lab; it reports each one's median, spread and ratio to plain
+// forwarding. It asserts nothing about speed. Run it alone, as root (needs
+// iperf3):
 //
 //	go test -run '^$' -bench HandedOffThroughput -benchtime 1x ./e2e/ [-args -tput.rounds 5]
 func BenchmarkHandedOffThroughput(b *testing.B) {
@@ -51,31 +54,61 @@ func BenchmarkHandedOffThroughput(b *testing.B) {
 	setups := []struct {
 		name string
 		args []string // nil: no synguard
+		peer bool     // an XDP program on the client's end of the link
 	}{
-		{"plain", nil},
-		{"xdp-off", []string{"--xdp", "off"}},
-		{"xdp-generic", []string{"--xdp", "generic", "--xdp-interfaces", topo.GatewayClientSide}},
+		{"plain", nil, false},
+		{"xdp-off", []string{"--xdp", "off"}, false},
+		{"xdp-generic", []string{"--xdp", "generic", "--xdp-interfaces", topo.GatewayClientSide}, false},
+		{"xdp-native", []string{"--xdp", "native", "--xdp-interfaces", topo.GatewayClientSide}, true},
 	}
 	results := make(map[string][]float64)
 	for range *tputRounds {
 		for _, s := range setups {
+			var detach func()
+			if s.peer {
+				detach = peerXDP(b, topo)
+			}
 			var stop func()
 			if s.args != nil {
 				stop = startForBench(b, topo, append([]string{"--protect", service.String(), "--mode", "always"}, s.args...))
 			}
-			results[s.name] = append(results[s.name], iperf(b, topo, service, *tputDuration))
+			for _, dir := range []string{"up", "down"} {
+				results[s.name+"/"+dir] = append(results[s.name+"/"+dir], iperf(b, topo, service, *tputDuration, dir == "down"))
+			}
 			if stop != nil {
 				stop()
 			}
+			if detach != nil {
+				detach()
+			}
 		}
 	}
-	plain := median(results["plain"])
-	for _, s := range setups {
-		r := results[s.name]
-		sort.Float64s(r)
-		b.Logf("%-12s median %6.2f Gbit/s (min %.2f, max %.2f), %.3f× plain", s.name, median(r)/1e9, r[0]/1e9, r[len(r)-1]/1e9, median(r)/plain)
-		b.ReportMetric(median(r)/1e9, s.name+"-Gbit/s")
+	for _, dir := range []string{"up", "down"} {
+		plain := median(results["plain/"+dir])
+		for _, s := range setups {
+			r := results[s.name+"/"+dir]
+			sort.Float64s(r)
+			b.Logf("%-4s %-12s median %6.2f Gbit/s (min %.2f, max %.2f), %.3f× plain", dir, s.name, median(r)/1e9, r[0]/1e9, r[len(r)-1]/1e9, median(r)/plain)
+			b.ReportMetric(median(r)/plain, s.name+"-"+dir+"/plain")
+		}
 	}
+}
+
+// peerXDP attaches an XDP program that passes everything to the client's
+// end of the gateway link, natively, and returns its detach.
+func peerXDP(b *testing.B, topo *lab.Topology) func() {
+	b.Helper()
+	var p *xdp.Program
+	if err := topo.Client.Do(func() (err error) {
+		if p, err = xdp.Load(); err != nil {
+			return err
+		}
+		_, err = p.Attach(topo.ClientSide, xdp.ModeNative)
+		return err
+	}); err != nil {
+		b.Fatal(err)
+	}
+	return func() { p.Close() }
 }
 
 // startForBench runs a gateway for a benchmark and returns its stop.
@@ -100,12 +133,16 @@ func startForBench(b *testing.B, topo *lab.Topology, args []string) func() {
 	}
 }
 
-// iperf runs one iperf3 client from the client namespace and returns the
-// throughput the receiver saw, in bit/s.
-func iperf(b *testing.B, topo *lab.Topology, service netip.AddrPort, d time.Duration) float64 {
+// iperf runs one iperf3 client from the client namespace (the server
+// sending, with reverse) and returns the throughput the receiver saw, in
+// bit/s.
+func iperf(b *testing.B, topo *lab.Topology, service netip.AddrPort, d time.Duration, reverse bool) float64 {
 	b.Helper()
-	out, err := topo.Client.Output(context.Background(), "iperf3", "--client", service.Addr().String(),
-		"--port", fmt.Sprint(service.Port()), "--time", fmt.Sprint(int(d.Seconds())), "--json")
+	args := []string{"--client", service.Addr().String(), "--port", fmt.Sprint(service.Port()), "--time", fmt.Sprint(int(d.Seconds())), "--json"}
+	if reverse {
+		args = append(args, "--reverse")
+	}
+	out, err := topo.Client.Output(context.Background(), "iperf3", args...)
 	if err != nil {
 		b.Fatalf("iperf3: %v", err)
 	}
