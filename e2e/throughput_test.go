@@ -50,6 +50,12 @@ func BenchmarkHandedOffThroughput(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { server.Process.Kill(); server.Wait() })
+	if !poll.Until(10*time.Second, func() bool {
+		out, err := topo.Backend.Output(context.Background(), "ss", "-Hltn", "sport", "=", fmt.Sprint(service.Port()))
+		return err == nil && out != ""
+	}) {
+		b.Fatal("iperf3 server not listening")
+	}
 
 	setups := []struct {
 		name string
