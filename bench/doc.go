@@ -1,14 +1,21 @@
-// Package bench measures how much SYN flood a setup survives and what it
-// costs legitimate clients: synguard, the kernel's SYNPROXY and an
+// Package bench measures how much SYN flood (or forged-ACK flood) a setup
+// survives and what it costs legitimate clients: synguard with its XDP
+// fast path, synguard through NFQUEUE alone, the kernel's SYNPROXY and an
 // unprotected backend, side by side in one run on one machine.
 //
 // # Generator
 //
-// A [Flooder] sends TCP SYNs that look like Linux's (MSS 1460 over IPv4
-// and 1440 over IPv6, as Linux announces on a 1500-byte MTU;
-// SACK-permitted; timestamps; window scale 7; window 44 or 45 segments)
-// from random spoofed sources, random ports (1024-65535) and random
-// initial sequence numbers and timestamps, to one target. The target must
+// A [Flooder] sends packets of one [Kind] ([FloodConfig.Kind]) to one
+// target. [KindSYN] (the default) is TCP SYNs that look like Linux's (MSS
+// 1460 over IPv4 and 1440 over IPv6, as Linux announces on a 1500-byte
+// MTU; SACK-permitted; timestamps; window scale 7; window 44 or 45
+// segments) with random initial sequence numbers and timestamps.
+// [KindACK] is forged ACKs: the ACK flag alone, random sequence and
+// acknowledgement numbers, and otherwise what a Linux client's handshake
+// ACK carries (NOP, NOP, timestamps with a random TSval and TSecr; window
+// 502, 64240 bytes at scale 7), so that they belong to no connection and
+// carry no valid cookie. One generator builds both, from random spoofed
+// sources and random ports (1024-65535). The target must
 // be a loopback, private, documentation or benchmarking address
 // ([LabTarget]). Sources are confined to the ranges the lab routes back
 // and that can never be real hosts: [lab.SpoofPrefix4] (198.18.0.0/15, the
@@ -44,39 +51,70 @@
 // [Run] builds its own lab ([lab.Up]) for one address [Family]
 // ([Config.Family]): IPv4 with the lab's IPv6 off, or IPv6, where the
 // service, the flood's sources, the legitimate clients and every gateway
-// rule (through ip6tables) are IPv6. Then for every offered rate it runs a
-// baseline and each [System]: [Synguard] (`synguard run --mode always
-// --queues N` in the gateway namespace, a fresh process per run, once for
-// each of [Config.Queues]), [Synproxy] (the
-// iptables-extensions manual's SYNPROXY recipe, in FORWARD, with the MSS
-// and window scale read from the backend's own SYN-ACK) and [None] (plain
-// forwarding to a backend with the kernel's SYN cookies). Before each run
-// the backend is restarted and the gateway's conntrack table flushed, so
-// no run inherits another's state. A run floods from the client namespace
-// while legitimate clients connect, and reads:
+// rule (through ip6tables) are IPv6. It floods with one [Kind]
+// ([Config.Attack]: SYNs by default, or forged ACKs). Then for every
+// offered rate it runs a baseline and each [System], in the order of
+// [AllSystems]: [Synguard] (`synguard run --mode always --queues N` in the
+// gateway namespace with its defaults, so with its XDP fast path, which on
+// the lab's veth links is --xdp auto's generic mode), [SynguardNFQueue]
+// (the same with --xdp off: every packet through NFQUEUE), [Synproxy]
+// (the iptables-extensions manual's SYNPROXY recipe, in FORWARD, with the
+// MSS and window scale read from the backend's own SYN-ACK) and [None]
+// (plain forwarding to a backend with the kernel's SYN cookies). Both
+// synguard systems are a fresh process per run, run once for each of
+// [Config.Queues]; with XDP the queues carry only what the program passes
+// (legitimate clients' cookie ACKs and established flows), which a sweep
+// over them then shows. Before each run the backend is restarted and the
+// gateway's conntrack table flushed, so no run inherits another's state.
+// A run floods from the client namespace while legitimate clients
+// connect, and reads:
 //
-//   - SYN-ACKs the gateway sends toward the spoofed sources, from a
-//     match-only iptables rule in mangle POSTROUTING on its client side,
-//     which every system's SYN-ACKs pass and which costs the same in every
-//     run;
+//   - in a SYN flood, SYN-ACKs toward the spoofed sources that reach the
+//     client namespace, from a match-only iptables rule in its raw
+//     PREROUTING (packetCounter), which every system's SYN-ACKs pass
+//     and which costs the same in every run;
+//   - in a forged-ACK flood instead, the forged ACKs that reach the
+//     backend (a match-only rule in the backend namespace's raw
+//     PREROUTING) and the RSTs toward the spoofed sources that reach the
+//     client namespace: what a system let through, and what the flood drew
+//     back;
 //   - CPU time, against the baseline at the same offered rate in which the
-//     gateway drops the flood in raw PREROUTING ([CPUPerSYN]): the run time
-//     of the benchmark's own tasks (this process, the lab's namespaces,
-//     kernel threads; see sampleProcesses), and the whole machine's busy
-//     time from /proc/stat ([ReadCPUTimes]) for comparison;
-//   - synguard's queue drops, the packets each of its queues received and
-//     its engine counters from its metrics, its peak RSS ([PeakRSS]) and
-//     its own CPU time ([ProcessCPU]);
+//     gateway drops the flood in raw PREROUTING (--syn, or the ACK flag
+//     alone; [CPUPerSYN], per SYN or per forged ACK): the run time of the
+//     benchmark's own tasks (this process, the lab's namespaces, kernel
+//     threads; see sampleProcesses), and the whole machine's busy time
+//     from /proc/stat ([ReadCPUTimes]) for comparison;
+//   - synguard's queue drops, the packets each of its queues received, its
+//     engine and XDP counters from its metrics, its peak RSS ([PeakRSS])
+//     and its own CPU time ([ProcessCPU]);
 //   - the kernel's input-backlog drops ([ReadBacklogDrops]).
+//
+// # Path
+//
+// Every run and baseline in report.json has a "path": how the flood was
+// handled. A synguard run is "xdp" when its XDP program did the work over
+// the run, read from the delta of synguard_xdp_packets_total: SYN-ACKs
+// sent (action="tx" > 0) in a SYN flood, packets dropped (action="drop" >
+// 0) in a forged-ACK flood, where the legitimate clients' SYNs are answered
+// in XDP whatever happens to the flood; otherwise it is "nfqueue", always
+// so for synguard-nfqueue. synproxy, none and the baselines are "kernel":
+// the field is never omitted, so that a reader of report.json need not
+// know which systems have one. Reports recorded before the field are read
+// as nfqueue for synguard, which had no XDP then, and kernel for the rest.
 //
 // # Report
 //
 // A [Report] is written as report.json, report.md (tables, a reading drawn
-// from the numbers, the method) and PNG plots of SYN-ACK rate, legitimate
-// success and CPU per SYN against offered load, drawn with gonum/plot,
-// with a line per system and per synguard queue count. A run's "system"
-// is always synguard, synproxy or none; its "queues" tells synguard's
-// runs at one rate apart (0 for the kernel systems).
-// [LoadReport] and [Report.Write] make the report files again from a
-// recorded report.json.
+// from the numbers, the method) and PNG plots against offered load, drawn
+// with gonum/plot, with a line per system and per synguard queue count:
+// SYN-ACK rate (synack.png) or, for a forged-ACK flood, the forged ACKs
+// reaching the backend (backend.png); legitimate success; CPU per SYN or
+// per forged ACK. A run's "system" is always synguard, synguard-nfqueue,
+// synproxy or none; its "queues" tells a synguard system's runs at one
+// rate apart (0 for the kernel systems). Report.Attack says which flood
+// it was, and each run carries that flood's keys only: syns_sent,
+// synack_pps, cpu_us_per_syn, ... for a SYN flood; acks_sent,
+// backend_ack_pps, rst_pps, cpu_us_per_ack, ... for a forged-ACK flood
+// (reports recorded before the field are SYN floods). [LoadReport] and
+// [Report.Write] make the report files again from a recorded report.json.
 package bench

@@ -41,10 +41,18 @@ func TestFamilyRules(t *testing.T) {
 			}
 			addr := service.Addr().String()
 
-			base := baselineRules(nil, fam, service)
+			base := baselineRules(nil, fam, service, KindSYN)
 			want := [][]string{{"raw", "PREROUTING", "-s", tt.spoof, "-d", addr, "-p", "tcp", "--syn", "-j", "DROP"}}
 			if base.iptables != tt.tool || !slices.EqualFunc(base.rules, want, slices.Equal) {
 				t.Errorf("baseline: %s %q, want %s %q", base.iptables, base.rules, tt.tool, want)
+			}
+			// A forged-ACK flood's baseline drops segments with the ACK
+			// flag alone.
+			baseACK := baselineRules(nil, fam, service, KindACK)
+			want = [][]string{{"raw", "PREROUTING", "-s", tt.spoof, "-d", addr, "-p", "tcp",
+				"--tcp-flags", "SYN,ACK,RST,FIN", "ACK", "-j", "DROP"}}
+			if baseACK.iptables != tt.tool || !slices.EqualFunc(baseACK.rules, want, slices.Equal) {
+				t.Errorf("ACK baseline: %s %q, want %s %q", baseACK.iptables, baseACK.rules, tt.tool, want)
 			}
 
 			sp := synproxyRules(nil, fam, service, opt)
@@ -66,15 +74,27 @@ func TestFamilyRules(t *testing.T) {
 				t.Errorf("synproxy sysctls %v, want %v", sp.sysctls, wantSysctls)
 			}
 
-			c := synackCounter{fam: fam}
+			c := synackCounter(nil, fam)
 			rule := c.rule()
 			wantRule := []string{"PREROUTING", "-i", "eth0", "-d", tt.spoof, "-p", "tcp",
 				"--tcp-flags", "SYN,ACK,RST,FIN", "SYN,ACK", "-m", "comment", "--comment", synackComment}
 			if !slices.Equal(rule, wantRule) {
 				t.Errorf("SYN-ACK counter %q, want %q", rule, wantRule)
 			}
-			all := strings.Join(rule, " ")
-			for _, r := range append(base.rules, sp.rules...) {
+			rst := rstCounter(nil, fam).rule()
+			wantRule = []string{"PREROUTING", "-i", "eth0", "-d", tt.spoof, "-p", "tcp",
+				"--tcp-flags", "RST", "RST", "-m", "comment", "--comment", rstComment}
+			if !slices.Equal(rst, wantRule) {
+				t.Errorf("RST counter %q, want %q", rst, wantRule)
+			}
+			backend := backendACKCounter(nil, fam, service).rule()
+			wantRule = []string{"PREROUTING", "-i", "eth0", "-s", tt.spoof, "-d", addr, "-p", "tcp", "--dport", "80",
+				"--tcp-flags", "SYN,ACK,RST,FIN", "ACK", "-m", "comment", "--comment", backendACKComment}
+			if !slices.Equal(backend, wantRule) {
+				t.Errorf("backend ACK counter %q, want %q", backend, wantRule)
+			}
+			all := strings.Join(rule, " ") + " " + strings.Join(rst, " ") + " " + strings.Join(backend, " ")
+			for _, r := range append(append(base.rules, baseACK.rules...), sp.rules...) {
 				all += " " + strings.Join(r, " ")
 			}
 			if strings.Contains(all, tt.notFound) {

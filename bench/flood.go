@@ -35,8 +35,35 @@ const (
 	sendBuffer  = 4 << 20
 )
 
+// Kind is what a flood sends: SYNs, or forged ACKs that belong to no
+// connection.
+type Kind string
+
+// The kinds of flood.
+const (
+	// KindSYN is Linux-like SYNs (see floodGen): the SYN flood.
+	KindSYN Kind = "syn"
+	// KindACK is forged ACKs: the ACK flag alone, random sequence and
+	// acknowledgement numbers, as a Linux client's handshake ACK looks
+	// otherwise (timestamps, window 502 at scale 7).
+	KindACK Kind = "ack"
+)
+
+// ParseKind checks a kind's name; empty is KindSYN.
+func ParseKind(s string) (Kind, error) {
+	switch k := Kind(s); k {
+	case "", KindSYN:
+		return KindSYN, nil
+	case KindACK:
+		return k, nil
+	}
+	return "", fmt.Errorf("unknown packet kind %q (want syn or ack)", s)
+}
+
 // FloodConfig describes one flood.
 type FloodConfig struct {
+	// Kind is what to send (KindSYN when empty).
+	Kind Kind
 	// Target must satisfy LabTarget.
 	Target netip.AddrPort
 	// Sources is where the spoofed source addresses are drawn from,
@@ -58,6 +85,9 @@ type FloodConfig struct {
 // Validate checks the bounds and the source range.
 func (c *FloodConfig) Validate() error {
 	dst := c.Target.Addr()
+	if _, err := ParseKind(string(c.Kind)); err != nil {
+		return fmt.Errorf("flood: %w", err)
+	}
 	switch {
 	case !dst.IsValid() || dst.IsUnspecified() || dst.Is4In6():
 		return fmt.Errorf("flood: invalid target address %v", dst)
@@ -147,7 +177,7 @@ func (s FloodStats) PPS() float64 {
 type Flooder struct {
 	cfg   FloodConfig
 	fd    int
-	gen   synGen
+	gen   floodGen
 	batch int
 	slot  int // bytes between packets in buf
 	buf   []byte
@@ -169,14 +199,14 @@ func NewFlooder(cfg FloodConfig) (*Flooder, error) {
 	f := &Flooder{
 		cfg:   cfg,
 		fd:    fd,
-		gen:   newSynGen(cfg.Target, cfg.Sources, rand.Uint64(), rand.Uint64()),
+		gen:   newFloodGen(cfg.Kind, cfg.Target, cfg.Sources, rand.Uint64(), rand.Uint64()),
 		batch: cfg.batchSize(),
 		slot:  packet.MaxHandshakeLen,
 	}
 	f.buf = make([]byte, f.batch*f.slot)
 	f.iovs = make([]unix.Iovec, f.batch)
 	f.msgs = make([]unix.Mmsghdr, f.batch)
-	// Every packet has the same options, hence the same length.
+	// Every packet of a kind has the same options, hence the same length.
 	n, err := f.gen.build(f.buf[:f.slot])
 	if err != nil {
 		unix.Close(fd)
@@ -331,23 +361,31 @@ func (f *Flooder) Run(ctx context.Context) (FloodStats, error) {
 	return finish(nil)
 }
 
-// synGen builds the flood's SYNs: random source address within the prefix,
-// random source port in 1024..65535, random ISN and timestamp, fixed
-// Linux-like options.
-type synGen struct {
+// floodGen builds the flood's packets, SYNs or forged ACKs: random source
+// address within the prefix, random source port in 1024..65535, random
+// sequence number and timestamp; a SYN carries fixed Linux-like options,
+// an ACK a random acknowledgement number and timestamp echo. One
+// generator makes both kinds, so that they differ in the TCP header alone.
+type floodGen struct {
 	rng  rand.PCG
 	seg  packet.Segment
 	dst  netip.AddrPort
 	is4  bool
+	ack  bool      // forged ACKs rather than SYNs
 	base [2]uint64 // the prefix, as a big-endian 128-bit number (IPv4 in the low 32 bits)
 	host [2]uint64 // mask of the host bits
 }
 
-func newSynGen(dst netip.AddrPort, src netip.Prefix, seed1, seed2 uint64) synGen {
-	g := synGen{
+// ackWindow is the window of a Linux client's handshake ACK: its 64240
+// bytes (44 × 1460) at window scale 7, rounded up as Linux does.
+const ackWindow = 502
+
+func newFloodGen(kind Kind, dst netip.AddrPort, src netip.Prefix, seed1, seed2 uint64) floodGen {
+	g := floodGen{
 		rng: *rand.NewPCG(seed1, seed2),
 		dst: dst,
 		is4: dst.Addr().Is4(),
+		ack: kind == KindACK,
 	}
 	mss, win := uint16(1460), uint16(64240) // 44 * 1460, as Linux computes it
 	if g.is4 {
@@ -380,11 +418,17 @@ func newSynGen(dst netip.AddrPort, src netip.Prefix, seed1, seed2 uint64) synGen
 			WindowScale:   7, HasWindowScale: true,
 		},
 	}
+	if g.ack {
+		// NOP, NOP, timestamps: what a Linux client's handshake ACK
+		// carries.
+		g.seg.Flags, g.seg.Window = packet.ACK, ackWindow
+		g.seg.Options = packet.Options{HasTimestamps: true}
+	}
 	return g
 }
 
-// build writes the next SYN into b.
-func (g *synGen) build(b []byte) (int, error) {
+// build writes the next packet into b.
+func (g *floodGen) build(b []byte) (int, error) {
 	r1, r2 := g.rng.Uint64(), g.rng.Uint64()
 	var src netip.Addr
 	if g.is4 {
@@ -404,5 +448,10 @@ func (g *synGen) build(b []byte) (int, error) {
 	g.seg.Src = netip.AddrPortFrom(src, port)
 	g.seg.Seq = uint32(r1 >> 32)
 	g.seg.Options.TSVal = uint32(r2 >> 32)
+	if g.ack {
+		r3 := g.rng.Uint64()
+		g.seg.Ack = uint32(r3)
+		g.seg.Options.TSEcr = uint32(r3 >> 32)
+	}
 	return packet.Build(b, &g.seg)
 }

@@ -136,19 +136,22 @@ func (s *sink) flood(t testing.TB, ctx context.Context, cfg bench.FloodConfig) (
 	return f.Run(ctx)
 }
 
-// What the flood puts on the wire, captured in the receiving namespace and
-// decoded by packet.Parse and by gopacket.
+// What the flood puts on the wire, SYNs or forged ACKs, captured in the
+// receiving namespace and decoded by packet.Parse and by gopacket.
 func TestFloodPacketContents(t *testing.T) {
 	roottest.Require(t)
 	s := newSink(t, true)
 	for _, tt := range []struct {
 		name    string
+		kind    bench.Kind
 		target  netip.AddrPort
 		sources netip.Prefix
 	}{
-		{"IPv4", netip.AddrPortFrom(s.target4, 8080), spoof4},
-		{"IPv4 narrow", netip.AddrPortFrom(s.target4, 443), netip.MustParsePrefix("198.19.255.4/30")},
-		{"IPv6", netip.AddrPortFrom(s.target6, 8080), spoof6},
+		{"IPv4", bench.KindSYN, netip.AddrPortFrom(s.target4, 8080), spoof4},
+		{"IPv4 narrow", bench.KindSYN, netip.AddrPortFrom(s.target4, 443), netip.MustParsePrefix("198.19.255.4/30")},
+		{"IPv6", bench.KindSYN, netip.AddrPortFrom(s.target6, 8080), spoof6},
+		{"ACK IPv4", bench.KindACK, netip.AddrPortFrom(s.target4, 8080), spoof4},
+		{"ACK IPv6", bench.KindACK, netip.AddrPortFrom(s.target6, 443), spoof6},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			capture, err := lab.OpenCapture(s.rx, "eth0")
@@ -158,7 +161,7 @@ func TestFloodPacketContents(t *testing.T) {
 			defer capture.Close()
 			const count = 300
 			st, err := s.flood(t, context.Background(), bench.FloodConfig{
-				Target: tt.target, Sources: tt.sources, Count: count, Duration: 10 * time.Second,
+				Kind: tt.kind, Target: tt.target, Sources: tt.sources, Count: count, Duration: 10 * time.Second,
 			})
 			if err != nil || st.Sent != count || st.Errors != 0 {
 				t.Fatalf("flood: %+v, %v", st, err)
@@ -181,9 +184,9 @@ func TestFloodPacketContents(t *testing.T) {
 					continue // neighbour discovery, MLD and the like
 				}
 				got++
-				checkSYN(t, buf[:n], &p, tt.target, tt.sources)
+				checkFloodPacket(t, tt.kind, buf[:n], &p, tt.target, tt.sources)
 				if got <= 20 {
-					crossCheck(t, buf[:n], &p)
+					crossCheck(t, tt.kind, buf[:n], &p)
 				}
 				sources[p.Src], ports[p.SrcPort], seqs[p.Seq] = true, true, true
 			}
@@ -208,9 +211,26 @@ func TestFloodPacketContents(t *testing.T) {
 	}
 }
 
-func checkSYN(t *testing.T, b []byte, p *packet.Packet, target netip.AddrPort, sources netip.Prefix) {
+func checkFloodPacket(t *testing.T, kind bench.Kind, b []byte, p *packet.Packet, target netip.AddrPort, sources netip.Prefix) {
 	t.Helper()
 	o := p.Options
+	if kind == bench.KindACK {
+		switch {
+		case p.Flags != packet.ACK:
+			t.Fatalf("flags %v, want ACK only", p.Flags)
+		case !sources.Contains(p.Src) || p.SrcPort < 1024:
+			t.Fatalf("source %v outside %v or port %d", p.Src, sources, p.SrcPort)
+		case !packet.VerifyTCPChecksum(b, p):
+			t.Fatal("bad TCP checksum")
+		case p.Src.Is4() && packet.Checksum(b[:p.IPHeaderLen]) != 0:
+			t.Fatal("bad IPv4 header checksum")
+		case p.PayloadLen != 0 || p.HopLimit != packet.DefaultHopLimit:
+			t.Fatalf("payload %d, hop limit %d", p.PayloadLen, p.HopLimit)
+		case !o.HasTimestamps || o.HasMSS || o.SACKPermitted || o.HasWindowScale:
+			t.Fatalf("options %+v", o)
+		}
+		return
+	}
 	switch {
 	case p.Flags != packet.SYN:
 		t.Fatalf("flags %v, want SYN only", p.Flags)
@@ -231,7 +251,7 @@ func checkSYN(t *testing.T, b []byte, p *packet.Packet, target netip.AddrPort, s
 }
 
 // crossCheck decodes b with gopacket, an independent implementation.
-func crossCheck(t *testing.T, b []byte, p *packet.Packet) {
+func crossCheck(t *testing.T, kind bench.Kind, b []byte, p *packet.Packet) {
 	t.Helper()
 	first := layers.LayerTypeIPv4
 	if p.IsIPv6() {
@@ -245,21 +265,29 @@ func crossCheck(t *testing.T, b []byte, p *packet.Packet) {
 	if !ok {
 		t.Fatal("gopacket found no TCP layer")
 	}
-	if !tcp.SYN || tcp.ACK || tcp.RST || tcp.FIN || tcp.PSH || tcp.URG {
+	ack := kind == bench.KindACK
+	if tcp.SYN == ack || tcp.ACK != ack || tcp.RST || tcp.FIN || tcp.PSH || tcp.URG {
 		t.Fatalf("gopacket flags SYN=%v ACK=%v RST=%v FIN=%v PSH=%v URG=%v", tcp.SYN, tcp.ACK, tcp.RST, tcp.FIN, tcp.PSH, tcp.URG)
 	}
-	if uint16(tcp.SrcPort) != p.SrcPort || uint16(tcp.DstPort) != p.DstPort || tcp.Seq != p.Seq {
-		t.Fatalf("gopacket sees %d>%d seq %d", tcp.SrcPort, tcp.DstPort, tcp.Seq)
+	if uint16(tcp.SrcPort) != p.SrcPort || uint16(tcp.DstPort) != p.DstPort || tcp.Seq != p.Seq || tcp.Ack != p.Ack {
+		t.Fatalf("gopacket sees %d>%d seq %d ack %d", tcp.SrcPort, tcp.DstPort, tcp.Seq, tcp.Ack)
 	}
 	kinds := map[layers.TCPOptionKind]bool{}
 	for _, o := range tcp.Options {
 		kinds[o.OptionType] = true
 	}
-	for _, k := range []layers.TCPOptionKind{layers.TCPOptionKindMSS, layers.TCPOptionKindSACKPermitted,
-		layers.TCPOptionKindTimestamps, layers.TCPOptionKindWindowScale} {
+	wantOpts := []layers.TCPOptionKind{layers.TCPOptionKindMSS, layers.TCPOptionKindSACKPermitted,
+		layers.TCPOptionKindTimestamps, layers.TCPOptionKindWindowScale}
+	if ack {
+		wantOpts = []layers.TCPOptionKind{layers.TCPOptionKindNop, layers.TCPOptionKindTimestamps}
+	}
+	for _, k := range wantOpts {
 		if !kinds[k] {
 			t.Fatalf("gopacket finds no %v option in %v", k, tcp.Options)
 		}
+	}
+	if ack && len(kinds) != 2 {
+		t.Fatalf("gopacket finds options %v in a forged ACK, want NOP and timestamps", tcp.Options)
 	}
 	var network gopacket.NetworkLayer
 	switch ip := pkt.NetworkLayer().(type) {
@@ -298,36 +326,41 @@ func crossCheck(t *testing.T, b []byte, p *packet.Packet) {
 	}
 }
 
-// Count stops the flood exactly: the stats, the sender's interface and the
-// receiver's interface all agree. The send loop does not allocate per packet.
+// Count stops the flood exactly, SYNs or forged ACKs: the stats, the
+// sender's interface and the receiver's interface all agree. The send loop
+// does not allocate per packet.
 func TestFloodCountIsExact(t *testing.T) {
 	roottest.Require(t)
 	s := newSink(t, false)
-	const count = 100_000
-	tx0, rx0 := s.counters(t)
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	st, err := s.flood(t, context.Background(), bench.FloodConfig{
-		Target: netip.AddrPortFrom(s.target4, 80), Sources: spoof4, Count: count, Duration: time.Minute,
-	})
-	runtime.ReadMemStats(&after)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tx1, rx1 := s.counters(t)
-	tx, rx := tx1.Sub(tx0), rx1.Sub(rx0)
-	t.Logf("%+v (%.0f pps); sender %+v; receiver %+v", st, st.PPS(), tx, rx)
-	if st.Sent != count || st.Errors != 0 {
-		t.Fatalf("stats %+v, want %d sent", st, count)
-	}
-	if tx.TxPackets+tx.TxDropped != count {
-		t.Fatalf("sender's interface passed on %d packets (%d dropped), want %d", tx.TxPackets+tx.TxDropped, tx.TxDropped, count)
-	}
-	if rx.RxPackets+rx.RxDropped != tx.TxPackets+tx.TxDropped {
-		t.Errorf("receiver counted %d packets, sender %d", rx.RxPackets+rx.RxDropped, tx.TxPackets+tx.TxDropped)
-	}
-	if mallocs := after.Mallocs - before.Mallocs; mallocs > 1000 {
-		t.Errorf("%d allocations for %d packets", mallocs, count)
+	for _, kind := range []bench.Kind{bench.KindSYN, bench.KindACK} {
+		t.Run(string(kind), func(t *testing.T) {
+			const count = 100_000
+			tx0, rx0 := s.counters(t)
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			st, err := s.flood(t, context.Background(), bench.FloodConfig{
+				Kind: kind, Target: netip.AddrPortFrom(s.target4, 80), Sources: spoof4, Count: count, Duration: time.Minute,
+			})
+			runtime.ReadMemStats(&after)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tx1, rx1 := s.counters(t)
+			tx, rx := tx1.Sub(tx0), rx1.Sub(rx0)
+			t.Logf("%+v (%.0f pps); sender %+v; receiver %+v", st, st.PPS(), tx, rx)
+			if st.Sent != count || st.Errors != 0 {
+				t.Fatalf("stats %+v, want %d sent", st, count)
+			}
+			if tx.TxPackets+tx.TxDropped != count {
+				t.Fatalf("sender's interface passed on %d packets (%d dropped), want %d", tx.TxPackets+tx.TxDropped, tx.TxDropped, count)
+			}
+			if rx.RxPackets+rx.RxDropped != tx.TxPackets+tx.TxDropped {
+				t.Errorf("receiver counted %d packets, sender %d", rx.RxPackets+rx.RxDropped, tx.TxPackets+tx.TxDropped)
+			}
+			if mallocs := after.Mallocs - before.Mallocs; mallocs > 1000 {
+				t.Errorf("%d allocations for %d packets", mallocs, count)
+			}
+		})
 	}
 }
 

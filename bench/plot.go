@@ -14,11 +14,14 @@ import (
 	"gonum.org/v1/plot/vg/draw"
 )
 
-// Plot files, inside the output directory.
+// Plot files, inside the output directory: a SYN flood's report has
+// PlotSynack, a forged-ACK flood's PlotBackend instead; both have
+// PlotLegit and PlotCPU.
 const (
-	PlotSynack = "synack.png"
-	PlotLegit  = "legit.png"
-	PlotCPU    = "cpu.png"
+	PlotSynack  = "synack.png"
+	PlotBackend = "backend.png"
+	PlotLegit   = "legit.png"
+	PlotCPU     = "cpu.png"
 )
 
 // lineStyle is how one system's line looks.
@@ -32,14 +35,16 @@ type lineStyle struct {
 // Dashes differ too, so that lines lying on top of each other (every
 // system at 100% of legitimate clients) stay visible.
 var systemStyle = map[System]lineStyle{
-	Synguard: {color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff}, draw.CircleGlyph{}, nil},
-	Synproxy: {color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff}, draw.SquareGlyph{}, []vg.Length{vg.Points(6), vg.Points(3)}},
-	None:     {color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff}, draw.TriangleGlyph{}, []vg.Length{vg.Points(2), vg.Points(2)}},
+	Synguard:        {color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff}, draw.CircleGlyph{}, nil},
+	SynguardNFQueue: {color.RGBA{R: 0xbc, G: 0xbd, B: 0x22, A: 0xff}, draw.BoxGlyph{}, []vg.Length{vg.Points(10), vg.Points(3)}},
+	Synproxy:        {color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff}, draw.SquareGlyph{}, []vg.Length{vg.Points(6), vg.Points(3)}},
+	None:            {color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff}, draw.TriangleGlyph{}, []vg.Length{vg.Points(2), vg.Points(2)}},
 }
 
-// synguardMoreQueues styles synguard's second, third, ... queue count in a
-// report (the first looks as synguard always has): colours unlike the
-// kernel systems', and a dash-dot line. Their lines are drawn under the
+// synguardMoreQueues styles the second, third, ... queue count of
+// synguard and synguard-nfqueue in a report (each system's first looks as
+// it always does): colours unlike the other systems', and a dash-dot
+// line. Their lines are drawn under the
 // kernel systems' and often lie on them (every system at 100% of
 // legitimate clients), so the first ones get filled markers, which show
 // where a thin line does not. Past the sixth count the styles repeat; the
@@ -52,27 +57,35 @@ var synguardMoreQueues = []lineStyle{
 	{color.RGBA{R: 0x17, G: 0xbe, B: 0xcf, A: 0xff}, draw.PlusGlyph{}, nil},
 }
 
-// styleOf returns a variant's style: the kernel systems' own, and for
-// synguard one per queue count in the report, in ascending order.
+// styleOf returns a variant's style: the kernel systems' own, each
+// synguard system's own for its fewest queues, and for their further
+// queue counts one each from synguardMoreQueues, in report order.
 func (r *Report) styleOf(v variant) lineStyle {
-	if v.sys != Synguard {
+	if !v.sys.IsSynguard() {
 		return systemStyle[v.sys]
 	}
-	i := 0
+	seen := make(map[System]bool)
+	more := 0 // further queue counts so far
 	for _, w := range r.variants() {
-		if w == v {
+		if !w.sys.IsSynguard() {
+			continue
+		}
+		first := !seen[w.sys]
+		seen[w.sys] = true
+		if !first {
+			more++
+		}
+		if w != v {
+			continue
+		}
+		if first {
 			break
 		}
-		if w.sys == Synguard {
-			i++
-		}
+		st := synguardMoreQueues[(more-1)%len(synguardMoreQueues)]
+		st.dashes = []vg.Length{vg.Points(8), vg.Points(2), vg.Points(2), vg.Points(2)}
+		return st
 	}
-	if i == 0 {
-		return systemStyle[Synguard]
-	}
-	st := synguardMoreQueues[(i-1)%len(synguardMoreQueues)]
-	st.dashes = []vg.Length{vg.Points(8), vg.Points(2), vg.Points(2), vg.Points(2)}
-	return st
+	return systemStyle[v.sys]
 }
 
 // legendAt places a plot's legend in a corner its lines rarely cross.
@@ -92,28 +105,57 @@ func (plainTicks) Ticks(min, max float64) []plot.Tick {
 	return ticks
 }
 
-// WritePlots draws, against offered load, the SYN-ACK rate, the share of
-// legitimate clients served and the CPU per SYN of every system, as PNGs
-// in dir.
-func (r *Report) WritePlots(dir string) error {
-	plots := []struct {
-		file, title, ylabel string
-		y                   func(RunResult) float64
-		diagonal            bool // draw y = x, "every SYN answered"
-		ymax                float64
-		legend              legendAt
-	}{
-		{PlotSynack, "SYN-ACKs answered", "SYN-ACK/s (thousands)",
-			func(r RunResult) float64 { return r.SynackPPS / 1000 }, true, 0, legendAt{top: true, left: true}},
-		{PlotLegit, "Legitimate clients served", "succeeded (%)",
-			func(r RunResult) float64 { return 100 * r.LegitSuccess }, false, 105, legendAt{top: false, left: true}},
-		{PlotCPU, "CPU per SYN beyond the baseline", "CPU µs per offered SYN",
-			func(r RunResult) float64 { return r.CPUusPerSYN }, false, 0, legendAt{top: true, left: false}},
+// plotSpec is one plot of a report.
+type plotSpec struct {
+	file, title, alt, ylabel string
+	y                        func(RunResult) float64
+	diagonal                 bool // draw y = x: every packet offered
+	ymax                     float64
+	legend                   legendAt
+}
+
+// plotSpecs are the report's plots, in order: SYN-ACKs answered (SYN
+// flood) or forged ACKs reaching the backend (forged-ACK flood), the
+// legitimate clients served and the CPU per flood packet.
+func (r *Report) plotSpecs() []plotSpec {
+	first := plotSpec{PlotSynack, "SYN-ACKs answered", "SYN-ACKs answered against offered load", "SYN-ACK/s (thousands)",
+		func(r RunResult) float64 { return r.SynackPPS / 1000 }, true, 0, legendAt{top: true, left: true}}
+	cpu := plotSpec{PlotCPU, "CPU per SYN beyond the baseline", "CPU per SYN against offered load", "CPU µs per offered SYN",
+		func(r RunResult) float64 { return r.CPUusPerSYN }, false, 0, legendAt{top: true, left: false}}
+	if r.attack() == KindACK {
+		first = plotSpec{PlotBackend, "Forged ACKs reaching the backend", "Forged ACKs reaching the backend against offered load",
+			"reached the backend /s (thousands)",
+			func(r RunResult) float64 { return r.BackendACKPPS / 1000 }, true, 0, legendAt{top: true, left: true}}
+		cpu = plotSpec{PlotCPU, "CPU per forged ACK beyond the baseline", "CPU per forged ACK against offered load", "CPU µs per offered forged ACK",
+			func(r RunResult) float64 { return r.CPUusPerACK }, false, 0, legendAt{top: true, left: false}}
 	}
-	for _, pl := range plots {
+	return []plotSpec{first,
+		{PlotLegit, "Legitimate clients served", "Legitimate clients served against offered load", "succeeded (%)",
+			func(r RunResult) float64 { return 100 * r.LegitSuccess }, false, 105, legendAt{top: false, left: true}},
+		cpu}
+}
+
+// PlotFiles lists the plots the report draws.
+func (r *Report) PlotFiles() []string {
+	var files []string
+	for _, pl := range r.plotSpecs() {
+		files = append(files, pl.file)
+	}
+	return files
+}
+
+// WritePlots draws, against offered load, the SYN-ACK rate (or the forged
+// ACKs reaching the backend), the share of legitimate clients served and
+// the CPU per SYN (or forged ACK) of every system, as PNGs in dir.
+func (r *Report) WritePlots(dir string) error {
+	xlabel := "offered SYN/s (thousands)"
+	if r.attack() == KindACK {
+		xlabel = "offered forged ACK/s (thousands)"
+	}
+	for _, pl := range r.plotSpecs() {
 		p := plot.New()
 		p.Title.Text = pl.title
-		p.X.Label.Text = "offered SYN/s (thousands)"
+		p.X.Label.Text = xlabel
 		p.Y.Label.Text = pl.ylabel
 		p.X.Min = 0
 		p.Y.Min = 0
@@ -131,13 +173,31 @@ func (r *Report) WritePlots(dir string) error {
 		}
 
 		var xmax, ymax float64
+		for _, run := range r.Runs {
+			xmax = max(xmax, run.OfferedPPS/1000)
+			ymax = max(ymax, pl.y(run))
+		}
+		// The diagonal goes under the systems' lines, and every line
+		// under every marker: systems often lie on each other (no forged
+		// ACK through, every legitimate client served), and a marker
+		// drawn last still shows where a line is covered.
+		var diagonal *plotter.Line
+		if pl.diagonal && xmax > 0 {
+			d, err := plotter.NewLine(plotter.XYs{{X: 0, Y: 0}, {X: xmax, Y: xmax}})
+			if err != nil {
+				return fmt.Errorf("plot %s: %w", pl.file, err)
+			}
+			d.Color = color.Gray{Y: 0x80}
+			d.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+			p.Add(d)
+			diagonal = d
+		}
+		var markers []plot.Plotter
 		for _, v := range r.variants() {
 			var pts plotter.XYs
 			for _, run := range r.Runs {
 				if run.variant() == v {
 					pts = append(pts, plotter.XY{X: run.OfferedPPS / 1000, Y: pl.y(run)})
-					xmax = max(xmax, run.OfferedPPS/1000)
-					ymax = max(ymax, pl.y(run))
 				}
 			}
 			slices.SortFunc(pts, func(a, b plotter.XY) int { return cmp.Compare(a.X, b.X) })
@@ -152,18 +212,13 @@ func (r *Report) WritePlots(dir string) error {
 			points.Color = st.color
 			points.Shape = st.shape
 			points.Radius = vg.Points(3)
-			p.Add(line, points)
+			p.Add(line)
+			markers = append(markers, points)
 			p.Legend.Add(r.label(v), line, points)
 		}
-		if pl.diagonal && xmax > 0 {
-			d, err := plotter.NewLine(plotter.XYs{{X: 0, Y: 0}, {X: xmax, Y: xmax}})
-			if err != nil {
-				return fmt.Errorf("plot %s: %w", pl.file, err)
-			}
-			d.Color = color.Gray{Y: 0x80}
-			d.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
-			p.Add(d)
-			p.Legend.Add("offered", d)
+		p.Add(markers...)
+		if diagonal != nil {
+			p.Legend.Add("offered", diagonal)
 		}
 		switch {
 		case pl.ymax > 0:

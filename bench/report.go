@@ -25,7 +25,13 @@ type Report struct {
 	// Family is the address family every run used: the lab, the service,
 	// the flood and the gateway's rules (reports recorded before the
 	// field existed are IPv4).
-	Family    Family       `json:"family"`
+	Family Family `json:"family"`
+	// Attack is what every run's flood sent: "syn" or "ack" (forged
+	// ACKs). It decides which keys the runs and baselines carry: an ack
+	// report has acks_sent, backend_ack_pps, rst_pps and cpu_us_per_ack
+	// where a syn report has syns_sent, synack_pps and cpu_us_per_syn
+	// (reports recorded before the field existed are syn).
+	Attack    Kind         `json:"attack"`
 	Machine   Machine      `json:"machine"`
 	Config    ReportConfig `json:"config"`
 	Runs      []RunResult  `json:"runs"`
@@ -42,12 +48,13 @@ type Machine struct {
 
 // ReportConfig is how the benchmark was run.
 type ReportConfig struct {
-	Rates         []int   `json:"rates"` // target SYN/s; 0 = the generator's maximum
+	Rates         []int   `json:"rates"` // target packets (SYNs or forged ACKs) per second; 0 = the generator's maximum
 	DurationS     float64 `json:"duration_s"`
 	ProbeRate     int     `json:"probe_rate"`
 	ProbeTimeoutS float64 `json:"probe_timeout_s"`
-	// Queues are the NFQUEUE counts synguard was measured with, once
-	// each at every rate (absent from reports recorded before them: one).
+	// Queues are the NFQUEUE counts synguard and synguard-nfqueue were
+	// measured with, once each at every rate (absent from reports
+	// recorded before them: one).
 	Queues []int `json:"queues,omitempty"`
 	// BackendOptions are the MSS and window scale learned from the
 	// backend's SYN-ACK and given to SYNPROXY.
@@ -58,6 +65,13 @@ type ReportConfig struct {
 }
 
 // RunResult is one system under one offered load.
+//
+// The flood's own figures come in a pair of key sets, by the report's
+// attack: a SYN flood's run has SYNsSent, SynackPPS, CPUusPerSYN,
+// MachineCPUusSYN, ProcessCPUusSYN and EngineSYNs; a forged-ACK flood's
+// has ACKsSent, BackendACKPPS, RSTPPS, CPUusPerACK, MachineCPUusACK and
+// ProcessCPUusACK. report.json carries only the attack's set
+// (Report.MarshalJSON).
 type RunResult struct {
 	System System `json:"system"`
 	// Queues is the number of NFQUEUEs synguard ran with (`synguard run
@@ -65,17 +79,31 @@ type RunResult struct {
 	// kernel systems, which have no queue. Reports recorded before the
 	// field existed measured synguard with one, and LoadReport reads them
 	// so.
-	Queues     int     `json:"queues"`
+	Queues int `json:"queues"`
+	// Path is how the flood was handled: "xdp" when synguard's XDP
+	// program answered the SYNs (it sent SYN-ACKs: XDPTX > 0) or dropped
+	// the forged ACKs (XDPDrop > 0), "nfqueue" for a synguard run without
+	// it, "kernel" for synproxy and none. Reports recorded before the
+	// field existed are read as nfqueue for synguard, which had no XDP
+	// then.
+	Path       string  `json:"path"`
 	TargetPPS  int     `json:"target_pps"` // 0: as fast as the generator goes
 	DurationS  float64 `json:"duration_s"`
 	SYNsSent   int     `json:"syns_sent"`
+	ACKsSent   int     `json:"acks_sent"`
 	SendErrors int     `json:"send_errors"`
 	// OfferedPPS is the rate the generator achieved.
 	OfferedPPS float64 `json:"offered_pps"`
 	// GatewayRxPPS is what the gateway's client-side interface received.
 	GatewayRxPPS float64 `json:"gateway_rx_pps"`
-	// SynackPPS is SYN-ACKs the gateway sent toward the spoofed sources.
-	SynackPPS      float64 `json:"synack_pps"`
+	// SynackPPS is SYN-ACKs toward the spoofed sources that reached the
+	// client namespace.
+	SynackPPS float64 `json:"synack_pps"`
+	// BackendACKPPS is forged ACKs that reached the backend, per second
+	// of flood; RSTPPS is RSTs toward the spoofed sources that reached
+	// the client namespace (what the flood reflected).
+	BackendACKPPS  float64 `json:"backend_ack_pps"`
+	RSTPPS         float64 `json:"rst_pps"`
 	LegitAttempts  int     `json:"legit_attempts"`
 	LegitOK        int     `json:"legit_ok"`
 	LegitSuccess   float64 `json:"legit_success"`
@@ -109,6 +137,10 @@ type RunResult struct {
 	// too and is tick-sampled.
 	CPUusPerSYN     float64 `json:"cpu_us_per_syn"`
 	MachineCPUusSYN float64 `json:"machine_cpu_us_per_syn"`
+	// CPUusPerACK and MachineCPUusACK are the same per offered forged
+	// ACK.
+	CPUusPerACK     float64 `json:"cpu_us_per_ack"`
+	MachineCPUusACK float64 `json:"machine_cpu_us_per_ack"`
 	// WindowS is the measured window: the flood plus a short settle.
 	WindowS float64 `json:"window_s"`
 	// OtherLoad is the share of the machine's CPU capacity over the window
@@ -136,20 +168,38 @@ type RunResult struct {
 	QueueReceived []uint64 `json:"queue_received,omitempty"`
 	// ProcessCPUusSYN is the synguard process's own run time per offered
 	// SYN: user, system calls and the softirq work that ran in its
-	// context (part of CPUusPerSYN).
-	ProcessCPUusSYN float64        `json:"process_cpu_us_per_syn,omitempty"`
-	ProbeErrors     map[string]int `json:"probe_errors,omitempty"`
+	// context (part of CPUusPerSYN); ProcessCPUusACK per forged ACK.
+	ProcessCPUusSYN float64 `json:"process_cpu_us_per_syn,omitempty"`
+	ProcessCPUusACK float64 `json:"process_cpu_us_per_ack,omitempty"`
+	// CookieInvalid is synguard_cookie_invalid_total over the run: ACKs
+	// synguard dropped for carrying no valid cookie, in its engine and
+	// its XDP program.
+	CookieInvalid uint64 `json:"cookie_invalid,omitempty"`
+	// XDPTX, XDPDrop and XDPPass are synguard_xdp_packets_total over the
+	// run, by action: SYN-ACKs the XDP program sent, packets it dropped
+	// and packets it left to the kernel (all 0 without the program).
+	XDPTX       uint64         `json:"xdp_tx,omitempty"`
+	XDPDrop     uint64         `json:"xdp_drop,omitempty"`
+	XDPPass     uint64         `json:"xdp_pass,omitempty"`
+	ProbeErrors map[string]int `json:"probe_errors,omitempty"`
 }
 
 // Baseline is the run at one offered load in which the gateway drops the
-// flood in raw PREROUTING.
+// flood in raw PREROUTING. Like a run's, its flood figures are SYNsSent,
+// SynackPPS and CPUusPerSYN in a SYN flood, ACKsSent, BackendACKPPS,
+// RSTPPS and CPUusPerACK in a forged-ACK flood.
 type Baseline struct {
+	// Path is always "kernel".
+	Path          string  `json:"path"`
 	TargetPPS     int     `json:"target_pps"`
 	DurationS     float64 `json:"duration_s"`
 	SYNsSent      int     `json:"syns_sent"`
+	ACKsSent      int     `json:"acks_sent"`
 	OfferedPPS    float64 `json:"offered_pps"`
 	GatewayRxPPS  float64 `json:"gateway_rx_pps"`
 	SynackPPS     float64 `json:"synack_pps"`
+	BackendACKPPS float64 `json:"backend_ack_pps"`
+	RSTPPS        float64 `json:"rst_pps"`
 	LegitSuccess  float64 `json:"legit_success"`
 	BacklogDrops  uint64  `json:"backlog_drops"`
 	WindowS       float64 `json:"window_s"`
@@ -162,8 +212,107 @@ type Baseline struct {
 	OtherCPUS     float64 `json:"other_cpu_s"`
 	// CPUusPerSYN is the baseline's whole cost per SYN in the
 	// benchmark's own tasks: generating it, delivering it to the gateway
-	// and dropping it.
+	// and dropping it; CPUusPerACK per forged ACK.
 	CPUusPerSYN float64 `json:"cpu_us_per_syn"`
+	CPUusPerACK float64 `json:"cpu_us_per_ack"`
+}
+
+// MarshalJSON writes the report with each run and baseline carrying the
+// keys of the report's attack only (see RunResult): a forged-ACK run has
+// no cpu_us_per_syn to misread, a SYN run no backend_ack_pps.
+func (r Report) MarshalJSON() ([]byte, error) {
+	type plain Report
+	out := struct {
+		plain
+		Runs      []json.RawMessage `json:"runs"`
+		Baselines []json.RawMessage `json:"baselines"`
+	}{plain: plain(r)}
+	ack := r.attack() == KindACK
+	for _, run := range r.Runs {
+		b, err := marshalRun(run, ack)
+		if err != nil {
+			return nil, err
+		}
+		out.Runs = append(out.Runs, b)
+	}
+	for _, base := range r.Baselines {
+		b, err := marshalBaseline(base, ack)
+		if err != nil {
+			return nil, err
+		}
+		out.Baselines = append(out.Baselines, b)
+	}
+	return json.Marshal(out)
+}
+
+// marshalRun writes run without the other attack's keys. A field of the
+// outer struct hides the embedded field of the same key, and, nil, is
+// left out.
+func marshalRun(run RunResult, ack bool) ([]byte, error) {
+	type plain RunResult
+	if ack {
+		return json.Marshal(struct {
+			plain
+			SYNsSent        *int     `json:"syns_sent,omitempty"`
+			SynackPPS       *float64 `json:"synack_pps,omitempty"`
+			CPUusPerSYN     *float64 `json:"cpu_us_per_syn,omitempty"`
+			MachineCPUusSYN *float64 `json:"machine_cpu_us_per_syn,omitempty"`
+			ProcessCPUusSYN *float64 `json:"process_cpu_us_per_syn,omitempty"`
+			EngineSYNs      *uint64  `json:"engine_syns,omitempty"`
+		}{plain: plain(run)})
+	}
+	return json.Marshal(struct {
+		plain
+		ACKsSent        *int     `json:"acks_sent,omitempty"`
+		BackendACKPPS   *float64 `json:"backend_ack_pps,omitempty"`
+		RSTPPS          *float64 `json:"rst_pps,omitempty"`
+		CPUusPerACK     *float64 `json:"cpu_us_per_ack,omitempty"`
+		MachineCPUusACK *float64 `json:"machine_cpu_us_per_ack,omitempty"`
+		ProcessCPUusACK *float64 `json:"process_cpu_us_per_ack,omitempty"`
+	}{plain: plain(run)})
+}
+
+func marshalBaseline(base Baseline, ack bool) ([]byte, error) {
+	type plain Baseline
+	if ack {
+		return json.Marshal(struct {
+			plain
+			SYNsSent    *int     `json:"syns_sent,omitempty"`
+			SynackPPS   *float64 `json:"synack_pps,omitempty"`
+			CPUusPerSYN *float64 `json:"cpu_us_per_syn,omitempty"`
+		}{plain: plain(base)})
+	}
+	return json.Marshal(struct {
+		plain
+		ACKsSent      *int     `json:"acks_sent,omitempty"`
+		BackendACKPPS *float64 `json:"backend_ack_pps,omitempty"`
+		RSTPPS        *float64 `json:"rst_pps,omitempty"`
+		CPUusPerACK   *float64 `json:"cpu_us_per_ack,omitempty"`
+	}{plain: plain(base)})
+}
+
+// attack is the report's attack, syn for reports recorded before it.
+func (r *Report) attack() Kind {
+	if r.Attack == KindACK {
+		return KindACK
+	}
+	return KindSYN
+}
+
+// sent is the flood packets the run sent: SYNs or forged ACKs.
+func (run RunResult) sent(attack Kind) int {
+	if attack == KindACK {
+		return run.ACKsSent
+	}
+	return run.SYNsSent
+}
+
+// cpuPerPacket is the run's CPU µs per offered SYN or forged ACK.
+func (run RunResult) cpuPerPacket(attack Kind) float64 {
+	if attack == KindACK {
+		return run.CPUusPerACK
+	}
+	return run.CPUusPerSYN
 }
 
 // Files a report is written to, inside the output directory.
@@ -189,6 +338,10 @@ func LoadReport(path string) (*Report, error) {
 	if _, err := ParseFamily(string(r.Family)); err != nil {
 		return nil, fmt.Errorf("load report %s: %w", path, err)
 	}
+	// Recorded before "attack": a SYN flood, the only one there was.
+	if r.Attack, err = ParseKind(string(r.Attack)); err != nil {
+		return nil, fmt.Errorf("load report %s: attack: %w", path, err)
+	}
 	for i := range r.Runs {
 		run := &r.Runs[i]
 		if _, err := ParseSystem(string(run.System)); err != nil {
@@ -197,11 +350,26 @@ func LoadReport(path string) (*Report, error) {
 		switch {
 		case run.Queues < 0 || run.Queues > MaxQueues:
 			return nil, fmt.Errorf("load report %s: run %d: %d queues outside 0..%d", path, i, run.Queues, MaxQueues)
-		case run.System == Synguard && run.Queues == 0:
+		case run.System.IsSynguard() && run.Queues == 0:
 			// Recorded before "queues": synguard ran with one.
 			run.Queues = 1
-		case run.System != Synguard && run.Queues != 0:
+		case !run.System.IsSynguard() && run.Queues != 0:
 			return nil, fmt.Errorf("load report %s: run %d: %s has no queues, but %d are recorded", path, i, run.System, run.Queues)
+		}
+		switch {
+		case run.Path == "" && run.System.IsSynguard():
+			// Recorded before "path": synguard had no XDP fast path.
+			run.Path = PathNFQueue
+		case run.Path == "":
+			run.Path = PathKernel
+		case run.System.IsSynguard() && run.Path != PathXDP && run.Path != PathNFQueue,
+			!run.System.IsSynguard() && run.Path != PathKernel:
+			return nil, fmt.Errorf("load report %s: run %d: %s with path %q", path, i, run.System, run.Path)
+		}
+	}
+	for i := range r.Baselines {
+		if r.Baselines[i].Path == "" {
+			r.Baselines[i].Path = PathKernel
 		}
 	}
 	return &r, nil
@@ -247,7 +415,7 @@ func compareVariants(a, b variant) int {
 // count ran with one.
 func (run RunResult) variant() variant {
 	v := variant{sys: run.System, queues: run.Queues}
-	if v.sys == Synguard && v.queues == 0 {
+	if v.sys.IsSynguard() && v.queues == 0 {
 		v.queues = 1
 	}
 	return v
@@ -267,8 +435,8 @@ func systemIndex(s System) int {
 	return len(AllSystems)
 }
 
-// variants lists the systems present, synguard once per queue count, in
-// report order.
+// variants lists the systems present, synguard and synguard-nfqueue once
+// per queue count, in report order.
 func (r *Report) variants() []variant {
 	var out []variant
 	for _, run := range r.Runs {
@@ -291,13 +459,13 @@ func (r *Report) showQueues() bool {
 // "synguard ×2 queues" when the report tells synguard's queue counts
 // apart, the system alone otherwise.
 func (r *Report) label(v variant) string {
-	if v.sys != Synguard || !r.showQueues() {
+	if !v.sys.IsSynguard() || !r.showQueues() {
 		return string(v.sys)
 	}
 	if v.queues == 1 {
-		return "synguard ×1 queue"
+		return fmt.Sprintf("%s ×1 queue", v.sys)
 	}
-	return fmt.Sprintf("synguard ×%d queues", v.queues)
+	return fmt.Sprintf("%s ×%d queues", v.sys, v.queues)
 }
 
 // answered is the share of offered SYNs that got a SYN-ACK.
@@ -308,24 +476,71 @@ func (run RunResult) answered() float64 {
 	return run.SynackPPS / run.OfferedPPS
 }
 
+// reachedBackend is the share of offered forged ACKs that reached the
+// backend.
+func (run RunResult) reachedBackend() float64 {
+	if run.OfferedPPS <= 0 {
+		return 0
+	}
+	return run.BackendACKPPS / run.OfferedPPS
+}
+
+// path is the run's path, for a run made in memory without one: synguard
+// through its queue, the kernel systems in the kernel.
+func (run RunResult) path() string {
+	switch {
+	case run.Path != "":
+		return run.Path
+	case run.System.IsSynguard():
+		return PathNFQueue
+	}
+	return PathKernel
+}
+
+// attackWords is what report.md calls the flood's packets.
+type attackWords struct {
+	flood string // the attack: "SYN flood"
+	unit  string // one of its packets in a sentence: "SYN"
+	short string // in a column header: "SYN"
+}
+
+func (r *Report) words() attackWords {
+	if r.attack() == KindACK {
+		return attackWords{flood: "forged-ACK flood", unit: "forged ACK", short: "ACK"}
+	}
+	return attackWords{flood: "SYN flood", unit: "SYN", short: "SYN"}
+}
+
 // TableMarkdown writes the results table alone, as the README carries it.
+// A SYN flood's table has the SYN-ACKs and the share of SYNs answered; a
+// forged-ACK flood's has the forged ACKs that reached the backend and the
+// RSTs the flood drew toward the spoofed sources instead.
 func (r *Report) TableMarkdown(w io.Writer) error {
 	var b strings.Builder
-	b.WriteString("| target | system | queues | offered SYN/s | SYN-ACK/s | answered | legit ok | handshake p50 / p99 | request p50 / p99 | CPU µs/SYN | queue drops | peak RSS | other load |\n")
-	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	ack := r.attack() == KindACK
+	if ack {
+		b.WriteString("| target | system | queues | path | forged ACK/s offered | reached backend/s | RST/s to sources | legit ok | handshake p50 / p99 | request p50 / p99 | CPU µs/ACK | queue drops | peak RSS | other load |\n")
+	} else {
+		b.WriteString("| target | system | queues | path | offered SYN/s | SYN-ACK/s | answered | legit ok | handshake p50 / p99 | request p50 / p99 | CPU µs/SYN | queue drops | peak RSS | other load |\n")
+	}
+	b.WriteString("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, run := range r.sortedRuns() {
 		// The kernel systems have no queue and no process of their own.
 		queues, drops, rss := "n/a", "n/a", "n/a"
-		if run.System == Synguard {
+		if run.System.IsSynguard() {
 			queues = fmt.Sprint(run.variant().queues)
 			drops = fmtCount(float64(run.QueueDrops))
 			rss = fmt.Sprintf("%.1f MiB", run.GatewayRSSMB)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %.1f%% | %.1f%% (%d/%d) | %s / %s ms | %s / %s ms | %.2f | %s | %s | %.0f%% |\n",
-			rateName(run.TargetPPS), run.System, queues, fmtCount(run.OfferedPPS), fmtCount(run.SynackPPS),
-			100*run.answered(), 100*run.LegitSuccess, run.LegitOK, run.LegitAttempts,
+		flood := fmt.Sprintf("%s | %s | %.1f%%", fmtCount(run.OfferedPPS), fmtCount(run.SynackPPS), 100*run.answered())
+		if ack {
+			flood = fmt.Sprintf("%s | %s | %s", fmtCount(run.OfferedPPS), fmtCount(run.BackendACKPPS), fmtCount(run.RSTPPS))
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %.1f%% (%d/%d) | %s / %s ms | %s / %s ms | %.2f | %s | %s | %.0f%% |\n",
+			rateName(run.TargetPPS), run.System, queues, run.path(), flood,
+			100*run.LegitSuccess, run.LegitOK, run.LegitAttempts,
 			fmtMS(run.HandshakeP50ms), fmtMS(run.HandshakeP99ms), fmtMS(run.TotalP50ms), fmtMS(run.TotalP99ms),
-			run.CPUusPerSYN, drops, rss, 100*run.OtherLoad)
+			run.cpuPerPacket(r.attack()), drops, rss, 100*run.OtherLoad)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
@@ -335,10 +550,18 @@ func (r *Report) TableMarkdown(w io.Writer) error {
 // reading of it, the baselines, the method and the plots.
 func (r *Report) WriteMarkdown(w io.Writer) error {
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "# synguard bench: SYN flood, side by side\n\n")
+	words := r.words()
+	ack := r.attack() == KindACK
+	fmt.Fprintf(&b, "# synguard bench: %s, side by side\n\n", words.flood)
 	fam := cmp.Or(r.Family, IPv4)
 	fmt.Fprintf(&b, "Address family: **%s** (service %s, flood from %s).\n\n",
 		fam, familyReport(fam).service, familyReport(fam).spoof)
+	if ack {
+		b.WriteString("The flood is forged ACKs (`--attack ack`): TCP segments with the ACK flag alone and random sequence and " +
+			"acknowledgement numbers, from random spoofed sources and ports, which belong to no connection and carry no valid cookie. " +
+			"A protected backend should see none of them, and nothing should reply to them: the table counts the forged ACKs that reached the backend " +
+			"and the RSTs the flood drew back, where a SYN flood's counts SYN-ACKs.\n\n")
+	}
 	fmt.Fprintf(&b, "Measured %s on %s. Each flood lasted %s s, while %d legitimate clients per second connected, "+
 		"each given %s s; SYNPROXY was given the backend's MSS %d and window scale %d. The whole run took %.0f s.\n\n",
 		r.Date.UTC().Format("2006-01-02 15:04 MST"), r.Machine.describe(), fmtFloat(r.Config.DurationS),
@@ -350,9 +573,11 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 	if err := r.TableMarkdown(&b); err != nil {
 		return err
 	}
-	b.WriteString("\n![SYN-ACKs answered against offered load](synack.png)\n")
-	b.WriteString("![Legitimate clients served against offered load](legit.png)\n")
-	b.WriteString("![CPU per SYN against offered load](cpu.png)\n\n")
+	b.WriteString("\n")
+	for _, pl := range r.plotSpecs() {
+		fmt.Fprintf(&b, "![%s](%s)\n", pl.alt, pl.file)
+	}
+	b.WriteString("\n")
 
 	b.WriteString("## Reading\n\n")
 	for _, line := range r.reading() {
@@ -360,21 +585,29 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 	}
 
 	b.WriteString("\n## Baselines\n\n")
-	fmt.Fprintf(&b, "The gateway drops the flood in raw PREROUTING (`%s -t raw -A PREROUTING -s %s -d BACKEND -p tcp --syn -j DROP`).\n\n",
-		familyNet(fam).iptables, familyReport(fam).spoof)
-	b.WriteString("| target | offered SYN/s | gateway received/s | SYN-ACK/s | benchmark CPU | CPU µs/SYN, all in | backlog drops | legit ok | other load |\n")
+	fmt.Fprintf(&b, "The gateway drops the flood in raw PREROUTING (`%s -t raw -A PREROUTING -s %s -d BACKEND -p tcp %s -j DROP`).\n\n",
+		familyNet(fam).iptables, familyReport(fam).spoof, strings.Join(floodMatch(r.attack()), " "))
+	if ack {
+		b.WriteString("| target | forged ACK/s offered | gateway received/s | reached backend/s | benchmark CPU | CPU µs/ACK, all in | backlog drops | legit ok | other load |\n")
+	} else {
+		b.WriteString("| target | offered SYN/s | gateway received/s | SYN-ACK/s | benchmark CPU | CPU µs/SYN, all in | backlog drops | legit ok | other load |\n")
+	}
 	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	bases := slices.Clone(r.Baselines)
 	slices.SortStableFunc(bases, func(a, b Baseline) int { return cmp.Compare(rateKey(a.TargetPPS), rateKey(b.TargetPPS)) })
 	for _, base := range bases {
+		replies, cpu := base.SynackPPS, base.CPUusPerSYN
+		if ack {
+			replies, cpu = base.BackendACKPPS, base.CPUusPerACK
+		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %.2f s | %.2f | %s | %.1f%% | %.0f%% |\n",
 			rateName(base.TargetPPS), fmtCount(base.OfferedPPS), fmtCount(base.GatewayRxPPS),
-			fmtCount(base.SynackPPS), base.BenchCPUS, base.CPUusPerSYN,
+			fmtCount(replies), base.BenchCPUS, cpu,
 			fmtCount(float64(base.BacklogDrops)), 100*base.LegitSuccess, 100*base.OtherLoad)
 	}
 
 	b.WriteString("\n## Method\n\n")
-	b.WriteString(familyReport(fam).method.Replace(methodText))
+	b.WriteString(familyReport(fam).method.Replace(methodText(r.attack())))
 	_, err := w.Write(b.Bytes())
 	return err
 }
@@ -398,40 +631,87 @@ func familyReport(f Family) familyText {
 	return t
 }
 
-// methodText is report.md's method; familyReport fills in {service},
-// {spoof} and {lab}.
-const methodText = `- **Lab.** Three network namespaces on one machine: client, gateway, backend,
+// methodText is report.md's method for an attack; familyReport fills in
+// {service}, {spoof} and {lab}.
+func methodText(attack Kind) string {
+	unit, per, floodDesc, replies, drops := "SYN", "SYN", methodSYNFlood, methodSYNACKs, methodSYNDrops
+	if attack == KindACK {
+		unit, per, floodDesc, replies, drops = "forged ACK", "ACK", methodACKFlood, methodACKReplies, methodACKDrops
+	}
+	return strings.NewReplacer("{unit}", unit, "{per}", per, "{lower}", strings.ToLower(per)).Replace(
+		methodLab + methodSystems + methodPath + floodDesc + replies + methodLegit + methodCPU + drops + methodRest)
+}
+
+const methodLab = `- **Lab.** Three network namespaces on one machine: client, gateway, backend,
   joined by veth pairs (` + "`lab.Up`" + `, {lab}). The backend is an in-process Go HTTP
   server on {service}, restarted before every run so that no half-open
   requests carry over.
-- **Systems.** *synguard*: ` + "`synguard run --protect {service} --mode always --queues N`" + ` in the
-  gateway namespace, a fresh process per run, measured once per queue count asked for (one
-  by default; the table's queues column). With several queues netfilter spreads the SYNs
-  over them by a hash of each flow's addresses and ports (` + "`--queue-balance`" + `), one worker each;
-  every worker shares the machine's cores with the generator. *synproxy*: the kernel's
-  SYNPROXY target as the iptables-extensions manual prescribes, in FORWARD:
-  ` + "`nf_conntrack_tcp_loose=0`" + `; ` + "`raw PREROUTING --syn -j CT --notrack`" + `;
+`
+
+const methodSystems = `- **Systems.** *synguard*: ` + "`synguard run --protect {service} --mode always --queues N`" + ` in the
+  gateway namespace with its defaults, so with its XDP fast path (` + "`--xdp auto`" + `: generic mode on
+  the lab's veth links): its XDP program answers SYNs and drops forged ACKs on the gateway's
+  links before netfilter sees them, and passes the rest (valid cookie ACKs, established flows)
+  to the NFQUEUE path. *synguard-nfqueue*: the same with ` + "`--xdp off`" + `, every packet through the
+  NFQUEUE path, as synguard was before XDP. Each is a fresh process per run, measured once per
+  queue count asked for (one by default; the table's queues column). With several queues
+  netfilter spreads the queued packets over them by a hash of each flow's addresses and ports
+  (` + "`--queue-balance`" + `), one worker each; every worker shares the machine's cores with the
+  generator. *synproxy*: the kernel's SYNPROXY target as the iptables-extensions manual
+  prescribes, in FORWARD: ` + "`nf_conntrack_tcp_loose=0`" + `; ` + "`raw PREROUTING --syn -j CT --notrack`" + `;
   ` + "`FORWARD -m conntrack --ctstate INVALID,UNTRACKED -j SYNPROXY --sack-perm --timestamp --wscale W --mss M`" + `
   with the backend's own values; ` + "`FORWARD -m conntrack --ctstate INVALID -j DROP`" + `.
   *none*: plain forwarding; the backend answers with the kernel's SYN cookies
   (` + "`net.ipv4.tcp_syncookies=1`" + `).
-- **Offered load** is the rate the generator achieved (SYNs sent / flood time), from
+`
+
+const methodPath = `- **Path** (report.json's ` + "`path`" + `) is how the flood was handled, read from synguard's metrics
+  over the run: *xdp* when its XDP program sent the SYN-ACKs (` + "`synguard_xdp_packets_total{action=\"tx\"}`" + `
+  grew) or, in a forged-ACK flood, dropped packets (` + "`action=\"drop\"`" + `); *nfqueue* for a synguard run
+  without that (always for synguard-nfqueue); *kernel* for synproxy, none and the baselines.
+`
+
+const methodSYNFlood = `- **Offered load** is the rate the generator achieved (SYNs sent / flood time), from
   random sources in {spoof} with random ports and ISNs, from the client namespace.
   "max" is as fast as it goes; it then competes for the CPUs with what it floods.
-- **SYN-ACK/s** counts SYN-ACKs leaving the gateway toward {spoof}, with a
-  match-only rule at the end of mangle POSTROUTING on the client-side interface: every
-  system's SYN-ACKs pass there (synguard's raw socket and SYNPROXY via the local output
+`
+
+const methodACKFlood = `- **Offered load** is the rate the generator achieved (forged ACKs sent / flood time), from
+  the client namespace: TCP segments with the ACK flag alone, random sequence and acknowledgement
+  numbers, from random sources in {spoof} and random ports, with the NOP, NOP, timestamps
+  options and the window (502) of a Linux client's handshake ACK, random timestamps. They
+  belong to no connection and carry no valid cookie. "max" is as fast as the generator goes;
+  it then competes for the CPUs with what it floods.
+`
+
+const methodSYNACKs = `- **SYN-ACK/s** counts SYN-ACKs toward {spoof} arriving in the client namespace, with a
+  match-only rule in its raw PREROUTING on the interface facing the gateway: every system's
+  SYN-ACKs arrive there however they left the gateway (synguard's XDP program's sent back out
+  of the link, its NFQUEUE path's out of the ingress link, SYNPROXY's through the local output
   path, the backend's forwarded), and a rule counter costs the same in every run.
-- **Legit ok, handshake, request.** Legitimate clients start at a fixed rate during the
+  *Answered* is SYN-ACK/s over offered SYN/s.
+`
+
+const methodACKReplies = `- **Reached backend/s** counts forged ACKs arriving in the backend namespace, with a
+  match-only rule in its raw PREROUTING (from {spoof} to the service, the ACK flag alone):
+  what a protection let through. **RST/s to sources** counts RSTs toward {spoof} arriving in
+  the client namespace, with a rule like the SYN flood's SYN-ACK counter: what the flood drew
+  back, since a backend answers an ACK that matches no connection with a RST. Each rule
+  counter costs the same in every run.
+`
+
+const methodLegit = `- **Legit ok, handshake, request.** Legitimate clients start at a fixed rate during the
   flood from the client's real address; each connects, sends ` + "`GET /bytes/1024`" + ` and checks
   the body, within the probe timeout. Handshake is connect() until established; request
   is connect() until the body was checked. Latencies are nearest-rank percentiles over
   the clients that succeeded.
-- **CPU µs/SYN.** All namespaces share the same kernel and cores, and veth delivery runs
+`
+
+const methodCPU = `- **CPU µs/{per}.** All namespaces share the same kernel and cores, and veth delivery runs
   in the sender's softirq, so no one process's CPU time isolates a system's cost. So
   each system's run is paired with a baseline at the same target rate in which the
-  gateway drops the flood in raw PREROUTING, and CPU µs/SYN = CPU/SYNs − baseline
-  CPU/baseline SYNs, which is (CPU − baseline CPU) / SYNs offered when both sent as many:
+  gateway drops the flood in raw PREROUTING, and CPU µs/{per} = CPU/{unit}s − baseline
+  CPU/baseline {unit}s, which is (CPU − baseline CPU) / {unit}s offered when both sent as many:
   generating the flood and carrying it to the gateway cancel out. The CPU time is the
   run time, over the flood plus a short settle, of every task that does the
   benchmark's work: the benchmark process (generator, legitimate clients, backend), the
@@ -439,13 +719,25 @@ const methodText = `- **Lab.** Three network namespaces on one machine: client, 
   kworkers), from /proc/PID/stat; softirq work is charged to the task it ran in, which
   for veth is the sender. This leaves out other people's processes on a shared
   machine. The whole machine's busy time from /proc/stat (user + nice + system + irq +
-  softirq + steal) gives the same figure in report.json as machine_cpu_us_per_syn;
+  softirq + steal) gives the same figure in report.json as machine_cpu_us_per_{lower};
   it counts every other process too and is sampled at the timer tick, so on a busy
-  or bursty machine it is much noisier. Either is noisy at low rates.
-- **Queue drops** is ` + "`synguard_queue_dropped_total`" + ` over the run, summed over synguard's
-  queues: SYNs the kernel dropped because a queue or its socket was full (fail closed).
-  The kernel systems have no queue.
-- **Backlog drops** (report.json and the baselines table) is packets the kernel dropped,
+  or bursty machine it is much noisier. Either is noisy at low rates. synguard's XDP
+  program runs before raw PREROUTING, where the baseline drops the flood, so a figure
+  at or below zero means it cost no more than the baseline's drop.
+`
+
+const methodSYNDrops = `- **Queue drops** is ` + "`synguard_queue_dropped_total`" + ` over the run, summed over synguard's
+  queues: packets the kernel dropped because a queue or its socket was full (fail closed),
+  SYNs in synguard-nfqueue. The kernel systems have no queue.
+`
+
+const methodACKDrops = `- **Queue drops** is ` + "`synguard_queue_dropped_total`" + ` over the run, summed over synguard's
+  queues: packets the kernel dropped because a queue or its socket was full (fail closed).
+  synguard-nfqueue queues every ACK conntrack finds INVALID, the forged ones among them; with
+  XDP they are dropped before they are queued. The kernel systems have no queue.
+`
+
+const methodRest = `- **Backlog drops** (report.json and the baselines table) is packets the kernel dropped,
   machine-wide, because a CPU's input backlog (net.core.netdev_max_backlog) was full
   (/proc/net/softnet_stat): where veth links overflow at high rates, whatever the system.
   A dropped handshake packet is one a legitimate client then waits for.
@@ -461,6 +753,7 @@ const methodText = `- **Lab.** Three network namespaces on one machine: client, 
 // numbers alone.
 func (r *Report) reading() []string {
 	var lines []string
+	ack := r.attack() == KindACK
 	for _, v := range r.variants() {
 		var runs []RunResult
 		for _, run := range r.sortedRuns() {
@@ -468,9 +761,20 @@ func (r *Report) reading() []string {
 				runs = append(runs, run)
 			}
 		}
-		lines = append(lines, readSystem(r.label(v), v.sys, runs))
+		if ack {
+			lines = append(lines, readSystemACK(r.label(v), v.sys, runs))
+		} else {
+			lines = append(lines, readSystem(r.label(v), v.sys, runs))
+		}
 	}
-	if line := r.readQueues(); line != "" {
+	if !ack {
+		for _, sys := range AllSystems {
+			if line := r.readQueues(sys); line != "" {
+				lines = append(lines, line)
+			}
+		}
+	}
+	if line := r.readShortfall(); line != "" {
 		lines = append(lines, line)
 	}
 	var contended []string
@@ -491,6 +795,11 @@ func (r *Report) reading() []string {
 	if top := r.atHighestLoad(); len(top) > 1 {
 		var parts []string
 		for _, run := range top {
+			if ack {
+				parts = append(parts, fmt.Sprintf("%s let %s of %s forged ACK/s offered reach the backend (legit %.0f%%)",
+					r.label(run.variant()), fmtCount(run.BackendACKPPS), fmtCount(run.OfferedPPS), 100*run.LegitSuccess))
+				continue
+			}
 			parts = append(parts, fmt.Sprintf("%s %s SYN-ACK/s of %s offered (legit %.0f%%)",
 				r.label(run.variant()), fmtCount(run.SynackPPS), fmtCount(run.OfferedPPS), 100*run.LegitSuccess))
 		}
@@ -503,15 +812,15 @@ func (r *Report) reading() []string {
 	return lines
 }
 
-// readQueues compares synguard's queue counts at the highest load, where
-// one queue is most likely to be the bottleneck: what each answered
-// against the fewest queues, what its queues dropped and how evenly
-// --queue-balance spread the flood. Empty unless the report has more than
-// one count.
-func (r *Report) readQueues() string {
+// readQueues compares one synguard system's queue counts at the highest
+// load, where one queue is most likely to be the bottleneck: what each
+// answered against the fewest queues, what its queues dropped and how
+// evenly --queue-balance spread the flood. Empty unless the report has
+// more than one count of sys.
+func (r *Report) readQueues(sys System) string {
 	var runs []RunResult
 	for _, run := range r.atHighestLoad() {
-		if run.System == Synguard {
+		if run.System == sys {
 			runs = append(runs, run)
 		}
 	}
@@ -520,8 +829,8 @@ func (r *Report) readQueues() string {
 	}
 	first, q1 := runs[0], runs[0].variant().queues
 	var s strings.Builder
-	fmt.Fprintf(&s, "**Queues** (synguard at %s): with %d %s it answered %s SYN-ACK/s of %s offered (%.0f%%; %s queue drops)",
-		rateName(first.TargetPPS), q1, plural(q1, "queue", "queues"), fmtCount(first.SynackPPS),
+	fmt.Fprintf(&s, "**Queues** (%s at %s): with %d %s it answered %s SYN-ACK/s of %s offered (%.0f%%; %s queue drops)",
+		sys, rateName(first.TargetPPS), q1, plural(q1, "queue", "queues"), fmtCount(first.SynackPPS),
 		fmtCount(first.OfferedPPS), 100*first.answered(), fmtCount(float64(first.QueueDrops)))
 	for _, run := range runs[1:] {
 		fmt.Fprintf(&s, "; with %d, %s of %s (%.0f%%; %s queue drops)",
@@ -622,13 +931,143 @@ func readSystem(label string, sys System, runs []RunResult) string {
 		fmt.Fprintf(&s, ". More SYN-ACKs than SYNs (%.0f%% at %s SYN/s): the backend retransmits the SYN-ACK of every half-open connection in its SYN queue until the queue overflows into cookies",
 			100*runs[over].answered(), fmtCount(runs[over].OfferedPPS))
 	}
-	if sys == Synguard {
+	if sys.IsSynguard() {
 		if firstDrop != nil {
 			fmt.Fprintf(&s, ". Its queue dropped SYNs from %s SYN/s offered on (%s in all): the kernel answers nothing for those, and a dropped legitimate SYN is retried by the client after 1 s",
 				fmtCount(firstDrop.OfferedPPS), fmtCount(float64(drops)))
 		} else {
 			s.WriteString(". Its queue dropped nothing")
 		}
+		s.WriteString(readPaths(runs))
+	}
+	s.WriteString(".")
+	return s.String()
+}
+
+// readPaths says how a synguard system handled the flood over its runs:
+// ". Path: xdp in every run", or by rate where it changed.
+func readPaths(runs []RunResult) string {
+	var byPath [][2]string // path, rates
+	for _, run := range runs {
+		p := run.path()
+		if n := len(byPath); n > 0 && byPath[n-1][0] == p {
+			byPath[n-1][1] += ", " + rateName(run.TargetPPS)
+			continue
+		}
+		byPath = append(byPath, [2]string{p, rateName(run.TargetPPS)})
+	}
+	switch len(byPath) {
+	case 0:
+		return ""
+	case 1:
+		return ". Path: " + byPath[0][0] + " in every run"
+	}
+	parts := make([]string, len(byPath))
+	for i, p := range byPath {
+		parts[i] = p[0] + " at " + p[1]
+	}
+	return ". Path: " + strings.Join(parts, "; ")
+}
+
+// maxBackend is the most forged ACKs per second that reached the backend
+// in any of runs.
+func maxBackend(runs []RunResult) float64 {
+	var m float64
+	for _, run := range runs {
+		m = max(m, run.BackendACKPPS)
+	}
+	return m
+}
+
+// readShortfall names the runs at a target rate whose generator sent less
+// than 90% of it: the machine's cores were busy with what the system under
+// test cost, so it was offered less than the other systems.
+func (r *Report) readShortfall() string {
+	var short []string
+	for _, run := range r.sortedRuns() {
+		if run.TargetPPS > 0 && run.OfferedPPS < 0.9*float64(run.TargetPPS) {
+			short = append(short, fmt.Sprintf("%s at %s (%s/s offered)", r.label(run.variant()), rateName(run.TargetPPS), fmtCount(run.OfferedPPS)))
+		}
+	}
+	if len(short) == 0 {
+		return ""
+	}
+	return "The generator fell short of the target rate for " + strings.Join(short, ", ") +
+		": it shares the cores with the system under test, and what that system cost was taken from the flood, so those rows were offered less than the others at the same target."
+}
+
+// readSystemACK reads one system's runs under a forged-ACK flood: how
+// many forged ACKs reached the backend, what they drew back, what the
+// legitimate clients saw and the cost per forged ACK.
+func readSystemACK(label string, sys System, runs []RunResult) string {
+	var (
+		worst     = runs[0] // most forged ACKs through, as a share
+		least     = runs[0] // fewest
+		minLegit  = runs[0]
+		cpus      []float64
+		drops     uint64
+		firstDrop *RunResult
+		maxRST    float64
+	)
+	for i := range runs {
+		run := runs[i]
+		if run.reachedBackend() > worst.reachedBackend() {
+			worst = run
+		}
+		if run.reachedBackend() < least.reachedBackend() {
+			least = run
+		}
+		if run.LegitSuccess < minLegit.LegitSuccess {
+			minLegit = run
+		}
+		if run.OfferedPPS >= 10_000 {
+			cpus = append(cpus, run.CPUusPerACK)
+		}
+		drops += run.QueueDrops
+		if run.QueueDrops > 0 && firstDrop == nil {
+			firstDrop = &runs[i]
+		}
+		maxRST = max(maxRST, run.RSTPPS)
+	}
+	top := runs[len(runs)-1]
+	var s strings.Builder
+	fmt.Fprintf(&s, "**%s**: ", label)
+	switch {
+	case worst.reachedBackend() <= 0.01:
+		fmt.Fprintf(&s, "kept the forged ACKs from the backend at every load, up to %s ACK/s offered (at most %s/s reached it)",
+			fmtCount(top.OfferedPPS), fmtCount(worst.BackendACKPPS))
+	case least.reachedBackend() >= 0.99:
+		fmt.Fprintf(&s, "let every forged ACK through to the backend, at every load (up to %s/s)", fmtCount(maxBackend(runs)))
+	default:
+		fmt.Fprintf(&s, "let forged ACKs through to the backend: up to %.0f%% of those offered (at %s ACK/s, %s/s)",
+			100*worst.reachedBackend(), fmtCount(worst.OfferedPPS), fmtCount(worst.BackendACKPPS))
+	}
+	if maxRST > 0.01*top.OfferedPPS {
+		fmt.Fprintf(&s, "; the backend replied with up to %s RST/s toward the spoofed sources", fmtCount(maxRST))
+	}
+	fmt.Fprintf(&s, ". Legitimate clients: at worst %.0f%% succeeded (at %s ACK/s offered, handshake p99 %s ms",
+		100*minLegit.LegitSuccess, fmtCount(minLegit.OfferedPPS), fmtMS(minLegit.HandshakeP99ms))
+	if len(minLegit.ProbeErrors) > 0 {
+		kinds := slices.Sorted(maps.Keys(minLegit.ProbeErrors))
+		parts := make([]string, len(kinds))
+		for i, k := range kinds {
+			parts[i] = fmt.Sprintf("%d × %s", minLegit.ProbeErrors[k], k)
+		}
+		fmt.Fprintf(&s, "; failures: %s", strings.Join(parts, ", "))
+	}
+	s.WriteString(")")
+	if len(cpus) > 0 {
+		slices.Sort(cpus)
+		fmt.Fprintf(&s, ". CPU per forged ACK %.1f–%.1f µs at 10k ACK/s and above", cpus[0], cpus[len(cpus)-1])
+	}
+	if sys.IsSynguard() {
+		if firstDrop != nil {
+			fmt.Fprintf(&s, ". Its queue dropped packets from %s ACK/s offered on (%s in all): a dropped legitimate handshake ACK is one its client retransmits",
+				fmtCount(firstDrop.OfferedPPS), fmtCount(float64(drops)))
+		} else {
+			s.WriteString(". Its queue dropped nothing")
+		}
+		s.WriteString(readPaths(runs))
 	}
 	s.WriteString(".")
 	return s.String()

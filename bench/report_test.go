@@ -18,17 +18,21 @@ import (
 
 // Reports recorded by real `synguard bench --quick` runs: recordedReport
 // from before synguard's queue counts were measured (its runs have no
-// "queues"), recordedQueues from `--queues 1,2`.
+// "queues"), recordedQueues from `--queues 1,2` (both from before XDP,
+// "path" and synguard-nfqueue), recordedXDP with synguard's XDP fast path
+// and synguard-nfqueue beside it, recordedACK from `--attack ack`.
 const (
 	recordedReport = "testdata/report.json"
 	recordedQueues = "testdata/report-queues.json"
+	recordedXDP    = "testdata/report-xdp.json"
+	recordedACK    = "testdata/report-ack.json"
 )
 
 // The report files are drawn from a recorded report.json alone: written
 // again, report.json reads back the same, report.md has a row per run in
 // order and the plots show every system.
 func TestReportFromRecordedJSON(t *testing.T) {
-	for _, f := range []string{recordedReport, recordedQueues} {
+	for _, f := range []string{recordedReport, recordedQueues, recordedXDP, recordedACK} {
 		t.Run(filepath.Base(f), func(t *testing.T) { checkRecordedReport(t, f) })
 	}
 }
@@ -71,19 +75,35 @@ func checkRecordedReport(t *testing.T, path string) *Report {
 	if err := json.Unmarshal(b, &raw); err != nil {
 		t.Fatal(err)
 	}
+	// A run carries its attack's keys and not the other's.
+	keys := []string{"syns_sent", "synack_pps", "cpu_us_per_syn", "machine_cpu_us_per_syn"}
+	other := []string{"acks_sent", "backend_ack_pps", "rst_pps", "cpu_us_per_ack", "machine_cpu_us_per_ack", "process_cpu_us_per_ack"}
+	if rep.attack() == KindACK {
+		keys, other = other[:5], append(keys, "process_cpu_us_per_syn", "engine_syns")
+	}
 	for i, run := range raw.Runs {
-		for _, k := range []string{"system", "queues", "offered_pps", "synack_pps", "legit_success", "handshake_p50_ms",
-			"handshake_p99_ms", "cpu_us_per_syn", "queue_drops", "gateway_rss_mb"} {
+		for _, k := range append([]string{"system", "queues", "path", "offered_pps", "legit_success", "handshake_p50_ms",
+			"handshake_p99_ms", "queue_drops", "gateway_rss_mb"}, keys...) {
 			if _, ok := run[k]; !ok {
 				t.Errorf("run %d has no %q", i, k)
 			}
 		}
+		for _, k := range other {
+			if _, ok := run[k]; ok {
+				t.Errorf("%s run %d has %q", rep.attack(), i, k)
+			}
+		}
 		// "system" stays the plain enum; "queues" is synguard's count
-		// (one for runs recorded before it), 0 for the kernel systems.
+		// (one for runs recorded before it), 0 for the kernel systems;
+		// "path" is xdp or nfqueue for synguard, kernel for the others.
 		sys, _ := run["system"].(string)
 		q, _ := run["queues"].(float64)
-		if _, err := ParseSystem(sys); err != nil || (sys == "synguard") != (q >= 1) || (sys != "synguard" && q != 0) {
+		s, err := ParseSystem(sys)
+		if err != nil || s.IsSynguard() != (q >= 1) || (!s.IsSynguard() && q != 0) {
 			t.Errorf("run %d: system %q with %v queues", i, run["system"], run["queues"])
+		}
+		if p, _ := run["path"].(string); s.IsSynguard() != (p == PathXDP || p == PathNFQueue) || (!s.IsSynguard() && p != PathKernel) {
+			t.Errorf("run %d: system %q with path %q", i, sys, p)
 		}
 	}
 
@@ -93,7 +113,7 @@ func checkRecordedReport(t *testing.T, path string) *Report {
 	}
 	checkMarkdown(t, rep, string(md))
 
-	for _, f := range []string{PlotSynack, PlotLegit, PlotCPU} {
+	for _, f := range rep.PlotFiles() {
 		t.Run(f, func(t *testing.T) {
 			img := readPNG(t, filepath.Join(dir, f))
 			if b := img.Bounds(); b.Dx() < 400 || b.Dy() < 250 {
@@ -141,7 +161,7 @@ func TestRecordedReportBeforeQueues(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("labels (-want +got):\n%s", diff)
 	}
-	if r := rep.readQueues(); r != "" {
+	if r := rep.readQueues(Synguard); r != "" {
 		t.Errorf("one queue count, yet a reading of queues: %q", r)
 	}
 }
@@ -192,8 +212,7 @@ func TestRecordedReportTwoQueues(t *testing.T) {
 // numbers, and the other sections.
 func checkMarkdown(t *testing.T, rep *Report, md string) {
 	t.Helper()
-	for _, want := range []string{"## Results", "## Reading", "## Baselines", "## Method",
-		"(synack.png)", "(legit.png)", "(cpu.png)", rep.Machine.Kernel} {
+	for _, want := range append([]string{"## Results", "## Reading", "## Baselines", "## Method", rep.Machine.Kernel}, rep.PlotFiles()...) {
 		if !strings.Contains(md, want) {
 			t.Errorf("report.md lacks %q", want)
 		}
@@ -211,10 +230,14 @@ func checkMarkdown(t *testing.T, rep *Report, md string) {
 	}
 	for i, run := range rep.sortedRuns() {
 		queues := "n/a"
-		if run.System == Synguard {
+		if run.System.IsSynguard() {
 			queues = fmt.Sprint(run.Queues)
 		}
-		prefix := fmt.Sprintf("| %s | %s | %s | %s | %s | ", rateName(run.TargetPPS), run.System, queues, fmtCount(run.OfferedPPS), fmtCount(run.SynackPPS))
+		replies := fmtCount(run.SynackPPS)
+		if rep.attack() == KindACK {
+			replies = fmtCount(run.BackendACKPPS)
+		}
+		prefix := fmt.Sprintf("| %s | %s | %s | %s | %s | %s | ", rateName(run.TargetPPS), run.System, queues, run.Path, fmtCount(run.OfferedPPS), replies)
 		if !strings.HasPrefix(rows[i], prefix) {
 			t.Errorf("row %d is %q, want it to start %q", i, rows[i], prefix)
 		}
@@ -242,14 +265,18 @@ func readPNG(t *testing.T, path string) image.Image {
 	return img
 }
 
+// countColour counts the pixels of colour c, or within a few levels of it
+// in each channel: a thin line drawn at a slant is mostly antialiased.
 func countColour(img image.Image, c color.Color) int {
+	const tolerance = 16 << 8 // of 0xffff
+	near := func(a, b uint32) bool { return a <= b+tolerance && b <= a+tolerance }
 	r0, g0, b0, _ := c.RGBA()
 	n := 0
 	b := img.Bounds()
 	for y := b.Min.Y; y < b.Max.Y; y++ {
 		for x := b.Min.X; x < b.Max.X; x++ {
 			r, g, bl, _ := img.At(x, y).RGBA()
-			if r == r0 && g == g0 && bl == b0 {
+			if near(r, r0) && near(g, g0) && near(bl, b0) {
 				n++
 			}
 		}
@@ -259,14 +286,18 @@ func countColour(img image.Image, c color.Color) int {
 
 // The results table, exactly, for a small report: the kernel systems have
 // no queue and no process of their own, the generator's maximum sorts
-// last, and synguard's queue counts are rows of their own, fewest first.
+// last, synguard's queue counts are rows of their own, fewest first, and
+// synguard-nfqueue follows synguard. The path column says how each run
+// handled the flood.
 func TestTableMarkdown(t *testing.T) {
 	rep := &Report{Runs: []RunResult{
-		{System: None, TargetPPS: 0, OfferedPPS: 210_129.4, SynackPPS: 211_624, LegitOK: 100, LegitAttempts: 100, LegitSuccess: 1,
+		{System: None, Path: PathKernel, TargetPPS: 0, OfferedPPS: 210_129.4, SynackPPS: 211_624, LegitOK: 100, LegitAttempts: 100, LegitSuccess: 1,
 			HandshakeP50ms: 0.4, HandshakeP99ms: 1.48, TotalP50ms: 0.78, TotalP99ms: 3.98, CPUusPerSYN: 3.52, OtherLoad: 0.41},
-		{System: Synguard, Queues: 2, TargetPPS: 100_000, OfferedPPS: 99_990, SynackPPS: 83_120, LegitOK: 99, LegitAttempts: 100, LegitSuccess: 0.99,
+		{System: SynguardNFQueue, Path: PathNFQueue, Queues: 1, TargetPPS: 100_000, OfferedPPS: 99_991, SynackPPS: 99_991, LegitOK: 100, LegitAttempts: 100, LegitSuccess: 1,
+			HandshakeP50ms: 0.5, HandshakeP99ms: 2, TotalP50ms: 1.2, TotalP99ms: 4, CPUusPerSYN: 4.4, GatewayRSSMB: 19.4, OtherLoad: 0.02},
+		{System: Synguard, Path: PathXDP, Queues: 2, TargetPPS: 100_000, OfferedPPS: 99_990, SynackPPS: 83_120, LegitOK: 99, LegitAttempts: 100, LegitSuccess: 0.99,
 			HandshakeP50ms: 1.5, HandshakeP99ms: 1030, TotalP50ms: 3.1, TotalP99ms: 1200, CPUusPerSYN: 7.25, QueueDrops: 84_350, GatewayRSSMB: 24.2, OtherLoad: 0.05},
-		{System: Synguard, Queues: 1, TargetPPS: 100_000, OfferedPPS: 99_989, SynackPPS: 51_916, LegitOK: 94, LegitAttempts: 100, LegitSuccess: 0.94,
+		{System: Synguard, Path: PathNFQueue, Queues: 1, TargetPPS: 100_000, OfferedPPS: 99_989, SynackPPS: 51_916, LegitOK: 94, LegitAttempts: 100, LegitSuccess: 0.94,
 			HandshakeP50ms: 80.74, HandshakeP99ms: 1107.2, TotalP50ms: 247, TotalP99ms: 1996, CPUusPerSYN: 10.42, QueueDrops: 240_426, GatewayRSSMB: 21.84, OtherLoad: 0.03},
 		{System: Synproxy, TargetPPS: 100_000, OfferedPPS: 99_986, SynackPPS: 99_986, LegitOK: 0, LegitAttempts: 100,
 			CPUusPerSYN: -0.5},
@@ -275,15 +306,58 @@ func TestTableMarkdown(t *testing.T) {
 	if err := rep.TableMarkdown(&b); err != nil {
 		t.Fatal(err)
 	}
-	want := `| target | system | queues | offered SYN/s | SYN-ACK/s | answered | legit ok | handshake p50 / p99 | request p50 / p99 | CPU µs/SYN | queue drops | peak RSS | other load |
-|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
-| 100000/s | synguard | 1 | 99,989 | 51,916 | 51.9% | 94.0% (94/100) | 81 / 1107 ms | 247 / 1996 ms | 10.42 | 240,426 | 21.8 MiB | 3% |
-| 100000/s | synguard | 2 | 99,990 | 83,120 | 83.1% | 99.0% (99/100) | 1.50 / 1030 ms | 3.10 / 1200 ms | 7.25 | 84,350 | 24.2 MiB | 5% |
-| 100000/s | synproxy | n/a | 99,986 | 99,986 | 100.0% | 0.0% (0/100) | – / – ms | – / – ms | -0.50 | n/a | n/a | 0% |
-| max | none | n/a | 210,129 | 211,624 | 100.7% | 100.0% (100/100) | 0.40 / 1.48 ms | 0.78 / 3.98 ms | 3.52 | n/a | n/a | 41% |
+	want := `| target | system | queues | path | offered SYN/s | SYN-ACK/s | answered | legit ok | handshake p50 / p99 | request p50 / p99 | CPU µs/SYN | queue drops | peak RSS | other load |
+|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| 100000/s | synguard | 1 | nfqueue | 99,989 | 51,916 | 51.9% | 94.0% (94/100) | 81 / 1107 ms | 247 / 1996 ms | 10.42 | 240,426 | 21.8 MiB | 3% |
+| 100000/s | synguard | 2 | xdp | 99,990 | 83,120 | 83.1% | 99.0% (99/100) | 1.50 / 1030 ms | 3.10 / 1200 ms | 7.25 | 84,350 | 24.2 MiB | 5% |
+| 100000/s | synguard-nfqueue | 1 | nfqueue | 99,991 | 99,991 | 100.0% | 100.0% (100/100) | 0.50 / 2.00 ms | 1.20 / 4.00 ms | 4.40 | 0 | 19.4 MiB | 2% |
+| 100000/s | synproxy | n/a | kernel | 99,986 | 99,986 | 100.0% | 0.0% (0/100) | – / – ms | – / – ms | -0.50 | n/a | n/a | 0% |
+| max | none | n/a | kernel | 210,129 | 211,624 | 100.7% | 100.0% (100/100) | 0.40 / 1.48 ms | 0.78 / 3.98 ms | 3.52 | n/a | n/a | 41% |
 `
 	if diff := cmp.Diff(want, b.String()); diff != "" {
 		t.Errorf("table (-want +got):\n%s", diff)
+	}
+}
+
+// A forged-ACK flood's table has no SYN-ACKs and no answered share: the
+// forged ACKs offered, those that reached the backend, the RSTs the flood
+// drew back and the CPU per forged ACK.
+func TestTableMarkdownACK(t *testing.T) {
+	rep := &Report{Attack: KindACK, Runs: []RunResult{
+		{System: None, Path: PathKernel, TargetPPS: 20_000, OfferedPPS: 20_001, BackendACKPPS: 20_001, RSTPPS: 19_990, LegitOK: 100, LegitAttempts: 100, LegitSuccess: 1,
+			HandshakeP50ms: 0.3, HandshakeP99ms: 0.9, TotalP50ms: 0.6, TotalP99ms: 1.5, CPUusPerACK: 2.1, CPUusPerSYN: 99},
+		{System: Synguard, Path: PathXDP, Queues: 1, TargetPPS: 20_000, OfferedPPS: 20_002, LegitOK: 100, LegitAttempts: 100, LegitSuccess: 1,
+			HandshakeP50ms: 0.4, HandshakeP99ms: 1.1, TotalP50ms: 1, TotalP99ms: 2, CPUusPerACK: -0.12, GatewayRSSMB: 20.5},
+		{System: SynguardNFQueue, Path: PathNFQueue, Queues: 1, TargetPPS: 20_000, OfferedPPS: 19_999, BackendACKPPS: 0.2, LegitOK: 99, LegitAttempts: 100, LegitSuccess: 0.99,
+			HandshakeP50ms: 0.5, HandshakeP99ms: 1.3, TotalP50ms: 1.1, TotalP99ms: 2.5, CPUusPerACK: 3.25, QueueDrops: 12, GatewayRSSMB: 19.1},
+	}}
+	var b strings.Builder
+	if err := rep.TableMarkdown(&b); err != nil {
+		t.Fatal(err)
+	}
+	want := `| target | system | queues | path | forged ACK/s offered | reached backend/s | RST/s to sources | legit ok | handshake p50 / p99 | request p50 / p99 | CPU µs/ACK | queue drops | peak RSS | other load |
+|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| 20000/s | synguard | 1 | xdp | 20,002 | 0 | 0 | 100.0% (100/100) | 0.40 / 1.10 ms | 1.00 / 2.00 ms | -0.12 | 0 | 20.5 MiB | 0% |
+| 20000/s | synguard-nfqueue | 1 | nfqueue | 19,999 | 0 | 0 | 99.0% (99/100) | 0.50 / 1.30 ms | 1.10 / 2.50 ms | 3.25 | 12 | 19.1 MiB | 0% |
+| 20000/s | none | n/a | kernel | 20,001 | 20,001 | 19,990 | 100.0% (100/100) | 0.30 / 0.90 ms | 0.60 / 1.50 ms | 2.10 | n/a | n/a | 0% |
+`
+	if diff := cmp.Diff(want, b.String()); diff != "" {
+		t.Errorf("table (-want +got):\n%s", diff)
+	}
+	var md bytes.Buffer
+	if err := rep.WriteMarkdown(&md); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"answered", "SYN-ACK/s", "CPU µs/SYN", "synack.png", "SYNs offered", "SYN/s"} {
+		if strings.Contains(md.String(), bad) {
+			t.Errorf("an ACK flood's report.md says %q", bad)
+		}
+	}
+	for _, want := range []string{"# synguard bench: forged-ACK flood, side by side", "(backend.png)", "CPU µs/ACK, all in",
+		"--tcp-flags SYN,ACK,RST,FIN ACK -j DROP", "**Reached backend/s**", "machine_cpu_us_per_ack"} {
+		if !strings.Contains(md.String(), want) {
+			t.Errorf("an ACK flood's report.md lacks %q", want)
+		}
 	}
 }
 
@@ -327,7 +401,7 @@ func TestReadingQueues(t *testing.T) {
 	want := "**Queues** (synguard at max): with 1 queue it answered 100,000 SYN-ACK/s of 200,000 offered (50%; 500,000 queue drops); " +
 		"with 2, 150,000 of 200,000 (75%; 1,000 queue drops), 1.50× the SYN-ACKs of 1, its busiest queue receiving 60% of the packets. " +
 		"This machine has 2 CPUs"
-	if got := rep.readQueues(); !strings.HasPrefix(got, want) {
+	if got := rep.readQueues(Synguard); !strings.HasPrefix(got, want) {
 		t.Errorf("queues reading\n%q\nwant it to start\n%q", got, want)
 	}
 	joined := strings.Join(rep.reading(), "\n")
@@ -444,5 +518,184 @@ func TestReportNamesSynguardArgs(t *testing.T) {
 	_, again := rewrite(t, rep)
 	if !slices.Equal(again.Config.SynguardArgs, rep.Config.SynguardArgs) {
 		t.Fatalf("report.json synguard_args %q, want %q", again.Config.SynguardArgs, rep.Config.SynguardArgs)
+	}
+}
+
+// A recording with synguard's XDP fast path: synguard's runs went through
+// XDP, synguard-nfqueue's through the queue, and report.md says so in the
+// table and the reading.
+func TestRecordedReportXDP(t *testing.T) {
+	rep, err := LoadReport(recordedXDP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Attack != KindSYN {
+		t.Errorf("attack %q", rep.Attack)
+	}
+	var labels []string
+	for _, v := range rep.variants() {
+		labels = append(labels, rep.label(v))
+	}
+	if diff := cmp.Diff([]string{"synguard", "synguard-nfqueue", "synproxy", "none"}, labels); diff != "" {
+		t.Errorf("labels (-want +got):\n%s", diff)
+	}
+	for _, run := range rep.Runs {
+		want := map[System]string{Synguard: PathXDP, SynguardNFQueue: PathNFQueue, Synproxy: PathKernel, None: PathKernel}[run.System]
+		if run.Path != want {
+			t.Errorf("%s at %s: path %q, want %q", run.System, rateName(run.TargetPPS), run.Path, want)
+		}
+		if run.System == Synguard && run.XDPTX < run.EngineSYNs*9/10 {
+			t.Errorf("synguard at %s: XDP sent %d SYN-ACKs, the engine counted %d SYNs", rateName(run.TargetPPS), run.XDPTX, run.EngineSYNs)
+		}
+	}
+	var md bytes.Buffer
+	if err := rep.WriteMarkdown(&md); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"| 20000/s | synguard | 1 | xdp | ", "| max | synguard-nfqueue | 1 | nfqueue | ", "| max | synproxy | n/a | kernel | ",
+		"- **synguard**: answered at least 95%", "Path: xdp in every run.", "- **synguard-nfqueue**: ", "Path: nfqueue in every run."} {
+		if !strings.Contains(md.String(), want) {
+			t.Errorf("report.md lacks %q", want)
+		}
+	}
+}
+
+// A recording of a forged-ACK flood: every run has the ACK figures, the
+// reading says which systems kept the flood from the backend, and
+// nothing claims SYN-ACKs answered.
+func TestRecordedReportACK(t *testing.T) {
+	rep, err := LoadReport(recordedACK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Attack != KindACK {
+		t.Fatalf("attack %q, want ack", rep.Attack)
+	}
+	for _, run := range rep.Runs {
+		if run.ACKsSent == 0 || run.SYNsSent != 0 || run.SynackPPS != 0 || run.CPUusPerSYN != 0 || run.CPUusPerACK == 0 {
+			t.Errorf("%s at %s: ACKs %d, SYNs %d, SYN-ACK/s %.0f, CPU/SYN %.2f, CPU/ACK %.2f", run.System, rateName(run.TargetPPS),
+				run.ACKsSent, run.SYNsSent, run.SynackPPS, run.CPUusPerSYN, run.CPUusPerACK)
+		}
+		if (run.System == None) != (run.BackendACKPPS > 0.9*run.OfferedPPS) {
+			t.Errorf("%s at %s: %.0f of %.0f forged ACK/s reached the backend", run.System, rateName(run.TargetPPS), run.BackendACKPPS, run.OfferedPPS)
+		}
+	}
+	if got := rep.PlotFiles(); !slices.Equal(got, []string{PlotBackend, PlotLegit, PlotCPU}) {
+		t.Errorf("plots %v", got)
+	}
+	joined := strings.Join(rep.reading(), "\n")
+	for _, want := range []string{
+		"**synguard**: kept the forged ACKs from the backend at every load",
+		"**synguard-nfqueue**: kept the forged ACKs from the backend at every load",
+		"**synproxy**: kept the forged ACKs from the backend at every load",
+		"**none**: let every forged ACK through to the backend, at every load",
+		"the backend replied with up to",
+		"CPU per forged ACK",
+		"Path: xdp in every run", "Path: nfqueue in every run",
+		"At the highest load: synguard let 0 of ",
+	} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("reading lacks %q:\n%s", want, joined)
+		}
+	}
+	for _, bad := range []string{"SYN-ACK", "answered", "SYN/s"} {
+		if strings.Contains(joined, bad) {
+			t.Errorf("an ACK flood's reading says %q:\n%s", bad, joined)
+		}
+	}
+}
+
+// "path" is kept as recorded, read as nfqueue (synguard) or kernel for
+// runs recorded before it, and must fit the system; "attack" is syn when
+// absent and must be known.
+func TestLoadReportPathAndAttack(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "r.json")
+	write := func(s string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`{"runs":[{"system":"synguard"},{"system":"synguard","path":"xdp"},{"system":"synguard-nfqueue"},{"system":"none"}],"baselines":[{}]}`)
+	rep, err := LoadReport(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, run := range rep.Runs {
+		got = append(got, run.Path)
+	}
+	if want := []string{PathNFQueue, PathXDP, PathNFQueue, PathKernel}; !slices.Equal(got, want) {
+		t.Errorf("paths %v, want %v", got, want)
+	}
+	if rep.Attack != KindSYN || rep.Baselines[0].Path != PathKernel || rep.Runs[2].Queues != 1 {
+		t.Errorf("attack %q, baseline path %q, synguard-nfqueue queues %d", rep.Attack, rep.Baselines[0].Path, rep.Runs[2].Queues)
+	}
+	for _, tt := range []struct{ json, want string }{
+		{`{"runs":[{"system":"synproxy","path":"xdp"}]}`, `synproxy with path "xdp"`},
+		{`{"runs":[{"system":"synguard","path":"kernel"}]}`, `synguard with path "kernel"`},
+		{`{"runs":[{"system":"synguard-nfqueue","path":"dpdk"}]}`, `synguard-nfqueue with path "dpdk"`},
+		{`{"runs":[{"system":"synguard-nfqueue","queues":-1}]}`, "-1 queues"},
+		{`{"attack":"udp","runs":[]}`, `"udp"`},
+	} {
+		write(tt.json)
+		if _, err := LoadReport(path); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: error %v, want %q", tt.json, err, tt.want)
+		}
+	}
+}
+
+// report.json carries the attack's keys only: a SYN flood's runs and
+// baselines have no ACK figures, a forged-ACK flood's no SYN figures, and
+// each reads back the same.
+func TestReportJSONKeysByAttack(t *testing.T) {
+	run := RunResult{System: Synguard, Queues: 1, Path: PathXDP, SYNsSent: 5, SynackPPS: 1, CPUusPerSYN: 2, MachineCPUusSYN: 3,
+		ProcessCPUusSYN: 4, EngineSYNs: 6, ACKsSent: 7, BackendACKPPS: 8, RSTPPS: 9, CPUusPerACK: 10, MachineCPUusACK: 11, ProcessCPUusACK: 12}
+	base := Baseline{Path: PathKernel, SYNsSent: 5, SynackPPS: 1, CPUusPerSYN: 2, ACKsSent: 7, BackendACKPPS: 8, RSTPPS: 9, CPUusPerACK: 10}
+	synKeys := []string{"syns_sent", "synack_pps", "cpu_us_per_syn", "machine_cpu_us_per_syn", "process_cpu_us_per_syn", "engine_syns"}
+	ackKeys := []string{"acks_sent", "backend_ack_pps", "rst_pps", "cpu_us_per_ack", "machine_cpu_us_per_ack", "process_cpu_us_per_ack"}
+	for _, tt := range []struct {
+		attack    Kind
+		have, not []string
+	}{
+		{KindSYN, synKeys, ackKeys},
+		{KindACK, ackKeys, synKeys},
+	} {
+		t.Run(string(tt.attack), func(t *testing.T) {
+			b, err := json.Marshal(&Report{Attack: tt.attack, Runs: []RunResult{run}, Baselines: []Baseline{base}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var raw struct {
+				Attack    string           `json:"attack"`
+				Runs      []map[string]any `json:"runs"`
+				Baselines []map[string]any `json:"baselines"`
+			}
+			if err := json.Unmarshal(b, &raw); err != nil {
+				t.Fatal(err)
+			}
+			if raw.Attack != string(tt.attack) || raw.Runs[0]["path"] != PathXDP || raw.Baselines[0]["path"] != PathKernel {
+				t.Errorf("attack %q, paths %v, %v", raw.Attack, raw.Runs[0]["path"], raw.Baselines[0]["path"])
+			}
+			for _, k := range tt.have {
+				if _, ok := raw.Runs[0][k]; !ok {
+					t.Errorf("run lacks %q", k)
+				}
+			}
+			for _, k := range tt.not {
+				if _, ok := raw.Runs[0][k]; ok {
+					t.Errorf("run has %q", k)
+				}
+				if _, ok := raw.Baselines[0][k]; ok {
+					t.Errorf("baseline has %q", k)
+				}
+			}
+			for _, k := range tt.have[:3] {
+				if _, ok := raw.Baselines[0][k]; !ok && k != "machine_cpu_us_per_syn" {
+					t.Errorf("baseline lacks %q", k)
+				}
+			}
+		})
 	}
 }

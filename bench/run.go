@@ -51,17 +51,21 @@ type Config struct {
 	Name string
 	// Binary is the synguard executable run on the gateway.
 	Binary string
-	// Rates are the offered loads in SYN/s; 0 means as fast as the
-	// generator goes. Each rate is run once per system, plus a baseline.
+	// Attack is what the flood sends: SYNs (KindSYN, when empty) or
+	// forged ACKs (KindACK).
+	Attack Kind
+	// Rates are the offered loads in packets (SYNs or forged ACKs) per
+	// second; 0 means as fast as the generator goes. Each rate is run once
+	// per system, plus a baseline.
 	Rates []int
 	// Duration is how long each flood lasts.
 	Duration time.Duration
 	// Systems to compare (AllSystems when empty).
 	Systems []System
 	// Queues are the NFQUEUE counts synguard runs with (`synguard run
-	// --queues N`, spread with --queue-balance): it is measured once per
-	// count at every rate (DefaultQueues when empty). They apply to
-	// synguard only; the kernel systems have no queue.
+	// --queues N`, spread with --queue-balance): synguard and
+	// synguard-nfqueue are each measured once per count at every rate
+	// (DefaultQueues when empty). The kernel systems have no queue.
 	Queues []int
 	// ProbeRate is legitimate clients per second during each flood
 	// (DefaultProbeRate when 0); ProbeTimeout bounds each
@@ -82,7 +86,9 @@ type Config struct {
 	Family Family
 	// SynguardArgs are more arguments for `synguard run`, after the
 	// benchmark's own (e.g. --reply-path route): to measure a
-	// deployment's configuration rather than the defaults.
+	// deployment's configuration rather than the defaults. Both synguard
+	// systems get them, except that synguard-nfqueue drops --xdp and
+	// --xdp-interfaces from them and always runs with --xdp off.
 	SynguardArgs []string
 }
 
@@ -105,6 +111,9 @@ func (c *Config) setDefaults() {
 	if c.Family == "" {
 		c.Family = IPv4
 	}
+	if c.Attack == "" {
+		c.Attack = KindSYN
+	}
 }
 
 // Validate checks the configuration.
@@ -116,6 +125,8 @@ func (c *Config) Validate() error {
 		return errors.New("bench: no synguard binary")
 	case c.Family != "" && c.Family != IPv4 && c.Family != IPv6:
 		return fmt.Errorf("bench: unknown address family %q", string(c.Family))
+	case c.Attack != "" && c.Attack != KindSYN && c.Attack != KindACK:
+		return fmt.Errorf("bench: unknown attack %q (want syn or ack)", string(c.Attack))
 	case len(c.Rates) == 0:
 		return errors.New("bench: no rates")
 	case len(c.Rates)*(len(c.variants())+1) > MaxRuns:
@@ -137,7 +148,7 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("bench: rate %d outside 0..%d", r, MaxFloodRate)
 		}
 		if r > 0 && int64(r)*int64(c.Duration/time.Millisecond)/1000 > MaxFloodCount {
-			return fmt.Errorf("bench: rate %d for %v exceeds %d SYNs", r, c.Duration, MaxFloodCount)
+			return fmt.Errorf("bench: rate %d for %v exceeds %d packets", r, c.Duration, MaxFloodCount)
 		}
 	}
 	seen := make(map[System]bool)
@@ -160,23 +171,23 @@ func (c *Config) Validate() error {
 		}
 		seenQ[q] = true
 	}
-	if len(c.Queues) > 0 && !slices.Equal(c.Queues, DefaultQueues) && len(c.Systems) > 0 && !slices.Contains(c.Systems, Synguard) {
-		return errors.New("bench: queue counts apply to synguard, which is not among the systems")
+	if len(c.Queues) > 0 && !slices.Equal(c.Queues, DefaultQueues) && len(c.Systems) > 0 && !slices.ContainsFunc(c.Systems, System.IsSynguard) {
+		return errors.New("bench: queue counts apply to synguard and synguard-nfqueue, neither of which is among the systems")
 	}
 	return nil
 }
 
-// variant is one system as measured: synguard once per queue count, the
-// kernel systems once each.
+// variant is one system as measured: synguard and synguard-nfqueue once
+// per queue count, the kernel systems once each.
 type variant struct {
 	sys    System
 	queues int // synguard's NFQUEUE count; 0 for the kernel systems
 }
 
 // variants lists the runs made at every rate, in order: the systems as
-// configured, synguard expanded into one run per queue count. It takes
-// the defaults for what is unset, so that Validate can count before
-// setDefaults.
+// configured, synguard and synguard-nfqueue each expanded into one run
+// per queue count. It takes the defaults for what is unset, so that
+// Validate can count before setDefaults.
 func (c *Config) variants() []variant {
 	systems, queues := c.Systems, c.Queues
 	if len(systems) == 0 {
@@ -187,7 +198,7 @@ func (c *Config) variants() []variant {
 	}
 	var out []variant
 	for _, s := range systems {
-		if s != Synguard {
+		if !s.IsSynguard() {
 			out = append(out, variant{sys: s})
 			continue
 		}
@@ -201,7 +212,7 @@ func (c *Config) variants() []variant {
 // progressName names a variant in the progress lines: the queue count
 // shows only when it is not the default.
 func (c *Config) progressName(v variant) string {
-	if v.sys == Synguard && !slices.Equal(c.Queues, DefaultQueues) {
+	if v.sys.IsSynguard() && !slices.Equal(c.Queues, DefaultQueues) {
 		return fmt.Sprintf("%s×%d", v.sys, v.queues)
 	}
 	return string(v.sys)
@@ -221,8 +232,13 @@ type measurement struct {
 	floodCPU time.Duration
 	self     time.Duration
 	other    time.Duration // CPU time of processes outside the benchmark
-	synacks  uint64        // SYN-ACKs to spoofed sources reaching the client namespace
-	rx       uint64        // packets the gateway received on its client side
+	// replies is what the gateway sent toward the spoofed sources and
+	// reached the client namespace: SYN-ACKs in a SYN flood, RSTs in a
+	// forged-ACK flood.
+	replies uint64
+	// backendACKs is forged ACKs that reached the backend (ACK flood only).
+	backendACKs uint64
+	rx          uint64 // packets the gateway received on its client side
 	// backlogDrops is packets the kernel dropped, machine-wide, because a
 	// CPU's input backlog was full.
 	backlogDrops uint64
@@ -230,10 +246,16 @@ type measurement struct {
 	probes       ProbeSummary
 
 	// synguard only
-	queueDrops uint64
-	engineSYNs uint64
-	processCPU time.Duration
-	peakRSS    uint64
+	queueDrops    uint64
+	engineSYNs    uint64
+	cookieInvalid uint64
+	processCPU    time.Duration
+	peakRSS       uint64
+	// path is how synguard handled the flood (PathXDP or PathNFQueue),
+	// from its XDP program's verdicts over the run: xdpTX, xdpDrop and
+	// xdpPass.
+	path                    string
+	xdpTX, xdpDrop, xdpPass uint64
 
 	// queueReceived is packets each of synguard's queues received, by
 	// queue number.
@@ -274,6 +296,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	rep = &Report{
 		Date:    started.UTC(),
 		Family:  fam.family,
+		Attack:  cfg.Attack,
 		Machine: describeMachine(),
 		Config: ReportConfig{
 			Rates:          cfg.Rates,
@@ -294,18 +317,18 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		return rep, errors.Join(err, rep.Write(cfg.OutDir))
 	}
 	for _, rate := range cfg.Rates {
-		base, err := b.run(ctx, "baseline", func() setup { return baselineRules(t.Gateway, fam, b.service) }, rate)
+		base, err := b.run(ctx, "baseline", func() setup { return baselineRules(t.Gateway, fam, b.service, cfg.Attack) }, rate)
 		if err != nil {
 			return finish(fmt.Errorf("baseline at %s: %w", rateName(rate), err))
 		}
-		rep.Baselines = append(rep.Baselines, baselineRow(rate, base))
+		rep.Baselines = append(rep.Baselines, baselineRow(rate, base, cfg.Attack))
 		for _, v := range cfg.variants() {
 			name := cfg.progressName(v)
 			m, err := b.run(ctx, name, func() setup { return b.setupFor(v) }, rate)
 			if err != nil {
 				return finish(fmt.Errorf("%s at %s: %w", name, rateName(rate), err))
 			}
-			rep.Runs = append(rep.Runs, runRow(v, rate, m, base))
+			rep.Runs = append(rep.Runs, runRow(v, rate, m, base, cfg.Attack))
 		}
 	}
 	return finish(nil)
@@ -319,13 +342,18 @@ type bencher struct {
 	service     netip.AddrPort
 	backend     *lab.Backend
 	stopBackend context.CancelFunc
-	counter     synackCounter
+	// replies counts what the gateway sends toward the spoofed sources:
+	// SYN-ACKs (SYN flood) or RSTs (ACK flood); backendACKs, in an ACK
+	// flood only, the forged ACKs that reach the backend.
+	replies     packetCounter
+	backendACKs *packetCounter
 	backendOpts BackendOptions
 	labNS       map[uint64]bool // inodes of the lab's namespaces
 }
 
 // prepare sets up what every run shares: the backend's SYN cookies, the
-// SYN-ACK counter and the backend's TCP options for SYNPROXY.
+// counters (SYN-ACKs; or RSTs and the forged ACKs reaching the backend)
+// and the backend's TCP options for SYNPROXY.
 func (b *bencher) prepare(ctx context.Context) error {
 	// The unprotected backend defends itself with SYN cookies; 1 is the
 	// kernel's default, stated here so the comparison does not depend on
@@ -341,8 +369,16 @@ func (b *bencher) prepare(ctx context.Context) error {
 		}
 		b.labNS[st.Ino] = true
 	}
-	b.counter = synackCounter{ns: b.lab.Client, fam: b.fam}
-	if err := b.counter.install(ctx); err != nil {
+	b.replies = synackCounter(b.lab.Client, b.fam)
+	if b.cfg.Attack == KindACK {
+		b.replies = rstCounter(b.lab.Client, b.fam)
+		c := backendACKCounter(b.lab.Backend, b.fam, b.service)
+		b.backendACKs = &c
+		if err := c.install(ctx); err != nil {
+			return err
+		}
+	}
+	if err := b.replies.install(ctx); err != nil {
 		return err
 	}
 	if err := b.restartBackend(ctx); err != nil {
@@ -379,12 +415,14 @@ func (b *bencher) closeBackend() {
 
 func (b *bencher) setupFor(v variant) setup {
 	switch v.sys {
-	case Synguard:
+	case Synguard, SynguardNFQueue:
 		return &synguardSetup{
 			ns:      b.lab.Gateway,
 			binary:  b.cfg.Binary,
 			service: b.service,
 			queues:  v.queues,
+			xdpOff:  v.sys == SynguardNFQueue,
+			attack:  b.cfg.Attack,
 			args:    b.cfg.SynguardArgs,
 			logPath: filepath.Join(b.cfg.OutDir, "synguard.log"),
 		}
@@ -415,7 +453,7 @@ func (b *bencher) run(ctx context.Context, name string, mk func() setup, rate in
 		if m.otherShare() <= contendedShare || attempt >= b.cfg.MaxAttempts {
 			return best, nil
 		}
-		logf(b.cfg.Progress, "%-8s %-11s other processes used %.0f%% of the machine: measuring again\n",
+		logf(b.cfg.Progress, "%-8s %-18s other processes used %.0f%% of the machine: measuring again\n",
 			rateName(rate), name, 100*m.otherShare())
 	}
 }
@@ -470,8 +508,15 @@ func (b *bencher) runOnce(ctx context.Context, name string, s setup, rate int) (
 	if err := s.after(ctx, &m); err != nil {
 		return m, err
 	}
-	logf(b.cfg.Progress, "%-8s %-11s offered %8.0f/s  SYN-ACK %8.0f/s  legit %3d/%-3d  hs p50 %6.2f ms p99 %7.2f ms  CPU: machine %5.2f s, bench %5.2f s, others %5.2f s\n",
-		rateName(rate), name, m.flood.PPS(), perSecond(m.synacks, m.flood.Elapsed),
+	replies := fmt.Sprintf("SYN-ACK %8.0f/s", perSecond(m.replies, m.flood.Elapsed))
+	if b.cfg.Attack == KindACK {
+		replies = fmt.Sprintf("to backend %8.0f/s  RST %8.0f/s", perSecond(m.backendACKs, m.flood.Elapsed), perSecond(m.replies, m.flood.Elapsed))
+	}
+	if m.path != "" {
+		replies += "  path " + m.path
+	}
+	logf(b.cfg.Progress, "%-8s %-18s offered %8.0f/s  %s  legit %3d/%-3d  hs p50 %6.2f ms p99 %7.2f ms  CPU: machine %5.2f s, bench %5.2f s, others %5.2f s\n",
+		rateName(rate), name, m.flood.PPS(), replies,
 		m.probes.OK, m.probes.Attempts, ms(m.probes.HandshakeP50), ms(m.probes.HandshakeP99), m.busy.Seconds(), m.ours.Seconds(), m.other.Seconds())
 	select {
 	case <-ctx.Done():
@@ -486,6 +531,7 @@ func (b *bencher) runOnce(ctx context.Context, name string, s setup, rate int) (
 func (b *bencher) measure(ctx context.Context, rate int) (measurement, error) {
 	var m measurement
 	cfg := FloodConfig{
+		Kind:     b.cfg.Attack,
 		Target:   b.service,
 		Sources:  b.fam.spoof,
 		Rate:     rate,
@@ -504,9 +550,15 @@ func (b *bencher) measure(ctx context.Context, rate int) (measurement, error) {
 	}
 	defer f.Close()
 
-	synack0, err := b.counter.read(ctx)
+	replies0, err := b.replies.read(ctx)
 	if err != nil {
 		return m, err
+	}
+	var backend0 uint64
+	if b.backendACKs != nil {
+		if backend0, err = b.backendACKs.read(ctx); err != nil {
+			return m, err
+		}
 	}
 	link0, err := lab.ReadLinkCounters(ctx, b.lab.Gateway, b.lab.GatewayClientSide)
 	if err != nil {
@@ -574,15 +626,22 @@ func (b *bencher) measure(ctx context.Context, rate int) (measurement, error) {
 	}
 	m.backlogDrops = backlog1 - backlog0
 
-	synack1, err := b.counter.read(ctx)
+	replies1, err := b.replies.read(ctx)
 	if err != nil {
 		return m, err
+	}
+	if b.backendACKs != nil {
+		backend1, err := b.backendACKs.read(ctx)
+		if err != nil {
+			return m, err
+		}
+		m.backendACKs = backend1 - backend0
 	}
 	link1, err := lab.ReadLinkCounters(ctx, b.lab.Gateway, b.lab.GatewayClientSide)
 	if err != nil {
 		return m, err
 	}
-	m.synacks = synack1 - synack0
+	m.replies = replies1 - replies0
 	m.rx = link1.Sub(link0).RxPackets
 
 	pr := <-probes
@@ -593,60 +652,76 @@ func (b *bencher) measure(ctx context.Context, rate int) (measurement, error) {
 	return m, nil
 }
 
-func runRow(v variant, rate int, m, base measurement) RunResult {
+func runRow(v variant, rate int, m, base measurement, attack Kind) RunResult {
+	path := PathKernel
+	if v.sys.IsSynguard() {
+		path = m.path
+	}
 	r := RunResult{
-		System:          v.sys,
-		Queues:          v.queues,
-		TargetPPS:       rate,
-		DurationS:       m.flood.Elapsed.Seconds(),
-		SYNsSent:        m.flood.Sent,
-		SendErrors:      m.flood.Errors,
-		OfferedPPS:      m.flood.PPS(),
-		GatewayRxPPS:    perSecond(m.rx, m.flood.Elapsed),
-		SynackPPS:       perSecond(m.synacks, m.flood.Elapsed),
-		LegitAttempts:   m.probes.Attempts,
-		LegitOK:         m.probes.OK,
-		LegitSuccess:    m.probes.Success,
-		HandshakeP50ms:  ms(m.probes.HandshakeP50),
-		HandshakeP99ms:  ms(m.probes.HandshakeP99),
-		TotalP50ms:      ms(m.probes.TotalP50),
-		TotalP99ms:      ms(m.probes.TotalP99),
-		CPUBusyS:        m.busy.Seconds(),
-		OtherCPUS:       m.other.Seconds(),
-		BaselineBusyS:   base.busy.Seconds(),
-		BaselineOtherS:  base.other.Seconds(),
-		BenchCPUS:       m.ours.Seconds(),
-		BaselineBenchS:  base.ours.Seconds(),
-		FloodCPUS:       m.floodCPU.Seconds(),
-		BaselineFloodS:  base.floodCPU.Seconds(),
-		BenchProcessS:   m.self.Seconds(),
-		CPUusPerSYN:     CPUPerSYN(m.ours, m.flood.Sent, base.ours, base.flood.Sent),
-		MachineCPUusSYN: CPUPerSYN(m.busy, m.flood.Sent, base.busy, base.flood.Sent),
-		OtherLoad:       m.otherShare(),
-		Attempts:        m.attempts,
-		WindowS:         m.window.Seconds(),
-		QueueDrops:      m.queueDrops,
-		BacklogDrops:    m.backlogDrops,
-		GatewayRSSMB:    float64(m.peakRSS) / (1 << 20),
-		ProbeErrors:     m.probes.Errors,
-		EngineSYNs:      m.engineSYNs,
-		QueueReceived:   m.queueReceived,
-		ProcessCPUusSYN: 0,
+		System:         v.sys,
+		Queues:         v.queues,
+		Path:           path,
+		TargetPPS:      rate,
+		DurationS:      m.flood.Elapsed.Seconds(),
+		SendErrors:     m.flood.Errors,
+		OfferedPPS:     m.flood.PPS(),
+		GatewayRxPPS:   perSecond(m.rx, m.flood.Elapsed),
+		LegitAttempts:  m.probes.Attempts,
+		LegitOK:        m.probes.OK,
+		LegitSuccess:   m.probes.Success,
+		HandshakeP50ms: ms(m.probes.HandshakeP50),
+		HandshakeP99ms: ms(m.probes.HandshakeP99),
+		TotalP50ms:     ms(m.probes.TotalP50),
+		TotalP99ms:     ms(m.probes.TotalP99),
+		CPUBusyS:       m.busy.Seconds(),
+		OtherCPUS:      m.other.Seconds(),
+		BaselineBusyS:  base.busy.Seconds(),
+		BaselineOtherS: base.other.Seconds(),
+		BenchCPUS:      m.ours.Seconds(),
+		BaselineBenchS: base.ours.Seconds(),
+		FloodCPUS:      m.floodCPU.Seconds(),
+		BaselineFloodS: base.floodCPU.Seconds(),
+		BenchProcessS:  m.self.Seconds(),
+		OtherLoad:      m.otherShare(),
+		Attempts:       m.attempts,
+		WindowS:        m.window.Seconds(),
+		QueueDrops:     m.queueDrops,
+		BacklogDrops:   m.backlogDrops,
+		GatewayRSSMB:   float64(m.peakRSS) / (1 << 20),
+		ProbeErrors:    m.probes.Errors,
+		QueueReceived:  m.queueReceived,
+		CookieInvalid:  m.cookieInvalid,
+		XDPTX:          m.xdpTX,
+		XDPDrop:        m.xdpDrop,
+		XDPPass:        m.xdpPass,
 	}
+	cpu := CPUPerSYN(m.ours, m.flood.Sent, base.ours, base.flood.Sent)
+	machine := CPUPerSYN(m.busy, m.flood.Sent, base.busy, base.flood.Sent)
+	var process float64
 	if m.flood.Sent > 0 {
-		r.ProcessCPUusSYN = float64(m.processCPU/time.Nanosecond) / 1e3 / float64(m.flood.Sent)
+		process = float64(m.processCPU/time.Nanosecond) / 1e3 / float64(m.flood.Sent)
 	}
+	if attack == KindACK {
+		r.ACKsSent = m.flood.Sent
+		r.BackendACKPPS = perSecond(m.backendACKs, m.flood.Elapsed)
+		r.RSTPPS = perSecond(m.replies, m.flood.Elapsed)
+		r.CPUusPerACK, r.MachineCPUusACK, r.ProcessCPUusACK = cpu, machine, process
+		return r
+	}
+	r.SYNsSent = m.flood.Sent
+	r.SynackPPS = perSecond(m.replies, m.flood.Elapsed)
+	r.EngineSYNs = m.engineSYNs
+	r.CPUusPerSYN, r.MachineCPUusSYN, r.ProcessCPUusSYN = cpu, machine, process
 	return r
 }
 
-func baselineRow(rate int, m measurement) Baseline {
-	return Baseline{
+func baselineRow(rate int, m measurement, attack Kind) Baseline {
+	b := Baseline{
+		Path:          PathKernel,
 		TargetPPS:     rate,
 		DurationS:     m.flood.Elapsed.Seconds(),
-		SYNsSent:      m.flood.Sent,
 		OfferedPPS:    m.flood.PPS(),
 		GatewayRxPPS:  perSecond(m.rx, m.flood.Elapsed),
-		SynackPPS:     perSecond(m.synacks, m.flood.Elapsed),
 		LegitSuccess:  m.probes.Success,
 		BacklogDrops:  m.backlogDrops,
 		OtherLoad:     m.otherShare(),
@@ -657,8 +732,19 @@ func baselineRow(rate int, m measurement) Baseline {
 		BenchCPUS:     m.ours.Seconds(),
 		FloodCPUS:     m.floodCPU.Seconds(),
 		BenchProcessS: m.self.Seconds(),
-		CPUusPerSYN:   CPUPerSYN(m.ours, m.flood.Sent, 0, 1),
 	}
+	cpu := CPUPerSYN(m.ours, m.flood.Sent, 0, 1)
+	if attack == KindACK {
+		b.ACKsSent = m.flood.Sent
+		b.BackendACKPPS = perSecond(m.backendACKs, m.flood.Elapsed)
+		b.RSTPPS = perSecond(m.replies, m.flood.Elapsed)
+		b.CPUusPerACK = cpu
+		return b
+	}
+	b.SYNsSent = m.flood.Sent
+	b.SynackPPS = perSecond(m.replies, m.flood.Elapsed)
+	b.CPUusPerSYN = cpu
+	return b
 }
 
 func perSecond(n uint64, d time.Duration) float64 {

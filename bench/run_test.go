@@ -37,8 +37,9 @@ func (w logWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// A tiny benchmark end to end in namespaces: one low rate, all three
-// systems and the baseline, then the report it wrote.
+// A tiny benchmark end to end in namespaces: one low rate, all four
+// systems and the baseline, then the report it wrote. synguard answers
+// the flood in XDP, synguard-nfqueue through its queue.
 func TestBenchEndToEnd(t *testing.T) {
 	roottest.Require(t)
 	bin := buildSynguard(t)
@@ -66,8 +67,11 @@ func TestBenchEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Runs) != 3 || len(rep.Baselines) != 1 {
-		t.Fatalf("%d runs and %d baselines, want 3 and 1", len(rep.Runs), len(rep.Baselines))
+	if len(rep.Runs) != 4 || len(rep.Baselines) != 1 {
+		t.Fatalf("%d runs and %d baselines, want 4 and 1", len(rep.Runs), len(rep.Baselines))
+	}
+	if rep.Attack != KindSYN {
+		t.Errorf("attack %q, want syn", rep.Attack)
 	}
 	if rep.Config.BackendOptions.MSS == 0 {
 		t.Errorf("no backend MSS learned for SYNPROXY")
@@ -94,27 +98,43 @@ func TestBenchEndToEnd(t *testing.T) {
 				t.Errorf("CPU: machine %.2f s, bench %.2f s, baseline %.2f s", r.CPUBusyS, r.BenchCPUS, r.BaselineBenchS)
 			}
 			switch r.System {
-			case Synguard:
+			case Synguard, SynguardNFQueue:
 				if r.GatewayRSSMB < 1 {
 					t.Errorf("synguard peak RSS %.2f MiB", r.GatewayRSSMB)
 				}
-				// The flood went through synguard's engine, not around it.
+				// The flood went through synguard, not around it: its
+				// engine counts the SYNs its XDP program answered too.
 				if float64(r.EngineSYNs) < 0.95*float64(r.SYNsSent) {
 					t.Errorf("synguard's engine saw %d SYNs of %d sent", r.EngineSYNs, r.SYNsSent)
 				}
-				// One queue by default, and it received the flood.
-				if r.Queues != 1 || len(r.QueueReceived) != 1 || float64(r.QueueReceived[0]) < 0.95*float64(r.SYNsSent) {
-					t.Errorf("synguard with %d queues received %v of %d SYNs sent", r.Queues, r.QueueReceived, r.SYNsSent)
+				if r.Queues != 1 || len(r.QueueReceived) != 1 {
+					t.Errorf("synguard with %d queues, received by queue %v", r.Queues, r.QueueReceived)
 				}
 			default:
 				if r.GatewayRSSMB != 0 || r.QueueDrops != 0 || r.EngineSYNs != 0 || r.Queues != 0 || r.QueueReceived != nil {
 					t.Errorf("kernel system with RSS %.1f, queue drops %d, engine SYNs %d, queues %d %v",
 						r.GatewayRSSMB, r.QueueDrops, r.EngineSYNs, r.Queues, r.QueueReceived)
 				}
+				if r.Path != PathKernel {
+					t.Errorf("%s with path %q", r.System, r.Path)
+				}
+			}
+			switch r.System {
+			case Synguard:
+				// By default the XDP program answers the flood, and the
+				// queue sees little of it.
+				if r.Path != PathXDP || float64(r.XDPTX) < 0.95*float64(r.SYNsSent) {
+					t.Errorf("synguard: path %q, XDP sent %d SYN-ACKs for %d SYNs", r.Path, r.XDPTX, r.SYNsSent)
+				}
+			case SynguardNFQueue:
+				// With --xdp off the one queue received the flood.
+				if r.Path != PathNFQueue || r.XDPTX != 0 || len(r.QueueReceived) != 1 || float64(r.QueueReceived[0]) < 0.95*float64(r.SYNsSent) {
+					t.Errorf("synguard-nfqueue: path %q, XDP sent %d, queue received %v of %d SYNs sent", r.Path, r.XDPTX, r.QueueReceived, r.SYNsSent)
+				}
 			}
 		})
 	}
-	if len(seen) != 3 {
+	if len(seen) != 4 {
 		t.Errorf("systems run: %v", seen)
 	}
 	// The baseline drops the flood before anything can answer it, and
@@ -133,20 +153,24 @@ func TestBenchEndToEnd(t *testing.T) {
 	}
 }
 
-// synguard is measured once per queue count, in the order given, between
-// the systems before and after it; the kernel systems have no count.
+// synguard and synguard-nfqueue are each measured once per queue count,
+// in the order given, between the systems before and after them; the
+// kernel systems have no count.
 func TestConfigVariants(t *testing.T) {
-	cfg := Config{Systems: []System{Synproxy, Synguard, None}, Queues: []int{2, 1}}
-	want := []variant{{Synproxy, 0}, {Synguard, 2}, {Synguard, 1}, {None, 0}}
+	cfg := Config{Systems: []System{Synproxy, Synguard, None, SynguardNFQueue}, Queues: []int{2, 1}}
+	want := []variant{{Synproxy, 0}, {Synguard, 2}, {Synguard, 1}, {None, 0}, {SynguardNFQueue, 2}, {SynguardNFQueue, 1}}
 	if got := cfg.variants(); !slices.Equal(got, want) {
 		t.Errorf("variants %v, want %v", got, want)
 	}
-	// Unset, every system with one queue: the benchmark as it always was.
-	want = []variant{{Synguard, 1}, {Synproxy, 0}, {None, 0}}
+	// Unset, every system with one queue, in report order.
+	want = []variant{{Synguard, 1}, {SynguardNFQueue, 1}, {Synproxy, 0}, {None, 0}}
 	if got := (&Config{}).variants(); !slices.Equal(got, want) {
 		t.Errorf("default variants %v, want %v", got, want)
 	}
 	if got := cfg.progressName(variant{Synguard, 2}); got != "synguard×2" {
+		t.Errorf("progress name %q", got)
+	}
+	if got := cfg.progressName(variant{SynguardNFQueue, 1}); got != "synguard-nfqueue×1" {
 		t.Errorf("progress name %q", got)
 	}
 	if got := (&Config{Queues: DefaultQueues}).progressName(variant{Synguard, 1}); got != "synguard" {
@@ -163,6 +187,14 @@ func TestConfigValidateQueues(t *testing.T) {
 			t.Errorf("queues %v: %v", q, err)
 		}
 	}
+	// Queue counts apply to either synguard system alone.
+	for _, sys := range []System{Synguard, SynguardNFQueue} {
+		cfg := ok
+		cfg.Queues, cfg.Systems = []int{1, 2}, []System{sys, Synproxy}
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("queues 1,2 with %s: %v", sys, err)
+		}
+	}
 	for _, tt := range []struct {
 		queues  []int
 		systems []System
@@ -172,9 +204,11 @@ func TestConfigValidateQueues(t *testing.T) {
 		{[]int{0}, nil, 1, "0 queues outside"},
 		{[]int{MaxQueues + 1}, nil, 1, "queues outside"},
 		{[]int{2, 2}, nil, 1, "queue count 2 listed twice"},
-		{[]int{1, 2}, []System{None}, 1, "synguard, which is not among the systems"},
-		// 13 rates × (4 variants + baseline) = 65 runs.
-		{[]int{1, 2}, nil, 13, "more than 64 runs"},
+		{[]int{1, 2}, []System{None}, 1, "apply to synguard and synguard-nfqueue, neither of which is among the systems"},
+		// 10 rates × (6 variants + baseline) = 70 runs.
+		{[]int{1, 2}, nil, 10, "more than 64 runs"},
+		// 22 rates × (2 variants + baseline) = 66 runs.
+		{[]int{1}, []System{SynguardNFQueue, None}, 22, "more than 64 runs"},
 	} {
 		cfg := ok
 		cfg.Queues, cfg.Systems = tt.queues, tt.systems
@@ -275,5 +309,80 @@ func TestBenchEndToEndIPv6(t *testing.T) {
 	}
 	if !strings.Contains(string(md), "Address family: **IPv6**") {
 		t.Error("report.md does not say IPv6")
+	}
+}
+
+// A tiny forged-ACK benchmark end to end: every system at one low rate.
+// synguard drops the flood in XDP, synguard-nfqueue in its engine,
+// SYNPROXY in netfilter; only the unprotected backend sees the forged
+// ACKs, and answers each with a RST. Legitimate clients get through
+// everywhere.
+func TestBenchEndToEndACK(t *testing.T) {
+	roottest.Require(t)
+	bin := buildSynguard(t)
+	out := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cfg := Config{
+		Name:      fmt.Sprintf("sgt-benchack-%d", os.Getpid()%100000),
+		Binary:    bin,
+		Attack:    KindACK,
+		Rates:     []int{2000},
+		Duration:  2 * time.Second,
+		ProbeRate: 10,
+		OutDir:    out,
+		Progress:  logWriter{t},
+	}
+	if _, err := Run(ctx, cfg); err != nil {
+		if log, rerr := os.ReadFile(filepath.Join(out, "synguard.log")); rerr == nil {
+			t.Logf("synguard log:\n%s", log)
+		}
+		t.Fatal(err)
+	}
+	rep, err := LoadReport(filepath.Join(out, ReportJSON))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Attack != KindACK || len(rep.Runs) != 4 || len(rep.Baselines) != 1 {
+		t.Fatalf("attack %q, %d runs, %d baselines; want ack, 4, 1", rep.Attack, len(rep.Runs), len(rep.Baselines))
+	}
+	for _, r := range rep.Runs {
+		t.Run(string(r.System), func(t *testing.T) {
+			if r.ACKsSent <= 0 || r.SYNsSent != 0 || r.OfferedPPS <= 0 {
+				t.Errorf("ACKs sent %d, SYNs sent %d, offered %.0f/s", r.ACKsSent, r.SYNsSent, r.OfferedPPS)
+			}
+			if r.LegitSuccess <= 0.9 {
+				t.Errorf("legitimate clients: %d of %d (%.2f); errors %v", r.LegitOK, r.LegitAttempts, r.LegitSuccess, r.ProbeErrors)
+			}
+			if r.System == None {
+				if r.BackendACKPPS < 0.9*r.OfferedPPS || r.RSTPPS < 0.9*r.OfferedPPS {
+					t.Errorf("unprotected: %.0f/s of %.0f/s forged ACKs reached the backend, %.0f RST/s", r.BackendACKPPS, r.OfferedPPS, r.RSTPPS)
+				}
+				return
+			}
+			if r.BackendACKPPS > 0.01*r.OfferedPPS || r.RSTPPS > 0.01*r.OfferedPPS {
+				t.Errorf("%.0f/s of %.0f/s forged ACKs reached the backend, %.0f RST/s", r.BackendACKPPS, r.OfferedPPS, r.RSTPPS)
+			}
+			switch r.System {
+			case Synguard:
+				if r.Path != PathXDP || float64(r.XDPDrop) < 0.95*float64(r.ACKsSent) {
+					t.Errorf("path %q, XDP dropped %d of %d forged ACKs", r.Path, r.XDPDrop, r.ACKsSent)
+				}
+			case SynguardNFQueue:
+				if r.Path != PathNFQueue || r.XDPDrop != 0 || float64(r.CookieInvalid) < 0.95*float64(r.ACKsSent) {
+					t.Errorf("path %q, XDP dropped %d, engine found %d invalid cookies of %d forged ACKs", r.Path, r.XDPDrop, r.CookieInvalid, r.ACKsSent)
+				}
+			}
+		})
+	}
+	// The baseline drops the flood at the gateway: nothing reaches the
+	// backend, nothing comes back.
+	if base := rep.Baselines[0]; base.BackendACKPPS != 0 || base.RSTPPS > 0.01*base.OfferedPPS || base.LegitSuccess <= 0.9 {
+		t.Errorf("baseline: %.0f forged ACK/s reached the backend, %.0f RST/s, legitimate success %.2f", base.BackendACKPPS, base.RSTPPS, base.LegitSuccess)
+	}
+	for _, f := range []string{ReportMD, PlotBackend, PlotLegit, PlotCPU} {
+		if st, err := os.Stat(filepath.Join(out, f)); err != nil || st.Size() == 0 {
+			t.Errorf("%s: %v", f, err)
+		}
 	}
 }

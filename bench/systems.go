@@ -24,8 +24,13 @@ type System string
 
 // The systems, in the order they run and are reported.
 const (
-	// Synguard is `synguard run --mode always` on the gateway.
+	// Synguard is `synguard run --mode always` on the gateway, with its
+	// defaults: the XDP fast path on where it is available (--xdp auto,
+	// generic mode on the lab's veth links).
 	Synguard System = "synguard"
+	// SynguardNFQueue is `synguard run --mode always --xdp off`: every
+	// packet through the NFQUEUE path, as synguard was before XDP.
+	SynguardNFQueue System = "synguard-nfqueue"
 	// Synproxy is the kernel's SYNPROXY target on the gateway, set up as
 	// the iptables-extensions manual prescribes.
 	Synproxy System = "synproxy"
@@ -35,7 +40,7 @@ const (
 )
 
 // AllSystems lists every system.
-var AllSystems = []System{Synguard, Synproxy, None}
+var AllSystems = []System{Synguard, SynguardNFQueue, Synproxy, None}
 
 // ParseSystem checks a system name.
 func ParseSystem(s string) (System, error) {
@@ -44,8 +49,25 @@ func ParseSystem(s string) (System, error) {
 			return sys, nil
 		}
 	}
-	return "", fmt.Errorf("unknown system %q (want synguard, synproxy or none)", s)
+	return "", fmt.Errorf("unknown system %q (want synguard, synguard-nfqueue, synproxy or none)", s)
 }
+
+// IsSynguard says whether s is synguard, with or without its XDP fast
+// path: a process of its own with NFQUEUEs, metrics and an RSS, measured
+// once per queue count.
+func (s System) IsSynguard() bool { return s == Synguard || s == SynguardNFQueue }
+
+// The paths by which a run's flood was handled (RunResult.Path).
+const (
+	// PathXDP: synguard answered the SYN flood (or dropped the forged
+	// ACKs) in its XDP program.
+	PathXDP = "xdp"
+	// PathNFQueue: synguard did it through its NFQUEUE path.
+	PathNFQueue = "nfqueue"
+	// PathKernel: the kernel did, without synguard (synproxy, none and
+	// the baselines).
+	PathKernel = "kernel"
+)
 
 // setup is one system (or the baseline) installed on the gateway for one
 // run.
@@ -121,12 +143,22 @@ func (r *ruleSet) after(context.Context, *measurement) error { return nil }
 // baselineRules drop the flood in raw PREROUTING, the gateway's first
 // netfilter hook: what is left is the cost of generating the flood and
 // delivering it to the gateway, which every system pays too. Legitimate
-// clients are not spoofed and pass.
-func baselineRules(ns *netns.NS, fam netFamily, service netip.AddrPort) *ruleSet {
+// clients are not spoofed and pass. The rule matches the attack's packets:
+// SYNs, or segments with the ACK flag alone.
+func baselineRules(ns *netns.NS, fam netFamily, service netip.AddrPort, attack Kind) *ruleSet {
 	return &ruleSet{ns: ns, iptables: fam.iptables, rules: [][]string{
-		{"raw", "PREROUTING", "-s", fam.spoof.String(), "-d", service.Addr().String(),
-			"-p", "tcp", "--syn", "-j", "DROP"},
+		append(append([]string{"raw", "PREROUTING", "-s", fam.spoof.String(), "-d", service.Addr().String(),
+			"-p", "tcp"}, floodMatch(attack)...), "-j", "DROP"),
 	}}
+}
+
+// floodMatch is the iptables match of the flood's packets: --syn, or the
+// ACK flag alone among SYN, ACK, RST and FIN.
+func floodMatch(attack Kind) []string {
+	if attack == KindACK {
+		return []string{"--tcp-flags", "SYN,ACK,RST,FIN", "ACK"}
+	}
+	return []string{"--syn"}
 }
 
 // BackendOptions are the TCP options a backend announces in its SYN-ACK,
@@ -192,12 +224,15 @@ const metricsAddr = "127.0.0.1:9847"
 
 // synguardSetup runs `synguard run --mode always --queues N` in the
 // gateway namespace, a fresh process per run so that its peak RSS is the
-// run's.
+// run's: with its XDP fast path as it defaults to (Synguard) or with
+// --xdp off (SynguardNFQueue).
 type synguardSetup struct {
 	ns      *netns.NS
 	binary  string
 	service netip.AddrPort
 	queues  int      // NFQUEUEs, one worker each (1 when 0)
+	xdpOff  bool     // --xdp off
+	attack  Kind     // what the flood sends, for the run's path
 	args    []string // more arguments for `synguard run`
 	logPath string
 
@@ -205,9 +240,47 @@ type synguardSetup struct {
 	done chan error
 	log  *os.File
 
-	m0   map[string]float64
-	q0   map[int]float64
+	m0   metricsSample
 	cpu0 time.Duration
+}
+
+// metricsSample is what one scrape of synguard's metrics gives the
+// benchmark.
+type metricsSample struct {
+	total map[string]float64 // every metric, summed over its labels
+	queue map[int]float64    // synguard_queue_received_total by queue
+	xdp   map[string]float64 // synguard_xdp_packets_total by action
+}
+
+// runArgs are the arguments of `synguard run`: the benchmark's own, then
+// the user's (Config.SynguardArgs). For --xdp off the user's XDP flags are
+// left out, since synguard refuses --xdp-interfaces with XDP off and
+// synguard-nfqueue must not run with XDP on.
+func (s *synguardSetup) runArgs() []string {
+	args := []string{"run", "--protect", s.service.String(),
+		"--mode", "always", "--queues", strconv.Itoa(max(s.queues, 1)),
+		"--metrics", metricsAddr, "--log-level", "warn"}
+	if !s.xdpOff {
+		return append(args, s.args...)
+	}
+	return append(append(args, withoutXDPFlags(s.args)...), "--xdp", "off")
+}
+
+// withoutXDPFlags returns args without --xdp and --xdp-interfaces (one or
+// two dashes, "=value" or the value as the next argument).
+func withoutXDPFlags(args []string) []string {
+	var out []string
+	for i := 0; i < len(args); i++ {
+		name, _, hasValue := strings.Cut(strings.TrimLeft(args[i], "-"), "=")
+		if !strings.HasPrefix(args[i], "-") || (name != "xdp" && name != "xdp-interfaces") {
+			out = append(out, args[i])
+			continue
+		}
+		if !hasValue {
+			i++ // the value
+		}
+	}
+	return out
 }
 
 func (s *synguardSetup) start(ctx context.Context) error {
@@ -216,10 +289,7 @@ func (s *synguardSetup) start(ctx context.Context) error {
 		return err
 	}
 	s.log = log
-	args := append([]string{"run", "--protect", s.service.String(),
-		"--mode", "always", "--queues", strconv.Itoa(max(s.queues, 1)),
-		"--metrics", metricsAddr, "--log-level", "warn"}, s.args...)
-	s.cmd = s.ns.Command(context.WithoutCancel(ctx), s.binary, args...)
+	s.cmd = s.ns.Command(context.WithoutCancel(ctx), s.binary, s.runArgs()...)
 	s.cmd.Stdout, s.cmd.Stderr = log, log
 	if err := s.cmd.Start(); err != nil {
 		log.Close()
@@ -230,7 +300,7 @@ func (s *synguardSetup) start(ctx context.Context) error {
 
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		if _, _, err := s.scrape(ctx); err == nil {
+		if _, err := s.scrape(ctx); err == nil {
 			break
 		} else if time.Now().After(deadline) {
 			return fmt.Errorf("synguard not ready after 15s (log %s): %w", s.logPath, err)
@@ -257,26 +327,48 @@ func (s *synguardSetup) start(ctx context.Context) error {
 }
 
 // scrape reads synguard's metrics: each metric summed over its labels,
-// and the packets each queue received.
-func (s *synguardSetup) scrape(ctx context.Context) (map[string]float64, map[int]float64, error) {
+// the packets each queue received and the XDP program's verdicts.
+func (s *synguardSetup) scrape(ctx context.Context) (metricsSample, error) {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	text, err := lab.ScrapeMetricsText(ctx, s.ns, metricsAddr)
 	if err != nil {
-		return nil, nil, err
+		return metricsSample{}, err
 	}
-	m, err := lab.ParseMetrics(strings.NewReader(text))
-	if err != nil {
-		return nil, nil, err
+	var m metricsSample
+	if m.total, err = lab.ParseMetrics(strings.NewReader(text)); err != nil {
+		return m, err
 	}
-	q, err := perQueue(text, "synguard_queue_received_total")
-	return m, q, err
+	if m.queue, err = perQueue(text, "synguard_queue_received_total"); err != nil {
+		return m, err
+	}
+	m.xdp, err = perLabel(text, "synguard_xdp_packets_total", "action")
+	return m, err
 }
 
 // perQueue reads one metric's series by their queue label from a
 // Prometheus text exposition: `name{queue="N"} value`.
 func perQueue(text, name string) (map[int]float64, error) {
-	out := make(map[int]float64)
+	byLabel, err := perLabel(text, name, "queue")
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[int]float64, len(byLabel))
+	for q, v := range byLabel {
+		n, err := strconv.Atoi(q)
+		if err != nil {
+			return nil, fmt.Errorf("bad queue label %q in %s", q, name)
+		}
+		out[n] += v
+	}
+	return out, nil
+}
+
+// perLabel reads one metric's series by the value of one label from a
+// Prometheus text exposition: `name{label="V",...} value`, summed over
+// the other labels. Series without the label are left out.
+func perLabel(text, name, label string) (map[string]float64, error) {
+	out := make(map[string]float64)
 	for line := range strings.Lines(text) {
 		rest, ok := strings.CutPrefix(line, name+"{")
 		if !ok {
@@ -286,28 +378,28 @@ func perQueue(text, name string) (map[int]float64, error) {
 		if !ok {
 			return nil, fmt.Errorf("bad metrics line %q", strings.TrimSpace(line))
 		}
-		_, q, ok := strings.Cut(labels, `queue="`)
-		if !ok {
+		var l string
+		if strings.HasPrefix(labels, label+`="`) {
+			l = labels[len(label)+2:]
+		} else if _, after, found := strings.Cut(labels, ","+label+`="`); found {
+			l = after
+		} else {
 			continue
 		}
-		q, _, _ = strings.Cut(q, `"`)
-		n, err := strconv.Atoi(q)
-		if err != nil {
-			return nil, fmt.Errorf("bad queue label in %q", strings.TrimSpace(line))
-		}
+		l, _, _ = strings.Cut(l, `"`)
 		valStr, _, _ := strings.Cut(strings.TrimSpace(value), " ")
 		v, err := strconv.ParseFloat(valStr, 64)
 		if err != nil {
 			return nil, fmt.Errorf("bad metrics value in %q: %w", strings.TrimSpace(line), err)
 		}
-		out[n] += v
+		out[l] += v
 	}
 	return out, nil
 }
 
 func (s *synguardSetup) before(ctx context.Context) error {
 	var err error
-	if s.m0, s.q0, err = s.scrape(ctx); err != nil {
+	if s.m0, err = s.scrape(ctx); err != nil {
 		return fmt.Errorf("synguard metrics: %w", err)
 	}
 	s.cpu0, err = ProcessCPU(s.cmd.Process.Pid)
@@ -323,19 +415,36 @@ func (s *synguardSetup) after(ctx context.Context, m *measurement) error {
 	if m.peakRSS, err = PeakRSS(s.cmd.Process.Pid); err != nil {
 		return err
 	}
-	m1, q1, err := s.scrape(ctx)
+	m1, err := s.scrape(ctx)
 	if err != nil {
 		return fmt.Errorf("synguard metrics: %w", err)
 	}
-	delta := func(name string) uint64 { return uint64(max(m1[name]-s.m0[name], 0)) }
+	delta := func(name string) uint64 { return uint64(max(m1.total[name]-s.m0.total[name], 0)) }
 	m.queueDrops = delta("synguard_queue_dropped_total")
 	m.engineSYNs = delta("synguard_syn_received_total")
+	m.cookieInvalid = delta("synguard_cookie_invalid_total")
 	// synguard binds queues 0..N-1 (--queue 0, the default).
 	m.queueReceived = make([]uint64, max(s.queues, 1))
 	for q := range m.queueReceived {
-		m.queueReceived[q] = uint64(max(q1[q]-s.q0[q], 0))
+		m.queueReceived[q] = uint64(max(m1.queue[q]-s.m0.queue[q], 0))
 	}
+	xdp := func(action string) uint64 { return uint64(max(m1.xdp[action]-s.m0.xdp[action], 0)) }
+	m.xdpTX, m.xdpDrop, m.xdpPass = xdp("tx"), xdp("drop"), xdp("pass")
+	m.path = runPath(s.attack, m.xdpTX, m.xdpDrop)
 	return nil
+}
+
+// runPath is the path by which synguard handled a flood, from its XDP
+// program's verdicts over the run: the SYN flood was answered in XDP if
+// the program sent SYN-ACKs (tx), the forged ACKs were dropped there if
+// it dropped packets. The other verdict does not count: during an ACK
+// flood the legitimate clients' SYNs are answered in XDP whatever
+// happens to the flood.
+func runPath(attack Kind, tx, drop uint64) string {
+	if (attack == KindACK && drop > 0) || (attack != KindACK && tx > 0) {
+		return PathXDP
+	}
+	return PathNFQueue
 }
 
 // stop sends SIGTERM, so that synguard removes its rules and restores

@@ -29,15 +29,15 @@ func runBenchScenarios(ctx context.Context, args []string, stdout, _ io.Writer) 
 		return errors.New("bench: needs root (network namespaces, netfilter)")
 	}
 	sysDesc := fmt.Sprint(systemNames(cfg.Systems))
-	if len(cfg.Systems) == 0 || slices.Contains(cfg.Systems, bench.Synguard) {
+	if len(cfg.Systems) == 0 || slices.ContainsFunc(cfg.Systems, bench.System.IsSynguard) {
 		sysDesc += " (synguard --queues " + queuesString(cfg.Queues) + strings.Join(append([]string{""}, cfg.SynguardArgs...), " ") + ")"
 	}
 	labDesc := cfg.Name
 	if cfg.Family == bench.IPv6 {
 		labDesc += " (IPv6)"
 	}
-	fmt.Fprintf(stdout, "bench: lab %s, rates %s, %s per flood, systems %s; writing to %s\n",
-		labDesc, ratesString(cfg.Rates), cfg.Duration, sysDesc, cfg.OutDir)
+	fmt.Fprintf(stdout, "bench: lab %s, %s flood, rates %s, %s per flood, systems %s; writing to %s\n",
+		labDesc, cfg.Attack, ratesString(cfg.Rates), cfg.Duration, sysDesc, cfg.OutDir)
 	rep, err := bench.Run(ctx, cfg)
 	if err != nil {
 		if rep != nil {
@@ -58,12 +58,13 @@ func runBenchScenarios(ctx context.Context, args []string, stdout, _ io.Writer) 
 // stdout and is flag.ErrHelp.
 func benchConfig(args []string, stdout io.Writer) (bench.Config, error) {
 	fs := newFlagSet(stdout, "bench")
-	quick := fs.Bool("quick", false, "a short run: rates "+ratesString(bench.QuickRates)+", "+bench.QuickDuration.String()+" each (about 1.5 minutes; each --queues count beyond the first adds about 20 s)")
+	quick := fs.Bool("quick", false, "a short run: rates "+ratesString(bench.QuickRates)+", "+bench.QuickDuration.String()+" each (about 2 minutes; each --queues count beyond the first adds about 40 s)")
 	out := fs.String("out", "bench-out", "output `directory`")
-	rates := fs.String("rates", "", "offered loads in SYN/s, comma-separated; max = as fast as the generator goes (default "+ratesString(bench.DefaultRates)+")")
+	attack := fs.String("attack", "syn", "what the flood sends: `syn` (SYNs) or ack (forged ACKs: the ACK flag alone, random sequence and acknowledgement numbers)")
+	rates := fs.String("rates", "", "offered loads in packets (SYNs or forged ACKs) per second, comma-separated; max = as fast as the generator goes (default "+ratesString(bench.DefaultRates)+")")
 	duration := fs.Duration("duration", 0, "how long each flood lasts (default "+bench.DefaultDuration.String()+", "+bench.QuickDuration.String()+" with --quick)")
-	systems := fs.String("systems", "", "systems to compare, comma-separated (default synguard,synproxy,none)")
-	queues := fs.String("queues", "1", "synguard's NFQUEUE `counts`, comma-separated: synguard is measured once per count at every rate, its queues spread with --queue-balance")
+	systems := fs.String("systems", "", "systems to compare, comma-separated (default synguard,synguard-nfqueue,synproxy,none; synguard-nfqueue is synguard with --xdp off)")
+	queues := fs.String("queues", "1", "synguard's NFQUEUE `counts`, comma-separated: synguard and synguard-nfqueue are each measured once per count at every rate, their queues spread with --queue-balance")
 	probeRate := fs.Int("probe-rate", bench.DefaultProbeRate, "`number` of legitimate clients per second during each flood")
 	probeTimeout := fs.Duration("probe-timeout", bench.DefaultProbeTimeout, "time a legitimate client has to connect and fetch its page")
 	name := fs.String("name", benchLabName, "namespace name `prefix` of the benchmark's lab")
@@ -84,6 +85,10 @@ func benchConfig(args []string, stdout io.Writer) (bench.Config, error) {
 	}
 	if *ipv6 {
 		cfg.Family = bench.IPv6
+	}
+	var err error
+	if cfg.Attack, err = parseAttack(*attack); err != nil {
+		return cfg, usagef("bench --attack: %v", err)
 	}
 	cfg.SynguardArgs = strings.Fields(*synguardArgs)
 	if *quick {
@@ -146,6 +151,19 @@ func runBenchReport(_ context.Context, args []string, stdout, _ io.Writer) error
 	return nil
 }
 
+// parseAttack reads --attack and bench flood's --kind: syn or ack, and
+// nothing else (not even empty).
+func parseAttack(s string) (bench.Kind, error) {
+	if s == "" {
+		return "", errors.New(`"": want syn or ack`)
+	}
+	k, err := bench.ParseKind(s)
+	if err != nil {
+		return "", fmt.Errorf("%q: want syn or ack", s)
+	}
+	return k, nil
+}
+
 // parseRates reads "10000,50000,max".
 func parseRates(s string) ([]int, error) {
 	var rates []int
@@ -157,7 +175,7 @@ func parseRates(s string) ([]int, error) {
 		}
 		n, err := strconv.Atoi(strings.ReplaceAll(f, "_", ""))
 		if err != nil || n < 1 || n > bench.MaxFloodRate {
-			return nil, fmt.Errorf("%q: want 1..%d SYN/s or max", f, bench.MaxFloodRate)
+			return nil, fmt.Errorf("%q: want 1..%d packets/s or max", f, bench.MaxFloodRate)
 		}
 		rates = append(rates, n)
 	}
@@ -211,6 +229,7 @@ func systemNames(ss []bench.System) []string {
 
 func runBenchFlood(ctx context.Context, args []string, stdout, _ io.Writer) error {
 	fs := newFlagSet(stdout, "bench flood")
+	kind := fs.String("kind", "syn", "what to send: `syn` (Linux-like SYNs) or ack (forged ACKs)")
 	target := fs.String("target", "", "`ADDR:PORT` to flood")
 	sources := fs.String("sources", "", "source `prefix` (default: the benchmarking range of the target's family)")
 	rate := fs.Int("rate", 10000, "packets per second (0: as fast as possible)")
@@ -219,11 +238,15 @@ func runBenchFlood(ctx context.Context, args []string, stdout, _ io.Writer) erro
 	if err := parseArgs(fs, args); err != nil {
 		return err
 	}
+	k, err := parseAttack(*kind)
+	if err != nil {
+		return usagef("bench flood --kind: %v", err)
+	}
 	t, err := netip.ParseAddrPort(*target)
 	if err != nil {
 		return usagef("bench flood --target %q: want ADDR:PORT", *target)
 	}
-	cfg := bench.FloodConfig{Target: t, Rate: *rate, Count: *count, Duration: *duration}
+	cfg := bench.FloodConfig{Kind: k, Target: t, Rate: *rate, Count: *count, Duration: *duration}
 	switch {
 	case *sources != "":
 		p, err := netip.ParsePrefix(*sources)
@@ -240,6 +263,10 @@ func runBenchFlood(ctx context.Context, args []string, stdout, _ io.Writer) erro
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "sent %d SYNs in %s (%.0f/s), %d errors\n", st.Sent, st.Elapsed.Round(time.Millisecond), float64(st.Sent)/st.Elapsed.Seconds(), st.Errors)
+	what := "SYNs"
+	if k == bench.KindACK {
+		what = "forged ACKs"
+	}
+	fmt.Fprintf(stdout, "sent %d %s in %s (%.0f/s), %d errors\n", st.Sent, what, st.Elapsed.Round(time.Millisecond), float64(st.Sent)/st.Elapsed.Seconds(), st.Errors)
 	return nil
 }

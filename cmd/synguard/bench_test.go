@@ -34,7 +34,12 @@ func TestBenchBadCommandLines(t *testing.T) {
 		{"queues empty", []string{"bench", "--queues", ""}, `--queues: "": want queue counts`},
 		{"queues trailing comma", []string{"bench", "--queues", "1,"}, `--queues: "": want queue counts`},
 		{"queues twice", []string{"bench", "--queues", "2,1,2"}, "queue count 2 listed twice"},
-		{"queues without synguard", []string{"bench", "--systems", "synproxy,none", "--queues", "1,2"}, "synguard, which is not among the systems"},
+		{"queues without synguard", []string{"bench", "--systems", "synproxy,none", "--queues", "1,2"}, "apply to synguard and synguard-nfqueue, neither of which is among the systems"},
+		{"bad attack", []string{"bench", "--attack", "rst"}, `bench --attack: "rst": want syn or ack`},
+		{"attack in capitals", []string{"bench", "--attack", "ACK"}, `bench --attack: "ACK": want syn or ack`},
+		{"empty attack", []string{"bench", "--attack", ""}, `bench --attack: "": want syn or ack`},
+		{"nfqueue misspelt", []string{"bench", "--systems", "synguard,synguard-nfq"}, `unknown system "synguard-nfq" (want synguard, synguard-nfqueue, synproxy or none)`},
+		{"flood bad kind", []string{"bench", "flood", "--kind", "fin", "--target", "203.0.113.2:80"}, `bench flood --kind: "fin": want syn or ack`},
 		{"queues too many runs", []string{"bench", "--queues", "1,2,3,4,5,6,7,8,9,10"}, "more than 64 runs"},
 		{"ipv6 not a bool", []string{"bench", "--ipv6=maybe"}, "-ipv6"},
 		{"ipv6 with a bad value", []string{"bench", "--ipv6", "--probe-rate", "0"}, "probe rate 0"},
@@ -84,6 +89,37 @@ func TestBenchConfigFamily(t *testing.T) {
 	}
 	if cfg.Name != "sg6" || len(cfg.Systems) != 2 || !slices.Equal(cfg.Queues, []int{1, 2}) || !slices.Equal(cfg.Rates, bench.QuickRates) {
 		t.Errorf("with --ipv6 the other flags were lost: %+v", cfg)
+	}
+}
+
+// --attack chooses the flood (syn by default), --systems takes
+// synguard-nfqueue, and the default set has all four systems; --queues
+// applies to either synguard system.
+func TestBenchConfigAttackAndSystems(t *testing.T) {
+	for _, tt := range []struct {
+		args    []string
+		attack  bench.Kind
+		systems []bench.System
+	}{
+		{nil, bench.KindSYN, nil},
+		{[]string{"--attack", "syn"}, bench.KindSYN, nil},
+		{[]string{"--attack", "ack", "--quick"}, bench.KindACK, nil},
+		{[]string{"--attack=ack", "--systems", "synguard-nfqueue, synproxy", "--queues", "1,2"}, bench.KindACK,
+			[]bench.System{bench.SynguardNFQueue, bench.Synproxy}},
+		{[]string{"--systems", "none,synguard-nfqueue,synguard"}, bench.KindSYN,
+			[]bench.System{bench.None, bench.SynguardNFQueue, bench.Synguard}},
+	} {
+		cfg, err := benchConfig(tt.args, io.Discard)
+		if err != nil {
+			t.Errorf("%q: %v", tt.args, err)
+			continue
+		}
+		if cfg.Attack != tt.attack || !slices.Equal(cfg.Systems, tt.systems) {
+			t.Errorf("%q: attack %q, systems %v; want %q, %v", tt.args, cfg.Attack, cfg.Systems, tt.attack, tt.systems)
+		}
+	}
+	if got, want := systemNames(nil), []string{"synguard", "synguard-nfqueue", "synproxy", "none"}; !slices.Equal(got, want) {
+		t.Errorf("default systems %v, want %v", got, want)
 	}
 }
 
@@ -144,7 +180,7 @@ func TestBenchReportQueues(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, rate := range []string{"20000/s", "100000/s", "max"} {
-		for _, want := range []string{"| " + rate + " | synguard | 1 | ", "| " + rate + " | synguard | 2 | ", "| " + rate + " | synproxy | n/a | "} {
+		for _, want := range []string{"| " + rate + " | synguard | 1 | nfqueue | ", "| " + rate + " | synguard | 2 | nfqueue | ", "| " + rate + " | synproxy | n/a | kernel | "} {
 			if !strings.Contains(string(md), want) {
 				t.Errorf("report.md has no row starting %q", want)
 			}
@@ -160,5 +196,34 @@ func TestBenchReportQueues(t *testing.T) {
 	}
 	if count[1] != 3 || count[2] != 3 || count[0] != 6 {
 		t.Errorf("runs by queue count %v, want 3 with 1, 3 with 2 and 6 kernel runs with 0", count)
+	}
+}
+
+// `bench report` of a forged-ACK recording draws the ACK report: its
+// plots (backend.png, not synack.png) and an ACK table with the path of
+// every run.
+func TestBenchReportACK(t *testing.T) {
+	out := t.TempDir()
+	_, stderr, code := runCLI("bench", "report", "--in", "../../bench/testdata/report-ack.json", "--out", out)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, f := range []string{"report.json", "report.md", "backend.png", "legit.png", "cpu.png"} {
+		if st, err := os.Stat(filepath.Join(out, f)); err != nil || st.Size() == 0 {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(out, "synack.png")); err == nil {
+		t.Error("an ACK report drew synack.png")
+	}
+	md, err := os.ReadFile(filepath.Join(out, "report.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"| forged ACK/s offered | reached backend/s |", "| CPU µs/ACK |",
+		"| max | synguard | 1 | xdp | ", "| max | synguard-nfqueue | 1 | nfqueue | ", "| max | none | n/a | kernel | "} {
+		if !strings.Contains(string(md), want) {
+			t.Errorf("report.md lacks %q", want)
+		}
 	}
 }

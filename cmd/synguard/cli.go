@@ -85,16 +85,17 @@ func commandTree() *command {
 			{
 				name:    "bench",
 				args:    "[flags]",
-				summary: "benchmark synguard against kernel SYNPROXY under SYN floods; flood: a bounded SYN flood generator",
-				doc: "Without a subcommand: build a lab and measure synguard (once per --queues count), " +
-					"kernel SYNPROXY and an unprotected backend under SYN floods stepped up to the " +
+				summary: "benchmark synguard against kernel SYNPROXY under SYN or forged-ACK floods; flood: a bounded flood generator",
+				doc: "Without a subcommand: build a lab and measure synguard (with its XDP fast path, and " +
+					"without it as synguard-nfqueue; once per --queues count), kernel SYNPROXY and an " +
+					"unprotected backend under SYN floods (--attack ack: forged ACKs) stepped up to the " +
 					"generator's maximum; write report.md, report.json and plots.",
 				run: runBenchScenarios,
 				subs: []*command{
 					{
 						name: "flood",
 						args: "--target ADDR:PORT [flags]",
-						summary: "send a bounded SYN flood with spoofed sources from the benchmarking range " +
+						summary: "send a bounded SYN (or, --kind ack, forged-ACK) flood with spoofed sources from the benchmarking range " +
 							"(198.18.0.0/15, or 2001:db8:ff00::/40 for IPv6), from the current network " +
 							"namespace; stops at --count or --duration",
 						run: runBenchFlood,
