@@ -71,12 +71,12 @@ struct svc_val {
 
 // The engine's control block, renewed while the engine is healthy. Keys
 // are SipHash keys of epochs epoch_base, +1 and +2; the current epoch is
-// computed here from the TAI clock, so a rotation needs no update in time.
+// found here from the TAI clock and the epochs' bounds, so a rotation
+// needs no update in time.
 struct engine_control {
 	__u64 deadline_tai;  // past it, everything passes
-	__s64 tai_to_unix;   // Unix time minus TAI, in nanoseconds
-	__u64 period_ns;     // key period
 	__s64 epoch_base;    // epoch of keys[0]
+	__u64 bounds_tai[3]; // TAI time epochs epoch_base+1, +2 and +3 start
 	__u64 keys[3][2];    // k0, k1 of epochs epoch_base..epoch_base+2
 };
 
@@ -337,6 +337,27 @@ bad:
 	return 1;
 }
 
+// common_layout reads the two option lists nearly every client sends, as
+// they are, without the walk: Linux's (MSS, SACK-permitted, timestamps,
+// NOP, window scale) and the one without timestamps (MSS, NOP, window
+// scale, NOP, NOP, SACK-permitted). Any other list takes the walk.
+static __always_inline int common_layout(const __u8 *b, __u64 n, struct syn_opts *o)
+{
+	int linux = n == 20 && b[0] == OPT_MSS && b[1] == 4 && b[4] == OPT_SACK_PERM && b[5] == 2 &&
+		    b[6] == OPT_TIMESTAMPS && b[7] == 10 && b[16] == OPT_NOP && b[17] == OPT_WSCALE &&
+		    b[18] == 3;
+	int plain = n == 12 && b[0] == OPT_MSS && b[1] == 4 && b[4] == OPT_NOP && b[5] == OPT_WSCALE &&
+		    b[6] == 3 && b[8] == OPT_NOP && b[9] == OPT_NOP && b[10] == OPT_SACK_PERM && b[11] == 2;
+	if (!linux && !plain)
+		return 0;
+	__u8 ws = linux ? b[19] : b[7];
+	o->mss = (__u16)b[2] << 8 | b[3];
+	o->has_mss = 1;
+	o->wscale = ws > MAX_WSCALE ? MAX_WSCALE : ws;
+	o->sack = 1;
+	return 1;
+}
+
 // parse_options reads the TCP options of a SYN the way packet.Parse does.
 // It returns -1 for a list packet.Parse rejects: the engine counts such a
 // SYN as malformed, so it must pass to the engine. The walk runs under
@@ -353,9 +374,12 @@ static __always_inline int parse_options(struct xdp_md *ctx, __u32 off, __u32 le
 	asm volatile("" : "+r"(n));
 	if (n > 40)
 		return -1;
+	*o = w.o;
 	if (n > 0) {
 		if (bpf_xdp_load_bytes(ctx, off, w.b, n) < 0)
 			return -1;
+		if (common_layout(w.b, n, o))
+			return 0;
 		w.n = n;
 		bpf_loop(40, opt_step, &w, 0);
 		if (w.err)
@@ -411,17 +435,11 @@ static __always_inline struct engine_control *control_now(__s64 *epoch, int *idx
 	if (!c)
 		return NULL;
 	__u64 tai = bpf_ktime_get_tai_ns();
-	if (tai > c->deadline_tai || c->period_ns == 0)
+	if (tai > c->deadline_tai || tai < c->bounds_tai[0] || tai >= c->bounds_tai[2])
 		return NULL;
-	__s64 unix_ns = (__s64)tai + c->tai_to_unix;
-	if (unix_ns <= 0)
-		return NULL;
-	__s64 e = (__s64)((__u64)unix_ns / c->period_ns);
-	__s64 i = e - c->epoch_base;
-	if (i < 1 || i > 2)
-		return NULL;
-	*epoch = e;
-	*idx = (int)i;
+	int i = tai < c->bounds_tai[1] ? 1 : 2;
+	*epoch = c->epoch_base + i;
+	*idx = i;
 	return c;
 }
 

@@ -16,9 +16,8 @@ import (
 type synguardEngineControl struct {
 	_           structs.HostLayout
 	DeadlineTai uint64
-	TaiToUnix   int64
-	PeriodNs    uint64
 	EpochBase   int64
+	BoundsTai   [3]uint64
 	Keys        [3][2]uint64
 }
 

@@ -215,18 +215,22 @@ func (p *Program) Renew(keys cookies.EpochKeys, deadline time.Time) error {
 	return p.renew(keys, time.Now(), deadline)
 }
 
-// renew is Renew at the instant now: the program reads the TAI clock and
-// adds the offset that makes it now.
+// renew is Renew at the instant now: the program's TAI clock is taken to
+// read now at the moment of the call.
 func (p *Program) renew(keys cookies.EpochKeys, now, deadline time.Time) error {
 	tai, err := clockNow(unix.CLOCK_TAI)
 	if err != nil {
 		return fmt.Errorf("xdp: read the TAI clock: %w", err)
 	}
+	// Instants on the program's clock: TAI, which it reads without a
+	// system call, with now where the caller says.
+	onTAI := func(t time.Time) uint64 { return uint64(tai + int64(t.Sub(now))) }
+	// Epoch e starts at Unix time e × period (cookies: epoch = time / period).
+	start := func(e int64) time.Time { return time.Unix(0, e*int64(keys.Period)) }
 	c := synguardEngineControl{
-		DeadlineTai: uint64(tai + int64(deadline.Sub(now))),
-		TaiToUnix:   now.UnixNano() - tai,
-		PeriodNs:    uint64(keys.Period),
+		DeadlineTai: onTAI(deadline),
 		EpochBase:   keys.First,
+		BoundsTai:   [3]uint64{onTAI(start(keys.First + 1)), onTAI(start(keys.First + 2)), onTAI(start(keys.First + 3))},
 		Keys:        keys.Keys,
 	}
 	if err := p.objs.Control.Put(uint32(0), &c); err != nil {
