@@ -37,19 +37,19 @@ func (w logWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// A tiny benchmark end to end in namespaces: one low rate, all four
-// systems and the baseline, then the report it wrote. synguard answers
-// the flood in XDP, synguard-nfqueue through its queue.
-func TestBenchEndToEnd(t *testing.T) {
+// runTinyBench runs the whole benchmark in a lab of its own at one low
+// rate for 2 s, with attack, and returns the report it wrote and where.
+func runTinyBench(t *testing.T, name string, attack Kind, rate int) (*Report, string) {
+	t.Helper()
 	roottest.Require(t)
 	bin := buildSynguard(t)
 	out := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	const rate = 2000
 	cfg := Config{
-		Name:      fmt.Sprintf("sgt-bench-%d", os.Getpid()%100000),
+		Name:      fmt.Sprintf("%s-%d", name, os.Getpid()%100000),
 		Binary:    bin,
+		Attack:    attack,
 		Rates:     []int{rate},
 		Duration:  2 * time.Second,
 		ProbeRate: 10,
@@ -62,11 +62,19 @@ func TestBenchEndToEnd(t *testing.T) {
 		}
 		t.Fatal(err)
 	}
-
 	rep, err := LoadReport(filepath.Join(out, ReportJSON))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return rep, out
+}
+
+// A tiny benchmark end to end in namespaces: one low rate, all four
+// systems and the baseline, then the report it wrote. synguard answers
+// the flood in XDP, synguard-nfqueue through its queue.
+func TestBenchEndToEnd(t *testing.T) {
+	const rate = 2000
+	rep, out := runTinyBench(t, "sgt-bench", KindSYN, rate)
 	if len(rep.Runs) != 4 || len(rep.Baselines) != 1 {
 		t.Fatalf("%d runs and %d baselines, want 4 and 1", len(rep.Runs), len(rep.Baselines))
 	}
@@ -318,31 +326,7 @@ func TestBenchEndToEndIPv6(t *testing.T) {
 // ACKs, and answers each with a RST. Legitimate clients get through
 // everywhere.
 func TestBenchEndToEndACK(t *testing.T) {
-	roottest.Require(t)
-	bin := buildSynguard(t)
-	out := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cfg := Config{
-		Name:      fmt.Sprintf("sgt-benchack-%d", os.Getpid()%100000),
-		Binary:    bin,
-		Attack:    KindACK,
-		Rates:     []int{2000},
-		Duration:  2 * time.Second,
-		ProbeRate: 10,
-		OutDir:    out,
-		Progress:  logWriter{t},
-	}
-	if _, err := Run(ctx, cfg); err != nil {
-		if log, rerr := os.ReadFile(filepath.Join(out, "synguard.log")); rerr == nil {
-			t.Logf("synguard log:\n%s", log)
-		}
-		t.Fatal(err)
-	}
-	rep, err := LoadReport(filepath.Join(out, ReportJSON))
-	if err != nil {
-		t.Fatal(err)
-	}
+	rep, out := runTinyBench(t, "sgt-benchack", KindACK, 2000)
 	if rep.Attack != KindACK || len(rep.Runs) != 4 || len(rep.Baselines) != 1 {
 		t.Fatalf("attack %q, %d runs, %d baselines; want ack, 4, 1", rep.Attack, len(rep.Runs), len(rep.Baselines))
 	}

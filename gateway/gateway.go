@@ -22,7 +22,13 @@ import (
 // Run protects the configured services until ctx is done or one of its
 // parts fails, then removes every rule it installed. It returns only once
 // every goroutine it started has stopped: open, install, serve.
-func Run(ctx context.Context, cfg Config) (err error) {
+func Run(ctx context.Context, cfg Config) error {
+	return run(ctx, cfg, nil)
+}
+
+// run is Run with a hook for tests: beforeServe, when set, sees the
+// gateway once it is open and installed, before it serves.
+func run(ctx context.Context, cfg Config, beforeServe func(*gateway)) error {
 	g, err := open(cfg)
 	if err != nil {
 		return err
@@ -31,6 +37,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	rules, err := g.install(ctx)
 	if err != nil {
 		return err
+	}
+	if beforeServe != nil {
+		beforeServe(g)
 	}
 	return g.serve(ctx, rules)
 }

@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"fmt"
 	"net/netip"
 	"runtime"
 	"strings"
@@ -54,32 +53,32 @@ func projectGoroutines() []string {
 	return left
 }
 
-// serveIn opens and installs a gateway for cfg in namespace ns, lets
-// prepare act on it (add a part, break one, cancel ctx), serves it with
-// ctx, and requires serve to return with none of its goroutines left. It
+// serveIn runs a gateway for cfg in namespace ns as Run does, letting
+// prepare act on it before it serves (add a part, break one, cancel ctx),
+// and requires none of its goroutines to be left when it returns. It
 // returns serve's error and the namespace's rules afterwards.
 func serveIn(t *testing.T, ns *netns.NS, ctx context.Context, cfg Config, prepare func(g *gateway)) (error, string) {
 	t.Helper()
 	var serveErr error
+	var left []string
 	err := ns.Do(func() error {
-		g, err := open(cfg)
-		if err != nil {
-			return err
+		var served bool
+		serveErr = run(ctx, cfg, func(g *gateway) {
+			prepare(g)
+			served = true
+		})
+		if !served {
+			return serveErr // open or install failed
 		}
-		defer g.close()
-		rules, err := g.install(ctx)
-		if err != nil {
-			return err
-		}
-		prepare(g)
-		serveErr = g.serve(ctx, rules)
-		if left := projectGoroutines(); len(left) > 0 {
-			return fmt.Errorf("serve returned with goroutines still running:\n%s", strings.Join(left, "\n\n"))
-		}
+		// Whatever still runs now, serve (or close) left behind.
+		left = projectGoroutines()
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(left) > 0 {
+		t.Fatalf("serve returned with goroutines still running:\n%s", strings.Join(left, "\n\n"))
 	}
 	return serveErr, iptablesSave(t, ns)
 }

@@ -46,17 +46,10 @@ func TestBenchBadCommandLines(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, stderr, code := runCLI(tt.args...)
-			if code != 2 {
-				t.Fatalf("exit %d, want 2 (stderr %q)", code, stderr)
-			}
-			lines := strings.Split(strings.TrimSpace(stderr), "\n")
-			if last := lines[len(lines)-1]; !strings.HasPrefix(last, "synguard: ") || !strings.Contains(last, tt.want) {
-				t.Fatalf("error line %q, want it to contain %q", last, tt.want)
-			}
+			lines := wantUsageError(t, tt.args, tt.want)
 			// A bad value is one line, without the usage around it.
 			if tt.name != "unknown subcommand" && len(lines) != 1 {
-				t.Errorf("stderr has %d lines, want 1:\n%s", len(lines), stderr)
+				t.Errorf("stderr has %d lines, want 1:\n%s", len(lines), strings.Join(lines, "\n"))
 			}
 		})
 	}

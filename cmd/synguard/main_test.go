@@ -49,17 +49,25 @@ func TestBadCommandLines(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, stderr, code := runCLI(tt.args...)
-			if code != 2 {
-				t.Fatalf("exit %d, want 2 (stderr %q)", code, stderr)
-			}
-			lines := strings.Split(strings.TrimSpace(stderr), "\n")
-			last := lines[len(lines)-1]
-			if !strings.HasPrefix(last, "synguard: ") || !strings.Contains(last, tt.want) {
-				t.Fatalf("error line %q, want it to contain %q", last, tt.want)
-			}
+			wantUsageError(t, tt.args, tt.want)
 		})
 	}
+}
+
+// wantUsageError runs synguard with args, requires exit status 2 and a last
+// stderr line "synguard: ..." that contains want, and returns stderr's
+// lines.
+func wantUsageError(t *testing.T, args []string, want string) []string {
+	t.Helper()
+	_, stderr, code := runCLI(args...)
+	if code != 2 {
+		t.Fatalf("exit %d, want 2 (stderr %q)", code, stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	if last := lines[len(lines)-1]; !strings.HasPrefix(last, "synguard: ") || !strings.Contains(last, want) {
+		t.Fatalf("error line %q, want it to contain %q", last, want)
+	}
+	return lines
 }
 
 func TestRulesPrintsWhatRunInstalls(t *testing.T) {
