@@ -289,40 +289,11 @@ func crossCheck(t *testing.T, kind bench.Kind, b []byte, p *packet.Packet) {
 	if ack && len(kinds) != 2 {
 		t.Fatalf("gopacket finds options %v in a forged ACK, want NOP and timestamps", tcp.Options)
 	}
-	var network gopacket.NetworkLayer
-	switch ip := pkt.NetworkLayer().(type) {
-	case *layers.IPv4:
-		if ip.SrcIP.String() != p.Src.String() || ip.DstIP.String() != p.Dst.String() {
-			t.Fatalf("gopacket addresses %v > %v", ip.SrcIP, ip.DstIP)
-		}
-		// Re-serialise the header with checksums computed by gopacket.
-		want := ip.Checksum
-		buf := gopacket.NewSerializeBuffer()
-		if err := ip.SerializeTo(buf, gopacket.SerializeOptions{ComputeChecksums: true}); err != nil {
-			t.Fatal(err)
-		}
-		if ip.Checksum != want {
-			t.Fatalf("IPv4 checksum %#04x, gopacket computes %#04x", want, ip.Checksum)
-		}
-		network = ip
-	case *layers.IPv6:
-		if ip.SrcIP.String() != p.Src.String() || ip.DstIP.String() != p.Dst.String() {
-			t.Fatalf("gopacket addresses %v > %v", ip.SrcIP, ip.DstIP)
-		}
-		network = ip
-	default:
-		t.Fatalf("gopacket network layer %T", ip)
-	}
-	want := tcp.Checksum
-	if err := tcp.SetNetworkLayerForChecksum(network); err != nil {
-		t.Fatal(err)
-	}
-	buf := gopacket.NewSerializeBuffer()
-	if err := tcp.SerializeTo(buf, gopacket.SerializeOptions{ComputeChecksums: true}); err != nil {
-		t.Fatal(err)
-	}
-	if tcp.Checksum != want {
-		t.Fatalf("TCP checksum %#04x, gopacket computes %#04x", want, tcp.Checksum)
+	// The checksums are checkFloodPacket's (package packet's own, which
+	// its tests hold against gopacket); here the addresses.
+	src, dst := pkt.NetworkLayer().NetworkFlow().Endpoints()
+	if src.String() != p.Src.String() || dst.String() != p.Dst.String() {
+		t.Fatalf("gopacket addresses %v > %v", src, dst)
 	}
 }
 

@@ -227,68 +227,74 @@ func (r Report) MarshalJSON() ([]byte, error) {
 		Runs      []json.RawMessage `json:"runs"`
 		Baselines []json.RawMessage `json:"baselines"`
 	}{plain: plain(r)}
-	ack := r.attack() == KindACK
-	for _, run := range r.Runs {
-		b, err := marshalRun(run, ack)
-		if err != nil {
-			return nil, err
-		}
-		out.Runs = append(out.Runs, b)
+	drop := synOnlyKeys
+	if r.attack() == KindSYN {
+		drop = ackOnlyKeys
 	}
-	for _, base := range r.Baselines {
-		b, err := marshalBaseline(base, ack)
-		if err != nil {
-			return nil, err
-		}
-		out.Baselines = append(out.Baselines, b)
+	var err error
+	if out.Runs, err = marshalEach(r.Runs, drop); err != nil {
+		return nil, err
+	}
+	if out.Baselines, err = marshalEach(r.Baselines, drop); err != nil {
+		return nil, err
 	}
 	return json.Marshal(out)
 }
 
-// marshalRun writes run without the other attack's keys. A field of the
-// outer struct hides the embedded field of the same key, and, nil, is
-// left out.
-func marshalRun(run RunResult, ack bool) ([]byte, error) {
-	type plain RunResult
-	if ack {
-		return json.Marshal(struct {
-			plain
-			SYNsSent        *int     `json:"syns_sent,omitempty"`
-			SynackPPS       *float64 `json:"synack_pps,omitempty"`
-			CPUusPerSYN     *float64 `json:"cpu_us_per_syn,omitempty"`
-			MachineCPUusSYN *float64 `json:"machine_cpu_us_per_syn,omitempty"`
-			ProcessCPUusSYN *float64 `json:"process_cpu_us_per_syn,omitempty"`
-			EngineSYNs      *uint64  `json:"engine_syns,omitempty"`
-		}{plain: plain(run)})
+// marshalEach is marshalWithout for each of vs.
+func marshalEach[T any](vs []T, drop []string) ([]json.RawMessage, error) {
+	var out []json.RawMessage // nil for none, as encoding/json writes it
+	for _, v := range vs {
+		b, err := marshalWithout(v, drop)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, b)
 	}
-	return json.Marshal(struct {
-		plain
-		ACKsSent        *int     `json:"acks_sent,omitempty"`
-		BackendACKPPS   *float64 `json:"backend_ack_pps,omitempty"`
-		RSTPPS          *float64 `json:"rst_pps,omitempty"`
-		CPUusPerACK     *float64 `json:"cpu_us_per_ack,omitempty"`
-		MachineCPUusACK *float64 `json:"machine_cpu_us_per_ack,omitempty"`
-		ProcessCPUusACK *float64 `json:"process_cpu_us_per_ack,omitempty"`
-	}{plain: plain(run)})
+	return out, nil
 }
 
-func marshalBaseline(base Baseline, ack bool) ([]byte, error) {
-	type plain Baseline
-	if ack {
-		return json.Marshal(struct {
-			plain
-			SYNsSent    *int     `json:"syns_sent,omitempty"`
-			SynackPPS   *float64 `json:"synack_pps,omitempty"`
-			CPUusPerSYN *float64 `json:"cpu_us_per_syn,omitempty"`
-		}{plain: plain(base)})
+// The keys of figures only one attack has.
+var (
+	synOnlyKeys = []string{"syns_sent", "synack_pps", "cpu_us_per_syn", "machine_cpu_us_per_syn", "process_cpu_us_per_syn", "engine_syns"}
+	ackOnlyKeys = []string{"acks_sent", "backend_ack_pps", "rst_pps", "cpu_us_per_ack", "machine_cpu_us_per_ack", "process_cpu_us_per_ack"}
+)
+
+// marshalWithout writes v, a struct, as a JSON object without the keys in
+// drop, the others in their order.
+func marshalWithout(v any, drop []string) (json.RawMessage, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
 	}
-	return json.Marshal(struct {
-		plain
-		ACKsSent      *int     `json:"acks_sent,omitempty"`
-		BackendACKPPS *float64 `json:"backend_ack_pps,omitempty"`
-		RSTPPS        *float64 `json:"rst_pps,omitempty"`
-		CPUusPerACK   *float64 `json:"cpu_us_per_ack,omitempty"`
-	}{plain: plain(base)})
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if _, err := dec.Token(); err != nil { // {
+		return nil, err
+	}
+	out := []byte{'{'}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		var val json.RawMessage
+		if err := dec.Decode(&val); err != nil {
+			return nil, err
+		}
+		if slices.Contains(drop, tok.(string)) {
+			continue
+		}
+		if len(out) > 1 {
+			out = append(out, ',')
+		}
+		key, err := json.Marshal(tok.(string))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, key...)
+		out = append(append(out, ':'), val...)
+	}
+	return append(out, '}'), nil
 }
 
 // attack is the report's attack, syn for reports recorded before it.
@@ -872,14 +878,34 @@ func plural(n int, one, many string) string {
 	return many
 }
 
+// systemTally is what every system's reading needs of its runs.
+type systemTally struct {
+	minLegit  RunResult // the run with the fewest legitimate successes
+	cpus      []float64 // CPU per packet at 10k packets/s and above
+	drops     uint64    // queue drops in all
+	firstDrop *RunResult
+}
+
+// add counts run, whose CPU per packet is cpu.
+func (t *systemTally) add(run *RunResult, cpu float64) {
+	if run.LegitSuccess < t.minLegit.LegitSuccess {
+		t.minLegit = *run
+	}
+	// Below about 10k packets/s the figure is mostly noise.
+	if run.OfferedPPS >= 10_000 {
+		t.cpus = append(t.cpus, cpu)
+	}
+	t.drops += run.QueueDrops
+	if run.QueueDrops > 0 && t.firstDrop == nil {
+		t.firstDrop = run
+	}
+}
+
 func readSystem(label string, sys System, runs []RunResult) string {
 	var (
 		kept      float64 // highest offered load answered ≥ 95%
 		firstFail *RunResult
-		minLegit  = runs[0]
-		cpus      []float64
-		drops     uint64
-		firstDrop *RunResult
+		t         = systemTally{minLegit: runs[0]}
 	)
 	for i := range runs {
 		run := runs[i]
@@ -888,18 +914,9 @@ func readSystem(label string, sys System, runs []RunResult) string {
 		} else if firstFail == nil {
 			firstFail = &runs[i]
 		}
-		if run.LegitSuccess < minLegit.LegitSuccess {
-			minLegit = run
-		}
-		// Below about 10k SYN/s the figure is mostly noise.
-		if run.OfferedPPS >= 10_000 {
-			cpus = append(cpus, run.CPUusPerSYN)
-		}
-		drops += run.QueueDrops
-		if run.QueueDrops > 0 && firstDrop == nil {
-			firstDrop = &runs[i]
-		}
+		t.add(&runs[i], run.CPUusPerSYN)
 	}
+
 	var s strings.Builder
 	fmt.Fprintf(&s, "**%s**: ", label)
 	switch {
@@ -912,33 +929,14 @@ func readSystem(label string, sys System, runs []RunResult) string {
 		fmt.Fprintf(&s, "answered less than 95%% of the SYNs at every load (%.0f%% at %s SYN/s)",
 			100*firstFail.answered(), fmtCount(firstFail.OfferedPPS))
 	}
-	fmt.Fprintf(&s, ". Legitimate clients: at worst %.0f%% succeeded (at %s SYN/s offered, handshake p99 %s ms",
-		100*minLegit.LegitSuccess, fmtCount(minLegit.OfferedPPS), fmtMS(minLegit.HandshakeP99ms))
-	if len(minLegit.ProbeErrors) > 0 {
-		kinds := slices.Sorted(maps.Keys(minLegit.ProbeErrors))
-		parts := make([]string, len(kinds))
-		for i, k := range kinds {
-			parts[i] = fmt.Sprintf("%d × %s", minLegit.ProbeErrors[k], k)
-		}
-		fmt.Fprintf(&s, "; failures: %s", strings.Join(parts, ", "))
-	}
-	s.WriteString(")")
-	if len(cpus) > 0 {
-		slices.Sort(cpus)
-		fmt.Fprintf(&s, ". CPU per SYN %.1f–%.1f µs at 10k SYN/s and above", cpus[0], cpus[len(cpus)-1])
-	}
+	writeLegitAndCPU(&s, &t, "SYN", "SYN/s")
 	if over := slices.IndexFunc(runs, func(r RunResult) bool { return r.answered() > 1.05 }); over >= 0 {
 		fmt.Fprintf(&s, ". More SYN-ACKs than SYNs (%.0f%% at %s SYN/s): the backend retransmits the SYN-ACK of every half-open connection in its SYN queue until the queue overflows into cookies",
 			100*runs[over].answered(), fmtCount(runs[over].OfferedPPS))
 	}
 	if sys.IsSynguard() {
-		if firstDrop != nil {
-			fmt.Fprintf(&s, ". Its queue dropped SYNs from %s SYN/s offered on (%s in all): the kernel answers nothing for those, and a dropped legitimate SYN is retried by the client after 1 s",
-				fmtCount(firstDrop.OfferedPPS), fmtCount(float64(drops)))
-		} else {
-			s.WriteString(". Its queue dropped nothing")
-		}
-		s.WriteString(readPaths(runs))
+		writeQueueAndPaths(&s, runs, &t,
+			". Its queue dropped SYNs from %s SYN/s offered on (%s in all): the kernel answers nothing for those, and a dropped legitimate SYN is retried by the client after 1 s")
 	}
 	s.WriteString(".")
 	return s.String()
@@ -1001,13 +999,10 @@ func (r *Report) readShortfall() string {
 // legitimate clients saw and the cost per forged ACK.
 func readSystemACK(label string, sys System, runs []RunResult) string {
 	var (
-		worst     = runs[0] // most forged ACKs through, as a share
-		least     = runs[0] // fewest
-		minLegit  = runs[0]
-		cpus      []float64
-		drops     uint64
-		firstDrop *RunResult
-		maxRST    float64
+		worst  = runs[0] // most forged ACKs through, as a share
+		least  = runs[0] // fewest
+		t      = systemTally{minLegit: runs[0]}
+		maxRST float64
 	)
 	for i := range runs {
 		run := runs[i]
@@ -1017,16 +1012,7 @@ func readSystemACK(label string, sys System, runs []RunResult) string {
 		if run.reachedBackend() < least.reachedBackend() {
 			least = run
 		}
-		if run.LegitSuccess < minLegit.LegitSuccess {
-			minLegit = run
-		}
-		if run.OfferedPPS >= 10_000 {
-			cpus = append(cpus, run.CPUusPerACK)
-		}
-		drops += run.QueueDrops
-		if run.QueueDrops > 0 && firstDrop == nil {
-			firstDrop = &runs[i]
-		}
+		t.add(&runs[i], run.CPUusPerACK)
 		maxRST = max(maxRST, run.RSTPPS)
 	}
 	top := runs[len(runs)-1]
@@ -1045,29 +1031,10 @@ func readSystemACK(label string, sys System, runs []RunResult) string {
 	if maxRST > 0.01*top.OfferedPPS {
 		fmt.Fprintf(&s, "; the backend replied with up to %s RST/s toward the spoofed sources", fmtCount(maxRST))
 	}
-	fmt.Fprintf(&s, ". Legitimate clients: at worst %.0f%% succeeded (at %s ACK/s offered, handshake p99 %s ms",
-		100*minLegit.LegitSuccess, fmtCount(minLegit.OfferedPPS), fmtMS(minLegit.HandshakeP99ms))
-	if len(minLegit.ProbeErrors) > 0 {
-		kinds := slices.Sorted(maps.Keys(minLegit.ProbeErrors))
-		parts := make([]string, len(kinds))
-		for i, k := range kinds {
-			parts[i] = fmt.Sprintf("%d × %s", minLegit.ProbeErrors[k], k)
-		}
-		fmt.Fprintf(&s, "; failures: %s", strings.Join(parts, ", "))
-	}
-	s.WriteString(")")
-	if len(cpus) > 0 {
-		slices.Sort(cpus)
-		fmt.Fprintf(&s, ". CPU per forged ACK %.1f–%.1f µs at 10k ACK/s and above", cpus[0], cpus[len(cpus)-1])
-	}
+	writeLegitAndCPU(&s, &t, "forged ACK", "ACK/s")
 	if sys.IsSynguard() {
-		if firstDrop != nil {
-			fmt.Fprintf(&s, ". Its queue dropped packets from %s ACK/s offered on (%s in all): a dropped legitimate handshake ACK is one its client retransmits",
-				fmtCount(firstDrop.OfferedPPS), fmtCount(float64(drops)))
-		} else {
-			s.WriteString(". Its queue dropped nothing")
-		}
-		s.WriteString(readPaths(runs))
+		writeQueueAndPaths(&s, runs, &t,
+			". Its queue dropped packets from %s ACK/s offered on (%s in all): a dropped legitimate handshake ACK is one its client retransmits")
 	}
 	s.WriteString(".")
 	return s.String()
@@ -1131,4 +1098,39 @@ func fmtMS(v float64) string {
 
 func fmtFloat(v float64) string {
 	return strings.TrimSuffix(strings.TrimRight(fmt.Sprintf("%.2f", v), "0"), ".")
+}
+
+// writeLegitAndCPU ends a system's reading: the worst legitimate success
+// (at its offered rate), with the kinds of failure, and the range of CPU
+// per packet at 10k packets/s and above. unit names a packet ("SYN"),
+// rate its rate ("SYN/s").
+func writeLegitAndCPU(s *strings.Builder, t *systemTally, unit, rate string) {
+	minLegit, cpus := t.minLegit, t.cpus
+	fmt.Fprintf(s, ". Legitimate clients: at worst %.0f%% succeeded (at %s %s offered, handshake p99 %s ms",
+		100*minLegit.LegitSuccess, fmtCount(minLegit.OfferedPPS), rate, fmtMS(minLegit.HandshakeP99ms))
+	if len(minLegit.ProbeErrors) > 0 {
+		kinds := slices.Sorted(maps.Keys(minLegit.ProbeErrors))
+		parts := make([]string, len(kinds))
+		for i, k := range kinds {
+			parts[i] = fmt.Sprintf("%d × %s", minLegit.ProbeErrors[k], k)
+		}
+		fmt.Fprintf(s, "; failures: %s", strings.Join(parts, ", "))
+	}
+	s.WriteString(")")
+	if len(cpus) > 0 {
+		slices.Sort(cpus)
+		fmt.Fprintf(s, ". CPU per %s %.1f–%.1f µs at 10k %s and above", unit, cpus[0], cpus[len(cpus)-1], rate)
+	}
+}
+
+// writeQueueAndPaths adds a synguard system's queue drops to its reading,
+// with dropped, a format taking the first rate with drops and their
+// total, and the paths its runs took.
+func writeQueueAndPaths(s *strings.Builder, runs []RunResult, t *systemTally, dropped string) {
+	if t.firstDrop != nil {
+		fmt.Fprintf(s, dropped, fmtCount(t.firstDrop.OfferedPPS), fmtCount(float64(t.drops)))
+	} else {
+		s.WriteString(". Its queue dropped nothing")
+	}
+	s.WriteString(readPaths(runs))
 }

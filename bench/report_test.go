@@ -413,19 +413,21 @@ func TestReadingQueues(t *testing.T) {
 	}
 }
 
+// writeReport writes doc as a report.json in a fresh directory and
+// returns its path.
+func writeReport(t *testing.T, doc string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "r.json")
+	if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 // "queues" survives a round trip, is read as one for synguard runs
 // recorded without it, and must be 0 for the kernel systems.
 func TestLoadReportQueues(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "r.json")
-	write := func(s string) {
-		t.Helper()
-		if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write(`{"runs":[{"system":"synguard","target_pps":0},{"system":"synguard","queues":2},{"system":"none"},{"system":"synproxy","queues":0}]}`)
-	rep, err := LoadReport(path)
+	rep, err := LoadReport(writeReport(t, `{"runs":[{"system":"synguard","target_pps":0},{"system":"synguard","queues":2},{"system":"none"},{"system":"synproxy","queues":0}]}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -452,8 +454,7 @@ func TestLoadReportQueues(t *testing.T) {
 		{`{"runs":[{"system":"synguard","queues":-1}]}`, "-1 queues"},
 		{`{"runs":[{"system":"synguard","queues":1000}]}`, "1000 queues"},
 	} {
-		write(tt.json)
-		if _, err := LoadReport(path); err == nil || !strings.Contains(err.Error(), tt.want) {
+		if _, err := LoadReport(writeReport(t, tt.json)); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: error %v, want %q", tt.json, err, tt.want)
 		}
 	}
@@ -609,16 +610,7 @@ func TestRecordedReportACK(t *testing.T) {
 // runs recorded before it, and must fit the system; "attack" is syn when
 // absent and must be known.
 func TestLoadReportPathAndAttack(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "r.json")
-	write := func(s string) {
-		t.Helper()
-		if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write(`{"runs":[{"system":"synguard"},{"system":"synguard","path":"xdp"},{"system":"synguard-nfqueue"},{"system":"none"}],"baselines":[{}]}`)
-	rep, err := LoadReport(path)
+	rep, err := LoadReport(writeReport(t, `{"runs":[{"system":"synguard"},{"system":"synguard","path":"xdp"},{"system":"synguard-nfqueue"},{"system":"none"}],"baselines":[{}]}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -639,8 +631,7 @@ func TestLoadReportPathAndAttack(t *testing.T) {
 		{`{"runs":[{"system":"synguard-nfqueue","queues":-1}]}`, "-1 queues"},
 		{`{"attack":"udp","runs":[]}`, `"udp"`},
 	} {
-		write(tt.json)
-		if _, err := LoadReport(path); err == nil || !strings.Contains(err.Error(), tt.want) {
+		if _, err := LoadReport(writeReport(t, tt.json)); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: error %v, want %q", tt.json, err, tt.want)
 		}
 	}

@@ -37,25 +37,21 @@ func (w logWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// runTinyBench runs the whole benchmark in a lab of its own at one low
-// rate for 2 s, with attack, and returns the report it wrote and where.
-func runTinyBench(t *testing.T, name string, attack Kind, rate int) (*Report, string) {
+// runTinyBench runs the whole benchmark as cfg says, in a lab of its own
+// named after cfg.Name, for 2 s at each rate with 10 legitimate clients a
+// second, and returns the report it wrote and where.
+func runTinyBench(t *testing.T, cfg Config) (*Report, string) {
 	t.Helper()
 	roottest.Require(t)
-	bin := buildSynguard(t)
 	out := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cfg := Config{
-		Name:      fmt.Sprintf("%s-%d", name, os.Getpid()%100000),
-		Binary:    bin,
-		Attack:    attack,
-		Rates:     []int{rate},
-		Duration:  2 * time.Second,
-		ProbeRate: 10,
-		OutDir:    out,
-		Progress:  logWriter{t},
-	}
+	cfg.Name = fmt.Sprintf("%s-%d", cfg.Name, os.Getpid()%100000)
+	cfg.Binary = buildSynguard(t)
+	cfg.Duration = 2 * time.Second
+	cfg.ProbeRate = 10
+	cfg.OutDir = out
+	cfg.Progress = logWriter{t}
 	if _, err := Run(ctx, cfg); err != nil {
 		if log, rerr := os.ReadFile(filepath.Join(out, "synguard.log")); rerr == nil {
 			t.Logf("synguard log:\n%s", log)
@@ -74,7 +70,7 @@ func runTinyBench(t *testing.T, name string, attack Kind, rate int) (*Report, st
 // the flood in XDP, synguard-nfqueue through its queue.
 func TestBenchEndToEnd(t *testing.T) {
 	const rate = 2000
-	rep, out := runTinyBench(t, "sgt-bench", KindSYN, rate)
+	rep, out := runTinyBench(t, Config{Name: "sgt-bench", Rates: []int{rate}})
 	if len(rep.Runs) != 4 || len(rep.Baselines) != 1 {
 		t.Fatalf("%d runs and %d baselines, want 4 and 1", len(rep.Runs), len(rep.Baselines))
 	}
@@ -260,32 +256,7 @@ synguard_syn_received_total{service="203.0.113.2:80"} 500307
 // 2001:db8:ff00::/40 to [2001:db8:b::2]:80, synguard and SYNPROXY over
 // ip6tables, legitimate clients from the client's IPv6 address.
 func TestBenchEndToEndIPv6(t *testing.T) {
-	roottest.Require(t)
-	bin := buildSynguard(t)
-	out := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cfg := Config{
-		Name:      fmt.Sprintf("sgt-bench6-%d", os.Getpid()%100000),
-		Binary:    bin,
-		Rates:     []int{5000},
-		Duration:  2 * time.Second,
-		Systems:   []System{Synguard, Synproxy},
-		ProbeRate: 10,
-		OutDir:    out,
-		Progress:  logWriter{t},
-		Family:    IPv6,
-	}
-	if _, err := Run(ctx, cfg); err != nil {
-		if log, rerr := os.ReadFile(filepath.Join(out, "synguard.log")); rerr == nil {
-			t.Logf("synguard log:\n%s", log)
-		}
-		t.Fatal(err)
-	}
-	rep, err := LoadReport(filepath.Join(out, ReportJSON))
-	if err != nil {
-		t.Fatal(err)
-	}
+	rep, out := runTinyBench(t, Config{Name: "sgt-bench6", Rates: []int{5000}, Systems: []System{Synguard, Synproxy}, Family: IPv6})
 	if rep.Family != IPv6 || len(rep.Runs) != 2 || len(rep.Baselines) != 1 {
 		t.Fatalf("family %q, %d runs, %d baselines; want ipv6, 2, 1", rep.Family, len(rep.Runs), len(rep.Baselines))
 	}
@@ -326,7 +297,7 @@ func TestBenchEndToEndIPv6(t *testing.T) {
 // ACKs, and answers each with a RST. Legitimate clients get through
 // everywhere.
 func TestBenchEndToEndACK(t *testing.T) {
-	rep, out := runTinyBench(t, "sgt-benchack", KindACK, 2000)
+	rep, out := runTinyBench(t, Config{Name: "sgt-benchack", Attack: KindACK, Rates: []int{2000}})
 	if rep.Attack != KindACK || len(rep.Runs) != 4 || len(rep.Baselines) != 1 {
 		t.Fatalf("attack %q, %d runs, %d baselines; want ack, 4, 1", rep.Attack, len(rep.Runs), len(rep.Baselines))
 	}

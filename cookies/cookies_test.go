@@ -51,6 +51,14 @@ type tuple struct {
 	isn            uint32
 }
 
+// family names the tuple's address family, for sub-benchmark names.
+func (f tuple) family() string {
+	if f.client.Addr().Is6() {
+		return "v6"
+	}
+	return "v4"
+}
+
 var (
 	flow4 = tuple{
 		client: netip.MustParseAddrPort("198.51.100.7:40001"),
@@ -601,11 +609,7 @@ func BenchmarkGenerate(b *testing.B) {
 	j := benchJar(b)
 	opts := Options{MSS: 1460, WindowScale: 7, SACKPermitted: true}
 	for _, f := range []tuple{flow4, flow6} {
-		name := "v4"
-		if f.client.Addr().Is6() {
-			name = "v6"
-		}
-		b.Run(name, func(b *testing.B) {
+		b.Run(f.family(), func(b *testing.B) {
 			b.ReportAllocs()
 			var c Cookie
 			for i := 0; b.Loop(); i++ {
@@ -619,12 +623,8 @@ func BenchmarkValidate(b *testing.B) {
 	j := benchJar(b)
 	opts := Options{MSS: 1460, WindowScale: 7, SACKPermitted: true}
 	for _, f := range []tuple{flow4, flow6} {
-		name := "v4"
-		if f.client.Addr().Is6() {
-			name = "v6"
-		}
 		c := f.generate(j, opts)
-		b.Run(name, func(b *testing.B) {
+		b.Run(f.family(), func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				if _, ok := f.validate(j, c); !ok {

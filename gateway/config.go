@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -79,20 +80,19 @@ const (
 	ReplyRoute
 )
 
+var replyPathNames = [...]string{ReplyIngress: "ingress", ReplyRoute: "route"}
+
 func (p ReplyPath) String() string {
-	if p == ReplyRoute {
-		return "route"
+	if int(p) < len(replyPathNames) {
+		return replyPathNames[p]
 	}
-	return "ingress"
+	return fmt.Sprintf("replypath(%d)", uint8(p))
 }
 
 // ParseReplyPath reads --reply-path.
 func ParseReplyPath(s string) (ReplyPath, error) {
-	switch s {
-	case "ingress":
-		return ReplyIngress, nil
-	case "route":
-		return ReplyRoute, nil
+	if i := slices.Index(replyPathNames[:], s); i >= 0 {
+		return ReplyPath(i), nil
 	}
 	return 0, fmt.Errorf("unknown reply path %q: want ingress or route", s)
 }

@@ -8,7 +8,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/synguard/synguard/internal/poll"
+	"github.com/synguard/synguard/internal/syncbuf"
 )
 
 func newTestTelemetry(src *fakeSource, clk *fakeClock, log zerolog.Logger, lim *LineLimiter) *Telemetry {
@@ -190,7 +190,7 @@ func TestDashboardSelfContained(t *testing.T) {
 // context.
 func TestRunConcurrentWithScrapes(t *testing.T) {
 	src := newFakeSource()
-	out := &syncWriter{w: &strings.Builder{}}
+	out := &syncbuf.Buffer{}
 	log, lim := NewLogger(out, FormatJSON, zerolog.InfoLevel, LimitConfig{})
 	tel := New(Config{
 		Source:        src,
@@ -225,22 +225,4 @@ func TestRunConcurrentWithScrapes(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not stop with its context")
 	}
-}
-
-type syncWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(p)
-}
-
-// String returns what was written so far, when w is a strings.Builder.
-func (s *syncWriter) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.(*strings.Builder).String()
 }

@@ -34,12 +34,30 @@ func byEvent(ls []map[string]any, event string) []map[string]any {
 	return out
 }
 
+// reporting is a Telemetry with a fake source and clock whose periodic
+// report has started, logging JSON to out.
+type reporting struct {
+	src *fakeSource
+	clk *fakeClock
+	tel *Telemetry
+	log zerolog.Logger
+	out *bytes.Buffer
+}
+
+// startReporting starts a report whose log limiter lets burst lines of an
+// event through (0: the default).
+func startReporting(burst int) reporting {
+	r := reporting{src: newFakeSource(), clk: newFakeClock(), out: &bytes.Buffer{}}
+	log, lim := NewLogger(r.out, FormatJSON, zerolog.InfoLevel, LimitConfig{Burst: burst, Now: r.clk.Now})
+	r.log = log
+	r.tel = newTestTelemetry(r.src, r.clk, log, lim)
+	r.tel.startReport()
+	return r
+}
+
 func TestReportStatsLines(t *testing.T) {
-	src, clk := newFakeSource(), newFakeClock()
-	var out bytes.Buffer
-	log, lim := NewLogger(&out, FormatJSON, zerolog.InfoLevel, LimitConfig{Now: clk.Now})
-	tel := newTestTelemetry(src, clk, log, lim)
-	tel.startReport()
+	r := startReporting(0)
+	src, clk, tel, out := r.src, r.clk, r.tel, r.out
 
 	src.add(0, CounterSYNReceived, 20000)
 	src.add(0, CounterSYNACKSent, 19990)
@@ -77,26 +95,15 @@ func TestReportStatsLines(t *testing.T) {
 }
 
 func TestReportQueueOverflowOncePerInterval(t *testing.T) {
-	src, clk := newFakeSource(), newFakeClock()
-	var out bytes.Buffer
-	log, lim := NewLogger(&out, FormatJSON, zerolog.InfoLevel, LimitConfig{Now: clk.Now})
-	tel := newTestTelemetry(src, clk, log, lim)
-	tel.startReport()
+	r := startReporting(0)
+	src, clk, tel, out := r.src, r.clk, r.tel, r.out
 
 	// Drops grow many times within one interval: one line sums them.
 	for range 100 {
 		src.set(func(f *fakeSource) { f.queues[0].KernelDrops += 30; f.queues[0].ENOBUFS++ })
 	}
-	clk.Advance(10 * time.Second)
-	tel.logReport()
-	// A quiet interval: nothing.
-	clk.Advance(10 * time.Second)
-	tel.logReport()
-
-	ov := byEvent(lines(t, out.Bytes()), EventQueueOverflow)
-	if len(ov) != 1 {
-		t.Fatalf("%d queue_overflow lines, want 1:\n%s", len(ov), out.String())
-	}
+	// Then a quiet interval: nothing.
+	ov := oneLineInTwoIntervals(t, clk, tel, out, EventQueueOverflow)
 	want := map[string]any{"level": "warn", "queue": 7.0, "dropped": 3000.0, "dropped_total": 3000.0, "enobufs": 100.0, "enobufs_total": 100.0, "interval_s": 10.0}
 	for k, v := range want {
 		if ov[0][k] != v {
@@ -105,24 +112,28 @@ func TestReportQueueOverflowOncePerInterval(t *testing.T) {
 	}
 }
 
+// oneLineInTwoIntervals runs two report intervals, the second one quiet,
+// and requires exactly one line of event in out: the first interval's.
+func oneLineInTwoIntervals(t *testing.T, clk *fakeClock, tel *Telemetry, out *bytes.Buffer, event string) []map[string]any {
+	t.Helper()
+	for range 2 {
+		clk.Advance(10 * time.Second)
+		tel.logReport()
+	}
+	got := byEvent(lines(t, out.Bytes()), event)
+	if len(got) != 1 {
+		t.Fatalf("%d %s lines, want 1 (none for the quiet interval):\n%s", len(got), event, out.String())
+	}
+	return got
+}
+
 func TestReportLogSuppressed(t *testing.T) {
-	src, clk := newFakeSource(), newFakeClock()
-	var out bytes.Buffer
-	log, lim := NewLogger(&out, FormatJSON, zerolog.InfoLevel, LimitConfig{Burst: 3, Now: clk.Now})
-	tel := newTestTelemetry(src, clk, log, lim)
-	tel.startReport()
+	r := startReporting(3)
+	clk, tel, out, log := r.clk, r.tel, r.out, r.log
 	for range 1000 {
 		log.Error().Str(FieldEvent, EventHandoffFailed).Msg("conntrack hand-off failed")
 	}
-	clk.Advance(10 * time.Second)
-	tel.logReport()
-	clk.Advance(10 * time.Second)
-	tel.logReport()
-
-	sup := byEvent(lines(t, out.Bytes()), EventLogSuppressed)
-	if len(sup) != 1 {
-		t.Fatalf("%d log_suppressed lines, want 1 (none for the quiet interval):\n%s", len(sup), out.String())
-	}
+	sup := oneLineInTwoIntervals(t, clk, tel, out, EventLogSuppressed)
 	if sup[0]["suppressed_event"] != EventHandoffFailed || sup[0]["suppressed"] != 997.0 || sup[0]["suppressed_total"] != 997.0 {
 		t.Fatalf("log_suppressed line %v", sup[0])
 	}
