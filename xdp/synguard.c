@@ -190,7 +190,15 @@ struct mac_msg {
 	__u8 b[48];
 };
 
-static __always_inline __u64 siphash(const __u64 *key, const struct mac_msg *m)
+// The SipHash state. The MAC message's first four words hold only the
+// flow, so an ACK's two checks (ISN seq-1, and seq for a probe) share the
+// state after them and differ in the last two words alone.
+struct sip_state {
+	__u64 v0, v1, v2, v3;
+};
+
+// sip_prefix absorbs the message's first four words (the flow).
+static __always_inline void sip_prefix(struct sip_state *s, const __u64 *key, const struct mac_msg *m)
 {
 	__u64 v0 = key[0] ^ 0x736f6d6570736575ULL;
 	__u64 v1 = key[1] ^ 0x646f72616e646f6dULL;
@@ -198,8 +206,25 @@ static __always_inline __u64 siphash(const __u64 *key, const struct mac_msg *m)
 	__u64 v3 = key[1] ^ 0x7465646279746573ULL;
 	const __u64 *w = (const __u64 *)m->b;
 #pragma unroll
-	for (int i = 0; i < 6; i++) {
+	for (int i = 0; i < 4; i++) {
 		__u64 x = w[i]; // little-endian, as BPF is on x86 and arm64
+		v3 ^= x;
+		SIPROUND;
+		SIPROUND;
+		v0 ^= x;
+	}
+	s->v0 = v0, s->v1 = v1, s->v2 = v2, s->v3 = v3;
+}
+
+// sip_finish absorbs the last two words (ISN, low byte, length) into a
+// copy of s and finalises.
+static __always_inline __u64 sip_finish(const struct sip_state *s, const struct mac_msg *m)
+{
+	__u64 v0 = s->v0, v1 = s->v1, v2 = s->v2, v3 = s->v3;
+	const __u64 *w = (const __u64 *)m->b;
+#pragma unroll
+	for (int i = 4; i < 6; i++) {
+		__u64 x = w[i];
 		v3 ^= x;
 		SIPROUND;
 		SIPROUND;
@@ -220,20 +245,36 @@ struct flow {
 	__u8 family;
 };
 
+// mac_message lays out the flow's part of the MAC message in m.
+static __always_inline void mac_message(struct mac_msg *m, const struct flow *f, __u8 low)
+{
+	m->b[0] = f->family;
+	m->b[1] = f->family;
+	__builtin_memcpy(&m->b[2], f->client, 16);
+	__builtin_memcpy(&m->b[18], f->server, 16);
+	__builtin_memcpy(&m->b[34], &f->client_port, 2);
+	__builtin_memcpy(&m->b[36], &f->server_port, 2);
+	m->b[42] = low;
+	m->b[47] = MSG_LEN;
+}
+
+// mac_for is the cookie MAC of the message in m, from the state after its
+// flow words, with isn in place.
+static __always_inline __u32 mac_for(const struct sip_state *s, struct mac_msg *m, __u32 isn)
+{
+	__be32 nisn = bpf_htonl(isn);
+	__builtin_memcpy(&m->b[38], &nisn, 4);
+	return (__u32)sip_finish(s, m) & 0xffffff;
+}
+
+// cookie_mac is the 24-bit MAC of a cookie (cookies.computeMAC).
 static __always_inline __u32 cookie_mac(const __u64 *key, const struct flow *f, __u32 isn, __u8 low)
 {
 	struct mac_msg m = {};
-	m.b[0] = f->family;
-	m.b[1] = f->family;
-	__builtin_memcpy(&m.b[2], f->client, 16);
-	__builtin_memcpy(&m.b[18], f->server, 16);
-	__builtin_memcpy(&m.b[34], &f->client_port, 2);
-	__builtin_memcpy(&m.b[36], &f->server_port, 2);
-	__be32 nisn = bpf_htonl(isn);
-	__builtin_memcpy(&m.b[38], &nisn, 4);
-	m.b[42] = low;
-	m.b[47] = MSG_LEN;
-	return (__u32)siphash(key, &m) & 0xffffff;
+	struct sip_state s;
+	mac_message(&m, f, low);
+	sip_prefix(&s, key, &m);
+	return mac_for(&s, &m, isn);
 }
 
 // ---- option tables, as cookies/tables.go ----
@@ -625,8 +666,11 @@ static __always_inline int check_ack(struct xdp_md *ctx, struct pkt *p, struct s
 	int k = ((epoch & 1) == (low >> 7)) ? idx : idx - 1;
 	const __u64 *key = c->keys[k & 3];
 	__u32 mac = cookie >> 8;
-	if (cookie_mac(key, &p->f, p->seq - 1, low) == mac ||
-	    (p->payload == 0 && cookie_mac(key, &p->f, p->seq, low) == mac)) {
+	struct mac_msg m = {};
+	struct sip_state s;
+	mac_message(&m, &p->f, low);
+	sip_prefix(&s, key, &m);
+	if (mac_for(&s, &m, p->seq - 1) == mac || (p->payload == 0 && mac_for(&s, &m, p->seq) == mac)) {
 		count(svc->index, C_ACK_VALID);
 		return PASS();
 	}
