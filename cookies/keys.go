@@ -44,7 +44,7 @@ func LoadKeyFile(path string) ([KeySize]byte, error) {
 			path, perm, path)
 	}
 	if st.Size() != KeySize {
-		return key, fmt.Errorf("key file %s is %d bytes, want exactly %d raw random bytes (create one with WriteKeyFile)",
+		return key, fmt.Errorf("key file %s is %d bytes, want exactly %d raw random bytes (create one with: synguard keygen PATH)",
 			path, st.Size(), KeySize)
 	}
 	if _, err := io.ReadFull(f, key[:]); err != nil {
@@ -53,7 +53,7 @@ func LoadKeyFile(path string) ([KeySize]byte, error) {
 	// An all-zero file is what truncate or a failed copy leaves behind, not
 	// a secret; refusing it catches that mistake before it ships a fleet.
 	if key == [KeySize]byte{} {
-		return key, fmt.Errorf("key file %s is all zero bytes, not a random secret", path)
+		return key, fmt.Errorf("key file %s is all zero bytes, not a random secret (create one with: synguard keygen PATH)", path)
 	}
 	return key, nil
 }

@@ -109,6 +109,15 @@ func commandTree() *command {
 				},
 			},
 			{
+				name:    "keygen",
+				args:    "PATH",
+				summary: "write a new 32-byte cookie key (mode 0600) for --key-file; never overwrites",
+				doc: "Writes 32 random bytes to PATH, readable by its owner only, for gateways that " +
+					"must accept each other's cookies (copy the file to each, pass --key-file PATH). " +
+					"An existing file is never replaced: a fleet's key changes only on purpose.",
+				run: runKeygen,
+			},
+			{
 				name:    "version",
 				aliases: []string{"--version", "-version"},
 				summary: "print the version",

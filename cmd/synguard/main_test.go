@@ -3,8 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/synguard/synguard/cookies"
 )
 
 func runCLI(args ...string) (stdout, stderr string, code int) {
@@ -109,7 +113,7 @@ func TestVersionAndHelp(t *testing.T) {
 // list comes from the tree, so a new command is covered as it is added.
 func TestEveryCommandAnswersHelp(t *testing.T) {
 	tree := commandTree()
-	for _, path := range []string{"run", "rules", "lab", "lab up", "lab down", "lab demo", "lab serve", "bench", "bench flood", "bench report", "version"} {
+	for _, path := range []string{"run", "rules", "lab", "lab up", "lab down", "lab demo", "lab serve", "bench", "bench flood", "bench report", "keygen", "version"} {
 		if tree.find(path) == nil {
 			t.Errorf("command %q is missing from the command tree", path)
 		}
@@ -148,4 +152,36 @@ func TestServiceListParsing(t *testing.T) {
 	if got, want := l.String(), "203.0.113.2:80,203.0.113.3:443,[2001:db8::1]:80,203.0.113.9:25"; got != want {
 		t.Fatalf("parsed %q, want %q", got, want)
 	}
+}
+
+// keygen writes a key that --key-file takes, readable by its owner only,
+// and never replaces one.
+func TestKeygen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cookie.key")
+	out, stderr, code := runCLI("keygen", path)
+	if code != 0 || !strings.Contains(out, path) {
+		t.Fatalf("keygen: exit %d, stdout %q, stderr %q", code, out, stderr)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Size() != cookies.KeySize || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %d bytes, mode %v; want %d bytes, mode 0600", st.Size(), st.Mode().Perm(), cookies.KeySize)
+	}
+	if _, err := cookies.LoadKeyFile(path); err != nil {
+		t.Fatalf("--key-file would refuse it: %v", err)
+	}
+	first, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, code := runCLI("keygen", path); code != 1 || !strings.Contains(stderr, "exists") {
+		t.Fatalf("keygen over an existing file: exit %d, stderr %q; want 1 and an error saying it exists", code, stderr)
+	}
+	if again, _ := os.ReadFile(path); !bytes.Equal(again, first) {
+		t.Fatal("keygen changed an existing key file")
+	}
+	wantUsageError(t, []string{"keygen"}, "keygen: want the PATH")
+	wantUsageError(t, []string{"keygen", path, "other"}, `keygen: unexpected argument "other"`)
 }
