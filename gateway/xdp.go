@@ -33,7 +33,6 @@ type fastPath struct {
 	// written is what the program's service map holds, so only changes
 	// are written.
 	written []xdp.Service
-	failed  bool // detached after an error; the NFQUEUE path has it all
 }
 
 // openFastPath loads the program and attaches it to the configured links
@@ -112,7 +111,6 @@ func (f *fastPath) run(ctx context.Context, eng *engine.Engine, jar *cookies.Jar
 		if err := f.sync(eng, jar, time.Now()); err != nil {
 			f.log.Error().Err(err).Str(telemetry.FieldEvent, telemetry.EventXDPFailed).
 				Msg("XDP fast path detached; the NFQUEUE path handles every packet")
-			f.failed = true
 			f.prog.Detach()
 			<-ctx.Done()
 			return nil
