@@ -136,12 +136,13 @@ func (e *Engine) Services() []netip.AddrPort {
 func (e *Engine) Stats(svc int) Stats {
 	var out Stats
 	e.countersMu.Lock()
-	defer e.countersMu.Unlock()
 	for _, s := range e.counters {
 		for c := range out {
 			out[c] += s.rows[svc+1].v[c].Load()
 		}
 	}
+	e.countersMu.Unlock()
+	// Outside the lock: the extra source may read the kernel.
 	if e.cfg.Extra != nil && svc >= 0 {
 		extra := e.cfg.Extra.Counts(svc)
 		for c := range out {
