@@ -59,7 +59,10 @@ type Config struct {
 	// has an Ethernet address and is not loopback.
 	XDP           xdp.Mode
 	XDPInterfaces []string
-	Logger        zerolog.Logger
+	// LockDir holds the one-instance-per-namespace lock; empty means
+	// DefaultLockDir.
+	LockDir string
+	Logger  zerolog.Logger
 }
 
 // ReplyPath is how replies to queued packets (SYN-ACKs, above all) leave
@@ -149,5 +152,8 @@ func (c *Config) setDefaults() {
 	}
 	if c.Mode == 0 {
 		c.Mode = engine.ModeAuto
+	}
+	if c.LockDir == "" {
+		c.LockDir = DefaultLockDir
 	}
 }

@@ -56,6 +56,7 @@ type gateway struct {
 	replyPath ReplyPath    // in effect: ingress needs a packet socket
 	jar       *cookies.Jar
 	fast      *fastPath // nil without XDP
+	lock      *instanceLock
 
 	// parts run concurrently while the gateway serves; install adds the
 	// backend learner. The first to fail stops them all.
@@ -72,7 +73,7 @@ type part struct {
 // open makes every part that needs no rules: keys, sockets, the conntrack
 // table, the engine, the queues (bound before any rule feeds them) and
 // the metrics listener. On error what was opened is closed again.
-func open(cfg Config) (g *gateway, err error) {
+func open(cfg Config) (_ *gateway, err error) {
 	cfg.setDefaults()
 	if err := cfg.FirewallConfig().Validate(); err != nil {
 		return nil, err
@@ -81,12 +82,17 @@ func open(cfg Config) (g *gateway, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("cookie keys: %w", err)
 	}
-	g = &gateway{cfg: cfg, jar: jar}
+	g := &gateway{cfg: cfg, jar: jar}
 	defer func() {
+		// g, not the result: a failed open returns nil.
 		if err != nil {
 			g.close()
 		}
 	}()
+	// One synguard per network namespace, before anything changes.
+	if g.lock, err = lockInstance(cfg.LockDir); err != nil {
+		return nil, err
+	}
 	if g.sender, err = rawsock.Open(cfg.EngineMark); err != nil {
 		return nil, err
 	}
@@ -316,4 +322,5 @@ func (g *gateway) close() {
 	if g.sender != nil {
 		g.sender.Close()
 	}
+	g.lock.release()
 }

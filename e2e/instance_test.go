@@ -1,0 +1,47 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/synguard/synguard/lab"
+)
+
+// TestSecondInstanceRefused: while a gateway runs, a second `synguard
+// run` in the same namespace exits at once with an error naming the first
+// one's pid, and changes nothing: the first's rules stay exactly as they
+// were, and its service stays protected.
+func TestSecondInstanceRefused(t *testing.T) {
+	topo := newLab(t, lab.Config{DisableIPv6: true})
+	service := netip.AddrPortFrom(topo.BackendAddr, 80)
+	serve(t, topo.Backend, service)
+	args := []string{"--protect", service.String(), "--mode", "always"}
+	g := startGateway(t, topo.Gateway, args...)
+	g.waitStarted()
+	before := saved(t, topo.Gateway)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	second := topo.Gateway.Command(ctx, binary, append([]string{"run", "--queue", "7", "--metrics", "127.0.0.1:9848"}, args...)...)
+	out, err := second.CombinedOutput()
+	if err == nil || second.ProcessState.ExitCode() != 1 {
+		t.Fatalf("second instance: %v (exit %d), want exit 1:\n%s", err, second.ProcessState.ExitCode(), out)
+	}
+	if want := fmt.Sprintf("another synguard (pid %d) is running in this network namespace", g.cmd.Process.Pid); !strings.Contains(string(out), want) {
+		t.Fatalf("second instance said:\n%s\nwant %q", out, want)
+	}
+	if after := saved(t, topo.Gateway); after != before {
+		t.Fatalf("the second instance changed the rules:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	checkOneCopy(t, topo, args...)
+	if r := lab.Probe(context.Background(), topo.Client, service, 5*time.Second); !r.OK {
+		t.Fatalf("client after the refused second instance: %v", r.Err)
+	}
+	if !g.alive() {
+		t.Fatal("the first gateway died")
+	}
+}
