@@ -45,3 +45,26 @@ func TestSecondInstanceRefused(t *testing.T) {
 		t.Fatal("the first gateway died")
 	}
 }
+
+// TestRulesPrintsWhatRunInstalls: with a TIME_WAIT timeout other than the
+// default, `synguard rules` in the namespace prints the ctexpire bound
+// `synguard run` installs there: both read it the same way.
+func TestRulesPrintsWhatRunInstalls(t *testing.T) {
+	topo := newLab(t, lab.Config{DisableIPv6: true})
+	service := netip.AddrPortFrom(topo.BackendAddr, 80)
+	serve(t, topo.Backend, service)
+	setSysctl(t, topo.Gateway, "net.netfilter.nf_conntrack_tcp_timeout_time_wait", "60")
+	args := []string{"--protect", service.String(), "--mode", "always"}
+	out, err := topo.Gateway.Output(context.Background(), binary, append([]string{"rules"}, args...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "--ctexpire 0:60") {
+		t.Fatalf("synguard rules in a namespace with TIME_WAIT 60 s:\n%s\nwant --ctexpire 0:60", out)
+	}
+	g := startGateway(t, topo.Gateway, args...)
+	g.waitStarted()
+	if s := saved(t, topo.Gateway); !strings.Contains(s, "--ctexpire 0:60") {
+		t.Fatalf("synguard run installed:\n%s\nwant --ctexpire 0:60", s)
+	}
+}

@@ -125,6 +125,19 @@ func (c *Config) FirewallConfig() firewall.Config {
 // conntrack (nf_conntrack_tcp_timeout_time_wait), in seconds.
 const DefaultReopenWithin = 120
 
+// ResolveReopenWithin sets ReopenWithin, when zero, to the namespace's
+// conntrack TIME_WAIT timeout, as run installs it: `synguard rules` and
+// `synguard run` resolve it alike. Unreadable (conntrack not loaded yet),
+// it stays zero and DefaultReopenWithin applies.
+func (c *Config) ResolveReopenWithin() {
+	if c.ReopenWithin != 0 {
+		return
+	}
+	if v, err := timeWaitTimeout(); err == nil && v > 0 {
+		c.ReopenWithin = v
+	}
+}
+
 // timeWaitTimeout reads the namespace's conntrack TIME_WAIT timeout: an
 // entry with at most this long to live may belong to a closed flow whose
 // ports a client reuses.

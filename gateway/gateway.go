@@ -101,11 +101,7 @@ func open(cfg Config) (_ *gateway, err error) {
 	}
 	// Opening the table loaded conntrack for the namespace, so its
 	// TIME_WAIT timeout can be read now.
-	if g.cfg.ReopenWithin == 0 {
-		if v, err := timeWaitTimeout(); err == nil && v > 0 {
-			g.cfg.ReopenWithin = v
-		}
-	}
+	g.cfg.ResolveReopenWithin()
 	g.replyPath = ReplyRoute
 	if cfg.ReplyPath == ReplyIngress && g.sender.CanReplyOnLink() {
 		g.replyPath = ReplyIngress

@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -37,7 +38,7 @@ type gatewayFlags struct {
 	xdpIfaces   string
 	maxPending  int
 	backendMSS  uint
-	backendWS   int
+	backendWS   string
 	backendSACK string
 	logFormat   string
 	logLevel    string
@@ -59,7 +60,7 @@ func (f *gatewayFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.xdpIfaces, "xdp-interfaces", "", "`IF[,IF...]`: the links clients arrive on, for XDP (default: every link that is up, has an Ethernet address and is not loopback)")
 	fs.IntVar(&f.maxPending, "max-pending", engine.DefaultMaxPending, "bound on flows waiting for their backend")
 	fs.UintVar(&f.backendMSS, "backend-mss", 0, "announce this MSS instead of the learned one (with --backend-wscale and --backend-sack)")
-	fs.IntVar(&f.backendWS, "backend-wscale", -2, "announce this window scale (-1: none) instead of the learned one")
+	fs.StringVar(&f.backendWS, "backend-wscale", "", "announce this window `shift` (0..14, or none) instead of the learned one")
 	fs.StringVar(&f.backendSACK, "backend-sack", "", "announce SACK support: on or off, instead of the learned value")
 	th := engine.DefaultThresholds
 	fs.IntVar(&f.thresholds.HalfOpenHigh, "half-open-high", th.HalfOpenHigh, "auto: switch a service to cookies at this many half-open connections")
@@ -196,7 +197,7 @@ func (f *gatewayFlags) config() (gateway.Config, error) {
 // backendOverride turns the --backend-* flags into fixed options; any of
 // them set means the operator decides, and unset ones take defaults.
 func (f *gatewayFlags) backendOverride() (*engine.BackendOptions, error) {
-	if f.backendMSS == 0 && f.backendWS == -2 && f.backendSACK == "" {
+	if f.backendMSS == 0 && f.backendWS == "" && f.backendSACK == "" {
 		return nil, nil
 	}
 	o := engine.DefaultBackendOptions(f.protect[0].Addr().Is6())
@@ -206,11 +207,14 @@ func (f *gatewayFlags) backendOverride() (*engine.BackendOptions, error) {
 		}
 		o.MSS = uint16(f.backendMSS)
 	}
-	if f.backendWS != -2 {
-		if f.backendWS < -1 || f.backendWS > 14 {
-			return nil, usagef("--backend-wscale %d: want -1 (none) or 0..14", f.backendWS)
-		}
-		o.WindowScale = cookies.WindowScale(f.backendWS)
+	switch ws, err := strconv.Atoi(f.backendWS); {
+	case f.backendWS == "":
+	case f.backendWS == "none" || f.backendWS == "-1":
+		o.WindowScale = cookies.NoWindowScale
+	case err != nil || ws < 0 || ws > int(cookies.MaxWindowScale):
+		return nil, usagef("--backend-wscale %s: want 0..14 or none", f.backendWS)
+	default:
+		o.WindowScale = cookies.WindowScale(ws)
 	}
 	switch f.backendSACK {
 	case "":
@@ -290,6 +294,7 @@ func printRules(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	cfg.ResolveReopenWithin()
 	rs, err := firewall.Rules(cfg.FirewallConfig())
 	if err != nil {
 		return usagef("%v", err)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -40,6 +41,7 @@ func TestBadCommandLines(t *testing.T) {
 		{"bad metrics", []string{"rules", "--protect", "203.0.113.2:80", "--metrics", "localhost"}, "--metrics"},
 		{"missing key file", []string{"rules", "--protect", "203.0.113.2:80", "--key-file", "/nonexistent/key"}, "--key-file"},
 		{"bad wscale", []string{"rules", "--protect", "203.0.113.2:80", "--backend-wscale", "15"}, "--backend-wscale 15"},
+		{"wscale not a number", []string{"rules", "--protect", "203.0.113.2:80", "--backend-wscale", "seven"}, "--backend-wscale seven: want 0..14 or none"},
 		{"unknown flag", []string{"run", "--protect", "203.0.113.2:80", "--colour"}, "flag provided but not defined"},
 		{"stray argument", []string{"rules", "--protect", "203.0.113.2:80", "extra"}, `unexpected argument "extra"`},
 		{"duplicate service", []string{"rules", "--protect", "203.0.113.2:80,203.0.113.2:80"}, "203.0.113.2:80"},
@@ -184,4 +186,23 @@ func TestKeygen(t *testing.T) {
 	}
 	wantUsageError(t, []string{"keygen"}, "keygen: want the PATH")
 	wantUsageError(t, []string{"keygen", path, "other"}, `keygen: unexpected argument "other"`)
+}
+
+// --backend-wscale takes a shift or "none", and its help shows no
+// internal sentinel for "not given".
+func TestBackendWindowScaleFlag(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want cookies.WindowScale
+	}{{"none", cookies.NoWindowScale}, {"-1", cookies.NoWindowScale}, {"0", 0}, {"14", 14}} {
+		f := gatewayFlags{protect: serviceList{netip.MustParseAddrPort("203.0.113.2:80")}, backendWS: tt.in}
+		o, err := f.backendOverride()
+		if err != nil || o == nil || o.WindowScale != tt.want {
+			t.Errorf("--backend-wscale %s: %+v, %v; want window scale %v", tt.in, o, err, tt.want)
+		}
+	}
+	out, _, code := runCLI("run", "-h")
+	if code != 0 || strings.Contains(out, "default -2") || !strings.Contains(out, "-backend-wscale shift") {
+		t.Fatalf("run -h (exit %d) shows a sentinel default or no placeholder for --backend-wscale:\n%s", code, out)
+	}
 }
