@@ -3,6 +3,7 @@ package gateway
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -35,6 +36,10 @@ func TestOneInstancePerNamespace(t *testing.T) {
 		t.Fatalf("lock after release: %v", err)
 	}
 	again.release()
+	// Released, a lock leaves no file behind: namespaces come and go.
+	if left, _ := filepath.Glob(filepath.Join(dir, "*")); len(left) != 0 {
+		t.Fatalf("files left after release: %v", left)
+	}
 }
 
 // TestOpenRefusedByTheLock: open fails before it changes anything when
