@@ -75,10 +75,6 @@ func (c packetCounter) install(ctx context.Context) error {
 	return iptables(ctx, c.ns, c.fam.iptables, append([]string{"-t", "raw", "-A"}, c.rule()...)...)
 }
 
-func (c packetCounter) remove(ctx context.Context) error {
-	return iptables(ctx, c.ns, c.fam.iptables, append([]string{"-t", "raw", "-D"}, c.rule()...)...)
-}
-
 // read returns the packets the rule has matched so far.
 func (c packetCounter) read(ctx context.Context) (uint64, error) {
 	out, err := c.ns.Output(ctx, c.fam.iptablesSave, "-c", "-t", "raw")

@@ -305,14 +305,6 @@ func (r *Report) attack() Kind {
 	return KindSYN
 }
 
-// sent is the flood packets the run sent: SYNs or forged ACKs.
-func (run RunResult) sent(attack Kind) int {
-	if attack == KindACK {
-		return run.ACKsSent
-	}
-	return run.SYNsSent
-}
-
 // cpuPerPacket is the run's CPU µs per offered SYN or forged ACK.
 func (run RunResult) cpuPerPacket(attack Kind) float64 {
 	if attack == KindACK {
