@@ -33,6 +33,9 @@ type fastPath struct {
 	// written is what the program's service map holds, so only changes
 	// are written.
 	written []xdp.Service
+	// keys are the program's keys, derived again only when now leaves
+	// their middle epoch.
+	keys cookies.EpochKeys
 }
 
 // openFastPath loads the program and attaches it to the configured links
@@ -137,7 +140,21 @@ func (f *fastPath) sync(eng *engine.Engine, jar *cookies.Jar, now time.Time) err
 		}
 		f.written[i] = s
 	}
-	return f.prog.Renew(jar.EpochKeys(now), eng.LastControl().Add(xdpFreshness))
+	if !f.keysCover(now) {
+		f.keys = jar.EpochKeys(now)
+	}
+	return f.prog.Renew(f.keys, eng.LastControl().Add(xdpFreshness))
+}
+
+// keysCover reports whether now lies in the middle epoch of f.keys, the
+// one EpochKeys was asked for.
+func (f *fastPath) keysCover(now time.Time) bool {
+	p := int64(f.keys.Period)
+	if p == 0 {
+		return false
+	}
+	start := time.Unix(0, (f.keys.First+1)*p)
+	return !now.Before(start) && now.Before(start.Add(f.keys.Period))
 }
 
 // xdpMode is what the program does with service i's packets.
