@@ -415,16 +415,15 @@ static __always_inline int parse_options(struct xdp_md *ctx, __u32 off, __u32 le
 	asm volatile("" : "+r"(n));
 	if (n > 40)
 		return -1;
-	*o = w.o;
 	if (n > 0) {
 		if (bpf_xdp_load_bytes(ctx, off, w.b, n) < 0)
 			return -1;
-		if (common_layout(w.b, n, o))
-			return 0;
-		w.n = n;
-		bpf_loop(40, opt_step, &w, 0);
-		if (w.err)
-			return -1;
+		if (!common_layout(w.b, n, &w.o)) {
+			w.n = n;
+			bpf_loop(40, opt_step, &w, 0);
+			if (w.err)
+				return -1;
+		}
 	}
 	*o = w.o;
 	return 0;
