@@ -15,7 +15,6 @@ import (
 	"github.com/synguard/synguard/internal/poll"
 	"github.com/synguard/synguard/internal/roottest"
 	"github.com/synguard/synguard/lab"
-	"github.com/synguard/synguard/xdp"
 )
 
 var (
@@ -72,7 +71,7 @@ func BenchmarkHandedOffThroughput(b *testing.B) {
 		for _, s := range setups {
 			var detach func()
 			if s.peer {
-				detach = peerXDP(b, topo)
+				detach = peerProgram(b, topo)
 			}
 			var stop func()
 			if s.args != nil {
@@ -98,23 +97,6 @@ func BenchmarkHandedOffThroughput(b *testing.B) {
 			b.ReportMetric(median(r)/plain, s.name+"-"+dir+"/plain")
 		}
 	}
-}
-
-// peerXDP attaches an XDP program that passes everything to the client's
-// end of the gateway link, natively, and returns its detach.
-func peerXDP(b *testing.B, topo *lab.Topology) func() {
-	b.Helper()
-	var p *xdp.Program
-	if err := topo.Client.Do(func() (err error) {
-		if p, err = xdp.Load(); err != nil {
-			return err
-		}
-		_, err = p.Attach(topo.ClientSide, xdp.ModeNative)
-		return err
-	}); err != nil {
-		b.Fatal(err)
-	}
-	return func() { p.Close() }
 }
 
 // startForBench runs a gateway for a benchmark and returns its stop.

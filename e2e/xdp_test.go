@@ -51,22 +51,25 @@ func xdpOnLink(t *testing.T, ns *netns.NS, name string) bool {
 }
 
 // peerProgram puts an XDP program that passes everything on the client's
-// end of the veth: on veth, frames a native XDP program sends with XDP_TX
-// reach the peer only when the peer runs one.
-func peerProgram(t *testing.T, topo *lab.Topology) {
-	t.Helper()
-	err := topo.Client.Do(func() error {
-		p, err := xdp.Load()
-		if err != nil {
+// end of the veth, natively (on veth, frames a native XDP program sends
+// with XDP_TX reach the peer only when the peer runs one), and returns
+// its detach.
+func peerProgram(tb testing.TB, topo *lab.Topology) (detach func()) {
+	tb.Helper()
+	var p *xdp.Program
+	if err := topo.Client.Do(func() (err error) {
+		if p, err = xdp.Load(); err != nil {
 			return err
 		}
-		t.Cleanup(func() { p.Close() })
 		_, err = p.Attach(topo.ClientSide, xdp.ModeNative)
 		return err
-	})
-	if err != nil {
-		t.Fatal(err)
+	}); err != nil {
+		if p != nil {
+			p.Close()
+		}
+		tb.Fatal(err)
 	}
+	return func() { p.Close() }
 }
 
 // TestXDPAnswersFloodAtTheDriver: with the fast path on the client's link
@@ -84,7 +87,7 @@ func TestXDPAnswersFloodAtTheDriver(t *testing.T) {
 					service, client = netip.AddrPortFrom(topo.BackendAddr6, 80), topo.ClientAddr6
 				}
 				if mode == "native" {
-					peerProgram(t, topo)
+					t.Cleanup(peerProgram(t, topo))
 				}
 				serve(t, topo.Backend, service)
 				syns := watchSYNs(t, topo)
