@@ -14,8 +14,8 @@
 //
 // The engine stays in control through maps: each service's mode and the
 // options its backend announces, the cookie keys of three consecutive
-// epochs (the program computes the epoch from the TAI clock, so a
-// rotation needs no update in time), and a freshness deadline the gateway
+// epochs with their start times (the program finds the epoch on the TAI
+// clock, so a rotation needs no update in time), and a freshness deadline the gateway
 // renews from the engine's control loop. Past the deadline the program
 // passes everything, and the NFQUEUE path with its --fail semantics takes
 // over.
