@@ -10,16 +10,27 @@ import (
 // or answered with a cookie), its ACK (the cookie checked, the SYN
 // replayed to the backend) and its RST.
 
-// fromClient decides the fate of a segment sent to service svc.
-func (w *Worker) fromClient(svc int, size int, hook nf.Hook) nf.Verdict {
+// fromClient decides the fate of a segment sent to service s.
+func (w *Worker) fromClient(s *service, size int, hook nf.Hook) nf.Verdict {
 	p := &w.pkt
 	c := w.out.c
+	svc := s.slot
 	isSYN := p.Flags&(packet.SYN|packet.ACK|packet.RST|packet.FIN) == packet.SYN
 	switch {
 	case isSYN:
 		c.add(svc, SYNReceived)
-		if w.e.ServiceState(svc) == StatePassthrough {
-			w.passSYN(svc)
+		if lists := s.sources.Load(); lists != nil {
+			switch v := lists.verdict(p.Source().Addr()); v {
+			case SYNDenied:
+				c.add(svc, v)
+				return nf.Drop
+			case SYNAllowed:
+				c.add(svc, v)
+				return nf.Accept
+			}
+		}
+		if State(s.state.Load()) == StatePassthrough {
+			w.passSYN(s)
 			return nf.Accept
 		}
 		w.answerSYN(svc, size)
@@ -39,9 +50,9 @@ func (w *Worker) fromClient(svc int, size int, hook nf.Hook) nf.Verdict {
 		// Only the mangle rule queues non-SYNs in PREROUTING: the first
 		// established packet of a flow let through. It is the kernel's
 		// flow; note the completed handshake and let it go.
-		w.firstACK(svc)
+		w.firstACK(s)
 		return nf.Accept
-	case w.e.cfg.Mode == ModeOff:
+	case Mode(s.mode.Load()) == ModeOff:
 		// Observe only: whatever conntrack found invalid passes, as it
 		// would without synguard.
 		return nf.Accept
@@ -65,10 +76,11 @@ func (w *Worker) fromClient(svc int, size int, hook nf.Hook) nf.Verdict {
 }
 
 // passSYN lets a SYN through to the backend and counts it as half-open.
-func (w *Worker) passSYN(svc int) {
+func (w *Worker) passSYN(s *service) {
 	p := &w.pkt
+	svc := s.slot
 	k := flowKey{client: p.Source(), server: p.Destination()}
-	added, evicted := w.e.services[svc].halfOpen.add(k, w.e.cfg.Now())
+	added, evicted := s.halfOpen.add(k, w.e.cfg.Now())
 	if added {
 		w.out.c.add(svc, SYNPassed)
 	}
@@ -78,11 +90,11 @@ func (w *Worker) passSYN(svc int) {
 }
 
 // firstACK records that a flow let through completed its handshake.
-func (w *Worker) firstACK(svc int) {
+func (w *Worker) firstACK(s *service) {
 	p := &w.pkt
 	k := flowKey{client: p.Source(), server: p.Destination()}
-	if w.e.services[svc].halfOpen.complete(k, w.e.cfg.Now()) {
-		w.out.c.add(svc, FirstACK)
+	if s.halfOpen.complete(k, w.e.cfg.Now()) {
+		w.out.c.add(s.slot, FirstACK)
 	}
 }
 

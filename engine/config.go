@@ -62,10 +62,37 @@ func DefaultBackendOptions(ipv6 bool) BackendOptions {
 	return BackendOptions{MSS: mss, WindowScale: 7, SACKPermitted: true}
 }
 
+// ServiceConfig is one protected service and the settings it does not
+// take from Config's defaults.
+type ServiceConfig struct {
+	Addr netip.AddrPort
+	// Mode, when zero, is Config.Mode.
+	Mode Mode
+	// Thresholds, when zero, are Config.Thresholds.
+	Thresholds Thresholds
+	// Backend, when set, fixes the options announced to clients instead
+	// of learning them; nil takes Config.BackendOverride.
+	Backend *BackendOptions
+	// Allow lists sources whose SYNs always pass to the backend,
+	// unchallenged; Deny lists sources whose SYNs are dropped. Deny wins
+	// where both match.
+	Allow, Deny []netip.Prefix
+}
+
+// MaxServices bounds the services an engine protects over its life,
+// reloads included: counters and histograms are sized for it up front.
+const MaxServices = 256
+
+// MaxSourcePrefixes bounds each service's allow and deny lists, which
+// are searched for every SYN.
+const MaxSourcePrefixes = 64
+
 // Config configures an Engine.
 type Config struct {
-	Services []netip.AddrPort
-	Mode     Mode
+	Services []ServiceConfig
+	// Mode, Thresholds and BackendOverride are the defaults of services
+	// that do not set their own.
+	Mode Mode
 
 	// Cookies makes and checks SYN cookies.
 	Cookies *cookies.Jar
@@ -141,23 +168,10 @@ func (c *Config) setDefaults() {
 }
 
 func (c *Config) validate() error {
-	if len(c.Services) == 0 {
-		return errors.New("no services to protect")
-	}
-	seen := make(map[netip.AddrPort]bool)
-	for _, s := range c.Services {
-		if !s.IsValid() || s.Port() == 0 || s.Addr().IsUnspecified() {
-			return fmt.Errorf("service %s: need a specific address and a non-zero port", s)
-		}
-		if seen[s] {
-			return fmt.Errorf("service %s listed twice", s)
-		}
-		seen[s] = true
-	}
 	if c.Cookies == nil || c.NewBatch == nil || c.Kernel == nil {
 		return errors.New("engine needs a cookie jar, a batch maker and a conntrack table")
 	}
-	if c.Mode != ModeAlways && c.Mode != ModeAuto && c.Mode != ModeOff {
+	if !c.Mode.valid() {
 		return fmt.Errorf("unknown mode %d", c.Mode)
 	}
 	if err := c.Thresholds.Validate(); err != nil {
@@ -165,6 +179,60 @@ func (c *Config) validate() error {
 	}
 	if c.MaxPending < 0 || c.SYNRetries < 0 || c.RetryInitial < 0 {
 		return errors.New("negative limits")
+	}
+	return validateServices(c.Services)
+}
+
+func (m Mode) valid() bool { return m == ModeAlways || m == ModeAuto || m == ModeOff }
+
+// validateServices checks a service list as given, before defaults.
+func validateServices(services []ServiceConfig) error {
+	if len(services) == 0 {
+		return errors.New("no services to protect")
+	}
+	if len(services) > MaxServices {
+		return fmt.Errorf("%d services: at most %d", len(services), MaxServices)
+	}
+	seen := make(map[netip.AddrPort]bool)
+	for _, s := range services {
+		if err := s.validate(); err != nil {
+			return fmt.Errorf("service %s: %w", s.Addr, err)
+		}
+		if seen[s.Addr] {
+			return fmt.Errorf("service %s listed twice", s.Addr)
+		}
+		seen[s.Addr] = true
+	}
+	return nil
+}
+
+func (s *ServiceConfig) validate() error {
+	if !s.Addr.IsValid() || s.Addr.Port() == 0 || s.Addr.Addr().IsUnspecified() {
+		return errors.New("need a specific address and a non-zero port")
+	}
+	if s.Mode != 0 && !s.Mode.valid() {
+		return fmt.Errorf("unknown mode %d", s.Mode)
+	}
+	if s.Thresholds != (Thresholds{}) {
+		if err := s.Thresholds.Validate(); err != nil {
+			return err
+		}
+	}
+	for _, list := range []struct {
+		name     string
+		prefixes []netip.Prefix
+	}{{"allow", s.Allow}, {"deny", s.Deny}} {
+		if len(list.prefixes) > MaxSourcePrefixes {
+			return fmt.Errorf("%s: %d prefixes, at most %d", list.name, len(list.prefixes), MaxSourcePrefixes)
+		}
+		for _, p := range list.prefixes {
+			if !p.IsValid() || p.Addr().Zone() != "" {
+				return fmt.Errorf("%s: %s is not a prefix", list.name, p)
+			}
+			if p.Addr().Is4() != s.Addr.Addr().Is4() {
+				return fmt.Errorf("%s: %s is of the other address family than the service", list.name, p)
+			}
+		}
 	}
 	return nil
 }

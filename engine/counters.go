@@ -28,6 +28,8 @@ const (
 	Unmatched                         // packets of no pending flow, passed on
 	SYNPassed                         // SYNs let through to the backend (passthrough or off)
 	FirstACK                          // first ACKs of flows let through, observed once
+	SYNAllowed                        // SYNs from an allowed source, let through unchallenged
+	SYNDenied                         // SYNs from a denied source, dropped
 	HalfOpenEvicted                   // half-open entries pushed out of a full table
 	ModeChanges                       // switches between passthrough and cookie mode
 	StalePassed                       // segments of closing handed-off flows, passed on
@@ -56,6 +58,8 @@ var counterNames = [numCounters]string{
 	Unmatched:          "unmatched",
 	SYNPassed:          "syn_passed",
 	FirstACK:           "first_ack",
+	SYNAllowed:         "syn_allowed",
+	SYNDenied:          "syn_denied",
 	HalfOpenEvicted:    "half_open_evicted",
 	ModeChanges:        "mode_changes",
 	StalePassed:        "stale_passed",

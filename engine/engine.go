@@ -3,7 +3,6 @@ package engine
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,10 +13,11 @@ import (
 // Engine holds the state shared by all workers: the services, the pending
 // table and the hand-off queue.
 type Engine struct {
-	cfg      Config
-	events   Events
-	services []service
-	index    map[netip.AddrPort]int // service address -> index in services
+	cfg    Config
+	events Events
+	// table is the services in force; Reconfigure replaces it.
+	table       atomic.Pointer[serviceTable]
+	reconfigure sync.Mutex
 
 	mu      sync.Mutex
 	pending *pendingTable
@@ -33,27 +33,6 @@ type Engine struct {
 	lastControl atomic.Int64
 }
 
-// service is everything the engine keeps for one protected service.
-// Workers read it with atomic loads; only the control loop writes state.
-type service struct {
-	addr netip.AddrPort
-
-	// backend holds the packed BackendOptions announced to clients;
-	// learned says they were learned at least once.
-	backend atomic.Uint32
-	learned atomic.Bool
-
-	// state is the State workers apply to SYNs, one atomic load each.
-	state atomic.Uint32
-	// halfOpen counts SYNs let through; halfOpenN is its count at the
-	// last control tick.
-	halfOpen  *halfOpenTable
-	halfOpenN atomic.Int64
-	// control is the controller's own state: only Run's goroutine (or a
-	// test's control call) touches it.
-	control serviceControl
-}
-
 // New validates cfg and builds an Engine. Call Run to start its background
 // work and NewWorker for each packet source.
 func New(cfg Config) (*Engine, error) {
@@ -64,31 +43,15 @@ func New(cfg Config) (*Engine, error) {
 	e := &Engine{
 		cfg:      cfg,
 		events:   cfg.Events,
-		services: make([]service, len(cfg.Services)),
-		index:    make(map[netip.AddrPort]int, len(cfg.Services)),
 		pending:  newPendingTable(cfg.MaxPending),
 		handoffs: make(chan flowKey, handoffBacklog),
 	}
 	if e.events == nil {
 		e.events = NopEvents{}
 	}
-	initial := StatePassthrough
-	if cfg.Mode == ModeAlways {
-		initial = StateCookie
-	}
-	start := cfg.Now()
-	for i, addr := range cfg.Services {
-		s := &e.services[i]
-		s.addr = addr
-		opts := DefaultBackendOptions(addr.Addr().Is6())
-		if cfg.BackendOverride != nil {
-			opts = *cfg.BackendOverride
-		}
-		s.backend.Store(packBackend(opts))
-		s.state.Store(uint32(initial))
-		s.halfOpen = newHalfOpenTable(DefaultHalfOpenSlots, cfg.Thresholds.HandshakeTimeout, start)
-		s.control = newServiceControl(cfg.Thresholds)
-		e.index[addr] = i
+	e.table.Store(&serviceTable{})
+	if err := e.Reconfigure(cfg.Services); err != nil {
+		return nil, err
 	}
 	e.timers = e.newOutbox(cfg.NewBatch())
 	return e, nil
@@ -114,22 +77,13 @@ func (s State) String() string {
 }
 
 // ServiceState returns service svc's current state.
-func (e *Engine) ServiceState(svc int) State { return State(e.services[svc].state.Load()) }
+func (e *Engine) ServiceState(svc int) State { return State(e.svc(svc).state.Load()) }
 
-// Mode returns the configured mode.
-func (e *Engine) Mode() Mode { return e.cfg.Mode }
+// ServiceMode returns service svc's configured mode.
+func (e *Engine) ServiceMode(svc int) Mode { return Mode(e.svc(svc).mode.Load()) }
 
 // HalfOpen returns service svc's half-open count at the last control tick.
-func (e *Engine) HalfOpen(svc int) int { return int(e.services[svc].halfOpenN.Load()) }
-
-// Services returns the protected services, in configuration order.
-func (e *Engine) Services() []netip.AddrPort {
-	out := make([]netip.AddrPort, len(e.services))
-	for i := range e.services {
-		out[i] = e.services[i].addr
-	}
-	return out
-}
+func (e *Engine) HalfOpen(svc int) int { return int(e.svc(svc).halfOpenN.Load()) }
 
 // Stats sums the counters of service index svc over all writers; svc -1
 // is packets that matched no service.
@@ -164,7 +118,7 @@ func (e *Engine) LastControl() time.Time {
 
 // newCounters registers a writer's counters, so Stats sums them.
 func (e *Engine) newCounters() *counterSet {
-	s := newCounterSet(len(e.services))
+	s := newCounterSet(MaxServices)
 	e.countersMu.Lock()
 	e.counters = append(e.counters, s)
 	e.countersMu.Unlock()
@@ -181,16 +135,23 @@ func (e *Engine) Pending() int {
 
 // Backend returns the options announced to clients of service svc.
 func (e *Engine) Backend(svc int) BackendOptions {
-	return unpackBackend(e.services[svc].backend.Load())
+	return unpackBackend(e.svc(svc).backend.Load())
 }
+
+// BackendFixed reports whether service svc's backend options are set by
+// the operator, so there is nothing to learn.
+func (e *Engine) BackendFixed(svc int) bool { return e.svc(svc).fixed.Load() }
 
 // LearnBackend records options observed for service svc (from a probe
 // connection or a backend SYN-ACK). An operator override wins.
 func (e *Engine) LearnBackend(svc int, opts BackendOptions, source string) {
-	if e.cfg.BackendOverride != nil {
+	// Serialised with Reconfigure, which may fix the options meanwhile.
+	e.reconfigure.Lock()
+	defer e.reconfigure.Unlock()
+	s := e.svc(svc)
+	if s.fixed.Load() {
 		return
 	}
-	s := &e.services[svc]
 	old := s.backend.Swap(packBackend(opts))
 	first := !s.learned.Swap(true)
 	if first || old != packBackend(opts) {

@@ -142,7 +142,7 @@ func newHarness(t *testing.T, mod func(*Config)) *harness {
 	}
 	h := &harness{t: t, send: &fakeSender{}, handoff: &fakeHandoff{}, events: &recordedEvents{}, clock: c, jar: jar}
 	cfg := Config{
-		Services:    []netip.AddrPort{server, server6},
+		Services:    []ServiceConfig{{Addr: server}, {Addr: server6}},
 		Mode:        ModeAlways,
 		Cookies:     jar,
 		NewBatch:    immediateTo(h.send),
@@ -630,12 +630,12 @@ func TestSendErrorCounted(t *testing.T) {
 
 func TestConfigErrors(t *testing.T) {
 	jar, _ := cookies.New(cookies.Config{})
-	base := Config{Services: []netip.AddrPort{server}, Cookies: jar, NewBatch: immediateTo(&fakeSender{}), Kernel: &fakeHandoff{}}
+	base := Config{Services: []ServiceConfig{{Addr: server}}, Cookies: jar, NewBatch: immediateTo(&fakeSender{}), Kernel: &fakeHandoff{}}
 	for name, mod := range map[string]func(*Config){
 		"no services":  func(c *Config) { c.Services = nil },
-		"port zero":    func(c *Config) { c.Services = []netip.AddrPort{netip.MustParseAddrPort("203.0.113.2:0")} },
-		"unspecified":  func(c *Config) { c.Services = []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:80")} },
-		"duplicate":    func(c *Config) { c.Services = []netip.AddrPort{server, server} },
+		"port zero":    func(c *Config) { c.Services = []ServiceConfig{{Addr: netip.MustParseAddrPort("203.0.113.2:0")}} },
+		"unspecified":  func(c *Config) { c.Services = []ServiceConfig{{Addr: netip.MustParseAddrPort("0.0.0.0:80")}} },
+		"duplicate":    func(c *Config) { c.Services = []ServiceConfig{{Addr: server}, {Addr: server}} },
 		"no batches":   func(c *Config) { c.NewBatch = nil },
 		"unknown mode": func(c *Config) { c.Mode = 9 },
 		"inverted half-open watermarks": func(c *Config) {
@@ -679,7 +679,7 @@ func benchHandle(b *testing.B, mode Mode, hook nf.Hook, flushEvery int, pkts ...
 	if err != nil {
 		b.Fatal(err)
 	}
-	e, err := New(Config{Services: []netip.AddrPort{server}, Mode: mode, Cookies: jar, NewBatch: discardBatches, Kernel: &fakeHandoff{}})
+	e, err := New(Config{Services: []ServiceConfig{{Addr: server}}, Mode: mode, Cookies: jar, NewBatch: discardBatches, Kernel: &fakeHandoff{}})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -21,7 +21,7 @@ type halfOpenTable struct {
 	mask    uint64
 	seed    uint64
 	start   time.Time
-	timeout uint64 // in ticks
+	timeout atomic.Uint64 // in ticks; a reload may change it
 }
 
 const (
@@ -40,13 +40,19 @@ func newHalfOpenTable(slots int, timeout time.Duration, start time.Time) *halfOp
 	}
 	var seed [8]byte
 	_, _ = rand.Read(seed[:])
-	return &halfOpenTable{
-		slots:   make([]atomic.Uint64, n),
-		mask:    uint64(n - 1),
-		seed:    binary.LittleEndian.Uint64(seed[:]),
-		start:   start,
-		timeout: uint64(max(timeout/halfOpenTick, 1)),
+	t := &halfOpenTable{
+		slots: make([]atomic.Uint64, n),
+		mask:  uint64(n - 1),
+		seed:  binary.LittleEndian.Uint64(seed[:]),
+		start: start,
 	}
+	t.setTimeout(timeout)
+	return t
+}
+
+// setTimeout sets how long an entry counts as half-open.
+func (t *halfOpenTable) setTimeout(d time.Duration) {
+	t.timeout.Store(uint64(max(d/halfOpenTick, 1)))
 }
 
 // mix is the splitmix64 finaliser.
@@ -76,7 +82,7 @@ func (t *halfOpenTable) tick(now time.Time) uint64 {
 
 // live reports whether slot word v holds an entry younger than the timeout.
 func (t *halfOpenTable) live(v, now uint64) bool {
-	return v != 0 && (now-v)&tickMask < t.timeout
+	return v != 0 && (now-v)&tickMask < t.timeout.Load()
 }
 
 // tagOf returns the 40-bit tag of hash h, never 0 (0 marks an empty slot).

@@ -36,10 +36,11 @@ func (e *Engine) malformedService(b []byte) int {
 		return -1
 	}
 	sport, dport := uint16(tcp[0])<<8|uint16(tcp[1]), uint16(tcp[2])<<8|uint16(tcp[3])
-	if svc, ok := e.index[netip.AddrPortFrom(dst, dport)]; ok {
+	t := e.table.Load()
+	if svc, ok := t.lookup(netip.AddrPortFrom(dst, dport)); ok {
 		return svc
 	}
-	if svc, ok := e.index[netip.AddrPortFrom(src, sport)]; ok {
+	if svc, ok := t.lookup(netip.AddrPortFrom(src, sport)); ok {
 		return svc
 	}
 	return -1

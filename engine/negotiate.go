@@ -135,6 +135,6 @@ func (e *Engine) learnFromSYNACK(svc int, observed BackendOptions) {
 	}
 	cur.WindowScale = observed.WindowScale
 	cur.SACKPermitted = observed.SACKPermitted
-	e.events.BackendMismatch(e.services[svc].addr, observed)
+	e.events.BackendMismatch(e.svc(svc).addr, observed)
 	e.LearnBackend(svc, cur, "syn_ack")
 }

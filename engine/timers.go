@@ -105,10 +105,18 @@ func newServiceControl(th Thresholds) serviceControl {
 // control samples every service and, in auto mode, switches states.
 func (e *Engine) control(now time.Time) {
 	defer e.lastControl.Store(now.UnixNano())
-	for i := range e.services {
-		s := &e.services[i]
+	t := e.table.Load()
+	for _, i := range t.live {
+		s := t.all[i]
 		st := e.Stats(i)
 		c := &s.control
+		c.ctrl.th = *s.thresholds.Load()
+		mode := Mode(s.mode.Load())
+		if cookie := State(s.state.Load()) == StateCookie; c.ctrl.cookie != cookie {
+			// A reload changed the mode: the controller goes on from
+			// the state the service is in.
+			c.ctrl.cookie, c.ctrl.calmSince = cookie, time.Time{}
+		}
 		n := s.halfOpen.count(now)
 		s.halfOpenN.Store(int64(n))
 		rate, _ := c.syns.add(now, st.Get(SYNReceived))
@@ -118,7 +126,7 @@ func (e *Engine) control(now time.Time) {
 		if passed > 0 {
 			sample.Completion = min(float64(acks)/float64(passed), 1)
 		}
-		if e.cfg.Mode != ModeAuto {
+		if mode != ModeAuto {
 			continue
 		}
 		changed, reason := c.ctrl.step(now, sample)

@@ -62,10 +62,11 @@ func (w *Worker) Handle(b []byte, hook nf.Hook) nf.Verdict {
 		w.out.c.add(w.e.malformedService(b), Malformed)
 		return nf.Drop
 	}
-	if svc, ok := w.e.index[p.Destination()]; ok {
-		return w.fromClient(svc, len(b), hook)
+	t := w.e.table.Load()
+	if svc, ok := t.lookup(p.Destination()); ok {
+		return w.fromClient(t.all[svc], len(b), hook)
 	}
-	if svc, ok := w.e.index[p.Source()]; ok {
+	if svc, ok := t.lookup(p.Source()); ok {
 		return w.fromBackend(svc)
 	}
 	w.out.c.add(-1, Unmatched)

@@ -18,9 +18,12 @@ import (
 	"github.com/synguard/synguard/xdp"
 )
 
-// Config is a validated gateway configuration, built from flags.
+// Config is a validated gateway configuration, built from flags or a
+// configuration file.
 type Config struct {
-	Services []netip.AddrPort
+	// Services are the protected services with their own settings; Mode,
+	// Thresholds and Backend are the defaults of those that set none.
+	Services []engine.ServiceConfig
 	Mode     engine.Mode
 	Queue    uint16
 	Queues   uint16
@@ -104,18 +107,36 @@ func ParseReplyPath(s string) (ReplyPath, error) {
 // a sysctl change on the backend, rarely enough to be invisible.
 const DefaultProbeInterval = time.Minute
 
+// Addrs returns the services' addresses.
+func (c *Config) Addrs() []netip.AddrPort {
+	out := make([]netip.AddrPort, len(c.Services))
+	for i, s := range c.Services {
+		out[i] = s.Addr
+	}
+	return out
+}
+
+// modeOf returns service s's mode: its own, or the default.
+func (c *Config) modeOf(s engine.ServiceConfig) engine.Mode {
+	return cmp.Or(s.Mode, c.Mode, engine.ModeAuto)
+}
+
 // FirewallConfig returns the firewall configuration for c.
 func (c *Config) FirewallConfig() firewall.Config {
+	// Only a mode that lets SYNs through needs to see first ACKs.
+	observe := false
+	for _, s := range c.Services {
+		observe = observe || c.modeOf(s) != engine.ModeAlways
+	}
 	return firewall.Config{
-		Services:    c.Services,
-		Queue:       c.Queue,
-		Queues:      c.Queues,
-		Local:       c.Local,
-		FailOpen:    c.FailOpen,
-		EngineMark:  c.EngineMark,
-		HandoffMark: c.HandoffMark,
-		// Only a mode that lets SYNs through needs to see first ACKs.
-		ObserveFirstACK: c.Mode != engine.ModeAlways,
+		Services:        c.Addrs(),
+		Queue:           c.Queue,
+		Queues:          c.Queues,
+		Local:           c.Local,
+		FailOpen:        c.FailOpen,
+		EngineMark:      c.EngineMark,
+		HandoffMark:     c.HandoffMark,
+		ObserveFirstACK: observe,
 		StaleMark:       cmp.Or(c.StaleMark, firewall.DefaultStaleMark),
 		ReopenWithin:    cmp.Or(c.ReopenWithin, DefaultReopenWithin),
 	}

@@ -117,7 +117,7 @@ func open(cfg Config) (_ *gateway, err error) {
 		extra = g.fast
 	}
 
-	handshake := telemetry.NewHistograms(len(cfg.Services))
+	handshake := telemetry.NewHistograms(engine.MaxServices)
 	g.eng, err = engine.New(engine.Config{
 		Services:        cfg.Services,
 		Mode:            cfg.Mode,
@@ -220,26 +220,24 @@ func (g *gateway) install(ctx context.Context) (*firewall.Installed, error) {
 	}
 	services := make([]string, len(cfg.Services))
 	for i, s := range cfg.Services {
-		services[i] = s.String()
+		services[i] = s.Addr.String()
 	}
 	log.Info().Str("event", telemetry.EventRulesInstalled).Strs("services", services).
 		Uint16("queue", cfg.Queue).Uint16("queues", cfg.Queues).Bool("local", cfg.Local).
 		Bool("fail_open", cfg.FailOpen).Msg("firewall rules installed")
 
-	if cfg.Backend == nil {
-		probeMark := uint32(0)
-		if cfg.Local {
-			// A probe to a service on this host loops back through our
-			// own SYN rule; the engine's mark lets it pass untouched.
-			probeMark = cfg.EngineMark
-		}
-		l := &learner{eng: g.eng, log: log, mark: probeMark, down: make([]bool, len(cfg.Services))}
-		l.probeAll(ctx)
-		g.parts = append(g.parts, part{"backend learner", func(ctx context.Context) error {
-			l.loop(ctx, cfg.ProbeInterval)
-			return nil
-		}})
+	probeMark := uint32(0)
+	if cfg.Local {
+		// A probe to a service on this host loops back through our own
+		// SYN rule; the engine's mark lets it pass untouched.
+		probeMark = cfg.EngineMark
 	}
+	l := &learner{eng: g.eng, log: log, mark: probeMark, down: make(map[int]bool)}
+	l.probeAll(ctx)
+	g.parts = append(g.parts, part{"backend learner", func(ctx context.Context) error {
+		l.loop(ctx, cfg.ProbeInterval)
+		return nil
+	}})
 	log.Info().Str("event", telemetry.EventStart).Str("mode", cfg.Mode.String()).Strs("services", services).
 		Str("metrics", cfg.MetricsAddr).Str("reply_path", g.replyPath.String()).
 		Dict("xdp", g.fast.attachments()).Msg("synguard protecting services")

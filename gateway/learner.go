@@ -20,11 +20,15 @@ type learner struct {
 	eng  *engine.Engine
 	log  zerolog.Logger
 	mark uint32
-	down []bool // per service: last probe failed (log changes only)
+	down map[int]bool // per service index: last probe failed (log changes only)
 }
 
 func (l *learner) probeAll(ctx context.Context) {
-	for i, svc := range l.eng.Services() {
+	for _, s := range l.eng.Services() {
+		if l.eng.BackendFixed(s.Index) {
+			continue // the operator's options: nothing to learn
+		}
+		i, svc := s.Index, s.Addr
 		o, err := backendinfo.Probe(ctx, svc, l.mark, probeTimeout)
 		if err != nil {
 			if !l.down[i] {

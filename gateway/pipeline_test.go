@@ -94,7 +94,7 @@ func newPipeline(tb testing.TB, path ReplyPath) *pipeline {
 		tb.Fatal(err)
 	}
 	p.eng, err = engine.New(engine.Config{
-		Services: []netip.AddrPort{service}, Mode: engine.ModeAlways, Cookies: jar,
+		Services: []engine.ServiceConfig{{Addr: service}}, Mode: engine.ModeAlways, Cookies: jar,
 		NewBatch:        func() engine.Batch { return sender.NewBatch() },
 		Kernel:          noHandoff{},
 		BackendOverride: &engine.BackendOptions{MSS: 1460, WindowScale: 7, SACKPermitted: true},

@@ -18,7 +18,8 @@ type source struct {
 func (s *source) ServiceCounters() []telemetry.ServiceCounters {
 	svcs := s.eng.Services()
 	out := make([]telemetry.ServiceCounters, len(svcs))
-	for i, svc := range svcs {
+	for j, sv := range svcs {
+		i, svc := sv.Index, sv.Addr
 		st := s.eng.Stats(i)
 		m := make(map[string]uint64, len(st))
 		for _, c := range engine.Counters() {
@@ -27,7 +28,7 @@ func (s *source) ServiceCounters() []telemetry.ServiceCounters {
 		if s.fast != nil {
 			s.fast.counters(i, m)
 		}
-		out[i] = telemetry.ServiceCounters{Service: svc.String(), Mode: s.serviceMode(i), Counters: m, HalfOpen: s.eng.HalfOpen(i), Pending: s.eng.Pending()}
+		out[j] = telemetry.ServiceCounters{Service: svc.String(), Mode: s.serviceMode(i), Counters: m, HalfOpen: s.eng.HalfOpen(i), Pending: s.eng.Pending()}
 	}
 	return out
 }
@@ -35,7 +36,7 @@ func (s *source) ServiceCounters() []telemetry.ServiceCounters {
 // serviceMode is the synguard_mode label of service i: what it does with
 // SYNs now (cookie or passthrough), or off when synguard only observes.
 func (s *source) serviceMode(i int) string {
-	if s.eng.Mode() == engine.ModeOff {
+	if s.eng.ServiceMode(i) == engine.ModeOff {
 		return engine.ModeOff.String()
 	}
 	return s.eng.ServiceState(i).String()

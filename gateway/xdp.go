@@ -3,7 +3,7 @@ package gateway
 import (
 	"context"
 	"fmt"
-	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -27,12 +27,11 @@ const (
 // the engine: each service's mode and backend options, the cookie keys
 // and a deadline renewed from the engine's heartbeat.
 type fastPath struct {
-	prog     *xdp.Program
-	services []netip.AddrPort
-	log      zerolog.Logger
-	// written is what the program's service map holds, so only changes
-	// are written.
-	written []xdp.Service
+	prog *xdp.Program
+	log  zerolog.Logger
+	// written is what the program's service map holds, by service index,
+	// so only changes are written.
+	written map[int]xdp.Service
 	// keys are the program's keys, derived again only when now leaves
 	// their middle epoch.
 	keys cookies.EpochKeys
@@ -86,7 +85,7 @@ func openFastPath(cfg Config) (*fastPath, error) {
 		prog.Close()
 		return nil, nil
 	}
-	return &fastPath{prog: prog, services: cfg.Services, log: log, written: make([]xdp.Service, len(cfg.Services))}, nil
+	return &fastPath{prog: prog, log: log, written: make(map[int]xdp.Service)}, nil
 }
 
 // Counts are the program's counts as engine counters, for the engine to
@@ -129,16 +128,30 @@ func (f *fastPath) run(ctx context.Context, eng *engine.Engine, jar *cookies.Jar
 // sync writes what changed of each service and renews the keys and the
 // deadline.
 func (f *fastPath) sync(eng *engine.Engine, jar *cookies.Jar, now time.Time) error {
-	for i, addr := range f.services {
+	live := eng.Services()
+	for _, sv := range live {
+		i := sv.Index
 		b := eng.Backend(i)
-		s := xdp.Service{Addr: addr, Mode: xdpMode(eng, i), MSS: b.MSS, WindowScale: b.WindowScale, SACKPermitted: b.SACKPermitted}
-		if s == f.written[i] {
+		s := xdp.Service{Addr: sv.Addr, Mode: xdpMode(eng, i), MSS: b.MSS, WindowScale: b.WindowScale, SACKPermitted: b.SACKPermitted}
+		if w, ok := f.written[i]; ok && s == w {
 			continue
 		}
 		if err := f.prog.SetService(i, s); err != nil {
 			return err
 		}
 		f.written[i] = s
+	}
+	if len(f.written) > len(live) {
+		// A reload removed services: their packets pass to the rules,
+		// which no longer queue them.
+		for i, w := range f.written {
+			if !slices.ContainsFunc(live, func(sv engine.Service) bool { return sv.Index == i }) {
+				if err := f.prog.RemoveService(w.Addr); err != nil {
+					return err
+				}
+				delete(f.written, i)
+			}
+		}
 	}
 	if !f.keysCover(now) {
 		f.keys = jar.EpochKeys(now)
@@ -160,8 +173,12 @@ func (f *fastPath) keysCover(now time.Time) bool {
 // xdpMode is what the program does with service i's packets.
 func xdpMode(eng *engine.Engine, i int) xdp.ServiceMode {
 	switch {
-	case eng.Mode() == engine.ModeOff:
+	case eng.ServiceMode(i) == engine.ModeOff:
 		return xdp.Observe
+	case eng.HasSourceLists(i):
+		// Allow and deny lists are applied by the engine, so SYNs go
+		// to the queue.
+		return xdp.Passthrough
 	case eng.ServiceState(i) == engine.StateCookie:
 		return xdp.Cookie
 	}

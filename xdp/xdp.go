@@ -348,3 +348,12 @@ func ParseInterfaces(s string) ([]string, error) {
 	}
 	return names, nil
 }
+
+// RemoveService forgets the service at addr: its packets pass.
+func (p *Program) RemoveService(addr netip.AddrPort) error {
+	k := serviceKey(addr)
+	if err := p.objs.Services.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("xdp: remove service %s: %w", addr, err)
+	}
+	return nil
+}

@@ -81,7 +81,7 @@ func newHarness(t testing.TB) *harness {
 		t.Fatal(err)
 	}
 	h.eng, err = engine.New(engine.Config{
-		Services:        []netip.AddrPort{service4, service6},
+		Services:        []engine.ServiceConfig{{Addr: service4}, {Addr: service6}},
 		Mode:            engine.ModeAlways,
 		Cookies:         h.jar,
 		NewBatch:        func() engine.Batch { return &capture{} },

@@ -109,6 +109,16 @@ func (l *serviceList) Set(v string) error {
 	return nil
 }
 
+// services are the listed services, with every setting left to the
+// defaults.
+func (l serviceList) services() []engine.ServiceConfig {
+	out := make([]engine.ServiceConfig, len(l))
+	for i, a := range l {
+		out[i] = engine.ServiceConfig{Addr: a}
+	}
+	return out
+}
+
 // config validates the flags into a gateway configuration.
 func (f *gatewayFlags) config() (gateway.Config, error) {
 	if len(f.protect) == 0 {
@@ -167,7 +177,7 @@ func (f *gatewayFlags) config() (gateway.Config, error) {
 		return gateway.Config{}, err
 	}
 	cfg := gateway.Config{
-		Services:      f.protect,
+		Services:      f.protect.services(),
 		Mode:          mode,
 		Queue:         uint16(f.queue),
 		Queues:        uint16(f.queues),
