@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 )
 
 // Default marks. The high half spells "SG" (0x53 0x47) so the values are easy
@@ -72,6 +73,12 @@ type Config struct {
 	// Runner runs iptables and reads and writes sysctls. Nil means Host:
 	// the network namespace of the calling process.
 	Runner Runner
+}
+
+// clone returns c with a Services slice of its own.
+func (c Config) clone() Config {
+	c.Services = slices.Clone(c.Services)
+	return c
 }
 
 // Validate reports the first problem with c, naming the offending field or

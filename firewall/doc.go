@@ -141,6 +141,27 @@
 // that namespace adopts the record, so its Remove restores the values the
 // operator had before the crashed run (see sysctlrecord.go).
 //
+// # Drift and reload
+//
+// Other tools rewrite the ruleset: `iptables -F`, a firewalld reload, an
+// iptables-restore without --noflush. Check compares the live ruleset,
+// read with one save command per table synguard uses, with what Rules
+// renders (the lines compare directly, being written as the save tools
+// print them) and names each chain, jump or rule that is missing or
+// differs; other tools' rules are not looked at. Restore puts back what
+// drifted, one iptables-restore --noflush per family that redeclares the
+// drifted tables' SYNGUARD chains (creating or flushing them) and refills
+// them in one commit per table, inserting a jump only where none is left.
+// A jump that is still there but no longer first is left in place:
+// whoever went in front of it did so after synguard, and moving back on
+// every check would fight a tool that also wants to be first.
+//
+// Replace swaps the rules to a new Config the same way, for a reload: new
+// chains and jumps are added and those no longer needed deleted in the
+// same commits, so a service in both configurations is never without its
+// rules, and on failure the previous rules are put back. After Remove the
+// three return ErrRemoved and do nothing.
+//
 // # Where it acts
 //
 // Config.Runner runs the iptables tools and reads and writes /proc/sys.

@@ -11,11 +11,14 @@ import (
 	"sync"
 )
 
-// Installed is a ruleset and sysctl settings applied by Install.
+// Installed is a ruleset and sysctl settings applied by Install. Its
+// methods may be called concurrently.
 type Installed struct {
 	runner Runner
 
 	mu        sync.Mutex
+	cfg       Config // in force: Install's, or the last Replace's
+	removed   bool   // Remove was called: Check, Restore and Replace stop
 	rulesGone bool
 	sysctls   []sysctlChange
 	record    string // path of this run's sysctl record, "" if none (see sysctlrecord.go)
@@ -42,7 +45,7 @@ func Install(ctx context.Context, c Config) (*Installed, error) {
 	if err := removeLeftovers(ctx, r); err != nil {
 		return nil, fmt.Errorf("firewall: remove leftovers of an earlier run: %w", err)
 	}
-	i := &Installed{runner: r}
+	i := &Installed{runner: r, cfg: c.clone()}
 	for _, f := range families {
 		text := f.rules(rs)
 		if text == "" {
@@ -105,7 +108,8 @@ func (i *Installed) undo(ctx context.Context, cause error) error {
 }
 
 // Remove deletes every SYNGUARD chain and every jump to one, in both
-// families, then puts back the sysctls Install changed. A sysctl that
+// families, whether Install, Restore or Replace put it there, then puts
+// back the sysctls Install and Replace changed. A sysctl that
 // someone changed again since Install is left as it is. Remove may be
 // called more than once: it retries only what failed before, and once
 // everything is undone it does nothing. A nil *Installed is fine too.
@@ -118,6 +122,7 @@ func (i *Installed) Remove(ctx context.Context) error {
 	}
 	i.mu.Lock()
 	defer i.mu.Unlock()
+	i.removed = true
 	var errs []error
 	if !i.rulesGone {
 		if err := removeLeftovers(ctx, i.runner); err != nil {

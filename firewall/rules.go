@@ -72,6 +72,16 @@ func Rules(c Config) (Ruleset, error) {
 // iptables-save prints them in, so the saved ruleset can be compared with
 // this text line by line.
 func render(c Config, f family) string {
+	var b strings.Builder
+	for _, t := range tablesFor(c, f) {
+		t.writeTo(&b)
+	}
+	return b.String()
+}
+
+// tablesFor returns what synguard puts in each table of one family, in the
+// order Install applies them; none when no service belongs to the family.
+func tablesFor(c Config, f family) []*table {
 	var svcs []netip.AddrPort
 	for _, s := range c.Services {
 		if f.is(s.Addr()) {
@@ -79,7 +89,7 @@ func render(c Config, f family) string {
 		}
 	}
 	if len(svcs) == 0 {
-		return ""
+		return nil
 	}
 
 	engine := fmt.Sprintf("-m mark --mark %#x", c.EngineMark)
@@ -94,20 +104,18 @@ func render(c Config, f family) string {
 		return fmt.Sprintf("-s %s/%d -p tcp -m tcp --sport %d", s.Addr(), f.bits, s.Port())
 	}
 
-	var b strings.Builder
 	// raw: before conntrack. SYNs go to the engine, and the engine's own
 	// packets are kept out of conntrack.
-	raw := table{name: "raw"}
+	raw := &table{name: "raw"}
 	raw.chain("PREROUTING", engine+" -j RETURN")
 	for _, s := range svcs {
 		raw.rule(dst(s) + " " + synOnly + " " + queue)
 	}
 	raw.chain("OUTPUT", engine+" -j CT --notrack")
-	raw.writeTo(&b)
 
 	// filter: after conntrack. Segments conntrack knows no flow for go to
 	// the engine, except the engine's own and those of handed-off flows.
-	filter := table{name: "filter"}
+	filter := &table{name: "filter"}
 	in, out := "FORWARD", "FORWARD"
 	if c.Local {
 		in, out = "INPUT", "OUTPUT"
@@ -165,7 +173,7 @@ func render(c Config, f family) string {
 			fmt.Sprintf("-j MARK --set-xmark %#x/0xffffffff", c.StaleMark),
 			queue)
 	}
-	filter.writeTo(&b)
+	tables := []*table{raw, filter}
 
 	// mangle: after conntrack, before filter. The first established packet
 	// of a flow synguard let through (connmark still 0) gets the hand-off
@@ -174,7 +182,7 @@ func render(c Config, f family) string {
 	// verdict ends only the mangle chain: the operator's filter rules still
 	// judge the packet.
 	if c.ObserveFirstACK {
-		mangle := table{name: "mangle"}
+		mangle := &table{name: "mangle"}
 		mangle.chain("PREROUTING")
 		for _, s := range svcs {
 			mangle.rule(dst(s) + " -m conntrack --ctstate ESTABLISHED -m connmark --mark 0x0 -j " + firstACKChain)
@@ -182,9 +190,9 @@ func render(c Config, f family) string {
 		mangle.subchain(firstACKChain,
 			fmt.Sprintf("-j CONNMARK --set-xmark %#x/0xffffffff", c.HandoffMark),
 			queue)
-		mangle.writeTo(&b)
+		tables = append(tables, mangle)
 	}
-	return b.String()
+	return tables
 }
 
 // staleChain marks and queues a segment of a flow whose entry is closing.
@@ -205,34 +213,40 @@ func queueTarget(c Config) string {
 	return q
 }
 
-// table collects the iptables-restore text of one table. iptables-restore
-// wants a table's chain declarations before its rules; the jumps come next
+// table is what synguard puts in one table: its own chains, the jumps to
+// them from built-in chains, and their rules. iptables-restore wants a
+// table's chain declarations before its rules; writeTo puts the jumps next
 // and then the chains' rules, the order iptables-save prints them in.
 type table struct {
-	name  string
-	decls []string // ":SYNGUARD-X - [0:0]"
-	jumps []string // "-I X 1 -j SYNGUARD-X"
-	rules []string // "-A SYNGUARD-X ..."
-	cur   string   // the chain rule appends to
+	name   string
+	chains []string // owned chains, in the order they are declared
+	jumps  []jump   // each inserted at position 1 of its built-in chain
+	rules  []string // "-A SYNGUARD-X ..."
+	cur    string   // the chain rule appends to
 }
+
+// jump goes from a built-in chain to one of synguard's.
+type jump struct{ from, to string }
+
+// insert is the iptables-restore line that puts j first in its chain.
+func (j jump) insert() string { return "-I " + j.from + " 1 -j " + j.to }
+
+// saved is j as iptables-save prints it.
+func (j jump) saved() string { return "-A " + j.from + " -j " + j.to }
 
 // chain declares the chain SYNGUARD-builtin, jumps to it from the first
 // position of the built-in chain, and appends rules to it. Later calls of
 // rule append to it too.
 func (t *table) chain(builtin string, rules ...string) {
-	t.cur = chainPrefix + "-" + builtin
-	t.decls = append(t.decls, ":"+t.cur+" - [0:0]")
-	t.jumps = append(t.jumps, "-I "+builtin+" 1 -j "+t.cur)
-	for _, r := range rules {
-		t.rule(r)
-	}
+	t.subchain(chainPrefix+"-"+builtin, rules...)
+	t.jumps = append(t.jumps, jump{builtin, t.cur})
 }
 
 // subchain declares a chain reached only from other SYNGUARD chains and
 // appends rules to it.
 func (t *table) subchain(name string, rules ...string) {
 	t.cur = name
-	t.decls = append(t.decls, ":"+name+" - [0:0]")
+	t.chains = append(t.chains, name)
 	for _, r := range rules {
 		t.rule(r)
 	}
@@ -242,12 +256,26 @@ func (t *table) rule(spec string) {
 	t.rules = append(t.rules, "-A "+t.cur+" "+spec)
 }
 
+// declarations are the lines that create t's chains, or flush them where
+// they exist.
+func (t *table) declarations() []string {
+	out := make([]string, len(t.chains))
+	for k, c := range t.chains {
+		out[k] = ":" + c + " - [0:0]"
+	}
+	return out
+}
+
 func (t *table) writeTo(b *strings.Builder) {
 	b.WriteString("*" + t.name + "\n")
-	for _, part := range [][]string{t.decls, t.jumps, t.rules} {
-		for _, l := range part {
-			b.WriteString(l + "\n")
-		}
+	for _, l := range t.declarations() {
+		b.WriteString(l + "\n")
+	}
+	for _, j := range t.jumps {
+		b.WriteString(j.insert() + "\n")
+	}
+	for _, l := range t.rules {
+		b.WriteString(l + "\n")
 	}
 	b.WriteString("COMMIT\n")
 }
