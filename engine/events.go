@@ -27,6 +27,10 @@ type Events interface {
 	// client's ACK validated. It is called for every hand-off and must
 	// not allocate.
 	HandedOff(service int, d time.Duration)
+	// AttackStarted and AttackEnded mark a period of pressure on a
+	// service (see attack.go): one start and one end per attack.
+	AttackStarted(AttackStart)
+	AttackEnded(AttackEnd)
 }
 
 // ModeChange is one switch of a service's state, with the figures it was
@@ -46,3 +50,5 @@ func (NopEvents) BackendLearned(netip.AddrPort, BackendOptions, string) {}
 func (NopEvents) BackendMismatch(netip.AddrPort, BackendOptions)        {}
 func (NopEvents) HandoffFailed(netip.AddrPort, error)                   {}
 func (NopEvents) HandedOff(int, time.Duration)                          {}
+func (NopEvents) AttackStarted(AttackStart)                             {}
+func (NopEvents) AttackEnded(AttackEnd)                                 {}

@@ -51,6 +51,14 @@ func (r *recordedEvents) HandoffFailed(svc netip.AddrPort, err error) {
 
 func (r *recordedEvents) HandedOff(svc int, d time.Duration) { r.add("handed_off %d %v", svc, d) }
 
+func (r *recordedEvents) AttackStarted(a AttackStart) {
+	r.add("attack_start %s %s syn_rate=%.0f", a.Service, a.Reason, a.SYNRate)
+}
+
+func (r *recordedEvents) AttackEnded(a AttackEnd) {
+	r.add("attack_end %s %v peak=%.0f syns=%d synacks=%d valid=%d handed_off=%d", a.Service, a.Duration, a.PeakSYNRate, a.SYNs, a.SYNACKs, a.CookieValid, a.HandedOff)
+}
+
 func (h *harness) expectEvents(want ...string) {
 	h.t.Helper()
 	if got := h.events.take(); !slices.Equal(got, want) {
@@ -104,7 +112,8 @@ func TestEventsOfModeChanges(t *testing.T) {
 	}
 	h.clock.advance(controlTick)
 	h.e.control(h.clock.now())
-	h.expectEvents(fmt.Sprintf("mode 203.0.113.2:80 passthrough->cookie half_open half_open=%d", testThresholds.HalfOpenHigh))
+	h.expectEvents(fmt.Sprintf("mode 203.0.113.2:80 passthrough->cookie half_open half_open=%d", testThresholds.HalfOpenHigh),
+		"attack_start 203.0.113.2:80 half_open syn_rate=1000")
 	// Quiet past the handshake timeout and the hold time (15 s): back.
 	for range 300 {
 		h.clock.advance(controlTick)
@@ -113,5 +122,6 @@ func TestEventsOfModeChanges(t *testing.T) {
 			break
 		}
 	}
-	h.expectEvents("mode 203.0.113.2:80 cookie->passthrough calm half_open=0")
+	h.expectEvents("mode 203.0.113.2:80 cookie->passthrough calm half_open=0",
+		"attack_end 203.0.113.2:80 14.9s peak=1000 syns=100 synacks=0 valid=0 handed_off=0")
 }

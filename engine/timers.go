@@ -90,6 +90,7 @@ func (e *Engine) Tick() {
 // serviceControl is the control loop's state for one service.
 type serviceControl struct {
 	ctrl               controller
+	attack             attackTracker
 	syns, passed, acks *rateWindow
 }
 
@@ -111,7 +112,6 @@ func (e *Engine) control(now time.Time) {
 		st := e.Stats(i)
 		c := &s.control
 		c.ctrl.th = *s.thresholds.Load()
-		mode := Mode(s.mode.Load())
 		if cookie := State(s.state.Load()) == StateCookie; c.ctrl.cookie != cookie {
 			// A reload changed the mode: the controller goes on from
 			// the state the service is in.
@@ -126,20 +126,26 @@ func (e *Engine) control(now time.Time) {
 		if passed > 0 {
 			sample.Completion = min(float64(acks)/float64(passed), 1)
 		}
-		if mode != ModeAuto {
-			continue
+		if Mode(s.mode.Load()) == ModeAuto {
+			e.switchMode(s, now, sample)
 		}
-		changed, reason := c.ctrl.step(now, sample)
-		if !changed {
-			continue
-		}
-		from := e.ServiceState(i)
-		to := StatePassthrough
-		if c.ctrl.cookie {
-			to = StateCookie
-		}
-		s.state.Store(uint32(to))
-		e.timers.c.add(i, ModeChanges)
-		e.events.ModeChanged(ModeChange{Service: s.addr, From: from, To: to, Reason: reason, Sample: sample})
+		e.trackAttack(s, now, sample, st)
 	}
+}
+
+// switchMode steps service s's controller and applies its decision.
+func (e *Engine) switchMode(s *service, now time.Time, sample Sample) {
+	c := &s.control
+	changed, reason := c.ctrl.step(now, sample)
+	if !changed {
+		return
+	}
+	from := State(s.state.Load())
+	to := StatePassthrough
+	if c.ctrl.cookie {
+		to = StateCookie
+	}
+	s.state.Store(uint32(to))
+	e.timers.c.add(s.slot, ModeChanges)
+	e.events.ModeChanged(ModeChange{Service: s.addr, From: from, To: to, Reason: reason, Sample: sample})
 }

@@ -66,6 +66,13 @@ type Config struct {
 	// DefaultLockDir.
 	LockDir string
 	Logger  zerolog.Logger
+
+	// Reload, when set, asks for a reload each time it delivers (the
+	// command sends on SIGHUP); Load then reads the new configuration.
+	// Only services and their settings can change; a reload that changes
+	// anything else is rejected.
+	Reload <-chan struct{}
+	Load   func() (Config, error)
 }
 
 // ReplyPath is how replies to queued packets (SYN-ACKs, above all) leave

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"math"
 	"net/netip"
 	"time"
 
@@ -44,3 +45,36 @@ func (e events) HandoffFailed(svc netip.AddrPort, err error) {
 }
 
 func (e events) HandedOff(svc int, d time.Duration) { e.handshake.Observe(svc, d) }
+
+func (e events) AttackStarted(a engine.AttackStart) {
+	e.log.Warn().Str(telemetry.FieldEvent, telemetry.EventAttackStart).
+		Str("service", a.Service.String()).Str("reason", a.Reason).
+		Float64("syn_rate", round(a.SYNRate)).Int("half_open", a.HalfOpen).
+		Float64("completion_ratio", round(a.Completion)).
+		Array("top_sources", sourceArray(a.Sources.Top)).Float64("spread", round(a.Sources.Spread)).
+		Msg("attack started")
+}
+
+func (e events) AttackEnded(a engine.AttackEnd) {
+	e.log.Warn().Str(telemetry.FieldEvent, telemetry.EventAttackEnd).
+		Str("service", a.Service.String()).
+		Time("started", a.Start.UTC()).Float64("duration_s", round(a.Duration.Seconds())).
+		Float64("peak_syn_rate", round(a.PeakSYNRate)).
+		Uint64("syns", a.SYNs).Uint64("synacks", a.SYNACKs).
+		Uint64("cookie_valid", a.CookieValid).Uint64("handed_off", a.HandedOff).
+		Float64("completion_ratio", round(a.Completion)).
+		Array("top_sources", sourceArray(a.Sources.Top)).Float64("spread", round(a.Sources.Spread)).
+		Msg("attack ended")
+}
+
+// round keeps three decimals: enough for a rate or a ratio in a log line.
+func round(f float64) float64 { return math.Round(f*1000) / 1000 }
+
+// sourceArray logs source prefixes as [{prefix, syns, completed}, …].
+type sourceArray []engine.SourceCount
+
+func (s sourceArray) MarshalZerologArray(a *zerolog.Array) {
+	for _, c := range s {
+		a.Dict(zerolog.Dict().Str("prefix", c.Prefix.String()).Uint64("syns", c.SYNs).Uint64("completed", c.Completed))
+	}
+}

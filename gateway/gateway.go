@@ -57,6 +57,8 @@ type gateway struct {
 	jar       *cookies.Jar
 	fast      *fastPath // nil without XDP
 	lock      *instanceLock
+	rules     *firewall.Installed // set by install
+	learner   *learner            // set by install
 
 	// parts run concurrently while the gateway serves; install adds the
 	// backend learner. The first to fail stops them all.
@@ -191,6 +193,9 @@ func (g *gateway) workers() []part {
 	if g.fast != nil {
 		parts = append(parts, part{"xdp", func(ctx context.Context) error { return g.fast.run(ctx, g.eng, g.jar) }})
 	}
+	if g.cfg.Reload != nil && g.cfg.Load != nil {
+		parts = append(parts, part{"reload", g.runReloads})
+	}
 	return parts
 }
 
@@ -218,6 +223,7 @@ func (g *gateway) install(ctx context.Context) (*firewall.Installed, error) {
 	if err != nil {
 		return nil, err
 	}
+	g.rules = rules
 	services := make([]string, len(cfg.Services))
 	for i, s := range cfg.Services {
 		services[i] = s.Addr.String()
@@ -232,7 +238,8 @@ func (g *gateway) install(ctx context.Context) (*firewall.Installed, error) {
 		// SYN rule; the engine's mark lets it pass untouched.
 		probeMark = cfg.EngineMark
 	}
-	l := &learner{eng: g.eng, log: log, mark: probeMark, down: make(map[int]bool)}
+	l := newLearner(g.eng, log, probeMark)
+	g.learner = l
 	l.probeAll(ctx)
 	g.parts = append(g.parts, part{"backend learner", func(ctx context.Context) error {
 		l.loop(ctx, cfg.ProbeInterval)

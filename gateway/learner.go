@@ -21,6 +21,20 @@ type learner struct {
 	log  zerolog.Logger
 	mark uint32
 	down map[int]bool // per service index: last probe failed (log changes only)
+	// now asks the loop for a round at once (a reload added services).
+	now chan struct{}
+}
+
+func newLearner(eng *engine.Engine, log zerolog.Logger, mark uint32) *learner {
+	return &learner{eng: eng, log: log, mark: mark, down: make(map[int]bool), now: make(chan struct{}, 1)}
+}
+
+// wake asks for a round of probes soon, without waiting.
+func (l *learner) wake() {
+	select {
+	case l.now <- struct{}{}:
+	default:
+	}
 }
 
 func (l *learner) probeAll(ctx context.Context) {
@@ -55,6 +69,8 @@ func (l *learner) loop(ctx context.Context, every time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			l.probeAll(ctx)
+		case <-l.now:
 			l.probeAll(ctx)
 		}
 	}

@@ -25,9 +25,17 @@ const (
 	EventRulesRemoveFailed = "rules_remove_failed"
 	EventWorkerFailed      = "worker_failed"
 	EventMetricsFailed     = "metrics_failed"
+	// A reload (SIGHUP) applied, or rejected with the running
+	// configuration left in force.
+	EventConfigReloaded = "config_reloaded"
+	EventConfigRejected = "config_rejected"
 
 	// Protection state.
 	EventModeChange = "mode_change"
+	// An attack on a service: pressure past a high watermark, then calm
+	// for the hold time. One start and one end per attack.
+	EventAttackStart = "attack_start"
+	EventAttackEnd   = "attack_end"
 	EventStats      = "stats"
 
 	// Backends.
@@ -56,7 +64,7 @@ const (
 func Events() []string {
 	return []string{
 		EventStart, EventStop, EventRulesInstalled, EventRulesRemoved, EventRulesRemoveFailed,
-		EventWorkerFailed, EventMetricsFailed, EventModeChange, EventStats,
+		EventWorkerFailed, EventMetricsFailed, EventConfigReloaded, EventConfigRejected, EventModeChange, EventAttackStart, EventAttackEnd, EventStats,
 		EventBackendOptionsLearned, EventBackendOptionMismatch, EventBackendUnreachable,
 		EventHandoffFailed, EventQueueOverflow, EventQueue, EventLogSuppressed,
 		EventXDPUnavailable, EventXDPFailed,

@@ -45,6 +45,7 @@ func DefaultExempt() []string {
 	return []string{
 		EventStart, EventStop, EventRulesInstalled, EventRulesRemoved,
 		EventRulesRemoveFailed, EventWorkerFailed, EventStats, EventLogSuppressed,
+		EventConfigReloaded, EventConfigRejected, EventAttackStart, EventAttackEnd,
 	}
 }
 

@@ -20,11 +20,29 @@ func (e usageError) Error() string { return e.msg }
 func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go stopOnSignals(sigs, cancel, os.Stderr, os.Exit)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
 	os.Exit(exitCode(err, os.Stderr))
 }
+
+// stopOnSignals cancels the command at the first SIGINT or SIGTERM, so it
+// can clean up, and exits at once on the second: an operator who asks
+// twice does not wait. What is left behind (rules, a sysctl) the next
+// `synguard run` removes; an XDP program goes with the process.
+func stopOnSignals(sigs <-chan os.Signal, cancel func(), stderr io.Writer, exit func(int)) {
+	first := <-sigs
+	cancel()
+	second := <-sigs
+	fmt.Fprintf(stderr, "synguard: %v after %v: exiting without finishing the cleanup\n", second, first)
+	exit(exitInterrupted)
+}
+
+// exitInterrupted is the exit status of a cleanup cut short: 128 + SIGINT,
+// as shells report an interrupted command.
+const exitInterrupted = 130
 
 func exitCode(err error, stderr io.Writer) int {
 	var ue usageError

@@ -1,0 +1,121 @@
+package engine
+
+import (
+	"net/netip"
+	"time"
+)
+
+// An attack is a period of pressure on one service, from the sample that
+// crosses a high watermark to the hold time spent below both low ones:
+// the same hysteresis that switches auto mode, so an attack starts when an
+// auto service turns to cookies and ends when it returns. In always and
+// off modes, where the state does not switch, the same detector runs on
+// its own. Flapping around the watermarks stays one attack.
+
+// AttackStart reports a service coming under pressure.
+type AttackStart struct {
+	Service netip.AddrPort
+	Index   int    // the service's index, for its counters
+	Reason  string // ReasonHalfOpen or ReasonSYNRate
+	Sample
+	Sources Sources
+}
+
+// AttackEnd sums up an attack once the pressure has stayed low for the
+// hold time.
+type AttackEnd struct {
+	Service     netip.AddrPort
+	Index       int
+	Start       time.Time
+	Duration    time.Duration
+	PeakSYNRate float64
+	// Counts over the attack, from both paths (XDP included).
+	SYNs, SYNACKs, CookieValid, HandedOff uint64
+	// Completion is handshakes completed (valid cookies, and first ACKs
+	// of flows let through) over SYNs received.
+	Completion float64
+	Sources    Sources
+}
+
+// Sources attributes an attack's SYNs to source prefixes.
+type Sources struct {
+	// Top are the heaviest source prefixes (/24 for IPv4, /48 for
+	// IPv6), heaviest first.
+	Top []SourceCount
+	// Spread is the share of SYNs from prefixes seen only once: near 1
+	// for a flood with spoofed random sources, near 0 for one from a few
+	// networks.
+	Spread float64
+}
+
+// SourceCount is one source prefix's SYNs and completed handshakes.
+type SourceCount struct {
+	Prefix    netip.Prefix
+	SYNs      uint64
+	Completed uint64
+}
+
+// attackTracker is one service's attack detector, run by the control
+// loop.
+type attackTracker struct {
+	detect controller
+	active bool
+	start  time.Time
+	peak   float64
+	// quiet is the service's counters at the last tick below both low
+	// watermarks, base those of the attack: its totals include the ramp
+	// that set it off.
+	quiet, base Stats
+}
+
+// observe feeds one control tick's sample. It returns the start or the
+// end of an attack when one happens at this tick.
+func (a *attackTracker) observe(now time.Time, th Thresholds, s Sample, st Stats) (start, end bool, reason string) {
+	a.detect.th = th
+	changed, reason := a.detect.step(now, s)
+	if a.active {
+		a.peak = max(a.peak, s.SYNRate)
+	} else if s.HalfOpen <= th.HalfOpenLow && s.SYNRate <= th.SYNRateLow {
+		a.quiet = st
+	}
+	if !changed {
+		return false, false, ""
+	}
+	if a.detect.cookie {
+		a.active, a.start, a.peak, a.base = true, now, s.SYNRate, a.quiet
+		return true, false, reason
+	}
+	a.active = false
+	return false, true, reason
+}
+
+// summary sums up the attack that just ended at now.
+func (a *attackTracker) summary(now time.Time, st Stats) AttackEnd {
+	d := func(c Counter) uint64 { return st[c] - a.base[c] }
+	end := AttackEnd{
+		Start: a.start, Duration: now.Sub(a.start), PeakSYNRate: a.peak,
+		SYNs: d(SYNReceived), SYNACKs: d(SYNACKSent), CookieValid: d(CookieValid), HandedOff: d(HandedOff),
+	}
+	if end.SYNs > 0 {
+		end.Completion = min(float64(end.CookieValid+d(FirstACK))/float64(end.SYNs), 1)
+	}
+	return end
+}
+
+// trackAttack feeds service s's sample to its attack detector and reports
+// an attack's start or end.
+func (e *Engine) trackAttack(s *service, now time.Time, sample Sample, st Stats) {
+	a := &s.control.attack
+	start, end, reason := a.observe(now, *s.thresholds.Load(), sample, st)
+	switch {
+	case start:
+		e.events.AttackStarted(AttackStart{Service: s.addr, Index: s.slot, Reason: reason, Sample: sample, Sources: e.sourcesOf(s)})
+	case end:
+		sum := a.summary(now, st)
+		sum.Service, sum.Index, sum.Sources = s.addr, s.slot, e.sourcesOf(s)
+		e.events.AttackEnded(sum)
+	}
+}
+
+// sourcesOf attributes service s's recent SYNs to source prefixes.
+func (e *Engine) sourcesOf(s *service) Sources { return Sources{} }
