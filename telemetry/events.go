@@ -36,7 +36,7 @@ const (
 	// for the hold time. One start and one end per attack.
 	EventAttackStart = "attack_start"
 	EventAttackEnd   = "attack_end"
-	EventStats      = "stats"
+	EventStats       = "stats"
 
 	// Backends.
 	EventBackendOptionsLearned = "backend_options_learned"
