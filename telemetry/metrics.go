@@ -37,6 +37,61 @@ type ServiceCounters struct {
 	// handshake has not completed (0 while every SYN gets a cookie).
 	HalfOpen int
 	Pending  int
+	// Backend is the backend's health and the options announced for it.
+	Backend Backend
+	// Attack is the attack on the service now; nil when there is none.
+	Attack *Attack
+}
+
+// Backend is a service's backend as the gateway sees it.
+type Backend struct {
+	// Up is false when probes fail or replayed SYNs meet resets or
+	// silence, true once they succeed again.
+	Up bool
+	// Reason says why it is down (or what last showed it up): "probe:
+	// connection refused", "resets", "silence", "handed_off", "probe".
+	Reason string
+	// Since is when Up last changed.
+	Since time.Time
+	// The options announced to clients, and how they were had:
+	// "learned" (probe or SYN-ACK), "default" (not learned yet) or
+	// "fixed" (configured).
+	MSS         uint16
+	WindowScale int // -1: the backend does not scale
+	SACK        bool
+	Options     string
+}
+
+// Attack is an attack in progress on a service, or one that ended.
+type Attack struct {
+	Started time.Time
+	Ended   time.Time // zero while it lasts
+	Reason  string
+	// PeakSYNRate is the highest SYN rate seen so far; SYNs, HandedOff
+	// and Completion are totals so far (final once it ended).
+	PeakSYNRate float64
+	SYNs        uint64
+	HandedOff   uint64
+	Completion  float64
+	// TopSources are the heaviest source prefixes, heaviest first (at
+	// most 10); Spread is the share of SYNs from prefixes seen once.
+	TopSources []SourceCount
+	Spread     float64
+}
+
+// SourceCount is one source prefix's SYNs and completed handshakes.
+type SourceCount struct {
+	Prefix    string `json:"prefix"`
+	SYNs      uint64 `json:"syns"`
+	Completed uint64 `json:"completed"`
+}
+
+// AttackSource is a Source that reports attacks as they end, for the
+// dashboard's history.
+type AttackSource interface {
+	// Attacks returns the attacks that ended, newest first, at most n
+	// per service.
+	Attacks(n int) map[string][]Attack
 }
 
 // QueueCounters are one NFQUEUE's counters.
