@@ -60,6 +60,7 @@ type SourceCount struct {
 type attackTracker struct {
 	detect controller
 	active bool
+	reason string
 	start  time.Time
 	peak   float64
 	// quiet is the service's counters at the last tick below both low
@@ -102,20 +103,42 @@ func (a *attackTracker) summary(now time.Time, st Stats) AttackEnd {
 	return end
 }
 
-// trackAttack feeds service s's sample to its attack detector and reports
-// an attack's start or end.
+// trackAttack feeds service s's sample to its attack detector, reports
+// an attack's start or end, and keeps the view of the attack in progress
+// current.
 func (e *Engine) trackAttack(s *service, now time.Time, sample Sample, st Stats) {
 	a := &s.control.attack
 	start, end, reason := a.observe(now, *s.thresholds.Load(), sample, st)
 	switch {
 	case start:
+		a.reason = reason
 		e.events.AttackStarted(AttackStart{Service: s.addr, Index: s.slot, Reason: reason, Sample: sample, Sources: e.sourcesOf(s)})
 	case end:
 		sum := a.summary(now, st)
 		sum.Service, sum.Index, sum.Sources = s.addr, s.slot, e.sourcesOf(s)
+		s.attack.Store(nil)
 		e.events.AttackEnded(sum)
+		return
+	}
+	if a.active {
+		sum := a.summary(now, st)
+		s.attack.Store(&AttackStatus{Start: a.start, Reason: a.reason, PeakSYNRate: sum.PeakSYNRate,
+			SYNs: sum.SYNs, HandedOff: sum.HandedOff, Completion: sum.Completion, Sources: e.sourcesOf(s)})
 	}
 }
+
+// AttackStatus is an attack in progress, as of the last control tick.
+type AttackStatus struct {
+	Start           time.Time
+	Reason          string
+	PeakSYNRate     float64
+	SYNs, HandedOff uint64
+	Completion      float64
+	Sources         Sources
+}
+
+// Attack returns the attack in progress on service svc, or nil.
+func (e *Engine) Attack(svc int) *AttackStatus { return e.svc(svc).attack.Load() }
 
 // sourcesOf attributes service s's recent SYNs to source prefixes.
 func (e *Engine) sourcesOf(s *service) Sources { return Sources{} }

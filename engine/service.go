@@ -32,6 +32,8 @@ type service struct {
 	sources atomic.Pointer[sourceLists]
 	// thresholds are the watermarks the control loop applies.
 	thresholds atomic.Pointer[Thresholds]
+	// attack is the attack in progress, for the metrics; nil when none.
+	attack atomic.Pointer[AttackStatus]
 
 	// halfOpen counts SYNs let through; halfOpenN is its count at the
 	// last control tick.
@@ -231,3 +233,17 @@ func (e *Engine) ServiceByAddr(addr netip.AddrPort) (Service, error) {
 
 // HasSourceLists reports whether service svc has allow or deny lists.
 func (e *Engine) HasSourceLists(svc int) bool { return e.svc(svc).sources.Load() != nil }
+
+// BackendOrigin says where service svc's announced options come from:
+// "fixed" by the operator, "learned" from its backend, or "default" until
+// they are learned.
+func (e *Engine) BackendOrigin(svc int) string {
+	s := e.svc(svc)
+	switch {
+	case s.fixed.Load():
+		return "fixed"
+	case s.learned.Load():
+		return "learned"
+	}
+	return "default"
+}

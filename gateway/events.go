@@ -16,6 +16,7 @@ import (
 type events struct {
 	log       zerolog.Logger
 	handshake *telemetry.Histograms
+	attacks   *attackHistory
 }
 
 func (e events) ModeChanged(c engine.ModeChange) {
@@ -56,6 +57,7 @@ func (e events) AttackStarted(a engine.AttackStart) {
 }
 
 func (e events) AttackEnded(a engine.AttackEnd) {
+	e.attacks.add(a)
 	e.log.Warn().Str(telemetry.FieldEvent, telemetry.EventAttackEnd).
 		Str("service", a.Service.String()).
 		Time("started", a.Start.UTC()).Float64("duration_s", round(a.Duration.Seconds())).

@@ -57,6 +57,8 @@ type gateway struct {
 	jar       *cookies.Jar
 	fast      *fastPath // nil without XDP
 	lock      *instanceLock
+	attacks   *attackHistory
+	health    *health
 	rules     *firewall.Installed // set by install
 	learner   *learner            // set by install
 
@@ -120,6 +122,7 @@ func open(cfg Config) (_ *gateway, err error) {
 	}
 
 	handshake := telemetry.NewHistograms(engine.MaxServices)
+	g.attacks, g.health = newAttackHistory(), newHealth(cfg.Logger)
 	g.eng, err = engine.New(engine.Config{
 		Services:        cfg.Services,
 		Mode:            cfg.Mode,
@@ -130,7 +133,7 @@ func open(cfg Config) (_ *gateway, err error) {
 		BackendOverride: cfg.Backend,
 		MaxPending:      cfg.MaxPending,
 		Thresholds:      cfg.Thresholds,
-		Events:          events{log: cfg.Logger, handshake: handshake},
+		Events:          events{log: cfg.Logger, handshake: handshake, attacks: g.attacks},
 		Extra:           extra,
 	})
 	if err != nil {
@@ -153,7 +156,7 @@ func open(cfg Config) (_ *gateway, err error) {
 		names = append(names, telemetry.CounterXDPSYNACKSent, telemetry.CounterXDPACKDropped)
 	}
 	g.tel = telemetry.New(telemetry.Config{
-		Source: &source{eng: g.eng, queues: g.queues, first: cfg.Queue, mode: cfg.Mode.String(), fast: g.fast},
+		Source: &source{eng: g.eng, queues: g.queues, first: cfg.Queue, fast: g.fast, health: g.health, attacks: g.attacks},
 		Collector: telemetry.CollectorConfig{
 			Counters:  names,
 			Modes:     []string{engine.StateCookie.String(), engine.StatePassthrough.String(), engine.ModeOff.String()},
@@ -238,7 +241,7 @@ func (g *gateway) install(ctx context.Context) (*firewall.Installed, error) {
 		// SYN rule; the engine's mark lets it pass untouched.
 		probeMark = cfg.EngineMark
 	}
-	l := newLearner(g.eng, log, probeMark)
+	l := newLearner(g.eng, log, probeMark, g.health)
 	g.learner = l
 	l.probeAll(ctx)
 	g.parts = append(g.parts, part{"backend learner", func(ctx context.Context) error {

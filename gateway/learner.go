@@ -22,11 +22,12 @@ type learner struct {
 	mark uint32
 	down map[int]bool // per service index: last probe failed (log changes only)
 	// now asks the loop for a round at once (a reload added services).
-	now chan struct{}
+	now    chan struct{}
+	health *health
 }
 
-func newLearner(eng *engine.Engine, log zerolog.Logger, mark uint32) *learner {
-	return &learner{eng: eng, log: log, mark: mark, down: make(map[int]bool), now: make(chan struct{}, 1)}
+func newLearner(eng *engine.Engine, log zerolog.Logger, mark uint32, h *health) *learner {
+	return &learner{eng: eng, log: log, mark: mark, down: make(map[int]bool), now: make(chan struct{}, 1), health: h}
 }
 
 // wake asks for a round of probes soon, without waiting.
@@ -44,6 +45,10 @@ func (l *learner) probeAll(ctx context.Context) {
 		}
 		i, svc := s.Index, s.Addr
 		o, err := backendinfo.Probe(ctx, svc, l.mark, probeTimeout)
+		if ctx.Err() != nil {
+			return // stopping: the probe's failure says nothing
+		}
+		l.health.probed(s, err, time.Now())
 		if err != nil {
 			if !l.down[i] {
 				l.log.Warn().Err(err).Str("event", telemetry.EventBackendUnreachable).Str("service", svc.String()).
@@ -61,17 +66,27 @@ func (l *learner) probeAll(ctx context.Context) {
 	}
 }
 
+// loop probes every backend each interval (every downProbeEvery while
+// one is down) and judges their health each second.
 func (l *learner) loop(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
+	judge := time.NewTicker(time.Second)
+	defer judge.Stop()
+	next := time.Now().Add(every)
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
-			l.probeAll(ctx)
+		case now := <-judge.C:
+			l.health.judge(l.eng, now)
+			if soon := now.Add(downProbeEvery); l.health.anyDown() && soon.Before(next) {
+				next = soon
+			}
+			if now.Before(next) {
+				continue
+			}
 		case <-l.now:
-			l.probeAll(ctx)
 		}
+		l.probeAll(ctx)
+		next = time.Now().Add(every)
 	}
 }

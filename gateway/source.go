@@ -8,11 +8,35 @@ import (
 
 // source feeds the metrics collector.
 type source struct {
-	eng    *engine.Engine
-	queues []*nfq.Queue
-	first  uint16 // number of queues[0]; the rest follow in order
-	mode   string
-	fast   *fastPath // nil without XDP
+	eng     *engine.Engine
+	queues  []*nfq.Queue
+	first   uint16    // number of queues[0]; the rest follow in order
+	fast    *fastPath // nil without XDP
+	health  *health
+	attacks *attackHistory
+}
+
+// Attacks are the attacks that ended, newest first.
+func (s *source) Attacks(n int) map[string][]telemetry.Attack { return s.attacks.newest(n) }
+
+// backend is service i's backend for telemetry.
+func (s *source) backend(i int) telemetry.Backend {
+	o := s.eng.Backend(i)
+	b := telemetry.Backend{MSS: o.MSS, WindowScale: int(o.WindowScale), SACK: o.SACKPermitted, Options: s.eng.BackendOrigin(i)}
+	b.Up, b.Reason, b.Since = s.health.view(i)
+	return b
+}
+
+// attack is the attack in progress on service i, or nil.
+func (s *source) attack(i int) *telemetry.Attack {
+	a := s.eng.Attack(i)
+	if a == nil {
+		return nil
+	}
+	return &telemetry.Attack{
+		Started: a.Start, Reason: a.Reason, PeakSYNRate: a.PeakSYNRate, SYNs: a.SYNs, HandedOff: a.HandedOff,
+		Completion: a.Completion, TopSources: sourceCounts(a.Sources.Top), Spread: a.Sources.Spread,
+	}
 }
 
 func (s *source) ServiceCounters() []telemetry.ServiceCounters {
@@ -28,7 +52,8 @@ func (s *source) ServiceCounters() []telemetry.ServiceCounters {
 		if s.fast != nil {
 			s.fast.counters(i, m)
 		}
-		out[j] = telemetry.ServiceCounters{Service: svc.String(), Mode: s.serviceMode(i), Counters: m, HalfOpen: s.eng.HalfOpen(i), Pending: s.eng.Pending()}
+		out[j] = telemetry.ServiceCounters{Service: svc.String(), Mode: s.serviceMode(i), Counters: m, HalfOpen: s.eng.HalfOpen(i), Pending: s.eng.Pending(),
+			Backend: s.backend(i), Attack: s.attack(i)}
 	}
 	return out
 }

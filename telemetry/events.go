@@ -43,6 +43,10 @@ const (
 	EventBackendOptionMismatch = "backend_option_mismatch"
 	EventBackendUnreachable    = "backend_unreachable"
 	EventHandoffFailed         = "handoff_failed"
+	// A backend's health changed: replayed SYNs or probes fail, or
+	// succeed again.
+	EventBackendDown = "backend_down"
+	EventBackendUp   = "backend_up"
 
 	// The queue between netfilter and synguard.
 	EventQueueOverflow = "queue_overflow"
@@ -66,7 +70,7 @@ func Events() []string {
 		EventStart, EventStop, EventRulesInstalled, EventRulesRemoved, EventRulesRemoveFailed,
 		EventWorkerFailed, EventMetricsFailed, EventConfigReloaded, EventConfigRejected, EventModeChange, EventAttackStart, EventAttackEnd, EventStats,
 		EventBackendOptionsLearned, EventBackendOptionMismatch, EventBackendUnreachable,
-		EventHandoffFailed, EventQueueOverflow, EventQueue, EventLogSuppressed,
+		EventHandoffFailed, EventBackendDown, EventBackendUp, EventQueueOverflow, EventQueue, EventLogSuppressed,
 		EventXDPUnavailable, EventXDPFailed,
 	}
 }
