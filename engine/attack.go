@@ -3,6 +3,8 @@ package engine
 import (
 	"net/netip"
 	"time"
+
+	"github.com/synguard/synguard/heavyhitter"
 )
 
 // An attack is a period of pressure on one service, from the sample that
@@ -61,6 +63,8 @@ type attackTracker struct {
 	detect controller
 	active bool
 	reason string
+	// sourcesSince is when the service's source counts were last reset.
+	sourcesSince time.Time
 	start  time.Time
 	peak   float64
 	// quiet is the service's counters at the last tick below both low
@@ -118,7 +122,13 @@ func (e *Engine) trackAttack(s *service, now time.Time, sample Sample, st Stats)
 		sum.Service, sum.Index, sum.Sources = s.addr, s.slot, e.sourcesOf(s)
 		s.attack.Store(nil)
 		e.events.AttackEnded(sum)
+		s.bySource.Reset()
+		a.sourcesSince = now
 		return
+	}
+	if !a.active && now.Sub(a.sourcesSince) >= sourcesRecent {
+		s.bySource.Reset()
+		a.sourcesSince = now
 	}
 	if a.active {
 		sum := a.summary(now, st)
@@ -140,5 +150,35 @@ type AttackStatus struct {
 // Attack returns the attack in progress on service svc, or nil.
 func (e *Engine) Attack(svc int) *AttackStatus { return e.svc(svc).attack.Load() }
 
+// SourceSampling is how sparsely SYNs are counted by source: one in
+// SourceSampling, weighing as many, keeps the per-SYN cost of attribution
+// small. Heavy prefixes are found all the same; the spread reads a little
+// high for floods whose prefixes send only a few SYNs each.
+const SourceSampling = 8
+
+// topSources is how many source prefixes an attack names.
+const topSources = 10
+
+// sourcesRecent is how long SYN counts by source are kept outside an
+// attack, so the first attribution of an attack is of recent traffic.
+const sourcesRecent = time.Minute
+
 // sourcesOf attributes service s's recent SYNs to source prefixes.
-func (e *Engine) sourcesOf(s *service) Sources { return Sources{} }
+func (e *Engine) sourcesOf(s *service) Sources {
+	var buf [topSources]heavyhitter.Entry
+	top := s.bySource.Top(buf[:])
+	out := Sources{Top: make([]SourceCount, len(top)), Spread: s.bySource.Summary().Spread}
+	for i, t := range top {
+		out.Top[i] = SourceCount{Prefix: t.Prefix.Prefix(), SYNs: t.SYNs, Completed: t.Completed}
+	}
+	return out
+}
+
+// ObserveSources counts SYNs to service svc seen elsewhere (the XDP fast
+// path's samples), each weighing weight SYNs.
+func (e *Engine) ObserveSources(svc int, srcs []netip.Addr, weight uint32) {
+	sk := e.svc(svc).bySource
+	for _, a := range srcs {
+		sk.ObserveN(a, weight)
+	}
+}

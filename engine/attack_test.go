@@ -1,12 +1,14 @@
 package engine
 
 import (
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/synguard/synguard/nf"
+	"github.com/synguard/synguard/packet"
 )
 
 // TestAttackInAlwaysMode: in always mode the state never switches, and
@@ -77,5 +79,56 @@ func TestAttackInAlwaysMode(t *testing.T) {
 		if !strings.Contains(ends[0], want) {
 			t.Errorf("end %q lacks %s", ends[0], want)
 		}
+	}
+}
+
+// TestAttackSources: a concentrated flood's prefix leads the attack's
+// sources, and the prefix of a client that completes handshakes shows
+// its completions.
+func TestAttackSources(t *testing.T) {
+	h := newHarness(t, nil)
+	heavy := netip.MustParsePrefix("198.18.7.0/24")
+	// 4000 SYNs from one /24, spread over its hosts and ports.
+	for i := range 4000 {
+		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 7, byte(i)}), uint16(1024+i))
+		h.handle(syn(src, server, linuxOptions()), nf.Drop)
+	}
+	h.send.take()
+	// 40 handshakes completed by the real client.
+	for i := range 40 {
+		c := netip.AddrPortFrom(client.Addr(), uint16(41000+i))
+		h.handle(syn(c, server, linuxOptions()), nf.Drop)
+		cookie := h.expect(1)[0].p.Seq
+		h.handle(packet.Segment{Src: c, Dst: server, Seq: clientISN + 1, Ack: cookie + 1, Flags: packet.ACK, Window: 502}, nf.Drop)
+		h.expect(1)
+	}
+	src := h.e.sourcesOf(h.e.svc(0))
+	if len(src.Top) < 2 {
+		t.Fatalf("sources %+v: want the flood's prefix and the client's", src)
+	}
+	if src.Top[0].Prefix != heavy || src.Top[0].Completed != 0 {
+		t.Errorf("heaviest source %+v, want %s with no completion", src.Top[0], heavy)
+	}
+	// Sampled one in SourceSampling: within one sample's weight.
+	if d := int(src.Top[0].SYNs) - 4000; d < -SourceSampling || d > SourceSampling {
+		t.Errorf("%s: %d SYNs counted, want 4000 ± %d", heavy, src.Top[0].SYNs, SourceSampling)
+	}
+	clientPrefix := netip.PrefixFrom(client.Addr(), 24).Masked()
+	var found bool
+	for _, s := range src.Top {
+		if s.Prefix == clientPrefix {
+			found = true
+			// Completions count once the prefix is tracked: from its
+			// first sampled SYN, at most SourceSampling-1 in.
+			if s.Completed > 40 || s.Completed <= 40-SourceSampling {
+				t.Errorf("client prefix completed %d handshakes, want 40 (less up to %d before it was first sampled)", s.Completed, SourceSampling-1)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("the client's prefix %s is not among the sources %+v", clientPrefix, src.Top)
+	}
+	if src.Spread > 0.1 {
+		t.Errorf("spread %.2f for a flood from one prefix, want near 0", src.Spread)
 	}
 }

@@ -19,6 +19,9 @@ func (w *Worker) fromClient(s *service, size int, hook nf.Hook) nf.Verdict {
 	switch {
 	case isSYN:
 		c.add(svc, SYNReceived)
+		if w.sampled++; w.sampled%SourceSampling == 0 {
+			s.bySource.ObserveN(p.Source().Addr(), SourceSampling)
+		}
 		if lists := s.sources.Load(); lists != nil {
 			switch v := lists.verdict(p.Source().Addr()); v {
 			case SYNDenied:
@@ -94,6 +97,7 @@ func (w *Worker) firstACK(s *service) {
 	p := &w.pkt
 	k := flowKey{client: p.Source(), server: p.Destination()}
 	if s.halfOpen.complete(k, w.e.cfg.Now()) {
+		s.bySource.Complete(k.client.Addr())
 		w.out.c.add(s.slot, FirstACK)
 	}
 }
@@ -169,6 +173,7 @@ func (w *Worker) clientACK(svc int, stale bool) (invalid bool) {
 		return true
 	}
 	c.add(svc, CookieValid)
+	e.svc(svc).bySource.Complete(k.client.Addr())
 
 	now := e.cfg.Now()
 	f := &pendingFlow{

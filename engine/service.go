@@ -7,6 +7,8 @@ import (
 	"slices"
 	"sync/atomic"
 	"time"
+
+	"github.com/synguard/synguard/heavyhitter"
 )
 
 // service is everything the engine keeps for one protected service.
@@ -34,6 +36,9 @@ type service struct {
 	thresholds atomic.Pointer[Thresholds]
 	// attack is the attack in progress, for the metrics; nil when none.
 	attack atomic.Pointer[AttackStatus]
+	// bySource counts sampled SYNs and completed handshakes by source
+	// prefix, for attack attribution.
+	bySource *heavyhitter.Sketch
 
 	// halfOpen counts SYNs let through; halfOpenN is its count at the
 	// last control tick.
@@ -125,6 +130,8 @@ func (e *Engine) resolved(sc ServiceConfig) ServiceConfig {
 // newService makes the service of slot for sc (resolved).
 func newService(slot int, sc ServiceConfig, now time.Time) *service {
 	s := &service{addr: sc.Addr, slot: slot}
+	// The zero configuration is valid: New cannot fail with it.
+	s.bySource, _ = heavyhitter.New(heavyhitter.Config{})
 	s.halfOpen = newHalfOpenTable(DefaultHalfOpenSlots, sc.Thresholds.HandshakeTimeout, now)
 	s.control = newServiceControl(sc.Thresholds)
 	s.backend.Store(packBackend(DefaultBackendOptions(sc.Addr.Addr().Is6())))

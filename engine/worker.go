@@ -36,6 +36,8 @@ type Worker struct {
 	e   *Engine
 	pkt packet.Packet
 	out *outbox
+	// sampled counts SYNs, to count one in SourceSampling by source.
+	sampled uint32
 }
 
 // NewWorker returns a worker with its own scratch space and counters that
