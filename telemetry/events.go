@@ -49,6 +49,11 @@ const (
 	// detached after an error.
 	EventXDPUnavailable = "xdp_unavailable"
 	EventXDPFailed      = "xdp_failed"
+
+	// The rules watch: synguard's firewall rules were found changed by
+	// someone else and put back, or could not be checked or put back.
+	EventRulesRestored      = "rules_restored"
+	EventRulesRestoreFailed = "rules_restore_failed"
 )
 
 // Events lists every event name, so documentation and tests can check
@@ -59,7 +64,7 @@ func Events() []string {
 		EventWorkerFailed, EventMetricsFailed, EventModeChange, EventStats,
 		EventBackendOptionsLearned, EventBackendOptionMismatch, EventBackendUnreachable,
 		EventHandoffFailed, EventQueueOverflow, EventQueue, EventLogSuppressed,
-		EventXDPUnavailable, EventXDPFailed,
+		EventXDPUnavailable, EventXDPFailed, EventRulesRestored, EventRulesRestoreFailed,
 	}
 }
 
