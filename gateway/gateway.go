@@ -57,6 +57,7 @@ type gateway struct {
 	jar       *cookies.Jar
 	fast      *fastPath // nil without XDP
 	lock      *instanceLock
+	watch     *rulesWatch // keeps the rules in place once installed
 
 	// parts run concurrently while the gateway serves; install adds the
 	// backend learner. The first to fail stops them all.
@@ -117,6 +118,7 @@ func open(cfg Config) (_ *gateway, err error) {
 		extra = g.fast
 	}
 
+	g.watch = newRulesWatch(cfg.Logger)
 	handshake := telemetry.NewHistograms(len(cfg.Services))
 	g.eng, err = engine.New(engine.Config{
 		Services:        cfg.Services,
@@ -151,7 +153,7 @@ func open(cfg Config) (_ *gateway, err error) {
 		names = append(names, telemetry.CounterXDPSYNACKSent, telemetry.CounterXDPACKDropped)
 	}
 	g.tel = telemetry.New(telemetry.Config{
-		Source: &source{eng: g.eng, queues: g.queues, first: cfg.Queue, mode: cfg.Mode.String(), fast: g.fast},
+		Source: &source{eng: g.eng, queues: g.queues, first: cfg.Queue, mode: cfg.Mode.String(), fast: g.fast, watch: g.watch},
 		Collector: telemetry.CollectorConfig{
 			Counters:  names,
 			Modes:     []string{engine.StateCookie.String(), engine.StatePassthrough.String(), engine.ModeOff.String()},
@@ -225,6 +227,7 @@ func (g *gateway) install(ctx context.Context) (*firewall.Installed, error) {
 	log.Info().Str("event", telemetry.EventRulesInstalled).Strs("services", services).
 		Uint16("queue", cfg.Queue).Uint16("queues", cfg.Queues).Bool("local", cfg.Local).
 		Bool("fail_open", cfg.FailOpen).Msg("firewall rules installed")
+	g.parts = append(g.parts, g.watch.part(rules))
 
 	if cfg.Backend == nil {
 		probeMark := uint32(0)

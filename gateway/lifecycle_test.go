@@ -148,8 +148,8 @@ func TestServeStopsOnCancel(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	ctx, cancel := context.WithCancel(context.Background())
 	err, rules := serveIn(t, nstest.New(t, "sggw-life"), ctx, lifecycleConfig(), func(g *gateway) {
-		if n := len(g.parts); n != 5 {
-			t.Errorf("%d parts, want 5: engine, telemetry, 2 queues, metrics", n)
+		if n := len(g.parts); n != 6 {
+			t.Errorf("%d parts, want 6: engine, telemetry, 2 queues, metrics, rules watch", n)
 		}
 		g.parts = append(g.parts, slowToStop)
 		cancel()

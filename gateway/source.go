@@ -13,6 +13,7 @@ type source struct {
 	first  uint16 // number of queues[0]; the rest follow in order
 	mode   string
 	fast   *fastPath // nil without XDP
+	watch  *rulesWatch
 }
 
 func (s *source) ServiceCounters() []telemetry.ServiceCounters {
