@@ -9,8 +9,10 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
 
 	"github.com/synguard/synguard/internal/nstest"
 	"github.com/synguard/synguard/internal/roottest"
@@ -383,4 +385,33 @@ func TestRemoveAfterRestore(t *testing.T) {
 		t.Errorf("Restore after Remove: %v, want ErrRemoved", err)
 	}
 	assertClean(t, ns)
+}
+
+// BenchmarkCheck measures one Check of intact rules in both families and
+// every table (six save commands), the rules watch's cost every period,
+// run as the gateway runs it: on a thread inside the namespace.
+func BenchmarkCheck(b *testing.B) {
+	roottest.Require(b)
+	ns := nstest.New(b, "sgfw-bchk")
+	err := ns.Do(func() error {
+		inst, err := Install(context.Background(), full())
+		if err != nil {
+			return err
+		}
+		defer inst.Remove(context.Background())
+		var before, after unix.Rusage
+		_ = unix.Getrusage(unix.RUSAGE_CHILDREN, &before)
+		for b.Loop() {
+			if missing, err := inst.Check(context.Background()); err != nil || len(missing) != 0 {
+				return fmt.Errorf("Check: %q, %v", missing, err)
+			}
+		}
+		_ = unix.Getrusage(unix.RUSAGE_CHILDREN, &after)
+		cpu := time.Duration(after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano())
+		b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "child-cpu-µs/op")
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
 }

@@ -9,7 +9,8 @@
 //   - install puts the firewall rules in place and learns the backends'
 //     options;
 //   - serve runs the parts (the engine's timers and hand-offs, a worker
-//     per queue, telemetry, the metrics server, the backend learner) in
+//     per queue, telemetry, the metrics server, the backend learner, the
+//     rules watch that puts back rules other tools removed) in
 //     one errgroup until the caller stops it or one of them fails. On a
 //     stop the rules go first, so the service is never left behind a
 //     queue nobody reads, then every part stops; after a failure the

@@ -61,6 +61,7 @@ type gateway struct {
 	health    *health
 	rules     *firewall.Installed // set by install
 	learner   *learner            // set by install
+	watch     *rulesWatch         // keeps the rules in place once installed
 
 	// parts run concurrently while the gateway serves; install adds the
 	// backend learner. The first to fail stops them all.
@@ -121,6 +122,7 @@ func open(cfg Config) (_ *gateway, err error) {
 		extra = g.fast
 	}
 
+	g.watch = newRulesWatch(cfg.Logger)
 	handshake := telemetry.NewHistograms(engine.MaxServices)
 	g.attacks, g.health = newAttackHistory(), newHealth(cfg.Logger)
 	g.eng, err = engine.New(engine.Config{
@@ -156,7 +158,7 @@ func open(cfg Config) (_ *gateway, err error) {
 		names = append(names, telemetry.CounterXDPSYNACKSent, telemetry.CounterXDPACKDropped)
 	}
 	g.tel = telemetry.New(telemetry.Config{
-		Source: &source{eng: g.eng, queues: g.queues, first: cfg.Queue, fast: g.fast, health: g.health, attacks: g.attacks},
+		Source: &source{eng: g.eng, queues: g.queues, first: cfg.Queue, fast: g.fast, health: g.health, attacks: g.attacks, watch: g.watch},
 		Collector: telemetry.CollectorConfig{
 			Counters:  names,
 			Modes:     []string{engine.StateCookie.String(), engine.StatePassthrough.String(), engine.ModeOff.String()},
@@ -234,6 +236,7 @@ func (g *gateway) install(ctx context.Context) (*firewall.Installed, error) {
 	log.Info().Str("event", telemetry.EventRulesInstalled).Strs("services", services).
 		Uint16("queue", cfg.Queue).Uint16("queues", cfg.Queues).Bool("local", cfg.Local).
 		Bool("fail_open", cfg.FailOpen).Msg("firewall rules installed")
+	g.parts = append(g.parts, g.watch.part(rules))
 
 	probeMark := uint32(0)
 	if cfg.Local {

@@ -148,8 +148,8 @@ func TestServeStopsOnCancel(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	ctx, cancel := context.WithCancel(context.Background())
 	err, rules := serveIn(t, nstest.New(t, "sggw-life"), ctx, lifecycleConfig(), func(g *gateway) {
-		if n := len(g.parts); n != 6 {
-			t.Errorf("%d parts, want 6: engine, telemetry, 2 queues, metrics, backend learner", n)
+		if n := len(g.parts); n != 7 {
+			t.Errorf("%d parts, want 7: engine, telemetry, 2 queues, metrics, rules watch, backend learner", n)
 		}
 		g.parts = append(g.parts, slowToStop)
 		cancel()

@@ -14,6 +14,7 @@ type source struct {
 	fast    *fastPath // nil without XDP
 	health  *health
 	attacks *attackHistory
+	watch   *rulesWatch
 }
 
 // Attacks are the attacks that ended, newest first.

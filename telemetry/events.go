@@ -61,6 +61,11 @@ const (
 	// detached after an error.
 	EventXDPUnavailable = "xdp_unavailable"
 	EventXDPFailed      = "xdp_failed"
+
+	// The rules watch: synguard's firewall rules were found changed by
+	// someone else and put back, or could not be checked or put back.
+	EventRulesRestored      = "rules_restored"
+	EventRulesRestoreFailed = "rules_restore_failed"
 )
 
 // Events lists every event name, so documentation and tests can check
@@ -71,7 +76,7 @@ func Events() []string {
 		EventWorkerFailed, EventMetricsFailed, EventConfigReloaded, EventConfigRejected, EventModeChange, EventAttackStart, EventAttackEnd, EventStats,
 		EventBackendOptionsLearned, EventBackendOptionMismatch, EventBackendUnreachable,
 		EventHandoffFailed, EventBackendDown, EventBackendUp, EventQueueOverflow, EventQueue, EventLogSuppressed,
-		EventXDPUnavailable, EventXDPFailed,
+		EventXDPUnavailable, EventXDPFailed, EventRulesRestored, EventRulesRestoreFailed,
 	}
 }
 

@@ -120,6 +120,13 @@ type XDPSource interface {
 	XDPActions() map[string]uint64
 }
 
+// RulesSource is a Source whose gateway watches its firewall rules.
+// RulesRestored returns how many times they were found changed and put
+// back.
+type RulesSource interface {
+	RulesRestored() uint64
+}
+
 // counterHelp documents the engine counters that have their own metric
 // names; any other counter is exported as synguard_<name>_total too.
 var counterHelp = map[string]string{
@@ -177,6 +184,7 @@ type Collector struct {
 	qBatch     *prometheus.Desc
 	qVErr      *prometheus.Desc
 	xdpPackets *prometheus.Desc
+	restored   *prometheus.Desc
 }
 
 // NewCollector builds a collector reading src.
@@ -203,6 +211,7 @@ func NewCollector(src Source, cfg CollectorConfig) *Collector {
 	c.qNoBu = prometheus.NewDesc(Namespace+"_queue_enobufs_total", "Times the kernel reported the queue socket's buffer overflowed.", []string{"queue"}, nil)
 	c.qVErr = prometheus.NewDesc(Namespace+"_queue_verdict_errors_total", "Verdicts that could not be delivered.", []string{"queue"}, nil)
 	c.xdpPackets = prometheus.NewDesc(Namespace+"_xdp_packets_total", "Packets the XDP fast path handled, by action: tx (answered with a SYN-ACK), drop (forged ACKs, SYN-ACKs the amplification guard withheld), pass (left to the kernel and the queue).", []string{"action"}, nil)
+	c.restored = prometheus.NewDesc(Namespace+"_rules_restored_total", "Times synguard found its firewall rules changed by someone else (a flush, another tool's restore) and put them back.", nil, nil)
 	return c
 }
 
@@ -211,7 +220,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range c.descs {
 		ch <- d
 	}
-	for _, d := range []*prometheus.Desc{c.mode, c.halfOpen, c.pend, c.qRecv, c.qDrop, c.qNoBu, c.qVErr, c.qBatch, c.xdpPackets} {
+	for _, d := range []*prometheus.Desc{c.mode, c.halfOpen, c.pend, c.qRecv, c.qDrop, c.qNoBu, c.qVErr, c.qBatch, c.xdpPackets, c.restored} {
 		ch <- d
 	}
 	if c.handshake != nil {
@@ -264,6 +273,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		for action, n := range xs.XDPActions() {
 			ch <- prometheus.MustNewConstMetric(c.xdpPackets, prometheus.CounterValue, float64(n), action)
 		}
+	}
+	if rs, ok := c.src.(RulesSource); ok {
+		ch <- prometheus.MustNewConstMetric(c.restored, prometheus.CounterValue, float64(rs.RulesRestored()))
 	}
 	if c.log != nil {
 		for event, n := range c.log.Suppressed() {

@@ -151,9 +151,30 @@ func TestCollectorUnlistedMode(t *testing.T) {
 		t.Errorf("synguard_mode (-want +got):\n%s", diff)
 	}
 	// Without histograms or a limiter, those metrics are absent, not zero.
-	for _, name := range []string{"synguard_backend_handshake_seconds", "synguard_log_suppressed_total"} {
+	for _, name := range []string{"synguard_backend_handshake_seconds", "synguard_log_suppressed_total", "synguard_rules_restored_total"} {
 		if bytes.Contains([]byte(body), []byte(name)) {
 			t.Errorf("%s exported without a source for it", name)
 		}
+	}
+}
+
+// rulesSource is a Source whose gateway watches its rules.
+type rulesSource struct {
+	*fakeSource
+	restored uint64
+}
+
+func (r rulesSource) RulesRestored() uint64 { return r.restored }
+
+// A gateway that watches its rules exports how often it put them back: one
+// series, whatever was missing.
+func TestCollectorRulesRestored(t *testing.T) {
+	tel := New(Config{Source: rulesSource{newFakeSource(), 3}})
+	_, body := scrape(t, tel.Handler(), "/metrics")
+	if diff := cmp.Diff([]string{"synguard_rules_restored_total 3"}, family(body, "synguard_rules_restored_total")); diff != "" {
+		t.Errorf("synguard_rules_restored_total (-want +got):\n%s", diff)
+	}
+	if !strings.Contains(body, "# TYPE synguard_rules_restored_total counter") {
+		t.Error("synguard_rules_restored_total is not typed as a counter")
 	}
 }
