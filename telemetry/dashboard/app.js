@@ -12,7 +12,7 @@ const cards = new Map(); // service -> card element
 function fmtRate(v) {
   if (v >= 100) return Math.round(v).toLocaleString("en-US");
   if (v >= 10) return v.toFixed(0);
-  if (v > 0) return v.toFixed(1);
+  if (v > 0) return Number.isInteger(v) ? String(v) : v.toFixed(1);
   return "0";
 }
 
