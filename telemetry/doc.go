@@ -22,5 +22,12 @@
 // in the binary, nothing loaded from elsewhere) served at / next to
 // /metrics. It polls /api/stats once a second; Telemetry.Run samples the
 // Source every second for it, keeping two minutes of history, and logs the
-// periodic stats and queue_overflow events.
+// periodic stats and queue_overflow events. The document also carries
+// each service's backend state, the attack in progress with its top
+// source prefixes, the attacks that ended (from an AttackSource), and the
+// last RecentEvents log lines, which the LineLimiter keeps in a fixed
+// ring. FetchStats reads it back: synguard status is built on it.
+//
+// Attack metrics stay bounded: synguard_attack_active and
+// synguard_attacks_total per service, never a series per source prefix.
 package telemetry

@@ -3,12 +3,15 @@ package telemetry_test
 import (
 	"encoding/json"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/synguard/synguard/engine"
 	"github.com/synguard/synguard/telemetry"
@@ -22,7 +25,10 @@ func (oneService) ServiceCounters() []telemetry.ServiceCounters {
 	for _, c := range engine.Counters() {
 		m[c.String()] = 1
 	}
-	return []telemetry.ServiceCounters{{Service: "203.0.113.2:80", Mode: "cookie", Counters: m}}
+	return []telemetry.ServiceCounters{{
+		Service: "203.0.113.2:80", Mode: "cookie", Counters: m,
+		Backend: telemetry.Backend{Up: true, Since: time.Unix(1, 0)},
+	}}
 }
 
 func (oneService) QueueCounters() []telemetry.QueueCounters {
@@ -100,6 +106,7 @@ func TestGrafanaDashboardQueriesExportedMetrics(t *testing.T) {
 		"synguard_syn_received_total", "synguard_synack_sent_total", "synguard_cookie_valid_total",
 		"synguard_cookie_invalid_total", "synguard_half_open", "synguard_mode",
 		"synguard_flows_handed_off_total", "synguard_queue_dropped_total", "synguard_backend_handshake_seconds",
+		"synguard_backend_up", "synguard_attack_active", "synguard_attacks_total",
 	} {
 		if !have[must] {
 			t.Errorf("%s is not exported", must)
@@ -124,6 +131,130 @@ func TestEventsDocumented(t *testing.T) {
 		}
 		if !strings.Contains(doc, `"event":"`+ev+`"`) {
 			t.Errorf("event %s has no example line in docs/events.md", ev)
+		}
+	}
+}
+
+// eventExamples returns, per event, the fields of its example lines in
+// docs/events.md.
+func eventExamples(t *testing.T) map[string]map[string]bool {
+	t.Helper()
+	b, err := os.ReadFile("../docs/events.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]map[string]bool{}
+	for line := range strings.Lines(string(b)) {
+		var m map[string]any
+		if !strings.HasPrefix(line, "{") || json.Unmarshal([]byte(line), &m) != nil {
+			continue
+		}
+		ev, _ := m["event"].(string)
+		if out[ev] == nil {
+			out[ev] = map[string]bool{}
+		}
+		for k := range m {
+			out[ev][k] = true
+		}
+	}
+	return out
+}
+
+var (
+	lokiEventRe = regexp.MustCompile(`event="([a-z_]+)"`)
+	lokiLabelRe = regexp.MustCompile(`([a-z_]+)="[a-z_]+\[`) // json name="field[0]..."
+	templateRe  = regexp.MustCompile(`{{\s*\.?([a-z_]+)\s*}}`)
+)
+
+// The Grafana dashboard's annotations come from synguard's own events,
+// in Loki, with the stream selector docs/events.md's queries use; each
+// field they show is one the event carries (as its example lines show)
+// or one they extract.
+func TestGrafanaAnnotationsUseEvents(t *testing.T) {
+	b, err := os.ReadFile("../docs/grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Annotations struct {
+			List []struct {
+				Name       string `json:"name"`
+				BuiltIn    int    `json:"builtIn"`
+				Datasource struct {
+					Type, UID string
+				} `json:"datasource"`
+				Expr        string                `json:"expr"`
+				Target      struct{ Expr string } `json:"target"`
+				TitleFormat string                `json:"titleFormat"`
+				TextFormat  string                `json:"textFormat"`
+				TagKeys     string                `json:"tagKeys"`
+			} `json:"list"`
+		} `json:"annotations"`
+		Templating struct {
+			List []struct {
+				Name, Type string
+				Query      json.RawMessage // a string for a datasource variable
+			} `json:"list"`
+		} `json:"templating"`
+	}
+	if err := json.Unmarshal(b, &dash); err != nil {
+		t.Fatalf("grafana-dashboard.json: %v", err)
+	}
+	vars := map[string]string{}
+	for _, v := range dash.Templating.List {
+		var q string
+		if v.Type == "datasource" && json.Unmarshal(v.Query, &q) == nil {
+			vars["${"+v.Name+"}"] = q
+		}
+	}
+	examples := eventExamples(t)
+	known := telemetry.Events()
+	annotated := map[string]bool{}
+	for _, a := range dash.Annotations.List {
+		if a.BuiltIn == 1 {
+			continue
+		}
+		if a.Datasource.Type != "loki" || vars[a.Datasource.UID] != "loki" {
+			t.Errorf("annotation %q: datasource %+v is not the dashboard's Loki variable", a.Name, a.Datasource)
+		}
+		if a.Expr == "" || a.Target.Expr != a.Expr {
+			t.Errorf("annotation %q: expr %q, target expr %q: want the same query in both", a.Name, a.Expr, a.Target.Expr)
+		}
+		if !strings.HasPrefix(a.Expr, `{app="synguard"} | json | `) {
+			t.Errorf("annotation %q: %q does not select synguard's JSON events as docs/events.md does", a.Name, a.Expr)
+		}
+		evs := lokiEventRe.FindAllStringSubmatch(a.Expr, -1)
+		if len(evs) != 1 {
+			t.Errorf("annotation %q: %q names %d events, want one", a.Name, a.Expr, len(evs))
+			continue
+		}
+		ev := evs[0][1]
+		if !slices.Contains(known, ev) {
+			t.Errorf("annotation %q: no event %q", a.Name, ev)
+		}
+		annotated[ev] = true
+		fields := maps.Clone(examples[ev])
+		if fields == nil {
+			t.Errorf("annotation %q: docs/events.md has no example line of %s", a.Name, ev)
+			continue
+		}
+		for _, m := range lokiLabelRe.FindAllStringSubmatch(a.Expr, -1) {
+			fields[m[1]] = true
+		}
+		for _, m := range templateRe.FindAllStringSubmatch(a.TitleFormat+" "+a.TextFormat, -1) {
+			if !fields[m[1]] {
+				t.Errorf("annotation %q shows {{%s}}, which %s lines do not carry", a.Name, m[1], ev)
+			}
+		}
+		for _, k := range strings.Split(a.TagKeys, ",") {
+			if k != "" && !fields[k] {
+				t.Errorf("annotation %q tags with %q, which %s lines do not carry", a.Name, k, ev)
+			}
+		}
+	}
+	for _, ev := range []string{telemetry.EventAttackStart, telemetry.EventAttackEnd} {
+		if !annotated[ev] {
+			t.Errorf("no annotation from %s", ev)
 		}
 	}
 }

@@ -55,6 +55,8 @@ func DefaultExempt() []string {
 // process whichever package logs it, and a flood that makes some event
 // happen per packet yields a bounded number of lines per second.
 //
+// It keeps the latest lines it passed (Recent), for the dashboard.
+//
 // It is safe for concurrent use, and serialises writes to its output so
 // lines never interleave.
 type LineLimiter struct {
@@ -64,8 +66,9 @@ type LineLimiter struct {
 	now    func() time.Time
 	exempt map[string]bool
 
-	mu    sync.Mutex
-	kinds map[string]*kindBudget
+	mu     sync.Mutex
+	kinds  map[string]*kindBudget
+	recent *eventRing // the latest lines passed, for Recent
 }
 
 type kindBudget struct {
@@ -83,6 +86,7 @@ func NewLineLimiter(out io.Writer, cfg LimitConfig) *LineLimiter {
 		now:    cfg.Now,
 		exempt: make(map[string]bool),
 		kinds:  make(map[string]*kindBudget),
+		recent: newEventRing(),
 	}
 	if l.burst <= 0 {
 		l.burst = DefaultLogBurst
@@ -120,6 +124,9 @@ func (l *LineLimiter) Write(p []byte) (int, error) {
 			return len(p), nil
 		}
 		k.n++
+	}
+	if string(name) != EventStats {
+		l.recent.add(p)
 	}
 	return l.out.Write(p)
 }

@@ -2,7 +2,9 @@ package telemetry
 
 import (
 	"encoding/json"
+	"maps"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 )
@@ -24,6 +26,13 @@ type Rates struct {
 	HandedOff     float64 `json:"handed_off"`
 	// XDPSYNACK is the part of SYNACK the XDP fast path sent.
 	XDPSYNACK float64 `json:"xdp_synack"`
+	// Why validated flows fail to be handed off: the backend reset the
+	// replayed SYN, never answered it, conntrack refused the entry, or
+	// the pending table was full.
+	BackendReset   float64 `json:"backend_reset"`
+	BackendTimeout float64 `json:"backend_timeout"`
+	HandoffFailed  float64 `json:"handoff_failed"`
+	PendingFull    float64 `json:"pending_full"`
 }
 
 // History is a service's recent samples, oldest first, one column per
@@ -80,6 +89,109 @@ type ServiceView struct {
 	// Totals are every engine counter since start.
 	Totals  map[string]uint64 `json:"totals"`
 	History History           `json:"history"`
+	Backend BackendView       `json:"backend"`
+	// Attack is the attack in progress; null when there is none.
+	Attack *AttackView `json:"attack"`
+	// Attacks are the attacks that ended, newest first, at most
+	// AttackHistory.
+	Attacks []AttackView `json:"attacks"`
+}
+
+// AttackHistory is how many ended attacks per service /api/stats lists.
+const AttackHistory = 20
+
+// BackendView is a service's backend as the dashboard shows it.
+type BackendView struct {
+	// Up is null while there is no verdict yet.
+	Up     *bool      `json:"up"`
+	Reason string     `json:"reason"`
+	Since  *time.Time `json:"since"`
+	// The options announced to clients; Options says how they were had:
+	// learned, default or fixed.
+	MSS         uint16 `json:"mss"`
+	WindowScale int    `json:"wscale"`
+	SACK        bool   `json:"sack"`
+	Options     string `json:"options"`
+}
+
+// AttackView is an attack, in progress or ended.
+type AttackView struct {
+	Started time.Time `json:"started"`
+	// Ended is null while the attack lasts; DurationSeconds is its length
+	// so far.
+	Ended           *time.Time `json:"ended"`
+	DurationSeconds float64    `json:"duration_s"`
+	Reason          string     `json:"reason"`
+	PeakSYNRate     float64    `json:"peak_syn_rate"`
+	SYNs            uint64     `json:"syns"`
+	HandedOff       uint64     `json:"handed_off"`
+	Completion      float64    `json:"completion_ratio"`
+	// TopSources are the heaviest source prefixes, heaviest first; Spread
+	// is the share of SYNs from prefixes seen once, and Hint what it
+	// suggests (empty without sources).
+	TopSources []SourceCount `json:"top_sources"`
+	Spread     float64       `json:"spread"`
+	Hint       string        `json:"hint"`
+}
+
+// SpoofedSpread is the spread at and above which an attack's sources
+// look spoofed: most of its SYNs come from prefixes seen once, so no
+// prefix is worth blocking.
+const SpoofedSpread = 0.5
+
+// The hints an attack's spread gives.
+const (
+	HintSpoofed      = "spread high: likely spoofed"
+	HintConcentrated = "concentrated: block upstream"
+)
+
+// SpreadHint says what an attack's spread suggests.
+func SpreadHint(spread float64) string {
+	if spread >= SpoofedSpread {
+		return HintSpoofed
+	}
+	return HintConcentrated
+}
+
+func backendView(b Backend) BackendView {
+	v := BackendView{Reason: b.Reason, MSS: b.MSS, WindowScale: b.WindowScale, SACK: b.SACK, Options: b.Options}
+	if up, known := b.state(); known {
+		v.Up = &up
+	}
+	if !b.Since.IsZero() {
+		since := b.Since
+		v.Since = &since
+	}
+	return v
+}
+
+// attackView shows a, as of now for one in progress.
+func attackView(a Attack, now time.Time) AttackView {
+	v := AttackView{
+		Started: a.Started, Reason: a.Reason, PeakSYNRate: a.PeakSYNRate, SYNs: a.SYNs,
+		HandedOff: a.HandedOff, Completion: a.Completion, Spread: a.Spread,
+		// A copy: the view outlives the source's call.
+		TopSources: append([]SourceCount{}, a.TopSources...),
+	}
+	end := now
+	if !a.Ended.IsZero() {
+		ended := a.Ended
+		v.Ended, end = &ended, ended
+	}
+	if end.After(a.Started) {
+		v.DurationSeconds = end.Sub(a.Started).Seconds()
+	}
+	if len(v.TopSources) > 0 {
+		v.Hint = SpreadHint(a.Spread)
+	}
+	return v
+}
+
+// XDPView is one action of the XDP fast path.
+type XDPView struct {
+	Action  string  `json:"action"`
+	Packets uint64  `json:"packets"`
+	Rate    float64 `json:"rate"`
 }
 
 // QueueView is one NFQUEUE as the dashboard shows it.
@@ -93,12 +205,18 @@ type QueueView struct {
 
 // StatsView is the document /api/stats serves.
 type StatsView struct {
-	Time          time.Time         `json:"time"`
-	UptimeSeconds float64           `json:"uptime_seconds"`
-	SampleSeconds float64           `json:"sample_seconds"`
-	Services      []ServiceView     `json:"services"`
-	Queues        []QueueView       `json:"queues"`
+	Time          time.Time     `json:"time"`
+	UptimeSeconds float64       `json:"uptime_seconds"`
+	SampleSeconds float64       `json:"sample_seconds"`
+	Services      []ServiceView `json:"services"`
+	Queues        []QueueView   `json:"queues"`
+	// XDP is the fast path's packets by action, sorted by action; null
+	// when it does not run.
+	XDP           []XDPView         `json:"xdp"`
 	LogSuppressed map[string]uint64 `json:"log_suppressed"`
+	// Events are the latest log lines, newest first, at most
+	// RecentEvents, stats lines left out (LineLimiter.Recent).
+	Events []json.RawMessage `json:"events"`
 }
 
 // sample is everything read from the source at one moment.
@@ -107,6 +225,7 @@ type sample struct {
 	services  []ServiceCounters
 	queues    []QueueCounters
 	handshake []HistogramSnapshot
+	xdp       map[string]uint64 // nil without the fast path
 }
 
 // live keeps the dashboard's recent history.
@@ -116,6 +235,7 @@ type live struct {
 	last    *sample
 	views   []ServiceView // by service index, History included
 	queues  []QueueView
+	xdp     []XDPView
 }
 
 // read takes a sample from the source.
@@ -136,11 +256,31 @@ func (t *Telemetry) sampleLive() {
 	defer l.mu.Unlock()
 	// Read under the lock, so samples are appended in the order taken.
 	cur := t.read()
+	if xs, ok := t.src.(XDPSource); ok {
+		cur.xdp = xs.XDPActions()
+	}
+	var ended map[string][]Attack
+	if as, ok := t.src.(AttackSource); ok {
+		ended = as.Attacks(AttackHistory)
+	}
 	prev := l.last
 	l.last = cur
 	views := make([]ServiceView, len(cur.services))
 	for i, sc := range cur.services {
-		v := ServiceView{Service: sc.Service, Mode: sc.Mode, HalfOpen: sc.HalfOpen, Pending: sc.Pending, Totals: sc.Counters}
+		v := ServiceView{
+			Service: sc.Service, Mode: sc.Mode, HalfOpen: sc.HalfOpen, Pending: sc.Pending, Totals: sc.Counters,
+			Backend: backendView(sc.Backend), Attacks: []AttackView{},
+		}
+		if sc.Attack != nil {
+			a := attackView(*sc.Attack, cur.at)
+			v.Attack = &a
+		}
+		for j, a := range ended[sc.Service] {
+			if j == AttackHistory {
+				break
+			}
+			v.Attacks = append(v.Attacks, attackView(a, cur.at))
+		}
 		if i < len(l.views) && l.views[i].Service == sc.Service {
 			v.History = l.views[i].History
 			v.HandshakeMS = l.views[i].HandshakeMS
@@ -165,7 +305,20 @@ func (t *Telemetry) sampleLive() {
 		}
 		l.queues = append(l.queues, qv)
 	}
+	l.xdp = nil
+	for _, action := range slices.Sorted(maps.Keys(cur.xdp)) {
+		xv := XDPView{Action: action, Packets: cur.xdp[action]}
+		if prev != nil && prev.xdp != nil {
+			xv.Rate = rate(prev.xdp[action], xv.Packets, cur.at.Sub(prev.at).Seconds())
+		}
+		l.xdp = append(l.xdp, xv)
+	}
 }
+
+// Sample reads the source now and adds a point to the dashboard's
+// figures, as Run does once a second: for tools and tests that drive the
+// clock (Config.Now) themselves.
+func (t *Telemetry) Sample() { t.sampleLive() }
 
 // ratesBetween computes the key rates between two readings dt seconds
 // apart.
@@ -178,6 +331,11 @@ func ratesBetween(prev, cur map[string]uint64, dt float64) Rates {
 		CookieInvalid: r(CounterCookieInvalid),
 		HandedOff:     r(CounterHandedOff),
 		XDPSYNACK:     r(CounterXDPSYNACKSent),
+
+		BackendReset:   r(CounterBackendReset),
+		BackendTimeout: r(CounterBackendTimeout),
+		HandoffFailed:  r(CounterHandoffFailed),
+		PendingFull:    r(CounterPendingFull),
 	}
 }
 
@@ -208,7 +366,9 @@ func (t *Telemetry) Stats() StatsView {
 		SampleSeconds: SamplePeriod.Seconds(),
 		Services:      make([]ServiceView, len(l.views)),
 		Queues:        append([]QueueView{}, l.queues...),
+		XDP:           l.xdp, // rebuilt, never changed, at each sample
 		LogSuppressed: map[string]uint64{},
+		Events:        []json.RawMessage{},
 	}
 	for i, s := range l.views {
 		s.History = s.History.clone()
@@ -216,6 +376,7 @@ func (t *Telemetry) Stats() StatsView {
 	}
 	if t.limiter != nil {
 		v.LogSuppressed = t.limiter.Suppressed()
+		v.Events = t.limiter.Recent()
 	}
 	return v
 }

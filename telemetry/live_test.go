@@ -3,8 +3,11 @@ package telemetry
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"slices"
 	"strings"
@@ -32,7 +35,12 @@ func newTestTelemetry(src *fakeSource, clk *fakeClock, log zerolog.Logger, lim *
 // The JSON the dashboard polls: its keys are the page's contract.
 func TestStatsJSONShape(t *testing.T) {
 	src, clk := newFakeSource(), newFakeClock()
-	tel := newTestTelemetry(src, clk, zerolog.Nop(), NewLineLimiter(io.Discard, LimitConfig{}))
+	hs := NewHistograms(len(src.services))
+	tel := New(Config{
+		Source:    plainSource{src},
+		Collector: CollectorConfig{Counters: testCounters, Handshake: hs, Log: NewLineLimiter(io.Discard, LimitConfig{})},
+		Now:       clk.Now,
+	})
 	tel.sampleLive()
 	clk.Advance(time.Second)
 	tel.sampleLive()
@@ -53,7 +61,7 @@ func TestStatsJSONShape(t *testing.T) {
 		slices.Sort(k)
 		return k
 	}
-	if diff := cmp.Diff([]string{"log_suppressed", "queues", "sample_seconds", "services", "time", "uptime_seconds"}, keys(doc)); diff != "" {
+	if diff := cmp.Diff([]string{"events", "log_suppressed", "queues", "sample_seconds", "services", "time", "uptime_seconds", "xdp"}, keys(doc)); diff != "" {
 		t.Fatalf("top-level keys (-want +got):\n%s", diff)
 	}
 	svcs := doc["services"].([]any)
@@ -61,10 +69,10 @@ func TestStatsJSONShape(t *testing.T) {
 		t.Fatalf("%d services, want 2", len(svcs))
 	}
 	s0 := svcs[0].(map[string]any)
-	if diff := cmp.Diff([]string{"half_open", "handshake_ms", "history", "mode", "pending", "rates", "service", "totals"}, keys(s0)); diff != "" {
+	if diff := cmp.Diff([]string{"attack", "attacks", "backend", "half_open", "handshake_ms", "history", "mode", "pending", "rates", "service", "totals"}, keys(s0)); diff != "" {
 		t.Fatalf("service keys (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff([]string{"cookie_invalid", "cookie_valid", "handed_off", "syn", "synack", "xdp_synack"}, keys(s0["rates"].(map[string]any))); diff != "" {
+	if diff := cmp.Diff([]string{"backend_reset", "backend_timeout", "cookie_invalid", "cookie_valid", "handed_off", "handoff_failed", "pending_full", "syn", "synack", "xdp_synack"}, keys(s0["rates"].(map[string]any))); diff != "" {
 		t.Fatalf("rate keys (-want +got):\n%s", diff)
 	}
 	if diff := cmp.Diff([]string{"cookie_invalid", "cookie_valid", "half_open", "handed_off", "syn", "synack", "t"}, keys(s0["history"].(map[string]any))); diff != "" {
@@ -76,6 +84,20 @@ func TestStatsJSONShape(t *testing.T) {
 	}
 	if s0["service"] != "203.0.113.10:80" || s0["mode"] != "cookie" || s0["handshake_ms"] != nil {
 		t.Fatalf("service 0: %v", s0)
+	}
+	if diff := cmp.Diff([]string{"mss", "options", "reason", "sack", "since", "up", "wscale"}, keys(s0["backend"].(map[string]any))); diff != "" {
+		t.Fatalf("backend keys (-want +got):\n%s", diff)
+	}
+	// A quiet service, a source that reports no attacks, no XDP, nothing
+	// logged: empty lists and nulls, never missing keys.
+	if s0["attack"] != nil || s0["backend"].(map[string]any)["up"] != nil {
+		t.Fatalf("attack %v, backend %v: want null attack and backend state", s0["attack"], s0["backend"])
+	}
+	if a, ok := s0["attacks"].([]any); !ok || len(a) != 0 {
+		t.Fatalf("attacks %v, want []", s0["attacks"])
+	}
+	if e, ok := doc["events"].([]any); !ok || len(e) != 0 || doc["xdp"] != nil {
+		t.Fatalf("events %v, xdp %v: want [] and null", doc["events"], doc["xdp"])
 	}
 	if got := s0["totals"].(map[string]any)[CounterSYNReceived]; got != 1000.0 {
 		t.Fatalf("totals.syn_received = %v, want 1000", got)
@@ -224,5 +246,137 @@ func TestRunConcurrentWithScrapes(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not stop with its context")
+	}
+}
+
+// During an incident /api/stats carries, per service, the attack in
+// progress with its sources and a hint, the backend's state and options,
+// the ended attacks (at most AttackHistory, whatever the source returns);
+// at top level the XDP actions and the latest events.
+func TestStatsIncident(t *testing.T) {
+	clk := newFakeClock()
+	src := newIncidentSource(clk)
+	svc := src.services[0].Service
+	for i := range 30 { // older attacks past the bound
+		start := clk.Now().Add(-time.Duration(3+i) * time.Hour)
+		src.ended[svc] = append(src.ended[svc], Attack{Started: start, Ended: start.Add(time.Minute), Reason: "syn_rate"})
+	}
+	log, lim := NewLogger(io.Discard, FormatJSON, zerolog.InfoLevel, LimitConfig{})
+	tel := newTestTelemetry(src, clk, log, lim)
+	tel.sampleLive()
+	log.Warn().Str(FieldEvent, EventAttackStart).Str("service", svc).Msg("attack started")
+	log.Info().Str(FieldEvent, EventStats).Str("service", svc).Msg("service statistics")
+	src.add(0, CounterBackendReset, 30)
+	src.set(func(f *fakeSource) { f.xdp["tx"] += 29000 })
+	clk.Advance(time.Second)
+	tel.sampleLive()
+	if src.asked != AttackHistory {
+		t.Errorf("Attacks asked for %d per service, want %d", src.asked, AttackHistory)
+	}
+
+	_, body := scrape(t, tel.Handler(), "/api/stats")
+	var doc struct {
+		Time     time.Time `json:"time"`
+		Services []struct {
+			Rates   map[string]float64 `json:"rates"`
+			Backend map[string]any     `json:"backend"`
+			Attack  map[string]any     `json:"attack"`
+			Attacks []map[string]any   `json:"attacks"`
+		} `json:"services"`
+		XDP    []map[string]any `json:"xdp"`
+		Events []map[string]any `json:"events"`
+	}
+	if err := json.Unmarshal([]byte(body), &doc); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, body)
+	}
+	now := clk.Now()
+	rfc := func(d time.Duration) string { return now.Add(d).Format(time.RFC3339Nano) }
+	s0, s1 := doc.Services[0], doc.Services[1]
+
+	wantAttack := map[string]any{
+		"started": rfc(-42 * time.Second), "ended": nil, "duration_s": 42.0, "reason": "syn_rate",
+		"peak_syn_rate": 30112.4, "syns": 1012345.0, "handed_off": 0.0, "completion_ratio": 0.0004,
+		"top_sources": []any{
+			map[string]any{"prefix": hotPrefix, "syns": 1009920.0, "completed": 0.0},
+			map[string]any{"prefix": realPrefix, "syns": 412.0, "completed": 410.0},
+		},
+		"spread": 0.002, "hint": HintConcentrated,
+	}
+	// The source's clock moved a second since the incident was set up.
+	if diff := cmp.Diff(wantAttack, s0.Attack); diff != "" {
+		t.Errorf("attack (-want +got):\n%s", diff)
+	}
+	wantBackend := map[string]any{"up": false, "reason": "resets", "since": rfc(-13 * time.Second), "mss": 1460.0, "wscale": 7.0, "sack": true, "options": "learned"}
+	if diff := cmp.Diff(wantBackend, s0.Backend); diff != "" {
+		t.Errorf("backend 0 (-want +got):\n%s", diff)
+	}
+	if s1.Backend["up"] != true || s1.Backend["wscale"] != -1.0 || s1.Backend["options"] != "fixed" || s1.Attack != nil {
+		t.Errorf("service 1: backend %v, attack %v", s1.Backend, s1.Attack)
+	}
+	if s0.Rates[CounterBackendReset] != 30 {
+		t.Errorf("backend_reset rate %v, want 30", s0.Rates[CounterBackendReset])
+	}
+
+	if len(s0.Attacks) != AttackHistory || len(s1.Attacks) != 0 {
+		t.Fatalf("%d and %d ended attacks, want %d and 0", len(s0.Attacks), len(s1.Attacks), AttackHistory)
+	}
+	first := s0.Attacks[0]
+	if first["started"] != rfc(-601*time.Second) || first["ended"] != rfc(-541*time.Second) || first["duration_s"] != 60.0 || first["hint"] != HintSpoofed {
+		t.Errorf("newest ended attack: %v", first)
+	}
+	if second := s0.Attacks[1]; second["hint"] != "" || fmt.Sprint(second["top_sources"]) != "[]" || second["duration_s"] != 90.0 {
+		t.Errorf("an attack without sources: %v", second)
+	}
+
+	wantXDP := []map[string]any{
+		{"action": "drop", "packets": 12.0, "rate": 0.0},
+		{"action": "pass", "packets": 3000.0, "rate": 0.0},
+		{"action": "tx", "packets": 1029000.0, "rate": 29000.0},
+	}
+	if diff := cmp.Diff(wantXDP, doc.XDP); diff != "" {
+		t.Errorf("xdp (-want +got):\n%s", diff)
+	}
+	if len(doc.Events) != 1 || doc.Events[0]["event"] != EventAttackStart || doc.Events[0]["service"] != svc {
+		t.Errorf("events %v, want the attack_start line alone", doc.Events)
+	}
+}
+
+// FetchStats reads back what the handler serves; a closed port is
+// ErrUnreachable, and something else answering is told apart.
+func TestFetchStats(t *testing.T) {
+	clk := newFakeClock()
+	src := newIncidentSource(clk)
+	log, lim := NewLogger(io.Discard, FormatJSON, zerolog.InfoLevel, LimitConfig{})
+	tel := newTestTelemetry(src, clk, log, lim)
+	log.Error().Str(FieldEvent, EventHandoffFailed).Str("service", "203.0.113.10:80").Msg("conntrack hand-off failed")
+	tel.sampleLive()
+	clk.Advance(time.Second)
+	tel.sampleLive()
+	srv := httptest.NewServer(tel.Handler())
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+
+	got, err := FetchStats(context.Background(), srv.Client(), addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(tel.Stats(), got); diff != "" {
+		t.Errorf("fetched stats differ from the served ones (-want +got):\n%s", diff)
+	}
+
+	other := httptest.NewServer(http.NotFoundHandler())
+	_, err = FetchStats(context.Background(), other.Client(), strings.TrimPrefix(other.URL, "http://"))
+	if err == nil || errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), "404") {
+		t.Errorf("a server without /api/stats: %v", err)
+	}
+	closed := strings.TrimPrefix(other.URL, "http://")
+	other.Close()
+	if _, err := FetchStats(context.Background(), http.DefaultClient, closed); !errors.Is(err, ErrUnreachable) {
+		t.Errorf("a closed port: %v, want ErrUnreachable", err)
+	}
+	notJSON := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "<html>") }))
+	defer notJSON.Close()
+	if _, err := FetchStats(context.Background(), notJSON.Client(), strings.TrimPrefix(notJSON.URL, "http://")); err == nil || !strings.Contains(err.Error(), "not synguard's stats") {
+		t.Errorf("a page that is not JSON: %v", err)
 	}
 }

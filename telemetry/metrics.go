@@ -23,6 +23,11 @@ const (
 	// The XDP fast path's share of synack_sent and cookie_invalid.
 	CounterXDPSYNACKSent = "xdp_synack_sent"
 	CounterXDPACKDropped = "xdp_ack_dropped"
+	// Why validated flows do not reach a hand-off.
+	CounterBackendReset   = "backend_reset"
+	CounterBackendTimeout = "backend_timeout"
+	CounterHandoffFailed  = "handoff_failed"
+	CounterPendingFull    = "pending_full"
 )
 
 // ServiceCounters is one service's counters at scrape time.
@@ -41,9 +46,15 @@ type ServiceCounters struct {
 	Backend Backend
 	// Attack is the attack on the service now; nil when there is none.
 	Attack *Attack
+	// AttacksStarted counts the attacks that started on the service
+	// since synguard started, the one in progress included
+	// (synguard_attacks_total).
+	AttacksStarted uint64
 }
 
-// Backend is a service's backend as the gateway sees it.
+// Backend is a service's backend as the gateway sees it. The zero value
+// is a backend with no verdict yet: neither metrics nor the dashboard
+// call it down.
 type Backend struct {
 	// Up is false when probes fail or replayed SYNs meet resets or
 	// silence, true once they succeed again.
@@ -185,6 +196,10 @@ type Collector struct {
 	qVErr      *prometheus.Desc
 	xdpPackets *prometheus.Desc
 	restored   *prometheus.Desc
+
+	backendUp    *prometheus.Desc
+	attackActive *prometheus.Desc
+	attacks      *prometheus.Desc
 }
 
 // NewCollector builds a collector reading src.
@@ -210,6 +225,9 @@ func NewCollector(src Source, cfg CollectorConfig) *Collector {
 	c.qBatch = prometheus.NewDesc(Namespace+"_queue_batches_total", "Receive batches the queue's packets came in; received/batches is the mean batch size.", []string{"queue"}, nil)
 	c.qNoBu = prometheus.NewDesc(Namespace+"_queue_enobufs_total", "Times the kernel reported the queue socket's buffer overflowed.", []string{"queue"}, nil)
 	c.qVErr = prometheus.NewDesc(Namespace+"_queue_verdict_errors_total", "Verdicts that could not be delivered.", []string{"queue"}, nil)
+	c.backendUp = prometheus.NewDesc(Namespace+"_backend_up", "1 while the service's backend answers (probes succeed, replayed SYNs are answered), 0 while it does not; absent before the first verdict.", []string{"service"}, nil)
+	c.attackActive = prometheus.NewDesc(Namespace+"_attack_active", "1 while the service is under attack (from attack_start to attack_end), else 0.", []string{"service"}, nil)
+	c.attacks = prometheus.NewDesc(Namespace+"_attacks_total", "Attacks started on the service, the one in progress included.", []string{"service"}, nil)
 	c.xdpPackets = prometheus.NewDesc(Namespace+"_xdp_packets_total", "Packets the XDP fast path handled, by action: tx (answered with a SYN-ACK), drop (forged ACKs, SYN-ACKs the amplification guard withheld), pass (left to the kernel and the queue).", []string{"action"}, nil)
 	c.restored = prometheus.NewDesc(Namespace+"_rules_restored_total", "Times synguard found its firewall rules changed by someone else (a flush, another tool's restore) and put them back.", nil, nil)
 	return c
@@ -220,7 +238,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range c.descs {
 		ch <- d
 	}
-	for _, d := range []*prometheus.Desc{c.mode, c.halfOpen, c.pend, c.qRecv, c.qDrop, c.qNoBu, c.qVErr, c.qBatch, c.xdpPackets, c.restored} {
+	for _, d := range []*prometheus.Desc{c.mode, c.halfOpen, c.pend, c.qRecv, c.qDrop, c.qNoBu, c.qVErr, c.qBatch, c.xdpPackets, c.restored, c.backendUp, c.attackActive, c.attacks} {
 		ch <- d
 	}
 	if c.handshake != nil {
@@ -253,6 +271,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(c.halfOpen, prometheus.GaugeValue, float64(s.HalfOpen), s.Service)
 		ch <- prometheus.MustNewConstMetric(c.pend, prometheus.GaugeValue, float64(s.Pending), s.Service)
+		if up, known := s.Backend.state(); known {
+			ch <- prometheus.MustNewConstMetric(c.backendUp, prometheus.GaugeValue, b2f(up), s.Service)
+		}
+		ch <- prometheus.MustNewConstMetric(c.attackActive, prometheus.GaugeValue, b2f(s.Attack != nil), s.Service)
+		ch <- prometheus.MustNewConstMetric(c.attacks, prometheus.CounterValue, float64(s.AttacksStarted), s.Service)
 		if h, ok := c.handshake.Snapshot(i); ok {
 			buckets := make(map[float64]uint64, len(c.bounds))
 			for j, b := range c.bounds {
@@ -282,6 +305,18 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.suppressed, prometheus.CounterValue, float64(n), event)
 		}
 	}
+}
+
+// state is the backend's health, and whether there is a verdict yet.
+func (b Backend) state() (up, known bool) {
+	return b.Up, b.Up || !b.Since.IsZero()
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // Listen binds the metrics address now, so a bad or busy address fails

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -176,5 +177,55 @@ func TestCollectorRulesRestored(t *testing.T) {
 	}
 	if !strings.Contains(body, "# TYPE synguard_rules_restored_total counter") {
 		t.Error("synguard_rules_restored_total is not typed as a counter")
+	}
+}
+
+// Backend health and attacks: one series per service each, whatever the
+// attack's sources; a backend without a verdict yet has no series rather
+// than a false 0.
+func TestCollectorBackendAndAttacks(t *testing.T) {
+	clk := newFakeClock()
+	src := newIncidentSource(clk)
+	src.services = append(src.services, ServiceCounters{Service: "[2001:db8::99]:25", Mode: "passthrough", Counters: map[string]uint64{}})
+	tel := New(Config{Source: src, Collector: CollectorConfig{Counters: testCounters}})
+	h := tel.Handler()
+	_, body := scrape(t, h, "/metrics")
+
+	const v4, v6, fresh = `service="203.0.113.10:80"`, `service="[2001:db8::10]:443"`, `service="[2001:db8::99]:25"`
+	want := map[string][]string{
+		"synguard_backend_up":    {`synguard_backend_up{` + v4 + `} 0`, `synguard_backend_up{` + v6 + `} 1`},
+		"synguard_attack_active": {`synguard_attack_active{` + v4 + `} 1`, `synguard_attack_active{` + v6 + `} 0`, `synguard_attack_active{` + fresh + `} 0`},
+		"synguard_attacks_total": {`synguard_attacks_total{` + v4 + `} 3`, `synguard_attacks_total{` + v6 + `} 0`, `synguard_attacks_total{` + fresh + `} 0`},
+	}
+	for name, lines := range want {
+		if diff := cmp.Diff(lines, family(body, name)); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", name, diff)
+		}
+	}
+	for _, typ := range []string{"# TYPE synguard_backend_up gauge", "# TYPE synguard_attack_active gauge", "# TYPE synguard_attacks_total counter"} {
+		if !strings.Contains(body, typ) {
+			t.Errorf("missing %q", typ)
+		}
+	}
+	// No prefix is ever a label: the series count does not grow with the
+	// attack's sources.
+	if strings.Contains(body, hotPrefix) || strings.Contains(body, "198.51.100.") {
+		t.Error("a source prefix appears in the metrics")
+	}
+
+	// The attack ends, the backend comes back: the same series, new values.
+	src.set(func(f *fakeSource) {
+		f.services[0].Attack = nil
+		f.services[0].Backend.Up = true
+	})
+	_, body = scrape(t, h, "/metrics")
+	for name, line := range map[string]string{
+		"synguard_backend_up":    `synguard_backend_up{` + v4 + `} 1`,
+		"synguard_attack_active": `synguard_attack_active{` + v4 + `} 0`,
+		"synguard_attacks_total": `synguard_attacks_total{` + v4 + `} 3`,
+	} {
+		if got := family(body, name); !slices.Contains(got, line) {
+			t.Errorf("after the attack: %s = %v, want %s among them", name, got, line)
+		}
 	}
 }

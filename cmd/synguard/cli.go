@@ -52,6 +52,18 @@ func commandTree() *command {
 				},
 			},
 			{
+				name:    "status",
+				args:    "[--metrics HOST:PORT] [--watch] [--interval 1s]",
+				summary: "show a running synguard's services, attacks, backends and queues (from its --metrics address)",
+				doc: "Reads a running synguard's figures from its metrics address (synguard run --metrics " +
+					"HOST:PORT) and prints one line per service: mode, half-open connections, SYNs, " +
+					"SYN-ACKs, valid and invalid cookies and hand-offs per second, and the backend's " +
+					"state; then each attack in progress with its heaviest source prefixes and their " +
+					"spread; then the queues and the XDP fast path. --watch refreshes it until Ctrl-C." +
+					"\n\nExample: synguard status --metrics 127.0.0.1:9847 --watch",
+				run: runStatus,
+			},
+			{
 				name:    "lab",
 				summary: "up|down|demo|serve: a self-contained client/gateway/backend lab in network namespaces",
 				subs: []*command{
@@ -273,9 +285,13 @@ func (c *command) printUsage(w io.Writer, fs *flag.FlagSet) {
 	if desc == "" {
 		desc = c.summary
 	}
-	if desc != "" {
+	// A blank line in the description starts a paragraph.
+	for para := range strings.SplitSeq(desc, "\n\n") {
+		if para == "" {
+			continue
+		}
 		fmt.Fprintln(w)
-		for _, l := range wrap(desc, helpWidth) {
+		for _, l := range wrap(para, helpWidth) {
 			fmt.Fprintln(w, l)
 		}
 	}
