@@ -116,6 +116,7 @@ func (e *Engine) trackAttack(s *service, now time.Time, sample Sample, st Stats)
 	switch {
 	case start:
 		a.reason = reason
+		s.attacks.Add(1)
 		e.events.AttackStarted(AttackStart{Service: s.addr, Index: s.slot, Reason: reason, Sample: sample, Sources: e.sourcesOf(s)})
 	case end:
 		sum := a.summary(now, st)
@@ -146,6 +147,9 @@ type AttackStatus struct {
 	Completion      float64
 	Sources         Sources
 }
+
+// AttacksStarted returns how many attacks started on service svc.
+func (e *Engine) AttacksStarted(svc int) uint64 { return e.svc(svc).attacks.Load() }
 
 // Attack returns the attack in progress on service svc, or nil.
 func (e *Engine) Attack(svc int) *AttackStatus { return e.svc(svc).attack.Load() }

@@ -36,6 +36,8 @@ type service struct {
 	thresholds atomic.Pointer[Thresholds]
 	// attack is the attack in progress, for the metrics; nil when none.
 	attack atomic.Pointer[AttackStatus]
+	// attacks counts the attacks that started.
+	attacks atomic.Uint64
 	// bySource counts sampled SYNs and completed handshakes by source
 	// prefix, for attack attribution.
 	bySource *heavyhitter.Sketch
