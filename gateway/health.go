@@ -26,6 +26,7 @@ type health struct {
 }
 
 type backendState struct {
+	known  bool // any evidence yet
 	up     bool
 	reason string
 	since  time.Time
@@ -42,7 +43,7 @@ func newHealth(log zerolog.Logger) *health {
 func (h *health) get(svc int, now time.Time) *backendState {
 	s, ok := h.state[svc]
 	if !ok {
-		s = &backendState{up: true, reason: "no evidence yet", since: now}
+		s = &backendState{reason: "no evidence yet"}
 		h.state[svc] = s
 	}
 	return s
@@ -51,15 +52,19 @@ func (h *health) get(svc int, now time.Time) *backendState {
 // set records evidence; a change of up or down is logged.
 func (h *health) set(svc engine.Service, up bool, reason string, now time.Time) {
 	s := h.get(svc.Index, now)
-	if s.up == up {
+	if s.known && s.up == up {
 		s.reason = reason
 		return
 	}
-	s.up, s.reason, s.since = up, reason, now
-	if up {
+	first := !s.known
+	s.known, s.up, s.reason, s.since = true, up, reason, now
+	switch {
+	case first && up:
+		// A healthy backend at start is not news.
+	case up:
 		h.log.Info().Str(telemetry.FieldEvent, telemetry.EventBackendUp).Str("service", svc.Addr.String()).
 			Str("reason", reason).Msg("backend up")
-	} else {
+	default:
 		h.log.Warn().Str(telemetry.FieldEvent, telemetry.EventBackendDown).Str("service", svc.Addr.String()).
 			Str("reason", reason).Msg("backend down: hand-offs to it fail")
 	}
@@ -110,14 +115,15 @@ func (h *health) anyDown() bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, s := range h.state {
-		if !s.up {
+		if s.known && !s.up {
 			return true
 		}
 	}
 	return false
 }
 
-// view is service svc's backend state for telemetry.
+// view is service svc's backend state for telemetry: down with a zero
+// since while there is no evidence either way.
 func (h *health) view(svc int) (up bool, reason string, since time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()

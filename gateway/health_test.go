@@ -34,7 +34,10 @@ func TestBackendHealth(t *testing.T) {
 		}
 	}
 	step(5, 0, 0) // first look: a baseline, no judgement
-	expect(true, "no evidence yet")
+	expect(false, "no evidence yet")
+	if _, _, since := h.view(svc.Index); !since.IsZero() {
+		t.Error("a backend without evidence has a since")
+	}
 	step(0, 3, 0)
 	expect(false, "resets")
 	step(0, 0, 0) // nothing new: the last evidence stands
