@@ -21,6 +21,7 @@ type command struct {
 	args    string   // what follows the command's path in the usage line of its run
 	summary string   // one line in the parent's list of commands
 	doc     string   // the description in its own -h; summary if empty
+	example string   // command lines shown under "example:" in its -h, one a line
 
 	// run runs the command with the arguments after its name. A command
 	// with subcommands may have one too: it runs when no subcommand is
@@ -33,20 +34,31 @@ type command struct {
 
 // commandTree returns synguard's commands.
 func commandTree() *command {
-	protect := "--protect ADDR:PORT[,ADDR:PORT...] [flags]"
+	gatewayArgs := "(--config FILE | --protect ADDR:PORT[,ADDR:PORT...]) [flags]"
 	root := &command{
 		doc: "synguard shields TCP services from SYN floods.",
+		example: "synguard run --protect 203.0.113.2:80,[2001:db8::2]:443 --mode auto\n" +
+			"synguard help run",
 		subs: []*command{
 			{
 				name:    "run",
-				args:    protect,
+				args:    gatewayArgs,
 				summary: "protect services (iptables rules, NFQUEUE engine) until SIGINT/SIGTERM",
-				run:     runGateway,
+				doc: "Protects the services until SIGINT or SIGTERM: installs the rules, runs the engine and " +
+					"removes the rules on the way out. The settings come from the flags, or from the YAML " +
+					"file --config names (docs/config.md), whose top-level keys are the flags' names with " +
+					"underscores; a flag given as well wins over the file's key, and --protect replaces " +
+					"the file's protect and services lists.",
+				example: "synguard run --protect 203.0.113.2:80 --mode always --metrics 127.0.0.1:9847\n" +
+					"synguard run --config /etc/synguard/synguard.yaml --log-level debug",
+				run: runGateway,
 			},
 			{
 				name:    "rules",
-				args:    protect,
-				summary: "print the rules 'run' would install, for the same flags",
+				args:    gatewayArgs,
+				summary: "print the rules 'run' would install, for the same flags and file",
+				example: "synguard rules --protect 203.0.113.2:80 --local\n" +
+					"synguard rules --config /etc/synguard/synguard.yaml",
 				run: func(_ context.Context, args []string, stdout, stderr io.Writer) error {
 					return printRules(args, stdout, stderr)
 				},
@@ -59,24 +71,38 @@ func commandTree() *command {
 					"HOST:PORT) and prints one line per service: mode, half-open connections, SYNs, " +
 					"SYN-ACKs, valid and invalid cookies and hand-offs per second, and the backend's " +
 					"state; then each attack in progress with its heaviest source prefixes and their " +
-					"spread; then the queues and the XDP fast path. --watch refreshes it until Ctrl-C." +
-					"\n\nExample: synguard status --metrics 127.0.0.1:9847 --watch",
-				run: runStatus,
+					"spread; then the queues and the XDP fast path. --watch refreshes it until Ctrl-C.",
+				example: "synguard status --metrics 127.0.0.1:9847 --watch",
+				run:     runStatus,
+			},
+			{
+				name:    "check",
+				args:    "--config FILE [flags]",
+				summary: "validate a configuration file (and flags) as 'run' reads it, changing nothing",
+				doc: "Reads the configuration as 'run' would with the same flags, including the key file " +
+					"it names, and changes nothing. Valid: prints a one-line summary and exits 0. " +
+					"Otherwise prints the first mistake, with the file, line, column and key " +
+					"(services[1].mode), and exits 2.",
+				example: "synguard check --config /etc/synguard/synguard.yaml",
+				run:     runCheck,
 			},
 			{
 				name:    "lab",
 				summary: "up|down|demo|serve: a self-contained client/gateway/backend lab in network namespaces",
+				example: "synguard lab demo\nsynguard lab up --name mylab",
 				subs: []*command{
 					{
 						name:    "up",
 						args:    "[--name PREFIX]",
 						summary: "build the client / gateway / backend namespaces (no gateway running)",
+						example: "synguard lab up --name mylab",
 						run:     runLabUp,
 					},
 					{
 						name:    "down",
 						args:    "[--name PREFIX]",
 						summary: "remove a lab's namespaces and the processes inside them",
+						example: "synguard lab down --name mylab",
 						run:     runLabDown,
 					},
 					{
@@ -84,12 +110,14 @@ func commandTree() *command {
 						args: "[flags]",
 						summary: "build a lab, run the gateway, a bounded spoofed SYN flood and legitimate " +
 							"clients, print a live report every second, tear everything down",
-						run: runLabDemo,
+						example: "synguard lab demo --mode auto --duration 30s --rate 50000",
+						run:     runLabDemo,
 					},
 					{
 						name:    "serve",
 						args:    "--listen ADDR:PORT [--backlog N]",
 						summary: "serve the lab's HTTP backend on --listen (used inside the backend namespace)",
+						example: "synguard lab serve --listen 203.0.113.2:80 --backlog 511",
 						run:     runLabServe,
 					},
 				},
@@ -102,6 +130,8 @@ func commandTree() *command {
 					"without it as synguard-nfqueue; once per --queues count), kernel SYNPROXY and an " +
 					"unprotected backend under SYN floods (--attack ack: forged ACKs) stepped up to the " +
 					"generator's maximum; write report.md, report.json and plots.",
+				example: "synguard bench --quick --out bench-out\n" +
+					"synguard bench --attack ack --queues 1,2 --systems synguard,synproxy",
 				run: runBenchScenarios,
 				subs: []*command{
 					{
@@ -110,12 +140,14 @@ func commandTree() *command {
 						summary: "send a bounded SYN (or, --kind ack, forged-ACK) flood with spoofed sources from the benchmarking range " +
 							"(198.18.0.0/15, or 2001:db8:ff00::/40 for IPv6), from the current network " +
 							"namespace; stops at --count or --duration",
-						run: runBenchFlood,
+						example: "synguard bench flood --target 203.0.113.2:80 --rate 20000 --duration 10s",
+						run:     runBenchFlood,
 					},
 					{
 						name:    "report",
 						args:    "--in FILE [--out DIR]",
 						summary: "draw report.md and the plots again from a report.json",
+						example: "synguard bench report --in bench-out/report.json --out plots",
 						run:     runBenchReport,
 					},
 				},
@@ -127,12 +159,14 @@ func commandTree() *command {
 				doc: "Writes 32 random bytes to PATH, readable by its owner only, for gateways that " +
 					"must accept each other's cookies (copy the file to each, pass --key-file PATH). " +
 					"An existing file is never replaced: a fleet's key changes only on purpose.",
-				run: runKeygen,
+				example: "synguard keygen /etc/synguard/cookie.key",
+				run:     runKeygen,
 			},
 			{
 				name:    "version",
 				aliases: []string{"--version", "-version"},
 				summary: "print the version",
+				example: "synguard version",
 				run:     printVersion,
 			},
 		},
@@ -293,6 +327,12 @@ func (c *command) printUsage(w io.Writer, fs *flag.FlagSet) {
 		fmt.Fprintln(w)
 		for _, l := range wrap(para, helpWidth) {
 			fmt.Fprintln(w, l)
+		}
+	}
+	if c.example != "" {
+		fmt.Fprintln(w, "\nexample:")
+		for _, l := range strings.Split(c.example, "\n") {
+			fmt.Fprintln(w, "  "+l)
 		}
 	}
 	if len(c.subs) > 0 {

@@ -3,12 +3,19 @@ package main
 import (
 	"bytes"
 	"context"
+	"flag"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+	"github.com/rs/zerolog"
+
+	"github.com/synguard/synguard/config"
 	"github.com/synguard/synguard/cookies"
 )
 
@@ -27,21 +34,27 @@ func TestBadCommandLines(t *testing.T) {
 	}{
 		{"no command", nil, "no command"},
 		{"unknown command", []string{"frobnicate"}, `unknown command "frobnicate"`},
-		{"no protect", []string{"run"}, "--protect is required"},
+		{"no protect", []string{"run"}, "--protect or --config is required"},
 		{"bad address", []string{"run", "--protect", "203.0.113.300:80"}, `"203.0.113.300:80" is not ADDR:PORT`},
 		{"no port", []string{"run", "--protect", "203.0.113.2"}, "is not ADDR:PORT"},
 		{"port zero", []string{"run", "--protect", "203.0.113.2:0"}, "port 0"},
 		{"wildcard", []string{"run", "--protect", "0.0.0.0:80"}, "not a wildcard"},
 		{"v6 without brackets", []string{"run", "--protect", "2001:db8::1:80"}, "is not ADDR:PORT"},
 		{"bad mode", []string{"rules", "--protect", "203.0.113.2:80", "--mode", "sometimes"}, `unknown mode "sometimes"`},
-		{"bad fail", []string{"rules", "--protect", "203.0.113.2:80", "--fail", "maybe"}, `--fail "maybe"`},
+		{"bad fail", []string{"rules", "--protect", "203.0.113.2:80", "--fail", "maybe"}, `--fail: want open or closed, not "maybe"`},
 		{"bad reply path", []string{"run", "--protect", "203.0.113.2:80", "--reply-path", "sideways"}, `--reply-path: unknown reply path "sideways"`},
-		{"queues zero", []string{"rules", "--protect", "203.0.113.2:80", "--queues", "0"}, "queues must be 1 or more"},
-		{"queue range", []string{"rules", "--protect", "203.0.113.2:80", "--queue", "65535", "--queues", "2"}, "end at 65535"},
+		{"queues zero", []string{"rules", "--protect", "203.0.113.2:80", "--queues", "0"}, "--queues: want 1..65536, not 0"},
+		{"queue range", []string{"rules", "--protect", "203.0.113.2:80", "--queue", "65535", "--queues", "2"}, "--queue: queues 65535..65536: the last queue number is 65535"},
 		{"bad metrics", []string{"rules", "--protect", "203.0.113.2:80", "--metrics", "localhost"}, "--metrics"},
 		{"missing key file", []string{"rules", "--protect", "203.0.113.2:80", "--key-file", "/nonexistent/key"}, "--key-file"},
-		{"bad wscale", []string{"rules", "--protect", "203.0.113.2:80", "--backend-wscale", "15"}, "--backend-wscale 15"},
-		{"wscale not a number", []string{"rules", "--protect", "203.0.113.2:80", "--backend-wscale", "seven"}, "--backend-wscale seven: want 0..14 or none"},
+		{"bad wscale", []string{"rules", "--protect", "203.0.113.2:80", "--backend-wscale", "15"}, `--backend-wscale: want 0..14 or none, not "15"`},
+		{"wscale not a number", []string{"rules", "--protect", "203.0.113.2:80", "--backend-wscale", "seven"}, `--backend-wscale: want 0..14 or none, not "seven"`},
+		{"bad xdp interfaces", []string{"rules", "--protect", "203.0.113.2:80", "--xdp-interfaces", "eth0,,eth1"}, "an empty interface name"},
+		{"xdp interfaces with xdp off", []string{"rules", "--protect", "203.0.113.2:80", "--xdp", "off", "--xdp-interfaces", "eth0"}, "--xdp-interfaces: names links for XDP, but xdp is off"},
+		{"loopback forwarded", []string{"rules", "--protect", "127.0.0.1:80"}, "--protect: 127.0.0.1:80: a loopback address is never forwarded"},
+		{"bad log level", []string{"run", "--protect", "203.0.113.2:80", "--log-level", "loud"}, `--log-level: want debug, info, warn or error, not "loud"`},
+		{"missing config", []string{"run", "--config", "/nonexistent/synguard.yaml"}, "read configuration: open /nonexistent/synguard.yaml: no such file"},
+		{"bad config", []string{"rules", "--config", "testdata/bad-mode.yaml"}, `testdata/bad-mode.yaml:9:5: services[1].mode: unknown mode "cookies" (want always, auto or off)`},
 		{"unknown flag", []string{"run", "--protect", "203.0.113.2:80", "--colour"}, "flag provided but not defined"},
 		{"stray argument", []string{"rules", "--protect", "203.0.113.2:80", "extra"}, `unexpected argument "extra"`},
 		{"duplicate service", []string{"rules", "--protect", "203.0.113.2:80,203.0.113.2:80"}, "203.0.113.2:80"},
@@ -115,7 +128,7 @@ func TestVersionAndHelp(t *testing.T) {
 // list comes from the tree, so a new command is covered as it is added.
 func TestEveryCommandAnswersHelp(t *testing.T) {
 	tree := commandTree()
-	for _, path := range []string{"run", "rules", "lab", "lab up", "lab down", "lab demo", "lab serve", "bench", "bench flood", "bench report", "keygen", "version"} {
+	for _, path := range []string{"run", "rules", "check", "lab", "lab up", "lab down", "lab demo", "lab serve", "bench", "bench flood", "bench report", "keygen", "version"} {
 		if tree.find(path) == nil {
 			t.Errorf("command %q is missing from the command tree", path)
 		}
@@ -134,6 +147,11 @@ func TestEveryCommandAnswersHelp(t *testing.T) {
 				}
 				if stderr != "" {
 					t.Errorf("stderr %q, want nothing", stderr)
+				}
+				// An example: at least one synguard command line, indented.
+				_, example, ok := strings.Cut(stdout, "\nexample:\n")
+				if first, _, _ := strings.Cut(example, "\n"); !ok || !strings.HasPrefix(first, "  synguard ") {
+					t.Errorf("help has no example (want \"example:\" and then \"  synguard ...\"):\n%s", stdout)
 				}
 				// synguard help PATH shows the same.
 				if out, _, code := runCLI(append([]string{"help"}, strings.Fields(c.path)...)...); code != 0 || out != stdout {
@@ -188,6 +206,18 @@ func TestKeygen(t *testing.T) {
 	wantUsageError(t, []string{"keygen", path, "other"}, `keygen: unexpected argument "other"`)
 }
 
+// loadArgs loads the configuration run would for args.
+func loadArgs(t *testing.T, args ...string) (config.Config, error) {
+	t.Helper()
+	var f gatewayFlags
+	fs := newFlagSet(io.Discard, "run")
+	f.register(fs)
+	if err := parseArgs(fs, args); err != nil {
+		t.Fatal(err)
+	}
+	return f.source(fs).Load()
+}
+
 // --backend-wscale takes a shift or "none", and its help shows no
 // internal sentinel for "not given".
 func TestBackendWindowScaleFlag(t *testing.T) {
@@ -195,14 +225,113 @@ func TestBackendWindowScaleFlag(t *testing.T) {
 		in   string
 		want cookies.WindowScale
 	}{{"none", cookies.NoWindowScale}, {"-1", cookies.NoWindowScale}, {"0", 0}, {"14", 14}} {
-		f := gatewayFlags{protect: serviceList{netip.MustParseAddrPort("203.0.113.2:80")}, backendWS: tt.in}
-		o, err := f.backendOverride()
-		if err != nil || o == nil || o.WindowScale != tt.want {
-			t.Errorf("--backend-wscale %s: %+v, %v; want window scale %v", tt.in, o, err, tt.want)
+		cfg, err := loadArgs(t, "--protect", "203.0.113.2:80", "--backend-wscale", tt.in)
+		if err != nil {
+			t.Fatalf("--backend-wscale %s: %v", tt.in, err)
+		}
+		if o := cfg.Gateway.Services[0].Backend; o == nil || o.WindowScale != tt.want {
+			t.Errorf("--backend-wscale %s: backend options %+v; want window scale %v", tt.in, o, tt.want)
 		}
 	}
 	out, _, code := runCLI("run", "-h")
 	if code != 0 || strings.Contains(out, "default -2") || !strings.Contains(out, "-backend-wscale shift") {
 		t.Fatalf("run -h (exit %d) shows a sentinel default or no placeholder for --backend-wscale:\n%s", code, out)
+	}
+}
+
+// Every run flag but --config (and the hidden --cpuprofile) is a
+// top-level key of the configuration file, and every key a flag.
+func TestRunFlagsAreFileKeys(t *testing.T) {
+	var f gatewayFlags
+	fs := newFlagSet(io.Discard, "run")
+	f.register(fs)
+	var flags []string
+	fs.VisitAll(func(fl *flag.Flag) {
+		if fl.Name != "config" {
+			flags = append(flags, fl.Name)
+		}
+	})
+	var keys []string
+	for _, k := range config.Keys() {
+		if k != "services" {
+			keys = append(keys, config.FlagName(k))
+		}
+	}
+	slices.Sort(flags)
+	slices.Sort(keys)
+	if !slices.Equal(flags, keys) {
+		t.Fatalf("run's flags %v\nthe file's keys %v", flags, keys)
+	}
+	// The flags' defaults are the file's.
+	cfg, err := loadArgs(t, "--protect", "203.0.113.2:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromFile, err := config.Parse("x.yaml", []byte("protect: [203.0.113.2:80]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(fromFile, cfg, cmp.AllowUnexported(zerolog.Logger{}), cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
+		t.Errorf("flags' defaults differ from the file's (-file +flags):\n%s", diff)
+	}
+}
+
+// check exits 0 with a one-line summary for a good configuration, and 2
+// with the file, line and key of the first mistake otherwise.
+func TestCheck(t *testing.T) {
+	out, stderr, code := runCLI("check", "--config", "testdata/synguard.yaml")
+	if want := "ok: 2 services (1 auto, 1 always), 1 with allow/deny lists; forward, queues 7..8, fail open, xdp auto\n"; code != 0 || out != want || stderr != "" {
+		t.Errorf("check a good file: exit %d, stdout %q, stderr %q; want 0 and %q", code, out, stderr, want)
+	}
+	out, _, code = runCLI("check", "--config", "testdata/synguard.yaml", "--protect", "203.0.113.9:80", "--local", "--queues", "1")
+	if want := "ok: 1 service (1 auto); local, queue 7, fail open, xdp auto\n"; code != 0 || out != want {
+		t.Errorf("check a file with flags over it: exit %d, %q; want 0 and %q", code, out, want)
+	}
+	if out, _, code := runCLI("check", "--protect", "203.0.113.9:80", "--mode", "off"); code != 0 || !strings.HasPrefix(out, "ok: 1 service (1 off)") {
+		t.Errorf("check flags alone: exit %d, %q", code, out)
+	}
+	wantUsageError(t, []string{"check", "--config", "testdata/bad-mode.yaml"}, `testdata/bad-mode.yaml:9:5: services[1].mode: unknown mode "cookies"`)
+	wantUsageError(t, []string{"check", "--config", "testdata/synguard.yaml", "--half-open-low", "500"}, "--half-open-low: half-open watermarks 500/128")
+	wantUsageError(t, []string{"check", "--config", "testdata/synguard.yaml", "extra"}, `check: unexpected argument "extra"`)
+	wantUsageError(t, []string{"check", "--config", "testdata/nonexistent.yaml"}, "no such file")
+	wantUsageError(t, []string{"check"}, "--protect or --config is required")
+
+	// The key file is checked as run checks it.
+	dir := t.TempDir()
+	key := filepath.Join(dir, "cookie.key")
+	if err := cookies.WriteKeyFile(key); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "synguard.yaml")
+	if err := os.WriteFile(path, []byte("protect: [203.0.113.2:80]\nkey_file: cookie.key\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, code := runCLI("check", "--config", path); code != 0 {
+		t.Errorf("check with a good key file: exit %d, %s", code, stderr)
+	}
+	if err := os.Chmod(key, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	wantUsageError(t, []string{"check", "--config", path}, path+":2:1: key_file: key file "+key+" has mode 0640")
+}
+
+// rules --config prints what the same settings as flags print, and flags
+// over the file change it as they change run.
+func TestRulesFromConfig(t *testing.T) {
+	fromFlags, stderr, code := runCLI("rules", "--protect", "203.0.113.2:80,[2001:db8:b::2]:443", "--queue", "7", "--queues", "2", "--fail", "open")
+	if code != 0 {
+		t.Fatalf("rules with flags: exit %d: %s", code, stderr)
+	}
+	fromFile, stderr, code := runCLI("rules", "--config", "testdata/synguard.yaml")
+	if code != 0 {
+		t.Fatalf("rules --config: exit %d: %s", code, stderr)
+	}
+	if fromFile != fromFlags {
+		t.Errorf("rules --config printed\n%s\nthe same settings as flags print\n%s", fromFile, fromFlags)
+	}
+	over, _, code := runCLI("rules", "--config", "testdata/synguard.yaml", "--queue", "3", "--protect", "203.0.113.9:22")
+	if code != 0 || !strings.Contains(over, "--queue-balance 3:4") || !strings.Contains(over, "-d 203.0.113.9/32 -p tcp -m tcp --dport 22") ||
+		strings.Contains(over, "203.0.113.2") || strings.Contains(over, "2001:db8:b::2") {
+		t.Errorf("rules --config with --queue 3 --protect 203.0.113.9:22 (exit %d): want queues 3:4 and only that service:\n%s", code, over)
 	}
 }

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/synguard/synguard/config"
+	"github.com/synguard/synguard/engine"
+)
+
+// runCheck validates a configuration as run would read it, changing
+// nothing: a file that passes starts (unless the system refuses what it
+// asks for, a queue already taken or a link without XDP).
+func runCheck(_ context.Context, args []string, stdout, _ io.Writer) error {
+	var f gatewayFlags
+	fs := newFlagSet(stdout, "check")
+	f.register(fs)
+	if err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	cfg, err := load(f.source(fs))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, summary(cfg))
+	return nil
+}
+
+// summary describes cfg in one line: "ok: 3 services (2 auto, 1 always),
+// ...".
+func summary(cfg config.Config) string {
+	gw := cfg.Gateway
+	var modes []string
+	for _, m := range []engine.Mode{engine.ModeAuto, engine.ModeAlways, engine.ModeOff} {
+		n := 0
+		for _, s := range gw.Services {
+			if s.Mode == m {
+				n++
+			}
+		}
+		if n > 0 {
+			modes = append(modes, fmt.Sprintf("%d %s", n, m))
+		}
+	}
+	lists := 0
+	for _, s := range gw.Services {
+		if len(s.Allow) > 0 || len(s.Deny) > 0 {
+			lists++
+		}
+	}
+	services := "services"
+	if len(gw.Services) == 1 {
+		services = "service"
+	}
+	where := "forward"
+	if gw.Local {
+		where = "local"
+	}
+	fail := "closed"
+	if gw.FailOpen {
+		fail = "open"
+	}
+	queues := fmt.Sprintf("queue %d", gw.Queue)
+	if gw.Queues > 1 {
+		queues = fmt.Sprintf("queues %d..%d", gw.Queue, int(gw.Queue)+int(gw.Queues)-1)
+	}
+	out := fmt.Sprintf("ok: %d %s (%s)", len(gw.Services), services, strings.Join(modes, ", "))
+	if lists > 0 {
+		out += fmt.Sprintf(", %d with allow/deny lists", lists)
+	}
+	return out + fmt.Sprintf("; %s, %s, fail %s, xdp %s", where, queues, fail, gw.XDP)
+}
