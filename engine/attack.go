@@ -65,8 +65,8 @@ type attackTracker struct {
 	reason string
 	// sourcesSince is when the service's source counts were last reset.
 	sourcesSince time.Time
-	start  time.Time
-	peak   float64
+	start        time.Time
+	peak         float64
 	// quiet is the service's counters at the last tick below both low
 	// watermarks, base those of the attack: its totals include the ramp
 	// that set it off.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"slices"
 	"strconv"
 	"time"
 
@@ -44,18 +43,15 @@ func (g *gateway) reloadOnce(ctx context.Context) {
 		Msg("configuration rejected; the running configuration stays in force")
 }
 
-// apply puts next in force and returns what changed. The engine learns of
-// new services before the rules send it their packets; if the rules cannot
-// be replaced, the engine goes back to the running configuration.
-func (g *gateway) apply(ctx context.Context, next Config) ([]string, error) {
-	// What the command line holds stays: the reload source and the logger.
-	next.Reload, next.Load = g.cfg.Reload, g.cfg.Load
-	next.Logger, next.LogLimiter = g.cfg.Logger, g.cfg.LogLimiter
+// apply puts in force what a reload can change of loaded (the services
+// and their default settings; Load refuses the rest) and returns what
+// changed. The engine learns of new services before the rules send it
+// their packets; if the rules cannot be replaced, the engine goes back to
+// the running configuration.
+func (g *gateway) apply(ctx context.Context, loaded Config) ([]string, error) {
+	next := g.cfg
+	next.Services, next.Mode, next.Thresholds, next.Backend = loaded.Services, loaded.Mode, loaded.Thresholds, loaded.Backend
 	next.setDefaults()
-	next.ReopenWithin = g.cfg.ReopenWithin
-	if fixed := g.cfg.restartOnly(&next); len(fixed) > 0 {
-		return nil, fmt.Errorf("changing %v needs a restart", fixed)
-	}
 	fw := next.FirewallConfig()
 	if err := fw.Validate(); err != nil {
 		return nil, err
@@ -78,29 +74,6 @@ func (g *gateway) apply(ctx context.Context, next Config) ([]string, error) {
 		g.learner.wake()
 	}
 	return changes, nil
-}
-
-// restartOnly names the settings that differ between c and n and that a
-// reload cannot change, by their configuration keys.
-func (c *Config) restartOnly(n *Config) []string {
-	var out []string
-	differ := func(key string, d bool) {
-		if d {
-			out = append(out, key)
-		}
-	}
-	differ("queue", c.Queue != n.Queue)
-	differ("queues", c.Queues != n.Queues)
-	differ("local", c.Local != n.Local)
-	differ("fail", c.FailOpen != n.FailOpen)
-	differ("key_file", c.KeyFile != n.KeyFile)
-	differ("metrics", c.MetricsAddr != n.MetricsAddr)
-	differ("stats_interval", c.StatsInterval != n.StatsInterval)
-	differ("max_pending", c.MaxPending != n.MaxPending)
-	differ("reply_path", c.ReplyPath != n.ReplyPath)
-	differ("xdp", c.XDP != n.XDP)
-	differ("xdp_interfaces", !slices.Equal(c.XDPInterfaces, n.XDPInterfaces))
-	return out
 }
 
 // resolvedServices are the services with the defaults filled in: what

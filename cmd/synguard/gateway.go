@@ -2,14 +2,17 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/netip"
 	"os"
+	"os/signal"
 	"runtime/pprof"
 	"slices"
 	"strings"
+	"syscall"
 
 	"github.com/rs/zerolog"
 
@@ -155,6 +158,15 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	gw := cfg.Gateway
 	gw.Logger, gw.LogLimiter = newLogger(stdout, cfg)
+	// SIGHUP reloads the file; without one it would end the process, so
+	// it is caught either way.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	reload := make(chan struct{}, 1)
+	go forwardReloads(ctx, hup, reload)
+	gw.Reload = reload
+	gw.Load = func() (gateway.Config, error) { return reloadable(src, cfg) }
 	if cpuProfile != "" {
 		pf, err := os.Create(cpuProfile)
 		if err != nil {
@@ -167,6 +179,39 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		defer pprof.StopCPUProfile()
 	}
 	return gateway.Run(ctx, gw)
+}
+
+// forwardReloads turns SIGHUPs into reload requests until ctx is done; a
+// request still pending absorbs the next.
+func forwardReloads(ctx context.Context, hup <-chan os.Signal, reload chan<- struct{}) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			select {
+			case reload <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// reloadable reads the configuration again for a reload. Only services
+// and their settings can change while synguard runs: a change to anything
+// else is an error naming the keys, so nothing is silently left as it was.
+func reloadable(src config.Source, running config.Config) (gateway.Config, error) {
+	if src.Path == "" {
+		return gateway.Config{}, errors.New("nothing to reload: synguard was started without --config")
+	}
+	next, err := src.Load()
+	if err != nil {
+		return gateway.Config{}, err
+	}
+	if keys := config.RestartNeeded(running, next); len(keys) > 0 {
+		return gateway.Config{}, fmt.Errorf("%s: changing %s needs a restart", src.Path, strings.Join(keys, ", "))
+	}
+	return next.Gateway, nil
 }
 
 func printRules(args []string, stdout, stderr io.Writer) error {
