@@ -48,6 +48,10 @@ type Sources struct {
 	// for a flood with spoofed random sources, near 0 for one from a few
 	// networks.
 	Spread float64
+	// TopShare is the share of SYNs from the Top prefixes: near 1 when a
+	// few networks send the flood, small when it comes from many (even
+	// if each sends more than once, as a flood spoofed from one /15 does).
+	TopShare float64
 }
 
 // SourceCount is one source prefix's SYNs and completed handshakes.
@@ -171,9 +175,15 @@ const sourcesRecent = time.Minute
 func (e *Engine) sourcesOf(s *service) Sources {
 	var buf [topSources]heavyhitter.Entry
 	top := s.bySource.Top(buf[:])
-	out := Sources{Top: make([]SourceCount, len(top)), Spread: s.bySource.Summary().Spread}
+	sum := s.bySource.Summary()
+	out := Sources{Top: make([]SourceCount, len(top)), Spread: sum.Spread}
+	var inTop uint64
 	for i, t := range top {
 		out.Top[i] = SourceCount{Prefix: t.Prefix.Prefix(), SYNs: t.SYNs, Completed: t.Completed}
+		inTop += t.Guaranteed()
+	}
+	if sum.SYNs > 0 {
+		out.TopShare = float64(inTop) / float64(sum.SYNs)
 	}
 	return out
 }

@@ -128,6 +128,9 @@ func TestAttackSources(t *testing.T) {
 	if !found {
 		t.Errorf("the client's prefix %s is not among the sources %+v", clientPrefix, src.Top)
 	}
+	if src.TopShare < 0.95 {
+		t.Errorf("top share %.2f for a flood from one prefix, want near 1", src.TopShare)
+	}
 	if src.Spread > 0.1 {
 		t.Errorf("spread %.2f for a flood from one prefix, want near 0", src.Spread)
 	}

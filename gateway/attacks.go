@@ -28,7 +28,7 @@ func (h *attackHistory) add(a engine.AttackEnd) {
 	list := append(h.per[svc], telemetry.Attack{
 		Started: a.Start, Ended: a.Start.Add(a.Duration), PeakSYNRate: a.PeakSYNRate,
 		SYNs: a.SYNs, HandedOff: a.HandedOff, Completion: a.Completion,
-		TopSources: sourceCounts(a.Sources.Top), Spread: a.Sources.Spread,
+		TopSources: sourceCounts(a.Sources.Top), Spread: a.Sources.Spread, TopShare: a.Sources.TopShare,
 	})
 	if len(list) > attackHistoryLen {
 		list = list[len(list)-attackHistoryLen:]

@@ -53,7 +53,7 @@ func (e events) AttackStarted(a engine.AttackStart) {
 		Float64("syn_rate", round(a.SYNRate)).Int("half_open", a.HalfOpen).
 		Float64("completion_ratio", round(a.Completion)).
 		Array("top_sources", sourceArray(a.Sources.Top)).Float64("spread", round(a.Sources.Spread)).
-		Msg("attack started")
+		Float64("top_share", round(a.Sources.TopShare)).Msg("attack started")
 }
 
 func (e events) AttackEnded(a engine.AttackEnd) {
@@ -66,7 +66,7 @@ func (e events) AttackEnded(a engine.AttackEnd) {
 		Uint64("cookie_valid", a.CookieValid).Uint64("handed_off", a.HandedOff).
 		Float64("completion_ratio", round(a.Completion)).
 		Array("top_sources", sourceArray(a.Sources.Top)).Float64("spread", round(a.Sources.Spread)).
-		Msg("attack ended")
+		Float64("top_share", round(a.Sources.TopShare)).Msg("attack ended")
 }
 
 // round keeps three decimals: enough for a rate or a ratio in a log line.

@@ -36,7 +36,7 @@ func (s *source) attack(i int) *telemetry.Attack {
 	}
 	return &telemetry.Attack{
 		Started: a.Start, Reason: a.Reason, PeakSYNRate: a.PeakSYNRate, SYNs: a.SYNs, HandedOff: a.HandedOff,
-		Completion: a.Completion, TopSources: sourceCounts(a.Sources.Top), Spread: a.Sources.Spread,
+		Completion: a.Completion, TopSources: sourceCounts(a.Sources.Top), Spread: a.Sources.Spread, TopShare: a.Sources.TopShare,
 	}
 }
 

@@ -139,6 +139,7 @@ func newIncidentSource(clk *fakeClock) *fakeSource {
 		SYNs: 1012345, HandedOff: 0, Completion: 0.0004,
 		TopSources: []SourceCount{{Prefix: hotPrefix, SYNs: 1009920, Completed: 0}, {Prefix: realPrefix, SYNs: 412, Completed: 410}},
 		Spread:     0.002,
+		TopShare:   0.998,
 	}
 	s0.AttacksStarted = 3
 	s1 := &f.services[1]

@@ -131,6 +131,7 @@ type AttackView struct {
 	// suggests (empty without sources).
 	TopSources []SourceCount `json:"top_sources"`
 	Spread     float64       `json:"spread"`
+	TopShare   float64       `json:"top_share"`
 	Hint       string        `json:"hint"`
 }
 
@@ -139,18 +140,26 @@ type AttackView struct {
 // prefix is worth blocking.
 const SpoofedSpread = 0.5
 
-// The hints an attack's spread gives.
+// ConcentratedShare is the share of SYNs from the top prefixes at and
+// above which an attack counts as coming from a few networks.
+const ConcentratedShare = 0.5
+
+// The hints an attack's sources give.
 const (
 	HintSpoofed      = "spread high: likely spoofed"
 	HintConcentrated = "concentrated: block upstream"
+	HintMany         = "many networks: blocking prefixes will not help"
 )
 
-// SpreadHint says what an attack's spread suggests.
-func SpreadHint(spread float64) string {
-	if spread >= SpoofedSpread {
+// SpreadHint says what an attack's spread and top share suggest.
+func SpreadHint(spread, topShare float64) string {
+	switch {
+	case spread >= SpoofedSpread:
 		return HintSpoofed
+	case topShare >= ConcentratedShare:
+		return HintConcentrated
 	}
-	return HintConcentrated
+	return HintMany
 }
 
 func backendView(b Backend) BackendView {
@@ -169,7 +178,7 @@ func backendView(b Backend) BackendView {
 func attackView(a Attack, now time.Time) AttackView {
 	v := AttackView{
 		Started: a.Started, Reason: a.Reason, PeakSYNRate: a.PeakSYNRate, SYNs: a.SYNs,
-		HandedOff: a.HandedOff, Completion: a.Completion, Spread: a.Spread,
+		HandedOff: a.HandedOff, Completion: a.Completion, Spread: a.Spread, TopShare: a.TopShare,
 		// A copy: the view outlives the source's call.
 		TopSources: append([]SourceCount{}, a.TopSources...),
 	}
@@ -182,7 +191,7 @@ func attackView(a Attack, now time.Time) AttackView {
 		v.DurationSeconds = end.Sub(a.Started).Seconds()
 	}
 	if len(v.TopSources) > 0 {
-		v.Hint = SpreadHint(a.Spread)
+		v.Hint = SpreadHint(a.Spread, a.TopShare)
 	}
 	return v
 }

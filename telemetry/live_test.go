@@ -300,7 +300,7 @@ func TestStatsIncident(t *testing.T) {
 			map[string]any{"prefix": hotPrefix, "syns": 1009920.0, "completed": 0.0},
 			map[string]any{"prefix": realPrefix, "syns": 412.0, "completed": 410.0},
 		},
-		"spread": 0.002, "hint": HintConcentrated,
+		"spread": 0.002, "top_share": 0.998, "hint": HintConcentrated,
 	}
 	// The source's clock moved a second since the incident was set up.
 	if diff := cmp.Diff(wantAttack, s0.Attack); diff != "" {

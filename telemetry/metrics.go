@@ -88,6 +88,8 @@ type Attack struct {
 	// most 10); Spread is the share of SYNs from prefixes seen once.
 	TopSources []SourceCount
 	Spread     float64
+	// TopShare is the share of SYNs from TopSources.
+	TopShare float64
 }
 
 // SourceCount is one source prefix's SYNs and completed handshakes.

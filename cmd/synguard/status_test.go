@@ -141,6 +141,7 @@ func incidentSource() (*statusSource, func(now time.Time)) {
 			SYNs: 1012345, HandedOff: 0, Completion: 0.0004,
 			TopSources: []telemetry.SourceCount{{Prefix: "198.18.7.0/24", SYNs: 1009920}, {Prefix: "198.51.100.0/24", SYNs: 412, Completed: 410}},
 			Spread:     0.002,
+			TopShare:   0.998,
 		}
 		src.services[1].Backend = telemetry.Backend{Up: true, Reason: "probe", Since: now.Add(-time.Hour), MSS: 1440, WindowScale: -1, Options: "fixed"}
 		src.services[1].Attack = &telemetry.Attack{Started: now.Add(-3 * time.Second), Reason: "half_open", PeakSYNRate: 12, SYNs: 40}
