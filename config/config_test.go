@@ -115,6 +115,7 @@ func TestGoodFiles(t *testing.T) {
 				ReplyPath:     gateway.ReplyRoute,
 				XDP:           xdp.ModeGeneric,
 				XDPInterfaces: []string{"to-client", "eth1"},
+				CaptureDir:    "/var/lib/synguard/captures",
 			},
 			LogFormat: telemetry.FormatConsole, LogLevel: zerolog.DebugLevel,
 		}},
@@ -439,6 +440,7 @@ func TestRestartNeeded(t *testing.T) {
 		"log_format":        "console",
 		"log_level":         "debug",
 		"stats_interval":    "1m",
+		"capture_dir":       "/tmp/captures",
 		"services":          "[{protect: 203.0.113.9:80, mode: off}]",
 	}
 	dir := t.TempDir()

@@ -242,6 +242,7 @@ func (v validator) top(s Settings, at origins) (Config, error) {
 			ReplyPath:     replyPath,
 			XDP:           xdpMode,
 			XDPInterfaces: s.XDPInterfaces,
+			CaptureDir:    s.CaptureDir,
 		},
 		LogFormat: format,
 		LogLevel:  level,

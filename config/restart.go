@@ -18,6 +18,7 @@ var restartValues = map[string]func(c *Config) any{
 	"log_format":     func(c *Config) any { return c.LogFormat },
 	"log_level":      func(c *Config) any { return c.LogLevel },
 	"stats_interval": func(c *Config) any { return c.Gateway.StatsInterval },
+	"capture_dir":    func(c *Config) any { return c.Gateway.CaptureDir },
 }
 
 // RestartNeeded returns the keys whose values differ between old and

@@ -35,6 +35,7 @@ type Settings struct {
 	LogFormat     string
 	LogLevel      string
 	StatsInterval time.Duration
+	CaptureDir    string
 }
 
 // Defaults returns the settings of a file or command line that sets none.
@@ -125,6 +126,7 @@ var keys = []key{
 	{name: "log_format", kind: kindString, restart: true, field: func(s *Settings) any { return &s.LogFormat }},
 	{name: "log_level", kind: kindString, restart: true, field: func(s *Settings) any { return &s.LogLevel }},
 	{name: "stats_interval", kind: kindDuration, restart: true, field: func(s *Settings) any { return &s.StatsInterval }},
+	{name: "capture_dir", kind: kindString, restart: true, field: func(s *Settings) any { return &s.CaptureDir }},
 }
 
 // The keys only a service has, besides those of keys marked service.

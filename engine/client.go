@@ -11,7 +11,7 @@ import (
 // replayed to the backend) and its RST.
 
 // fromClient decides the fate of a segment sent to service s.
-func (w *Worker) fromClient(s *service, size int, hook nf.Hook) nf.Verdict {
+func (w *Worker) fromClient(s *service, b []byte, hook nf.Hook) nf.Verdict {
 	p := &w.pkt
 	c := w.out.c
 	svc := s.slot
@@ -21,6 +21,9 @@ func (w *Worker) fromClient(s *service, size int, hook nf.Hook) nf.Verdict {
 		c.add(svc, SYNReceived)
 		if w.sampled++; w.sampled%SourceSampling == 0 {
 			s.bySource.ObserveN(p.Source().Addr(), SourceSampling)
+		}
+		if box := s.sampler.Load(); box != nil {
+			box.s.Offer(b, w.e.cfg.Now())
 		}
 		if lists := s.sources.Load(); lists != nil {
 			switch v := lists.verdict(p.Source().Addr()); v {
@@ -36,7 +39,7 @@ func (w *Worker) fromClient(s *service, size int, hook nf.Hook) nf.Verdict {
 			w.passSYN(s)
 			return nf.Accept
 		}
-		w.answerSYN(svc, size)
+		w.answerSYN(svc, len(b))
 		return nf.Drop
 	case hook == HookStaleEntry:
 		// The flow's entry is closing. A cookie ACK here is a client

@@ -38,6 +38,8 @@ type service struct {
 	attack atomic.Pointer[AttackStatus]
 	// attacks counts the attacks that started.
 	attacks atomic.Uint64
+	// sampler records the service's SYNs during an attack; nil when none.
+	sampler atomic.Pointer[samplerBox]
 	// bySource counts sampled SYNs and completed handshakes by source
 	// prefix, for attack attribution.
 	bySource *heavyhitter.Sketch
@@ -255,4 +257,23 @@ func (e *Engine) BackendOrigin(svc int) string {
 		return "learned"
 	}
 	return "default"
+}
+
+// PacketSampler keeps a sample of packets (package capture's Sampler
+// does, as a pcap file). Offer is called on the packet path: it must not
+// block or allocate.
+type PacketSampler interface {
+	Offer(pkt []byte, ts time.Time) bool
+}
+
+type samplerBox struct{ s PacketSampler }
+
+// SetSampler makes service svc offer each SYN it receives to s, until it
+// is set to nil.
+func (e *Engine) SetSampler(svc int, s PacketSampler) {
+	if s == nil {
+		e.svc(svc).sampler.Store(nil)
+		return
+	}
+	e.svc(svc).sampler.Store(&samplerBox{s})
 }

@@ -66,7 +66,7 @@ func (w *Worker) Handle(b []byte, hook nf.Hook) nf.Verdict {
 	}
 	t := w.e.table.Load()
 	if svc, ok := t.lookup(p.Destination()); ok {
-		return w.fromClient(t.all[svc], len(b), hook)
+		return w.fromClient(t.all[svc], b, hook)
 	}
 	if svc, ok := t.lookup(p.Source()); ok {
 		return w.fromBackend(svc)

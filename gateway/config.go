@@ -62,6 +62,8 @@ type Config struct {
 	// has an Ethernet address and is not loopback.
 	XDP           xdp.Mode
 	XDPInterfaces []string
+	// CaptureDir, when set, receives a pcap sample of each attack's SYNs.
+	CaptureDir string
 	// LockDir holds the one-instance-per-namespace lock; empty means
 	// DefaultLockDir.
 	LockDir string

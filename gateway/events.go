@@ -17,6 +17,7 @@ type events struct {
 	log       zerolog.Logger
 	handshake *telemetry.Histograms
 	attacks   *attackHistory
+	captures  *captures
 }
 
 func (e events) ModeChanged(c engine.ModeChange) {
@@ -48,7 +49,8 @@ func (e events) HandoffFailed(svc netip.AddrPort, err error) {
 func (e events) HandedOff(svc int, d time.Duration) { e.handshake.Observe(svc, d) }
 
 func (e events) AttackStarted(a engine.AttackStart) {
-	e.log.Warn().Str(telemetry.FieldEvent, telemetry.EventAttackStart).
+	pcap := e.captures.start(a.Index, a.Service.String(), time.Now())
+	e.log.Warn().Str(telemetry.FieldEvent, telemetry.EventAttackStart).Str("pcap", pcap).
 		Str("service", a.Service.String()).Str("reason", a.Reason).
 		Float64("syn_rate", round(a.SYNRate)).Int("half_open", a.HalfOpen).
 		Float64("completion_ratio", round(a.Completion)).
@@ -58,7 +60,9 @@ func (e events) AttackStarted(a engine.AttackStart) {
 
 func (e events) AttackEnded(a engine.AttackEnd) {
 	e.attacks.add(a)
+	res, _ := e.captures.stop(a.Index)
 	e.log.Warn().Str(telemetry.FieldEvent, telemetry.EventAttackEnd).
+		Str("pcap", res.Path).Uint64("pcap_packets", res.Counts.Written).
 		Str("service", a.Service.String()).
 		Time("started", a.Start.UTC()).Float64("duration_s", round(a.Duration.Seconds())).
 		Float64("peak_syn_rate", round(a.PeakSYNRate)).

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/synguard/synguard/capture"
 	"github.com/synguard/synguard/conntrack"
 	"github.com/synguard/synguard/cookies"
 	"github.com/synguard/synguard/engine"
@@ -59,6 +60,7 @@ type gateway struct {
 	lock      *instanceLock
 	attacks   *attackHistory
 	health    *health
+	captures  *captures
 	rules     *firewall.Installed // set by install
 	learner   *learner            // set by install
 	watch     *rulesWatch         // keeps the rules in place once installed
@@ -125,6 +127,13 @@ func open(cfg Config) (_ *gateway, err error) {
 	g.watch = newRulesWatch(cfg.Logger)
 	handshake := telemetry.NewHistograms(engine.MaxServices)
 	g.attacks, g.health = newAttackHistory(), newHealth(cfg.Logger)
+	var dir *capture.Dir
+	if cfg.CaptureDir != "" {
+		if dir, err = capture.OpenDir(cfg.CaptureDir, capture.DirConfig{}); err != nil {
+			return nil, fmt.Errorf("capture directory: %w", err)
+		}
+	}
+	g.captures = newCaptures(dir, cfg.Logger)
 	g.eng, err = engine.New(engine.Config{
 		Services:        cfg.Services,
 		Mode:            cfg.Mode,
@@ -135,12 +144,13 @@ func open(cfg Config) (_ *gateway, err error) {
 		BackendOverride: cfg.Backend,
 		MaxPending:      cfg.MaxPending,
 		Thresholds:      cfg.Thresholds,
-		Events:          events{log: cfg.Logger, handshake: handshake, attacks: g.attacks},
+		Events:          events{log: cfg.Logger, handshake: handshake, attacks: g.attacks, captures: g.captures},
 		Extra:           extra,
 	})
 	if err != nil {
 		return nil, err
 	}
+	g.captures.eng = g.eng
 
 	for i := range cfg.Queues {
 		q, err := nfq.Open(nfq.Config{Queue: cfg.Queue + i, FailOpen: cfg.FailOpen, Logger: cfg.Logger.With().Str(telemetry.FieldEvent, telemetry.EventQueue).Logger()})
@@ -314,6 +324,7 @@ func (g *gateway) remove(rules *firewall.Installed) error {
 
 // close releases what open made; the queues' close unbinds them.
 func (g *gateway) close() {
+	g.captures.closeAll()
 	if g.fast != nil {
 		g.fast.prog.Close()
 	}

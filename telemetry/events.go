@@ -36,6 +36,8 @@ const (
 	// for the hold time. One start and one end per attack.
 	EventAttackStart = "attack_start"
 	EventAttackEnd   = "attack_end"
+	// An attack's packet sample could not be started or written.
+	EventCaptureFailed = "capture_failed"
 	EventStats       = "stats"
 
 	// Backends.
@@ -73,7 +75,7 @@ const (
 func Events() []string {
 	return []string{
 		EventStart, EventStop, EventRulesInstalled, EventRulesRemoved, EventRulesRemoveFailed,
-		EventWorkerFailed, EventMetricsFailed, EventConfigReloaded, EventConfigRejected, EventModeChange, EventAttackStart, EventAttackEnd, EventStats,
+		EventWorkerFailed, EventMetricsFailed, EventConfigReloaded, EventConfigRejected, EventModeChange, EventAttackStart, EventAttackEnd, EventCaptureFailed, EventStats,
 		EventBackendOptionsLearned, EventBackendOptionMismatch, EventBackendUnreachable,
 		EventHandoffFailed, EventBackendDown, EventBackendUp, EventQueueOverflow, EventQueue, EventLogSuppressed,
 		EventXDPUnavailable, EventXDPFailed, EventRulesRestored, EventRulesRestoreFailed,

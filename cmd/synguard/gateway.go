@@ -60,6 +60,7 @@ func (f *gatewayFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.s.LogFormat, "log-format", d.LogFormat, "`json` lines, or console for humans")
 	fs.StringVar(&f.s.LogLevel, "log-level", d.LogLevel, "`level`: debug, info, warn, error")
 	fs.DurationVar(&f.s.StatsInterval, "stats-interval", d.StatsInterval, "log a stats event per service every `interval` (1s or more)")
+	fs.StringVar(&f.s.CaptureDir, "capture-dir", d.CaptureDir, "write a pcap sample of each attack's SYNs (the first 1000, then 10 a second; 8 MiB a file) into `directory`, oldest files rotated out (256 MiB, 100 files)")
 }
 
 // source returns where the configuration comes from, once fs (with f's
