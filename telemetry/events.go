@@ -38,7 +38,7 @@ const (
 	EventAttackEnd   = "attack_end"
 	// An attack's packet sample could not be started or written.
 	EventCaptureFailed = "capture_failed"
-	EventStats       = "stats"
+	EventStats         = "stats"
 
 	// Backends.
 	EventBackendOptionsLearned = "backend_options_learned"
