@@ -1,0 +1,209 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/synguard/synguard/internal/poll"
+	"github.com/synguard/synguard/internal/syncbuf"
+	"github.com/synguard/synguard/lab"
+	"github.com/synguard/synguard/lab/netns"
+	"github.com/synguard/synguard/telemetry"
+)
+
+// attackEvent is an attack_start or attack_end line, as logged.
+type attackEvent struct {
+	Event       string  `json:"event"`
+	Service     string  `json:"service"`
+	Pcap        string  `json:"pcap"`
+	PcapPackets int     `json:"pcap_packets"`
+	SYNs        int     `json:"syns"`
+	TopShare    float64 `json:"top_share"`
+	Spread      float64 `json:"spread"`
+	TopSources  []struct {
+		Prefix    string `json:"prefix"`
+		SYNs      int    `json:"syns"`
+		Completed int    `json:"completed"`
+	} `json:"top_sources"`
+}
+
+// attackEvents returns the attack events logged so far.
+func (g *gateway) attackEvents() (starts, ends []attackEvent) {
+	for l := range strings.Lines(g.log.String()) {
+		if !strings.Contains(l, `"event":"attack_`) {
+			continue
+		}
+		var e attackEvent
+		if err := json.Unmarshal([]byte(l), &e); err != nil {
+			g.t.Fatalf("attack event %q: %v", l, err)
+		}
+		switch e.Event {
+		case telemetry.EventAttackStart:
+			starts = append(starts, e)
+		case telemetry.EventAttackEnd:
+			ends = append(ends, e)
+		}
+	}
+	return starts, ends
+}
+
+// floodFrom is flood with sources from prefix.
+func floodFrom(t *testing.T, ns *netns.NS, target netip.AddrPort, sources netip.Prefix, rate, count int, d time.Duration) (wait func() string) {
+	t.Helper()
+	cmd := ns.Command(context.Background(), binary, "bench", "flood", "--target", target.String(), "--sources", sources.String(),
+		"--rate", fmt.Sprint(rate), "--count", fmt.Sprint(count), "--duration", d.String())
+	out := &syncbuf.Buffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var once sync.Once
+	wait = func() string {
+		once.Do(func() {
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("flood: %v: %s", err, out.String())
+				}
+			case <-time.After(d + 30*time.Second):
+				_ = cmd.Process.Kill()
+				t.Errorf("flood did not stop by itself")
+			}
+		})
+		return out.String()
+	}
+	t.Cleanup(func() { wait() })
+	return wait
+}
+
+// TestAttackForensics floods a service twice, from one /24 and then from
+// the whole benchmarking /15 with its backend dead, and checks what an
+// operator gets: one attack_start and one attack_end per flood, the hot
+// prefix named, a pcap sample tcpdump reads, `synguard status` and the
+// dashboard showing the attack, its sources and the dead backend.
+func TestAttackForensics(t *testing.T) {
+	for _, path := range []struct{ name, xdp string }{{"queue", "off"}, {"fast path", "auto"}} {
+		t.Run(path.name, func(t *testing.T) { attackForensics(t, path.xdp) })
+	}
+}
+
+func attackForensics(t *testing.T, xdpMode string) {
+	browser := requireChromium(t)
+	topo := newLab(t, lab.Config{})
+	service := netip.AddrPortFrom(topo.BackendAddr, 80)
+	backend := serve(t, topo.Backend, service)
+	dir := t.TempDir()
+	g := startGateway(t, topo.Gateway, "--protect", service.String(), "--mode", "always", "--hold", "2s",
+		"--capture-dir", dir, "--xdp", xdpMode)
+
+	// 1. A concentrated flood.
+	hot := netip.MustParsePrefix("198.18.7.0/24")
+	const rate, seconds = 5000, 4
+	wait := floodFrom(t, topo.Client, service, hot, rate, rate*seconds, seconds*time.Second)
+	g.waitStats(t, "an attack in progress", func(s telemetry.ServiceView) bool { return s.Attack != nil })
+	out, err := topo.Gateway.Output(context.Background(), binary, "status", "--metrics", metricsAddr)
+	if err != nil {
+		t.Fatalf("synguard status: %v\n%s", err, out)
+	}
+	t.Logf("synguard status during the flood:\n%s", out)
+	for _, want := range []string{service.String(), "ATTACK on " + service.String(), hot.String()} {
+		if !strings.Contains(out, want) {
+			t.Errorf("synguard status during the flood does not show %q", want)
+		}
+	}
+	floodSent(t, wait())
+	poll.Must(t, 20*time.Second, "no attack_end after the concentrated flood", func() bool {
+		_, ends := g.attackEvents()
+		return len(ends) == 1
+	})
+	starts, ends := g.attackEvents()
+	if len(starts) != 1 {
+		t.Fatalf("%d attack_start for one flood, want 1", len(starts))
+	}
+	end := ends[0]
+	if len(end.TopSources) == 0 || end.TopSources[0].Prefix != hot.String() {
+		t.Errorf("attack_end's top sources %+v: want %s first", end.TopSources, hot)
+	}
+	if end.TopShare < 0.9 {
+		t.Errorf("top_share %.3f for a flood from one /24, want near 1", end.TopShare)
+	}
+	checkPcap(t, starts[0], end, hot)
+
+	// 2. A flood spread over the /15, with the backend dead: a real
+	// client's handshake is replayed to a port nobody listens on.
+	backend.Close()
+	wait = flood(t, topo.Client, service, rate, rate*seconds, seconds*time.Second)
+	g.waitStats(t, "the second attack in progress", func(s telemetry.ServiceView) bool { return s.Attack != nil })
+	lab.Probe(context.Background(), topo.Client, service, 2*time.Second) // fails: its replayed SYN meets a reset
+	g.waitStats(t, "the backend down", func(s telemetry.ServiceView) bool { return s.Backend.Up != nil && !*s.Backend.Up })
+	dom := runChromium(t, browser, topo.Gateway, "--dump-dom", "http://"+metricsAddr+"/")
+	if !strings.Contains(dom, "198.18.") {
+		t.Errorf("the dashboard shows no source prefix of the attack in progress")
+	}
+	if !backendDown.MatchString(dom) {
+		t.Errorf("the dashboard does not show the backend down")
+	}
+	wait()
+	poll.Must(t, 20*time.Second, "no attack_end after the spread flood", func() bool {
+		_, ends := g.attackEvents()
+		return len(ends) == 2
+	})
+	starts, ends = g.attackEvents()
+	if len(starts) != 2 {
+		t.Fatalf("%d attack_start for two floods, want 2", len(starts))
+	}
+	if s := ends[1].TopShare; s > 0.5 {
+		t.Errorf("top_share %.3f for a flood spread over 512 /24s, want small", s)
+	}
+	if !strings.Contains(g.log.String(), `"event":"backend_down"`) {
+		t.Error("no backend_down event with the backend dead")
+	}
+}
+
+// backendDown is the dashboard's backend state shown down.
+var backendDown = regexp.MustCompile(`data-backend="state"[^>]*>down<`)
+
+// checkPcap reads the attack's sample with tcpdump: the file named in
+// both events, as many SYNs as the end says, from the flood's prefix.
+func checkPcap(t *testing.T, start, end attackEvent, from netip.Prefix) {
+	t.Helper()
+	if start.Pcap == "" || start.Pcap != end.Pcap {
+		t.Fatalf("pcap file %q at the start, %q at the end", start.Pcap, end.Pcap)
+	}
+	if _, err := os.Stat(end.Pcap); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("tcpdump", "-r", end.Pcap, "-nn").CombinedOutput()
+	if err != nil {
+		t.Fatalf("tcpdump -r %s: %v\n%s", end.Pcap, err, out)
+	}
+	syns, fromPrefix := 0, 0
+	for l := range strings.Lines(string(out)) {
+		if strings.Contains(l, "Flags [S]") {
+			syns++
+			if strings.Contains(l, "IP "+strings.TrimSuffix(from.Addr().String(), "0")) {
+				fromPrefix++
+			}
+		}
+	}
+	if syns == 0 || syns != end.PcapPackets {
+		t.Errorf("tcpdump reads %d SYNs, the event says %d packets", syns, end.PcapPackets)
+	}
+	if want := min(1000, end.SYNs); syns < want {
+		t.Errorf("%d SYNs sampled of an attack of %d: want the first %d", syns, end.SYNs, want)
+	}
+	if fromPrefix < syns*9/10 {
+		t.Errorf("%d of %d sampled SYNs from %s", fromPrefix, syns, from)
+	}
+}
