@@ -63,7 +63,7 @@ func xdpOnLink(t *testing.T, ns *netns.NS, name string) bool {
 
 // bpfLinks returns the BPF links process pid holds, by link ID, with their
 // type as /proc/PID/fdinfo names it ("xdp", "tcx").
-func bpfLinks(t *testing.T, pid int) map[link.ID]string {
+func bpfLinks(t testing.TB, pid int) map[link.ID]string {
 	t.Helper()
 	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
 	if err != nil {
