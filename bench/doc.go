@@ -96,8 +96,10 @@
 // the run, read from the delta of synguard_xdp_packets_total: SYN-ACKs
 // sent (action="tx" > 0) in a SYN flood, packets dropped (action="drop" >
 // 0) in a forged-ACK flood, where the legitimate clients' SYNs are answered
-// in XDP whatever happens to the flood; otherwise it is "nfqueue", always
-// so for synguard-nfqueue. synproxy, none and the baselines are "kernel":
+// there whatever happens to the flood. It is "tc" when its tc program did
+// (the same code at tc ingress: the BPF links the process holds, in
+// /proc/PID/fdinfo, are tcx links), as --xdp auto has it on the lab's
+// veth; otherwise it is "nfqueue", always so for synguard-nfqueue. synproxy, none and the baselines are "kernel":
 // the field is never omitted, so that a reader of report.json need not
 // know which systems have one. Reports recorded before the field are read
 // as nfqueue for synguard, which had no XDP then, and kernel for the rest.

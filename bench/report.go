@@ -82,10 +82,11 @@ type RunResult struct {
 	Queues int `json:"queues"`
 	// Path is how the flood was handled: "xdp" when synguard's XDP
 	// program answered the SYNs (it sent SYN-ACKs: XDPTX > 0) or dropped
-	// the forged ACKs (XDPDrop > 0), "nfqueue" for a synguard run without
-	// it, "kernel" for synproxy and none. Reports recorded before the
-	// field existed are read as nfqueue for synguard, which had no XDP
-	// then.
+	// the forged ACKs (XDPDrop > 0), "tc" when its tc program did (the
+	// same code at tc ingress, which --xdp auto takes on veth), "nfqueue"
+	// for a synguard run without either, "kernel" for synproxy and none.
+	// Reports recorded before the field existed are read as nfqueue for
+	// synguard, which had no fast path then.
 	Path       string  `json:"path"`
 	TargetPPS  int     `json:"target_pps"` // 0: as fast as the generator goes
 	DurationS  float64 `json:"duration_s"`
@@ -360,7 +361,7 @@ func LoadReport(path string) (*Report, error) {
 			run.Path = PathNFQueue
 		case run.Path == "":
 			run.Path = PathKernel
-		case run.System.IsSynguard() && run.Path != PathXDP && run.Path != PathNFQueue,
+		case run.System.IsSynguard() && run.Path != PathXDP && run.Path != PathTC && run.Path != PathNFQueue,
 			!run.System.IsSynguard() && run.Path != PathKernel:
 			return nil, fmt.Errorf("load report %s: run %d: %s with path %q", path, i, run.System, run.Path)
 		}
@@ -665,8 +666,9 @@ const methodSystems = `- **Systems.** *synguard*: ` + "`synguard run --protect {
 
 const methodPath = `- **Path** (report.json's ` + "`path`" + `) is how the flood was handled, read from synguard's metrics
   over the run: *xdp* when its XDP program sent the SYN-ACKs (` + "`synguard_xdp_packets_total{action=\"tx\"}`" + `
-  grew) or, in a forged-ACK flood, dropped packets (` + "`action=\"drop\"`" + `); *nfqueue* for a synguard run
-  without that (always for synguard-nfqueue); *kernel* for synproxy, none and the baselines.
+  grew) or, in a forged-ACK flood, dropped packets (` + "`action=\"drop\"`" + `); *tc* when its tc program (the same
+  code at tc ingress, attached through tcx links) did; *nfqueue* for a synguard run without that (always
+  for synguard-nfqueue); *kernel* for synproxy, none and the baselines.
 `
 
 const methodSYNFlood = `- **Offered load** is the rate the generator achieved (SYNs sent / flood time), from

@@ -102,7 +102,7 @@ func checkRecordedReport(t *testing.T, path string) *Report {
 		if err != nil || s.IsSynguard() != (q >= 1) || (!s.IsSynguard() && q != 0) {
 			t.Errorf("run %d: system %q with %v queues", i, run["system"], run["queues"])
 		}
-		if p, _ := run["path"].(string); s.IsSynguard() != (p == PathXDP || p == PathNFQueue) || (!s.IsSynguard() && p != PathKernel) {
+		if p, _ := run["path"].(string); s.IsSynguard() != (p == PathXDP || p == PathTC || p == PathNFQueue) || (!s.IsSynguard() && p != PathKernel) {
 			t.Errorf("run %d: system %q with path %q", i, sys, p)
 		}
 	}

@@ -25,8 +25,8 @@ type System string
 // The systems, in the order they run and are reported.
 const (
 	// Synguard is `synguard run --mode always` on the gateway, with its
-	// defaults: the XDP fast path on where it is available (--xdp auto,
-	// generic mode on the lab's veth links).
+	// defaults: the fast path on where it is available (--xdp auto, the
+	// tc program on the lab's veth links).
 	Synguard System = "synguard"
 	// SynguardNFQueue is `synguard run --mode always --xdp off`: every
 	// packet through the NFQUEUE path, as synguard was before XDP.
@@ -62,6 +62,9 @@ const (
 	// PathXDP: synguard answered the SYN flood (or dropped the forged
 	// ACKs) in its XDP program.
 	PathXDP = "xdp"
+	// PathTC: it did so in its tc program, the same code at tc ingress
+	// (--xdp tc, and --xdp auto on veth and drivers without native XDP).
+	PathTC = "tc"
 	// PathNFQueue: synguard did it through its NFQUEUE path.
 	PathNFQueue = "nfqueue"
 	// PathKernel: the kernel did, without synguard (synproxy, none and
@@ -242,6 +245,9 @@ type synguardSetup struct {
 
 	m0   metricsSample
 	cpu0 time.Duration
+	// fast is the path the fast path takes, PathXDP or PathTC, by the
+	// kind of BPF links the process holds.
+	fast string
 }
 
 // metricsSample is what one scrape of synguard's metrics gives the
@@ -323,7 +329,53 @@ func (s *synguardSetup) start(ctx context.Context) error {
 	if got, want := strings.TrimSpace(string(comm)), filepath.Base(s.binary); !strings.HasPrefix(want, got) {
 		return fmt.Errorf("process %d is %q, not %q", s.cmd.Process.Pid, got, want)
 	}
+	types, err := linkTypes(s.cmd.Process.Pid)
+	if err != nil {
+		return fmt.Errorf("synguard's fast path: %w", err)
+	}
+	s.fast = fastPath(types)
 	return nil
+}
+
+// fastPath names the path of a synguard whose BPF links are of types
+// (their count by /proc/PID/fdinfo's link_type): tc when all of them are
+// tcx links, xdp otherwise.
+func fastPath(types map[string]int) string {
+	if types["tcx"] > 0 && len(types) == 1 {
+		return PathTC
+	}
+	return PathXDP
+}
+
+// linkTypes counts the BPF links process pid holds by their type.
+func linkTypes(pid int) (map[string]int, error) {
+	dir := filepath.Join("/proc", strconv.Itoa(pid))
+	fds, err := os.ReadDir(filepath.Join(dir, "fd"))
+	if err != nil {
+		return nil, err
+	}
+	types := make(map[string]int)
+	for _, fd := range fds {
+		if target, _ := os.Readlink(filepath.Join(dir, "fd", fd.Name())); target != "anon_inode:bpf_link" {
+			continue
+		}
+		info, err := os.ReadFile(filepath.Join(dir, "fdinfo", fd.Name()))
+		if err != nil {
+			return nil, err
+		}
+		types[fdinfoLinkType(string(info))]++
+	}
+	return types, nil
+}
+
+// fdinfoLinkType reads the link_type line of a BPF link's fdinfo.
+func fdinfoLinkType(info string) string {
+	for line := range strings.Lines(info) {
+		if v, ok := strings.CutPrefix(line, "link_type:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
 }
 
 // scrape reads synguard's metrics: each metric summed over its labels,
@@ -430,19 +482,19 @@ func (s *synguardSetup) after(ctx context.Context, m *measurement) error {
 	}
 	xdp := func(action string) uint64 { return uint64(max(m1.xdp[action]-s.m0.xdp[action], 0)) }
 	m.xdpTX, m.xdpDrop, m.xdpPass = xdp("tx"), xdp("drop"), xdp("pass")
-	m.path = runPath(s.attack, m.xdpTX, m.xdpDrop)
+	m.path = runPath(s.attack, m.xdpTX, m.xdpDrop, s.fast)
 	return nil
 }
 
-// runPath is the path by which synguard handled a flood, from its XDP
-// program's verdicts over the run: the SYN flood was answered in XDP if
-// the program sent SYN-ACKs (tx), the forged ACKs were dropped there if
-// it dropped packets. The other verdict does not count: during an ACK
-// flood the legitimate clients' SYNs are answered in XDP whatever
-// happens to the flood.
-func runPath(attack Kind, tx, drop uint64) string {
+// runPath is the path by which synguard handled a flood, from its fast
+// path's verdicts over the run: the SYN flood was answered there (fast,
+// PathXDP or PathTC) if the program sent SYN-ACKs (tx), the forged ACKs
+// were dropped there if it dropped packets. The other verdict does not
+// count: during an ACK flood the legitimate clients' SYNs are answered
+// there whatever happens to the flood.
+func runPath(attack Kind, tx, drop uint64, fast string) string {
 	if (attack == KindACK && drop > 0) || (attack != KindACK && tx > 0) {
-		return PathXDP
+		return fast
 	}
 	return PathNFQueue
 }

@@ -55,25 +55,50 @@ func TestSynguardRunArgs(t *testing.T) {
 	}
 }
 
-// The path of a synguard run comes from its XDP program's verdicts: SYN-ACKs
-// sent for a SYN flood, drops for a forged-ACK flood.
+// The path of a synguard run comes from its fast path's verdicts: SYN-ACKs
+// sent for a SYN flood, drops for a forged-ACK flood; the hook from its
+// links.
 func TestRunPath(t *testing.T) {
 	for _, tt := range []struct {
 		attack   Kind
 		tx, drop uint64
+		fast     string
 		want     string
 	}{
-		{KindSYN, 100_000, 0, PathXDP},
-		{"", 1, 0, PathXDP},
-		{KindSYN, 0, 0, PathNFQueue},
-		{KindSYN, 0, 5, PathNFQueue}, // drops alone do not answer SYNs
-		{KindACK, 0, 100_000, PathXDP},
-		{KindACK, 200, 0, PathNFQueue}, // the legitimate clients' SYNs, not the flood
-		{KindACK, 0, 0, PathNFQueue},
+		{KindSYN, 100_000, 0, PathXDP, PathXDP},
+		{KindSYN, 100_000, 0, PathTC, PathTC},
+		{"", 1, 0, PathXDP, PathXDP},
+		{KindSYN, 0, 0, PathTC, PathNFQueue},
+		{KindSYN, 0, 5, PathXDP, PathNFQueue}, // drops alone do not answer SYNs
+		{KindACK, 0, 100_000, PathXDP, PathXDP},
+		{KindACK, 0, 100_000, PathTC, PathTC},
+		{KindACK, 200, 0, PathTC, PathNFQueue}, // the legitimate clients' SYNs, not the flood
+		{KindACK, 0, 0, PathXDP, PathNFQueue},
 	} {
-		if got := runPath(tt.attack, tt.tx, tt.drop); got != tt.want {
-			t.Errorf("runPath(%q, tx %d, drop %d) = %q, want %q", tt.attack, tt.tx, tt.drop, got, tt.want)
+		if got := runPath(tt.attack, tt.tx, tt.drop, tt.fast); got != tt.want {
+			t.Errorf("runPath(%q, tx %d, drop %d, %s) = %q, want %q", tt.attack, tt.tx, tt.drop, tt.fast, got, tt.want)
 		}
+	}
+}
+
+// The fast path's hook comes from the kinds of BPF links synguard holds.
+func TestFastPath(t *testing.T) {
+	for _, tt := range []struct {
+		types map[string]int
+		want  string
+	}{
+		{map[string]int{"tcx": 2}, PathTC},
+		{map[string]int{"xdp": 2}, PathXDP},
+		{map[string]int{"xdp": 1, "tcx": 1}, PathXDP},
+		{map[string]int{}, PathXDP},
+	} {
+		if got := fastPath(tt.types); got != tt.want {
+			t.Errorf("fastPath(%v) = %q, want %q", tt.types, got, tt.want)
+		}
+	}
+	const info = "pos:\t0\nflags:\t02000000\nmnt_id:\t17\nino:\t26\nlink_type:\ttcx\nlink_id:\t90\nprog_tag:\t5c673726c9a30103\nprog_id:\t285\nifindex:\t1\nattach_type:\t46 (ingress)\n"
+	if got := fdinfoLinkType(info); got != "tcx" {
+		t.Errorf("fdinfoLinkType = %q, want tcx", got)
 	}
 }
 

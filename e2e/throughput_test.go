@@ -7,10 +7,16 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"sort"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"github.com/synguard/synguard/internal/poll"
 	"github.com/synguard/synguard/internal/roottest"
@@ -20,19 +26,22 @@ import (
 var (
 	tputRounds   = flag.Int("tput.rounds", 3, "BenchmarkHandedOffThroughput: rounds of each set-up, alternated")
 	tputDuration = flag.Duration("tput.duration", 5*time.Second, "BenchmarkHandedOffThroughput: length of each iperf3 run")
+	tputSetups   = flag.String("tput.setups", "", "BenchmarkHandedOffThroughput: the set-ups to run, comma-separated (default all; plain always runs)")
 )
 
 // BenchmarkHandedOffThroughput measures what protection costs a flow once
 // it is handed off: iperf3 through the lab's gateway, client to server
 // (up) and server to client (down), with plain forwarding, with synguard
-// and its XDP fast path off, with it in generic mode on the client's
-// veth, and in native mode there (a program on the client's end too, as
-// native XDP_TX on veth needs). Set-ups alternate, round after round, in
-// one lab; it reports each one's median, spread and ratio to plain
-// forwarding. It asserts nothing about speed. Run it alone, as root (needs
-// iperf3):
+// and its fast path off, with its defaults (--xdp auto: the tc program,
+// on both of the gateway's veth links), with the XDP program in generic
+// mode on the client's veth, and in native mode there (a program on the
+// client's end too, as native XDP_TX on veth needs). Set-ups alternate,
+// round after round, in one lab; it reports each one's median, spread and
+// ratio to plain forwarding. It asserts nothing about speed, only that
+// each set-up's program is attached as named. Run it alone, as root
+// (needs iperf3):
 //
-//	go test -run '^$' -bench HandedOffThroughput -benchtime 1x ./e2e/ [-args -tput.rounds 5]
+//	go test -run '^$' -bench HandedOffThroughput -benchtime 1x ./e2e/ [-args -tput.rounds 5 -tput.setups auto]
 func BenchmarkHandedOffThroughput(b *testing.B) {
 	roottest.Require(b)
 	if _, err := exec.LookPath("iperf3"); err != nil {
@@ -56,17 +65,34 @@ func BenchmarkHandedOffThroughput(b *testing.B) {
 		b.Fatal("iperf3 server not listening")
 	}
 
-	setups := []struct {
-		name string
-		args []string // nil: no synguard
-		peer bool     // an XDP program on the client's end of the link
+	all := []struct {
+		name  string
+		args  []string // nil: no synguard
+		peer  bool     // an XDP program on the client's end of the link
+		links string   // the kind of BPF links synguard must hold
 	}{
-		{"plain", nil, false},
-		{"xdp-off", []string{"--xdp", "off"}, false},
-		{"xdp-generic", []string{"--xdp", "generic", "--xdp-interfaces", topo.GatewayClientSide}, false},
-		{"xdp-native", []string{"--xdp", "native", "--xdp-interfaces", topo.GatewayClientSide}, true},
+		{"plain", nil, false, ""},
+		{"xdp-off", []string{"--xdp", "off"}, false, ""},
+		{"auto", []string{}, false, "tcx"},
+		{"xdp-generic", []string{"--xdp", "generic", "--xdp-interfaces", topo.GatewayClientSide}, false, "xdp"},
+		{"xdp-native", []string{"--xdp", "native", "--xdp-interfaces", topo.GatewayClientSide}, true, "xdp"},
 	}
+	setups := all[:0]
+	for _, s := range all {
+		if *tputSetups == "" || s.name == "plain" || slices.Contains(strings.Split(*tputSetups, ","), s.name) {
+			setups = append(setups, s)
+		}
+	}
+	// The kernel times each program run while this holds, so that the
+	// program's own share of the transfer can be told apart from the
+	// noise of a shared machine.
+	stats, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer stats.Close()
 	results := make(map[string][]float64)
+	runs := make(map[string]*programRuns)
 	for range *tputRounds {
 		for _, s := range setups {
 			var detach func()
@@ -74,11 +100,26 @@ func BenchmarkHandedOffThroughput(b *testing.B) {
 				detach = peerProgram(b, topo)
 			}
 			var stop func()
+			var progs []*ebpf.Program
 			if s.args != nil {
-				stop = startForBench(b, topo, append([]string{"--protect", service.String(), "--mode", "always"}, s.args...))
+				var pid int
+				stop, pid = startForBench(b, topo, append([]string{"--protect", service.String(), "--mode", "always"}, s.args...))
+				progs = linkPrograms(b, pid, s.name, s.links)
 			}
 			for _, dir := range []string{"up", "down"} {
-				results[s.name+"/"+dir] = append(results[s.name+"/"+dir], iperf(b, topo, service, *tputDuration, dir == "down"))
+				key := s.name + "/" + dir
+				before := runStats(b, progs)
+				start := time.Now()
+				results[key] = append(results[key], iperf(b, topo, service, *tputDuration, dir == "down"))
+				if len(progs) > 0 {
+					if runs[key] == nil {
+						runs[key] = &programRuns{}
+					}
+					runs[key].add(runStats(b, progs).minus(before), time.Since(start))
+				}
+			}
+			for _, p := range progs {
+				p.Close()
 			}
 			if stop != nil {
 				stop()
@@ -93,14 +134,88 @@ func BenchmarkHandedOffThroughput(b *testing.B) {
 		for _, s := range setups {
 			r := results[s.name+"/"+dir]
 			sort.Float64s(r)
-			b.Logf("%-4s %-12s median %6.2f Gbit/s (min %.2f, max %.2f), %.3f× plain", dir, s.name, median(r)/1e9, r[0]/1e9, r[len(r)-1]/1e9, median(r)/plain)
+			b.Logf("%-4s %-12s median %6.2f Gbit/s (min %.2f, max %.2f), %.3f× plain%s", dir, s.name, median(r)/1e9, r[0]/1e9, r[len(r)-1]/1e9, median(r)/plain, runs[s.name+"/"+dir])
 			b.ReportMetric(median(r)/plain, s.name+"-"+dir+"/plain")
 		}
 	}
 }
 
-// startForBench runs a gateway for a benchmark and returns its stop.
-func startForBench(b *testing.B, topo *lab.Topology, args []string) func() {
+// programRuns is what the kernel timed of a set-up's programs over its
+// iperf3 runs.
+type programRuns struct {
+	runs uint64
+	time time.Duration // in the programs
+	wall time.Duration // of the iperf3 runs
+}
+
+func (r *programRuns) add(d programRuns, wall time.Duration) {
+	r.runs += d.runs
+	r.time += d.time
+	r.wall += wall
+}
+
+func (r programRuns) minus(o programRuns) programRuns {
+	return programRuns{runs: r.runs - o.runs, time: r.time - o.time}
+}
+
+func (r *programRuns) String() string {
+	if r == nil || r.runs == 0 {
+		return ""
+	}
+	return fmt.Sprintf("; program: %.0f runs/s, %.0f ns/run, %.2f%% of a CPU",
+		float64(r.runs)/r.wall.Seconds(), float64(r.time.Nanoseconds())/float64(r.runs), 100*r.time.Seconds()/r.wall.Seconds())
+}
+
+// runStats sums the kernel's run statistics of progs.
+func runStats(b *testing.B, progs []*ebpf.Program) programRuns {
+	b.Helper()
+	var r programRuns
+	for _, p := range progs {
+		s, err := p.Stats()
+		if err != nil {
+			b.Fatal(err)
+		}
+		r.runs += s.RunCount
+		r.time += s.Runtime
+	}
+	return r
+}
+
+// linkPrograms returns the programs of the BPF links process pid holds,
+// and fails setup unless every link is of kind want ("" for none).
+func linkPrograms(b *testing.B, pid int, setup, want string) []*ebpf.Program {
+	b.Helper()
+	seen := make(map[ebpf.ProgramID]bool)
+	var progs []*ebpf.Program
+	for id, typ := range bpfLinks(b, pid) {
+		if typ != want {
+			b.Fatalf("%s: synguard holds %s link %d, want %q links only", setup, typ, id, want)
+		}
+		l, err := link.NewFromID(id)
+		if err != nil {
+			b.Fatal(err)
+		}
+		info, err := l.Info()
+		l.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if seen[info.Program] {
+			continue
+		}
+		seen[info.Program] = true
+		p, err := ebpf.NewProgramFromID(info.Program)
+		if err != nil {
+			b.Fatal(err)
+		}
+		progs = append(progs, p)
+	}
+	return progs
+}
+
+// startForBench runs a gateway for a benchmark and returns its stop and
+// its process ID.
+func startForBench(b *testing.B, topo *lab.Topology, args []string) (stop func(), pid int) {
 	b.Helper()
 	cmd := topo.Gateway.Command(context.Background(), binary, append([]string{"run", "--metrics", metricsAddr, "--log-level", "warn"}, args...)...)
 	if err := cmd.Start(); err != nil {
@@ -118,7 +233,7 @@ func startForBench(b *testing.B, topo *lab.Topology, args []string) func() {
 	return func() {
 		cmd.Process.Signal(syscall.SIGTERM)
 		cmd.Wait()
-	}
+	}, cmd.Process.Pid
 }
 
 // iperf runs one iperf3 client from the client namespace (the server

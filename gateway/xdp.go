@@ -23,8 +23,8 @@ const (
 	xdpFreshness = time.Second
 )
 
-// fastPath is the XDP program on the gateway's links, kept in step with
-// the engine: each service's mode and backend options, the cookie keys
+// fastPath is the fast path on the gateway's links (the XDP program, or
+// the same code at tc ingress), kept in step with the engine: each service's mode and backend options, the cookie keys
 // and a deadline renewed from the engine's heartbeat.
 type fastPath struct {
 	prog *xdp.Program
@@ -185,7 +185,8 @@ func xdpMode(eng *engine.Engine, i int) xdp.ServiceMode {
 	return xdp.Passthrough
 }
 
-// attachments names each link's XDP mode for the start event.
+// attachments names each link's mode (native, generic or tc) for the
+// start event.
 func (f *fastPath) attachments() *zerolog.Event {
 	d := zerolog.Dict()
 	if f != nil {

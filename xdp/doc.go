@@ -1,13 +1,18 @@
-// Package xdp is synguard's fast path at the driver: an XDP program that
-// answers SYNs to services in cookie mode with a SYN-ACK built in place,
-// and drops ACKs toward a service that belong to no connection and carry
-// no valid cookie, before the kernel allocates anything for them.
+// Package xdp is synguard's fast path ahead of the kernel's stack: a BPF
+// program that answers SYNs to services in cookie mode with a SYN-ACK
+// written over the SYN, and drops ACKs toward a service that belong to no
+// connection and carry no valid cookie. It comes as an XDP program, which
+// in native mode sees a packet before the kernel allocates anything for
+// it, and as the same code at tc ingress (attached through tcx), for
+// links where native XDP is not to be had: veth, and drivers without it.
+// There it sees the kernel's skb as it is, where generic XDP would copy
+// every cloned or multi-segment one.
 //
-// The program (synguard.c, built with bpf2go; the object is committed) is
-// a shortcut, not a second implementation: its SYN-ACK is byte for byte
-// the one the engine builds (the same SipHash cookie, layout and option
+// The programs (synguard.c, built with bpf2go; the object is committed)
+// are a shortcut, not a second implementation: their SYN-ACK is byte for
+// byte the one the engine builds (the same SipHash cookie, layout and option
 // tables, window 0, only the options the client offered, never larger
-// than the SYN), and whatever it does not handle it passes to the kernel,
+// than the SYN), and whatever they do not handle they pass to the kernel,
 // where the NFQUEUE path does everything: VLAN tags, IPv4 options, IPv6
 // extension headers, fragments, services in passthrough, valid cookie
 // ACKs (which complete their hand-off there), established flows.
@@ -15,8 +20,8 @@
 // The engine stays in control through maps: each service's mode and the
 // options its backend announces, the cookie keys of three consecutive
 // epochs with their start times (the program finds the epoch on the TAI
-// clock, so a rotation needs no update in time), and a freshness deadline the gateway
-// renews from the engine's control loop. Past the deadline the program
+// clock, so a rotation needs no update in time), and a freshness deadline
+// the gateway renews from the engine's control loop. Past the deadline the program
 // passes everything, and the NFQUEUE path with its --fail semantics takes
 // over.
 //

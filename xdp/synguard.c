@@ -2,11 +2,15 @@
 
 // SPDX-License-Identifier: GPL-2.0
 //
-// synguard's XDP fast path: SYNs to protected services in cookie mode are
-// answered at the driver with a SYN cookie identical to the cookies
-// package's, and ACKs that belong to no connection and carry no valid
-// cookie are dropped. Everything else passes to the kernel's stack, where
-// the NFQUEUE path stays the complete implementation. See package doc and
+// synguard's fast path, in two programs built from the same code: an XDP
+// program (synguard_xdp) for links whose driver runs XDP natively, and a
+// tc ingress program (synguard_tc, attached through tcx) for the others,
+// veth among them, where it sees the kernel's skb without the copy
+// generic XDP makes. SYNs to protected services in cookie mode are
+// answered with a SYN cookie identical to the cookies package's, and ACKs
+// that belong to no connection and carry no valid cookie are dropped.
+// Everything else passes to the kernel's stack, where the NFQUEUE path
+// stays the complete implementation. See package doc and
 // docs/architecture.md, "XDP fast path".
 
 #include <linux/bpf.h>
@@ -15,6 +19,7 @@
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/tcp.h>
+#include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
@@ -126,7 +131,29 @@ struct bpf_ct_opts {
 };
 extern struct nf_conn *bpf_xdp_ct_lookup(struct xdp_md *xdp_ctx, struct bpf_sock_tuple *bpf_tuple,
 					 __u32 len_tuple, struct bpf_ct_opts *opts, __u32 len_opts) __ksym;
+extern struct nf_conn *bpf_skb_ct_lookup(struct __sk_buff *skb_ctx, struct bpf_sock_tuple *bpf_tuple,
+					 __u32 len_tuple, struct bpf_ct_opts *opts, __u32 len_opts) __ksym;
 extern void bpf_ct_release(struct nf_conn *ct) __ksym;
+
+// The kernel's skb behind a tc program's context, for the checksum state
+// struct __sk_buff does not show. Only these fields are read; CO-RE finds
+// them in the running kernel's struct sk_buff.
+struct sk_buff___sg {
+	__u8 ip_summed : 2;
+	__u16 csum_start;
+	__u16 csum_offset;
+	__u16 network_header;
+} __attribute__((preserve_access_index));
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+
+// skb->ip_summed (include/linux/skbuff.h).
+#define CHECKSUM_PARTIAL 3
+
+// tcx verdicts (enum tcx_action_base, Linux 6.6; the build's uapi
+// headers may be older). Passing is TCX_NEXT, so that programs and tc
+// filters behind this one still see the packet.
+#define SG_TCX_NEXT (-1)
+#define SG_TCX_DROP 2
 
 #define TCP_FIN 0x01
 #define TCP_SYN 0x02
@@ -143,12 +170,11 @@ extern void bpf_ct_release(struct nf_conn *ct) __ksym;
 #define MAX_WSCALE 14
 #define HOP_LIMIT 64
 
-static __always_inline int count_action(int verdict, __u32 action)
+static __always_inline void count_action(__u32 action)
 {
 	__u64 *n = bpf_map_lookup_elem(&actions, &action);
 	if (n)
 		*n += 1;
-	return verdict;
 }
 
 static __always_inline void count(__u32 svc, __u32 c)
@@ -159,8 +185,44 @@ static __always_inline void count(__u32 svc, __u32 c)
 		*n += 1;
 }
 
-#define PASS() count_action(XDP_PASS, A_PASS)
-#define DROP() count_action(XDP_DROP, A_DROP)
+// ---- what differs between the hooks ----
+
+// The hook the shared code runs in. Every function below is inlined with
+// a constant hook, so each program keeps only its own hook's calls.
+enum hook {
+	HOOK_XDP,
+	HOOK_TC,
+};
+
+static __always_inline long load_bytes(void *ctx, enum hook h, __u32 off, void *buf, __u32 n)
+{
+	if (h == HOOK_TC)
+		return bpf_skb_load_bytes(ctx, off, buf, n);
+	return bpf_xdp_load_bytes(ctx, off, buf, n);
+}
+
+// frame sets data and end to the bytes of the frame the program reads
+// directly.
+static __always_inline void frame(void *ctx, enum hook h, void **data, void **end)
+{
+	if (h == HOOK_TC) {
+		struct __sk_buff *skb = ctx;
+		*data = (void *)(long)skb->data;
+		*end = (void *)(long)skb->data_end;
+		return;
+	}
+	struct xdp_md *x = ctx;
+	*data = (void *)(long)x->data;
+	*end = (void *)(long)x->data_end;
+}
+
+static __always_inline struct nf_conn *ct_lookup(void *ctx, enum hook h, struct bpf_sock_tuple *tup,
+						 __u32 tup_len, struct bpf_ct_opts *opts)
+{
+	if (h == HOOK_TC)
+		return bpf_skb_ct_lookup(ctx, tup, tup_len, opts, sizeof(*opts));
+	return bpf_xdp_ct_lookup(ctx, tup, tup_len, opts, sizeof(*opts));
+}
 
 // ---- SipHash-2-4, as cookies.sipHash24 ----
 
@@ -404,7 +466,7 @@ static __always_inline int common_layout(const __u8 *b, __u64 n, struct syn_opts
 // SYN as malformed, so it must pass to the engine. The walk runs under
 // bpf_loop, so the verifier checks one step rather than every path
 // through forty.
-static __always_inline int parse_options(struct xdp_md *ctx, __u32 off, __u32 len, struct syn_opts *o)
+static __always_inline int parse_options(void *ctx, enum hook h, __u32 off, __u32 len, struct syn_opts *o)
 {
 	struct opt_walk w = {};
 	w.o.wscale = -1;
@@ -416,7 +478,7 @@ static __always_inline int parse_options(struct xdp_md *ctx, __u32 off, __u32 le
 	if (n > 40)
 		return -1;
 	if (n > 0) {
-		if (bpf_xdp_load_bytes(ctx, off, w.b, n) < 0)
+		if (load_bytes(ctx, h, off, w.b, n) < 0)
 			return -1;
 		if (!common_layout(w.b, n, &w.o)) {
 			w.n = n;
@@ -483,22 +545,92 @@ static __always_inline struct engine_control *control_now(__s64 *epoch, int *idx
 	return c;
 }
 
+// A SYN-ACK frame, built on the stack and written over the SYN in one go.
+// The two bytes in front align the IP header, so that its words are
+// written where the verifier wants them: on their size.
+struct reply {
+	__u8 pad[2];
+	struct ethhdr eth;
+	union {
+		struct {
+			struct iphdr ip;
+			__u32 tcp[8];
+		} v4;
+		struct {
+			struct ipv6hdr ip;
+			__u32 tcp[8];
+		} v6;
+	};
+};
+
+// The most the frame of a SYN-ACK takes: Ethernet, IPv6, TCP with three
+// options.
+#define REPLY_MAX (sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + 32)
+
+// emit puts the frame r holds, len bytes, in place of the packet in ctx.
+// tcsum is the TCP checksum and psum the pseudo-header's sum alone, which
+// a packet whose checksum the kernel or the NIC is to complete
+// (CHECKSUM_PARTIAL: a SYN from a local stack, over veth) must carry
+// instead. It returns the action: A_TX, or A_PASS when the packet could
+// not be rewritten and is still the SYN.
+static __always_inline int emit(void *ctx, enum hook h, struct reply *r, __u32 len, int ipv6, __u16 tcsum,
+				__u16 psum)
+{
+	__u8 *check = ipv6 ? (__u8 *)&r->v6.tcp[4] : (__u8 *)&r->v4.tcp[4];
+	__builtin_memcpy(check, &tcsum, 2);
+	// The barrier keeps clang from moving the bound away from the
+	// register the helper calls read.
+	asm volatile("" : "+r"(len));
+	if (len > REPLY_MAX || len < sizeof(struct ethhdr) + sizeof(struct iphdr) + 20)
+		return A_PASS;
+
+	if (h == HOOK_XDP) {
+		struct xdp_md *x = ctx;
+		int delta = (int)len - (int)(x->data_end - x->data);
+		if (delta != 0 && bpf_xdp_adjust_tail(x, delta) < 0)
+			return A_PASS;
+		if (bpf_xdp_store_bytes(x, 0, &r->eth, len) < 0)
+			return A_DROP; // shortened, and not the SYN any more
+		return A_TX;
+	}
+
+	struct __sk_buff *skb = ctx;
+	struct sk_buff___sg *k = bpf_cast_to_kern_ctx(skb);
+	if (BPF_CORE_READ_BITFIELD(k, ip_summed) == CHECKSUM_PARTIAL) {
+		// The checksum is completed from csum_start on, into
+		// csum_offset: it must be this segment's. The IP header keeps
+		// its length, so csum_start stays right.
+		__u32 iph = ipv6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr);
+		if (k->csum_start != k->network_header + iph || k->csum_offset != 16)
+			return A_PASS;
+		__builtin_memcpy(check, &psum, 2);
+	}
+	// Shortening a CHECKSUM_COMPLETE skb makes it CHECKSUM_NONE
+	// (__skb_trim_rcsum); one that keeps its length keeps its sum true
+	// through BPF_F_RECOMPUTE_CSUM.
+	if (skb->len != len && bpf_skb_change_tail(skb, len, 0) < 0)
+		return A_PASS;
+	if (bpf_skb_store_bytes(skb, 0, &r->eth, len, BPF_F_RECOMPUTE_CSUM) < 0)
+		return A_DROP;
+	return A_TX;
+}
+
 // answer_syn turns the SYN in ctx into its cookie SYN-ACK, built as the
-// engine builds it (engine/client.go answerSYN, packet.Build), and sends
-// it back out the link it came in on.
-static __always_inline int answer_syn(struct xdp_md *ctx, struct pkt *p, struct svc_val *svc)
+// engine builds it (engine/client.go answerSYN, packet.Build), to be sent
+// back out the link it came in on.
+static __always_inline int answer_syn(void *ctx, enum hook h, struct pkt *p, struct svc_val *svc)
 {
 	struct syn_opts so;
-	if (parse_options(ctx, p->l4 + 20, p->tcp_len - 20, &so) < 0)
-		return PASS(); // the engine counts it as malformed
+	if (parse_options(ctx, h, p->l4 + 20, p->tcp_len - 20, &so) < 0)
+		return A_PASS; // the engine counts it as malformed
 	__s64 epoch;
 	int idx;
 	struct engine_control *c = control_now(&epoch, &idx);
 	if (!c)
-		return PASS();
+		return A_PASS;
 	__u32 svci = svc->index;
 	if (svci >= MAX_SERVICES)
-		return PASS();
+		return A_PASS;
 	count(svci, C_SYN_RECEIVED);
 
 	// The options the client is told: the backend's, limited to what
@@ -513,14 +645,24 @@ static __always_inline int answer_syn(struct xdp_md *ctx, struct pkt *p, struct 
 		// Never larger than the SYN: a spoofed flood must not be
 		// amplified toward its victim.
 		count(svci, C_AMPLIFICATION_GUARD);
-		return DROP();
+		return A_DROP;
 	}
 
 	__u8 low = (__u8)((epoch & 1) << 7) | encode_options(&so, p->ipv6);
 	__u32 cookie = cookie_mac(c->keys[idx & 3], &p->f, p->seq, low) << 8 | low;
 
-	// The TCP header, built on the stack and summed there.
-	__u32 tcp[10] = {};
+	void *data, *end;
+	frame(ctx, h, &data, &end);
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end)
+		return A_PASS;
+	struct reply r = {};
+	__builtin_memcpy(r.eth.h_dest, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(r.eth.h_source, eth->h_dest, ETH_ALEN);
+	r.eth.h_proto = eth->h_proto;
+
+	// The TCP header, built and summed apart, then put in place.
+	__u32 tcp[8] = {};
 	__u8 *t = (__u8 *)tcp;
 	__builtin_memcpy(&t[0], &p->f.server_port, 2);
 	__builtin_memcpy(&t[2], &p->f.client_port, 2);
@@ -530,104 +672,67 @@ static __always_inline int answer_syn(struct xdp_md *ctx, struct pkt *p, struct 
 	t[13] = TCP_SYN | TCP_ACK;
 	__u32 o = 5;
 	if (mss) {
-		tcp[o & 15] = bpf_htonl(OPT_MSS << 24 | 4 << 16 | svc->mss);
+		tcp[o & 7] = bpf_htonl(OPT_MSS << 24 | 4 << 16 | svc->mss);
 		o++;
 	}
 	if (sack) {
-		tcp[o & 15] = bpf_htonl(OPT_NOP << 24 | OPT_NOP << 16 | OPT_SACK_PERM << 8 | 2);
+		tcp[o & 7] = bpf_htonl(OPT_NOP << 24 | OPT_NOP << 16 | OPT_SACK_PERM << 8 | 2);
 		o++;
 	}
 	if (ws)
-		tcp[o & 15] = bpf_htonl(OPT_NOP << 24 | OPT_WSCALE << 16 | 3 << 8 | svc->wscale);
+		tcp[o & 7] = bpf_htonl(OPT_NOP << 24 | OPT_WSCALE << 16 | 3 << 8 | svc->wscale);
 
-	__u64 sum = csum_add(tcp, sizeof(tcp), 0);
+	__u64 pseudo;
 	if (p->ipv6) {
-		sum = csum_add(p->f.server, 16, sum);
-		sum = csum_add(p->f.client, 16, sum);
-		sum += bpf_htonl(20 + optlen) >> 16;
-		sum += bpf_htonl(20 + optlen) & 0xffff;
-		sum += bpf_htons(IPPROTO_TCP);
+		pseudo = csum_add(p->f.server, 16, 0);
+		pseudo = csum_add(p->f.client, 16, pseudo);
+		pseudo += bpf_htonl(20 + optlen) >> 16;
+		pseudo += bpf_htonl(20 + optlen) & 0xffff;
+		pseudo += bpf_htons(IPPROTO_TCP);
 	} else {
-		sum = csum_add(&p->f.server[12], 4, sum);
-		sum = csum_add(&p->f.client[12], 4, sum);
-		sum += bpf_htons(IPPROTO_TCP);
-		sum += bpf_htons(20 + optlen);
+		pseudo = csum_add(&p->f.server[12], 4, 0);
+		pseudo = csum_add(&p->f.client[12], 4, pseudo);
+		pseudo += bpf_htons(IPPROTO_TCP);
+		pseudo += bpf_htons(20 + optlen);
 	}
-	__u16 tcsum = ~csum_fold(sum);
-	__builtin_memcpy(&t[16], &tcsum, 2);
+	__u16 tcsum = ~csum_fold(csum_add(tcp, sizeof(tcp), pseudo));
+	__u16 psum = csum_fold(pseudo);
 
-	// Swap the link addresses before the frame shrinks under them.
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > end)
-		return PASS();
-	struct ethhdr e = *eth;
-	__builtin_memcpy(e.h_dest, eth->h_source, ETH_ALEN);
-	__builtin_memcpy(e.h_source, eth->h_dest, ETH_ALEN);
-
-	int delta = (int)(sizeof(struct ethhdr) + ip_len) - (int)(end - data);
-	if (delta != 0 && bpf_xdp_adjust_tail(ctx, delta) < 0)
-		return PASS();
-	data = (void *)(long)ctx->data;
-	end = (void *)(long)ctx->data_end;
-	eth = data;
-	if ((void *)(eth + 1) > end)
-		return DROP();
-	*eth = e;
-
-	__u8 *l4;
 	if (p->ipv6) {
-		struct ipv6hdr *ip6 = (void *)(eth + 1);
-		if ((void *)(ip6 + 1) > end)
-			return DROP();
-		struct ipv6hdr h = {};
-		h.version = 6;
-		h.payload_len = bpf_htons(20 + optlen);
-		h.nexthdr = IPPROTO_TCP;
-		h.hop_limit = HOP_LIMIT;
-		__builtin_memcpy(&h.saddr, p->f.server, 16);
-		__builtin_memcpy(&h.daddr, p->f.client, 16);
-		*ip6 = h;
-		l4 = (__u8 *)(ip6 + 1);
+		struct ipv6hdr *h6 = &r.v6.ip;
+		h6->version = 6;
+		h6->payload_len = bpf_htons(20 + optlen);
+		h6->nexthdr = IPPROTO_TCP;
+		h6->hop_limit = HOP_LIMIT;
+		__builtin_memcpy(&h6->saddr, p->f.server, 16);
+		__builtin_memcpy(&h6->daddr, p->f.client, 16);
+		__builtin_memcpy(r.v6.tcp, tcp, sizeof(tcp));
 	} else {
-		struct iphdr *ip = (void *)(eth + 1);
-		if ((void *)(ip + 1) > end)
-			return DROP();
-		struct iphdr h = {};
-		h.version = 4;
-		h.ihl = 5;
-		h.tot_len = bpf_htons(ip_len);
-		h.frag_off = bpf_htons(0x4000); // DF
-		h.ttl = HOP_LIMIT;
-		h.protocol = IPPROTO_TCP;
-		__builtin_memcpy(&h.saddr, &p->f.server[12], 4);
-		__builtin_memcpy(&h.daddr, &p->f.client[12], 4);
-		h.check = ~csum_fold(csum_add(&h, sizeof(h), 0));
-		*ip = h;
-		l4 = (__u8 *)(ip + 1);
+		struct iphdr *h4 = &r.v4.ip;
+		h4->version = 4;
+		h4->ihl = 5;
+		h4->tot_len = bpf_htons(ip_len);
+		h4->frag_off = bpf_htons(0x4000); // DF
+		h4->ttl = HOP_LIMIT;
+		h4->protocol = IPPROTO_TCP;
+		__builtin_memcpy(&h4->saddr, &p->f.server[12], 4);
+		__builtin_memcpy(&h4->daddr, &p->f.client[12], 4);
+		h4->check = ~csum_fold(csum_add(h4, sizeof(*h4), 0));
+		__builtin_memcpy(r.v4.tcp, tcp, sizeof(tcp));
 	}
-	__u32 *dst = (__u32 *)l4;
-	__u32 words = (20 + optlen) / 4;
-#pragma unroll
-	for (int i = 0; i < 8; i++) {
-		if (i >= words)
-			break;
-		if ((void *)(dst + i + 1) > end)
-			return DROP();
-		dst[i] = tcp[i];
-	}
-	count(svci, C_SYNACK_SENT);
-	return count_action(XDP_TX, A_TX);
+	int a = emit(ctx, h, &r, sizeof(struct ethhdr) + ip_len, p->ipv6, tcsum, psum);
+	if (a == A_TX)
+		count(svci, C_SYNACK_SENT);
+	return a;
 }
 
 // check_ack lets an ACK pass when it belongs to a connection the kernel
 // tracks or carries a valid cookie (the NFQUEUE path then completes the
 // handshake), and drops it otherwise: a forged ACK never reaches the queue.
-static __always_inline int check_ack(struct xdp_md *ctx, struct pkt *p, struct svc_val *svc)
+static __always_inline int check_ack(void *ctx, enum hook h, struct pkt *p, struct svc_val *svc)
 {
 	if (svc->index >= MAX_SERVICES)
-		return PASS();
+		return A_PASS;
 	// Established flows first: every data segment of a handed-off flow
 	// comes this way, and should cost no more than the lookup.
 	struct bpf_sock_tuple tup = {};
@@ -646,17 +751,17 @@ static __always_inline int check_ack(struct xdp_md *ctx, struct pkt *p, struct s
 		tup_len = sizeof(tup.ipv4);
 	}
 	struct bpf_ct_opts opts = {.netns_id = BPF_F_CURRENT_NETNS, .l4proto = IPPROTO_TCP};
-	struct nf_conn *ct = bpf_xdp_ct_lookup(ctx, &tup, tup_len, &opts, sizeof(opts));
+	struct nf_conn *ct = ct_lookup(ctx, h, &tup, tup_len, &opts);
 	if (ct) {
 		bpf_ct_release(ct);
-		return PASS();
+		return A_PASS;
 	}
 
 	__s64 epoch;
 	int idx;
 	struct engine_control *c = control_now(&epoch, &idx);
 	if (!c)
-		return PASS();
+		return A_PASS;
 	__u32 cookie = p->ack - 1;
 	__u8 low = cookie & 0xff;
 	// The key of whichever of this epoch and the last has the cookie's
@@ -671,13 +776,13 @@ static __always_inline int check_ack(struct xdp_md *ctx, struct pkt *p, struct s
 	sip_prefix(&s, key, &m);
 	if (mac_for(&s, &m, p->seq - 1) == mac || (p->payload == 0 && mac_for(&s, &m, p->seq) == mac)) {
 		count(svc->index, C_ACK_VALID);
-		return PASS();
+		return A_PASS;
 	}
 	count(svc->index, C_ACK_INVALID);
-	return DROP();
+	return A_DROP;
 }
 
-static __always_inline int handle_tcp(struct xdp_md *ctx, struct pkt *p, struct tcphdr *tcp)
+static __always_inline int handle_tcp(void *ctx, enum hook h, struct pkt *p)
 {
 	struct svc_key key = {};
 	key.family = p->f.family;
@@ -685,33 +790,88 @@ static __always_inline int handle_tcp(struct xdp_md *ctx, struct pkt *p, struct 
 	__builtin_memcpy(key.addr, p->f.server, 16);
 	struct svc_val *svc = bpf_map_lookup_elem(&services, &key);
 	if (!svc || svc->mode == MODE_OFF)
-		return PASS();
+		return A_PASS;
 	__u8 f = p->flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN);
 	if (f == TCP_SYN) {
 		if (svc->mode != MODE_COOKIE)
-			return PASS();
-		return answer_syn(ctx, p, svc);
+			return A_PASS;
+		return answer_syn(ctx, h, p, svc);
 	}
 	if (f == TCP_ACK)
-		return check_ack(ctx, p, svc);
-	return PASS();
+		return check_ack(ctx, h, p, svc);
+	return A_PASS;
 }
 
-static __always_inline int read_tcp(struct pkt *p, struct tcphdr *tcp, void *end)
+// What parse makes of a frame.
+#define PARSED 0
+#define NOT_OURS (-1) // to pass
+
+// parse reads the headers of a frame of len bytes, of which data..end can
+// be read directly: all of an XDP frame, the linear part of an skb. Drivers
+// put an skb's headers there; one that has them elsewhere passes.
+static __always_inline int parse(void *data, void *end, __u32 len, struct pkt *p)
 {
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end)
+		return NOT_OURS;
+	struct tcphdr *tcp;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > end)
+			return NOT_OURS;
+		// IPv4 options, fragments and anything but TCP: the NFQUEUE
+		// path's (the kernel reassembles fragments before it).
+		if (ip->version != 4 || ip->ihl != 5 || (ip->frag_off & bpf_htons(0x3fff)) ||
+		    ip->protocol != IPPROTO_TCP)
+			return NOT_OURS;
+		p->ip_len = bpf_ntohs(ip->tot_len);
+		if (p->ip_len < sizeof(*ip) + sizeof(*tcp) || sizeof(*eth) + p->ip_len > len)
+			return NOT_OURS;
+		// A header with a bad checksum is the kernel's to drop, before
+		// netfilter sees it; it must not be answered here.
+		if (csum_fold(csum_add(ip, sizeof(*ip), 0)) != 0xffff)
+			return NOT_OURS;
+		p->f.family = 4;
+		p->f.client[10] = 0xff;
+		p->f.client[11] = 0xff;
+		p->f.server[10] = 0xff;
+		p->f.server[11] = 0xff;
+		__builtin_memcpy(&p->f.client[12], &ip->saddr, 4);
+		__builtin_memcpy(&p->f.server[12], &ip->daddr, 4);
+		tcp = (void *)(ip + 1);
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > end)
+			return NOT_OURS;
+		// Extension headers are the NFQUEUE path's; so is a jumbogram.
+		if (ip6->version != 6 || ip6->nexthdr != IPPROTO_TCP || ip6->payload_len == 0)
+			return NOT_OURS;
+		p->ip_len = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
+		if (p->ip_len < sizeof(*ip6) + sizeof(*tcp) || sizeof(*eth) + p->ip_len > len)
+			return NOT_OURS;
+		p->ipv6 = 1;
+		p->f.family = 6;
+		__builtin_memcpy(p->f.client, &ip6->saddr, 16);
+		__builtin_memcpy(p->f.server, &ip6->daddr, 16);
+		tcp = (void *)(ip6 + 1);
+	} else {
+		return NOT_OURS; // VLAN tags, ARP, everything else
+	}
 	if ((void *)(tcp + 1) > end)
-		return -1;
+		return NOT_OURS;
+	p->l4 = (void *)tcp - data;
+	__u32 l4_len = p->ip_len - (p->l4 - sizeof(struct ethhdr));
 	__u32 doff = tcp->doff * 4;
-	if (doff < 20 || doff > p->ip_len - (p->l4 - sizeof(struct ethhdr)))
-		return -1;
+	if (doff < 20 || doff > l4_len)
+		return NOT_OURS;
 	p->tcp_len = doff;
-	p->payload = p->ip_len - (p->l4 - sizeof(struct ethhdr)) - doff;
+	p->payload = l4_len - doff;
 	p->f.client_port = tcp->source;
 	p->f.server_port = tcp->dest;
 	p->seq = bpf_ntohl(tcp->seq);
 	p->ack = bpf_ntohl(tcp->ack_seq);
 	p->flags = ((__u8 *)tcp)[13];
-	return 0;
+	return PARSED;
 }
 
 SEC("xdp")
@@ -719,55 +879,30 @@ int synguard_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > end)
-		return PASS();
 	struct pkt p = {};
-	struct tcphdr *tcp;
-	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *ip = (void *)(eth + 1);
-		if ((void *)(ip + 1) > end)
-			return PASS();
-		// IPv4 options, fragments and anything but TCP: the NFQUEUE
-		// path's (the kernel reassembles fragments before it).
-		if (ip->version != 4 || ip->ihl != 5 || (ip->frag_off & bpf_htons(0x3fff)) ||
-		    ip->protocol != IPPROTO_TCP)
-			return PASS();
-		p.ip_len = bpf_ntohs(ip->tot_len);
-		if (p.ip_len < sizeof(*ip) + sizeof(*tcp) || (void *)ip + p.ip_len > end)
-			return PASS();
-		// A header with a bad checksum is the kernel's to drop, before
-		// netfilter sees it; it must not be answered here.
-		if (csum_fold(csum_add(ip, sizeof(*ip), 0)) != 0xffff)
-			return PASS();
-		p.f.family = 4;
-		p.f.client[10] = 0xff;
-		p.f.client[11] = 0xff;
-		p.f.server[10] = 0xff;
-		p.f.server[11] = 0xff;
-		__builtin_memcpy(&p.f.client[12], &ip->saddr, 4);
-		__builtin_memcpy(&p.f.server[12], &ip->daddr, 4);
-		tcp = (void *)(ip + 1);
-	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr *ip6 = (void *)(eth + 1);
-		if ((void *)(ip6 + 1) > end)
-			return PASS();
-		// Extension headers are the NFQUEUE path's; so is a jumbogram.
-		if (ip6->version != 6 || ip6->nexthdr != IPPROTO_TCP || ip6->payload_len == 0)
-			return PASS();
-		p.ip_len = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
-		if (p.ip_len < sizeof(*ip6) + sizeof(*tcp) || (void *)ip6 + p.ip_len > end)
-			return PASS();
-		p.ipv6 = 1;
-		p.f.family = 6;
-		__builtin_memcpy(p.f.client, &ip6->saddr, 16);
-		__builtin_memcpy(p.f.server, &ip6->daddr, 16);
-		tcp = (void *)(ip6 + 1);
-	} else {
-		return PASS(); // VLAN tags, ARP, everything else
-	}
-	p.l4 = (void *)tcp - data;
-	if (read_tcp(&p, tcp, end) < 0)
-		return PASS();
-	return handle_tcp(ctx, &p, tcp);
+	int a = A_PASS;
+	if (parse(data, end, end - data, &p) == PARSED)
+		a = handle_tcp(ctx, HOOK_XDP, &p);
+	count_action(a);
+	if (a == A_TX)
+		return XDP_TX;
+	return a == A_DROP ? XDP_DROP : XDP_PASS;
+}
+
+// synguard_tc is the same program at tc ingress. It writes the packet only
+// through helpers: a program that writes it directly makes the kernel
+// unclone every cloned skb before it runs, bulk data included.
+SEC("tcx/ingress")
+int synguard_tc(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct pkt p = {};
+	int a = A_PASS;
+	if (parse(data, end, skb->len, &p) == PARSED)
+		a = handle_tcp(skb, HOOK_TC, &p);
+	count_action(a);
+	if (a == A_TX)
+		return bpf_redirect(skb->ifindex, 0);
+	return a == A_DROP ? SG_TCX_DROP : SG_TCX_NEXT;
 }

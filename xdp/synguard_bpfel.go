@@ -48,6 +48,7 @@ const (
 	synguardMapControl      = "control"
 	synguardMapCounters     = "counters"
 	synguardMapServices     = "services"
+	synguardProgSynguardTc  = "synguard_tc"
 	synguardProgSynguardXdp = "synguard_xdp"
 )
 
@@ -93,6 +94,7 @@ type synguardSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type synguardProgramSpecs struct {
+	SynguardTc  *ebpf.ProgramSpec `ebpf:"synguard_tc"`
 	SynguardXdp *ebpf.ProgramSpec `ebpf:"synguard_xdp"`
 }
 
@@ -157,11 +159,13 @@ type synguardVariables struct {
 //
 // It can be passed to loadSynguardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type synguardPrograms struct {
+	SynguardTc  *ebpf.Program `ebpf:"synguard_tc"`
 	SynguardXdp *ebpf.Program `ebpf:"synguard_xdp"`
 }
 
 func (p *synguardPrograms) Close() error {
 	return _SynguardClose(
+		p.SynguardTc,
 		p.SynguardXdp,
 	)
 }

@@ -18,27 +18,36 @@ import (
 // MaxServices is how many services the program's map holds.
 const MaxServices = 256
 
-// Mode is how the program is attached to a link.
+// Mode is how the fast path is attached to a link.
 type Mode uint8
 
 // Modes.
 const (
-	// ModeAuto attaches natively where that cannot lose SYN-ACKs and
-	// generically elsewhere: veth links get generic mode (native XDP_TX
-	// frames on veth are lost unless the peer runs an XDP program, which
-	// synguard cannot know), other links native mode when their driver
-	// supports it, generic when it does not.
+	// ModeAuto attaches natively where that is fast and cannot lose
+	// SYN-ACKs, and at tc ingress elsewhere: veth links get tc (native
+	// XDP_TX frames on veth are lost unless the peer runs an XDP program,
+	// which synguard cannot know, and generic XDP copies every
+	// multi-segment packet), other links native mode when their driver
+	// supports it, tc when it does not. Generic mode is the last resort,
+	// on a kernel without tcx (before Linux 6.6).
 	ModeAuto Mode = iota
-	// ModeNative attaches in the driver (XDP_FLAGS_DRV_MODE).
+	// ModeNative attaches the XDP program in the driver
+	// (XDP_FLAGS_DRV_MODE).
 	ModeNative
-	// ModeGeneric attaches after the kernel built the skb
-	// (XDP_FLAGS_SKB_MODE): slower than native, but works everywhere.
+	// ModeGeneric attaches the XDP program after the kernel built the
+	// skb (XDP_FLAGS_SKB_MODE). It works everywhere, but the kernel
+	// copies every cloned or multi-segment skb for it, bulk data
+	// included.
 	ModeGeneric
+	// ModeTC attaches the tc program (the same code) at tc ingress
+	// through tcx: it sees the skb as the kernel built it, without a
+	// copy, and answers SYNs with a redirect out the link.
+	ModeTC
 	// ModeOff attaches nothing: the NFQUEUE path handles every packet.
 	ModeOff
 )
 
-var modeNames = [...]string{ModeAuto: "auto", ModeNative: "native", ModeGeneric: "generic", ModeOff: "off"}
+var modeNames = [...]string{ModeAuto: "auto", ModeNative: "native", ModeGeneric: "generic", ModeTC: "tc", ModeOff: "off"}
 
 func (m Mode) String() string {
 	if int(m) < len(modeNames) {
@@ -54,7 +63,7 @@ func ParseMode(s string) (Mode, error) {
 			return Mode(m), nil
 		}
 	}
-	return 0, fmt.Errorf("unknown XDP mode %q: want auto, native, generic or off", s)
+	return 0, fmt.Errorf("unknown XDP mode %q: want auto, native, generic, tc or off", s)
 }
 
 // ServiceMode is what the program does with a service's packets.
@@ -99,11 +108,12 @@ type Actions struct {
 // Attachment is the program on one link.
 type Attachment struct {
 	Interface string
-	Mode      Mode // native or generic
+	Mode      Mode // native, generic or tc
 	link      link.Link
 }
 
-// Program is the loaded XDP program and its maps.
+// Program is the loaded fast path, its XDP and tc programs and the maps
+// they share.
 type Program struct {
 	objs     synguardObjects
 	attached []Attachment
@@ -123,37 +133,52 @@ func Load() (*Program, error) {
 	return p, nil
 }
 
-// Attach attaches the program to the link named name in mode (auto picks
-// as ModeAuto says) and returns the mode in effect.
+// Attach attaches the fast path to the link named name in mode (auto
+// picks as ModeAuto says) and returns the mode in effect.
 func (p *Program) Attach(name string, mode Mode) (Mode, error) {
 	iface, err := net.InterfaceByName(name)
 	if err != nil {
 		return 0, fmt.Errorf("xdp: attach to %s: %w", name, err)
 	}
-	try := []Mode{mode}
-	if mode == ModeAuto {
-		try = []Mode{ModeNative, ModeGeneric}
-		if driver(name) == "veth" {
-			try = []Mode{ModeGeneric}
-		}
+	var try []Mode
+	switch {
+	case mode == ModeOff:
+		return 0, fmt.Errorf("xdp: attach to %s: mode off attaches nothing", name)
+	case mode != ModeAuto:
+		try = []Mode{mode}
+	case driver(name) == "veth":
+		try = []Mode{ModeTC, ModeGeneric}
+	default:
+		try = []Mode{ModeNative, ModeTC, ModeGeneric}
 	}
 	var errs []error
 	for _, m := range try {
-		flags := link.XDPGenericMode
-		if m == ModeNative {
-			flags = link.XDPDriverMode
-		}
-		l, err := link.AttachXDP(link.XDPOptions{Program: p.objs.SynguardXdp, Interface: iface.Index, Flags: flags})
+		l, err := p.attach(iface.Index, m)
 		if err == nil {
 			p.attached = append(p.attached, Attachment{Interface: name, Mode: m, link: l})
 			return m, nil
 		}
-		if errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST) {
-			return 0, fmt.Errorf("xdp: attach to %s: another XDP program is attached (remove it with 'ip link set dev %s xdp off', or run with --xdp off): %w", name, name, err)
+		if m != ModeTC && (errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST)) {
+			return 0, fmt.Errorf("xdp: attach to %s: another XDP program is attached (remove it with 'ip link set dev %s xdp off', or run with --xdp off or tc): %w", name, name, err)
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", m, err))
 	}
 	return 0, fmt.Errorf("xdp: attach to %s: %w", name, errors.Join(errs...))
+}
+
+// attach links the program of mode m to link ifindex.
+func (p *Program) attach(ifindex int, m Mode) (link.Link, error) {
+	switch m {
+	case ModeTC:
+		// Appended behind any tcx program already there; the program
+		// passes with TCX_NEXT, so they and tc filters still see what
+		// it lets through.
+		return link.AttachTCX(link.TCXOptions{Program: p.objs.SynguardTc, Interface: ifindex, Attach: ebpf.AttachTCXIngress})
+	case ModeNative:
+		return link.AttachXDP(link.XDPOptions{Program: p.objs.SynguardXdp, Interface: ifindex, Flags: link.XDPDriverMode})
+	default:
+		return link.AttachXDP(link.XDPOptions{Program: p.objs.SynguardXdp, Interface: ifindex, Flags: link.XDPGenericMode})
+	}
 }
 
 // Attached lists the links the program is attached to.

@@ -21,11 +21,48 @@ import (
 	"github.com/synguard/synguard/packet"
 )
 
-// XDP verdicts.
+// verdict is what a program did with a packet, at whichever hook it runs.
+type verdict int
+
 const (
-	xdpDrop = 1
-	xdpPass = 2
-	xdpTX   = 3
+	vPass verdict = iota + 1
+	vDrop
+	vTX
+)
+
+func (v verdict) String() string {
+	switch v {
+	case vPass:
+		return "pass"
+	case vDrop:
+		return "drop"
+	case vTX:
+		return "tx"
+	}
+	return fmt.Sprintf("verdict(%d)", int(v))
+}
+
+// kind is one of the fast path's programs as the tests run it: the
+// program, BPF_PROG_TEST_RUN flags, and what its return codes mean.
+type kind struct {
+	name  string
+	prog  func(*synguardObjects) *ebpf.Program
+	flags uint32
+	codes map[uint32]verdict
+}
+
+// bpfTestSKBChecksumComplete is BPF_F_TEST_SKB_CHECKSUM_COMPLETE: the
+// kernel runs the program on a CHECKSUM_COMPLETE skb and fails the run
+// (EBADMSG) unless skb->csum still sums the packet afterwards.
+const bpfTestSKBChecksumComplete = 1 << 2
+
+var (
+	xdpKind = kind{"xdp", func(o *synguardObjects) *ebpf.Program { return o.SynguardXdp }, 0,
+		map[uint32]verdict{2: vPass, 1: vDrop, 3: vTX}} // XDP_PASS, XDP_DROP, XDP_TX
+	tcKind = kind{"tc", func(o *synguardObjects) *ebpf.Program { return o.SynguardTc }, 0,
+		map[uint32]verdict{0xffffffff: vPass, 2: vDrop, 7: vTX}} // TCX_NEXT, TCX_DROP, TC_ACT_REDIRECT
+	// kinds are the programs every behaviour test runs against.
+	kinds = []kind{xdpKind, tcKind}
 )
 
 var (
@@ -41,9 +78,11 @@ type clock struct{ t time.Time }
 
 func (c *clock) now() time.Time { return c.t }
 
-// harness is the program and an engine that share a jar and a clock.
+// harness is the programs and an engine that share a jar and a clock;
+// run runs the program of kind.
 type harness struct {
 	t     testing.TB
+	kind  kind
 	p     *Program
 	clock *clock
 	jar   *cookies.Jar
@@ -67,7 +106,7 @@ type noKernel struct{}
 func (noKernel) Create(handoff.Flow) error        { return nil }
 func (noKernel) Delete(_, _ netip.AddrPort) error { return nil }
 
-func newHarness(t testing.TB) *harness {
+func newHarness(t testing.TB, k kind) *harness {
 	t.Helper()
 	roottest.Require(t)
 	p, err := Load()
@@ -75,7 +114,7 @@ func newHarness(t testing.TB) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Close() })
-	h := &harness{t: t, p: p, clock: &clock{t: time.Unix(1_800_000_030, 0)}, out: &capture{}}
+	h := &harness{t: t, kind: k, p: p, clock: &clock{t: time.Unix(1_800_000_030, 0)}, out: &capture{}}
 	h.jar, err = cookies.New(cookies.Config{Now: h.clock.now})
 	if err != nil {
 		t.Fatal(err)
@@ -110,16 +149,34 @@ func (h *harness) renew() {
 	}
 }
 
+// with is the harness running the program of kind k.
+func (h *harness) with(k kind) *harness {
+	c := *h
+	c.kind = k
+	return &c
+}
+
+// forKinds runs f for each program, on a harness of its own.
+func forKinds(t *testing.T, f func(t *testing.T, h *harness)) {
+	for _, k := range kinds {
+		t.Run(k.name, func(t *testing.T) { f(t, newHarness(t, k)) })
+	}
+}
+
 // run runs the program on frame and returns its verdict and the frame it
 // left.
-func (h *harness) run(frame []byte) (uint32, []byte) {
+func (h *harness) run(frame []byte) (verdict, []byte) {
 	h.t.Helper()
 	out := make([]byte, len(frame)+256)
-	ret, err := h.p.objs.SynguardXdp.Run(&ebpf.RunOptions{Data: frame, DataOut: out})
+	ret, err := h.kind.prog(&h.p.objs).Run(&ebpf.RunOptions{Data: frame, DataOut: out, Flags: h.kind.flags})
 	if err != nil {
-		h.t.Fatal(err)
+		h.t.Fatalf("%s: %v", h.kind.name, err)
 	}
-	return ret, out
+	v, ok := h.kind.codes[ret]
+	if !ok {
+		h.t.Fatalf("%s: return code %d is no verdict of the program's", h.kind.name, int32(ret))
+	}
+	return v, out
 }
 
 // engineReply is what the engine sends for ip, the IP packet alone.
@@ -198,23 +255,23 @@ func (h *harness) compareSYN(what string, ip []byte) {
 	case parseErr != nil:
 		// The engine drops what it cannot parse and counts it; the
 		// program must leave that to it.
-		if ret != xdpPass {
-			h.t.Fatalf("%s: a SYN packet.Parse rejects (%v) got XDP verdict %d, want pass", what, parseErr, ret)
+		if ret != vPass {
+			h.t.Fatalf("%s %s: a SYN packet.Parse rejects (%v) got verdict %v, want pass", h.kind.name, what, parseErr, ret)
 		}
 	case want == nil:
-		if v != nf.Drop || ret != xdpDrop {
-			h.t.Fatalf("%s: engine sent nothing (verdict %v), program verdict %d; want both to refuse", what, v, ret)
+		if v != nf.Drop || ret != vDrop {
+			h.t.Fatalf("%s %s: engine sent nothing (verdict %v), program verdict %v; want both to refuse", h.kind.name, what, v, ret)
 		}
 	default:
-		if ret != xdpTX {
-			h.t.Fatalf("%s: program verdict %d, want XDP_TX", what, ret)
+		if ret != vTX {
+			h.t.Fatalf("%s %s: program verdict %v, want tx", h.kind.name, what, ret)
 		}
 		if !bytes.Equal(out[0:6], macA) || !bytes.Equal(out[6:12], macB) {
-			h.t.Fatalf("%s: Ethernet addresses not swapped: % x", what, out[:12])
+			h.t.Fatalf("%s %s: Ethernet addresses not swapped: % x", h.kind.name, what, out[:12])
 		}
 		got := out[14 : 14+len(want)]
 		if !bytes.Equal(got, want) {
-			h.t.Fatalf("%s: SYN-ACKs differ\nengine:  % x\nprogram: % x", what, want, got)
+			h.t.Fatalf("%s %s: SYN-ACKs differ\nengine:  % x\nprogram: % x", h.kind.name, what, want, got)
 		}
 	}
 }
@@ -265,10 +322,12 @@ func optionSets() map[string][]byte {
 	return sets
 }
 
-// TestSYNACKMatchesEngine: for both families, every option set, and keys
-// of both parities, the program's SYN-ACK is the engine's, byte for byte.
-func TestSYNACKMatchesEngine(t *testing.T) {
-	h := newHarness(t)
+// TestSYNACKMatchesEngine: for both programs, both families, every option
+// set, and keys of both parities, the program's SYN-ACK is the engine's,
+// byte for byte.
+func TestSYNACKMatchesEngine(t *testing.T) { forKinds(t, testSYNACKMatchesEngine) }
+
+func testSYNACKMatchesEngine(t *testing.T, h *harness) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for _, epochStart := range []int64{1_800_000_000, 1_800_000_060} { // parities 0 and 1
 		h.clock.t = time.Unix(epochStart+30, 0)
@@ -291,30 +350,71 @@ func TestSYNACKMatchesEngine(t *testing.T) {
 	}
 }
 
+// TestTCKeepsChecksumComplete: on an skb the driver handed up as
+// CHECKSUM_COMPLETE, the tc program leaves skb->csum summing the packet,
+// whatever it does with it; the kernel's test run fails with EBADMSG
+// otherwise. A SYN-ACK of the SYN's length is written over it with
+// BPF_F_RECOMPUTE_CSUM. (A shorter one is trimmed first, which makes the
+// skb CHECKSUM_NONE, __skb_trim_rcsum; the test run checks skb->csum even
+// then, so that case cannot be run here.)
+func TestTCKeepsChecksumComplete(t *testing.T) {
+	k := tcKind
+	k.name, k.flags = "tc CHECKSUM_COMPLETE", bpfTestSKBChecksumComplete
+	h := newHarness(t, k)
+	for _, fam := range []struct{ client, server netip.AddrPort }{
+		{netip.MustParseAddrPort("198.51.100.7:40000"), service4},
+		{netip.MustParseAddrPort("[2001:db8:c::7]:40000"), service6},
+	} {
+		// MSS, NOP, window scale, NOP, NOP, SACK-permitted: the
+		// SYN-ACK announces all three in as many bytes.
+		syn := rawSegment(fam.client, fam.server, 0x2000, 0, packet.SYN, optionSets()["no timestamps"], nil)
+		if _, want := h.engineReply(syn); len(want) != len(syn) {
+			t.Fatalf("%s: the engine's SYN-ACK has %d bytes, the SYN %d: the case needs them equal", fam.server, len(want), len(syn))
+		}
+		h.compareSYN("SYN-ACK as long as the SYN", syn)
+		for _, tt := range []struct {
+			name string
+			ip   []byte
+			want verdict
+		}{
+			{"forged ACK", rawSegment(fam.client, fam.server, 0x2001, 99, packet.ACK, nil, []byte("x")), vDrop},
+			{"RST", rawSegment(fam.client, fam.server, 0x2001, 0, packet.RST, nil, nil), vPass},
+			{"SYN to an unprotected port", rawSegment(fam.client, netip.AddrPortFrom(fam.server.Addr(), 80), 1, 0, packet.SYN, nil, nil), vPass},
+		} {
+			if got, _ := h.run(ether(tt.ip)); got != tt.want {
+				t.Errorf("%s %s: verdict %v, want %v", fam.server, tt.name, got, tt.want)
+			}
+		}
+	}
+}
+
 // renewAt is Renew with the program's idea of now set to now.
 func (p *Program) renewAt(keys cookies.EpochKeys, now, deadline time.Time) error {
 	return p.renew(keys, now, deadline)
 }
 
 // FuzzSYNACKMatchesEngine feeds SYNs with arbitrary option bytes and
-// payloads to both paths: whatever the engine makes of them, the program
-// makes the same, or leaves them to the engine.
+// payloads to the engine and both programs: whatever the engine makes of
+// them, each program makes the same, or leaves them to the engine.
 func FuzzSYNACKMatchesEngine(f *testing.F) {
 	for _, opts := range optionSets() {
 		f.Add(opts, uint32(7), false, []byte(nil))
 		f.Add(opts, uint32(0xffffffff), true, []byte("early data"))
 	}
-	h := newHarness(f)
+	h := newHarness(f, xdpKind)
 	f.Fuzz(func(t *testing.T, opts []byte, seq uint32, v6 bool, payload []byte) {
 		if len(opts) > 40 || len(payload) > 1200 {
 			return
 		}
-		h.t = t
 		src, dst := netip.MustParseAddrPort("198.51.100.7:40000"), service4
 		if v6 {
 			src, dst = netip.MustParseAddrPort("[2001:db8:c::7]:40000"), service6
 		}
-		h.compareSYN("fuzzed SYN", rawSegment(src, dst, seq, 0, packet.SYN, opts, payload))
+		h.t = t
+		h.renew() // the program's clock runs on; a long fuzz run would leave the harness's epoch
+		for _, k := range kinds {
+			h.with(k).compareSYN("fuzzed SYN", rawSegment(src, dst, seq, 0, packet.SYN, opts, payload))
+		}
 	})
 }
 
@@ -330,8 +430,11 @@ func (h *harness) cookieACK(src, dst netip.AddrPort, isn uint32) (ack []byte, co
 	return rawSegment(src, dst, isn+1, p.Seq+1, packet.ACK, nil, nil), p.Seq
 }
 
-func TestACKs(t *testing.T) {
-	h := newHarness(t)
+// TestACKs: each program passes handshake ACKs with a valid cookie (and
+// zero-window probes) and drops forged ones, through the next epoch.
+func TestACKs(t *testing.T) { forKinds(t, testACKs) }
+
+func testACKs(t *testing.T, h *harness) {
 	for _, fam := range []struct{ client, server netip.AddrPort }{
 		{netip.MustParseAddrPort("198.51.100.7:40000"), service4},
 		{netip.MustParseAddrPort("[2001:db8:c::7]:40000"), service6},
@@ -342,31 +445,31 @@ func TestACKs(t *testing.T) {
 		for _, tt := range []struct {
 			name string
 			ip   []byte
-			want uint32
+			want verdict
 		}{
-			{"handshake ACK", valid, xdpPass},
-			{"zero-window probe", rawSegment(c, s, isn, cookie+1, packet.ACK, nil, nil), xdpPass},
-			{"ACK with data", rawSegment(c, s, isn+1, cookie+1, packet.ACK|packet.PSH, nil, []byte("GET /")), xdpPass},
-			{"forged", rawSegment(c, s, isn+1, cookie+2, packet.ACK, nil, nil), xdpDrop},
-			{"forged with data", rawSegment(c, s, isn+1, cookie^0x100, packet.ACK, nil, []byte("x")), xdpDrop},
-			{"probe seq with data", rawSegment(c, s, isn, cookie+1, packet.ACK, nil, []byte("x")), xdpDrop},
-			{"another client's cookie", rawSegment(netip.AddrPortFrom(c.Addr(), c.Port()+1), s, isn+1, cookie+1, packet.ACK, nil, nil), xdpDrop},
+			{"handshake ACK", valid, vPass},
+			{"zero-window probe", rawSegment(c, s, isn, cookie+1, packet.ACK, nil, nil), vPass},
+			{"ACK with data", rawSegment(c, s, isn+1, cookie+1, packet.ACK|packet.PSH, nil, []byte("GET /")), vPass},
+			{"forged", rawSegment(c, s, isn+1, cookie+2, packet.ACK, nil, nil), vDrop},
+			{"forged with data", rawSegment(c, s, isn+1, cookie^0x100, packet.ACK, nil, []byte("x")), vDrop},
+			{"probe seq with data", rawSegment(c, s, isn, cookie+1, packet.ACK, nil, []byte("x")), vDrop},
+			{"another client's cookie", rawSegment(netip.AddrPortFrom(c.Addr(), c.Port()+1), s, isn+1, cookie+1, packet.ACK, nil, nil), vDrop},
 		} {
 			if got, _ := h.run(ether(tt.ip)); got != tt.want {
-				t.Errorf("%s %s: verdict %d, want %d", s, tt.name, got, tt.want)
+				t.Errorf("%s %s: verdict %v, want %v", s, tt.name, got, tt.want)
 			}
 		}
 		// The cookie stays valid through the next epoch, and not after.
 		start := h.clock.t
 		h.clock.t = start.Add(cookies.DefaultPeriod)
 		h.renew()
-		if got, _ := h.run(ether(valid)); got != xdpPass {
-			t.Errorf("%s: a cookie of the last epoch: verdict %d, want pass", s, got)
+		if got, _ := h.run(ether(valid)); got != vPass {
+			t.Errorf("%s: a cookie of the last epoch: verdict %v, want pass", s, got)
 		}
 		h.clock.t = start.Add(2 * cookies.DefaultPeriod)
 		h.renew()
-		if got, _ := h.run(ether(valid)); got != xdpDrop {
-			t.Errorf("%s: a cookie two epochs old: verdict %d, want drop", s, got)
+		if got, _ := h.run(ether(valid)); got != vDrop {
+			t.Errorf("%s: a cookie two epochs old: verdict %v, want drop", s, got)
 		}
 		h.clock.t = start
 		h.renew()
@@ -408,8 +511,9 @@ func vlan(frame []byte) []byte {
 
 // TestPassesWhatItDoesNotHandle: the program leaves to the kernel (and
 // the NFQUEUE path) every packet it does not answer or drop for sure.
-func TestPassesWhatItDoesNotHandle(t *testing.T) {
-	h := newHarness(t)
+func TestPassesWhatItDoesNotHandle(t *testing.T) { forKinds(t, testPassesWhatItDoesNotHandle) }
+
+func testPassesWhatItDoesNotHandle(t *testing.T, h *harness) {
 	client := netip.MustParseAddrPort("198.51.100.7:40000")
 	client6 := netip.MustParseAddrPort("[2001:db8:c::7]:40000")
 	syn := rawSegment(client, service4, 7, 0, packet.SYN, linuxOpts(1460, 7), nil)
@@ -447,8 +551,8 @@ func TestPassesWhatItDoesNotHandle(t *testing.T) {
 		{"FIN+ACK", ether(rawSegment(client, service4, 7, 9, packet.FIN|packet.ACK, nil, nil))},
 		{"SYN with a malformed option list", ether(rawSegment(client, service4, 7, 0, packet.SYN, []byte{2, 5, 5, 0xb4}, nil))},
 	} {
-		if got, _ := h.run(tt.frame); got != xdpPass {
-			t.Errorf("%s: verdict %d, want pass", tt.name, got)
+		if got, _ := h.run(tt.frame); got != vPass {
+			t.Errorf("%s: verdict %v, want pass", tt.name, got)
 		}
 	}
 
@@ -460,21 +564,21 @@ func TestPassesWhatItDoesNotHandle(t *testing.T) {
 		}
 	}
 	set(Passthrough)
-	if got, _ := h.run(ether(syn)); got != xdpPass {
-		t.Errorf("SYN in passthrough: verdict %d, want pass", got)
+	if got, _ := h.run(ether(syn)); got != vPass {
+		t.Errorf("SYN in passthrough: verdict %v, want pass", got)
 	}
-	if got, _ := h.run(ether(forged)); got != xdpDrop {
-		t.Errorf("forged ACK in passthrough: verdict %d, want drop", got)
+	if got, _ := h.run(ether(forged)); got != vDrop {
+		t.Errorf("forged ACK in passthrough: verdict %v, want drop", got)
 	}
 	set(Observe)
 	for name, f := range map[string][]byte{"SYN": syn, "forged ACK": forged} {
-		if got, _ := h.run(ether(f)); got != xdpPass {
-			t.Errorf("%s in observe mode: verdict %d, want pass", name, got)
+		if got, _ := h.run(ether(f)); got != vPass {
+			t.Errorf("%s in observe mode: verdict %v, want pass", name, got)
 		}
 	}
 	set(Cookie)
-	if got, _ := h.run(ether(syn)); got != xdpTX {
-		t.Fatalf("SYN in cookie mode: verdict %d, want XDP_TX", got)
+	if got, _ := h.run(ether(syn)); got != vTX {
+		t.Fatalf("SYN in cookie mode: verdict %v, want tx", got)
 	}
 
 	// An engine that stopped renewing: past the deadline, everything
@@ -483,8 +587,8 @@ func TestPassesWhatItDoesNotHandle(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, f := range map[string][]byte{"SYN": syn, "forged ACK": forged} {
-		if got, _ := h.run(ether(f)); got != xdpPass {
-			t.Errorf("%s past the deadline: verdict %d, want pass", name, got)
+		if got, _ := h.run(ether(f)); got != vPass {
+			t.Errorf("%s past the deadline: verdict %v, want pass", name, got)
 		}
 	}
 	// Keys that do not cover now (an epoch the engine has not handed
@@ -492,8 +596,8 @@ func TestPassesWhatItDoesNotHandle(t *testing.T) {
 	if err := h.p.renew(h.jar.EpochKeys(h.clock.t), h.clock.t.Add(5*cookies.DefaultPeriod), h.clock.t.Add(10*cookies.DefaultPeriod)); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := h.run(ether(syn)); got != xdpPass {
-		t.Errorf("SYN with keys of other epochs: verdict %d, want pass", got)
+	if got, _ := h.run(ether(syn)); got != vPass {
+		t.Errorf("SYN with keys of other epochs: verdict %v, want pass", got)
 	}
 
 	a, err := h.p.Actions()
@@ -509,8 +613,9 @@ func TestPassesWhatItDoesNotHandle(t *testing.T) {
 // passes whatever its acknowledgement number; the same ACK without the
 // entry is forged. The program looks the entry up in the namespace it
 // runs in, a fresh one here.
-func TestEstablishedFlowsPass(t *testing.T) {
-	h := newHarness(t)
+func TestEstablishedFlowsPass(t *testing.T) { forKinds(t, testEstablishedFlowsPass) }
+
+func testEstablishedFlowsPass(t *testing.T, h *harness) {
 	ns := nstest.New(t, "sgxdp-ct")
 	client := netip.MustParseAddrPort("198.51.100.7:40000")
 	client6 := netip.MustParseAddrPort("[2001:db8:c::7]:40000")
@@ -522,15 +627,15 @@ func TestEstablishedFlowsPass(t *testing.T) {
 		defer table.Close()
 		for _, fl := range []struct{ client, server netip.AddrPort }{{client, service4}, {client6, service6}} {
 			ack := ether(rawSegment(fl.client, fl.server, 5000, 777, packet.ACK, nil, []byte("data")))
-			if got, _ := h.run(ack); got != xdpDrop {
-				return fmt.Errorf("%s: ACK of no connection: verdict %d, want drop", fl.server, got)
+			if got, _ := h.run(ack); got != vDrop {
+				return fmt.Errorf("%s: ACK of no connection: verdict %v, want drop", fl.server, got)
 			}
 			if err := table.Create(handoff.Flow{Client: fl.client, Server: fl.server, CookieISN: 1, ServerISN: 2,
 				ClientWindowScale: 7, ServerWindowScale: 7, Mark: 0x5347}); err != nil {
 				return err
 			}
-			if got, _ := h.run(ack); got != xdpPass {
-				return fmt.Errorf("%s: ACK of a tracked connection: verdict %d, want pass", fl.server, got)
+			if got, _ := h.run(ack); got != vPass {
+				return fmt.Errorf("%s: ACK of a tracked connection: verdict %v, want pass", fl.server, got)
 			}
 		}
 		return nil
@@ -541,53 +646,56 @@ func TestEstablishedFlowsPass(t *testing.T) {
 
 // benchRun times the program on frame with BPF_PROG_TEST_RUN, repeat runs
 // at a time in the kernel, and reports the kernel's own mean time per run
-// (what Benchmark returns). A
-// frame the program rewrites (a SYN) must run once per call: the kernel
-// repeats a run on the frame the last one left.
-func benchRun(b *testing.B, h *harness, frame []byte, repeat int, want uint32) {
+// (what Benchmark returns). A frame the program rewrites (a SYN) must run
+// once per call: the kernel repeats a run on the frame the last one left.
+func benchRun(b *testing.B, h *harness, frame []byte, repeat int, want verdict) {
 	var total time.Duration
+	prog := h.kind.prog(&h.p.objs)
 	for b.Loop() {
 		h.renew() // a long run outlasts the deadline of a single renewal
-		ret, d, err := h.p.objs.SynguardXdp.Benchmark(frame, repeat, nil)
+		ret, d, err := prog.Benchmark(frame, repeat, nil)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if ret != want {
-			b.Fatalf("verdict %d, want %d", ret, want)
+		if got := h.kind.codes[ret]; got != want {
+			b.Fatalf("verdict %v (%d), want %v", got, int32(ret), want)
 		}
 		total += d
 	}
 	b.ReportMetric(float64(total.Nanoseconds())/float64(b.N), "ns/packet")
 }
 
-// BenchmarkProgram times the program's three ways through: a SYN answered
-// with a SYN-ACK, a forged ACK dropped after the conntrack lookup and two
-// MACs, and a segment of an established flow passed after the lookup.
+// BenchmarkProgram times each program's three ways through: a SYN
+// answered with a SYN-ACK, a forged ACK dropped after the conntrack lookup
+// and two MACs, and a segment of an established flow passed after the
+// lookup.
 func BenchmarkProgram(b *testing.B) {
-	h := newHarness(b)
 	client := netip.MustParseAddrPort("198.51.100.7:40000")
-	b.Run("SYN", func(b *testing.B) {
-		benchRun(b, h, ether(rawSegment(client, service4, 7, 0, packet.SYN, linuxOpts(1460, 7), nil)), 1, xdpTX)
-	})
-	b.Run("forged ACK", func(b *testing.B) {
-		benchRun(b, h, ether(rawSegment(client, service4, 8, 99, packet.ACK, nil, nil)), 1000, xdpDrop)
-	})
-	b.Run("established", func(b *testing.B) {
-		ns := nstest.New(b, "sgxdp-bench")
-		if err := ns.Do(func() error {
-			table, err := conntrack.Open()
-			if err != nil {
-				return err
+	for _, k := range kinds {
+		h := newHarness(b, k)
+		b.Run(k.name+"/SYN", func(b *testing.B) {
+			benchRun(b, h, ether(rawSegment(client, service4, 7, 0, packet.SYN, linuxOpts(1460, 7), nil)), 1, vTX)
+		})
+		b.Run(k.name+"/forged ACK", func(b *testing.B) {
+			benchRun(b, h, ether(rawSegment(client, service4, 8, 99, packet.ACK, nil, nil)), 1000, vDrop)
+		})
+		b.Run(k.name+"/established", func(b *testing.B) {
+			ns := nstest.New(b, "sgxdp-bench")
+			if err := ns.Do(func() error {
+				table, err := conntrack.Open()
+				if err != nil {
+					return err
+				}
+				defer table.Close()
+				if err := table.Create(handoff.Flow{Client: client, Server: service4, CookieISN: 1, ServerISN: 2,
+					ClientWindowScale: 7, ServerWindowScale: 7, Mark: 0x5347}); err != nil {
+					return err
+				}
+				benchRun(b, h, ether(rawSegment(client, service4, 8, 99, packet.ACK, nil, make([]byte, 1400))), 1000, vPass)
+				return nil
+			}); err != nil {
+				b.Fatal(err)
 			}
-			defer table.Close()
-			if err := table.Create(handoff.Flow{Client: client, Server: service4, CookieISN: 1, ServerISN: 2,
-				ClientWindowScale: 7, ServerWindowScale: 7, Mark: 0x5347}); err != nil {
-				return err
-			}
-			benchRun(b, h, ether(rawSegment(client, service4, 8, 99, packet.ACK, nil, make([]byte, 1400))), 1000, xdpPass)
-			return nil
-		}); err != nil {
-			b.Fatal(err)
-		}
-	})
+		})
+	}
 }
