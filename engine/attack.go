@@ -187,12 +187,3 @@ func (e *Engine) sourcesOf(s *service) Sources {
 	}
 	return out
 }
-
-// ObserveSources counts SYNs to service svc seen elsewhere (the XDP fast
-// path's samples), each weighing weight SYNs.
-func (e *Engine) ObserveSources(svc int, srcs []netip.Addr, weight uint32) {
-	sk := e.svc(svc).bySource
-	for _, a := range srcs {
-		sk.ObserveN(a, weight)
-	}
-}

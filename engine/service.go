@@ -277,3 +277,20 @@ func (e *Engine) SetSampler(svc int, s PacketSampler) {
 	}
 	e.svc(svc).sampler.Store(&samplerBox{s})
 }
+
+// SourceLists returns service svc's allow and deny lists, masked.
+func (e *Engine) SourceLists(svc int) (allow, deny []netip.Prefix) {
+	l := e.svc(svc).sources.Load()
+	if l == nil {
+		return nil, nil
+	}
+	return l.allow, l.deny
+}
+
+// ObserveSource counts a SYN to service svc seen elsewhere (a sample of
+// the XDP fast path's), weighing weight SYNs, by its source's prefix.
+func (e *Engine) ObserveSource(svc int, src netip.Addr, weight uint32) {
+	if t := e.table.Load(); svc >= 0 && svc < len(t.all) {
+		t.all[svc].bySource.ObserveN(src, weight)
+	}
+}

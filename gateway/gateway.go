@@ -206,7 +206,8 @@ func (g *gateway) workers() []part {
 		parts = append(parts, part{"metrics", g.serveMetrics})
 	}
 	if g.fast != nil {
-		parts = append(parts, part{"xdp", func(ctx context.Context) error { return g.fast.run(ctx, g.eng, g.jar) }})
+		parts = append(parts, part{"xdp", func(ctx context.Context) error { return g.fast.run(ctx, g.eng, g.jar) }},
+			part{"xdp samples", func(ctx context.Context) error { return g.fast.runSamples(ctx, g.eng, g.captures) }})
 	}
 	if g.cfg.Reload != nil && g.cfg.Load != nil {
 		parts = append(parts, part{"reload", g.runReloads})

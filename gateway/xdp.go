@@ -3,11 +3,13 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"slices"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/synguard/synguard/capture"
 	"github.com/synguard/synguard/cookies"
 	"github.com/synguard/synguard/engine"
 	"github.com/synguard/synguard/telemetry"
@@ -32,6 +34,7 @@ type fastPath struct {
 	// written is what the program's service map holds, by service index,
 	// so only changes are written.
 	written map[int]xdp.Service
+	lists   map[int]sourceLists
 	// keys are the program's keys, derived again only when now leaves
 	// their middle epoch.
 	keys cookies.EpochKeys
@@ -85,7 +88,7 @@ func openFastPath(cfg Config) (*fastPath, error) {
 		prog.Close()
 		return nil, nil
 	}
-	return &fastPath{prog: prog, log: log, written: make(map[int]xdp.Service)}, nil
+	return &fastPath{prog: prog, log: log, written: make(map[int]xdp.Service), lists: make(map[int]sourceLists)}, nil
 }
 
 // Counts are the program's counts as engine counters, for the engine to
@@ -101,8 +104,27 @@ func (f *fastPath) Counts(svc int) engine.Stats {
 	s.Add(engine.SYNACKSent, c.SYNACKSent)
 	s.Add(engine.AmplificationGuard, c.AmplificationGuard)
 	s.Add(engine.CookieInvalid, c.ACKInvalid)
+	s.Add(engine.SYNDenied, c.SYNDenied)
 	return s
 }
+
+// syncLists writes service i's allow and deny lists when they changed:
+// the program drops denied sources' SYNs itself.
+func (f *fastPath) syncLists(eng *engine.Engine, i int) error {
+	allow, deny := eng.SourceLists(i)
+	w := f.lists[i]
+	if slices.Equal(w.allow, allow) && slices.Equal(w.deny, deny) {
+		return nil
+	}
+	if err := f.prog.SetSourceLists(i, allow, deny); err != nil {
+		return err
+	}
+	f.lists[i] = sourceLists{allow, deny}
+	return nil
+}
+
+// sourceLists are the lists written for one service.
+type sourceLists struct{ allow, deny []netip.Prefix }
 
 // run keeps the program in step with eng until ctx is done. An error
 // detaches the program: protection goes on through the NFQUEUE path.
@@ -132,7 +154,11 @@ func (f *fastPath) sync(eng *engine.Engine, jar *cookies.Jar, now time.Time) err
 	for _, sv := range live {
 		i := sv.Index
 		b := eng.Backend(i)
-		s := xdp.Service{Addr: sv.Addr, Mode: xdpMode(eng, i), MSS: b.MSS, WindowScale: b.WindowScale, SACKPermitted: b.SACKPermitted}
+		s := xdp.Service{Addr: sv.Addr, Mode: xdpMode(eng, i), Lists: eng.HasSourceLists(i),
+			MSS: b.MSS, WindowScale: b.WindowScale, SACKPermitted: b.SACKPermitted}
+		if err := f.syncLists(eng, i); err != nil {
+			return err
+		}
 		if w, ok := f.written[i]; ok && s == w {
 			continue
 		}
@@ -149,7 +175,11 @@ func (f *fastPath) sync(eng *engine.Engine, jar *cookies.Jar, now time.Time) err
 				if err := f.prog.RemoveService(w.Addr); err != nil {
 					return err
 				}
+				if err := f.prog.SetSourceLists(i, nil, nil); err != nil {
+					return err
+				}
 				delete(f.written, i)
+				delete(f.lists, i)
 			}
 		}
 	}
@@ -175,10 +205,6 @@ func xdpMode(eng *engine.Engine, i int) xdp.ServiceMode {
 	switch {
 	case eng.ServiceMode(i) == engine.ModeOff:
 		return xdp.Observe
-	case eng.HasSourceLists(i):
-		// Allow and deny lists are applied by the engine, so SYNs go
-		// to the queue.
-		return xdp.Passthrough
 	case eng.ServiceState(i) == engine.StateCookie:
 		return xdp.Cookie
 	}
@@ -216,4 +242,42 @@ func (f *fastPath) counters(svc int, m map[string]uint64) {
 	}
 	m[telemetry.CounterXDPSYNACKSent] = c.SYNACKSent
 	m[telemetry.CounterXDPACKDropped] = c.ACKInvalid
+}
+
+// runSamples feeds the SYNs the program samples (one in xdp.SampleEvery
+// of those it answers or drops) to the engine's counts by source and to
+// the attack's pcap sample, until ctx is done. Without them an attack
+// answered at the driver would have no sources; losing them costs the
+// attribution, not the protection, so a failure is logged, not fatal.
+func (f *fastPath) runSamples(ctx context.Context, eng *engine.Engine, caps *captures) error {
+	r, err := f.prog.Samples()
+	if err != nil {
+		f.log.Error().Err(err).Str(telemetry.FieldEvent, telemetry.EventXDPFailed).
+			Msg("XDP samples unavailable: attacks answered at the driver have no sources")
+		<-ctx.Done()
+		return nil
+	}
+	stop := context.AfterFunc(ctx, func() { r.Close() })
+	defer stop()
+	for {
+		s, err := r.Read()
+		if err != nil {
+			if ctx.Err() == nil {
+				f.log.Error().Err(err).Str(telemetry.FieldEvent, telemetry.EventXDPFailed).
+					Msg("XDP samples stopped: attacks answered at the driver have no sources")
+				<-ctx.Done()
+			}
+			return nil
+		}
+		ip, ok := capture.FromEthernet(s.Frame)
+		if !ok {
+			continue
+		}
+		src, ok := sourceAddr(ip)
+		if !ok {
+			continue
+		}
+		eng.ObserveSource(s.Service, src, xdp.SampleEvery)
+		caps.offer(s.Service, ip, time.Now())
+	}
 }

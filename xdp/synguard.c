@@ -42,7 +42,8 @@ enum counter {
 	C_AMPLIFICATION_GUARD = 2,
 	C_ACK_INVALID = 3, // forged ACKs dropped
 	C_ACK_VALID = 4,   // cookie ACKs passed on to the queue
-	NUM_COUNTERS = 5,
+	C_SYN_DENIED = 5,  // SYNs from a denied source, dropped
+	NUM_COUNTERS = 6,
 };
 
 // What the program did with a packet, at the action's index.
@@ -69,9 +70,32 @@ struct svc_val {
 	__u8 mode;
 	__u8 wscale;
 	__u8 sack;
-	__u8 pad;
+	__u8 flags; // SVC_*
 	__u16 mss;
 	__u16 pad2;
+};
+
+// svc_val flags.
+#define SVC_LISTS 1 // the service has allow or deny lists
+
+// A source prefix of one service's allow or deny list: prefixlen counts
+// the 32 bits of the service's index, then the address's (IPv4 in the
+// first four bytes of addr).
+struct src_key {
+	__u32 prefixlen;
+	__u32 svc;
+	__u8 addr[16];
+};
+
+// A SYN sampled for the engine's counts by source and the attack's pcap:
+// the service's index and the frame's first bytes.
+#define SAMPLE_EVERY 8
+#define SAMPLE_BYTES 128
+#define SAMPLE_ROOM 256 // a power of two above SAMPLE_BYTES
+struct sample {
+	__u32 svc;
+	__u32 len;
+	__u8 data[SAMPLE_ROOM];
 };
 
 // The engine's control block, renewed while the engine is healthy. Keys
@@ -112,6 +136,29 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } actions SEC(".maps");
+
+// Allow and deny lists, checked apart so that deny wins whatever the
+// prefixes' lengths.
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_SERVICES * 64);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct src_key);
+	__type(value, __u8);
+} allow_list SEC(".maps"), deny_list SEC(".maps");
+
+// Sampled SYNs, for userspace, and each CPU's count toward the next.
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 18);
+} samples SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} sample_tick SEC(".maps");
 
 // The conntrack lookup kfunc and its options (struct bpf_ct_opts, 16
 // bytes since Linux 6.1). The entry is only tested for NULL and released;
@@ -615,6 +662,63 @@ static __always_inline int emit(void *ctx, enum hook h, struct reply *r, __u32 l
 	return A_TX;
 }
 
+// Source list verdicts.
+#define LIST_NONE 0
+#define LIST_DENY 1
+#define LIST_ALLOW 2
+
+// list_verdict looks the SYN's source up in the service's lists.
+static __always_inline int list_verdict(struct pkt *p, __u32 svc)
+{
+	struct src_key k = {.svc = svc};
+	if (p->f.family == 4) {
+		k.prefixlen = 32 + 32;
+		__builtin_memcpy(k.addr, &p->f.client[12], 4);
+	} else {
+		k.prefixlen = 32 + 128;
+		__builtin_memcpy(k.addr, p->f.client, 16);
+	}
+	if (bpf_map_lookup_elem(&deny_list, &k))
+		return LIST_DENY;
+	if (bpf_map_lookup_elem(&allow_list, &k))
+		return LIST_ALLOW;
+	return LIST_NONE;
+}
+
+// sample_syn hands every SAMPLE_EVERY-th SYN this CPU answers or drops to
+// userspace, before its bytes are overwritten: the engine counts its
+// source (weighing SAMPLE_EVERY) and an attack's pcap keeps it.
+static __always_inline void sample_syn(void *ctx, enum hook h, struct pkt *p, __u32 svc)
+{
+	__u32 zero = 0;
+	__u64 *tick = bpf_map_lookup_elem(&sample_tick, &zero);
+	if (!tick)
+		return;
+	if ((*tick)++ & (SAMPLE_EVERY - 1))
+		return;
+	struct sample *s = bpf_ringbuf_reserve(&samples, sizeof(*s), 0);
+	if (!s)
+		return; // userspace is behind: the sample is lost, not the SYN
+	// 64 bits, and a barrier, so that the verifier sees the bound on the
+	// very register the helper gets.
+	__u64 len = sizeof(struct ethhdr) + (__u64)p->ip_len;
+	if (len > SAMPLE_BYTES)
+		len = SAMPLE_BYTES;
+	barrier_var(len);
+	len &= SAMPLE_ROOM - 1;
+	if (len < sizeof(struct ethhdr)) {
+		bpf_ringbuf_discard(s, 0);
+		return;
+	}
+	s->svc = svc;
+	s->len = len;
+	if (load_bytes(ctx, h, 0, s->data, len) < 0) {
+		bpf_ringbuf_discard(s, 0);
+		return;
+	}
+	bpf_ringbuf_submit(s, 0);
+}
+
 // answer_syn turns the SYN in ctx into its cookie SYN-ACK, built as the
 // engine builds it (engine/client.go answerSYN, packet.Build), to be sent
 // back out the link it came in on.
@@ -632,6 +736,7 @@ static __always_inline int answer_syn(void *ctx, enum hook h, struct pkt *p, str
 	if (svci >= MAX_SERVICES)
 		return A_PASS;
 	count(svci, C_SYN_RECEIVED);
+	sample_syn(ctx, h, p, svci);
 
 	// The options the client is told: the backend's, limited to what
 	// the client offered (engine/negotiate.go announce).
@@ -793,6 +898,18 @@ static __always_inline int handle_tcp(void *ctx, enum hook h, struct pkt *p)
 		return A_PASS;
 	__u8 f = p->flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN);
 	if (f == TCP_SYN) {
+		__u32 svci = svc->index;
+		if ((svc->flags & SVC_LISTS) && svci < MAX_SERVICES) {
+			switch (list_verdict(p, svci)) {
+			case LIST_DENY:
+				count(svci, C_SYN_RECEIVED);
+				count(svci, C_SYN_DENIED);
+				sample_syn(ctx, h, p, svci);
+				return A_DROP;
+			case LIST_ALLOW:
+				return A_PASS; // the engine lets it through, and counts it
+			}
+		}
 		if (svc->mode != MODE_COOKIE)
 			return A_PASS;
 		return answer_syn(ctx, h, p, svc);

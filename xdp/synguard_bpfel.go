@@ -21,6 +21,13 @@ type synguardEngineControl struct {
 	Keys        [3][2]uint64
 }
 
+type synguardSrcKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Svc       uint32
+	Addr      [16]uint8
+}
+
 type synguardSvcKey struct {
 	_      structs.HostLayout
 	Family uint8
@@ -35,7 +42,7 @@ type synguardSvcVal struct {
 	Mode   uint8
 	Wscale uint8
 	Sack   uint8
-	Pad    uint8
+	Flags  uint8
 	Mss    uint16
 	Pad2   uint16
 }
@@ -45,8 +52,12 @@ type synguardSvcVal struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	synguardMapActions      = "actions"
+	synguardMapAllowList    = "allow_list"
 	synguardMapControl      = "control"
 	synguardMapCounters     = "counters"
+	synguardMapDenyList     = "deny_list"
+	synguardMapSampleTick   = "sample_tick"
+	synguardMapSamples      = "samples"
 	synguardMapServices     = "services"
 	synguardProgSynguardTc  = "synguard_tc"
 	synguardProgSynguardXdp = "synguard_xdp"
@@ -102,10 +113,14 @@ type synguardProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type synguardMapSpecs struct {
-	Actions  *ebpf.MapSpec `ebpf:"actions"`
-	Control  *ebpf.MapSpec `ebpf:"control"`
-	Counters *ebpf.MapSpec `ebpf:"counters"`
-	Services *ebpf.MapSpec `ebpf:"services"`
+	Actions    *ebpf.MapSpec `ebpf:"actions"`
+	AllowList  *ebpf.MapSpec `ebpf:"allow_list"`
+	Control    *ebpf.MapSpec `ebpf:"control"`
+	Counters   *ebpf.MapSpec `ebpf:"counters"`
+	DenyList   *ebpf.MapSpec `ebpf:"deny_list"`
+	SampleTick *ebpf.MapSpec `ebpf:"sample_tick"`
+	Samples    *ebpf.MapSpec `ebpf:"samples"`
+	Services   *ebpf.MapSpec `ebpf:"services"`
 }
 
 // synguardVariableSpecs contains global variables before they are loaded into the kernel.
@@ -134,17 +149,25 @@ func (o *synguardObjects) Close() error {
 //
 // It can be passed to loadSynguardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type synguardMaps struct {
-	Actions  *ebpf.Map `ebpf:"actions"`
-	Control  *ebpf.Map `ebpf:"control"`
-	Counters *ebpf.Map `ebpf:"counters"`
-	Services *ebpf.Map `ebpf:"services"`
+	Actions    *ebpf.Map `ebpf:"actions"`
+	AllowList  *ebpf.Map `ebpf:"allow_list"`
+	Control    *ebpf.Map `ebpf:"control"`
+	Counters   *ebpf.Map `ebpf:"counters"`
+	DenyList   *ebpf.Map `ebpf:"deny_list"`
+	SampleTick *ebpf.Map `ebpf:"sample_tick"`
+	Samples    *ebpf.Map `ebpf:"samples"`
+	Services   *ebpf.Map `ebpf:"services"`
 }
 
 func (m *synguardMaps) Close() error {
 	return _SynguardClose(
 		m.Actions,
+		m.AllowList,
 		m.Control,
 		m.Counters,
+		m.DenyList,
+		m.SampleTick,
+		m.Samples,
 		m.Services,
 	)
 }

@@ -1,6 +1,7 @@
 package xdp
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 
 	"github.com/synguard/synguard/cookies"
@@ -84,6 +86,9 @@ const (
 type Service struct {
 	Addr netip.AddrPort
 	Mode ServiceMode
+	// Lists says the service has allow or deny lists (SetSourceLists):
+	// the program looks each SYN's source up in them.
+	Lists bool
 	// The options the backend announces, told to clients that offer
 	// them: as engine.BackendOptions.
 	MSS           uint16
@@ -98,6 +103,7 @@ type Counters struct {
 	AmplificationGuard uint64 // not answered: the SYN-ACK would exceed the SYN
 	ACKInvalid         uint64 // forged ACKs dropped
 	ACKValid           uint64 // cookie ACKs passed on to the queue
+	SYNDenied          uint64 // SYNs from a denied source, dropped (counted in SYNReceived too)
 }
 
 // Actions are the program's verdicts, summed over CPUs.
@@ -215,6 +221,9 @@ func (p *Program) SetService(i int, s Service) error {
 	if s.SACKPermitted {
 		v.Sack = 1
 	}
+	if s.Lists {
+		v.Flags |= svcLists
+	}
 	if err := p.objs.Services.Put(&k, &v); err != nil {
 		return fmt.Errorf("xdp: set service %s: %w", s.Addr, err)
 	}
@@ -279,6 +288,7 @@ const (
 	cAmplificationGuard
 	cACKInvalid
 	cACKValid
+	cSYNDenied
 	numCounters
 )
 
@@ -298,6 +308,7 @@ func (p *Program) Counters(i int) (Counters, error) {
 		AmplificationGuard: v[cAmplificationGuard],
 		ACKInvalid:         v[cACKInvalid],
 		ACKValid:           v[cACKValid],
+		SYNDenied:          v[cSYNDenied],
 	}, nil
 }
 
@@ -382,3 +393,117 @@ func (p *Program) RemoveService(addr netip.AddrPort) error {
 	}
 	return nil
 }
+
+// svcLists is synguard.c's SVC_LISTS flag.
+const svcLists = 1
+
+// SetSourceLists replaces service index i's allow and deny lists. A SYN
+// from a denied source is dropped and counted; one from an allowed
+// source passes to the engine, which lets it through. Deny wins.
+func (p *Program) SetSourceLists(i int, allow, deny []netip.Prefix) error {
+	if i < 0 || i >= MaxServices {
+		return fmt.Errorf("xdp: service index %d: the program holds %d services", i, MaxServices)
+	}
+	for _, l := range []struct {
+		m    *ebpf.Map
+		name string
+		want []netip.Prefix
+	}{{p.objs.AllowList, "allow", allow}, {p.objs.DenyList, "deny", deny}} {
+		want := make(map[synguardSrcKey]bool, len(l.want))
+		for _, pfx := range l.want {
+			want[srcKey(i, pfx)] = true
+		}
+		// What the map holds for service i now, less what stays.
+		var k synguardSrcKey
+		var v uint8
+		var stale []synguardSrcKey
+		it := l.m.Iterate()
+		for it.Next(&k, &v) {
+			if int(k.Svc) == i && !want[k] {
+				stale = append(stale, k)
+			}
+		}
+		if err := it.Err(); err != nil {
+			return fmt.Errorf("xdp: read the %s list: %w", l.name, err)
+		}
+		for _, k := range stale {
+			if err := l.m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("xdp: %s list: %w", l.name, err)
+			}
+		}
+		for k := range want {
+			if err := l.m.Put(&k, uint8(1)); err != nil {
+				return fmt.Errorf("xdp: %s list: add %s: %w", l.name, netip.PrefixFrom(netip.AddrFrom16(k.Addr), int(k.Prefixlen)-32), err)
+			}
+		}
+	}
+	return nil
+}
+
+// srcKey is the list key of prefix pfx for service index i: IPv4 in the
+// first four bytes.
+func srcKey(i int, pfx netip.Prefix) synguardSrcKey {
+	pfx = pfx.Masked()
+	k := synguardSrcKey{Prefixlen: uint32(32 + pfx.Bits()), Svc: uint32(i)}
+	a := pfx.Addr().Unmap()
+	if a.Is4() {
+		b := a.As4()
+		copy(k.Addr[:], b[:])
+	} else {
+		k.Addr = a.As16()
+	}
+	return k
+}
+
+// SampleEvery is how sparsely the program hands the SYNs it answers or
+// drops to Samples: one in SampleEvery, on each CPU.
+const SampleEvery = 8
+
+// sampleBytes is how much of each sampled frame the program copies.
+const sampleBytes = 128
+
+// Sample is one sampled SYN: the index of its service and the first
+// bytes of its frame (Ethernet header included).
+type Sample struct {
+	Service int
+	Frame   []byte
+}
+
+// SampleReader reads the program's sampled SYNs.
+type SampleReader struct {
+	r   *ringbuf.Reader
+	rec ringbuf.Record
+}
+
+// Samples opens the program's ring of sampled SYNs. Only one reader may
+// be open at a time.
+func (p *Program) Samples() (*SampleReader, error) {
+	r, err := ringbuf.NewReader(p.objs.Samples)
+	if err != nil {
+		return nil, fmt.Errorf("xdp: open the sample ring: %w", err)
+	}
+	return &SampleReader{r: r}, nil
+}
+
+// Read waits for the next sample. Its Frame is valid until the next Read.
+// After Close it returns an error wrapping os.ErrClosed.
+func (s *SampleReader) Read() (Sample, error) {
+	for {
+		if err := s.r.ReadInto(&s.rec); err != nil {
+			return Sample{}, err
+		}
+		b := s.rec.RawSample
+		if len(b) < 8 {
+			continue
+		}
+		svc := binary.NativeEndian.Uint32(b[0:4])
+		n := int(binary.NativeEndian.Uint32(b[4:8]))
+		if n > sampleBytes || 8+n > len(b) {
+			continue
+		}
+		return Sample{Service: int(svc), Frame: b[8 : 8+n]}, nil
+	}
+}
+
+// Close stops the reader; a Read waiting returns.
+func (s *SampleReader) Close() error { return s.r.Close() }
