@@ -49,6 +49,13 @@ const (
 	// detached after an error.
 	EventXDPUnavailable = "xdp_unavailable"
 	EventXDPFailed      = "xdp_failed"
+
+	// The service manager (systemd): the packet path failed its health
+	// check, so the watchdog is withheld, or recovered; a notification
+	// could not be sent.
+	EventWatchdogUnhealthy = "watchdog_unhealthy"
+	EventWatchdogRecovered = "watchdog_recovered"
+	EventNotifyFailed      = "notify_failed"
 )
 
 // Events lists every event name, so documentation and tests can check
@@ -60,6 +67,7 @@ func Events() []string {
 		EventBackendOptionsLearned, EventBackendOptionMismatch, EventBackendUnreachable,
 		EventHandoffFailed, EventQueueOverflow, EventQueue, EventLogSuppressed,
 		EventXDPUnavailable, EventXDPFailed,
+		EventWatchdogUnhealthy, EventWatchdogRecovered, EventNotifyFailed,
 	}
 }
 
