@@ -371,3 +371,85 @@ func TestReadyOnlyOnceRulesAreLive(t *testing.T) {
 		t.Fatalf("at rules_removed (logged: %v) the service manager had %q, want READY then STOPPING", ok, got)
 	}
 }
+
+// TestPathHealthOnRealQueues runs the health check against the kernel's
+// own queue table, with SYNs queued by the real rules: a queue whose
+// worker runs stays healthy however many SYNs it handles; a queue whose
+// worker does not run is found stuck once a SYN waited at one check and
+// another arrived by the next.
+func TestPathHealthOnRealQueues(t *testing.T) {
+	for _, stall := range []bool{false, true} {
+		t.Run(fmt.Sprintf("stalled=%v", stall), func(t *testing.T) {
+			ns := nstest.New(t, "sggw-health")
+			if err := ns.Run(context.Background(), "ip", "addr", "add", "192.0.2.10/32", "dev", "lo"); err != nil {
+				t.Fatal(err)
+			}
+			cfg := lifecycleConfig()
+			cfg.Queues, cfg.MetricsAddr = 1, ""
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			var results []error
+			checked := make(chan error, 1)
+			err := ns.Do(func() error {
+				return run(ctx, cfg, func(g *gateway) {
+					if stall {
+						for i := range g.parts {
+							if strings.HasPrefix(g.parts[i].name, "queue ") {
+								g.parts[i].run = func(ctx context.Context) error { <-ctx.Done(); return nil }
+							}
+						}
+					}
+					go func() {
+						defer cancel()
+						checked <- ns.Do(func() error {
+							h := g.pathHealth(time.Minute)
+							results = append(results, h.check(time.Now()))
+							for i := range 3 {
+								// A SYN from a new port each time: through lo
+								// it meets the SYN rule in raw PREROUTING.
+								d := net.Dialer{Timeout: 200 * time.Millisecond}
+								if c, err := d.Dial("tcp", "192.0.2.10:80"); err == nil {
+									c.Close()
+								}
+								var waiting uint32
+								settled := poll.Until(5*time.Second, func() bool {
+									k, err := nfq.KernelStats()
+									if err != nil || len(k) != 1 {
+										return false
+									}
+									waiting = k[0].Waiting
+									if stall {
+										return waiting == uint32(i+1)
+									}
+									// Handled, and queued in the first place.
+									return waiting == 0 && k[0].LastID >= uint32(i+1)
+								})
+								if !settled {
+									return fmt.Errorf("after SYN %d the queue holds %d packets", i+1, waiting)
+								}
+								results = append(results, h.check(time.Now()))
+							}
+							return nil
+						})
+					}()
+				})
+			})
+			if err != nil {
+				t.Fatalf("run: %v", err)
+			}
+			if err := <-checked; err != nil {
+				t.Fatal(err)
+			}
+			for i, err := range results {
+				switch {
+				case !stall || i < 2:
+					if err != nil {
+						t.Errorf("check %d: %v, want healthy", i, err)
+					}
+				case err == nil || !strings.Contains(err.Error(), "queue 7: ") || !strings.Contains(err.Error(), "its worker has handled none"):
+					t.Errorf("check %d: %v, want queue 7 stuck", i, err)
+				}
+			}
+		})
+	}
+}
