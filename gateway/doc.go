@@ -17,6 +17,10 @@
 //     parts are already stopping while the rules come down. Either way
 //     serve waits for every part before it returns.
 //
+// Under systemd (notify.go) it reports READY=1 once the rules are live,
+// STOPPING=1 as it stops, and feeds the watchdog only while the packet
+// path is healthy.
+//
 // Handed-off flows live in the kernel's conntrack table and outlive the
 // process. docs/architecture.md, "Gateway lifecycle", has the details.
 package gateway

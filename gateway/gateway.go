@@ -64,6 +64,7 @@ type gateway struct {
 	rules     *firewall.Installed // set by install
 	learner   *learner            // set by install
 	watch     *rulesWatch         // keeps the rules in place once installed
+	notify    *notifier           // tells systemd how the gateway is doing (notify.go)
 
 	// parts run concurrently while the gateway serves; install adds the
 	// backend learner. The first to fail stops them all.
@@ -89,7 +90,7 @@ func open(cfg Config) (_ *gateway, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("cookie keys: %w", err)
 	}
-	g := &gateway{cfg: cfg, jar: jar}
+	g := &gateway{cfg: cfg, jar: jar, notify: newNotifier(cfg.Logger)}
 	defer func() {
 		// g, not the result: a failed open returns nil.
 		if err != nil {
@@ -265,6 +266,7 @@ func (g *gateway) install(ctx context.Context) (*firewall.Installed, error) {
 	log.Info().Str("event", telemetry.EventStart).Str("mode", cfg.Mode.String()).Strs("services", services).
 		Str("metrics", cfg.MetricsAddr).Str("reply_path", g.replyPath.String()).
 		Dict("xdp", g.fast.attachments()).Msg("synguard protecting services")
+	g.ready()
 	return rules, nil
 }
 
@@ -295,6 +297,7 @@ func (g *gateway) serve(ctx context.Context, rules *firewall.Installed) error {
 	case <-failed.Done():
 		// The failure is logged once every part has had its say.
 	}
+	g.notify.stopping()
 	// The fast path goes first: a cookie it answered must not find the
 	// rules that complete its handshake gone.
 	if g.fast != nil {

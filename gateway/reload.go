@@ -30,6 +30,9 @@ func (g *gateway) runReloads(ctx context.Context) error {
 func (g *gateway) reloadOnce(ctx context.Context) {
 	log := g.cfg.Logger
 	start := time.Now()
+	g.notify.reloading()
+	// Applied or rejected, synguard is ready again with what is in force.
+	defer func() { g.notify.ready(g.status()) }()
 	next, err := g.cfg.Load()
 	if err == nil {
 		var changes []string

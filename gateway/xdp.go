@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -38,6 +39,9 @@ type fastPath struct {
 	// keys are the program's keys, derived again only when now leaves
 	// their middle epoch.
 	keys cookies.EpochKeys
+	// synced is when the program was last brought in step (Unix ns), -1
+	// once it was detached after a failure: for the watchdog (lastSync).
+	synced atomic.Int64
 }
 
 // openFastPath loads the program and attaches it to the configured links
@@ -136,9 +140,11 @@ func (f *fastPath) run(ctx context.Context, eng *engine.Engine, jar *cookies.Jar
 			f.log.Error().Err(err).Str(telemetry.FieldEvent, telemetry.EventXDPFailed).
 				Msg("XDP fast path detached; the NFQUEUE path handles every packet")
 			f.prog.Detach()
+			f.synced.Store(-1)
 			<-ctx.Done()
 			return nil
 		}
+		f.synced.Store(time.Now().UnixNano())
 		select {
 		case <-ctx.Done():
 			return nil
@@ -187,6 +193,19 @@ func (f *fastPath) sync(eng *engine.Engine, jar *cookies.Jar, now time.Time) err
 		f.keys = jar.EpochKeys(now)
 	}
 	return f.prog.Renew(f.keys, eng.LastControl().Add(xdpFreshness))
+}
+
+// lastSync is when the program was last brought in step (zero before the
+// first time), and false once it was detached after a failure.
+func (f *fastPath) lastSync() (time.Time, bool) {
+	switch ns := f.synced.Load(); ns {
+	case -1:
+		return time.Time{}, false
+	case 0:
+		return time.Time{}, true
+	default:
+		return time.Unix(0, ns), true
+	}
 }
 
 // keysCover reports whether now lies in the middle epoch of f.keys, the

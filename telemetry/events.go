@@ -68,6 +68,12 @@ const (
 	// someone else and put back, or could not be checked or put back.
 	EventRulesRestored      = "rules_restored"
 	EventRulesRestoreFailed = "rules_restore_failed"
+	// The service manager (systemd): the packet path failed its health
+	// check, so the watchdog is withheld, or recovered; a notification
+	// could not be sent.
+	EventWatchdogUnhealthy = "watchdog_unhealthy"
+	EventWatchdogRecovered = "watchdog_recovered"
+	EventNotifyFailed      = "notify_failed"
 )
 
 // Events lists every event name, so documentation and tests can check
@@ -79,6 +85,7 @@ func Events() []string {
 		EventBackendOptionsLearned, EventBackendOptionMismatch, EventBackendUnreachable,
 		EventHandoffFailed, EventBackendDown, EventBackendUp, EventQueueOverflow, EventQueue, EventLogSuppressed,
 		EventXDPUnavailable, EventXDPFailed, EventRulesRestored, EventRulesRestoreFailed,
+		EventWatchdogUnhealthy, EventWatchdogRecovered, EventNotifyFailed,
 	}
 }
 
