@@ -5,20 +5,23 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"image"
 	"image/png"
 	"io"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/net/html"
 
 	"github.com/synguard/synguard/internal/poll"
 	"github.com/synguard/synguard/lab"
@@ -77,12 +80,18 @@ func TestOperatorView(t *testing.T) {
 	g.waitStats(t, "a sample after the first look's", func(s telemetry.ServiceView) bool {
 		return int64(s.Totals[telemetry.CounterSYNReceived]) > first.synTotal
 	})
+	// The flood is past --syn-rate-high: the attack has started, and the
+	// page's latest events say so.
+	if !poll.Until(10*time.Second, func() bool { return hasEvent(g.apiStats(t), telemetry.EventAttackStart) }) {
+		t.Fatalf("api/stats never listed an attack_start event: %s", g.apiStats(t).Events)
+	}
 	second := dashboard(t, browser, topo.Gateway, service)
 	if looked := time.Since(start); looked > 18*time.Second {
 		t.Fatalf("the two looks took until %v into a 20 s flood: too slow to tell", looked)
 	}
+	status := g.status(t) // milliseconds: still inside the flood
 	screenshot(t, browser, topo.Gateway)
-	t.Logf("before the flood: %+v; during it: %+v, then %+v", quiet, first, second)
+	t.Logf("before the flood: %v; during it: %v, then %v", quiet, first, second)
 	if first.synRate <= quiet.synRate || second.synRate <= quiet.synRate {
 		t.Fatalf("SYN/s on the page did not rise with the flood: %v before, %v and %v during", quiet.synRate, first.synRate, second.synRate)
 	}
@@ -99,6 +108,16 @@ func TestOperatorView(t *testing.T) {
 	}
 	if first.points == 0 || second.points == 0 {
 		t.Fatalf("charts have no points: %d, %d", first.points, second.points)
+	}
+	if f := forensicsOf(t, second.dom, service); !slices.Contains(f.events, telemetry.EventAttackStart) || f.backend == "" {
+		t.Fatalf("the page during the flood shows events %v, backend %q", f.events, f.backend)
+	}
+	// synguard status during the flood: the service's line, in cookie
+	// mode, SYNs and SYN-ACKs per second, and the XDP path's actions.
+	t.Logf("synguard status during the flood:\n%s", status)
+	line, ok := statusServices(t, status)[service.String()]
+	if !ok || line.mode != second.mode || line.syn < 1000 || line.synack < 1000 || !strings.Contains(status, "\nXDP: ") {
+		t.Fatalf("synguard status during a 3,000 SYN/s flood: %+v (found %v)\n%s", line, ok, status)
 	}
 	wait()
 
@@ -160,6 +179,7 @@ type pageView struct {
 	synTotal, handoffs  int64
 	path                string // which path sent the SYN-ACKs: "XDP 98% · queue 2%"
 	points              int    // points of the SYN chart's line
+	dom                 string // the whole page, as rendered
 }
 
 var (
@@ -169,11 +189,19 @@ var (
 	lineRe  = regexp.MustCompile(`<polyline points="([^"]*)" class="line syn"`)
 )
 
+// String leaves the page out.
+func (v pageView) String() string {
+	v.dom = fmt.Sprintf("(%d bytes)", len(v.dom))
+	type plain pageView
+	return fmt.Sprintf("%+v", plain(v))
+}
+
 // dashboard loads the page in Chromium and reads the service's card from
 // the rendered DOM, as text a person would read.
 func dashboard(t *testing.T, browser string, ns *netns.NS, service netip.AddrPort) pageView {
 	t.Helper()
 	dom := runChromium(t, browser, ns, "--dump-dom", "http://"+metricsAddr+"/")
+	v := pageView{dom: dom}
 	var card string
 	for _, m := range cardRe.FindAllStringSubmatch(dom, -1) {
 		if m[1] == service.String() {
@@ -186,7 +214,6 @@ func dashboard(t *testing.T, browser string, ns *netns.NS, service netip.AddrPor
 	if !strings.Contains(card, ">"+service.String()+"<") {
 		t.Fatalf("the card does not name %s", service)
 	}
-	var v pageView
 	fields := map[string]string{}
 	for _, m := range fieldRe.FindAllStringSubmatch(card, -1) {
 		fields[m[1]] = m[2]
@@ -265,14 +292,8 @@ func (g *gateway) apiStats(t *testing.T) telemetry.StatsView {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+metricsAddr+telemetry.PathStats, nil)
-	resp, err := httpClient(g.ns).Do(req)
+	v, err := telemetry.FetchStats(ctx, httpClient(g.ns), metricsAddr)
 	if err != nil {
-		t.Fatalf("api/stats: %v", err)
-	}
-	defer resp.Body.Close()
-	var v telemetry.StatsView
-	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
 		t.Fatalf("api/stats: %v", err)
 	}
 	if len(v.Services) == 0 {
@@ -341,5 +362,207 @@ func checkEvents(t *testing.T, log string, service netip.AddrPort) {
 	}
 	if peak < 1000 {
 		t.Fatalf("stats lines show at most %v SYN/s during a 3,000 SYN/s flood", peak)
+	}
+}
+
+// status runs `synguard status` against the gateway, from inside its
+// namespace, and returns what it printed.
+func (g *gateway) status(t *testing.T, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := g.ns.Command(ctx, binary, append([]string{"status", "--metrics", metricsAddr}, args...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("synguard status: %v\n%s", err, stderr.String())
+	}
+	return stdout.String()
+}
+
+// statusLine is one service's line in `synguard status`.
+type statusLine struct {
+	mode                                         string
+	halfOpen, syn, synack, valid, invalid, hando float64
+	backend                                      string // "up", "DOWN 12s: resets", "?"
+}
+
+var statusColumns = regexp.MustCompile(`\s{2,}`)
+
+// statusServices reads the service table of `synguard status`, by
+// service.
+func statusServices(t *testing.T, out string) map[string]statusLine {
+	t.Helper()
+	lines := map[string]statusLine{}
+	in := false
+	for line := range strings.Lines(out) {
+		line = strings.TrimRight(line, "\n")
+		switch {
+		case strings.HasPrefix(line, "SERVICE "):
+			in = true
+			continue
+		case line == "":
+			in = false
+		}
+		if !in {
+			continue
+		}
+		f := statusColumns.Split(strings.TrimSpace(line), -1)
+		if len(f) != 9 {
+			t.Fatalf("status line %q: %d columns, want 9", line, len(f))
+		}
+		lines[f[0]] = statusLine{
+			mode: f[1], halfOpen: number(t, f[2]), syn: number(t, f[3]), synack: number(t, f[4]),
+			valid: number(t, f[5]), invalid: number(t, f[6]), hando: number(t, f[7]), backend: f[8],
+		}
+	}
+	return lines
+}
+
+// statusAttack reads the attack on service from `synguard status`: its
+// top source prefixes, heaviest first, and the spread's hint; ok is false
+// when it shows no attack on the service.
+func statusAttack(out string, service string) (prefixes []string, hint string, ok bool) {
+	in := false
+	for line := range strings.Lines(out) {
+		line = strings.TrimRight(line, "\n")
+		switch {
+		case strings.HasPrefix(line, "ATTACK on "+service+" "):
+			in, ok = true, true
+		case !strings.HasPrefix(line, "  "):
+			in = false
+		case in && strings.HasPrefix(line, "  spread "):
+			_, hint, _ = strings.Cut(line, ": ")
+		case in && !strings.HasPrefix(line, "  PREFIX") && !strings.HasPrefix(line, "  peak "):
+			if f := strings.Fields(line); len(f) == 3 {
+				prefixes = append(prefixes, f[0])
+			}
+		}
+	}
+	return prefixes, hint, ok
+}
+
+// forensics is what the dashboard shows of a service's attack and
+// backend.
+type forensics struct {
+	attack   bool     // an attack in progress is shown
+	prefixes []string // its top source prefixes, heaviest first
+	hint     string   // what their spread suggests
+	backend  string   // up, down or unknown
+	detail   string   // why, and since when
+	why      string   // why hand-offs fail, when they do
+	history  int      // attacks listed as ended
+	events   []string // the latest events' names, newest first
+}
+
+// dashboardForensics loads the page in Chromium inside ns and reads the
+// service's attack, backend and history, and the latest events, from the
+// rendered DOM.
+func dashboardForensics(t *testing.T, browser string, ns *netns.NS, service netip.AddrPort) forensics {
+	t.Helper()
+	return forensicsOf(t, runChromium(t, browser, ns, "--dump-dom", "http://"+metricsAddr+"/"), service)
+}
+
+// forensicsOf reads the service's forensics from a rendered page.
+func forensicsOf(t *testing.T, dom string, service netip.AddrPort) forensics {
+	t.Helper()
+	doc, err := html.Parse(strings.NewReader(dom))
+	if err != nil {
+		t.Fatalf("the page's DOM: %v", err)
+	}
+	var card *html.Node
+	for n := range doc.Descendants() {
+		if n.Type == html.ElementNode && n.Data == "article" && htmlAttr(n, "data-service") == service.String() {
+			card = n
+		}
+	}
+	if card == nil {
+		t.Fatalf("the page shows no card for %s", service)
+	}
+	var f forensics
+	for n := range card.Descendants() {
+		if n.Type != html.ElementNode {
+			continue
+		}
+		switch {
+		case htmlAttr(n, "class") == "attack":
+			f.attack = !slices.ContainsFunc(n.Attr, func(a html.Attribute) bool { return a.Key == "hidden" })
+		case htmlAttr(n, "data-prefix") != "":
+			f.prefixes = append(f.prefixes, htmlAttr(n, "data-prefix"))
+		case htmlAttr(n, "data-attack") == "hint":
+			f.hint = htmlText(n)
+		case htmlAttr(n, "data-backend") == "state":
+			f.backend = htmlAttr(n, "data-state")
+		case htmlAttr(n, "data-backend") == "detail":
+			f.detail = htmlText(n)
+		case htmlAttr(n, "data-backend") == "why":
+			f.why = htmlText(n)
+		case n.Data == "tr" && n.Parent != nil && n.Parent.Data == "tbody" && n.Parent.Parent != nil && htmlAttr(n.Parent.Parent, "class") == "attacks":
+			f.history++
+		}
+	}
+	for n := range doc.Descendants() {
+		if n.Type == html.ElementNode && n.Data == "tr" && htmlAttr(n, "data-event") != "" {
+			f.events = append(f.events, htmlAttr(n, "data-event"))
+		}
+	}
+	return f
+}
+
+func htmlAttr(n *html.Node, key string) string {
+	for _, a := range n.Attr {
+		if a.Key == key {
+			return a.Val
+		}
+	}
+	return ""
+}
+
+// htmlText is n's text as shown, whitespace collapsed.
+func htmlText(n *html.Node) string {
+	var b strings.Builder
+	for d := range n.Descendants() {
+		if d.Type == html.TextNode {
+			b.WriteString(d.Data + " ")
+		}
+	}
+	return strings.Join(strings.Fields(b.String()), " ")
+}
+
+// hasEvent reports whether the document's latest events include one
+// named ev.
+func hasEvent(v telemetry.StatsView, ev string) bool {
+	for _, e := range v.Events {
+		var m struct {
+			Event string `json:"event"`
+		}
+		if json.Unmarshal(e, &m) == nil && m.Event == ev {
+			return true
+		}
+	}
+	return false
+}
+
+// The parsers of `synguard status` read its golden output: the services'
+// lines, the attack's prefixes and hint.
+func TestStatusParsers(t *testing.T) {
+	b, err := os.ReadFile("../cmd/synguard/testdata/status_incident.golden")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := string(b)
+	lines := statusServices(t, out)
+	if l := lines["203.0.113.10:80"]; len(lines) != 3 || l.mode != "cookie" || l.syn != 15056 || l.invalid != 3.5 || l.backend != "DOWN 1m15s: resets" {
+		t.Fatalf("service lines %+v", lines)
+	}
+	prefixes, hint, ok := statusAttack(out, "203.0.113.10:80")
+	if !ok || strings.Join(prefixes, " ") != "198.18.7.0/24 198.51.100.0/24" || hint != telemetry.HintConcentrated {
+		t.Fatalf("attack: %v %q %v", prefixes, hint, ok)
+	}
+	if prefixes, _, ok := statusAttack(out, "[2001:db8::10]:443"); !ok || len(prefixes) != 0 {
+		t.Fatalf("attack without sources: %v %v", prefixes, ok)
+	}
+	if _, _, ok := statusAttack(out, "192.0.2.25:25"); ok {
+		t.Fatal("an attack read on a quiet service")
 	}
 }

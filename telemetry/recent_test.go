@@ -143,3 +143,40 @@ func BenchmarkLimiterWrite(b *testing.B) {
 		lim.Write(line)
 	}
 }
+
+// Whatever is written through the limiter, Recent returns at most
+// RecentEvents lines, each a JSON object that was written, newest first.
+func FuzzRecent(f *testing.F) {
+	f.Add([]byte(`{"event":"start"}`+"\n"), []byte("not json\n"), 3)
+	f.Add([]byte(`{"event":"stats"}`), []byte(`{"event":"x","a":[1,2]}`+"\n\n"), 25)
+	f.Fuzz(func(t *testing.T, a, b []byte, n int) {
+		lim := NewLineLimiter(io.Discard, LimitConfig{Burst: 1 << 30})
+		n = max(0, n%64)
+		var written [][]byte
+		for i := range n {
+			line := a
+			if i%2 == 1 {
+				line = b
+			}
+			lim.Write(line)
+			written = append(written, bytes.TrimRight(line, "\n"))
+		}
+		got := lim.Recent()
+		if len(got) > RecentEvents {
+			t.Fatalf("%d lines", len(got))
+		}
+		for i, g := range got {
+			if !json.Valid(g) || g[0] != '{' {
+				t.Fatalf("line %d not a JSON object: %q", i, g)
+			}
+		}
+		// The newest kept line is the last written one, if that one was
+		// kept at all.
+		if len(got) > 0 && len(written) > 0 {
+			last := written[len(written)-1]
+			if json.Valid(last) && len(last) > 0 && len(last) <= recentLineMax && last[0] == '{' && string(eventName(last)) != EventStats && !bytes.Equal(got[0], last) {
+				t.Fatalf("newest %q, last written %q", got[0], last)
+			}
+		}
+	})
+}

@@ -323,7 +323,11 @@ func TestStatusWatchSurvivesRestart(t *testing.T) {
 		t.Fatalf("watch output:\n%s", out)
 	}
 
-	err = st.watch(context.Background(), io.Discard, time.Second, false)
+	// Bounded, so a loop that retried from the start would fail here
+	// rather than hang.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err = st.watch(ctx, io.Discard, 10*time.Millisecond, false)
 	if err == nil || err.Error() != "no synguard answering on "+st.addr+" (is it running with --metrics?)" {
 		t.Fatalf("first read failing: %v", err)
 	}

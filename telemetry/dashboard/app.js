@@ -47,10 +47,12 @@ function fmtDateTime(iso, now) {
 // fill replaces tbody's rows with rows (arrays of cell texts, or objects
 // {cells, attrs, cls}), unless they are the ones it already shows: under
 // a flood the page redraws once a second, and most tables do not change.
+const shown = new WeakMap(); // tbody -> the rows it shows, as JSON
+
 function fill(tbody, rows) {
   const key = JSON.stringify(rows);
-  if (tbody.dataset.key === key) return;
-  tbody.dataset.key = key;
+  if (shown.get(tbody) === key) return;
+  shown.set(tbody, key);
   while (tbody.firstChild) tbody.removeChild(tbody.firstChild);
   for (const r of rows) {
     const row = Array.isArray(r) ? { cells: r } : r;
