@@ -279,7 +279,7 @@ func TestServiceSandbox(t *testing.T) {
 	if want := "READY=1\nSTATUS=protecting " + service.String() + "; mode always; queue 0"; !strings.HasPrefix(ready, want) {
 		t.Fatalf("first notification %q, want it to begin %q", ready, want)
 	}
-	if !regexp.MustCompile(`"event":"start".*"xdp":\{"[^"]+":"generic"`).MatchString(log.String()) {
+	if !regexp.MustCompile(`"event":"start".*"xdp":\{"[^"]+":"(tc|generic|native)"`).MatchString(log.String()) {
 		t.Fatalf("the XDP fast path was not attached within the sandbox:\n%s", log.String())
 	}
 
