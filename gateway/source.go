@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"github.com/synguard/synguard/conntrack"
 	"github.com/synguard/synguard/engine"
 	"github.com/synguard/synguard/nfq"
 	"github.com/synguard/synguard/telemetry"
@@ -13,6 +14,15 @@ type source struct {
 	first  uint16 // number of queues[0]; the rest follow in order
 	mode   string
 	fast   *fastPath // nil without XDP
+
+	entries     *conntrack.Counter
+	handoffMark uint32
+}
+
+// HandoffEntries counts the kernel's entries with the hand-off mark, for
+// synguard_handoff_entries: a standby's shows what conntrackd copied.
+func (s *source) HandoffEntries() (int, error) {
+	return s.entries.Count(s.handoffMark)
 }
 
 func (s *source) ServiceCounters() []telemetry.ServiceCounters {

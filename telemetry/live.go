@@ -99,6 +99,9 @@ type StatsView struct {
 	Services      []ServiceView     `json:"services"`
 	Queues        []QueueView       `json:"queues"`
 	LogSuppressed map[string]uint64 `json:"log_suppressed"`
+	// HandoffEntries is the kernel's count of conntrack entries with the
+	// hand-off mark, read for this request; absent when unknown.
+	HandoffEntries *int `json:"handoff_entries,omitempty"`
 }
 
 // sample is everything read from the source at one moment.
@@ -199,6 +202,11 @@ func (t *Telemetry) Stats() StatsView {
 	if empty {
 		t.sampleLive()
 	}
+	// Counted outside the lock: a dump of a large table takes a while.
+	var entries *int
+	if n, ok := handoffEntries(t.src); ok {
+		entries = &n
+	}
 	l := &t.live
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -210,6 +218,7 @@ func (t *Telemetry) Stats() StatsView {
 		Queues:        append([]QueueView{}, l.queues...),
 		LogSuppressed: map[string]uint64{},
 	}
+	v.HandoffEntries = entries
 	for i, s := range l.views {
 		s.History = s.History.clone()
 		v.Services[i] = s

@@ -65,6 +65,14 @@ type XDPSource interface {
 	XDPActions() map[string]uint64
 }
 
+// HandoffSource is a Source that counts the kernel's conntrack entries
+// carrying the hand-off mark: flows handed off by this gateway and, on a
+// standby, the copies conntrackd made of its peer's. It is read at each
+// scrape and /api/stats request, not sampled.
+type HandoffSource interface {
+	HandoffEntries() (int, error)
+}
+
 // counterHelp documents the engine counters that have their own metric
 // names; any other counter is exported as synguard_<name>_total too.
 var counterHelp = map[string]string{
@@ -122,6 +130,7 @@ type Collector struct {
 	qBatch     *prometheus.Desc
 	qVErr      *prometheus.Desc
 	xdpPackets *prometheus.Desc
+	handoffs   *prometheus.Desc
 }
 
 // NewCollector builds a collector reading src.
@@ -148,6 +157,7 @@ func NewCollector(src Source, cfg CollectorConfig) *Collector {
 	c.qNoBu = prometheus.NewDesc(Namespace+"_queue_enobufs_total", "Times the kernel reported the queue socket's buffer overflowed.", []string{"queue"}, nil)
 	c.qVErr = prometheus.NewDesc(Namespace+"_queue_verdict_errors_total", "Verdicts that could not be delivered.", []string{"queue"}, nil)
 	c.xdpPackets = prometheus.NewDesc(Namespace+"_xdp_packets_total", "Packets the XDP fast path handled, by action: tx (answered with a SYN-ACK), drop (forged ACKs, SYN-ACKs the amplification guard withheld), pass (left to the kernel and the queue).", []string{"action"}, nil)
+	c.handoffs = prometheus.NewDesc(Namespace+"_handoff_entries", "Kernel conntrack entries carrying the hand-off connmark: flows handed off here and, on a standby, the copies conntrackd synchronised from its peer. Counted at scrape time.", nil, nil)
 	return c
 }
 
@@ -156,7 +166,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range c.descs {
 		ch <- d
 	}
-	for _, d := range []*prometheus.Desc{c.mode, c.halfOpen, c.pend, c.qRecv, c.qDrop, c.qNoBu, c.qVErr, c.qBatch, c.xdpPackets} {
+	for _, d := range []*prometheus.Desc{c.mode, c.halfOpen, c.pend, c.qRecv, c.qDrop, c.qNoBu, c.qVErr, c.qBatch, c.xdpPackets, c.handoffs} {
 		ch <- d
 	}
 	if c.handshake != nil {
@@ -210,11 +220,25 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.xdpPackets, prometheus.CounterValue, float64(n), action)
 		}
 	}
+	if n, ok := handoffEntries(c.src); ok {
+		ch <- prometheus.MustNewConstMetric(c.handoffs, prometheus.GaugeValue, float64(n))
+	}
 	if c.log != nil {
 		for event, n := range c.log.Suppressed() {
 			ch <- prometheus.MustNewConstMetric(c.suppressed, prometheus.CounterValue, float64(n), event)
 		}
 	}
+}
+
+// handoffEntries reads src's hand-off entry count, if it has one. A
+// count that failed is left out rather than failing the whole scrape.
+func handoffEntries(src Source) (int, bool) {
+	hs, ok := src.(HandoffSource)
+	if !ok {
+		return 0, false
+	}
+	n, err := hs.HandoffEntries()
+	return n, err == nil
 }
 
 // Listen binds the metrics address now, so a bad or busy address fails
