@@ -21,6 +21,7 @@ type command struct {
 	args    string   // what follows the command's path in the usage line of its run
 	summary string   // one line in the parent's list of commands
 	doc     string   // the description in its own -h; summary if empty
+	example string   // a command line to try, shown in its own -h
 
 	// run runs the command with the arguments after its name. A command
 	// with subcommands may have one too: it runs when no subcommand is
@@ -73,6 +74,33 @@ func commandTree() *command {
 						summary: "build a lab, run the gateway, a bounded spoofed SYN flood and legitimate " +
 							"clients, print a live report every second, tear everything down",
 						run: runLabDemo,
+					},
+					{
+						name:    "ha",
+						summary: "up|down|demo: an active/standby gateway pair (keepalived, conntrackd) in namespaces",
+						subs: []*command{
+							{
+								name:    "up",
+								args:    "[--name PREFIX] [--no-sync]",
+								summary: "build the pair's lab: client, backend, switches, gw-a (master) and gw-b, each running conntrackd, synguard and keepalived with docs/ha's files",
+								example: "synguard lab ha up && ip netns exec sgha-gw-b conntrack -L --mark 0x53470002",
+								run:     runLabHAUp,
+							},
+							{
+								name:    "down",
+								args:    "[--name PREFIX]",
+								summary: "remove an HA lab: its processes, namespaces and files",
+								example: "synguard lab ha down --name sgha",
+								run:     runLabHADown,
+							},
+							{
+								name:    "demo",
+								args:    "[flags]",
+								summary: "build an HA lab, run a download and short connections, kill the master mid-way, print a line per second and a verdict, tear down",
+								example: "synguard lab ha demo --size 256 --rate 16 --kill-after 5s",
+								run:     runLabHADemo,
+							},
+						},
 					},
 					{
 						name:    "serve",
@@ -278,6 +306,9 @@ func (c *command) printUsage(w io.Writer, fs *flag.FlagSet) {
 		for _, l := range wrap(desc, helpWidth) {
 			fmt.Fprintln(w, l)
 		}
+	}
+	if c.example != "" {
+		fmt.Fprintf(w, "\nexample:\n  %s\n", c.example)
 	}
 	if len(c.subs) > 0 {
 		fmt.Fprintln(w, "\ncommands:")
