@@ -570,6 +570,8 @@ func HADown(ctx context.Context, name string) error {
 	if err := os.RemoveAll(haDir(name)); err != nil {
 		errs = append(errs, err)
 	}
+	// The parent goes with the last lab; while others run it stays.
+	_ = os.Remove(HARunDir)
 	return errors.Join(errs...)
 }
 
