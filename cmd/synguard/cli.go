@@ -54,7 +54,7 @@ func commandTree() *command {
 			},
 			{
 				name:    "lab",
-				summary: "up|down|demo|serve: a self-contained client/gateway/backend lab in network namespaces",
+				summary: "up|down|demo|serve|ha: a self-contained client/gateway/backend lab in network namespaces",
 				subs: []*command{
 					{
 						name:    "up",
