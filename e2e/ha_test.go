@@ -45,15 +45,7 @@ const (
 // test ends; on failure the daemons' logs are shown.
 func newHA(t *testing.T, noSync bool) *lab.HA {
 	t.Helper()
-	roottest.Require(t)
-	for _, tool := range []string{"keepalived", "conntrackd"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("%s not installed; CI must install it (apt-get install keepalived conntrackd)", tool)
-			}
-			t.Skipf("needs %s (apt-get install keepalived conntrackd)", tool)
-		}
-	}
+	requireHATools(t)
 	if lab.SynguardRunDir != firewall.RecordDir {
 		t.Fatalf("lab.SynguardRunDir %s is not firewall.RecordDir %s: a killed gateway's files would stay", lab.SynguardRunDir, firewall.RecordDir)
 	}
@@ -89,6 +81,21 @@ func newHA(t *testing.T, noSync bool) *lab.HA {
 		}
 	})
 	return h
+}
+
+// requireHATools: root, keepalived and conntrackd, or the test fails in CI
+// and is skipped elsewhere.
+func requireHATools(t *testing.T) {
+	t.Helper()
+	roottest.Require(t)
+	for _, tool := range []string{"keepalived", "conntrackd"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatalf("%s not installed; CI must install it (apt-get install keepalived conntrackd)", tool)
+			}
+			t.Skipf("needs %s (apt-get install keepalived conntrackd)", tool)
+		}
+	}
 }
 
 func tail(s string, n int) string {
@@ -401,5 +408,52 @@ func TestHAWithoutConntrackdDownloadBreaks(t *testing.T) {
 	t.Logf("the download broke after %d of %d MiB (%d at the kill): %v", d.Received()>>20, d.Size>>20, atKill>>20, err)
 	if r := lab.Probe(context.Background(), h.Client, h.Service, 15*time.Second); !r.OK {
 		t.Errorf("a new connection through gw-b failed: %v", r.Err)
+	}
+}
+
+// TestHADemo runs `synguard lab ha demo` as a user would: a line a second
+// with the VIP holder and both gateways' entry counts, gw-a dead after
+// the kill, a passing verdict, and nothing left behind.
+func TestHADemo(t *testing.T) {
+	requireHATools(t)
+	name := fmt.Sprintf("sgh%d-%d", os.Getpid()%100000, haSeq.Add(1))
+	t.Cleanup(func() {
+		if err := lab.HADown(context.Background(), name); err != nil {
+			t.Error(err)
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, binary, "lab", "ha", "demo", "--name", name,
+		"--size", "48", "--rate", "8", "--conns", "20", "--kill-after", "2s").CombinedOutput()
+	if err != nil {
+		t.Fatalf("demo: %v\n%s", err, out)
+	}
+	text := string(out)
+	for _, want := range []string{"gw-a killed", "gw-b holds both VIPs", "48.0 MiB intact", "verdict: PASS"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, text)
+		}
+	}
+	var before, after bool
+	for line := range strings.Lines(text) {
+		f := strings.Fields(line)
+		if len(f) < 4 || !strings.HasSuffix(f[0], "s") || f[0] == "t" {
+			continue
+		}
+		switch {
+		case f[1] == "gw-a" && f[2] != "dead" && f[3] != "-":
+			before = true
+		case f[1] == "gw-b" && f[2] == "dead":
+			after = true
+		}
+	}
+	if !before || !after {
+		t.Errorf("no line with gw-a holding the VIPs (%v) or with gw-b holding them and gw-a dead (%v):\n%s", before, after, text)
+	}
+	for _, ns := range lab.HANamespaceNames(name) {
+		if _, err := os.Stat("/run/netns/" + ns); err == nil {
+			t.Errorf("the demo left namespace %s", ns)
+		}
 	}
 }
