@@ -64,6 +64,10 @@ func TestOperatorView(t *testing.T) {
 	if quiet.handoffs != 1 {
 		t.Fatalf("page shows %d hand-offs in all, want 1", quiet.handoffs)
 	}
+	// The flow's entry keeps the hand-off mark through TIME_WAIT.
+	if n := g.metric("synguard_handoff_entries"); n != 1 || quiet.entries != "1" {
+		t.Fatalf("hand-off entries: %v in the metrics, %q on the page; want 1", n, quiet.entries)
+	}
 
 	// 3,000 SYN/s for 20 s: long enough that both looks (a browser start
 	// each, seconds on a loaded machine) fall well inside the flood. The
@@ -180,6 +184,7 @@ type pageView struct {
 	path                string // which path sent the SYN-ACKs: "XDP 98% · queue 2%"
 	points              int    // points of the SYN chart's line
 	dom                 string // the whole page, as rendered
+	entries             string // conntrack entries with the hand-off mark, as shown
 }
 
 var (
@@ -187,6 +192,7 @@ var (
 	fieldRe = regexp.MustCompile(`data-field="([a-z_]+)"[^>]*>([^<]*)<`)
 	totalRe = regexp.MustCompile(`data-total="([a-z_]+)"[^>]*>([0-9,]+) total<`)
 	lineRe  = regexp.MustCompile(`<polyline points="([^"]*)" class="line syn"`)
+	entryRe = regexp.MustCompile(`id="handoff-entries"[^>]*>([^<]*)<`)
 )
 
 // String leaves the page out.
@@ -232,6 +238,9 @@ func dashboard(t *testing.T, browser string, ns *netns.NS, service netip.AddrPor
 	}
 	if m := lineRe.FindStringSubmatch(card); m != nil {
 		v.points = len(strings.Fields(m[1]))
+	}
+	if m := entryRe.FindStringSubmatch(dom); m != nil {
+		v.entries = m[1]
 	}
 	return v
 }

@@ -50,6 +50,7 @@ type gateway struct {
 	cfg       Config
 	sender    *rawsock.Sender
 	table     *conntrack.Table
+	entries   *conntrack.Counter // counts the hand-off mark's entries for the metrics
 	eng       *engine.Engine
 	queues    []*nfq.Queue
 	tel       *telemetry.Telemetry
@@ -105,6 +106,9 @@ func open(cfg Config) (_ *gateway, err error) {
 		return nil, err
 	}
 	if g.table, err = conntrack.Open(); err != nil {
+		return nil, err
+	}
+	if g.entries, err = conntrack.OpenCounter(); err != nil {
 		return nil, err
 	}
 	// Opening the table loaded conntrack for the namespace, so its
@@ -169,7 +173,8 @@ func open(cfg Config) (_ *gateway, err error) {
 		names = append(names, telemetry.CounterXDPSYNACKSent, telemetry.CounterXDPACKDropped)
 	}
 	g.tel = telemetry.New(telemetry.Config{
-		Source: &source{eng: g.eng, queues: g.queues, first: cfg.Queue, fast: g.fast, health: g.health, attacks: g.attacks, watch: g.watch},
+		Source: &source{eng: g.eng, queues: g.queues, first: cfg.Queue, fast: g.fast, health: g.health, attacks: g.attacks, watch: g.watch,
+			entries: g.entries, handoffMark: cfg.HandoffMark},
 		Collector: telemetry.CollectorConfig{
 			Counters:  names,
 			Modes:     []string{engine.StateCookie.String(), engine.StatePassthrough.String(), engine.ModeOff.String()},
@@ -340,6 +345,9 @@ func (g *gateway) close() {
 	}
 	if g.table != nil {
 		g.table.Close()
+	}
+	if g.entries != nil {
+		g.entries.Close()
 	}
 	if g.sender != nil {
 		g.sender.Close()

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"github.com/synguard/synguard/conntrack"
 	"github.com/synguard/synguard/engine"
 	"github.com/synguard/synguard/nfq"
 	"github.com/synguard/synguard/telemetry"
@@ -15,6 +16,15 @@ type source struct {
 	health  *health
 	attacks *attackHistory
 	watch   *rulesWatch
+
+	entries     *conntrack.Counter
+	handoffMark uint32
+}
+
+// HandoffEntries counts the kernel's entries with the hand-off mark, for
+// synguard_handoff_entries: a standby's shows what conntrackd copied.
+func (s *source) HandoffEntries() (int, error) {
+	return s.entries.Count(s.handoffMark)
 }
 
 // Attacks are the attacks that ended, newest first.

@@ -27,6 +27,22 @@
 // [DownAll] does the same for every namespace whose name has a given prefix,
 // for cleaning up after a crash.
 //
+// # High availability
+//
+// [HAUp] builds a second kind of lab, for an active/standby gateway pair
+// (docs/ha.md): a client and a backend, each on a switch (a bridge in a
+// namespace of its own), and two gateways, gw-a and gw-b, on both switches
+// and on a third, the sync link. Each gateway runs conntrackd, synguard
+// (one key file for both) and keepalived with the docs/ha files, changed
+// only by [HAReplacer] (their paths move into the lab's directory). Names
+// derive from [HAConfig.Name], so labs run side by side. [HA.Kill] makes a
+// gateway a dead box (its processes SIGKILLed, its namespace and links
+// gone) and [HA.Boot] brings it back as a box just switched on. [HADemo]
+// is `synguard lab ha demo`: a [PacedDownload] and short connections
+// ([RunConns]) across the master's death. Daemons run in sessions of
+// their own, so a lab outlives `synguard lab ha up`; [HADown] removes
+// processes, namespaces and files.
+//
 // # Peers
 //
 // [ServeHTTP] is the backend: GET /bytes/N answers N bytes of deterministic

@@ -9,7 +9,7 @@ if [ "$(id -u)" -ne 0 ]; then
 	exit 1
 fi
 
-packages=(iptables conntrack iproute2 procps kmod curl ca-certificates chromium iperf3)
+packages=(iptables conntrack iproute2 procps kmod curl ca-certificates chromium iperf3 keepalived conntrackd)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,6 +18,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	# The HA lab runs its own keepalived and conntrackd in namespaces; the
+	# host services the packages just enabled are not wanted.
+	for p in "${missing[@]}"; do
+		case "$p" in
+		keepalived | conntrackd)
+			if [ -d /run/systemd/system ]; then
+				systemctl disable --now "$p" >/dev/null 2>&1 || true
+			fi
+			;;
+		esac
+	done
 fi
 
 if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then

@@ -35,6 +35,8 @@ func (oneService) QueueCounters() []telemetry.QueueCounters {
 	return []telemetry.QueueCounters{{Queue: 0}}
 }
 
+func (oneService) HandoffEntries() (int, error) { return 0, nil }
+
 // exported returns the metric names the gateway's telemetry exports, as
 // wired by the gateway: every engine counter, histograms and the limiter.
 func exported(t *testing.T) map[string]bool {

@@ -226,6 +226,9 @@ type StatsView struct {
 	// Events are the latest log lines, newest first, at most
 	// RecentEvents, stats lines left out (LineLimiter.Recent).
 	Events []json.RawMessage `json:"events"`
+	// HandoffEntries is the kernel's count of conntrack entries with the
+	// hand-off mark, read for this request; absent when unknown.
+	HandoffEntries *int `json:"handoff_entries,omitempty"`
 }
 
 // sample is everything read from the source at one moment.
@@ -366,6 +369,11 @@ func (t *Telemetry) Stats() StatsView {
 	if empty {
 		t.sampleLive()
 	}
+	// Counted outside the lock: a dump of a large table takes a while.
+	var entries *int
+	if n, ok := handoffEntries(t.src); ok {
+		entries = &n
+	}
 	l := &t.live
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -379,6 +387,7 @@ func (t *Telemetry) Stats() StatsView {
 		LogSuppressed: map[string]uint64{},
 		Events:        []json.RawMessage{},
 	}
+	v.HandoffEntries = entries
 	for i, s := range l.views {
 		s.History = s.History.clone()
 		v.Services[i] = s

@@ -140,6 +140,14 @@ type RulesSource interface {
 	RulesRestored() uint64
 }
 
+// HandoffSource is a Source that counts the kernel's conntrack entries
+// carrying the hand-off mark: flows handed off by this gateway and, on a
+// standby, the copies conntrackd made of its peer's. It is read at each
+// scrape and /api/stats request, not sampled.
+type HandoffSource interface {
+	HandoffEntries() (int, error)
+}
+
 // counterHelp documents the engine counters that have their own metric
 // names; any other counter is exported as synguard_<name>_total too.
 var counterHelp = map[string]string{
@@ -202,6 +210,7 @@ type Collector struct {
 	backendUp    *prometheus.Desc
 	attackActive *prometheus.Desc
 	attacks      *prometheus.Desc
+	handoffs     *prometheus.Desc
 }
 
 // NewCollector builds a collector reading src.
@@ -232,6 +241,7 @@ func NewCollector(src Source, cfg CollectorConfig) *Collector {
 	c.attacks = prometheus.NewDesc(Namespace+"_attacks_total", "Attacks started on the service, the one in progress included.", []string{"service"}, nil)
 	c.xdpPackets = prometheus.NewDesc(Namespace+"_xdp_packets_total", "Packets the XDP fast path handled, by action: tx (answered with a SYN-ACK), drop (forged ACKs, SYN-ACKs the amplification guard withheld), pass (left to the kernel and the queue).", []string{"action"}, nil)
 	c.restored = prometheus.NewDesc(Namespace+"_rules_restored_total", "Times synguard found its firewall rules changed by someone else (a flush, another tool's restore) and put them back.", nil, nil)
+	c.handoffs = prometheus.NewDesc(Namespace+"_handoff_entries", "Kernel conntrack entries carrying the hand-off connmark: flows handed off here and, on a standby, the copies conntrackd synchronised from its peer. Counted at scrape time.", nil, nil)
 	return c
 }
 
@@ -240,7 +250,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range c.descs {
 		ch <- d
 	}
-	for _, d := range []*prometheus.Desc{c.mode, c.halfOpen, c.pend, c.qRecv, c.qDrop, c.qNoBu, c.qVErr, c.qBatch, c.xdpPackets, c.restored, c.backendUp, c.attackActive, c.attacks} {
+	for _, d := range []*prometheus.Desc{c.mode, c.halfOpen, c.pend, c.qRecv, c.qDrop, c.qNoBu, c.qVErr, c.qBatch, c.xdpPackets, c.restored, c.backendUp, c.attackActive, c.attacks, c.handoffs} {
 		ch <- d
 	}
 	if c.handshake != nil {
@@ -302,6 +312,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	if rs, ok := c.src.(RulesSource); ok {
 		ch <- prometheus.MustNewConstMetric(c.restored, prometheus.CounterValue, float64(rs.RulesRestored()))
 	}
+	if n, ok := handoffEntries(c.src); ok {
+		ch <- prometheus.MustNewConstMetric(c.handoffs, prometheus.GaugeValue, float64(n))
+	}
 	if c.log != nil {
 		for event, n := range c.log.Suppressed() {
 			ch <- prometheus.MustNewConstMetric(c.suppressed, prometheus.CounterValue, float64(n), event)
@@ -319,6 +332,17 @@ func b2f(b bool) float64 {
 		return 1
 	}
 	return 0
+}
+
+// handoffEntries reads src's hand-off entry count, if it has one. A
+// count that failed is left out rather than failing the whole scrape.
+func handoffEntries(src Source) (int, bool) {
+	hs, ok := src.(HandoffSource)
+	if !ok {
+		return 0, false
+	}
+	n, err := hs.HandoffEntries()
+	return n, err == nil
 }
 
 // Listen binds the metrics address now, so a bad or busy address fails

@@ -88,7 +88,7 @@ func commandTree() *command {
 			},
 			{
 				name:    "lab",
-				summary: "up|down|demo|serve: a self-contained client/gateway/backend lab in network namespaces",
+				summary: "up|down|demo|serve|ha: a self-contained client/gateway/backend lab in network namespaces",
 				example: "synguard lab demo\nsynguard lab up --name mylab",
 				subs: []*command{
 					{
@@ -112,6 +112,33 @@ func commandTree() *command {
 							"clients, print a live report every second, tear everything down",
 						example: "synguard lab demo --mode auto --duration 30s --rate 50000",
 						run:     runLabDemo,
+					},
+					{
+						name:    "ha",
+						summary: "up|down|demo: an active/standby gateway pair (keepalived, conntrackd) in namespaces",
+						subs: []*command{
+							{
+								name:    "up",
+								args:    "[--name PREFIX] [--no-sync]",
+								summary: "build the pair's lab: client, backend, switches, gw-a (master) and gw-b, each running conntrackd, synguard and keepalived with docs/ha's files",
+								example: "synguard lab ha up && ip netns exec sgha-gw-b conntrack -L --mark 0x53470002",
+								run:     runLabHAUp,
+							},
+							{
+								name:    "down",
+								args:    "[--name PREFIX]",
+								summary: "remove an HA lab: its processes, namespaces and files",
+								example: "synguard lab ha down --name sgha",
+								run:     runLabHADown,
+							},
+							{
+								name:    "demo",
+								args:    "[flags]",
+								summary: "build an HA lab, run a download and short connections, kill the master mid-way, print a line per second and a verdict, tear down",
+								example: "synguard lab ha demo --size 256 --rate 16 --kill-after 5s",
+								run:     runLabHADemo,
+							},
+						},
 					},
 					{
 						name:    "serve",

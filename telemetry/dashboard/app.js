@@ -317,6 +317,9 @@ function render(doc) {
   renderXDP(doc.xdp);
   renderEvents(doc.events || []);
   renderSuppressed(doc.log_suppressed);
+  const entries = document.getElementById("handoff-entries");
+  entries.textContent = doc.handoff_entries == null ? "–" : fmtInt(doc.handoff_entries);
+  entries.dataset.value = doc.handoff_entries == null ? "" : String(doc.handoff_entries);
   const up = Math.floor(doc.uptime_seconds);
   document.getElementById("updated").textContent =
     "up " + Math.floor(up / 3600) + "h " + Math.floor((up % 3600) / 60) + "m " + (up % 60) + "s · " +
