@@ -116,6 +116,7 @@ func commandTree() *command {
 					{
 						name:    "ha",
 						summary: "up|down|demo: an active/standby gateway pair (keepalived, conntrackd) in namespaces",
+						example: "synguard lab ha demo",
 						subs: []*command{
 							{
 								name:    "up",
