@@ -3,20 +3,16 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/synguard/synguard/internal/poll"
-	"github.com/synguard/synguard/internal/syncbuf"
 	"github.com/synguard/synguard/lab"
-	"github.com/synguard/synguard/lab/netns"
 	"github.com/synguard/synguard/telemetry"
 )
 
@@ -56,37 +52,6 @@ func (g *gateway) attackEvents() (starts, ends []attackEvent) {
 	return starts, ends
 }
 
-// floodFrom is flood with sources from prefix.
-func floodFrom(t *testing.T, ns *netns.NS, target netip.AddrPort, sources netip.Prefix, rate, count int, d time.Duration) (wait func() string) {
-	t.Helper()
-	cmd := ns.Command(context.Background(), binary, "bench", "flood", "--target", target.String(), "--sources", sources.String(),
-		"--rate", fmt.Sprint(rate), "--count", fmt.Sprint(count), "--duration", d.String())
-	out := &syncbuf.Buffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	var once sync.Once
-	wait = func() string {
-		once.Do(func() {
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("flood: %v: %s", err, out.String())
-				}
-			case <-time.After(d + 30*time.Second):
-				_ = cmd.Process.Kill()
-				t.Errorf("flood did not stop by itself")
-			}
-		})
-		return out.String()
-	}
-	t.Cleanup(func() { wait() })
-	return wait
-}
-
 // TestAttackForensics floods a service twice, from one /24 and then from
 // the whole benchmarking /15 with its backend dead, and checks what an
 // operator gets: one attack_start and one attack_end per flood, the hot
@@ -110,7 +75,7 @@ func attackForensics(t *testing.T, xdpMode string) {
 	// 1. A concentrated flood.
 	hot := netip.MustParsePrefix("198.18.7.0/24")
 	const rate, seconds = 5000, 4
-	wait := floodFrom(t, topo.Client, service, hot, rate, rate*seconds, seconds*time.Second)
+	wait := floodWith(t, topo.Client, service, rate, rate*seconds, seconds*time.Second, "--sources", hot.String())
 	g.waitStats(t, "an attack in progress", func(s telemetry.ServiceView) bool { return s.Attack != nil })
 	out, err := topo.Gateway.Output(context.Background(), binary, "status", "--metrics", metricsAddr)
 	if err != nil {

@@ -165,8 +165,15 @@ func (g *gateway) metric(name string) float64 {
 // that waits for it to finish.
 func flood(t *testing.T, ns *netns.NS, target netip.AddrPort, rate, count int, d time.Duration) (wait func() string) {
 	t.Helper()
-	cmd := ns.Command(context.Background(), binary, "bench", "flood", "--target", target.String(),
-		"--rate", fmt.Sprint(rate), "--count", fmt.Sprint(count), "--duration", d.String())
+	return floodWith(t, ns, target, rate, count, d)
+}
+
+// floodWith is flood with more of bench flood's flags.
+func floodWith(t *testing.T, ns *netns.NS, target netip.AddrPort, rate, count int, d time.Duration, flags ...string) (wait func() string) {
+	t.Helper()
+	args := append([]string{"bench", "flood", "--target", target.String(),
+		"--rate", fmt.Sprint(rate), "--count", fmt.Sprint(count), "--duration", d.String()}, flags...)
+	cmd := ns.Command(context.Background(), binary, args...)
 	out := &syncbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {

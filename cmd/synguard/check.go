@@ -14,13 +14,7 @@ import (
 // nothing: a file that passes starts (unless the system refuses what it
 // asks for, a queue already taken or a link without XDP).
 func runCheck(_ context.Context, args []string, stdout, _ io.Writer) error {
-	var f gatewayFlags
-	fs := newFlagSet(stdout, "check")
-	f.register(fs)
-	if err := parseArgs(fs, args); err != nil {
-		return err
-	}
-	cfg, err := load(f.source(fs))
+	cfg, err := loadCommand("check", args, stdout)
 	if err != nil {
 		return err
 	}

@@ -215,14 +215,20 @@ func reloadable(src config.Source, running config.Config) (gateway.Config, error
 	return next.Gateway, nil
 }
 
-func printRules(args []string, stdout, stderr io.Writer) error {
+// loadCommand parses a command's gateway flags and loads the
+// configuration they name, as run does.
+func loadCommand(name string, args []string, stdout io.Writer) (config.Config, error) {
 	var f gatewayFlags
-	fs := newFlagSet(stdout, "rules")
+	fs := newFlagSet(stdout, name)
 	f.register(fs)
 	if err := parseArgs(fs, args); err != nil {
-		return err
+		return config.Config{}, err
 	}
-	cfg, err := load(f.source(fs))
+	return load(f.source(fs))
+}
+
+func printRules(args []string, stdout, stderr io.Writer) error {
+	cfg, err := loadCommand("rules", args, stdout)
 	if err != nil {
 		return err
 	}
