@@ -64,7 +64,8 @@ func (w *Worker) backendSYNACK(svc int, k flowKey, f *pendingFlow) {
 		if p.Options.HasWindowScale {
 			f.serverScale = cookies.WindowScale(min(p.Options.WindowScale, packet.MaxWindowScale))
 		}
-		f.expires = e.cfg.Now().Add(e.cfg.Linger)
+		f.answered = e.cfg.Now()
+		f.expires = f.answered.Add(e.cfg.Linger)
 		observed := observedBackend(&p.Options)
 		mismatch := f.announced.mismatch(observed)
 		e.mu.Unlock()

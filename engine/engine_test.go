@@ -97,6 +97,7 @@ type fakeHandoff struct {
 	// clearAfterDelete makes Delete clear err, like a kernel whose stale
 	// entry is gone.
 	clearAfterDelete bool
+	onCreate         func() // called in Create, e.g. to move the clock
 	deleted          int
 }
 
@@ -104,6 +105,9 @@ func (h *fakeHandoff) Create(f handoff.Flow) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.got = append(h.got, f)
+	if h.onCreate != nil {
+		h.onCreate()
+	}
 	return h.err
 }
 

@@ -23,10 +23,10 @@ type Events interface {
 	// HandoffFailed reports a flow whose conntrack entry could not be
 	// made; both ends were reset.
 	HandoffFailed(service netip.AddrPort, err error)
-	// HandedOff reports a flow handed to the kernel, d after its
-	// client's ACK validated. It is called for every hand-off and must
-	// not allocate.
-	HandedOff(service int, d time.Duration)
+	// HandedOff reports a flow handed to the kernel, with how long each
+	// step took from its client's valid ACK. It is called for every
+	// hand-off and must not allocate.
+	HandedOff(service int, t HandoffTiming)
 	// AttackStarted and AttackEnded mark a period of pressure on a
 	// service (see attack.go): one start and one end per attack.
 	AttackStarted(AttackStart)
@@ -49,6 +49,23 @@ func (NopEvents) ModeChanged(ModeChange)                                {}
 func (NopEvents) BackendLearned(netip.AddrPort, BackendOptions, string) {}
 func (NopEvents) BackendMismatch(netip.AddrPort, BackendOptions)        {}
 func (NopEvents) HandoffFailed(netip.AddrPort, error)                   {}
-func (NopEvents) HandedOff(int, time.Duration)                          {}
+func (NopEvents) HandedOff(int, HandoffTiming)                          {}
 func (NopEvents) AttackStarted(AttackStart)                             {}
 func (NopEvents) AttackEnded(AttackEnd)                                 {}
+
+// HandoffTiming is how long each step of a flow's hand-off took, for the
+// handshake histograms.
+type HandoffTiming struct {
+	// Backend is from the client's valid ACK to the backend's SYN-ACK:
+	// the replayed SYN's way out, the backend, the answer's way back
+	// through the queue.
+	Backend time.Duration
+	// Wait is from the SYN-ACK to a hand-off goroutine taking the flow.
+	Wait time.Duration
+	// Entry is the conntrack entry's creation, a netlink round trip;
+	// the window update leaves right after it.
+	Entry time.Duration
+}
+
+// Total is the whole hand-off, from the client's valid ACK.
+func (t HandoffTiming) Total() time.Duration { return t.Backend + t.Wait + t.Entry }

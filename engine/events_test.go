@@ -49,7 +49,9 @@ func (r *recordedEvents) HandoffFailed(svc netip.AddrPort, err error) {
 	r.add("handoff_failed %s %v", svc, err)
 }
 
-func (r *recordedEvents) HandedOff(svc int, d time.Duration) { r.add("handed_off %d %v", svc, d) }
+func (r *recordedEvents) HandedOff(svc int, t HandoffTiming) {
+	r.add("handed_off %d backend=%v wait=%v entry=%v", svc, t.Backend, t.Wait, t.Entry)
+}
 
 func (r *recordedEvents) AttackStarted(a AttackStart) {
 	r.add("attack_start %s %s syn_rate=%.0f", a.Service, a.Reason, a.SYNRate)
@@ -77,8 +79,21 @@ func TestEventsOfAHandoff(t *testing.T) {
 	h.expectEvents(
 		"mismatch 203.0.113.2:80 mss=1400 wscale=9 sack=true",
 		"learned 203.0.113.2:80 syn_ack mss=1400 wscale=9 sack=true",
-		"handed_off 0 3ms",
+		"handed_off 0 backend=3ms wait=0s entry=0s",
 	)
+}
+
+// TestHandoffTiming: each step of a hand-off is timed apart.
+func TestHandoffTiming(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handoff.onCreate = func() { h.clock.advance(time.Millisecond) }
+	h.handshake(linuxOptions())
+	h.clock.advance(3 * time.Millisecond)
+	h.handle(packet.Segment{Src: server, Dst: client, Seq: 1, Ack: clientISN + 1, Flags: packet.SYN | packet.ACK, Window: 65535,
+		Options: packet.Options{MSS: 1460, HasMSS: true, SACKPermitted: true, WindowScale: 7, HasWindowScale: true}}, nf.Drop)
+	h.clock.advance(2 * time.Millisecond)
+	h.drainHandoffs()
+	h.expectEvents("handed_off 0 backend=3ms wait=2ms entry=1ms")
 }
 
 func TestEventOfAFailedHandoff(t *testing.T) {

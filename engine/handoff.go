@@ -62,6 +62,7 @@ func (e *Engine) handoff(out *outbox, k flowKey) {
 	fl := *f
 	e.mu.Unlock()
 
+	taken := e.cfg.Now()
 	replaced, err := e.createEntry(handoff.Flow{
 		Client: k.client, Server: k.server,
 		CookieISN:         uint32(fl.cookie),
@@ -84,6 +85,7 @@ func (e *Engine) handoff(out *outbox, k flowKey) {
 		return
 	}
 
+	created := e.cfg.Now()
 	seg := fl.backendACK(k)
 	out.send(fl.svc, &seg, noCount)
 	update := packet.Segment{
@@ -97,11 +99,13 @@ func (e *Engine) handoff(out *outbox, k flowKey) {
 	e.mu.Lock()
 	if f := e.pending.get(k); f != nil {
 		f.state = stateDone
-		f.expires = e.cfg.Now().Add(e.cfg.Linger)
+		f.expires = created.Add(e.cfg.Linger)
 	}
 	e.mu.Unlock()
 	out.c.add(fl.svc, HandedOff)
-	e.events.HandedOff(fl.svc, e.cfg.Now().Sub(fl.validated))
+	e.events.HandedOff(fl.svc, HandoffTiming{
+		Backend: fl.answered.Sub(fl.validated), Wait: taken.Sub(fl.answered), Entry: created.Sub(taken),
+	})
 }
 
 // createEntry makes the flow's conntrack entry. An entry the kernel still

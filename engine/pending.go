@@ -39,6 +39,7 @@ type pendingFlow struct {
 	serverScale  cookies.WindowScale
 
 	validated time.Time // when the client's ACK validated
+	answered  time.Time // when the backend's SYN-ACK came
 	nextRetry time.Time
 	retries   int
 	expires   time.Time // stateDone / stateHandingOff give-up time

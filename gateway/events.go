@@ -16,6 +16,7 @@ import (
 type events struct {
 	log       zerolog.Logger
 	handshake *telemetry.Histograms
+	stages    *telemetry.Histograms // by telemetry.Stage*
 	attacks   *attackHistory
 	captures  *captures
 }
@@ -46,7 +47,12 @@ func (e events) HandoffFailed(svc netip.AddrPort, err error) {
 		Str("service", svc.String()).Msg("conntrack hand-off failed")
 }
 
-func (e events) HandedOff(svc int, d time.Duration) { e.handshake.Observe(svc, d) }
+func (e events) HandedOff(svc int, t engine.HandoffTiming) {
+	e.handshake.Observe(svc, t.Total())
+	e.stages.Observe(telemetry.StageBackend, t.Backend)
+	e.stages.Observe(telemetry.StageWait, t.Wait)
+	e.stages.Observe(telemetry.StageEntry, t.Entry)
+}
 
 func (e events) AttackStarted(a engine.AttackStart) {
 	pcap := e.captures.start(a.Index, a.Service.String(), time.Now())

@@ -131,6 +131,7 @@ func open(cfg Config) (_ *gateway, err error) {
 
 	g.watch = newRulesWatch(cfg.Logger)
 	handshake := telemetry.NewHistograms(engine.MaxServices)
+	stages := telemetry.NewHistograms(len(telemetry.HandshakeStages))
 	g.attacks, g.health = newAttackHistory(), newHealth(cfg.Logger)
 	var dir *capture.Dir
 	if cfg.CaptureDir != "" {
@@ -149,7 +150,7 @@ func open(cfg Config) (_ *gateway, err error) {
 		BackendOverride: cfg.Backend,
 		MaxPending:      cfg.MaxPending,
 		Thresholds:      cfg.Thresholds,
-		Events:          events{log: cfg.Logger, handshake: handshake, attacks: g.attacks, captures: g.captures},
+		Events:          events{log: cfg.Logger, handshake: handshake, stages: stages, attacks: g.attacks, captures: g.captures},
 		Extra:           extra,
 	})
 	if err != nil {
@@ -179,6 +180,7 @@ func open(cfg Config) (_ *gateway, err error) {
 			Counters:  names,
 			Modes:     []string{engine.StateCookie.String(), engine.StatePassthrough.String(), engine.ModeOff.String()},
 			Handshake: handshake,
+			Stages:    stages,
 			Log:       cfg.LogLimiter,
 		},
 		Logger:        cfg.Logger,

@@ -28,6 +28,7 @@ func (f *fakeSource) ServiceCounters() []ServiceCounters {
 			a.TopSources = append([]SourceCount(nil), a.TopSources...)
 			s.Attack = &a
 		}
+		s.Index = i // the histograms' index: the list's order here
 		out[i] = s
 	}
 	return out

@@ -109,3 +109,14 @@ func (h *Histograms) Snapshot(svc int) (s HistogramSnapshot, ok bool) {
 	}
 	return h.per[svc].Snapshot(), true
 }
+
+// The hand-off's steps, the indexes of the stage histograms (see
+// engine.HandoffTiming), and their label values.
+const (
+	StageBackend = iota
+	StageWait
+	StageEntry
+)
+
+// HandshakeStages names the stages, by index.
+var HandshakeStages = []string{StageBackend: "backend", StageWait: "wait", StageEntry: "entry"}

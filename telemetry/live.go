@@ -253,8 +253,8 @@ type live struct {
 // read takes a sample from the source.
 func (t *Telemetry) read() *sample {
 	s := &sample{at: t.now(), services: t.src.ServiceCounters(), queues: t.src.QueueCounters()}
-	for i := range s.services {
-		h, _ := t.handshake.Snapshot(i)
+	for _, sc := range s.services {
+		h, _ := t.handshake.Snapshot(sc.Index)
 		s.handshake = append(s.handshake, h)
 	}
 	return s
@@ -278,6 +278,17 @@ func (t *Telemetry) sampleLive() {
 	prev := l.last
 	l.last = cur
 	views := make([]ServiceView, len(cur.services))
+	// A reload may add, remove and reorder services: match by name.
+	lastView := make(map[string]int, len(l.views))
+	for i, v := range l.views {
+		lastView[v.Service] = i
+	}
+	prevAt := make(map[string]int)
+	if prev != nil {
+		for i, p := range prev.services {
+			prevAt[p.Service] = i
+		}
+	}
 	for i, sc := range cur.services {
 		v := ServiceView{
 			Service: sc.Service, Mode: sc.Mode, HalfOpen: sc.HalfOpen, Pending: sc.Pending, Totals: sc.Counters,
@@ -293,14 +304,14 @@ func (t *Telemetry) sampleLive() {
 			}
 			v.Attacks = append(v.Attacks, attackView(a, cur.at))
 		}
-		if i < len(l.views) && l.views[i].Service == sc.Service {
-			v.History = l.views[i].History
-			v.HandshakeMS = l.views[i].HandshakeMS
+		if j, ok := lastView[sc.Service]; ok {
+			v.History = l.views[j].History
+			v.HandshakeMS = l.views[j].HandshakeMS
 		}
-		if prev != nil && i < len(prev.services) && prev.services[i].Service == sc.Service {
+		if j, ok := prevAt[sc.Service]; ok {
 			dt := cur.at.Sub(prev.at).Seconds()
-			v.Rates = ratesBetween(prev.services[i].Counters, sc.Counters, dt)
-			if m, ok := cur.handshake[i].Mean(prev.handshake[i]); ok {
+			v.Rates = ratesBetween(prev.services[j].Counters, sc.Counters, dt)
+			if m, ok := cur.handshake[i].Mean(prev.handshake[j]); ok {
 				ms := float64(m) / float64(time.Millisecond)
 				v.HandshakeMS = &ms
 			}

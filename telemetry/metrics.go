@@ -33,6 +33,10 @@ const (
 // ServiceCounters is one service's counters at scrape time.
 type ServiceCounters struct {
 	Service string
+	// Index is the service's index in the handshake histograms: the
+	// engine's, which stays the same across reloads while the list's
+	// order may change.
+	Index int
 	// Mode is the mode the service is in now; one of the collector's
 	// Modes.
 	Mode string
@@ -180,6 +184,9 @@ type CollectorConfig struct {
 	// Handshake holds the backend handshake latency per service; nil
 	// leaves the histogram out.
 	Handshake *Histograms
+	// Stages holds the hand-off's steps, by the Stage constants, over
+	// all services; nil leaves the histogram out.
+	Stages *Histograms
 	// Log is the log line limiter whose held-back lines are exported;
 	// nil leaves the metric out.
 	Log *LineLimiter
@@ -190,6 +197,7 @@ type Collector struct {
 	src       Source
 	modes     []string
 	handshake *Histograms
+	stages    *Histograms
 	log       *LineLimiter
 	bounds    []float64 // HandshakeBuckets in seconds
 
@@ -198,6 +206,7 @@ type Collector struct {
 	halfOpen   *prometheus.Desc
 	pend       *prometheus.Desc
 	hsLatency  *prometheus.Desc
+	hsStage    *prometheus.Desc
 	suppressed *prometheus.Desc
 	qRecv      *prometheus.Desc
 	qDrop      *prometheus.Desc
@@ -215,7 +224,7 @@ type Collector struct {
 
 // NewCollector builds a collector reading src.
 func NewCollector(src Source, cfg CollectorConfig) *Collector {
-	c := &Collector{src: src, modes: cfg.Modes, handshake: cfg.Handshake, log: cfg.Log, descs: make(map[string]*prometheus.Desc)}
+	c := &Collector{src: src, modes: cfg.Modes, handshake: cfg.Handshake, stages: cfg.Stages, log: cfg.Log, descs: make(map[string]*prometheus.Desc)}
 	for _, b := range HandshakeBuckets {
 		c.bounds = append(c.bounds, b.Seconds())
 	}
@@ -229,6 +238,7 @@ func NewCollector(src Source, cfg CollectorConfig) *Collector {
 	c.mode = prometheus.NewDesc(Namespace+"_mode", "1 for the mode each service is in, 0 for the others.", []string{"service", "mode"}, nil)
 	c.halfOpen = prometheus.NewDesc(Namespace+"_half_open", "SYNs passed to the backend whose handshake has not completed.", []string{"service"}, nil)
 	c.pend = prometheus.NewDesc(Namespace+"_pending_flows", "Cookie-validated flows waiting on their backend or lingering after hand-off.", []string{"service"}, nil)
+	c.hsStage = prometheus.NewDesc(Namespace+"_handshake_stage_seconds", "Each step of the hand-off, over all services: backend (the valid cookie ACK to the backend's SYN-ACK: the replayed SYN, the backend, the answer through the queue), wait (the SYN-ACK to a hand-off goroutine taking the flow), entry (creating the conntrack entry; the window update follows at once).", []string{"stage"}, nil)
 	c.hsLatency = prometheus.NewDesc(Namespace+"_backend_handshake_seconds", "Time from a client's valid cookie ACK to its flow's hand-off: the backend's answer to the replayed SYN, and the conntrack entry.", []string{"service"}, nil)
 	c.suppressed = prometheus.NewDesc(Namespace+"_log_suppressed_total", "Log lines held back by the per-event rate limit.", []string{"event"}, nil)
 	c.qRecv = prometheus.NewDesc(Namespace+"_queue_received_total", "Packets received from the NFQUEUE.", []string{"queue"}, nil)
@@ -253,6 +263,9 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.mode, c.halfOpen, c.pend, c.qRecv, c.qDrop, c.qNoBu, c.qVErr, c.qBatch, c.xdpPackets, c.restored, c.backendUp, c.attackActive, c.attacks, c.handoffs} {
 		ch <- d
 	}
+	if c.stages != nil {
+		ch <- c.hsStage
+	}
 	if c.handshake != nil {
 		ch <- c.hsLatency
 	}
@@ -263,7 +276,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
-	for i, s := range c.src.ServiceCounters() {
+	for _, s := range c.src.ServiceCounters() {
 		for name, v := range s.Counters {
 			if d, ok := c.descs[name]; ok {
 				ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), s.Service)
@@ -288,12 +301,13 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(c.attackActive, prometheus.GaugeValue, b2f(s.Attack != nil), s.Service)
 		ch <- prometheus.MustNewConstMetric(c.attacks, prometheus.CounterValue, float64(s.AttacksStarted), s.Service)
-		if h, ok := c.handshake.Snapshot(i); ok {
-			buckets := make(map[float64]uint64, len(c.bounds))
-			for j, b := range c.bounds {
-				buckets[b] = h.Cumulative[j]
-			}
-			ch <- prometheus.MustNewConstHistogram(c.hsLatency, h.Count, h.Sum.Seconds(), buckets, s.Service)
+		if h, ok := c.handshake.Snapshot(s.Index); ok {
+			ch <- prometheus.MustNewConstHistogram(c.hsLatency, h.Count, h.Sum.Seconds(), c.cumulative(h), s.Service)
+		}
+	}
+	for i, stage := range HandshakeStages {
+		if h, ok := c.stages.Snapshot(i); ok {
+			ch <- prometheus.MustNewConstHistogram(c.hsStage, h.Count, h.Sum.Seconds(), c.cumulative(h), stage)
 		}
 	}
 	for _, q := range c.src.QueueCounters() {
@@ -358,4 +372,13 @@ func Listen(addr string) (net.Listener, error) {
 // NewServer returns an HTTP server with timeouts suited to scrapes.
 func NewServer(h http.Handler) *http.Server {
 	return &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second}
+}
+
+// cumulative is h's buckets as Prometheus wants them, by upper bound.
+func (c *Collector) cumulative(h HistogramSnapshot) map[float64]uint64 {
+	buckets := make(map[float64]uint64, len(c.bounds))
+	for j, b := range c.bounds {
+		buckets[b] = h.Cumulative[j]
+	}
+	return buckets
 }

@@ -229,3 +229,39 @@ func TestCollectorBackendAndAttacks(t *testing.T) {
 		}
 	}
 }
+
+// The hand-off's stages are one histogram each, whatever the services;
+// a service's handshake histogram is the one of its engine index, not of
+// its place in the list.
+func TestCollectorStagesAndIndexes(t *testing.T) {
+	src := newFakeSource()
+	hs := NewHistograms(8)
+	hs.Observe(5, 3*time.Millisecond)
+	stages := NewHistograms(len(HandshakeStages))
+	stages.Observe(StageBackend, 700*time.Microsecond)
+	stages.Observe(StageEntry, 80*time.Microsecond)
+	tel := New(Config{Source: indexedSource{src, 5}, Collector: CollectorConfig{Handshake: hs, Stages: stages}})
+	_, body := scrape(t, tel.Handler(), "/metrics")
+	for _, want := range []string{
+		`synguard_handshake_stage_seconds_count{stage="backend"} 1`,
+		`synguard_handshake_stage_seconds_count{stage="wait"} 0`,
+		`synguard_handshake_stage_seconds_bucket{stage="entry",le="0.0001"} 1`,
+		`synguard_backend_handshake_seconds_count{service="` + src.services[0].Service + `"} 1`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("no %s in\n%s", want, body)
+		}
+	}
+}
+
+// indexedSource gives its first service engine index idx.
+type indexedSource struct {
+	*fakeSource
+	idx int
+}
+
+func (s indexedSource) ServiceCounters() []ServiceCounters {
+	out := s.fakeSource.ServiceCounters()
+	out[0].Index = s.idx
+	return out[:1]
+}
