@@ -64,7 +64,6 @@ func (s RelayStats) Dropped() uint64 { return s.QueueFull + s.Oversize + s.SendE
 // own), since the Go runtime's timers wake up to a millisecond late. It
 // runs inside the process that started it and ends with it.
 type Relay struct {
-	delay   time.Duration
 	lines   [2]*delayLine // a→b, b→a
 	readers [2]*packetReader
 	writers [2]*packetWriter
@@ -80,7 +79,7 @@ func StartRelay(ns *netns.NS, a, b string, delay time.Duration) (*Relay, error) 
 	if delay <= 0 || delay > MaxRelayDelay {
 		return nil, fmt.Errorf("relay: delay %v outside (0, %v]", delay, MaxRelayDelay)
 	}
-	r := &Relay{delay: delay}
+	r := &Relay{}
 	fail := func(err error) (*Relay, error) {
 		r.closeSockets()
 		return nil, fmt.Errorf("relay %s ⇄ %s: %w", a, b, err)
@@ -118,9 +117,6 @@ func StartRelay(ns *netns.NS, a, b string, delay time.Duration) (*Relay, error) 
 	}
 	return r, nil
 }
-
-// Delay is the relay's one-way delay.
-func (r *Relay) Delay() time.Duration { return r.delay }
 
 // Stats returns the counts of each direction: from a to b, and from b
 // to a.
