@@ -103,6 +103,23 @@ func TestClientRTTDelaysTheRemoteClient(t *testing.T) {
 	if up.Forwarded == 0 || down.Forwarded == 0 || up.Oversize+down.Oversize+up.SendErrors+down.SendErrors > 0 {
 		t.Errorf("relay: toward the gateway %+v, toward the remote client %+v", up, down)
 	}
+
+	// The relay outlives its links going down and up again (a frame
+	// sent meanwhile fails, and is counted).
+	for _, iface := range []string{lab.RelayClientIface, lab.RelayRemoteIface} {
+		for _, state := range []string{"down", "up"} {
+			if err := topo.Relay.Run(ctx, "ip", "link", "set", iface, state); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := lab.WaitLinkReady(ctx, topo.Relay, iface); err != nil {
+			t.Fatal(err)
+		}
+	}
+	be := serve(t, topo.Backend, netip.AddrPortFrom(topo.BackendAddr, 8081))
+	if r := lab.Probe(ctx, topo.Remote, be.Addr(), 3*time.Second); !r.OK {
+		t.Fatalf("after the relay's links went down and up: %v", r.Err)
+	}
 }
 
 // sendSpoofedSYNs sends n SYNs to dst from sources in the spoof range

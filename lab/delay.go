@@ -351,10 +351,16 @@ func openPacketReader(ifindex int) (*packetReader, error) {
 
 func (p *packetReader) readFrame(b []byte) (int, error) {
 	p.buf = b
-	if err := p.rc.Read(p.read); err != nil {
-		return 0, err
+	for {
+		if err := p.rc.Read(p.read); err != nil {
+			return 0, err
+		}
+		// A link going down is reported once, to the next read; the
+		// relay goes on when it comes back up.
+		if p.err != unix.ENETDOWN {
+			return p.n, p.err
+		}
 	}
-	return p.n, p.err
 }
 
 func (p *packetReader) Close() error { return p.f.Close() }
