@@ -22,6 +22,8 @@ const (
 	PlotBackend = "backend.png"
 	PlotLegit   = "legit.png"
 	PlotCPU     = "cpu.png"
+	// PlotTTFB is the time to first byte, in reports with a client RTT.
+	PlotTTFB = "ttfb.png"
 )
 
 // lineStyle is how one system's line looks.
@@ -112,27 +114,50 @@ type plotSpec struct {
 	diagonal                 bool // draw y = x: every packet offered
 	ymax                     float64
 	legend                   legendAt
+	// noFlood, when set, gives each line a first point at no load from
+	// the variant's run without a flood.
+	noFlood func(NoFloodRun) float64
+	// refs are horizontal reference lines.
+	refs []refLine
+}
+
+// refLine is a horizontal line across a plot, named in the legend.
+type refLine struct {
+	y     float64
+	label string
 }
 
 // plotSpecs are the report's plots, in order: SYN-ACKs answered (SYN
 // flood) or forged ACKs reaching the backend (forged-ACK flood), the
-// legitimate clients served and the CPU per flood packet.
+// legitimate clients served, the CPU per flood packet and, with a client
+// RTT, the time to first byte.
 func (r *Report) plotSpecs() []plotSpec {
 	first := plotSpec{PlotSynack, "SYN-ACKs answered", "SYN-ACKs answered against offered load", "SYN-ACK/s (thousands)",
-		func(r RunResult) float64 { return r.SynackPPS / 1000 }, true, 0, legendAt{top: true, left: true}}
+		func(r RunResult) float64 { return r.SynackPPS / 1000 }, true, 0, legendAt{top: true, left: true}, nil, nil}
 	cpu := plotSpec{PlotCPU, "CPU per SYN beyond the baseline", "CPU per SYN against offered load", "CPU µs per offered SYN",
-		func(r RunResult) float64 { return r.CPUusPerSYN }, false, 0, legendAt{top: true, left: false}}
+		func(r RunResult) float64 { return r.CPUusPerSYN }, false, 0, legendAt{top: true, left: false}, nil, nil}
 	if r.attack() == KindACK {
 		first = plotSpec{PlotBackend, "Forged ACKs reaching the backend", "Forged ACKs reaching the backend against offered load",
 			"reached the backend /s (thousands)",
-			func(r RunResult) float64 { return r.BackendACKPPS / 1000 }, true, 0, legendAt{top: true, left: true}}
+			func(r RunResult) float64 { return r.BackendACKPPS / 1000 }, true, 0, legendAt{top: true, left: true}, nil, nil}
 		cpu = plotSpec{PlotCPU, "CPU per forged ACK beyond the baseline", "CPU per forged ACK against offered load", "CPU µs per offered forged ACK",
-			func(r RunResult) float64 { return r.CPUusPerACK }, false, 0, legendAt{top: true, left: false}}
+			func(r RunResult) float64 { return r.CPUusPerACK }, false, 0, legendAt{top: true, left: false}, nil, nil}
 	}
-	return []plotSpec{first,
+	specs := []plotSpec{first,
 		{PlotLegit, "Legitimate clients served", "Legitimate clients served against offered load", "succeeded (%)",
-			func(r RunResult) float64 { return 100 * r.LegitSuccess }, false, 105, legendAt{top: false, left: true}},
+			func(r RunResult) float64 { return 100 * r.LegitSuccess }, false, 105, legendAt{top: false, left: true}, nil, nil},
 		cpu}
+	if rtt := r.Config.ClientRTTms; rtt > 0 {
+		specs = append(specs, plotSpec{
+			file: PlotTTFB, title: fmt.Sprintf("Time to first byte, clients %s ms away", fmtFloat(rtt)),
+			alt: "Time to first byte against offered load", ylabel: "first byte p50 (ms)",
+			y:       func(r RunResult) float64 { return r.TTFBP50ms },
+			legend:  legendAt{top: true, left: false},
+			noFlood: func(n NoFloodRun) float64 { return n.TTFBP50ms },
+			refs:    []refLine{{2 * rtt, "2 RTT"}, {3 * rtt, "3 RTT"}},
+		})
+	}
+	return specs
 }
 
 // PlotFiles lists the plots the report draws.
@@ -177,6 +202,24 @@ func (r *Report) WritePlots(dir string) error {
 			xmax = max(xmax, run.OfferedPPS/1000)
 			ymax = max(ymax, pl.y(run))
 		}
+		if pl.noFlood != nil {
+			for _, n := range r.NoFlood {
+				ymax = max(ymax, pl.noFlood(n))
+			}
+		}
+		// Reference lines, like the diagonal, go under the systems'.
+		var refs []*plotter.Line
+		for i, ref := range pl.refs {
+			l, err := plotter.NewLine(plotter.XYs{{X: 0, Y: ref.y}, {X: max(xmax, 1), Y: ref.y}})
+			if err != nil {
+				return fmt.Errorf("plot %s: %w", pl.file, err)
+			}
+			l.Color = color.Gray{Y: uint8(0x60 + 0x30*i)}
+			l.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+			p.Add(l)
+			refs = append(refs, l)
+			ymax = max(ymax, ref.y)
+		}
 		// The diagonal goes under the systems' lines, and every line
 		// under every marker: systems often lie on each other (no forged
 		// ACK through, every legitimate client served), and a marker
@@ -200,6 +243,13 @@ func (r *Report) WritePlots(dir string) error {
 					pts = append(pts, plotter.XY{X: run.OfferedPPS / 1000, Y: pl.y(run)})
 				}
 			}
+			if pl.noFlood != nil {
+				for _, n := range r.NoFlood {
+					if n.variant() == v {
+						pts = append(pts, plotter.XY{X: 0, Y: pl.noFlood(n)})
+					}
+				}
+			}
 			slices.SortFunc(pts, func(a, b plotter.XY) int { return cmp.Compare(a.X, b.X) })
 			line, points, err := plotter.NewLinePoints(pts)
 			if err != nil {
@@ -219,6 +269,9 @@ func (r *Report) WritePlots(dir string) error {
 		p.Add(markers...)
 		if diagonal != nil {
 			p.Legend.Add("offered", diagonal)
+		}
+		for i, l := range refs {
+			p.Legend.Add(pl.refs[i].label, l)
 		}
 		switch {
 		case pl.ymax > 0:

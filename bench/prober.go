@@ -91,6 +91,7 @@ type ProbeTally struct {
 	attempts  int
 	ok        int
 	handshake []time.Duration // of successful probes
+	firstByte []time.Duration // of successful probes
 	total     []time.Duration // of successful probes
 	errs      map[string]int
 }
@@ -109,6 +110,7 @@ func (t *ProbeTally) Add(r lab.ProbeResult) {
 	}
 	t.ok++
 	t.handshake = append(t.handshake, r.Handshake)
+	t.firstByte = append(t.firstByte, r.FirstByte)
 	t.total = append(t.total, r.Total)
 }
 
@@ -121,6 +123,9 @@ type ProbeSummary struct {
 	Success float64
 	// HandshakeP50 and HandshakeP99 time connect() until established.
 	HandshakeP50, HandshakeP99 time.Duration
+	// FirstByteP50, P90 and P99 time connect() until the response's
+	// first byte: the time to first byte, what a user waits for.
+	FirstByteP50, FirstByteP90, FirstByteP99 time.Duration
 	// TotalP50 and TotalP99 time connect() until the body was read and
 	// checked: with a proxy in front, the backend's own handshake happens
 	// after the client's, so this is where a proxy's latency shows.
@@ -139,6 +144,9 @@ func (t *ProbeTally) Summary() ProbeSummary {
 	}
 	s.HandshakeP50 = Percentile(t.handshake, 50)
 	s.HandshakeP99 = Percentile(t.handshake, 99)
+	s.FirstByteP50 = Percentile(t.firstByte, 50)
+	s.FirstByteP90 = Percentile(t.firstByte, 90)
+	s.FirstByteP99 = Percentile(t.firstByte, 99)
 	s.TotalP50 = Percentile(t.total, 50)
 	s.TotalP99 = Percentile(t.total, 99)
 	for k, v := range t.errs {

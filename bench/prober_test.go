@@ -74,18 +74,20 @@ func TestProbeTally(t *testing.T) {
 	// 10 successes with handshakes of 1..10 ms and totals of 11..20 ms,
 	// and 3 failures whose durations must not count.
 	for i := 1; i <= 10; i++ {
-		tally.Add(lab.ProbeResult{OK: true, Handshake: time.Duration(i) * time.Millisecond, Total: time.Duration(10+i) * time.Millisecond})
+		tally.Add(lab.ProbeResult{OK: true, Handshake: time.Duration(i) * time.Millisecond,
+			FirstByte: time.Duration(100-i) * time.Millisecond, Total: time.Duration(100+i) * time.Millisecond})
 	}
 	timeout := &net.OpError{Op: "dial", Net: "tcp", Err: os.ErrDeadlineExceeded}
 	tally.Add(lab.ProbeResult{Err: fmt.Errorf("connect 203.0.113.2:80: %w", timeout), Handshake: 3 * time.Second, Total: 3 * time.Second})
 	tally.Add(lab.ProbeResult{Err: fmt.Errorf("connect 203.0.113.2:80: %w", timeout), Handshake: 3 * time.Second, Total: 3 * time.Second})
 	tally.Add(lab.ProbeResult{Err: fmt.Errorf("read response: %w", &net.OpError{Op: "read", Err: os.ErrDeadlineExceeded}), Handshake: time.Millisecond, Total: 3 * time.Second})
+	tally.Add(lab.ProbeResult{Err: errors.New("body content differs from the expected stream"), Handshake: time.Millisecond, FirstByte: time.Millisecond, Total: 3 * time.Second})
 
 	s := tally.Summary()
-	if s.Attempts != 13 || s.OK != 10 {
-		t.Errorf("attempts %d ok %d, want 13 and 10", s.Attempts, s.OK)
+	if s.Attempts != 14 || s.OK != 10 {
+		t.Errorf("attempts %d ok %d, want 14 and 10", s.Attempts, s.OK)
 	}
-	if want := 10.0 / 13; s.Success != want {
+	if want := 10.0 / 14; s.Success != want {
 		t.Errorf("success %v, want %v", s.Success, want)
 	}
 	for _, c := range []struct {
@@ -94,14 +96,17 @@ func TestProbeTally(t *testing.T) {
 	}{
 		{"handshake p50", s.HandshakeP50, 5 * time.Millisecond},
 		{"handshake p99", s.HandshakeP99, 10 * time.Millisecond},
-		{"request p50", s.TotalP50, 15 * time.Millisecond},
-		{"request p99", s.TotalP99, 20 * time.Millisecond},
+		{"first byte p50", s.FirstByteP50, 94 * time.Millisecond},
+		{"first byte p90", s.FirstByteP90, 98 * time.Millisecond},
+		{"first byte p99", s.FirstByteP99, 99 * time.Millisecond},
+		{"request p50", s.TotalP50, 105 * time.Millisecond},
+		{"request p99", s.TotalP99, 110 * time.Millisecond},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
 		}
 	}
-	if s.Errors["connect: timeout"] != 2 || s.Errors["request: timeout"] != 1 || len(s.Errors) != 2 {
+	if s.Errors["connect: timeout"] != 2 || s.Errors["request: timeout"] != 1 || len(s.Errors) != 3 {
 		t.Errorf("errors by kind: %v", s.Errors)
 	}
 }
@@ -150,7 +155,8 @@ func TestRunProbes(t *testing.T) {
 	if int(backend.Accepted()) != s.Attempts {
 		t.Errorf("backend accepted %d connections, prober made %d", backend.Accepted(), s.Attempts)
 	}
-	if s.HandshakeP50 <= 0 || s.HandshakeP99 < s.HandshakeP50 || s.TotalP50 < s.HandshakeP50 {
+	if s.HandshakeP50 <= 0 || s.HandshakeP99 < s.HandshakeP50 || s.FirstByteP50 < s.HandshakeP50 ||
+		s.FirstByteP90 < s.FirstByteP50 || s.FirstByteP99 < s.FirstByteP90 || s.TotalP50 < s.FirstByteP50 {
 		t.Errorf("latencies out of order: %+v", s)
 	}
 	// The schedule spreads the probes over the window rather than

@@ -36,6 +36,10 @@ type Report struct {
 	Config    ReportConfig `json:"config"`
 	Runs      []RunResult  `json:"runs"`
 	Baselines []Baseline   `json:"baselines"`
+	// NoFlood is each system's legitimate clients without a flood,
+	// measured when the clients were a round trip away (bench
+	// --client-rtt).
+	NoFlood []NoFloodRun `json:"no_flood,omitempty"`
 }
 
 // Machine is what the benchmark ran on.
@@ -62,6 +66,12 @@ type ReportConfig struct {
 	// SynguardArgs are the arguments synguard ran with beyond the
 	// benchmark's own (bench --synguard-args); none means its defaults.
 	SynguardArgs []string `json:"synguard_args,omitempty"`
+	// ClientRTTms is the round trip the legitimate clients were put
+	// behind (bench --client-rtt), MeasuredRTTms the median ICMP echo
+	// from them to the backend: that and the lab's own. Both are absent
+	// when the clients were next to the gateway.
+	ClientRTTms   float64 `json:"client_rtt_ms,omitempty"`
+	MeasuredRTTms float64 `json:"measured_rtt_ms,omitempty"`
 }
 
 // RunResult is one system under one offered load.
@@ -110,8 +120,14 @@ type RunResult struct {
 	LegitSuccess   float64 `json:"legit_success"`
 	HandshakeP50ms float64 `json:"handshake_p50_ms"`
 	HandshakeP99ms float64 `json:"handshake_p99_ms"`
-	TotalP50ms     float64 `json:"request_p50_ms"`
-	TotalP99ms     float64 `json:"request_p99_ms"`
+	// TTFBP50ms, P90 and P99 are the legitimate clients' time to first
+	// byte: connect() until the response's first byte (absent from
+	// reports recorded before it was measured).
+	TTFBP50ms  float64 `json:"ttfb_p50_ms,omitempty"`
+	TTFBP90ms  float64 `json:"ttfb_p90_ms,omitempty"`
+	TTFBP99ms  float64 `json:"ttfb_p99_ms,omitempty"`
+	TotalP50ms float64 `json:"request_p50_ms"`
+	TotalP99ms float64 `json:"request_p99_ms"`
 	// CPU seconds in this run's window and in its baseline's: the whole
 	// machine's busy time from /proc/stat (CPUBusyS); what the measure
 	// counts (BenchCPUS): the flood generator's thread (FloodCPUS, which
@@ -185,6 +201,34 @@ type RunResult struct {
 	ProbeErrors map[string]int `json:"probe_errors,omitempty"`
 }
 
+// NoFloodRun is one system's legitimate clients without a flood: the same
+// clients at the same rate for as long as a flood run, through the same
+// set-up, with nothing else on the links.
+type NoFloodRun struct {
+	System System `json:"system"`
+	Queues int    `json:"queues"`
+	// Path is how the legitimate clients' SYNs were answered: by
+	// synguard's fast path (xdp or tc) or its queue (nfqueue); kernel for
+	// synproxy and none.
+	Path           string         `json:"path"`
+	LegitAttempts  int            `json:"legit_attempts"`
+	LegitOK        int            `json:"legit_ok"`
+	LegitSuccess   float64        `json:"legit_success"`
+	HandshakeP50ms float64        `json:"handshake_p50_ms"`
+	HandshakeP99ms float64        `json:"handshake_p99_ms"`
+	TTFBP50ms      float64        `json:"ttfb_p50_ms"`
+	TTFBP90ms      float64        `json:"ttfb_p90_ms"`
+	TTFBP99ms      float64        `json:"ttfb_p99_ms"`
+	TotalP50ms     float64        `json:"request_p50_ms"`
+	TotalP99ms     float64        `json:"request_p99_ms"`
+	OtherLoad      float64        `json:"other_load"`
+	Attempts       int            `json:"attempts"`
+	ProbeErrors    map[string]int `json:"probe_errors,omitempty"`
+}
+
+// variant is the row's system and queue count.
+func (n NoFloodRun) variant() variant { return variant{sys: n.System, queues: n.Queues} }
+
 // Baseline is the run at one offered load in which the gateway drops the
 // flood in raw PREROUTING. Like a run's, its flood figures are SYNsSent,
 // SynackPPS and CPUusPerSYN in a SYN flood, ACKsSent, BackendACKPPS,
@@ -202,15 +246,24 @@ type Baseline struct {
 	BackendACKPPS float64 `json:"backend_ack_pps"`
 	RSTPPS        float64 `json:"rst_pps"`
 	LegitSuccess  float64 `json:"legit_success"`
-	BacklogDrops  uint64  `json:"backlog_drops"`
-	WindowS       float64 `json:"window_s"`
-	OtherLoad     float64 `json:"other_load"`
-	Attempts      int     `json:"attempts"`
-	CPUBusyS      float64 `json:"cpu_busy_s"`
-	BenchCPUS     float64 `json:"bench_cpu_s"`
-	FloodCPUS     float64 `json:"flood_cpu_s,omitempty"`
-	BenchProcessS float64 `json:"bench_process_cpu_s,omitempty"`
-	OtherCPUS     float64 `json:"other_cpu_s"`
+	// The legitimate clients' handshake p50 and time to first byte with
+	// the flood dropped before anything answers it: what the load costs
+	// the lab itself (absent from reports recorded before them).
+	LegitOK        int     `json:"legit_ok,omitempty"`
+	LegitAttempts  int     `json:"legit_attempts,omitempty"`
+	HandshakeP50ms float64 `json:"handshake_p50_ms,omitempty"`
+	TTFBP50ms      float64 `json:"ttfb_p50_ms,omitempty"`
+	TTFBP90ms      float64 `json:"ttfb_p90_ms,omitempty"`
+	TTFBP99ms      float64 `json:"ttfb_p99_ms,omitempty"`
+	BacklogDrops   uint64  `json:"backlog_drops"`
+	WindowS        float64 `json:"window_s"`
+	OtherLoad      float64 `json:"other_load"`
+	Attempts       int     `json:"attempts"`
+	CPUBusyS       float64 `json:"cpu_busy_s"`
+	BenchCPUS      float64 `json:"bench_cpu_s"`
+	FloodCPUS      float64 `json:"flood_cpu_s,omitempty"`
+	BenchProcessS  float64 `json:"bench_process_cpu_s,omitempty"`
+	OtherCPUS      float64 `json:"other_cpu_s"`
 	// CPUusPerSYN is the baseline's whole cost per SYN in the
 	// benchmark's own tasks: generating it, delivering it to the gateway
 	// and dropping it; CPUusPerACK per forged ACK.
@@ -370,6 +423,17 @@ func LoadReport(path string) (*Report, error) {
 		if r.Baselines[i].Path == "" {
 			r.Baselines[i].Path = PathKernel
 		}
+	}
+	for i, n := range r.NoFlood {
+		if _, err := ParseSystem(string(n.System)); err != nil {
+			return nil, fmt.Errorf("load report %s: run without a flood %d: %w", path, i, err)
+		}
+		if (n.System.IsSynguard() && (n.Queues < 1 || n.Queues > MaxQueues)) || (!n.System.IsSynguard() && n.Queues != 0) {
+			return nil, fmt.Errorf("load report %s: run without a flood %d: %s with %d queues", path, i, n.System, n.Queues)
+		}
+	}
+	if r.Config.ClientRTTms < 0 || r.Config.MeasuredRTTms < 0 {
+		return nil, fmt.Errorf("load report %s: negative client RTT", path)
 	}
 	return &r, nil
 }
@@ -577,6 +641,7 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 		fmt.Fprintf(&b, "![%s](%s)\n", pl.alt, pl.file)
 	}
 	b.WriteString("\n")
+	r.writeTTFB(&b)
 
 	b.WriteString("## Reading\n\n")
 	for _, line := range r.reading() {
@@ -607,6 +672,9 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 
 	b.WriteString("\n## Method\n\n")
 	b.WriteString(familyReport(fam).method.Replace(methodText(r.attack())))
+	if r.Config.ClientRTTms > 0 {
+		b.WriteString(methodClientRTT)
+	}
 	_, err := w.Write(b.Bytes())
 	return err
 }
@@ -773,6 +841,9 @@ func (r *Report) reading() []string {
 				lines = append(lines, line)
 			}
 		}
+	}
+	if line := r.readTTFB(); line != "" {
+		lines = append(lines, line)
 	}
 	if line := r.readShortfall(); line != "" {
 		lines = append(lines, line)
@@ -1128,3 +1199,129 @@ func writeQueueAndPaths(s *strings.Builder, runs []RunResult, t *systemTally, dr
 	}
 	s.WriteString(readPaths(runs))
 }
+
+// hasTTFB says whether the report measured the time to first byte.
+func (r *Report) hasTTFB() bool {
+	return len(r.NoFlood) > 0 || slices.ContainsFunc(r.Runs, func(run RunResult) bool { return run.TTFBP50ms > 0 })
+}
+
+// inRTTs is a time to first byte in client round trips ("3.0"), or
+// "n/a" without a client RTT.
+func (r *Report) inRTTs(ms float64) string {
+	if r.Config.ClientRTTms <= 0 || ms <= 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.1f", ms/r.Config.ClientRTTms)
+}
+
+// writeTTFB writes report.md's time-to-first-byte section: each system
+// without a flood and at every rate, in round trips when the clients
+// were a round trip away.
+func (r *Report) writeTTFB(b *bytes.Buffer) {
+	if !r.hasTTFB() {
+		return
+	}
+	b.WriteString("## Time to first byte\n\n")
+	if rtt := r.Config.ClientRTTms; rtt > 0 {
+		fmt.Fprintf(b, "The legitimate clients were a round trip of %s ms from the gateway (`--client-rtt`; %s ms measured to the backend, "+
+			"ICMP echo p50), behind the lab's delay relay, while the flood kept its direct path. "+
+			"Time to first byte is connect() until the response's first byte. A client that speaks first (HTTP, TLS) "+
+			"gets it two round trips after connect() from a path that lets its request through with the handshake, "+
+			"three from a proxy that answers the handshake with a zero window (SYNPROXY, synguard's cookies): "+
+			"the request waits for the window the proxy opens once the backend's handshake is done.",
+			fmtFloat(rtt), fmtFloat(r.Config.MeasuredRTTms))
+	} else {
+		b.WriteString("Time to first byte is connect() until the response's first byte, for the legitimate clients that succeeded.")
+	}
+	if slices.ContainsFunc(r.Baselines, func(base Baseline) bool { return base.TTFBP50ms > 0 }) {
+		b.WriteString(" The baseline rows are the same clients with the flood dropped in raw PREROUTING, before anything answers it: " +
+			"what the load costs the lab itself, whose cores the flood shares.")
+	}
+	b.WriteString("\n\n")
+	b.WriteString("| system | queues | flood | legit ok | handshake p50 | first byte p50 / p90 / p99 | p50 in RTTs |\n")
+	b.WriteString("|---|---:|---|---:|---:|---:|---:|\n")
+	row := func(v variant, flood string, ok, attempts int, success, hs, p50, p90, p99 float64) {
+		queues := "n/a"
+		if v.sys.IsSynguard() {
+			queues = fmt.Sprint(v.queues)
+		}
+		fmt.Fprintf(b, "| %s | %s | %s | %.1f%% (%d/%d) | %s ms | %s / %s / %s ms | %s |\n",
+			v.sys, queues, flood, 100*success, ok, attempts, fmtMS(hs), fmtMS(p50), fmtMS(p90), fmtMS(p99), r.inRTTs(p50))
+	}
+	vs := r.variants()
+	for _, n := range r.NoFlood {
+		if !slices.Contains(vs, n.variant()) {
+			vs = append(vs, n.variant())
+		}
+	}
+	slices.SortFunc(vs, compareVariants)
+	runs := r.sortedRuns()
+	bases := slices.Clone(r.Baselines)
+	slices.SortStableFunc(bases, func(a, b Baseline) int { return cmp.Compare(rateKey(a.TargetPPS), rateKey(b.TargetPPS)) })
+	for _, base := range bases {
+		if base.TTFBP50ms > 0 {
+			fmt.Fprintf(b, "| baseline | n/a | %s | %.1f%% (%d/%d) | %s ms | %s / %s / %s ms | %s |\n",
+				rateName(base.TargetPPS), 100*base.LegitSuccess, base.LegitOK, base.LegitAttempts, fmtMS(base.HandshakeP50ms),
+				fmtMS(base.TTFBP50ms), fmtMS(base.TTFBP90ms), fmtMS(base.TTFBP99ms), r.inRTTs(base.TTFBP50ms))
+		}
+	}
+	for _, v := range vs {
+		for _, n := range r.NoFlood {
+			if n.variant() == v {
+				row(v, rateName(noFlood), n.LegitOK, n.LegitAttempts, n.LegitSuccess, n.HandshakeP50ms, n.TTFBP50ms, n.TTFBP90ms, n.TTFBP99ms)
+			}
+		}
+		for _, run := range runs {
+			if run.variant() == v {
+				row(v, rateName(run.TargetPPS), run.LegitOK, run.LegitAttempts, run.LegitSuccess, run.HandshakeP50ms, run.TTFBP50ms, run.TTFBP90ms, run.TTFBP99ms)
+			}
+		}
+	}
+	b.WriteString("\n")
+}
+
+// readTTFB compares the systems' time to first byte at the client RTT,
+// without a flood and at the highest load; empty without a client RTT.
+func (r *Report) readTTFB() string {
+	if r.Config.ClientRTTms <= 0 {
+		return ""
+	}
+	part := func(label string, ms float64) string {
+		return fmt.Sprintf("%s %s ms (%s RTT)", label, fmtMS(ms), r.inRTTs(ms))
+	}
+	var quiet, loaded []string
+	for _, n := range r.NoFlood {
+		if n.TTFBP50ms > 0 {
+			quiet = append(quiet, part(r.label(n.variant()), n.TTFBP50ms))
+		}
+	}
+	top := r.atHighestLoad()
+	for _, run := range top {
+		if run.TTFBP50ms > 0 {
+			loaded = append(loaded, part(r.label(run.variant()), run.TTFBP50ms))
+		}
+	}
+	if len(quiet) == 0 && len(loaded) == 0 {
+		return ""
+	}
+	s := fmt.Sprintf("**Time to first byte** (p50) with the clients %s ms away", fmtFloat(r.Config.ClientRTTms))
+	if len(quiet) > 0 {
+		s += ", without a flood: " + strings.Join(quiet, ", ")
+	}
+	if len(loaded) > 0 {
+		if len(quiet) > 0 {
+			s += ";"
+		}
+		s += fmt.Sprintf(" under the flood at %s: %s", rateName(top[0].TargetPPS), strings.Join(loaded, ", "))
+	}
+	return s + "."
+}
+
+const methodClientRTT = `- **Client RTT.** The legitimate clients connect from a namespace of their own (192.0.2.2,
+  or 2001:db8:d::2 over IPv6) behind a relay that forwards every Ethernet frame between it and
+  the client namespace half the round trip after it arrived, each way, in order (` + "`lab.Relay`" + `:
+  AF_PACKET sockets, the kernel's high-resolution timers); the client namespace routes them to
+  the gateway over the link the flood comes in on. The flood is sent from the client namespace
+  as always and its replies end there, so it never crosses the relay. Before the floods, each
+  system is measured once without one (the time-to-first-byte table's "no flood" rows).
+`

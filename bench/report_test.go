@@ -20,19 +20,21 @@ import (
 // from before synguard's queue counts were measured (its runs have no
 // "queues"), recordedQueues from `--queues 1,2` (both from before XDP,
 // "path" and synguard-nfqueue), recordedXDP with synguard's XDP fast path
-// and synguard-nfqueue beside it, recordedACK from `--attack ack`.
+// and synguard-nfqueue beside it, recordedACK from `--attack ack`,
+// recordedRTT from `--client-rtt 20ms`.
 const (
 	recordedReport = "testdata/report.json"
 	recordedQueues = "testdata/report-queues.json"
 	recordedXDP    = "testdata/report-xdp.json"
 	recordedACK    = "testdata/report-ack.json"
+	recordedRTT    = "testdata/report-rtt.json"
 )
 
 // The report files are drawn from a recorded report.json alone: written
 // again, report.json reads back the same, report.md has a row per run in
 // order and the plots show every system.
 func TestReportFromRecordedJSON(t *testing.T) {
-	for _, f := range []string{recordedReport, recordedQueues, recordedXDP, recordedACK} {
+	for _, f := range []string{recordedReport, recordedQueues, recordedXDP, recordedACK, recordedRTT} {
 		t.Run(filepath.Base(f), func(t *testing.T) { checkRecordedReport(t, f) })
 	}
 }
@@ -688,5 +690,156 @@ func TestReportJSONKeysByAttack(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// ttfbReport is a report with the clients 20 ms away: synguard and none,
+// without a flood and at one rate.
+func ttfbReport() *Report {
+	return &Report{
+		Family: IPv4,
+		Attack: KindSYN,
+		Config: ReportConfig{ClientRTTms: 20, MeasuredRTTms: 20.31},
+		NoFlood: []NoFloodRun{
+			{System: None, Path: PathKernel, LegitOK: 100, LegitAttempts: 100, LegitSuccess: 1, HandshakeP50ms: 20.6, TTFBP50ms: 41.2, TTFBP90ms: 42.5, TTFBP99ms: 44},
+			{System: Synguard, Queues: 1, Path: PathTC, LegitOK: 100, LegitAttempts: 100, LegitSuccess: 1, HandshakeP50ms: 20.7, TTFBP50ms: 64.4, TTFBP90ms: 70.1, TTFBP99ms: 76.9},
+		},
+		Baselines: []Baseline{{Path: PathKernel, TargetPPS: 20_000, OfferedPPS: 20_000, LegitOK: 100, LegitAttempts: 100, LegitSuccess: 1,
+			HandshakeP50ms: 20.5, TTFBP50ms: 41.5, TTFBP90ms: 43, TTFBP99ms: 45}},
+		Runs: []RunResult{
+			{System: None, Path: PathKernel, TargetPPS: 20_000, OfferedPPS: 20_000, LegitOK: 99, LegitAttempts: 100, LegitSuccess: 0.99,
+				HandshakeP50ms: 20.9, TTFBP50ms: 42, TTFBP90ms: 45, TTFBP99ms: 1050},
+			{System: Synguard, Queues: 1, Path: PathTC, TargetPPS: 20_000, OfferedPPS: 20_000, LegitOK: 100, LegitAttempts: 100, LegitSuccess: 1,
+				HandshakeP50ms: 20.8, TTFBP50ms: 65, TTFBP90ms: 71, TTFBP99ms: 80},
+		},
+	}
+}
+
+// report.md's time-to-first-byte table has each system without a flood,
+// then at each rate, with the p50 in round trips; the reading compares
+// them.
+func TestTTFBMarkdown(t *testing.T) {
+	rep := ttfbReport()
+	var b bytes.Buffer
+	rep.writeTTFB(&b)
+	table := b.String()[strings.Index(b.String(), "| system"):]
+	want := `| system | queues | flood | legit ok | handshake p50 | first byte p50 / p90 / p99 | p50 in RTTs |
+|---|---:|---|---:|---:|---:|---:|
+| baseline | n/a | 20000/s | 100.0% (100/100) | 20 ms | 42 / 43 / 45 ms | 2.1 |
+| synguard | 1 | no flood | 100.0% (100/100) | 21 ms | 64 / 70 / 77 ms | 3.2 |
+| synguard | 1 | 20000/s | 100.0% (100/100) | 21 ms | 65 / 71 / 80 ms | 3.2 |
+| none | n/a | no flood | 100.0% (100/100) | 21 ms | 41 / 42 / 44 ms | 2.1 |
+| none | n/a | 20000/s | 99.0% (99/100) | 21 ms | 42 / 45 / 1050 ms | 2.1 |
+
+`
+	if diff := cmp.Diff(want, table); diff != "" {
+		t.Errorf("table (-want +got):\n%s", diff)
+	}
+	if !strings.Contains(b.String(), "a round trip of 20 ms from the gateway (`--client-rtt`; 20.31 ms measured") ||
+		!strings.Contains(b.String(), "The baseline rows are the same clients with the flood dropped") {
+		t.Errorf("no client RTT in:\n%s", b.String())
+	}
+	wantReading := "**Time to first byte** (p50) with the clients 20 ms away, without a flood: none 41 ms (2.1 RTT), synguard 64 ms (3.2 RTT); " +
+		"under the flood at 20000/s: synguard 65 ms (3.2 RTT), none 42 ms (2.1 RTT)."
+	if got := rep.readTTFB(); got != wantReading {
+		t.Errorf("reading:\n got %s\nwant %s", got, wantReading)
+	}
+
+	// Without a client RTT there are no round trips to count in, and no
+	// plot; a report recorded before the time to first byte has no table.
+	rep.Config.ClientRTTms, rep.NoFlood = 0, nil
+	b.Reset()
+	rep.writeTTFB(&b)
+	if !strings.Contains(b.String(), "| synguard | 1 | 20000/s | 100.0% (100/100) | 21 ms | 65 / 71 / 80 ms | n/a |") || strings.Contains(b.String(), "| none | n/a | no flood |") {
+		t.Errorf("without a client RTT:\n%s", b.String())
+	}
+	if rep.readTTFB() != "" || slices.Contains(rep.PlotFiles(), PlotTTFB) {
+		t.Errorf("reading %q, plots %v without a client RTT", rep.readTTFB(), rep.PlotFiles())
+	}
+	old, err := LoadReport(recordedXDP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Reset()
+	old.writeTTFB(&b)
+	if b.Len() != 0 {
+		t.Errorf("a report without first-byte times has a table:\n%s", b.String())
+	}
+}
+
+// With a client RTT the report draws ttfb.png: every system's line, and
+// the 2 and 3 round-trip marks; report.json reads back the same.
+func TestTTFBPlotAndRoundTrip(t *testing.T) {
+	rep := ttfbReport()
+	if !slices.Contains(rep.PlotFiles(), PlotTTFB) {
+		t.Fatalf("plots %v", rep.PlotFiles())
+	}
+	dir, again := rewrite(t, rep)
+	if diff := cmp.Diff(rep, again); diff != "" {
+		t.Errorf("round trip (-written +read):\n%s", diff)
+	}
+	img := readPNG(t, filepath.Join(dir, PlotTTFB))
+	for _, sys := range []System{Synguard, None} {
+		if n := countColour(img, systemStyle[sys].color); n < 50 {
+			t.Errorf("%s: %d pixels of its colour in %s", sys, n, PlotTTFB)
+		}
+	}
+	md, err := os.ReadFile(filepath.Join(dir, ReportMD))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"## Time to first byte", "![Time to first byte against offered load](ttfb.png)", "- **Client RTT.**"} {
+		if !strings.Contains(string(md), want) {
+			t.Errorf("report.md has no %q", want)
+		}
+	}
+}
+
+func TestLoadReportNoFloodErrors(t *testing.T) {
+	for _, tt := range []struct{ json, want string }{
+		{`{"no_flood":[{"system":"pf"}]}`, `run without a flood 0: unknown system "pf"`},
+		{`{"no_flood":[{"system":"synguard","queues":0}]}`, "synguard with 0 queues"},
+		{`{"no_flood":[{"system":"none","queues":1}]}`, "none with 1 queues"},
+		{`{"config":{"client_rtt_ms":-20}}`, "negative client RTT"},
+	} {
+		if _, err := LoadReport(writeReport(t, tt.json)); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: error %v, want %q", tt.json, err, tt.want)
+		}
+	}
+}
+
+// A recording with the clients 20 ms away: every system without a flood
+// and at every rate, with its time to first byte; report.md's table has a
+// row for each.
+func TestRecordedReportClientRTT(t *testing.T) {
+	rep := checkRecordedReport(t, recordedRTT)
+	if rep.Config.ClientRTTms != 20 || rep.Config.MeasuredRTTms < 20 || len(rep.NoFlood) != len(AllSystems) {
+		t.Fatalf("client RTT %v ms, measured %v ms, %d runs without a flood", rep.Config.ClientRTTms, rep.Config.MeasuredRTTms, len(rep.NoFlood))
+	}
+	var md bytes.Buffer
+	if err := rep.WriteMarkdown(&md); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range rep.NoFlood {
+		if n.TTFBP50ms < 40 {
+			t.Errorf("%s without a flood: first byte p50 %.1f ms, under two round trips", n.System, n.TTFBP50ms)
+		}
+		queues := "n/a"
+		if n.System.IsSynguard() {
+			queues = "1"
+		}
+		for _, flood := range []string{"no flood", "20000/s", "100000/s", "max"} {
+			if row := fmt.Sprintf("| %s | %s | %s | 100.0%% (100/100) |", n.System, queues, flood); !strings.Contains(md.String(), row) {
+				t.Errorf("report.md has no row starting %q", row)
+			}
+		}
+	}
+	for _, run := range rep.Runs {
+		if run.TTFBP50ms < 40 || run.TTFBP90ms < run.TTFBP50ms || run.TTFBP99ms < run.TTFBP90ms {
+			t.Errorf("%s at %s: first byte %.1f/%.1f/%.1f ms", run.System, rateName(run.TargetPPS), run.TTFBP50ms, run.TTFBP90ms, run.TTFBP99ms)
+		}
+	}
+	if !slices.Contains(rep.PlotFiles(), PlotTTFB) {
+		t.Errorf("plots %v", rep.PlotFiles())
 	}
 }

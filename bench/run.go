@@ -90,6 +90,12 @@ type Config struct {
 	// systems get them, except that synguard-nfqueue drops --xdp and
 	// --xdp-interfaces from them and always runs with --xdp off.
 	SynguardArgs []string
+	// ClientRTT, when positive, puts the legitimate clients a round trip
+	// of ClientRTT away, behind the lab's delay relay
+	// (lab.Config.ClientRTT), while the flood keeps its direct path; and
+	// every system is also measured once without a flood. Their time to
+	// first byte then shows what users feel (at most lab.MaxClientRTT).
+	ClientRTT time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -129,9 +135,14 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("bench: unknown attack %q (want syn or ack)", string(c.Attack))
 	case len(c.Rates) == 0:
 		return errors.New("bench: no rates")
-	case len(c.Rates)*(len(c.variants())+1) > MaxRuns:
-		return fmt.Errorf("bench: %d rates × (%d system runs + a baseline) is more than %d runs",
-			len(c.Rates), len(c.variants()), MaxRuns)
+	case c.ClientRTT < 0 || c.ClientRTT > lab.MaxClientRTT:
+		return fmt.Errorf("bench: client RTT %v outside [0, %v]", c.ClientRTT, lab.MaxClientRTT)
+	case c.ClientRTT > 0 && c.ProbeTimeout > 0 && c.ProbeTimeout < minProbeRTTs*c.ClientRTT:
+		return fmt.Errorf("bench: a probe timeout of %v is too short for a client RTT of %v: give it at least %v",
+			c.ProbeTimeout, c.ClientRTT, minProbeRTTs*c.ClientRTT)
+	case c.runs() > MaxRuns:
+		return fmt.Errorf("bench: %d rates × (%d system runs + a baseline)%s is more than %d runs",
+			len(c.Rates), len(c.variants()), c.noFloodRuns(), MaxRuns)
 	case c.Duration <= 0 || c.Duration > MaxFloodDuration:
 		return fmt.Errorf("bench: duration %v outside (0, %v]", c.Duration, MaxFloodDuration)
 	case c.ProbeRate < 1 || c.ProbeRate > MaxProbeRate:
@@ -175,6 +186,32 @@ func (c *Config) Validate() error {
 		return errors.New("bench: queue counts apply to synguard and synguard-nfqueue, neither of which is among the systems")
 	}
 	return nil
+}
+
+// minProbeRTTs is the round trips a legitimate client's probe takes at
+// the least through a zero-window proxy (three to its first byte, and its
+// end), which its timeout must allow.
+const minProbeRTTs = 4
+
+// noFlood is the rate of a run without a flood (Config.ClientRTT).
+const noFlood = -1
+
+// runs counts the runs the benchmark makes: a baseline and each variant
+// at every rate, and each variant once without a flood with a client RTT.
+func (c *Config) runs() int {
+	n := len(c.Rates) * (len(c.variants()) + 1)
+	if c.ClientRTT > 0 {
+		n += len(c.variants())
+	}
+	return n
+}
+
+// noFloodRuns names the runs without a flood in Validate's count.
+func (c *Config) noFloodRuns() string {
+	if c.ClientRTT > 0 {
+		return fmt.Sprintf(" + %d runs without a flood", len(c.variants()))
+	}
+	return ""
 }
 
 // variant is one system as measured: synguard and synguard-nfqueue once
@@ -278,7 +315,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	// An IPv4 benchmark turns IPv6 off, so that nothing but its own
 	// traffic (such as neighbour discovery) runs in the lab.
 	fam := familyNet(cfg.Family)
-	t, err := lab.Up(ctx, lab.Config{Name: cfg.Name, DisableIPv6: fam.family == IPv4})
+	t, err := lab.Up(ctx, lab.Config{Name: cfg.Name, DisableIPv6: fam.family == IPv4, ClientRTT: cfg.ClientRTT})
 	if err != nil {
 		return nil, err
 	}
@@ -306,6 +343,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			ProbeTimeoutS:  cfg.ProbeTimeout.Seconds(),
 			BackendOptions: b.backendOpts,
 			SynguardArgs:   cfg.SynguardArgs,
+			ClientRTTms:    ms(cfg.ClientRTT),
 		},
 	}
 	// A failed or interrupted benchmark still writes the runs it has.
@@ -315,6 +353,21 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			return nil, err
 		}
 		return rep, errors.Join(err, rep.Write(cfg.OutDir))
+	}
+	if cfg.ClientRTT > 0 {
+		if rep.Config.MeasuredRTTms, err = b.measureRTT(ctx); err != nil {
+			return finish(err)
+		}
+		logf(cfg.Progress, "client RTT %v: %.2f ms measured (ICMP echo p50, legitimate clients to the backend)\n",
+			cfg.ClientRTT, rep.Config.MeasuredRTTms)
+		for _, v := range cfg.variants() {
+			name := cfg.progressName(v)
+			m, err := b.run(ctx, name, func() setup { return b.setupFor(v) }, noFlood)
+			if err != nil {
+				return finish(fmt.Errorf("%s without a flood: %w", name, err))
+			}
+			rep.NoFlood = append(rep.NoFlood, noFloodRow(v, m))
+		}
 	}
 	for _, rate := range cfg.Rates {
 		base, err := b.run(ctx, "baseline", func() setup { return baselineRules(t.Gateway, fam, b.service, cfg.Attack) }, rate)
@@ -387,6 +440,20 @@ func (b *bencher) prepare(ctx context.Context) error {
 	var err error
 	b.backendOpts, err = learnBackendOptions(ctx, b.lab, b.service)
 	return err
+}
+
+// rttPings is the ICMP echoes measureRTT sends.
+const rttPings = 20
+
+// measureRTT is the median round trip from the legitimate clients'
+// namespace to the backend, in milliseconds: the relay's delay and the
+// lab's own.
+func (b *bencher) measureRTT(ctx context.Context) (float64, error) {
+	rtts, err := lab.Ping(ctx, b.lab.LegitClient(), b.service.Addr(), rttPings, 10*time.Millisecond)
+	if err != nil {
+		return 0, fmt.Errorf("measure the client RTT: %w", err)
+	}
+	return ms(Percentile(rtts, 50)), nil
 }
 
 // restartBackend replaces the HTTP backend with a fresh listener. Closing
@@ -515,9 +582,15 @@ func (b *bencher) runOnce(ctx context.Context, name string, s setup, rate int) (
 	if m.path != "" {
 		replies += "  path " + m.path
 	}
-	logf(b.cfg.Progress, "%-8s %-18s offered %8.0f/s  %s  legit %3d/%-3d  hs p50 %6.2f ms p99 %7.2f ms  CPU: machine %5.2f s, bench %5.2f s, others %5.2f s\n",
-		rateName(rate), name, m.flood.PPS(), replies,
-		m.probes.OK, m.probes.Attempts, ms(m.probes.HandshakeP50), ms(m.probes.HandshakeP99), m.busy.Seconds(), m.ours.Seconds(), m.other.Seconds())
+	if rate == noFlood {
+		logf(b.cfg.Progress, "%-8s %-18s legit %3d/%-3d  hs p50 %6.2f ms  first byte p50 %6.2f ms p99 %7.2f ms\n",
+			rateName(rate), name, m.probes.OK, m.probes.Attempts, ms(m.probes.HandshakeP50), ms(m.probes.FirstByteP50), ms(m.probes.FirstByteP99))
+	} else {
+		logf(b.cfg.Progress, "%-8s %-18s offered %8.0f/s  %s  legit %3d/%-3d  hs p50 %6.2f ms p99 %7.2f ms  first byte p50 %6.2f ms  CPU: machine %5.2f s, bench %5.2f s, others %5.2f s\n",
+			rateName(rate), name, m.flood.PPS(), replies,
+			m.probes.OK, m.probes.Attempts, ms(m.probes.HandshakeP50), ms(m.probes.HandshakeP99), ms(m.probes.FirstByteP50),
+			m.busy.Seconds(), m.ours.Seconds(), m.other.Seconds())
+	}
 	select {
 	case <-ctx.Done():
 		return m, ctx.Err()
@@ -527,7 +600,8 @@ func (b *bencher) runOnce(ctx context.Context, name string, s setup, rate int) (
 }
 
 // measure floods the service at rate for the configured duration while
-// legitimate clients connect, and reads the counters around it.
+// legitimate clients connect, and reads the counters around it. At
+// noFlood the clients connect for as long without a flood.
 func (b *bencher) measure(ctx context.Context, rate int) (measurement, error) {
 	var m measurement
 	cfg := FloodConfig{
@@ -542,13 +616,15 @@ func (b *bencher) measure(ctx context.Context, rate int) (measurement, error) {
 		cfg.Count = int(int64(rate) * int64(b.cfg.Duration/time.Millisecond) / 1000)
 	}
 	var f *Flooder
-	if err := b.lab.Client.Do(func() (err error) {
-		f, err = NewFlooder(cfg)
-		return err
-	}); err != nil {
-		return m, err
+	if rate != noFlood {
+		if err := b.lab.Client.Do(func() (err error) {
+			f, err = NewFlooder(cfg)
+			return err
+		}); err != nil {
+			return m, err
+		}
+		defer f.Close()
 	}
-	defer f.Close()
 
 	replies0, err := b.replies.read(ctx)
 	if err != nil {
@@ -586,17 +662,25 @@ func (b *bencher) measure(ctx context.Context, rate int) (measurement, error) {
 	start := time.Now()
 	go func() {
 		t, err := RunProbes(ctx, ProbeConfig{
-			NS: b.lab.Client, Target: b.service, Rate: b.cfg.ProbeRate,
+			NS: b.lab.LegitClient(), Target: b.service, Rate: b.cfg.ProbeRate,
 			Duration: b.cfg.Duration, Timeout: b.cfg.ProbeTimeout,
 		})
 		probes <- probeResult{t, err}
 	}()
 	var floodErr error
 	go func() {
+		defer close(floodDone)
+		if f == nil {
+			select {
+			case <-ctx.Done():
+				floodErr = ctx.Err()
+			case <-time.After(b.cfg.Duration):
+			}
+			return
+		}
 		// The flood keeps one OS thread to itself while it runs.
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
-		defer close(floodDone)
 		t0 := threadCPU()
 		m.flood, floodErr = f.Run(ctx)
 		m.floodCPU = threadCPU() - t0
@@ -671,6 +755,9 @@ func runRow(v variant, rate int, m, base measurement, attack Kind) RunResult {
 		LegitSuccess:   m.probes.Success,
 		HandshakeP50ms: ms(m.probes.HandshakeP50),
 		HandshakeP99ms: ms(m.probes.HandshakeP99),
+		TTFBP50ms:      ms(m.probes.FirstByteP50),
+		TTFBP90ms:      ms(m.probes.FirstByteP90),
+		TTFBP99ms:      ms(m.probes.FirstByteP99),
 		TotalP50ms:     ms(m.probes.TotalP50),
 		TotalP99ms:     ms(m.probes.TotalP99),
 		CPUBusyS:       m.busy.Seconds(),
@@ -715,23 +802,56 @@ func runRow(v variant, rate int, m, base measurement, attack Kind) RunResult {
 	return r
 }
 
+// noFloodRow is a variant's run without a flood: its legitimate
+// clients alone.
+func noFloodRow(v variant, m measurement) NoFloodRun {
+	path := PathKernel
+	if v.sys.IsSynguard() {
+		path = m.path
+	}
+	return NoFloodRun{
+		System:         v.sys,
+		Queues:         v.queues,
+		Path:           path,
+		LegitAttempts:  m.probes.Attempts,
+		LegitOK:        m.probes.OK,
+		LegitSuccess:   m.probes.Success,
+		HandshakeP50ms: ms(m.probes.HandshakeP50),
+		HandshakeP99ms: ms(m.probes.HandshakeP99),
+		TTFBP50ms:      ms(m.probes.FirstByteP50),
+		TTFBP90ms:      ms(m.probes.FirstByteP90),
+		TTFBP99ms:      ms(m.probes.FirstByteP99),
+		TotalP50ms:     ms(m.probes.TotalP50),
+		TotalP99ms:     ms(m.probes.TotalP99),
+		OtherLoad:      m.otherShare(),
+		Attempts:       m.attempts,
+		ProbeErrors:    m.probes.Errors,
+	}
+}
+
 func baselineRow(rate int, m measurement, attack Kind) Baseline {
 	b := Baseline{
-		Path:          PathKernel,
-		TargetPPS:     rate,
-		DurationS:     m.flood.Elapsed.Seconds(),
-		OfferedPPS:    m.flood.PPS(),
-		GatewayRxPPS:  perSecond(m.rx, m.flood.Elapsed),
-		LegitSuccess:  m.probes.Success,
-		BacklogDrops:  m.backlogDrops,
-		OtherLoad:     m.otherShare(),
-		Attempts:      m.attempts,
-		WindowS:       m.window.Seconds(),
-		CPUBusyS:      m.busy.Seconds(),
-		OtherCPUS:     m.other.Seconds(),
-		BenchCPUS:     m.ours.Seconds(),
-		FloodCPUS:     m.floodCPU.Seconds(),
-		BenchProcessS: m.self.Seconds(),
+		Path:           PathKernel,
+		TargetPPS:      rate,
+		DurationS:      m.flood.Elapsed.Seconds(),
+		OfferedPPS:     m.flood.PPS(),
+		GatewayRxPPS:   perSecond(m.rx, m.flood.Elapsed),
+		LegitSuccess:   m.probes.Success,
+		LegitOK:        m.probes.OK,
+		LegitAttempts:  m.probes.Attempts,
+		HandshakeP50ms: ms(m.probes.HandshakeP50),
+		TTFBP50ms:      ms(m.probes.FirstByteP50),
+		TTFBP90ms:      ms(m.probes.FirstByteP90),
+		TTFBP99ms:      ms(m.probes.FirstByteP99),
+		BacklogDrops:   m.backlogDrops,
+		OtherLoad:      m.otherShare(),
+		Attempts:       m.attempts,
+		WindowS:        m.window.Seconds(),
+		CPUBusyS:       m.busy.Seconds(),
+		OtherCPUS:      m.other.Seconds(),
+		BenchCPUS:      m.ours.Seconds(),
+		FloodCPUS:      m.floodCPU.Seconds(),
+		BenchProcessS:  m.self.Seconds(),
 	}
 	cpu := CPUPerSYN(m.ours, m.flood.Sent, 0, 1)
 	if attack == KindACK {
@@ -758,8 +878,11 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 
 // rateName is a target rate for people: "max" for as fast as possible.
 func rateName(rate int) string {
-	if rate == 0 {
+	switch {
+	case rate == 0:
 		return "max"
+	case rate == noFlood:
+		return "no flood"
 	}
 	return fmt.Sprintf("%d/s", rate)
 }

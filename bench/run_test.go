@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/synguard/synguard/internal/roottest"
+	"github.com/synguard/synguard/lab"
 )
 
 // buildSynguard builds the synguard binary the benchmark runs on its
@@ -340,5 +341,123 @@ func TestBenchEndToEndACK(t *testing.T) {
 		if st, err := os.Stat(filepath.Join(out, f)); err != nil || st.Size() == 0 {
 			t.Errorf("%s: %v", f, err)
 		}
+	}
+}
+
+// A tiny benchmark with the legitimate clients a round trip of 20 ms
+// away: every system is measured without a flood and at one low rate,
+// and every run reports its clients' time to first byte. None can beat
+// the round trips it needs: two (connect, then request and response),
+// and three behind SYNPROXY, whose zero window holds the request back
+// until the backend's handshake is done.
+func TestBenchEndToEndClientRTT(t *testing.T) {
+	const rtt = 20 * time.Millisecond
+	// One attempt per run: the figures checked do not depend on contention.
+	rep, out := runTinyBench(t, Config{Name: "sgt-benchrtt", Rates: []int{2000}, ClientRTT: rtt, MaxAttempts: 1})
+	if len(rep.Runs) != 4 || len(rep.NoFlood) != 4 || len(rep.Baselines) != 1 {
+		t.Fatalf("%d runs, %d without a flood, %d baselines; want 4, 4, 1", len(rep.Runs), len(rep.NoFlood), len(rep.Baselines))
+	}
+	if rep.Config.ClientRTTms != 20 || rep.Config.MeasuredRTTms < 20 {
+		t.Errorf("client RTT %v ms asked, %v ms measured", rep.Config.ClientRTTms, rep.Config.MeasuredRTTms)
+	}
+	type row struct {
+		sys               System
+		flood             string
+		success           float64
+		hs, p50, p90, p99 float64
+		errors            map[string]int
+	}
+	var rows []row
+	for _, n := range rep.NoFlood {
+		rows = append(rows, row{n.System, "no flood", n.LegitSuccess, n.HandshakeP50ms, n.TTFBP50ms, n.TTFBP90ms, n.TTFBP99ms, n.ProbeErrors})
+	}
+	for _, r := range rep.Runs {
+		rows = append(rows, row{r.System, rateName(r.TargetPPS), r.LegitSuccess, r.HandshakeP50ms, r.TTFBP50ms, r.TTFBP90ms, r.TTFBP99ms, r.ProbeErrors})
+	}
+	const rttMS = float64(rtt / time.Millisecond)
+	seen := make(map[string]bool)
+	for _, r := range rows {
+		seen[string(r.sys)+" "+r.flood] = true
+		t.Logf("%-16s %-8s handshake p50 %.1f ms, first byte p50/p90/p99 %.1f/%.1f/%.1f ms", r.sys, r.flood, r.hs, r.p50, r.p90, r.p99)
+		if r.success <= 0.9 {
+			t.Errorf("%s, %s: legitimate success %.2f; errors %v", r.sys, r.flood, r.success, r.errors)
+		}
+		if r.hs < rttMS || r.p50 < 2*rttMS || r.p90 < r.p50 || r.p99 < r.p90 {
+			t.Errorf("%s, %s: handshake p50 %.1f ms, first byte %.1f/%.1f/%.1f ms: want at least one and two round trips of %v, in order",
+				r.sys, r.flood, r.hs, r.p50, r.p90, r.p99, rtt)
+		}
+		if r.sys == Synproxy && r.p50 < 3*rttMS {
+			t.Errorf("SYNPROXY, %s: first byte p50 %.1f ms, under the three round trips its zero window costs", r.flood, r.p50)
+		}
+	}
+	for _, sys := range AllSystems {
+		if !seen[string(sys)+" no flood"] || !seen[string(sys)+" 2000/s"] {
+			t.Errorf("%s: not measured both without a flood and under one: %v", sys, seen)
+		}
+	}
+	// report.json carries the figures per run, report.md a table of them
+	// and ttfb.png their plot.
+	b, err := os.ReadFile(filepath.Join(out, ReportJSON))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{`"client_rtt_ms": 20`, `"measured_rtt_ms"`, `"no_flood"`} {
+		if !strings.Contains(string(b), key) {
+			t.Errorf("report.json has no %s", key)
+		}
+	}
+	if n := strings.Count(string(b), `"ttfb_p99_ms"`); n != 9 {
+		t.Errorf("report.json has ttfb_p99_ms %d times, want 9 (4 runs, 4 without a flood, the baseline)", n)
+	}
+	md, err := os.ReadFile(filepath.Join(out, ReportMD))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"## Time to first byte", "| synproxy | n/a | no flood |", "| none | n/a | 2000/s |", "**Time to first byte** (p50) with the clients 20 ms away"} {
+		if !strings.Contains(string(md), want) {
+			t.Errorf("report.md has no %q", want)
+		}
+	}
+	if st, err := os.Stat(filepath.Join(out, PlotTTFB)); err != nil || st.Size() == 0 {
+		t.Errorf("%s: %v", PlotTTFB, err)
+	}
+}
+
+func TestConfigValidateClientRTT(t *testing.T) {
+	ok := Config{Name: "b", Binary: "/bin/true", Rates: []int{1000}, Duration: time.Second, ProbeRate: 1, ProbeTimeout: 3 * time.Second, OutDir: "/tmp/x"}
+	for _, rtt := range []time.Duration{0, time.Millisecond, 20 * time.Millisecond, 750 * time.Millisecond} {
+		cfg := ok
+		cfg.ClientRTT = rtt
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("client RTT %v: %v", rtt, err)
+		}
+	}
+	for _, tt := range []struct {
+		rtt     time.Duration
+		timeout time.Duration
+		rates   int
+		want    string
+	}{
+		{-time.Millisecond, 0, 1, "client RTT -1ms outside"},
+		{lab.MaxClientRTT + 1, time.Hour, 1, "outside"},
+		{time.Second, 3 * time.Second, 1, "a probe timeout of 3s is too short for a client RTT of 1s: give it at least 4s"},
+		// 12 rates × (4 variants + baseline) + 4 without a flood = 64;
+		// 13 rates are 69.
+		{20 * time.Millisecond, 0, 13, "13 rates × (4 system runs + a baseline) + 4 runs without a flood is more than 64 runs"},
+	} {
+		cfg := ok
+		cfg.ClientRTT, cfg.ProbeTimeout = tt.rtt, tt.timeout
+		cfg.Rates = nil
+		for i := range tt.rates {
+			cfg.Rates = append(cfg.Rates, 1000+i)
+		}
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("client RTT %v, timeout %v, %d rates: error %v, want %q", tt.rtt, tt.timeout, tt.rates, err, tt.want)
+		}
+	}
+	cfg := ok
+	cfg.ClientRTT, cfg.Rates = 20*time.Millisecond, make([]int, 12)
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("64 runs: %v", err)
 	}
 }

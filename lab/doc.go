@@ -23,6 +23,24 @@
 // namespace. IPv6 duplicate address detection is off so addresses work at
 // once. Offloads are left as the kernel sets them on veth.
 //
+// # Client RTT
+//
+// The lab's links have microsecond round trips, and this kernel has no
+// netem to add more. [Config.ClientRTT] puts a remote client that far
+// away: a namespace NAME-remote (192.0.2.2/24, 2001:db8:d::2/64) behind a
+// [Relay] in NAME-relay, which forwards the Ethernet frames between it and
+// the client namespace (192.0.2.1/24, 2001:db8:d::1/64) half the round
+// trip after each arrived, both ways, in order, with bounded memory. The
+// client namespace then forwards between the remote client and the
+// gateway, which routes the remote prefixes to it, so the remote client's
+// traffic enters the gateway on the same link as the flood's. Floods
+// still leave from the client namespace straight to the gateway, and the
+// replies to their spoofed sources end there (a blackhole route), so they
+// never cross the relay. [Topology.LegitClient] is where legitimate
+// clients connect from, and [Ping] measures the round trip (ICMP echo).
+// The relay runs in the process that built the lab, so such a lab lives
+// as long as it.
+//
 // [Topology.Down] kills what still runs in the namespaces and deletes them;
 // [DownAll] does the same for every namespace whose name has a given prefix,
 // for cleaning up after a crash.
@@ -51,8 +69,8 @@
 // inside a namespace and counts accepted connections; [ServeBackendBacklog]
 // and [Listen] set a listen backlog, for backends whose accept queue
 // overflows. [Probe] times one legitimate connection (handshake, then a
-// small verified download) and [Download] fetches and checksums a large
-// body. Sockets are created inside the namespace with [netns.NS.Do] and then
+// small verified download: its first byte and its end) and [Download]
+// fetches and checksums a large body. Sockets are created inside the namespace with [netns.NS.Do] and then
 // used from ordinary goroutines. All of these accept a nil namespace,
 // meaning the caller's own.
 //

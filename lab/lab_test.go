@@ -392,7 +392,7 @@ func TestFailedUpLeavesNothing(t *testing.T) {
 }
 
 func TestUpRejectsBadConfig(t *testing.T) {
-	for _, cfg := range []lab.Config{{}, {Name: "a/b"}, {Name: "x", ClientRmemMax: -1}} {
+	for _, cfg := range []lab.Config{{}, {Name: "a/b"}, {Name: "x", ClientRmemMax: -1}, {Name: "x", ClientRTT: -1}, {Name: "x", ClientRTT: lab.MaxClientRTT + 1}} {
 		if _, err := lab.Up(context.Background(), cfg); err == nil {
 			t.Errorf("Up(%+v) did not fail", cfg)
 		}

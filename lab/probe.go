@@ -30,13 +30,16 @@ type ProbeResult struct {
 	OK        bool
 	Err       error
 	Handshake time.Duration // connect() until established (or failure)
+	// FirstByte is connect() until the first byte of the response
+	// arrived: the time to first byte a user waits for; 0 when none did.
+	FirstByte time.Duration
 	Total     time.Duration // connect() until the body was read and checked
 	Bytes     int64         // body bytes received
 }
 
 // Probe connects to target from inside ns (nil: the caller's namespace),
-// timing the TCP handshake, then sends GET /bytes/ProbeBytes, reads the
-// body and checks its length and content. Everything is bounded by timeout
+// timing the TCP handshake, then sends GET /bytes/ProbeBytes, times the
+// response's first byte, reads the body and checks its length and content. Everything is bounded by timeout
 // (DefaultProbeTimeout when not positive) and ctx.
 func Probe(ctx context.Context, ns *netns.NS, target netip.AddrPort, timeout time.Duration) ProbeResult {
 	if timeout <= 0 {
@@ -55,8 +58,12 @@ func Probe(ctx context.Context, ns *netns.NS, target netip.AddrPort, timeout tim
 		return r
 	}
 	defer conn.Close()
-	r.Bytes, r.Err = probeRequest(ctx, conn, target)
+	fb := &firstByteConn{Conn: conn}
+	r.Bytes, r.Err = probeRequest(ctx, fb, target)
 	r.Total = time.Since(start)
+	if !fb.first.IsZero() {
+		r.FirstByte = fb.first.Sub(start)
+	}
 	r.OK = r.Err == nil
 	return r
 }
@@ -95,6 +102,20 @@ func probeRequest(ctx context.Context, conn net.Conn, target netip.AddrPort) (in
 		return n, errors.New("body content differs from the expected stream")
 	}
 	return n, nil
+}
+
+// firstByteConn notes when the first byte was read from it.
+type firstByteConn struct {
+	net.Conn
+	first time.Time
+}
+
+func (c *firstByteConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 && c.first.IsZero() {
+		c.first = time.Now()
+	}
+	return n, err
 }
 
 // Download fetches GET /bytes/n from target from inside ns (nil: the

@@ -5,12 +5,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/synguard/synguard/lab/netns"
 )
@@ -21,6 +25,10 @@ var (
 	BackendPrefix4 = netip.MustParsePrefix("203.0.113.0/24")
 	ClientPrefix6  = netip.MustParsePrefix("2001:db8:c::/64")
 	BackendPrefix6 = netip.MustParsePrefix("2001:db8:b::/64")
+	// RemotePrefix4 and RemotePrefix6 are the remote client's network,
+	// behind the delay relay (Config.ClientRTT).
+	RemotePrefix4 = netip.MustParsePrefix("192.0.2.0/24")
+	RemotePrefix6 = netip.MustParsePrefix("2001:db8:d::/64")
 
 	// SpoofPrefix4 is the only IPv4 range floods may use as sources (RFC 2544
 	// benchmarking range). The gateway routes it back toward the client.
@@ -36,6 +44,14 @@ const (
 	BackendIface        = "eth0"
 	GatewayClientIface  = "to-client"
 	GatewayBackendIface = "to-backend"
+
+	// With Config.ClientRTT: the remote client's link, the relay's links
+	// toward the remote client and toward the client, and the client's
+	// link toward the relay.
+	RemoteIface      = "eth0"
+	RelayRemoteIface = "to-remote"
+	RelayClientIface = "to-client"
+	ClientRelayIface = "to-relay"
 )
 
 // Namespace name suffixes appended to Config.Name.
@@ -43,7 +59,13 @@ const (
 	ClientSuffix  = "-client"
 	GatewaySuffix = "-gateway"
 	BackendSuffix = "-backend"
+	// With Config.ClientRTT.
+	RelaySuffix  = "-relay"
+	RemoteSuffix = "-remote"
 )
+
+// MaxClientRTT bounds Config.ClientRTT.
+const MaxClientRTT = 2 * MaxRelayDelay
 
 // Config describes a lab.
 type Config struct {
@@ -58,14 +80,33 @@ type Config struct {
 	// so tests use them to make the two ends announce different scales.
 	ClientRmemMax  int
 	BackendRmemMax int
+	// ClientRTT, when positive, adds a remote client a round trip of
+	// ClientRTT away: a fourth namespace, NAME-remote, behind a relay in
+	// a fifth, NAME-relay, that forwards the frames between it and the
+	// client namespace half the round trip after they arrive, each way
+	// (see Relay). The client namespace then routes between the remote
+	// client and the gateway. Floods still leave from the client
+	// namespace, straight to the gateway, and their replies end there:
+	// only the remote client's traffic crosses the relay. At most
+	// MaxClientRTT.
+	ClientRTT time.Duration
 }
 
 // Topology is a running lab.
 type Topology struct {
-	Name                      string
-	Client, Gateway, Backend  *netns.NS
-	ClientAddr, BackendAddr   netip.Addr // 198.51.100.2, 203.0.113.2
-	ClientAddr6, BackendAddr6 netip.Addr // 2001:db8:c::2, 2001:db8:b::2; invalid when IPv6 is off
+	Name                     string
+	Client, Gateway, Backend *netns.NS
+	ClientAddr, BackendAddr  netip.Addr // 198.51.100.2, 203.0.113.2
+	// With Config.ClientRTT, the remote client and the relay between it
+	// and the client namespace (nil otherwise), the remote client's
+	// addresses (192.0.2.2, 2001:db8:d::2) and the client namespace's on
+	// the link toward it (192.0.2.1, 2001:db8:d::1), its next hop.
+	Remote, Relay                     *netns.NS
+	RemoteAddr, RemoteAddr6           netip.Addr
+	ClientRelayAddr, ClientRelayAddr6 netip.Addr
+	ClientRTT                         time.Duration
+	relay                             *Relay
+	ClientAddr6, BackendAddr6         netip.Addr // 2001:db8:c::2, 2001:db8:b::2; invalid when IPv6 is off
 	// The gateway's own addresses on each side (the client's and the
 	// backend's next hop).
 	GatewayClientAddr, GatewayBackendAddr   netip.Addr
@@ -92,6 +133,9 @@ func Up(ctx context.Context, cfg Config) (*Topology, error) {
 	if cfg.ClientRmemMax < 0 || cfg.BackendRmemMax < 0 {
 		return nil, errors.New("lab: negative rmem maximum")
 	}
+	if cfg.ClientRTT < 0 || cfg.ClientRTT > MaxClientRTT {
+		return nil, fmt.Errorf("lab: client RTT %v outside [0, %v]", cfg.ClientRTT, MaxClientRTT)
+	}
 	t := &Topology{
 		Name:               cfg.Name,
 		ClientAddr:         netip.MustParseAddr("198.51.100.2"),
@@ -112,9 +156,16 @@ func Up(ctx context.Context, cfg Config) (*Topology, error) {
 	}
 
 	names := NamespaceNames(cfg.Name)
+	all := names[:]
+	if cfg.ClientRTT > 0 {
+		all = append(all, cfg.Name+RelaySuffix, cfg.Name+RemoteSuffix)
+	}
 	var made []*netns.NS
 	fail := func(err error) (*Topology, error) {
 		var errs []error
+		if t.relay != nil {
+			errs = append(errs, t.relay.Close())
+		}
 		for _, ns := range made {
 			if e := removeNamespace(context.WithoutCancel(ctx), ns.Name); e != nil {
 				errs = append(errs, e)
@@ -122,7 +173,7 @@ func Up(ctx context.Context, cfg Config) (*Topology, error) {
 		}
 		return nil, errors.Join(append([]error{fmt.Errorf("lab %s: %w", cfg.Name, err)}, errs...)...)
 	}
-	for _, name := range names {
+	for _, name := range all {
 		if netns.Exists(name) {
 			return fail(fmt.Errorf("namespace %s already exists", name))
 		}
@@ -136,6 +187,12 @@ func Up(ctx context.Context, cfg Config) (*Topology, error) {
 
 	if err := t.configure(ctx, cfg); err != nil {
 		return fail(err)
+	}
+	if cfg.ClientRTT > 0 {
+		t.Relay, t.Remote = made[3], made[4]
+		if err := t.addRemote(ctx, cfg); err != nil {
+			return fail(err)
+		}
 	}
 	return t, nil
 }
@@ -285,16 +342,48 @@ func tcpRmem(max int) sysctl {
 	return sysctl{"net/ipv4/tcp_rmem", fmt.Sprintf("4096 %d %d", def, max)}
 }
 
-// Namespaces returns the client, gateway and backend namespaces.
+// Namespaces returns the client, gateway and backend namespaces, and with
+// a client RTT the relay's and the remote client's.
 func (t *Topology) Namespaces() []*netns.NS {
+	if t.Remote != nil {
+		return []*netns.NS{t.Client, t.Gateway, t.Backend, t.Relay, t.Remote}
+	}
 	return []*netns.NS{t.Client, t.Gateway, t.Backend}
 }
 
-// Down kills every process left in the lab's namespaces and deletes them.
-// It can be called again, and after a partial failure.
+// LegitClient is the namespace legitimate clients connect from: the
+// remote client's, a round trip of ClientRTT away, when the lab has one;
+// the client's otherwise.
+func (t *Topology) LegitClient() *netns.NS {
+	if t.Remote != nil {
+		return t.Remote
+	}
+	return t.Client
+}
+
+// RelayStats returns what the relay did with the frames from the remote
+// client toward the gateway and with those toward the remote client;
+// zero without a client RTT.
+func (t *Topology) RelayStats() (toGateway, toRemote RelayStats) {
+	if t.relay == nil {
+		return RelayStats{}, RelayStats{}
+	}
+	return t.relay.Stats()
+}
+
+// Down stops the relay, kills every process left in the lab's namespaces
+// and deletes them. It can be called again, and after a partial failure.
 func (t *Topology) Down(ctx context.Context) error {
 	var errs []error
-	for _, name := range NamespaceNames(t.Name) {
+	if t.relay != nil {
+		errs = append(errs, t.relay.Close())
+	}
+	names := NamespaceNames(t.Name)
+	all := names[:]
+	if t.Remote != nil {
+		all = append(all, t.Relay.Name, t.Remote.Name)
+	}
+	for _, name := range all {
 		if err := removeNamespace(ctx, name); err != nil {
 			errs = append(errs, err)
 		}
@@ -413,4 +502,208 @@ func WaitLinkReady(ctx context.Context, ns *netns.NS, iface string) error {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
+}
+
+// addRemote puts the remote client a round trip of cfg.ClientRTT away from
+// the client namespace, which then routes between it and the gateway:
+//
+//	NAME-remote         NAME-relay                NAME-client
+//	eth0 ────────── to-remote  to-client ────────── to-relay    eth0 ── gateway
+//	192.0.2.2/24        (Relay: ½ RTT each way)     192.0.2.1/24
+//	2001:db8:d::2/64                                2001:db8:d::1/64
+//
+// The relay's links have no addresses; the hosts on either side reach
+// each other through it as on one Ethernet segment, with their neighbour
+// entries set, so that no first packet waits for a resolution across the
+// delay. Floods still leave from the client namespace straight to the
+// gateway, and the gateway's replies to their spoofed sources end in the
+// client namespace: it routes the spoof ranges to a blackhole now that it
+// forwards.
+func (t *Topology) addRemote(ctx context.Context, cfg Config) error {
+	t.ClientRTT = cfg.ClientRTT
+	t.RemoteAddr = netip.MustParseAddr("192.0.2.2")
+	t.ClientRelayAddr = netip.MustParseAddr("192.0.2.1")
+	if t.IPv6 {
+		t.RemoteAddr6 = netip.MustParseAddr("2001:db8:d::2")
+		t.ClientRelayAddr6 = netip.MustParseAddr("2001:db8:d::1")
+	}
+
+	noIPv6 := []sysctl{
+		{"net/ipv6/conf/default/disable_ipv6", "1"},
+		{"net/ipv6/conf/all/disable_ipv6", "1"},
+	}
+	relay := append([]sysctl{{"net/ipv4/ip_forward", "0"}}, noIPv6...)
+	remote := []sysctl{{"net/ipv4/ip_forward", "0"}}
+	client := []sysctl{{"net/ipv4/ip_forward", "1"}}
+	if t.IPv6 {
+		remote = append(remote,
+			sysctl{"net/ipv6/conf/all/forwarding", "0"},
+			sysctl{"net/ipv6/conf/default/accept_dad", "0"},
+			sysctl{"net/ipv6/conf/all/accept_dad", "0"},
+			sysctl{"net/ipv6/conf/default/accept_ra", "0"},
+		)
+		client = append(client, sysctl{"net/ipv6/conf/all/forwarding", "1"})
+	} else {
+		remote = append(remote, noIPv6...)
+	}
+	for _, s := range []struct {
+		ns *netns.NS
+		s  []sysctl
+	}{{t.Relay, relay}, {t.Remote, remote}, {t.Client, client}} {
+		if err := setSysctls(s.ns, s.s); err != nil {
+			return err
+		}
+	}
+
+	if err := netns.Run(ctx, "ip", "link", "add", RemoteIface, "netns", t.Remote.Name,
+		"type", "veth", "peer", "name", RelayRemoteIface, "netns", t.Relay.Name); err != nil {
+		return err
+	}
+	if err := netns.Run(ctx, "ip", "link", "add", ClientRelayIface, "netns", t.Client.Name,
+		"type", "veth", "peer", "name", RelayClientIface, "netns", t.Relay.Name); err != nil {
+		return err
+	}
+	// The relay copies frames of at most a slot: the hosts beside it
+	// segment and checksum in software, which turning tx checksumming
+	// off implies.
+	if err := setTxChecksum(t.Remote, RemoteIface, false); err != nil {
+		return err
+	}
+	if err := setTxChecksum(t.Client, ClientRelayIface, false); err != nil {
+		return err
+	}
+
+	ip := func(ns *netns.NS, args ...string) error {
+		return netns.Run(ctx, "ip", append([]string{"-n", ns.Name}, args...)...)
+	}
+	type addr struct {
+		ns    *netns.NS
+		iface string
+		a     netip.Addr
+		p     netip.Prefix
+	}
+	addrs := []addr{
+		{t.Remote, RemoteIface, t.RemoteAddr, RemotePrefix4},
+		{t.Client, ClientRelayIface, t.ClientRelayAddr, RemotePrefix4},
+	}
+	if t.IPv6 {
+		addrs = append(addrs,
+			addr{t.Remote, RemoteIface, t.RemoteAddr6, RemotePrefix6},
+			addr{t.Client, ClientRelayIface, t.ClientRelayAddr6, RemotePrefix6},
+		)
+	}
+	for _, a := range addrs {
+		args := []string{"addr", "add", netip.PrefixFrom(a.a, a.p.Bits()).String(), "dev", a.iface}
+		if a.a.Is6() {
+			args = append(args, "nodad")
+		}
+		if err := ip(a.ns, args...); err != nil {
+			return err
+		}
+	}
+	links := []struct {
+		ns    *netns.NS
+		iface string
+	}{
+		{t.Relay, RelayRemoteIface},
+		{t.Relay, RelayClientIface},
+		{t.Remote, RemoteIface},
+		{t.Client, ClientRelayIface},
+	}
+	for _, l := range links {
+		if err := ip(l.ns, "link", "set", l.iface, "up"); err != nil {
+			return err
+		}
+	}
+	for _, l := range links {
+		if err := WaitLinkReady(ctx, l.ns, l.iface); err != nil {
+			return err
+		}
+	}
+
+	remoteMAC, err := hardwareAddr(t.Remote, RemoteIface)
+	if err != nil {
+		return err
+	}
+	clientMAC, err := hardwareAddr(t.Client, ClientRelayIface)
+	if err != nil {
+		return err
+	}
+	neigh := func(ns *netns.NS, a netip.Addr, iface, mac string) []string {
+		return []string{ns.Name, "neigh", "replace", a.String(), "lladdr", mac, "dev", iface, "nud", "permanent"}
+	}
+	cmds := [][]string{
+		neigh(t.Remote, t.ClientRelayAddr, RemoteIface, clientMAC),
+		neigh(t.Client, t.RemoteAddr, ClientRelayIface, remoteMAC),
+		{t.Remote.Name, "-4", "route", "add", "default", "via", t.ClientRelayAddr.String()},
+		{t.Client.Name, "-4", "route", "add", "blackhole", SpoofPrefix4.String()},
+		{t.Gateway.Name, "-4", "route", "add", RemotePrefix4.String(), "via", t.ClientAddr.String()},
+	}
+	if t.IPv6 {
+		cmds = append(cmds,
+			neigh(t.Remote, t.ClientRelayAddr6, RemoteIface, clientMAC),
+			neigh(t.Client, t.RemoteAddr6, ClientRelayIface, remoteMAC),
+			[]string{t.Remote.Name, "-6", "route", "add", "default", "via", t.ClientRelayAddr6.String()},
+			[]string{t.Client.Name, "-6", "route", "add", "blackhole", SpoofPrefix6.String()},
+			[]string{t.Gateway.Name, "-6", "route", "add", RemotePrefix6.String(), "via", t.ClientAddr6.String()},
+		)
+	}
+	for _, c := range cmds {
+		if err := ip(&netns.NS{Name: c[0]}, c[1:]...); err != nil {
+			return err
+		}
+	}
+
+	t.relay, err = StartRelay(t.Relay, RelayRemoteIface, RelayClientIface, cfg.ClientRTT/2)
+	return err
+}
+
+// hardwareAddr is the Ethernet address of iface in ns.
+func hardwareAddr(ns *netns.NS, iface string) (string, error) {
+	var mac string
+	err := ns.Do(func() error {
+		ifi, err := net.InterfaceByName(iface)
+		if err != nil {
+			return err
+		}
+		mac = ifi.HardwareAddr.String()
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("%s in %s: %w", iface, ns.Name, err)
+	}
+	return mac, nil
+}
+
+// setTxChecksum turns tx checksumming of iface in ns on or off
+// (ETHTOOL_STXCSUM, as `ethtool -K IFACE tx on|off`); off, the kernel
+// also stops offloading segmentation to the link.
+func setTxChecksum(ns *netns.NS, iface string, on bool) error {
+	const ethtoolSTXCSUM = 0x17
+	v := struct{ cmd, data uint32 }{cmd: ethtoolSTXCSUM}
+	if on {
+		v.data = 1
+	}
+	err := ns.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		var ifr struct {
+			name [unix.IFNAMSIZ]byte
+			data unsafe.Pointer
+			_    [16]byte
+		}
+		copy(ifr.name[:], iface)
+		ifr.data = unsafe.Pointer(&v)
+		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr))); errno != 0 {
+			return errno
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("tx checksumming of %s in %s: %w", iface, ns.Name, err)
+	}
+	return nil
 }

@@ -36,6 +36,9 @@ func runBenchScenarios(ctx context.Context, args []string, stdout, _ io.Writer) 
 	if cfg.Family == bench.IPv6 {
 		labDesc += " (IPv6)"
 	}
+	if cfg.ClientRTT > 0 {
+		labDesc += ", clients " + cfg.ClientRTT.String() + " away"
+	}
 	fmt.Fprintf(stdout, "bench: lab %s, %s flood, rates %s, %s per flood, systems %s; writing to %s\n",
 		labDesc, cfg.Attack, ratesString(cfg.Rates), cfg.Duration, sysDesc, cfg.OutDir)
 	rep, err := bench.Run(ctx, cfg)
@@ -70,6 +73,7 @@ func benchConfig(args []string, stdout io.Writer) (bench.Config, error) {
 	name := fs.String("name", benchLabName, "namespace name `prefix` of the benchmark's lab")
 	synguardArgs := fs.String("synguard-args", "", "more `arguments` for synguard run, space-separated, e.g. \"--reply-path route\" (default: none, its defaults)")
 	ipv6 := fs.Bool("ipv6", false, "run everything over IPv6: service [2001:db8:b::2]:80, flood from 2001:db8:ff00::/40, ip6tables on the gateway")
+	clientRTT := fs.Duration("client-rtt", 0, "put the legitimate clients this round trip away, behind a delay relay (the flood keeps its direct path), measure every system without a flood too, and report the time to first byte (e.g. 20ms; default: next to the gateway)")
 	if err := parseArgs(fs, args); err != nil {
 		return bench.Config{}, err
 	}
@@ -82,6 +86,7 @@ func benchConfig(args []string, stdout io.Writer) (bench.Config, error) {
 		OutDir:       *out,
 		Progress:     stdout,
 		Family:       bench.IPv4,
+		ClientRTT:    *clientRTT,
 	}
 	if *ipv6 {
 		cfg.Family = bench.IPv6

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/synguard/synguard/bench"
 )
@@ -43,6 +44,9 @@ func TestBenchBadCommandLines(t *testing.T) {
 		{"queues too many runs", []string{"bench", "--queues", "1,2,3,4,5,6,7,8,9,10"}, "more than 64 runs"},
 		{"ipv6 not a bool", []string{"bench", "--ipv6=maybe"}, "-ipv6"},
 		{"ipv6 with a bad value", []string{"bench", "--ipv6", "--probe-rate", "0"}, "probe rate 0"},
+		{"client rtt not a duration", []string{"bench", "--client-rtt", "20"}, "-client-rtt"},
+		{"client rtt negative", []string{"bench", "--client-rtt", "-20ms"}, "client RTT -20ms outside [0, 10s]"},
+		{"client rtt past the probe timeout", []string{"bench", "--client-rtt", "1s"}, "a probe timeout of 3s is too short for a client RTT of 1s"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -52,6 +56,28 @@ func TestBenchBadCommandLines(t *testing.T) {
 				t.Errorf("stderr has %d lines, want 1:\n%s", len(lines), strings.Join(lines, "\n"))
 			}
 		})
+	}
+}
+
+// --client-rtt puts the legitimate clients that far away; none by
+// default.
+func TestBenchConfigClientRTT(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want time.Duration
+	}{
+		{nil, 0},
+		{[]string{"--quick", "--client-rtt", "20ms"}, 20 * time.Millisecond},
+		{[]string{"--client-rtt", "1s", "--probe-timeout", "5s", "--ipv6"}, time.Second},
+	} {
+		cfg, err := benchConfig(tt.args, io.Discard)
+		if err != nil {
+			t.Errorf("%q: %v", tt.args, err)
+			continue
+		}
+		if cfg.ClientRTT != tt.want {
+			t.Errorf("%q: client RTT %v, want %v", tt.args, cfg.ClientRTT, tt.want)
+		}
 	}
 }
 
