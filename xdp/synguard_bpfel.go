@@ -13,12 +13,22 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type synguardActionCounts struct {
+	_ structs.HostLayout
+	N [3]uint64
+}
+
 type synguardEngineControl struct {
 	_           structs.HostLayout
 	DeadlineTai uint64
 	EpochBase   int64
 	BoundsTai   [3]uint64
 	Keys        [3][2]uint64
+}
+
+type synguardSvcCounters struct {
+	_ structs.HostLayout
+	N [5]uint64
 }
 
 type synguardSvcKey struct {

@@ -279,18 +279,20 @@ const (
 	cAmplificationGuard
 	cACKInvalid
 	cACKValid
-	numCounters
 )
 
-// Counters returns service i's counts.
+// Counters returns service i's counts: one lookup of its entry, summed
+// over CPUs.
 func (p *Program) Counters(i int) (Counters, error) {
-	var v [numCounters]uint64
-	for c := range numCounters {
-		n, err := p.sum(p.objs.Counters, uint32(i*numCounters+c))
-		if err != nil {
-			return Counters{}, err
+	var per []synguardSvcCounters
+	if err := p.objs.Counters.Lookup(uint32(i), &per); err != nil {
+		return Counters{}, fmt.Errorf("xdp: read counters: %w", err)
+	}
+	var v [len(synguardSvcCounters{}.N)]uint64
+	for _, c := range per {
+		for j, n := range c.N {
+			v[j] += n
 		}
-		v[c] = n
 	}
 	return Counters{
 		SYNReceived:        v[cSYNReceived],
@@ -301,30 +303,19 @@ func (p *Program) Counters(i int) (Counters, error) {
 	}, nil
 }
 
-// Actions returns the program's verdict counts.
+// Actions returns the program's verdict counts, summed over CPUs.
 func (p *Program) Actions() (Actions, error) {
-	var v [3]uint64
-	for i := range v {
-		n, err := p.sum(p.objs.Actions, uint32(i))
-		if err != nil {
-			return Actions{}, err
-		}
-		v[i] = n
+	var per []synguardActionCounts
+	if err := p.objs.Actions.Lookup(uint32(0), &per); err != nil {
+		return Actions{}, fmt.Errorf("xdp: read counters: %w", err)
 	}
-	return Actions{Pass: v[0], Drop: v[1], TX: v[2]}, nil
-}
-
-// sum adds up a per-CPU counter.
-func (p *Program) sum(m *ebpf.Map, k uint32) (uint64, error) {
-	var per []uint64
-	if err := m.Lookup(k, &per); err != nil {
-		return 0, fmt.Errorf("xdp: read counters: %w", err)
+	var a Actions
+	for _, c := range per {
+		a.Pass += c.N[0]
+		a.Drop += c.N[1]
+		a.TX += c.N[2]
 	}
-	var n uint64
-	for _, v := range per {
-		n += v
-	}
-	return n, nil
+	return a, nil
 }
 
 // driver returns the kernel driver of link name ("veth", "virtio_net",
