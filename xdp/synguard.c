@@ -35,7 +35,8 @@ enum svc_mode {
 	MODE_OFF = 2,         // observe only: everything passes
 };
 
-// Per-service counters, at service*NUM_COUNTERS + counter.
+// Per-service counters, in one entry per service, so that a reader gets
+// all of a service's counts with one lookup.
 enum counter {
 	C_SYN_RECEIVED = 0,
 	C_SYNACK_SENT = 1,
@@ -52,6 +53,14 @@ enum action {
 	A_DROP = 1,
 	A_TX = 2,
 	NUM_ACTIONS = 3,
+};
+
+struct svc_counters {
+	__u64 n[NUM_COUNTERS];
+};
+
+struct action_counts {
+	__u64 n[NUM_ACTIONS];
 };
 
 // A protected service: family (4 or 6), port and address, IPv4 as the
@@ -125,16 +134,16 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, MAX_SERVICES *NUM_COUNTERS);
+	__uint(max_entries, MAX_SERVICES);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct svc_counters);
 } counters SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, NUM_ACTIONS);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct action_counts);
 } actions SEC(".maps");
 
 // Allow and deny lists, checked apart so that deny wins whatever the
@@ -219,17 +228,22 @@ extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
 
 static __always_inline void count_action(__u32 action)
 {
-	__u64 *n = bpf_map_lookup_elem(&actions, &action);
-	if (n)
-		*n += 1;
+	__u32 zero = 0;
+	struct action_counts *a = bpf_map_lookup_elem(&actions, &zero);
+	if (a && action < NUM_ACTIONS)
+		a->n[action] += 1;
 }
 
-static __always_inline void count(__u32 svc, __u32 c)
+// counters_of returns service svc's counters on this CPU, or NULL.
+static __always_inline struct svc_counters *counters_of(__u32 svc)
 {
-	__u32 k = svc * NUM_COUNTERS + c;
-	__u64 *n = bpf_map_lookup_elem(&counters, &k);
-	if (n)
-		*n += 1;
+	return bpf_map_lookup_elem(&counters, &svc);
+}
+
+static __always_inline void count(struct svc_counters *s, __u32 c)
+{
+	if (s && c < NUM_COUNTERS)
+		s->n[c] += 1;
 }
 
 // ---- what differs between the hooks ----
@@ -732,11 +746,9 @@ static __always_inline int answer_syn(void *ctx, enum hook h, struct pkt *p, str
 	struct engine_control *c = control_now(&epoch, &idx);
 	if (!c)
 		return A_PASS;
-	__u32 svci = svc->index;
-	if (svci >= MAX_SERVICES)
-		return A_PASS;
-	count(svci, C_SYN_RECEIVED);
-	sample_syn(ctx, h, p, svci);
+	struct svc_counters *cnt = counters_of(svc->index);
+	count(cnt, C_SYN_RECEIVED);
+	sample_syn(ctx, h, p, svc->index);
 
 	// The options the client is told: the backend's, limited to what
 	// the client offered (engine/negotiate.go announce).
@@ -749,7 +761,7 @@ static __always_inline int answer_syn(void *ctx, enum hook h, struct pkt *p, str
 	if (ip_len > p->ip_len) {
 		// Never larger than the SYN: a spoofed flood must not be
 		// amplified toward its victim.
-		count(svci, C_AMPLIFICATION_GUARD);
+		count(cnt, C_AMPLIFICATION_GUARD);
 		return A_DROP;
 	}
 
@@ -827,7 +839,7 @@ static __always_inline int answer_syn(void *ctx, enum hook h, struct pkt *p, str
 	}
 	int a = emit(ctx, h, &r, sizeof(struct ethhdr) + ip_len, p->ipv6, tcsum, psum);
 	if (a == A_TX)
-		count(svci, C_SYNACK_SENT);
+		count(cnt, C_SYNACK_SENT);
 	return a;
 }
 
@@ -836,8 +848,6 @@ static __always_inline int answer_syn(void *ctx, enum hook h, struct pkt *p, str
 // handshake), and drops it otherwise: a forged ACK never reaches the queue.
 static __always_inline int check_ack(void *ctx, enum hook h, struct pkt *p, struct svc_val *svc)
 {
-	if (svc->index >= MAX_SERVICES)
-		return A_PASS;
 	// Established flows first: every data segment of a handed-off flow
 	// comes this way, and should cost no more than the lookup.
 	struct bpf_sock_tuple tup = {};
@@ -880,10 +890,10 @@ static __always_inline int check_ack(void *ctx, enum hook h, struct pkt *p, stru
 	mac_message(&m, &p->f, low);
 	sip_prefix(&s, key, &m);
 	if (mac_for(&s, &m, p->seq - 1) == mac || (p->payload == 0 && mac_for(&s, &m, p->seq) == mac)) {
-		count(svc->index, C_ACK_VALID);
+		count(counters_of(svc->index), C_ACK_VALID);
 		return A_PASS;
 	}
-	count(svc->index, C_ACK_INVALID);
+	count(counters_of(svc->index), C_ACK_INVALID);
 	return A_DROP;
 }
 
@@ -901,11 +911,13 @@ static __always_inline int handle_tcp(void *ctx, enum hook h, struct pkt *p)
 		__u32 svci = svc->index;
 		if ((svc->flags & SVC_LISTS) && svci < MAX_SERVICES) {
 			switch (list_verdict(p, svci)) {
-			case LIST_DENY:
-				count(svci, C_SYN_RECEIVED);
-				count(svci, C_SYN_DENIED);
+			case LIST_DENY: {
+				struct svc_counters *cnt = counters_of(svci);
+				count(cnt, C_SYN_RECEIVED);
+				count(cnt, C_SYN_DENIED);
 				sample_syn(ctx, h, p, svci);
 				return A_DROP;
+			}
 			case LIST_ALLOW:
 				return A_PASS; // the engine lets it through, and counts it
 			}

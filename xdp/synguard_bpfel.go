@@ -13,6 +13,11 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type synguardActionCounts struct {
+	_ structs.HostLayout
+	N [3]uint64
+}
+
 type synguardEngineControl struct {
 	_           structs.HostLayout
 	DeadlineTai uint64
@@ -26,6 +31,11 @@ type synguardSrcKey struct {
 	Prefixlen uint32
 	Svc       uint32
 	Addr      [16]uint8
+}
+
+type synguardSvcCounters struct {
+	_ structs.HostLayout
+	N [6]uint64
 }
 
 type synguardSvcKey struct {

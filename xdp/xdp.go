@@ -30,8 +30,9 @@ const (
 	// XDP_TX frames on veth are lost unless the peer runs an XDP program,
 	// which synguard cannot know, and generic XDP copies every
 	// multi-segment packet), other links native mode when their driver
-	// supports it, tc when it does not. Generic mode is the last resort,
-	// on a kernel without tcx (before Linux 6.6).
+	// supports it and no other XDP program holds the link, tc otherwise.
+	// Generic mode is the last resort, on a kernel without tcx (before
+	// Linux 6.6).
 	ModeAuto Mode = iota
 	// ModeNative attaches the XDP program in the driver
 	// (XDP_FLAGS_DRV_MODE).
@@ -146,30 +147,40 @@ func (p *Program) Attach(name string, mode Mode) (Mode, error) {
 	if err != nil {
 		return 0, fmt.Errorf("xdp: attach to %s: %w", name, err)
 	}
-	var try []Mode
-	switch {
-	case mode == ModeOff:
+	if mode == ModeOff {
 		return 0, fmt.Errorf("xdp: attach to %s: mode off attaches nothing", name)
-	case mode != ModeAuto:
-		try = []Mode{mode}
-	case driver(name) == "veth":
-		try = []Mode{ModeTC, ModeGeneric}
-	default:
-		try = []Mode{ModeNative, ModeTC, ModeGeneric}
 	}
 	var errs []error
-	for _, m := range try {
+	for _, m := range candidates(mode, driver(name)) {
 		l, err := p.attach(iface.Index, m)
 		if err == nil {
 			p.attached = append(p.attached, Attachment{Interface: name, Mode: m, link: l})
 			return m, nil
 		}
-		if m != ModeTC && (errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST)) {
-			return 0, fmt.Errorf("xdp: attach to %s: another XDP program is attached (remove it with 'ip link set dev %s xdp off', or run with --xdp off or tc): %w", name, name, err)
+		busy := m != ModeTC && (errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST))
+		if busy && mode != ModeAuto {
+			return 0, fmt.Errorf("xdp: attach to %s: another XDP program is attached (remove it with 'ip link set dev %s xdp off', or run with --xdp tc or off): %w", name, name, err)
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", m, err))
 	}
 	return 0, fmt.Errorf("xdp: attach to %s: %w", name, errors.Join(errs...))
+}
+
+// candidates are the modes to try, in order, for mode on a link whose
+// driver is driver: auto takes the first that attaches.
+func candidates(mode Mode, driver string) []Mode {
+	switch {
+	case mode != ModeAuto:
+		return []Mode{mode}
+	case driver == "veth":
+		// Native XDP_TX frames on veth are lost unless the peer runs an
+		// XDP program; generic XDP copies bulk data.
+		return []Mode{ModeTC, ModeGeneric}
+	default:
+		// Native where the driver has it; a link another XDP program
+		// holds, or a driver without it, gets tc.
+		return []Mode{ModeNative, ModeTC, ModeGeneric}
+	}
 }
 
 // attach links the program of mode m to link ifindex.
@@ -289,18 +300,20 @@ const (
 	cACKInvalid
 	cACKValid
 	cSYNDenied
-	numCounters
 )
 
-// Counters returns service i's counts.
+// Counters returns service i's counts: one lookup of its entry, summed
+// over CPUs.
 func (p *Program) Counters(i int) (Counters, error) {
-	var v [numCounters]uint64
-	for c := range numCounters {
-		n, err := p.sum(p.objs.Counters, uint32(i*numCounters+c))
-		if err != nil {
-			return Counters{}, err
+	var per []synguardSvcCounters
+	if err := p.objs.Counters.Lookup(uint32(i), &per); err != nil {
+		return Counters{}, fmt.Errorf("xdp: read counters: %w", err)
+	}
+	var v [len(synguardSvcCounters{}.N)]uint64
+	for _, c := range per {
+		for j, n := range c.N {
+			v[j] += n
 		}
-		v[c] = n
 	}
 	return Counters{
 		SYNReceived:        v[cSYNReceived],
@@ -312,30 +325,19 @@ func (p *Program) Counters(i int) (Counters, error) {
 	}, nil
 }
 
-// Actions returns the program's verdict counts.
+// Actions returns the program's verdict counts, summed over CPUs.
 func (p *Program) Actions() (Actions, error) {
-	var v [3]uint64
-	for i := range v {
-		n, err := p.sum(p.objs.Actions, uint32(i))
-		if err != nil {
-			return Actions{}, err
-		}
-		v[i] = n
+	var per []synguardActionCounts
+	if err := p.objs.Actions.Lookup(uint32(0), &per); err != nil {
+		return Actions{}, fmt.Errorf("xdp: read counters: %w", err)
 	}
-	return Actions{Pass: v[0], Drop: v[1], TX: v[2]}, nil
-}
-
-// sum adds up a per-CPU counter.
-func (p *Program) sum(m *ebpf.Map, k uint32) (uint64, error) {
-	var per []uint64
-	if err := m.Lookup(k, &per); err != nil {
-		return 0, fmt.Errorf("xdp: read counters: %w", err)
+	var a Actions
+	for _, c := range per {
+		a.Pass += c.N[0]
+		a.Drop += c.N[1]
+		a.TX += c.N[2]
 	}
-	var n uint64
-	for _, v := range per {
-		n += v
-	}
-	return n, nil
+	return a, nil
 }
 
 // driver returns the kernel driver of link name ("veth", "virtio_net",

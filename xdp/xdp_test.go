@@ -665,10 +665,10 @@ func benchRun(b *testing.B, h *harness, frame []byte, repeat int, want verdict) 
 	b.ReportMetric(float64(total.Nanoseconds())/float64(b.N), "ns/packet")
 }
 
-// BenchmarkProgram times each program's three ways through: a SYN
-// answered with a SYN-ACK, a forged ACK dropped after the conntrack lookup
-// and two MACs, and a segment of an established flow passed after the
-// lookup.
+// BenchmarkProgram times each program's ways through: a SYN answered with
+// a SYN-ACK, a forged ACK dropped after the conntrack lookup and two MACs,
+// a segment to no service passed after the service lookup, and a segment
+// of an established flow passed after the conntrack lookup.
 func BenchmarkProgram(b *testing.B) {
 	client := netip.MustParseAddrPort("198.51.100.7:40000")
 	for _, k := range kinds {
@@ -678,6 +678,11 @@ func BenchmarkProgram(b *testing.B) {
 		})
 		b.Run(k.name+"/forged ACK", func(b *testing.B) {
 			benchRun(b, h, ether(rawSegment(client, service4, 8, 99, packet.ACK, nil, nil)), 1000, vDrop)
+		})
+		b.Run(k.name+"/not a service", func(b *testing.B) {
+			// A segment from a service to its client, as a gateway's
+			// backend-side link carries them.
+			benchRun(b, h, ether(rawSegment(service4, client, 8, 99, packet.ACK, nil, make([]byte, 1400))), 1000, vPass)
 		})
 		b.Run(k.name+"/established", func(b *testing.B) {
 			ns := nstest.New(b, "sgxdp-bench")
