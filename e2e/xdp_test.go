@@ -282,13 +282,19 @@ func TestXDPDropsForgedACKs(t *testing.T) {
 			if st.Sent < count {
 				t.Fatalf("only %d of %d ACKs sent", st.Sent, count)
 			}
-			if got := acts["drop"] - dropped; got < count {
-				t.Fatalf("the fast path dropped %v of %d forged ACKs", got, count)
+			// A random ACK carries a valid cookie with a chance of 2^-23
+			// (a 24-bit MAC, checked for two ISNs): 0.024 of 200,000 on
+			// average. Such an ACK is a valid handshake's to the program
+			// and passes; more than maxLucky would be a hole.
+			const maxLucky = 3
+			lucky := count - (acts["drop"] - dropped)
+			if lucky > maxLucky {
+				t.Fatalf("the fast path dropped %v of %d forged ACKs", acts["drop"]-dropped, count)
 			}
-			if crossed > 8 {
+			if crossed > 8+lucky {
 				t.Fatalf("%v packets crossed the queue; the probe accounts for 3", crossed)
 			}
-			if m["synguard_cookie_invalid_total"] < count {
+			if m["synguard_cookie_invalid_total"] < count-lucky {
 				t.Fatalf("synguard_cookie_invalid_total %v does not count the %d forged ACKs", m["synguard_cookie_invalid_total"], count)
 			}
 		})
