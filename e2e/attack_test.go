@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -112,12 +111,12 @@ func attackForensics(t *testing.T, xdpMode string) {
 	g.waitStats(t, "the second attack in progress", func(s telemetry.ServiceView) bool { return s.Attack != nil })
 	lab.Probe(context.Background(), topo.Client, service, 2*time.Second) // fails: its replayed SYN meets a reset
 	g.waitStats(t, "the backend down", func(s telemetry.ServiceView) bool { return s.Backend.Up != nil && !*s.Backend.Up })
-	dom := runChromium(t, browser, topo.Gateway, "--dump-dom", "http://"+metricsAddr+"/")
-	if !strings.Contains(dom, "198.18.") {
-		t.Errorf("the dashboard shows no source prefix of the attack in progress")
+	f := dashboardForensics(t, browser, topo.Gateway, service)
+	if !f.attack || len(f.prefixes) == 0 || !inFlood(f.prefixes[0]) {
+		t.Errorf("the dashboard shows the attack %v with source prefixes %q; want the flood's", f.attack, f.prefixes)
 	}
-	if !backendDown.MatchString(dom) {
-		t.Errorf("the dashboard does not show the backend down")
+	if f.backend != "down" {
+		t.Errorf("the dashboard shows the backend %q (%s), want down", f.backend, f.detail)
 	}
 	wait()
 	poll.Must(t, 20*time.Second, "no attack_end after the spread flood", func() bool {
@@ -135,9 +134,6 @@ func attackForensics(t *testing.T, xdpMode string) {
 		t.Error("no backend_down event with the backend dead")
 	}
 }
-
-// backendDown is the dashboard's backend state shown down.
-var backendDown = regexp.MustCompile(`data-backend="state"[^>]*>down<`)
 
 // checkPcap reads the attack's sample with tcpdump: the file named in
 // both events, as many SYNs as the end says, from the flood's prefix.
@@ -171,4 +167,10 @@ func checkPcap(t *testing.T, start, end attackEvent, from netip.Prefix) {
 	if fromPrefix < syns*9/10 {
 		t.Errorf("%d of %d sampled SYNs from %s", fromPrefix, syns, from)
 	}
+}
+
+// inFlood reports whether prefix lies in the range floods come from.
+func inFlood(prefix string) bool {
+	p, err := netip.ParsePrefix(prefix)
+	return err == nil && lab.SpoofPrefix4.Overlaps(p)
 }
