@@ -9,7 +9,11 @@ if [ "$(id -u)" -ne 0 ]; then
 	exit 1
 fi
 
-packages=(iptables conntrack iproute2 procps kmod curl ca-certificates chromium iperf3 keepalived conntrackd)
+# tcpdump reads the attack samples back; make, systemd (systemd-analyze),
+# strace and util-linux (setpriv, unshare) are for the package's test and
+# the unit's sandbox test.
+packages=(iptables conntrack iproute2 procps kmod curl ca-certificates chromium iperf3 keepalived conntrackd
+	tcpdump make systemd strace util-linux)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
