@@ -30,17 +30,6 @@ func setSysctls(ns *netns.NS, entries []sysctl) error {
 	})
 }
 
-// readSysctl reads one entry from a thread inside ns.
-func readSysctl(ns *netns.NS, key string) (string, error) {
-	var v string
-	err := ns.Do(func() error {
-		b, err := os.ReadFile(filepath.Join("/proc/sys", key))
-		v = strings.TrimSpace(string(b))
-		return err
-	})
-	return v, err
-}
-
 // runOutput runs a command in the current namespace and returns its
 // standard output, with its standard error in the error on failure.
 func runOutput(ctx context.Context, name string, args ...string) (string, error) {
