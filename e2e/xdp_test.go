@@ -223,9 +223,11 @@ func TestXDPAnswersFloodAtTheDriver(t *testing.T) {
 					t.Fatalf("the fast path answered %v of %d flood SYNs", acts["tx"], sent)
 				}
 				// Each legitimate connection crosses the queue twice (its
-				// cookie ACK, the backend's SYN-ACK), and its close once;
-				// the flood not at all.
-				if limit := float64(4 * (probes + 1)); crossed > limit {
+				// cookie ACK, the backend's SYN-ACK) and its close once or
+				// twice; on a loaded machine a slow hand-off adds the
+				// client's retransmitted ACK or zero-window probes. The
+				// flood (100,000 SYNs) not at all.
+				if limit := float64(8 * (probes + 1)); crossed > limit {
 					t.Fatalf("%v packets crossed the queue during the flood; legitimate traffic accounts for %v at most", crossed, limit)
 				}
 				if m["synguard_synack_sent_total"] < acts["tx"] {
