@@ -376,8 +376,9 @@ func capture(t *testing.T, ns *netns.NS, iface string) *lab.Capture {
 	return c
 }
 
-// captured is one TCP segment a capture saw.
+// captured is one TCP segment a capture saw, with its bytes.
 type captured struct {
+	b        []byte
 	p        packet.Packet
 	outgoing bool
 }
@@ -386,10 +387,16 @@ type captured struct {
 // arrives for 200 ms. Packets that do not parse (ARP, NDP) are skipped.
 func drain(t *testing.T, c *lab.Capture) []captured {
 	t.Helper()
+	return drainQuiet(t, c, 200*time.Millisecond)
+}
+
+// drainQuiet is drain, reading until nothing arrives for quiet.
+func drainQuiet(t *testing.T, c *lab.Capture, quiet time.Duration) []captured {
+	t.Helper()
 	var out []captured
 	buf := make([]byte, 64<<10)
 	for {
-		n, outgoing, err := c.Read(buf, 200*time.Millisecond)
+		n, outgoing, err := c.Read(buf, quiet)
 		if errors.Is(err, lab.ErrCaptureTimeout) {
 			return out
 		}
@@ -398,7 +405,7 @@ func drain(t *testing.T, c *lab.Capture) []captured {
 		}
 		var p packet.Packet
 		if packet.Parse(buf[:n], &p) == nil {
-			out = append(out, captured{p, outgoing})
+			out = append(out, captured{bytes.Clone(buf[:n]), p, outgoing})
 		}
 	}
 }

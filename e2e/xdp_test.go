@@ -12,7 +12,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -475,12 +474,12 @@ func TestTCSYNACKChecksums(t *testing.T) {
 			// and whether the client answered it with a RST.
 			exchange := func(what string, send func()) (seg []byte, rst bool) {
 				t.Helper()
-				drainRaw(t, c)
+				drainQuiet(t, c, 300*time.Millisecond)
 				tx := g.xdpActions()["tx"]
 				send()
 				poll.Must(t, 3*time.Second, what+": the program answered no SYN", func() bool { return g.xdpActions()["tx"] > tx })
 				var port uint16
-				for _, s := range drainRaw(t, c) {
+				for _, s := range drainQuiet(t, c, 300*time.Millisecond) {
 					switch {
 					case s.outgoing && s.p.Flags == packet.SYN && port == 0:
 						port = s.p.SrcPort
@@ -515,12 +514,16 @@ func TestTCSYNACKChecksums(t *testing.T) {
 				t.Fatalf("offload on: SYN-ACK checksum field %#04x completes to %#04x, want %#04x", got(seg), completed, want(seg))
 			}
 
-			setTxChecksum(t, topo.Gateway, topo.GatewayClientSide, false)
+			if err := lab.SetTxChecksum(topo.Gateway, topo.GatewayClientSide, false); err != nil {
+				t.Fatal(err)
+			}
 			seg, _ = exchange("offload off", probe)
 			if got(seg) != want(seg) {
 				t.Fatalf("offload off: SYN-ACK checksum %#04x, want %#04x", got(seg), want(seg))
 			}
-			setTxChecksum(t, topo.Gateway, topo.GatewayClientSide, true)
+			if err := lab.SetTxChecksum(topo.Gateway, topo.GatewayClientSide, true); err != nil {
+				t.Fatal(err)
+			}
 
 			raw := openIPSender(t, topo.Client)
 			syn := make([]byte, packet.MaxHandshakeLen)
@@ -541,64 +544,5 @@ func TestTCSYNACKChecksums(t *testing.T) {
 				t.Fatal("raw socket: the client's stack did not answer the SYN-ACK with a RST")
 			}
 		})
-	}
-}
-
-// rawSeen is one TCP segment a capture saw, with its bytes.
-type rawSeen struct {
-	b        []byte
-	p        packet.Packet
-	outgoing bool
-}
-
-// drainRaw is drain with the packets' bytes.
-func drainRaw(t *testing.T, c *lab.Capture) []rawSeen {
-	t.Helper()
-	var out []rawSeen
-	buf := make([]byte, 64<<10)
-	for {
-		n, outgoing, err := c.Read(buf, 300*time.Millisecond)
-		if errors.Is(err, lab.ErrCaptureTimeout) {
-			return out
-		}
-		if err != nil {
-			t.Fatalf("capture: %v", err)
-		}
-		var p packet.Packet
-		if packet.Parse(buf[:n], &p) == nil {
-			out = append(out, rawSeen{bytes.Clone(buf[:n]), p, outgoing})
-		}
-	}
-}
-
-// setTxChecksum turns tx checksumming of link name in ns on or off
-// (ETHTOOL_STXCSUM, as `ethtool -K name tx on|off`).
-func setTxChecksum(t *testing.T, ns *netns.NS, name string, on bool) {
-	t.Helper()
-	const ethtoolSTXCSUM = 0x17
-	v := struct{ cmd, data uint32 }{cmd: ethtoolSTXCSUM}
-	if on {
-		v.data = 1
-	}
-	err := ns.Do(func() error {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
-		var ifr struct {
-			name [unix.IFNAMSIZ]byte
-			data unsafe.Pointer
-			_    [16]byte
-		}
-		copy(ifr.name[:], name)
-		ifr.data = unsafe.Pointer(&v)
-		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr))); errno != 0 {
-			return errno
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("tx checksumming of %s: %v", name, err)
 	}
 }

@@ -241,9 +241,6 @@ func (t *Topology) configure(ctx context.Context, cfg Config) error {
 		}
 	}
 
-	ip := func(ns *netns.NS, args ...string) error {
-		return netns.Run(ctx, "ip", append([]string{"-n", ns.Name}, args...)...)
-	}
 	// Each veth is created with both ends already in their namespaces.
 	if err := netns.Run(ctx, "ip", "link", "add", ClientIface, "netns", t.Client.Name,
 		"type", "veth", "peer", "name", GatewayClientIface, "netns", t.Gateway.Name); err != nil {
@@ -260,13 +257,7 @@ func (t *Topology) configure(ctx context.Context, cfg Config) error {
 		return err
 	}
 
-	type addr struct {
-		ns    *netns.NS
-		iface string
-		a     netip.Addr
-		p     netip.Prefix
-	}
-	addrs := []addr{
+	addrs := []linkAddr{
 		{t.Client, ClientIface, t.ClientAddr, ClientPrefix4},
 		{t.Gateway, GatewayClientIface, t.GatewayClientAddr, ClientPrefix4},
 		{t.Gateway, GatewayBackendIface, t.GatewayBackendAddr, BackendPrefix4},
@@ -274,44 +265,19 @@ func (t *Topology) configure(ctx context.Context, cfg Config) error {
 	}
 	if t.IPv6 {
 		addrs = append(addrs,
-			addr{t.Client, ClientIface, t.ClientAddr6, ClientPrefix6},
-			addr{t.Gateway, GatewayClientIface, t.GatewayClientAddr6, ClientPrefix6},
-			addr{t.Gateway, GatewayBackendIface, t.GatewayBackendAddr6, BackendPrefix6},
-			addr{t.Backend, BackendIface, t.BackendAddr6, BackendPrefix6},
+			linkAddr{t.Client, ClientIface, t.ClientAddr6, ClientPrefix6},
+			linkAddr{t.Gateway, GatewayClientIface, t.GatewayClientAddr6, ClientPrefix6},
+			linkAddr{t.Gateway, GatewayBackendIface, t.GatewayBackendAddr6, BackendPrefix6},
+			linkAddr{t.Backend, BackendIface, t.BackendAddr6, BackendPrefix6},
 		)
 	}
-	for _, a := range addrs {
-		args := []string{"addr", "add", netip.PrefixFrom(a.a, a.p.Bits()).String(), "dev", a.iface}
-		if a.a.Is6() {
-			args = append(args, "nodad")
-		}
-		if err := ip(a.ns, args...); err != nil {
-			return err
-		}
-	}
-	links := []struct {
-		ns    *netns.NS
-		iface string
-	}{
+	if err := bringUp(ctx, addrs, []link{
 		{t.Client, ClientIface},
 		{t.Gateway, GatewayClientIface},
 		{t.Gateway, GatewayBackendIface},
 		{t.Backend, BackendIface},
-	}
-	for _, l := range links {
-		if err := ip(l.ns, "link", "set", l.iface, "up"); err != nil {
-			return err
-		}
-	}
-
-	// Link state reaches IPv6 through the kernel's linkwatch, which may
-	// batch events for up to a second; until then addresses stay tentative
-	// and neighbour solicitations for them go unanswered. Return a lab that
-	// works from its first packet.
-	for _, l := range links {
-		if err := WaitLinkReady(ctx, l.ns, l.iface); err != nil {
-			return err
-		}
+	}); err != nil {
+		return err
 	}
 
 	routes := [][]string{
@@ -566,59 +532,33 @@ func (t *Topology) addRemote(ctx context.Context, cfg Config) error {
 	// The relay copies frames of at most a slot: the hosts beside it
 	// segment and checksum in software, which turning tx checksumming
 	// off implies.
-	if err := setTxChecksum(t.Remote, RemoteIface, false); err != nil {
+	if err := SetTxChecksum(t.Remote, RemoteIface, false); err != nil {
 		return err
 	}
-	if err := setTxChecksum(t.Client, ClientRelayIface, false); err != nil {
+	if err := SetTxChecksum(t.Client, ClientRelayIface, false); err != nil {
 		return err
 	}
 
 	ip := func(ns *netns.NS, args ...string) error {
 		return netns.Run(ctx, "ip", append([]string{"-n", ns.Name}, args...)...)
 	}
-	type addr struct {
-		ns    *netns.NS
-		iface string
-		a     netip.Addr
-		p     netip.Prefix
-	}
-	addrs := []addr{
+	addrs := []linkAddr{
 		{t.Remote, RemoteIface, t.RemoteAddr, RemotePrefix4},
 		{t.Client, ClientRelayIface, t.ClientRelayAddr, RemotePrefix4},
 	}
 	if t.IPv6 {
 		addrs = append(addrs,
-			addr{t.Remote, RemoteIface, t.RemoteAddr6, RemotePrefix6},
-			addr{t.Client, ClientRelayIface, t.ClientRelayAddr6, RemotePrefix6},
+			linkAddr{t.Remote, RemoteIface, t.RemoteAddr6, RemotePrefix6},
+			linkAddr{t.Client, ClientRelayIface, t.ClientRelayAddr6, RemotePrefix6},
 		)
 	}
-	for _, a := range addrs {
-		args := []string{"addr", "add", netip.PrefixFrom(a.a, a.p.Bits()).String(), "dev", a.iface}
-		if a.a.Is6() {
-			args = append(args, "nodad")
-		}
-		if err := ip(a.ns, args...); err != nil {
-			return err
-		}
-	}
-	links := []struct {
-		ns    *netns.NS
-		iface string
-	}{
+	if err := bringUp(ctx, addrs, []link{
 		{t.Relay, RelayRemoteIface},
 		{t.Relay, RelayClientIface},
 		{t.Remote, RemoteIface},
 		{t.Client, ClientRelayIface},
-	}
-	for _, l := range links {
-		if err := ip(l.ns, "link", "set", l.iface, "up"); err != nil {
-			return err
-		}
-	}
-	for _, l := range links {
-		if err := WaitLinkReady(ctx, l.ns, l.iface); err != nil {
-			return err
-		}
+	}); err != nil {
+		return err
 	}
 
 	remoteMAC, err := hardwareAddr(t.Remote, RemoteIface)
@@ -659,6 +599,50 @@ func (t *Topology) addRemote(ctx context.Context, cfg Config) error {
 }
 
 // hardwareAddr is the Ethernet address of iface in ns.
+// link is an interface inside a namespace; linkAddr an address on one.
+type link struct {
+	ns    *netns.NS
+	iface string
+}
+
+type linkAddr struct {
+	ns    *netns.NS
+	iface string
+	a     netip.Addr
+	p     netip.Prefix
+}
+
+// bringUp puts addrs on their links, sets links up and waits until each
+// is ready. Link state reaches IPv6 through the kernel's linkwatch, which
+// may batch events for up to a second; until then addresses stay
+// tentative and neighbour solicitations for them go unanswered. So the
+// lab works from its first packet.
+func bringUp(ctx context.Context, addrs []linkAddr, links []link) error {
+	ip := func(ns *netns.NS, args ...string) error {
+		return netns.Run(ctx, "ip", append([]string{"-n", ns.Name}, args...)...)
+	}
+	for _, a := range addrs {
+		args := []string{"addr", "add", netip.PrefixFrom(a.a, a.p.Bits()).String(), "dev", a.iface}
+		if a.a.Is6() {
+			args = append(args, "nodad")
+		}
+		if err := ip(a.ns, args...); err != nil {
+			return err
+		}
+	}
+	for _, l := range links {
+		if err := ip(l.ns, "link", "set", l.iface, "up"); err != nil {
+			return err
+		}
+	}
+	for _, l := range links {
+		if err := WaitLinkReady(ctx, l.ns, l.iface); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func hardwareAddr(ns *netns.NS, iface string) (string, error) {
 	var mac string
 	err := ns.Do(func() error {
@@ -675,10 +659,10 @@ func hardwareAddr(ns *netns.NS, iface string) (string, error) {
 	return mac, nil
 }
 
-// setTxChecksum turns tx checksumming of iface in ns on or off
+// SetTxChecksum turns tx checksumming of iface in ns on or off
 // (ETHTOOL_STXCSUM, as `ethtool -K IFACE tx on|off`); off, the kernel
 // also stops offloading segmentation to the link.
-func setTxChecksum(ns *netns.NS, iface string, on bool) error {
+func SetTxChecksum(ns *netns.NS, iface string, on bool) error {
 	const ethtoolSTXCSUM = 0x17
 	v := struct{ cmd, data uint32 }{cmd: ethtoolSTXCSUM}
 	if on {
