@@ -242,9 +242,6 @@ func (e *Engine) ServiceByAddr(addr netip.AddrPort) (Service, error) {
 	return Service{Index: slot, Addr: addr, Mode: Mode(s.mode.Load())}, nil
 }
 
-// HasSourceLists reports whether service svc has allow or deny lists.
-func (e *Engine) HasSourceLists(svc int) bool { return e.svc(svc).sources.Load() != nil }
-
 // BackendOrigin says where service svc's announced options come from:
 // "fixed" by the operator, "learned" from its backend, or "default" until
 // they are learned.

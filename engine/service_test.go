@@ -32,8 +32,11 @@ func TestSourceLists(t *testing.T) {
 		}
 	}
 	// Lists are per service: the IPv6 service has none.
-	if h.e.HasSourceLists(1) || !h.e.HasSourceLists(0) {
-		t.Error("HasSourceLists does not follow the configuration")
+	if a, d := h.e.SourceLists(1); len(a)+len(d) != 0 {
+		t.Error("the service without lists has some")
+	}
+	if a, d := h.e.SourceLists(0); len(a) != 2 || len(d) != 1 {
+		t.Errorf("lists %v, %v do not follow the configuration", a, d)
 	}
 }
 

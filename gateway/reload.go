@@ -59,15 +59,16 @@ func (g *gateway) apply(ctx context.Context, loaded Config) ([]string, error) {
 	if err := fw.Validate(); err != nil {
 		return nil, err
 	}
-	changes := serviceChanges(g.cfg.resolvedServices(), next.resolvedServices())
+	running, wanted := g.cfg.resolvedServices(), next.resolvedServices()
+	changes := serviceChanges(running, wanted)
 	if len(changes) == 0 {
 		return nil, nil
 	}
-	if err := g.eng.Reconfigure(next.resolvedServices()); err != nil {
+	if err := g.eng.Reconfigure(wanted); err != nil {
 		return nil, err
 	}
 	if err := g.rules.Replace(ctx, fw); err != nil {
-		if rerr := g.eng.Reconfigure(g.cfg.resolvedServices()); rerr != nil {
+		if rerr := g.eng.Reconfigure(running); rerr != nil {
 			err = fmt.Errorf("%w; and the engine could not go back: %v", err, rerr)
 		}
 		return nil, err

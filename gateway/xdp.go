@@ -112,19 +112,21 @@ func (f *fastPath) Counts(svc int) engine.Stats {
 	return s
 }
 
-// syncLists writes service i's allow and deny lists when they changed:
-// the program drops denied sources' SYNs itself.
-func (f *fastPath) syncLists(eng *engine.Engine, i int) error {
+// syncLists writes service i's allow and deny lists when they changed
+// (the program drops denied sources' SYNs itself) and reports whether it
+// has any.
+func (f *fastPath) syncLists(eng *engine.Engine, i int) (bool, error) {
 	allow, deny := eng.SourceLists(i)
+	has := len(allow) > 0 || len(deny) > 0
 	w := f.lists[i]
 	if slices.Equal(w.allow, allow) && slices.Equal(w.deny, deny) {
-		return nil
+		return has, nil
 	}
 	if err := f.prog.SetSourceLists(i, allow, deny); err != nil {
-		return err
+		return false, err
 	}
 	f.lists[i] = sourceLists{allow, deny}
-	return nil
+	return has, nil
 }
 
 // sourceLists are the lists written for one service.
@@ -160,11 +162,12 @@ func (f *fastPath) sync(eng *engine.Engine, jar *cookies.Jar, now time.Time) err
 	for _, sv := range live {
 		i := sv.Index
 		b := eng.Backend(i)
-		s := xdp.Service{Addr: sv.Addr, Mode: xdpMode(eng, i), Lists: eng.HasSourceLists(i),
-			MSS: b.MSS, WindowScale: b.WindowScale, SACKPermitted: b.SACKPermitted}
-		if err := f.syncLists(eng, i); err != nil {
+		lists, err := f.syncLists(eng, i)
+		if err != nil {
 			return err
 		}
+		s := xdp.Service{Addr: sv.Addr, Mode: xdpMode(eng, i), Lists: lists,
+			MSS: b.MSS, WindowScale: b.WindowScale, SACKPermitted: b.SACKPermitted}
 		if w, ok := f.written[i]; ok && s == w {
 			continue
 		}
