@@ -33,10 +33,15 @@ type Config struct {
 	Services []netip.AddrPort
 	// Queue is the first NFQUEUE number.
 	Queue uint16
-	// Queues is the number of queues, at least 1. With more than one,
-	// packets are spread over Queue..Queue+Queues-1 by --queue-balance,
-	// which hashes the address pair symmetrically, so both directions of
-	// a flow reach the same queue.
+	// Queues is the number of SYN queues, at least 1: client SYNs go to
+	// Queue..Queue+Queues-1. Every other queued segment (the ones that
+	// complete a handshake: cookie ACKs, client RSTs, the backends'
+	// SYN-ACKs and RSTs, stale-entry segments, first ACKs) goes to as
+	// many completion queues right after them, so that it never waits
+	// behind a flood of SYNs (see SYNQueues and CompletionQueues). With
+	// more than one queue of a kind, packets are spread by
+	// --queue-balance, which hashes the address pair symmetrically, so
+	// both directions of a flow reach the same completion queue.
 	Queues uint16
 	// Local protects services on this host (filter INPUT and OUTPUT)
 	// instead of services behind it (filter FORWARD).
@@ -75,6 +80,29 @@ type Config struct {
 	Runner Runner
 }
 
+// QueueRange is a run of consecutive NFQUEUE numbers, First..Last.
+type QueueRange struct{ First, Last uint16 }
+
+// String is "N" for one queue and "N..M" for more.
+func (r QueueRange) String() string {
+	if r.First == r.Last {
+		return fmt.Sprint(r.First)
+	}
+	return fmt.Sprintf("%d..%d", r.First, r.Last)
+}
+
+// SYNQueues are the queues client SYNs go to: Queue..Queue+Queues-1.
+// Only meaningful once c is valid.
+func (c Config) SYNQueues() QueueRange {
+	return QueueRange{c.Queue, c.Queue + c.Queues - 1}
+}
+
+// CompletionQueues are the queues every other queued segment goes to:
+// Queue+Queues..Queue+2*Queues-1. Only meaningful once c is valid.
+func (c Config) CompletionQueues() QueueRange {
+	return QueueRange{c.Queue + c.Queues, c.Queue + 2*c.Queues - 1}
+}
+
 // clone returns c with a Services slice of its own.
 func (c Config) clone() Config {
 	c.Services = slices.Clone(c.Services)
@@ -100,8 +128,9 @@ func (c Config) Validate() error {
 	if c.Queues == 0 {
 		return errors.New("firewall: Queues is 0; need at least one queue")
 	}
-	if last := int(c.Queue) + int(c.Queues) - 1; last > maxQueue {
-		return fmt.Errorf("firewall: queues %d..%d run past the last queue number %d", c.Queue, last, maxQueue)
+	if last := int(c.Queue) + 2*int(c.Queues) - 1; last > maxQueue {
+		return fmt.Errorf("firewall: queues %d..%d (%d for SYNs, as many for handshake completions) run past the last queue number %d",
+			c.Queue, last, c.Queues, maxQueue)
 	}
 	if c.EngineMark == 0 {
 		return errors.New("firewall: EngineMark is 0; it would match every unmarked packet")

@@ -16,7 +16,9 @@ func TestValidate(t *testing.T) {
 		{name: "valid v4 and v6", edit: func(c *Config) {
 			c.Services = append(c.Services, netip.MustParseAddrPort("[2001:db8::1]:443"))
 		}},
-		{name: "valid last queues", edit: func(c *Config) { c.Queue, c.Queues = 65532, 4 }},
+		{name: "valid last queues", edit: func(c *Config) { c.Queue, c.Queues = 65528, 4 }},
+		{name: "valid last queue pair", edit: func(c *Config) { c.Queue, c.Queues = 65534, 1 }},
+		{name: "valid half the queue space", edit: func(c *Config) { c.Queue, c.Queues = 0, 32768 }},
 		{name: "valid loopback in local mode", edit: func(c *Config) {
 			c.Local = true
 			c.Services = []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:80")}
@@ -52,7 +54,9 @@ func TestValidate(t *testing.T) {
 		}, want: "loopback"},
 		{name: "duplicate", edit: func(c *Config) { c.Services = append(c.Services, c.Services[0]) }, want: "service 2 (203.0.113.1:80): listed twice"},
 		{name: "zero queues", edit: func(c *Config) { c.Queues = 0 }, want: "Queues is 0"},
-		{name: "queue range overflow", edit: func(c *Config) { c.Queue, c.Queues = 65533, 4 }, want: "queues 65533..65536"},
+		{name: "queue range overflow", edit: func(c *Config) { c.Queue, c.Queues = 65529, 4 }, want: "queues 65529..65536 (4 for SYNs, as many for handshake completions)"},
+		{name: "no room for the completion queue", edit: func(c *Config) { c.Queue, c.Queues = 65535, 1 }, want: "queues 65535..65536"},
+		{name: "more than half the queue space", edit: func(c *Config) { c.Queue, c.Queues = 0, 32769 }, want: "queues 0..65537"},
 		{name: "queue range overflow, max values", edit: func(c *Config) { c.Queue, c.Queues = 65535, 65535 }, want: "run past"},
 		{name: "zero engine mark", edit: func(c *Config) { c.EngineMark = 0 }, want: "EngineMark is 0"},
 		{name: "zero handoff mark", edit: func(c *Config) { c.HandoffMark = 0 }, want: "HandoffMark is 0"},

@@ -10,7 +10,8 @@
 // operator's rules. IPv4 services are installed with iptables, IPv6 ones
 // with ip6tables; the two rulesets mirror each other. `synguard rules`
 // prints exactly the text Install applies. With one IPv4 service
-// 203.0.113.10:80 in gateway mode, queue 0, fail closed and the default
+// 203.0.113.10:80 in gateway mode, queue 0 (so SYN queue 0 and
+// completion queue 1), fail closed and the default
 // marks it is:
 //
 //	*raw
@@ -27,8 +28,8 @@
 //	-I FORWARD 1 -j SYNGUARD-FORWARD
 //	-A SYNGUARD-FORWARD -m mark --mark 0x53470001 -j RETURN
 //	-A SYNGUARD-FORWARD -m connmark --mark 0x53470002 -j RETURN
-//	-A SYNGUARD-FORWARD -d 203.0.113.10/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-num 0
-//	-A SYNGUARD-FORWARD -s 203.0.113.10/32 -p tcp -m tcp --sport 80 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-num 0
+//	-A SYNGUARD-FORWARD -d 203.0.113.10/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-num 1
+//	-A SYNGUARD-FORWARD -s 203.0.113.10/32 -p tcp -m tcp --sport 80 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-num 1
 //	COMMIT
 //
 // raw SYNGUARD-PREROUTING, from PREROUTING:
@@ -89,11 +90,20 @@
 //
 // # Queues
 //
-// With one queue the target is --queue-num N. With Queues > 1 it is
-// --queue-balance N:N+Queues-1, which picks the queue from a symmetric
-// hash of the address pair, so a flow's client and backend packets reach
-// the same queue and thus the same engine worker. --queue-cpu-fanout is
-// never used: it picks the queue by CPU and breaks that affinity.
+// Queues counts the SYN queues; synguard takes as many completion queues
+// again. Client SYNs (the raw rule) go to the SYN queues Queue..
+// Queue+Queues-1; every other queued segment (the filter rules of both
+// directions, SYNGUARD-STALE, SYNGUARD-FIRSTACK) to the completion queues
+// Queue+Queues..Queue+2*Queues-1, so a flood of SYNs filling its queues
+// never delays the segments that complete handshakes. Validate requires
+// the last of them to fit the 16-bit queue number.
+//
+// With one queue of a kind the target is --queue-num; with more it is
+// --queue-balance FIRST:LAST, which picks the queue from a symmetric hash
+// of the address pair, so a flow's client and backend packets reach the
+// same completion queue and thus the same engine worker.
+// --queue-cpu-fanout is never used: it picks the queue by CPU and breaks
+// that affinity.
 //
 // # Fail open or fail closed
 //

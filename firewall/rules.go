@@ -94,7 +94,9 @@ func tablesFor(c Config, f family) []*table {
 
 	engine := fmt.Sprintf("-m mark --mark %#x", c.EngineMark)
 	handoff := fmt.Sprintf("-m connmark --mark %#x", c.HandoffMark)
-	queue := queueTarget(c)
+	// SYNs and the segments that complete handshakes go to queues of
+	// their own, so that a flood of SYNs never delays a handshake's end.
+	synQueue, completionQueue := queueTarget(c, c.SYNQueues()), queueTarget(c, c.CompletionQueues())
 	const synOnly = "--tcp-flags FIN,SYN,RST,ACK SYN"
 	const stray = "-m conntrack --ctstate INVALID,UNTRACKED"
 	dst := func(s netip.AddrPort) string {
@@ -109,7 +111,7 @@ func tablesFor(c Config, f family) []*table {
 	raw := &table{name: "raw"}
 	raw.chain("PREROUTING", engine+" -j RETURN")
 	for _, s := range svcs {
-		raw.rule(dst(s) + " " + synOnly + " " + queue)
+		raw.rule(dst(s) + " " + synOnly + " " + synQueue)
 	}
 	raw.chain("OUTPUT", engine+" -j CT --notrack")
 
@@ -135,12 +137,12 @@ func tablesFor(c Config, f family) []*table {
 	closingFromService := closing("FIN,SYN,RST,ACK SYN,ACK")
 	toService := func() {
 		for _, s := range svcs {
-			filter.rule(dst(s) + " " + stray + " " + queue)
+			filter.rule(dst(s) + " " + stray + " " + completionQueue)
 		}
 	}
 	fromService := func() {
 		for _, s := range svcs {
-			filter.rule(src(s) + " " + stray + " " + queue)
+			filter.rule(src(s) + " " + stray + " " + completionQueue)
 		}
 	}
 	closingRules := func(match func(netip.AddrPort) string, tail string) {
@@ -171,7 +173,7 @@ func tablesFor(c Config, f family) []*table {
 	if c.ReopenWithin > 0 {
 		filter.subchain(staleChain,
 			fmt.Sprintf("-j MARK --set-xmark %#x/0xffffffff", c.StaleMark),
-			queue)
+			completionQueue)
 	}
 	tables := []*table{raw, filter}
 
@@ -189,7 +191,7 @@ func tablesFor(c Config, f family) []*table {
 		}
 		mangle.subchain(firstACKChain,
 			fmt.Sprintf("-j CONNMARK --set-xmark %#x/0xffffffff", c.HandoffMark),
-			queue)
+			completionQueue)
 		tables = append(tables, mangle)
 	}
 	return tables
@@ -201,11 +203,11 @@ const staleChain = chainPrefix + "-STALE"
 // firstACKChain marks and queues the first established packet of a flow.
 const firstACKChain = chainPrefix + "-FIRSTACK"
 
-// queueTarget is the NFQUEUE target with its options.
-func queueTarget(c Config) string {
-	q := fmt.Sprintf("-j NFQUEUE --queue-num %d", c.Queue)
-	if c.Queues > 1 {
-		q = fmt.Sprintf("-j NFQUEUE --queue-balance %d:%d", c.Queue, int(c.Queue)+int(c.Queues)-1)
+// queueTarget is the NFQUEUE target to the queues r, with its options.
+func queueTarget(c Config, r QueueRange) string {
+	q := fmt.Sprintf("-j NFQUEUE --queue-num %d", r.First)
+	if r.Last > r.First {
+		q = fmt.Sprintf("-j NFQUEUE --queue-balance %d:%d", r.First, r.Last)
 	}
 	if c.FailOpen {
 		q += " --queue-bypass"

@@ -70,7 +70,7 @@ func TestRules(t *testing.T) {
 			golden: "fail-open-one-queue",
 			cfg: func() Config {
 				c := base("198.51.100.1:443")
-				c.FailOpen, c.Queue = true, 65535
+				c.FailOpen, c.Queue = true, 65534
 				return c
 			},
 		},
@@ -182,5 +182,81 @@ func TestRulesReopenWithin(t *testing.T) {
 	c.StaleMark = c.HandoffMark
 	if _, err := Rules(c); err == nil {
 		t.Fatal("a stale mark equal to the hand-off mark was accepted")
+	}
+}
+
+// TestRulesQueueSplit: of every configuration's queued segments, client
+// SYNs (the raw table's rules) go to the SYN queues Queue..Queue+Queues-1
+// and everything else (the filter rules of both directions, the stale
+// and first-ACK chains) to the completion queues right after them, with
+// one target for each kind: a handshake's end never waits behind SYNs.
+func TestRulesQueueSplit(t *testing.T) {
+	for _, tc := range []struct {
+		name              string
+		edit              func(*Config)
+		syn, completion   string // the targets' queue options
+		synRules, ctRules int    // rules queueing to each, over both families
+	}{
+		{"one queue", func(*Config) {}, "--queue-num 0", "--queue-num 1", 2, 4},
+		{"first queue 7", func(c *Config) { c.Queue = 7 }, "--queue-num 7", "--queue-num 8", 2, 4},
+		{"two queues, fail open", func(c *Config) { c.Queues, c.FailOpen = 2, true }, "--queue-balance 0:1 --queue-bypass", "--queue-balance 2:3 --queue-bypass", 2, 4},
+		{"four queues from 10", func(c *Config) { c.Queue, c.Queues = 10, 4 }, "--queue-balance 10:13", "--queue-balance 14:17", 2, 4},
+		{"last queue pair", func(c *Config) { c.Queue = 65534 }, "--queue-num 65534", "--queue-num 65535", 2, 4},
+		{"every queued chain, local", func(c *Config) {
+			c.Queues, c.Local, c.ReopenWithin, c.StaleMark, c.ObserveFirstACK = 3, true, 120, DefaultStaleMark, true
+		}, "--queue-balance 0:2", "--queue-balance 3:5", 2, 8},
+		{"every queued chain, gateway", func(c *Config) {
+			c.ReopenWithin, c.StaleMark, c.ObserveFirstACK = 120, DefaultStaleMark, true
+		}, "--queue-num 0", "--queue-num 1", 2, 8},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := base("203.0.113.10:80", "[2001:db8::10]:443")
+			tc.edit(&c)
+			rs, err := Rules(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var syn, completion int
+			for _, text := range []string{rs.IPv4, rs.IPv6} {
+				table := ""
+				for line := range strings.Lines(text) {
+					line = strings.TrimSpace(line)
+					if name, ok := strings.CutPrefix(line, "*"); ok {
+						table = name
+					}
+					_, target, ok := strings.Cut(line, " -j NFQUEUE ")
+					if !ok {
+						continue
+					}
+					isSYN := table == "raw"
+					if isSYN != strings.Contains(line, "--tcp-flags FIN,SYN,RST,ACK SYN ") {
+						t.Errorf("in table %s, a rule that does not queue exactly the SYNs of raw: %s", table, line)
+					}
+					want := tc.completion
+					if isSYN {
+						want, syn = tc.syn, syn+1
+					} else {
+						completion++
+					}
+					if target != want {
+						t.Errorf("%s rule queues to %q, want %q: %s", table, target, want, line)
+					}
+				}
+			}
+			if syn != tc.synRules || completion != tc.ctRules {
+				t.Errorf("%d rules queue SYNs and %d the rest; want %d and %d", syn, completion, tc.synRules, tc.ctRules)
+			}
+			if got := c.SYNQueues().Last + 1; got != c.CompletionQueues().First {
+				t.Errorf("completion queues %v do not follow SYN queues %v", c.CompletionQueues(), c.SYNQueues())
+			}
+		})
+	}
+}
+
+func TestQueueRangeString(t *testing.T) {
+	for r, want := range map[QueueRange]string{{0, 0}: "0", {3, 5}: "3..5", {65535, 65535}: "65535"} {
+		if got := r.String(); got != want {
+			t.Errorf("%#v.String() = %q, want %q", r, got, want)
+		}
 	}
 }
