@@ -170,12 +170,16 @@ func (v validator) top(s Settings, at origins) (Config, error) {
 		return Config{}, err
 	}
 	switch {
-	case s.Queues == 0 || s.Queues > 65536:
-		return errf("queues", "want 1..65536, not %d", s.Queues)
+	// queues counts the SYN queues; as many completion queues follow them
+	// (docs/architecture.md, Queues and fail-open), so the whole run of
+	// 2*queues numbers must fit.
+	case s.Queues == 0 || s.Queues > 32768:
+		return errf("queues", "want 1..32768, not %d (synguard takes as many completion queues again)", s.Queues)
 	case s.Queue > 65535:
 		return errf("queue", "want 0..65535, not %d", s.Queue)
-	case s.Queue+s.Queues-1 > 65535:
-		return Config{}, v.keyErr(at, []string{"queue", "queues"}, "queues %d..%d: the last queue number is 65535", s.Queue, s.Queue+s.Queues-1)
+	case s.Queue+2*s.Queues-1 > 65535:
+		return Config{}, v.keyErr(at, []string{"queue", "queues"}, "%s (SYNs) and %s (handshake completions): the last queue number is 65535",
+			queueRange(s.Queue, s.Queues), queueRange(s.Queue+s.Queues, s.Queues))
 	}
 	var failOpen bool
 	switch s.Fail {
@@ -352,4 +356,12 @@ func (v validator) backend(s Settings, at origins, ipv6 bool) (*engine.BackendOp
 		return errf("backend_sack", "want on or off, not %q", s.BackendSACK)
 	}
 	return &o, nil
+}
+
+// queueRange names n queues from first: "queue 7" or "queues 7..8".
+func queueRange(first, n uint) string {
+	if n == 1 {
+		return fmt.Sprintf("queue %d", first)
+	}
+	return fmt.Sprintf("queues %d..%d", first, first+n-1)
 }
