@@ -32,7 +32,7 @@ func (oneService) ServiceCounters() []telemetry.ServiceCounters {
 }
 
 func (oneService) QueueCounters() []telemetry.QueueCounters {
-	return []telemetry.QueueCounters{{Queue: 0}}
+	return []telemetry.QueueCounters{{Queue: 0, Kind: telemetry.QueueSYN}, {Queue: 1, Kind: telemetry.QueueCompletion}}
 }
 
 func (oneService) HandoffEntries() (int, error) { return 0, nil }

@@ -90,7 +90,7 @@ func newFakeSource() *fakeSource {
 				CounterCookieInvalid: 0, "backend_retry": 0, CounterHandedOff: 0,
 			}, HalfOpen: 12, Pending: 0},
 		},
-		queues: []QueueCounters{{Queue: 7, Received: 2000, Batches: 40, KernelDrops: 0, ENOBUFS: 0, VerdictError: 1}},
+		queues: []QueueCounters{{Queue: 7, Kind: QueueSYN, Received: 2000, Batches: 40, KernelDrops: 0, ENOBUFS: 0, VerdictError: 1}, {Queue: 8, Kind: QueueCompletion, Received: 60, Batches: 30, KernelDrops: 0}},
 	}
 }
 

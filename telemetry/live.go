@@ -206,6 +206,7 @@ type XDPView struct {
 // QueueView is one NFQUEUE as the dashboard shows it.
 type QueueView struct {
 	Queue        uint16  `json:"queue"`
+	Kind         string  `json:"kind"` // QueueSYN or QueueCompletion
 	Received     uint64  `json:"received"`
 	ReceivedRate float64 `json:"received_rate"`
 	KernelDrops  uint64  `json:"kernel_drops"`
@@ -322,7 +323,7 @@ func (t *Telemetry) sampleLive() {
 	l.views = views
 	l.queues = l.queues[:0]
 	for i, q := range cur.queues {
-		qv := QueueView{Queue: q.Queue, Received: q.Received, KernelDrops: q.KernelDrops, ENOBUFS: q.ENOBUFS}
+		qv := QueueView{Queue: q.Queue, Kind: q.Kind, Received: q.Received, KernelDrops: q.KernelDrops, ENOBUFS: q.ENOBUFS}
 		if prev != nil && i < len(prev.queues) && prev.queues[i].Queue == q.Queue {
 			qv.ReceivedRate = rate(prev.queues[i].Received, q.Received, cur.at.Sub(prev.at).Seconds())
 		}

@@ -79,8 +79,11 @@ func TestStatsJSONShape(t *testing.T) {
 		t.Fatalf("history keys (-want +got):\n%s", diff)
 	}
 	q0 := doc["queues"].([]any)[0].(map[string]any)
-	if diff := cmp.Diff([]string{"enobufs", "kernel_drops", "queue", "received", "received_rate"}, keys(q0)); diff != "" {
+	if diff := cmp.Diff([]string{"enobufs", "kernel_drops", "kind", "queue", "received", "received_rate"}, keys(q0)); diff != "" {
 		t.Fatalf("queue keys (-want +got):\n%s", diff)
+	}
+	if q1 := doc["queues"].([]any)[1].(map[string]any); q0["kind"] != QueueSYN || q1["kind"] != QueueCompletion || q1["queue"] != 8.0 {
+		t.Fatalf("queues %v, %v: want SYN queue 7 and completion queue 8", q0, q1)
 	}
 	if s0["service"] != "203.0.113.10:80" || s0["mode"] != "cookie" || s0["handshake_ms"] != nil {
 		t.Fatalf("service 0: %v", s0)

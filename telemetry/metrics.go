@@ -111,9 +111,19 @@ type AttackSource interface {
 	Attacks(n int) map[string][]Attack
 }
 
+// Queue kinds: client SYNs go to SYN queues; the segments that complete
+// handshakes (cookie ACKs, the backends' answers, stale-entry and first
+// ACKs) to completion queues of their own, so a flood of SYNs never
+// delays them.
+const (
+	QueueSYN        = "syn"
+	QueueCompletion = "completion"
+)
+
 // QueueCounters are one NFQUEUE's counters.
 type QueueCounters struct {
 	Queue        uint16
+	Kind         string // QueueSYN or QueueCompletion
 	Received     uint64
 	Batches      uint64 // receive batches (Received/Batches is the mean batch size)
 	KernelDrops  uint64 // queue_dropped + user_dropped from the kernel
@@ -241,11 +251,14 @@ func NewCollector(src Source, cfg CollectorConfig) *Collector {
 	c.hsStage = prometheus.NewDesc(Namespace+"_handshake_stage_seconds", "Each step of the hand-off, over all services: backend (the valid cookie ACK to the backend's SYN-ACK: the replayed SYN, the backend, the answer through the queue), wait (the SYN-ACK to a hand-off goroutine taking the flow), entry (creating the conntrack entry; the window update follows at once).", []string{"stage"}, nil)
 	c.hsLatency = prometheus.NewDesc(Namespace+"_backend_handshake_seconds", "Time from a client's valid cookie ACK to its flow's hand-off: the backend's answer to the replayed SYN, and the conntrack entry.", []string{"service"}, nil)
 	c.suppressed = prometheus.NewDesc(Namespace+"_log_suppressed_total", "Log lines held back by the per-event rate limit.", []string{"event"}, nil)
-	c.qRecv = prometheus.NewDesc(Namespace+"_queue_received_total", "Packets received from the NFQUEUE.", []string{"queue"}, nil)
-	c.qDrop = prometheus.NewDesc(Namespace+"_queue_dropped_total", "Packets the kernel dropped because the queue or its socket was full (/proc/net/netfilter/nfnetlink_queue).", []string{"queue"}, nil)
-	c.qBatch = prometheus.NewDesc(Namespace+"_queue_batches_total", "Receive batches the queue's packets came in; received/batches is the mean batch size.", []string{"queue"}, nil)
-	c.qNoBu = prometheus.NewDesc(Namespace+"_queue_enobufs_total", "Times the kernel reported the queue socket's buffer overflowed.", []string{"queue"}, nil)
-	c.qVErr = prometheus.NewDesc(Namespace+"_queue_verdict_errors_total", "Verdicts that could not be delivered.", []string{"queue"}, nil)
+	// kind tells SYN queues (syn) from those of the segments that
+	// complete handshakes (completion).
+	queueLabels := []string{"queue", "kind"}
+	c.qRecv = prometheus.NewDesc(Namespace+"_queue_received_total", "Packets received from the NFQUEUE.", queueLabels, nil)
+	c.qDrop = prometheus.NewDesc(Namespace+"_queue_dropped_total", "Packets the kernel dropped because the queue or its socket was full (/proc/net/netfilter/nfnetlink_queue).", queueLabels, nil)
+	c.qBatch = prometheus.NewDesc(Namespace+"_queue_batches_total", "Receive batches the queue's packets came in; received/batches is the mean batch size.", queueLabels, nil)
+	c.qNoBu = prometheus.NewDesc(Namespace+"_queue_enobufs_total", "Times the kernel reported the queue socket's buffer overflowed.", queueLabels, nil)
+	c.qVErr = prometheus.NewDesc(Namespace+"_queue_verdict_errors_total", "Verdicts that could not be delivered.", queueLabels, nil)
 	c.backendUp = prometheus.NewDesc(Namespace+"_backend_up", "1 while the service's backend answers (probes succeed, replayed SYNs are answered), 0 while it does not; absent before the first verdict.", []string{"service"}, nil)
 	c.attackActive = prometheus.NewDesc(Namespace+"_attack_active", "1 while the service is under attack (from attack_start to attack_end), else 0.", []string{"service"}, nil)
 	c.attacks = prometheus.NewDesc(Namespace+"_attacks_total", "Attacks started on the service, the one in progress included.", []string{"service"}, nil)
@@ -312,11 +325,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, q := range c.src.QueueCounters() {
 		id := fmt.Sprint(q.Queue)
-		ch <- prometheus.MustNewConstMetric(c.qRecv, prometheus.CounterValue, float64(q.Received), id)
-		ch <- prometheus.MustNewConstMetric(c.qDrop, prometheus.CounterValue, float64(q.KernelDrops), id)
-		ch <- prometheus.MustNewConstMetric(c.qNoBu, prometheus.CounterValue, float64(q.ENOBUFS), id)
-		ch <- prometheus.MustNewConstMetric(c.qBatch, prometheus.CounterValue, float64(q.Batches), id)
-		ch <- prometheus.MustNewConstMetric(c.qVErr, prometheus.CounterValue, float64(q.VerdictError), id)
+		ch <- prometheus.MustNewConstMetric(c.qRecv, prometheus.CounterValue, float64(q.Received), id, q.Kind)
+		ch <- prometheus.MustNewConstMetric(c.qDrop, prometheus.CounterValue, float64(q.KernelDrops), id, q.Kind)
+		ch <- prometheus.MustNewConstMetric(c.qNoBu, prometheus.CounterValue, float64(q.ENOBUFS), id, q.Kind)
+		ch <- prometheus.MustNewConstMetric(c.qBatch, prometheus.CounterValue, float64(q.Batches), id, q.Kind)
+		ch <- prometheus.MustNewConstMetric(c.qVErr, prometheus.CounterValue, float64(q.VerdictError), id, q.Kind)
 	}
 	if xs, ok := c.src.(XDPSource); ok {
 		for action, n := range xs.XDPActions() {

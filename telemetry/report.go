@@ -69,7 +69,7 @@ func (t *Telemetry) logReport() {
 			continue
 		}
 		t.log.Warn().Str(FieldEvent, EventQueueOverflow).
-			Uint16("queue", q.Queue).Float64("interval_s", round2(secs)).
+			Uint16("queue", q.Queue).Str("kind", q.Kind).Float64("interval_s", round2(secs)).
 			Uint64("dropped", sub(q.KernelDrops, p.KernelDrops)).Uint64("dropped_total", q.KernelDrops).
 			Uint64("enobufs", sub(q.ENOBUFS, p.ENOBUFS)).Uint64("enobufs_total", q.ENOBUFS).
 			Msg("queue overflowed: the kernel dropped (or, failing open, passed) packets synguard never saw")

@@ -104,7 +104,7 @@ func TestReportQueueOverflowOncePerInterval(t *testing.T) {
 	}
 	// Then a quiet interval: nothing.
 	ov := oneLineInTwoIntervals(t, clk, tel, out, EventQueueOverflow)
-	want := map[string]any{"level": "warn", "queue": 7.0, "dropped": 3000.0, "dropped_total": 3000.0, "enobufs": 100.0, "enobufs_total": 100.0, "interval_s": 10.0}
+	want := map[string]any{"level": "warn", "queue": 7.0, "kind": "syn", "dropped": 3000.0, "dropped_total": 3000.0, "enobufs": 100.0, "enobufs_total": 100.0, "interval_s": 10.0}
 	for k, v := range want {
 		if ov[0][k] != v {
 			t.Errorf("queue_overflow %s = %v, want %v", k, ov[0][k], v)
