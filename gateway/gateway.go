@@ -158,7 +158,9 @@ func open(cfg Config) (_ *gateway, err error) {
 	}
 	g.captures.eng = g.eng
 
-	for i := range cfg.Queues {
+	// The SYN queues, then as many completion queues (docs/architecture.md,
+	// Queues and fail-open): g.queueOf tells them apart.
+	for i := range 2 * cfg.Queues {
 		q, err := nfq.Open(nfq.Config{Queue: cfg.Queue + i, FailOpen: cfg.FailOpen, Logger: cfg.Logger.With().Str(telemetry.FieldEvent, telemetry.EventQueue).Logger()})
 		if err != nil {
 			return nil, err
@@ -174,7 +176,7 @@ func open(cfg Config) (_ *gateway, err error) {
 		names = append(names, telemetry.CounterXDPSYNACKSent, telemetry.CounterXDPACKDropped)
 	}
 	g.tel = telemetry.New(telemetry.Config{
-		Source: &source{eng: g.eng, queues: g.queues, first: cfg.Queue, fast: g.fast, health: g.health, attacks: g.attacks, watch: g.watch,
+		Source: &source{eng: g.eng, queues: g.queues, queueOf: g.queueOf, fast: g.fast, health: g.health, attacks: g.attacks, watch: g.watch,
 			entries: g.entries, handoffMark: cfg.HandoffMark},
 		Collector: telemetry.CollectorConfig{
 			Counters:  names,
@@ -206,7 +208,7 @@ func (g *gateway) workers() []part {
 	staleMark := g.cfg.FirewallConfig().StaleMark
 	for i, q := range g.queues {
 		h := newQueueHandler(g.eng, g.sender, g.replyPath, staleMark)
-		parts = append(parts, part{fmt.Sprintf("queue %d", g.cfg.Queue+uint16(i)), func(ctx context.Context) error {
+		parts = append(parts, part{queueName(g.queueOf(i)), func(ctx context.Context) error {
 			return q.RunBatch(ctx, h)
 		}})
 	}
@@ -221,6 +223,24 @@ func (g *gateway) workers() []part {
 		parts = append(parts, part{"reload", g.runReloads})
 	}
 	return parts
+}
+
+// queueOf is the number and kind of g.queues[i]: the SYN queues come
+// first, then as many completion queues.
+func (g *gateway) queueOf(i int) (num uint16, kind string) {
+	num, kind = g.cfg.Queue+uint16(i), telemetry.QueueSYN
+	if i >= int(g.cfg.Queues) {
+		kind = telemetry.QueueCompletion
+	}
+	return num, kind
+}
+
+// queueName names a queue for people: "SYN queue 0", "completion queue 1".
+func queueName(num uint16, kind string) string {
+	if kind == telemetry.QueueSYN {
+		return fmt.Sprintf("SYN queue %d", num)
+	}
+	return fmt.Sprintf("%s queue %d", kind, num)
 }
 
 // serveMetrics serves /metrics, /api/stats and the dashboard until ctx is
@@ -270,7 +290,9 @@ func (g *gateway) install(ctx context.Context) (*firewall.Installed, error) {
 		l.loop(ctx, cfg.ProbeInterval)
 		return nil
 	}})
+	fw := cfg.FirewallConfig()
 	log.Info().Str("event", telemetry.EventStart).Str("mode", cfg.Mode.String()).Strs("services", services).
+		Str("syn_queues", fw.SYNQueues().String()).Str("completion_queues", fw.CompletionQueues().String()).
 		Str("metrics", cfg.MetricsAddr).Str("reply_path", g.replyPath.String()).
 		Dict("xdp", g.fast.attachments()).Msg("synguard protecting services")
 	g.ready()

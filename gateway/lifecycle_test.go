@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -107,19 +108,19 @@ var slowToStop = part{"slow", func(ctx context.Context) error {
 	return nil
 }}
 
-// TestPartFailureStopsEverything: one part failing for real (a queue,
-// closed under its worker) stops every other part, the rules come down,
+// TestPartFailureStopsEverything: one part failing for real (a
+// completion queue, closed under its worker) stops every other part, the rules come down,
 // and serve returns the failure only after every goroutine it started has
 // ended.
 func TestPartFailureStopsEverything(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	err, rules := runFailing(t, func(g *gateway) {
 		g.parts = append(g.parts, slowToStop)
-		g.queues[1].Close()
+		g.queues[3].Close()
 	})
 	// Closed before its worker ran or while it ran, either way it failed.
-	if err == nil || !strings.HasPrefix(err.Error(), "queue 8: ") {
-		t.Fatalf("serve returned %v, want queue 8's failure", err)
+	if err == nil || !strings.HasPrefix(err.Error(), "completion queue 10: ") {
+		t.Fatalf("serve returned %v, want completion queue 10's failure", err)
 	}
 	if strings.Contains(rules, "SYNGUARD") {
 		t.Fatalf("rules left after a failure:\n%s", rules)
@@ -148,8 +149,13 @@ func TestServeStopsOnCancel(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	ctx, cancel := context.WithCancel(context.Background())
 	err, rules := serveIn(t, nstest.New(t, "sggw-life"), ctx, lifecycleConfig(), func(g *gateway) {
-		if n := len(g.parts); n != 7 {
-			t.Errorf("%d parts, want 7: engine, telemetry, 2 queues, metrics, rules watch, backend learner", n)
+		var names []string
+		for _, p := range g.parts {
+			names = append(names, p.name)
+		}
+		want := []string{"engine", "telemetry", "SYN queue 7", "SYN queue 8", "completion queue 9", "completion queue 10", "metrics", "rules watch", "backend learner"}
+		if !slices.Equal(names, want) {
+			t.Errorf("parts %q, want %q", names, want)
 		}
 		g.parts = append(g.parts, slowToStop)
 		cancel()

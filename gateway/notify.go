@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
+	"github.com/synguard/synguard/firewall"
 	"github.com/synguard/synguard/nfq"
 	"github.com/synguard/synguard/telemetry"
 )
@@ -166,8 +167,8 @@ func (g *gateway) ready() {
 }
 
 // status is the STATUS= line of a gateway at work, e.g. "protecting
-// 192.0.2.10:80, [2001:db8::10]:443; mode auto; queue 0; XDP eth0
-// native".
+// 192.0.2.10:80, [2001:db8::10]:443; mode auto; SYN queue 0, completion
+// queue 1; XDP eth0 native".
 func (g *gateway) status() string {
 	const listed = 4
 	cfg := g.cfg
@@ -183,10 +184,8 @@ func (g *gateway) status() string {
 		}
 		b.WriteString(s.Addr.String())
 	}
-	fmt.Fprintf(&b, "; mode %s; queue %d", cfg.Mode, cfg.Queue)
-	if cfg.Queues > 1 {
-		fmt.Fprintf(&b, "-%d", cfg.Queue+cfg.Queues-1)
-	}
+	fw := cfg.FirewallConfig()
+	fmt.Fprintf(&b, "; mode %s; %s, %s", cfg.Mode, queuesName("SYN", fw.SYNQueues()), queuesName("completion", fw.CompletionQueues()))
 	b.WriteString(g.notify.xdp)
 	return b.String()
 }
@@ -216,6 +215,7 @@ type pathHealth struct {
 // previous check read.
 type queueProbe struct {
 	num     uint16
+	name    string        // queueName: "SYN queue 0"
 	port    uint32        // the netlink port id of the worker's socket
 	batches func() uint64 // batches the worker has handled
 	seen    bool
@@ -229,7 +229,8 @@ type queueProbe struct {
 func (g *gateway) pathHealth(maxAge time.Duration) *pathHealth {
 	h := &pathHealth{maxAge: maxAge, since: time.Now(), heartbeat: g.eng.LastControl, kernel: nfq.KernelStats}
 	for i, q := range g.queues {
-		h.queues = append(h.queues, queueProbe{num: g.cfg.Queue + uint16(i), port: q.PortID(), batches: func() uint64 { return q.Stats().Batches }})
+		num, kind := g.queueOf(i)
+		h.queues = append(h.queues, queueProbe{num: num, name: queueName(num, kind), port: q.PortID(), batches: func() uint64 { return q.Stats().Batches }})
 	}
 	if f := g.fast; f != nil {
 		h.fastSynced = f.lastSync
@@ -281,17 +282,17 @@ func (q *queueProbe) check(kernel []nfq.KernelQueueStats) error {
 	switch {
 	case k == nil:
 		q.seen = false
-		return fmt.Errorf("queue %d is bound to no socket", q.num)
+		return fmt.Errorf("%s is bound to no socket", q.name)
 	case k.PortID != q.port:
 		q.seen = false
-		return fmt.Errorf("queue %d is bound to netlink port %d, not to its worker's %d", q.num, k.PortID, q.port)
+		return fmt.Errorf("%s is bound to netlink port %d, not to its worker's %d", q.name, k.PortID, q.port)
 	}
 	batches := q.batches()
 	stuck := q.seen && q.prev.waiting > 0 && k.LastID != q.prev.lastID && batches == q.prev.batches
 	q.seen = true
 	q.prev.batches, q.prev.lastID, q.prev.waiting = batches, k.LastID, k.Waiting
 	if stuck {
-		return fmt.Errorf("queue %d: %d packets wait for a verdict and its worker has handled none since the last check", q.num, k.Waiting)
+		return fmt.Errorf("%s: %d packets wait for a verdict and its worker has handled none since the last check", q.name, k.Waiting)
 	}
 	return nil
 }
@@ -301,4 +302,13 @@ func latest(a, b time.Time) time.Time {
 		return a
 	}
 	return b
+}
+
+// queuesName is r for the STATUS= line: "SYN queue 0" or "SYN queues
+// 0-3".
+func queuesName(kind string, r firewall.QueueRange) string {
+	if r.First == r.Last {
+		return fmt.Sprintf("%s queue %d", kind, r.First)
+	}
+	return fmt.Sprintf("%s queues %d-%d", kind, r.First, r.Last)
 }

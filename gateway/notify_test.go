@@ -281,19 +281,19 @@ func TestQueueProbe(t *testing.T) {
 	}{
 		{"idle", []step{{line(42, 0, 0), 0, ""}, {line(42, 0, 0), 0, ""}, {line(42, 0, 0), 0, ""}}},
 		{"busy", []step{{line(42, 3, 100), 10, ""}, {line(42, 5, 900), 50, ""}, {line(42, 0, 950), 51, ""}}},
-		{"stuck under traffic", []step{{line(42, 0, 100), 10, ""}, {line(42, 40, 140), 11, ""}, {line(42, 90, 190), 11, "queue 7: 90 packets wait"}, {line(42, 90, 250), 11, "queue 7"}}},
+		{"stuck under traffic", []step{{line(42, 0, 100), 10, ""}, {line(42, 40, 140), 11, ""}, {line(42, 90, 190), 11, "SYN queue 7: 90 packets wait"}, {line(42, 90, 250), 11, "queue 7"}}},
 		// Held back while the queue was set up, released by the next
 		// arrival: no arrival, no fault.
 		{"held packets, no traffic", []step{{line(42, 4, 4), 0, ""}, {line(42, 4, 4), 0, ""}, {line(42, 4, 4), 0, ""}}},
 		{"held packets released", []step{{line(42, 4, 4), 0, ""}, {line(42, 0, 5), 1, ""}}},
 		{"first sight of a backlog", []step{{line(42, 90, 190), 11, ""}}},
 		{"recovers", []step{{line(42, 5, 10), 1, ""}, {line(42, 9, 20), 1, "9 packets wait"}, {line(42, 0, 30), 2, ""}}},
-		{"unbound", []step{{line(42, 0, 0), 0, ""}, {[]nfq.KernelQueueStats{{Queue: 3}}, 0, "queue 7 is bound to no socket"}}},
-		{"bound by another socket", []step{{line(43, 0, 0), 0, "queue 7 is bound to netlink port 43, not to its worker's 42"}}},
+		{"unbound", []step{{line(42, 0, 0), 0, ""}, {[]nfq.KernelQueueStats{{Queue: 3}}, 0, "SYN queue 7 is bound to no socket"}}},
+		{"bound by another socket", []step{{line(43, 0, 0), 0, "SYN queue 7 is bound to netlink port 43, not to its worker's 42"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var batches uint64
-			q := queueProbe{num: 7, port: 42, batches: func() uint64 { return batches }}
+			q := queueProbe{num: 7, name: "SYN queue 7", port: 42, batches: func() uint64 { return batches }}
 			for i, s := range tc.steps {
 				batches = s.batches
 				err := q.check(s.kernel)
@@ -362,7 +362,7 @@ func TestReadyOnlyOnceRulesAreLive(t *testing.T) {
 			t.Fatalf("at the %s event (logged: %v) the service manager had %q, want nothing yet", ev, ok, got)
 		}
 	}
-	want := "READY=1\nSTATUS=protecting 192.0.2.10:80; mode always; queue 7-8"
+	want := "READY=1\nSTATUS=protecting 192.0.2.10:80; mode always; SYN queues 7-8, completion queues 9-10"
 	if len(atServe) != 1 || atServe[0] != want {
 		t.Fatalf("when serving began the service manager had %q, want %q", atServe, want)
 	}
@@ -394,7 +394,7 @@ func TestPathHealthOnRealQueues(t *testing.T) {
 				return run(ctx, cfg, func(g *gateway) {
 					if stall {
 						for i := range g.parts {
-							if strings.HasPrefix(g.parts[i].name, "queue ") {
+							if strings.HasPrefix(g.parts[i].name, "SYN queue ") {
 								g.parts[i].run = func(ctx context.Context) error { <-ctx.Done(); return nil }
 							}
 						}
@@ -403,6 +403,12 @@ func TestPathHealthOnRealQueues(t *testing.T) {
 						defer cancel()
 						checked <- ns.Do(func() error {
 							h := g.pathHealth(time.Minute)
+							// The watchdog looks at every queue, the
+							// completion queue too.
+							if len(h.queues) != 2 || h.queues[0].name != "SYN queue 7" || h.queues[1].name != "completion queue 8" ||
+								h.queues[0].port != g.queues[0].PortID() || h.queues[1].port != g.queues[1].PortID() {
+								return fmt.Errorf("health probes %+v, want SYN queue 7 and completion queue 8 with their workers' ports", h.queues)
+							}
 							results = append(results, h.check(time.Now()))
 							for i := range 3 {
 								// A SYN from a new port each time: through lo
@@ -414,7 +420,7 @@ func TestPathHealthOnRealQueues(t *testing.T) {
 								var waiting uint32
 								settled := poll.Until(5*time.Second, func() bool {
 									k, err := nfq.KernelStats()
-									if err != nil || len(k) != 1 {
+									if err != nil || len(k) != 2 || k[0].Queue != 7 {
 										return false
 									}
 									waiting = k[0].Waiting
@@ -446,7 +452,7 @@ func TestPathHealthOnRealQueues(t *testing.T) {
 					if err != nil {
 						t.Errorf("check %d: %v, want healthy", i, err)
 					}
-				case err == nil || !strings.Contains(err.Error(), "queue 7: ") || !strings.Contains(err.Error(), "its worker has handled none"):
+				case err == nil || !strings.Contains(err.Error(), "SYN queue 7: ") || !strings.Contains(err.Error(), "its worker has handled none"):
 					t.Errorf("check %d: %v, want queue 7 stuck", i, err)
 				}
 			}

@@ -11,7 +11,7 @@ import (
 type source struct {
 	eng     *engine.Engine
 	queues  []*nfq.Queue
-	first   uint16    // number of queues[0]; the rest follow in order
+	queueOf func(i int) (num uint16, kind string) // gateway.queueOf
 	fast    *fastPath // nil without XDP
 	health  *health
 	attacks *attackHistory
@@ -83,7 +83,8 @@ func (s *source) QueueCounters() []telemetry.QueueCounters {
 	out := make([]telemetry.QueueCounters, len(s.queues))
 	for i, q := range s.queues {
 		st := q.Stats()
-		qc := telemetry.QueueCounters{Queue: s.first + uint16(i), Received: st.Received, Batches: st.Batches, ENOBUFS: st.ENOBUFS, VerdictError: st.VerdictErrors}
+		num, kind := s.queueOf(i)
+		qc := telemetry.QueueCounters{Queue: num, Kind: kind, Received: st.Received, Batches: st.Batches, ENOBUFS: st.ENOBUFS, VerdictError: st.VerdictErrors}
 		for _, k := range kernel {
 			if k.Queue == qc.Queue {
 				qc.KernelDrops = k.QueueDropped + k.UserDropped
