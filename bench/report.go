@@ -179,9 +179,10 @@ type RunResult struct {
 	// EngineSYNs is synguard_syn_received_total over the run: the SYNs
 	// that reached synguard's engine rather than being dropped on the way.
 	EngineSYNs uint64 `json:"engine_syns,omitempty"`
-	// QueueReceived is packets each of synguard's queues received over
-	// the run (synguard_queue_received_total by queue number): how
-	// --queue-balance spread the flood over them.
+	// QueueReceived is packets each of synguard's queues of the flood's
+	// kind received over the run (synguard_queue_received_total by queue
+	// number): its SYN queues in a SYN flood, its completion queues in an
+	// ACK flood. How --queue-balance spread the flood over them.
 	QueueReceived []uint64 `json:"queue_received,omitempty"`
 	// ProcessCPUusSYN is the synguard process's own run time per offered
 	// SYN: user, system calls and the softirq work that ran in its
@@ -795,14 +796,14 @@ const methodCPU = `- **CPU µs/{per}.** All namespaces share the same kernel and
 `
 
 const methodSYNDrops = `- **Queue drops** is ` + "`synguard_queue_dropped_total`" + ` over the run, summed over synguard's
-  queues: packets the kernel dropped because a queue or its socket was full (fail closed),
-  SYNs in synguard-nfqueue. The kernel systems have no queue.
+  queues (SYN and completion): packets the kernel dropped because a queue or its socket was full
+  (fail closed), SYNs in synguard-nfqueue. The kernel systems have no queue.
 `
 
 const methodACKDrops = `- **Queue drops** is ` + "`synguard_queue_dropped_total`" + ` over the run, summed over synguard's
   queues: packets the kernel dropped because a queue or its socket was full (fail closed).
-  synguard-nfqueue queues every ACK conntrack finds INVALID, the forged ones among them; with
-  XDP they are dropped before they are queued. The kernel systems have no queue.
+  synguard-nfqueue queues every ACK conntrack finds INVALID, the forged ones among them, to its
+  completion queues; with XDP they are dropped before they are queued. The kernel systems have no queue.
 `
 
 const methodRest = `- **Backlog drops** (report.json and the baselines table) is packets the kernel dropped,

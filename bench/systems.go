@@ -475,10 +475,16 @@ func (s *synguardSetup) after(ctx context.Context, m *measurement) error {
 	m.queueDrops = delta("synguard_queue_dropped_total")
 	m.engineSYNs = delta("synguard_syn_received_total")
 	m.cookieInvalid = delta("synguard_cookie_invalid_total")
-	// synguard binds queues 0..N-1 (--queue 0, the default).
-	m.queueReceived = make([]uint64, max(s.queues, 1))
+	// synguard binds SYN queues 0..N-1 (--queue 0, the default) and
+	// completion queues N..2N-1, where forged ACKs go: the flood's.
+	n := max(s.queues, 1)
+	first := 0
+	if s.attack == KindACK {
+		first = n
+	}
+	m.queueReceived = make([]uint64, n)
 	for q := range m.queueReceived {
-		m.queueReceived[q] = uint64(max(m1.queue[q]-s.m0.queue[q], 0))
+		m.queueReceived[q] = uint64(max(m1.queue[first+q]-s.m0.queue[first+q], 0))
 	}
 	xdp := func(action string) uint64 { return uint64(max(m1.xdp[action]-s.m0.xdp[action], 0)) }
 	m.xdpTX, m.xdpDrop, m.xdpPass = xdp("tx"), xdp("drop"), xdp("pass")

@@ -276,7 +276,7 @@ func TestServiceSandbox(t *testing.T) {
 	if !strings.Contains(saved(t, topo.Gateway), "SYNGUARD") {
 		t.Fatalf("READY=1 arrived before the rules were live: %q", ready)
 	}
-	if want := "READY=1\nSTATUS=protecting " + service.String() + "; mode always; queue 0"; !strings.HasPrefix(ready, want) {
+	if want := "READY=1\nSTATUS=protecting " + service.String() + "; mode always; SYN queue 0, completion queue 1"; !strings.HasPrefix(ready, want) {
 		t.Fatalf("first notification %q, want it to begin %q", ready, want)
 	}
 	if !regexp.MustCompile(`"event":"start".*"xdp":\{"[^"]+":"(tc|generic|native)"`).MatchString(log.String()) {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/synguard/synguard/config"
 	"github.com/synguard/synguard/engine"
+	"github.com/synguard/synguard/firewall"
 )
 
 // runCheck validates a configuration as run would read it, changing
@@ -56,13 +57,19 @@ func summary(cfg config.Config) string {
 	if gw.FailOpen {
 		fail = "open"
 	}
-	queues := fmt.Sprintf("queue %d", gw.Queue)
-	if gw.Queues > 1 {
-		queues = fmt.Sprintf("queues %d..%d", gw.Queue, int(gw.Queue)+int(gw.Queues)-1)
-	}
+	fw := gw.FirewallConfig()
+	queues := fmt.Sprintf("SYN %s, completion %s", queuesName(fw.SYNQueues()), queuesName(fw.CompletionQueues()))
 	out := fmt.Sprintf("ok: %d %s (%s)", len(gw.Services), services, strings.Join(modes, ", "))
 	if lists > 0 {
 		out += fmt.Sprintf(", %d with allow/deny lists", lists)
 	}
 	return out + fmt.Sprintf("; %s, %s, fail %s, xdp %s", where, queues, fail, gw.XDP)
+}
+
+// queuesName is "queue 7" or "queues 7..8".
+func queuesName(r firewall.QueueRange) string {
+	if r.First == r.Last {
+		return fmt.Sprintf("queue %d", r.First)
+	}
+	return "queues " + r.String()
 }

@@ -43,8 +43,8 @@ func TestBadCommandLines(t *testing.T) {
 		{"bad mode", []string{"rules", "--protect", "203.0.113.2:80", "--mode", "sometimes"}, `unknown mode "sometimes"`},
 		{"bad fail", []string{"rules", "--protect", "203.0.113.2:80", "--fail", "maybe"}, `--fail: want open or closed, not "maybe"`},
 		{"bad reply path", []string{"run", "--protect", "203.0.113.2:80", "--reply-path", "sideways"}, `--reply-path: unknown reply path "sideways"`},
-		{"queues zero", []string{"rules", "--protect", "203.0.113.2:80", "--queues", "0"}, "--queues: want 1..65536, not 0"},
-		{"queue range", []string{"rules", "--protect", "203.0.113.2:80", "--queue", "65535", "--queues", "2"}, "--queue: queues 65535..65536: the last queue number is 65535"},
+		{"queues zero", []string{"rules", "--protect", "203.0.113.2:80", "--queues", "0"}, "--queues: want 1..32768, not 0"},
+		{"queue range", []string{"rules", "--protect", "203.0.113.2:80", "--queue", "65535", "--queues", "2"}, "--queue: queues 65535..65536 (SYNs) and queues 65537..65538 (handshake completions): the last queue number is 65535"},
 		{"bad metrics", []string{"rules", "--protect", "203.0.113.2:80", "--metrics", "localhost"}, "--metrics"},
 		{"missing key file", []string{"rules", "--protect", "203.0.113.2:80", "--key-file", "/nonexistent/key"}, "--key-file"},
 		{"bad wscale", []string{"rules", "--protect", "203.0.113.2:80", "--backend-wscale", "15"}, `--backend-wscale: want 0..14 or none, not "15"`},
@@ -98,6 +98,9 @@ func TestRulesPrintsWhatRunInstalls(t *testing.T) {
 		"*raw",
 		"-A SYNGUARD-PREROUTING -d 203.0.113.2/32 -p tcp -m tcp --dport 80 --tcp-flags FIN,SYN,RST,ACK SYN -j NFQUEUE --queue-balance 7:8 --queue-bypass",
 		"-A SYNGUARD-PREROUTING -d 2001:db8:b::2/128 -p tcp -m tcp --dport 443",
+		// The segments that complete handshakes have queues of their own.
+		"-A SYNGUARD-FORWARD -d 203.0.113.2/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-balance 9:10 --queue-bypass",
+		"-A SYNGUARD-FORWARD -s 2001:db8:b::2/128 -p tcp -m tcp --sport 443 -m conntrack --ctstate INVALID,UNTRACKED -j NFQUEUE --queue-balance 9:10 --queue-bypass",
 		"-A SYNGUARD-FORWARD -m connmark --mark 0x53470002 -j RETURN",
 		"-A SYNGUARD-OUTPUT -m mark --mark 0x53470001 -j CT --notrack",
 	} {
@@ -280,11 +283,11 @@ func TestRunFlagsAreFileKeys(t *testing.T) {
 // with the file, line and key of the first mistake otherwise.
 func TestCheck(t *testing.T) {
 	out, stderr, code := runCLI("check", "--config", "testdata/synguard.yaml")
-	if want := "ok: 2 services (1 auto, 1 always), 1 with allow/deny lists; forward, queues 7..8, fail open, xdp auto\n"; code != 0 || out != want || stderr != "" {
+	if want := "ok: 2 services (1 auto, 1 always), 1 with allow/deny lists; forward, SYN queues 7..8, completion queues 9..10, fail open, xdp auto\n"; code != 0 || out != want || stderr != "" {
 		t.Errorf("check a good file: exit %d, stdout %q, stderr %q; want 0 and %q", code, out, stderr, want)
 	}
 	out, _, code = runCLI("check", "--config", "testdata/synguard.yaml", "--protect", "203.0.113.9:80", "--local", "--queues", "1")
-	if want := "ok: 1 service (1 auto); local, queue 7, fail open, xdp auto\n"; code != 0 || out != want {
+	if want := "ok: 1 service (1 auto); local, SYN queue 7, completion queue 8, fail open, xdp auto\n"; code != 0 || out != want {
 		t.Errorf("check a file with flags over it: exit %d, %q; want 0 and %q", code, out, want)
 	}
 	if out, _, code := runCLI("check", "--protect", "203.0.113.9:80", "--mode", "off"); code != 0 || !strings.HasPrefix(out, "ok: 1 service (1 off)") {

@@ -190,9 +190,9 @@ func renderStatus(w io.Writer, addr string, v telemetry.StatsView, loc *time.Loc
 
 	if len(v.Queues) > 0 {
 		fmt.Fprintln(w)
-		q := table{head: []string{"QUEUE", "PACKETS/s", "PACKETS", "KERNEL DROPS", "ENOBUFS"}}
+		q := table{head: []string{"QUEUE", "KIND", "PACKETS/s", "PACKETS", "KERNEL DROPS", "ENOBUFS"}, left: map[int]bool{1: true}}
 		for _, qv := range v.Queues {
-			q.add(strconv.Itoa(int(qv.Queue)), fmtRate(qv.ReceivedRate), fmtInt(qv.Received), fmtInt(qv.KernelDrops), fmtInt(qv.ENOBUFS))
+			q.add(strconv.Itoa(int(qv.Queue)), qv.Kind, fmtRate(qv.ReceivedRate), fmtInt(qv.Received), fmtInt(qv.KernelDrops), fmtInt(qv.ENOBUFS))
 		}
 		q.write(w, "")
 	}

@@ -123,7 +123,8 @@ func incidentSource() (*statusSource, func(now time.Time)) {
 				telemetry.CounterSYNReceived, 4000, telemetry.CounterHandedOff, 0), HalfOpen: 17},
 			{Service: "192.0.2.25:25", Mode: "off", Counters: counters(telemetry.CounterSYNReceived, 9)},
 		},
-		queues: []telemetry.QueueCounters{{Queue: 0, Received: 5000000, KernelDrops: 1234}, {Queue: 1, Received: 4900000}},
+		queues: []telemetry.QueueCounters{{Queue: 0, Kind: telemetry.QueueSYN, Received: 5000000, KernelDrops: 1234}, {Queue: 1, Kind: telemetry.QueueSYN, Received: 4900000},
+			{Queue: 2, Kind: telemetry.QueueCompletion, Received: 1200}, {Queue: 3, Kind: telemetry.QueueCompletion, Received: 1100}},
 		xdp:    map[string]uint64{"tx": 1500000, "drop": 1200, "pass": 9000},
 	}
 	return src, func(now time.Time) {
@@ -157,7 +158,7 @@ func TestStatusGolden(t *testing.T) {
 		{"quiet", func() (*statusSource, func(time.Time)) {
 			src := &statusSource{
 				services: []telemetry.ServiceCounters{{Service: "203.0.113.10:80", Mode: "passthrough", Counters: counters(telemetry.CounterSYNReceived, 100)}},
-				queues:   []telemetry.QueueCounters{{Queue: 7, Received: 100}},
+				queues:   []telemetry.QueueCounters{{Queue: 7, Kind: telemetry.QueueSYN, Received: 100}, {Queue: 8, Kind: telemetry.QueueCompletion, Received: 40}},
 			}
 			return src, func(now time.Time) {
 				src.grow(0, counters(telemetry.CounterSYNReceived, 3))
