@@ -12,7 +12,7 @@ type source struct {
 	eng     *engine.Engine
 	queues  []*nfq.Queue
 	queueOf func(i int) (num uint16, kind string) // gateway.queueOf
-	fast    *fastPath // nil without XDP
+	fast    *fastPath                             // nil without XDP
 	health  *health
 	attacks *attackHistory
 	watch   *rulesWatch

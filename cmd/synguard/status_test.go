@@ -125,7 +125,7 @@ func incidentSource() (*statusSource, func(now time.Time)) {
 		},
 		queues: []telemetry.QueueCounters{{Queue: 0, Kind: telemetry.QueueSYN, Received: 5000000, KernelDrops: 1234}, {Queue: 1, Kind: telemetry.QueueSYN, Received: 4900000},
 			{Queue: 2, Kind: telemetry.QueueCompletion, Received: 1200}, {Queue: 3, Kind: telemetry.QueueCompletion, Received: 1100}},
-		xdp:    map[string]uint64{"tx": 1500000, "drop": 1200, "pass": 9000},
+		xdp: map[string]uint64{"tx": 1500000, "drop": 1200, "pass": 9000},
 	}
 	return src, func(now time.Time) {
 		src.grow(0, counters(telemetry.CounterSYNReceived, 30112, telemetry.CounterSYNACKSent, 30100,
