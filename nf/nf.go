@@ -15,12 +15,30 @@ const (
 	Accept
 )
 
+// Verdicts only the queue understands; it never sends them as they are.
+// Their values lie above every kernel verdict (NF_MAX_VERDICT is NF_STOP,
+// 5), so that one leaking into a verdict message would be refused by the
+// kernel rather than taken for NF_STOLEN or NF_QUEUE.
+const (
+	// Hold gives no verdict now: the packet stays queued in the kernel
+	// until the queue's Release gives it one.
+	Hold Verdict = 0x80 + iota
+	// AcceptRewritten accepts the packet with the bytes the handler
+	// rewrote in place in the payload it was given (same length); the
+	// kernel replaces the packet's bytes with them.
+	AcceptRewritten
+)
+
 func (v Verdict) String() string {
 	switch v {
 	case Drop:
 		return "drop"
 	case Accept:
 		return "accept"
+	case Hold:
+		return "hold"
+	case AcceptRewritten:
+		return "accept_rewritten"
 	}
 	return fmt.Sprintf("verdict(%d)", uint8(v))
 }

@@ -29,10 +29,31 @@ func TestStrings(t *testing.T) {
 		want string
 	}{
 		{Drop, "drop"}, {Accept, "accept"}, {Verdict(7), "verdict(7)"},
+		{Hold, "hold"}, {AcceptRewritten, "accept_rewritten"},
 		{Prerouting, "prerouting"}, {Forward, "forward"}, {Unknown, "hook(255)"},
 	} {
 		if got := tt.in.String(); got != tt.want {
 			t.Errorf("String() = %q, want %q", got, tt.want)
 		}
+	}
+}
+
+// Hold and AcceptRewritten are no kernel verdicts: their values are above
+// NF_MAX_VERDICT (NF_STOP, 5), so the kernel refuses them (EINVAL) instead
+// of reading NF_STOLEN, NF_QUEUE or NF_REPEAT, and they differ from each
+// other and from Drop and Accept. Verdict numbers travel in the low byte
+// of NFQA_VERDICT_HDR's verdict (NF_VERDICT_MASK), so a uint8 covers every
+// value the kernel could read.
+func TestUserspaceVerdictsAreNoKernels(t *testing.T) {
+	const nfMaxVerdict = 5 // NF_STOP
+	seen := map[Verdict]bool{Drop: true, Accept: true}
+	for _, v := range []Verdict{Hold, AcceptRewritten} {
+		if uint8(v) <= nfMaxVerdict {
+			t.Errorf("%v = %d, a kernel verdict (0..%d)", v, uint8(v), nfMaxVerdict)
+		}
+		if seen[v] {
+			t.Errorf("%v = %d is taken by another verdict", v, uint8(v))
+		}
+		seen[v] = true
 	}
 }

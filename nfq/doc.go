@@ -70,7 +70,8 @@
 //     with the same verdict. A batch verdict applies to every packet of the
 //     queue up to its id that still waits; the kernel queues to us in id
 //     order and every earlier packet already has its verdict, so that is
-//     exactly the run. A SYN flood's batch is one message.
+//     exactly the run. A SYN flood's batch is one message. (Held packets
+//     change this; see below.)
 //   - BatchHandler.Flush runs after the last Handle of a batch and before
 //     its verdicts: the engine sends the batch's SYN-ACKs there, in one
 //     sendmmsg (package rawsock).
@@ -104,7 +105,13 @@
 // The handler runs on the receive goroutine, one packet at a time; its
 // verdicts are sent when the batch is done, before the next receive: the
 // handler must not block, or the whole queue waits. Accept lets the packet
-// continue through netfilter; Drop (or any other value) discards it. A
+// continue through netfilter; Drop (or any value but the two below)
+// discards it. AcceptRewritten accepts it with the bytes the handler
+// rewrote in place in Payload: its verdict is an NFQNL_MSG_VERDICT of its
+// own carrying the packet (NFQA_PAYLOAD), gathered from the receive buffer,
+// which is intact until the batch's verdicts are written. The kernel
+// copies those bytes over the packet's, marks its checksum unverified and
+// computes none: the handler fixes the checksums it invalidates. A
 // packet message with an id but no payload (impossible in packet copy
 // mode, but the kernel's word is not checked) cannot be judged; it gets the
 // verdict the operator chose for packets the engine cannot see, Accept when
@@ -112,6 +119,39 @@
 // message without an id has no packet to decide on and is only counted.
 // Verdicts the kernel rejects come back as netlink errors and are counted
 // as VerdictErrors, as are the packets of a verdict write that failed.
+//
+// # Holding packets
+//
+// Hold gives a packet no verdict: it stays in the kernel's queue, taking
+// one of its MaxQueueLen places and counted in its queue_total, until
+// Release gives it Accept (maybe with new bytes) or Drop. The engine holds
+// a client's early data this way until the backend connection exists.
+//
+// A batch verdict covers every waiting packet up to its id, held ones
+// included. So while packets are held, a run's batch verdict stops below
+// the smallest id held, and every packet after it gets a verdict message
+// of its own, still in the batch's one write; with nothing held the loop
+// is back to one message per run. The loop alone adds holds and reads the
+// smallest id held once per batch, so releases in between only make it
+// err on the safe side.
+//
+// Release may run on any goroutine: a mutex guards the set of held ids
+// (a preallocated array in id order, searched by halving) and the
+// message buffer it writes its verdict from, in a write of its own;
+// netlink takes writes from several threads. A Release can also come
+// before the loop has recorded the Hold it answers: the handler may hand
+// the packet to a goroutine that finishes first. The loop publishes the
+// id in Handle (an atomic store before and after each call), and a
+// Release of that id is kept and sent by the loop when Handle returns
+// Hold, after the batch's earlier verdicts, so it is never recorded as
+// held; if Handle returns another verdict, that one stands and the release
+// is counted as a verdict error. Releasing an id that is not held fails
+// with ErrNotHeld and sends nothing.
+//
+// Held packets the kernel drops on its own (their interface went down,
+// the queue was unbound) stay in the set until released; the kernel then
+// refuses the verdict, which the loop counts. Stats counts holds,
+// releases and rewritten packets; Held is the number held now.
 //
 // # Fail-open and fail-closed
 //
@@ -129,8 +169,8 @@
 //     packet is dropped; with it, it skips the NFQUEUE rule.
 //
 // Close (or Run returning) unbinds the queue; the kernel then drops the
-// packets still waiting for a verdict, and new packets meet the "nobody
-// bound" case.
+// packets still waiting for a verdict, held ones included, and new
+// packets meet the "nobody bound" case.
 //
 // # ENOBUFS
 //

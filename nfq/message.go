@@ -23,6 +23,7 @@ const (
 
 	nlaTypeMask = 0x3fff // NLA_TYPE_MASK: without NLA_F_NESTED, NLA_F_NET_BYTEORDER
 
+	nfqnlMsgVerdict      = 1 // NFQNL_MSG_VERDICT
 	nfqnlMsgVerdictBatch = 3 // NFQNL_MSG_VERDICT_BATCH
 
 	nfqaPacketHdr  = 1  // NFQA_PACKET_HDR: struct nfqnl_msg_packet_hdr
@@ -40,7 +41,17 @@ const (
 	// verdictMsgLen is one verdict message: header, nfgenmsg and the
 	// NFQA_VERDICT_HDR attribute carrying {verdict, id}.
 	verdictMsgLen = nlmsgHdrLen + nfgenHdrLen + nlaHdrLen + 8
+
+	// payloadHdrLen is a verdict message up to its packet: the verdict
+	// message and the NFQA_PAYLOAD attribute's header.
+	payloadHdrLen = verdictMsgLen + nlaHdrLen
 )
+
+// MaxPacket is the largest packet the queue copies to the handler and
+// takes back in a verdict (Release, nf.AcceptRewritten): an attribute's
+// length is 16 bits and includes its 4-byte header (the kernel's
+// NFQNL_MAX_COPY_RANGE).
+const MaxPacket = 0xffff - nlaHdrLen
 
 // nfnlPacketMsg is the netlink message type of a queued packet:
 // NFNL_SUBSYS_QUEUE<<8 | NFQNL_MSG_PACKET.
@@ -118,10 +129,32 @@ func parsePacketMsg(body []byte, m *packetMsg) {
 // at most id (the kernel's ids are in queueing order and wrap around) and
 // that still waits for one.
 func putVerdictBatch(b []byte, queue uint16, id uint32, verdict uint32) {
+	putVerdictMsg(b, nfqnlMsgVerdictBatch, verdictMsgLen, queue, id, verdict)
+}
+
+// putVerdict writes an NFQNL_MSG_VERDICT message for packet id alone into
+// b: verdictMsgLen bytes without a packet, else payloadHdrLen bytes, which
+// the packet (packetLen bytes) and its padding to 4 bytes must follow. The
+// kernel replaces the packet's bytes with those; it checks no checksum
+// and recomputes none.
+func putVerdict(b []byte, queue uint16, id, verdict uint32, packetLen int) {
+	if packetLen == 0 {
+		putVerdictMsg(b, nfqnlMsgVerdict, verdictMsgLen, queue, id, verdict)
+		return
+	}
+	_ = b[payloadHdrLen-1]
+	putVerdictMsg(b, nfqnlMsgVerdict, uint32(payloadHdrLen+align4(packetLen)), queue, id, verdict)
+	binary.NativeEndian.PutUint16(b[32:34], uint16(nlaHdrLen+packetLen))
+	binary.NativeEndian.PutUint16(b[34:36], nfqaPayload)
+}
+
+// putVerdictMsg writes the header and NFQA_VERDICT_HDR of a verdict
+// message of type typ whose whole length is msgLen.
+func putVerdictMsg(b []byte, typ uint16, msgLen uint32, queue uint16, id, verdict uint32) {
 	_ = b[verdictMsgLen-1]
 	ne, be := binary.NativeEndian, binary.BigEndian
-	ne.PutUint32(b[0:4], verdictMsgLen)
-	ne.PutUint16(b[4:6], nfnlSubsysQueue<<8|nfqnlMsgVerdictBatch)
+	ne.PutUint32(b[0:4], msgLen)
+	ne.PutUint16(b[4:6], nfnlSubsysQueue<<8|typ)
 	ne.PutUint16(b[6:8], nlmFRequest)
 	ne.PutUint32(b[8:12], 0)  // sequence: no reply is asked for
 	ne.PutUint32(b[12:16], 0) // port id: the kernel fills it in

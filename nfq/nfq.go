@@ -24,8 +24,11 @@ type Packet struct {
 }
 
 // Handler decides a packet's verdict. It runs on the queue's receive
-// goroutine, one packet at a time; it must not block. Any value other than
-// Accept is treated as Drop.
+// goroutine, one packet at a time; it must not block. nf.Hold leaves the
+// packet queued until Queue.Release gives it a verdict;
+// nf.AcceptRewritten accepts it with the bytes the handler rewrote in
+// place in Payload (same length). Any value other than those and Accept
+// is treated as Drop.
 type Handler func(p *Packet) nf.Verdict
 
 // Handle calls h, so that a Handler is a BatchHandler.
@@ -113,8 +116,21 @@ type Stats struct {
 	// Batches counts the receive batches those came in: Received/Batches
 	// is the mean batch size, and the per-batch system calls and wake-ups
 	// are the part of the CPU cost per packet that batching divides.
-	Batches  uint64
+	Batches uint64
+	// Verdicts counts the verdicts sent, by the receive loop and by
+	// Release: all packets received but those held now and those whose
+	// verdict failed.
 	Verdicts VerdictStats
+	// Holds counts the packets the handler held (nf.Hold); Held is how
+	// many are held now (Queue.Held), and Released counts the verdicts
+	// Release sent them, also counted in Verdicts: Holds is Held plus
+	// Released plus the releases that failed.
+	Holds    uint64
+	Held     uint64
+	Released VerdictStats
+	// Rewritten counts the accepted packets whose bytes a verdict
+	// replaced: nf.AcceptRewritten, and Release with a packet.
+	Rewritten uint64
 	// Malformed counts messages that carried no packet id or no payload.
 	// Those with an id still got a verdict (see doc.go) and are counted in
 	// Verdicts too.

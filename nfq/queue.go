@@ -63,6 +63,12 @@ type Queue struct {
 	verdictErrors atomic.Uint64
 	receiveErrors atomic.Uint64
 	enobufs       atomic.Uint64
+	heldTotal     atomic.Uint64
+
+	// Held packets, shared by the receive loop and Release.
+	holds holds
+	// releaseLog rate-limits warnings about holds; guarded by holds.mu.
+	releaseLog limiter
 
 	// Owned by the receive goroutine.
 	errStreak     int
@@ -144,6 +150,10 @@ func (q *Queue) bind() error {
 		_ = nf.Close()
 		return err
 	}
+	if err := setSendBuffer(nf.Con); err != nil {
+		_ = nf.Close()
+		return err
+	}
 	if err := nf.Con.SetBPF(holdPacketsFilter); err != nil {
 		_ = nf.Close()
 		return fmt.Errorf("attach setup filter: %w", err)
@@ -211,7 +221,7 @@ func (q *Queue) onError(error) int {
 // onPacket is go-nfqueue's per-packet callback. The setup filter keeps
 // packet messages away from go-nfqueue's goroutine until it parks, so this
 // does not run; should it, the packet's id is below the first one the
-// receive loop sees, so the loop re-queues it (see releaseHeld), and the
+// receive loop sees, so the loop re-queues it (see requeueSetup), and the
 // goroutine parks like onError.
 func (q *Queue) onPacket(nfqueue.Attribute) int { return q.onError(nil) }
 
@@ -226,7 +236,7 @@ func (q *Queue) onPacket(nfqueue.Attribute) int { return q.onError(nil) }
 // filter the kernel discards the packet messages; it still counts their
 // packets as delivered, so they wait in the queue for a verdict (ids
 // 1..n). The first packet that reaches us after the filter is gone
-// therefore has id n+1, and releaseHeld gives 1..n the verdict NF_REPEAT in
+// therefore has id n+1, and requeueSetup gives 1..n the verdict NF_REPEAT in
 // one batch: the hook runs again, the NFQUEUE rule queues them afresh, and
 // the handler sees every packet.
 var holdPacketsFilter = mustAssemble(
@@ -317,6 +327,35 @@ func (q *Queue) setReadBuffer(c *netlink.Conn) error {
 	}
 	if opErr != nil {
 		return fmt.Errorf("set read buffer to %d bytes: %w", n, opErr)
+	}
+	return nil
+}
+
+// sendBuffer is the socket send buffer, set with SO_SNDBUFFORCE: netlink
+// refuses a write larger than the buffer (EMSGSIZE), and a verdict write
+// carrying packets may be maxWrite bytes long. The kernel doubles the
+// value; the memory is taken only while a write is being handled.
+const sendBuffer = maxWrite
+
+// setSendBuffer sizes the socket's send buffer, as setReadBuffer does the
+// receive buffer.
+func setSendBuffer(c *netlink.Conn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var opErr error
+	err = rc.Control(func(fd uintptr) {
+		opErr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sendBuffer)
+		if errors.Is(opErr, unix.EPERM) {
+			opErr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, sendBuffer)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if opErr != nil {
+		return fmt.Errorf("set send buffer to %d bytes: %w", sendBuffer, opErr)
 	}
 	return nil
 }
@@ -431,6 +470,13 @@ func (q *Queue) Stats() Stats {
 		VerdictErrors: q.verdictErrors.Load(),
 		ReceiveErrors: q.receiveErrors.Load(),
 		ENOBUFS:       q.enobufs.Load(),
+		Holds:         q.heldTotal.Load(),
+		Held:          uint64(max(q.holds.count.Load(), 0)),
+		Released: VerdictStats{
+			Accept: q.holds.releasedAccept.Load(),
+			Drop:   q.holds.releasedDrop.Load(),
+		},
+		Rewritten: q.holds.rewritten.Load(),
 	}
 }
 

@@ -120,7 +120,7 @@ func newTestReceiver(t testing.TB, cfg Config, h BatchHandler) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &harness{t: t, q: q, r: r, peer: fds[1], buf: make([]byte, 1<<16)}
+	return &harness{t: t, q: q, r: r, peer: fds[1], buf: make([]byte, 1<<17)}
 }
 
 // send queues datagrams for the receiver.
@@ -277,10 +277,10 @@ func TestReceiverBatchSize(t *testing.T) {
 	}
 }
 
-// TestReceiverRequeuesHeldPackets checks the release of the packets the
+// TestReceiverRequeuesSetupPackets checks the re-queue of the packets the
 // setup filter held back: when the first packet seen has id 5, ids 1..4
 // get NF_REPEAT before any other verdict, and only once.
-func TestReceiverRequeuesHeldPackets(t *testing.T) {
+func TestReceiverRequeuesSetupPackets(t *testing.T) {
 	rec := &recorder{verdicts: map[uint32]nf.Verdict{5: nf.Accept}}
 	h := newTestReceiver(t, Config{Queue: 7}, rec)
 	h.send(cannedPacket{id: 5, payload: []byte{0x45}}.message(), cannedPacket{id: 6, payload: []byte{0x45}}.message())
@@ -454,7 +454,11 @@ func FuzzMessages(f *testing.F) {
 	f.Add(cannedPacket{noID: true}.message())
 	f.Add(errorMessage(unix.ENOENT))
 	f.Add(append(cannedPacket{id: 9, payload: []byte{1}}.message(), cannedPacket{id: 10}.message()...))
-	rec := &recorder{}
+	// Ids 1..64 get each verdict in turn, holds included.
+	rec := &recorder{verdicts: map[uint32]nf.Verdict{}}
+	for id := uint32(1); id <= 64; id++ {
+		rec.verdicts[id] = []nf.Verdict{nf.Drop, nf.Accept, nf.Hold, nf.AcceptRewritten}[id%4]
+	}
 	h := newTestReceiver(f, Config{Queue: 7}, rec)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h.t = t
@@ -463,7 +467,14 @@ func FuzzMessages(f *testing.F) {
 		h.r.messages(b, true)
 		h.r.closeRun()
 		h.r.sendVerdicts()
-		h.verdicts()
+		for id := uint32(2); id <= 64; id += 4 {
+			_ = h.q.Release(id, nf.Accept, []byte{0x45})
+		}
+		if n := h.q.Held(); n != 0 {
+			t.Fatalf("%d held after releasing every id held", n)
+		}
+		h.r.refreshHolds()
+		h.messages()
 		for _, p := range rec.packets {
 			if len(p.Payload) == 0 {
 				t.Fatal("handler got an empty payload")
