@@ -15,12 +15,26 @@ const (
 	Accept
 )
 
+// Verdicts the queue acts on but never sends as such.
+const (
+	// Hold gives no verdict now: the packet stays queued until it is
+	// released.
+	Hold Verdict = 0x80 + iota
+	// AcceptRewritten accepts the packet with the bytes the handler
+	// rewrote in place.
+	AcceptRewritten
+)
+
 func (v Verdict) String() string {
 	switch v {
 	case Drop:
 		return "drop"
 	case Accept:
 		return "accept"
+	case Hold:
+		return "hold"
+	case AcceptRewritten:
+		return "accept_rewritten"
 	}
 	return fmt.Sprintf("verdict(%d)", uint8(v))
 }

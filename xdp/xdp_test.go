@@ -130,7 +130,7 @@ func newHarness(t testing.TB, k kind) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.w = h.eng.NewWorker(h.out)
+	h.w = h.eng.NewWorker(h.out, nil)
 	for i, s := range []netip.AddrPort{service4, service6} {
 		if err := p.SetService(i, Service{Addr: s, Mode: Cookie, MSS: backend.MSS, WindowScale: backend.WindowScale, SACKPermitted: backend.SACKPermitted}); err != nil {
 			t.Fatal(err)
@@ -182,7 +182,7 @@ func (h *harness) run(frame []byte) (verdict, []byte) {
 // engineReply is what the engine sends for ip, the IP packet alone.
 func (h *harness) engineReply(ip []byte) (nf.Verdict, []byte) {
 	h.out.pkts = nil
-	v := h.w.Handle(ip, nf.Prerouting)
+	v := h.w.Handle(ip, nf.Prerouting, 0)
 	h.w.Flush()
 	if len(h.out.pkts) == 0 {
 		return v, nil
