@@ -46,7 +46,7 @@ func (e *Engine) tickInterval() time.Duration {
 func (e *Engine) Tick() {
 	now := e.cfg.Now()
 	type action struct {
-		k     flowKey
+		k        flowKey
 		f        pendingFlow
 		reset    bool
 		dropHeld bool // only drop the held early data
