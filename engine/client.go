@@ -154,7 +154,7 @@ func (w *Worker) clientACK(svc int, b []byte, stale bool) nf.Verdict {
 	if f := e.pending.get(k); f != nil {
 		switch {
 		case f.state != stateDone:
-			if early && f.cookie == cookie && w.holdEarly(f, b) {
+			if early && f.cookie == cookie && p.Seq-(f.clientISN+1) <= 0xffff && w.holdEarly(f, b) {
 				e.mu.Unlock()
 				c.add(svc, EarlyDataHeld)
 				return nf.Hold

@@ -167,6 +167,9 @@ func (e *Engine) dropHeld(c *counterSet, f *pendingFlow) {
 	e.releaseHeld(c, f.svc, f.held, nf.Drop, f)
 }
 
+// EarlyData reports whether cookie SYN-ACKs open an early window.
+func (e *Engine) EarlyData() bool { return e.cfg.EarlyData }
+
 // Held is how many client segments wait in their queues for a hand-off.
 func (e *Engine) Held() int {
 	e.mu.Lock()
