@@ -118,6 +118,7 @@ func (w *Worker) holdEarly(f *pendingFlow, b []byte) bool {
 	s.buf = append(s.buf[:0], b...)
 	f.held.seg[f.held.n] = s
 	f.held.n++
+	e.svc(f.svc).held.Add(1)
 	return true
 }
 
@@ -159,6 +160,7 @@ func (e *Engine) releaseHeld(c *counterSet, svc int, h heldRefs, v nf.Verdict, f
 		e.held.put(s)
 	}
 	e.mu.Unlock()
+	e.svc(svc).held.Add(-int64(h.n))
 }
 
 // dropHeld drops the segments held for a flow that ends before its
@@ -176,3 +178,6 @@ func (e *Engine) Held() int {
 	defer e.mu.Unlock()
 	return e.held.inUse()
 }
+
+// HeldBy is Held for service svc's flows alone.
+func (e *Engine) HeldBy(svc int) int { return int(e.svc(svc).held.Load()) }

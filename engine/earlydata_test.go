@@ -165,7 +165,7 @@ func TestEarlyDataHeldUntilHandoff(t *testing.T) {
 	if r := h.expect(1)[0].p; r.Flags != packet.SYN || r.Seq != clientISN {
 		t.Fatalf("the first data segment did not replay the SYN: %+v", r)
 	}
-	if h.stat(EarlyDataHeld) != 3 || h.e.Held() != 3 || len(h.queue.releases()) != 0 {
+	if h.stat(EarlyDataHeld) != 3 || h.e.Held() != 3 || h.e.HeldBy(0) != 3 || len(h.queue.releases()) != 0 {
 		t.Fatalf("held %d (engine %d), released %d before the hand-off", h.stat(EarlyDataHeld), h.e.Held(), len(h.queue.releases()))
 	}
 
@@ -210,7 +210,7 @@ func TestEarlyDataHeldUntilHandoff(t *testing.T) {
 	if update := out[1].p; update.Destination() != client || update.Ack != clientISN+1 {
 		t.Fatalf("window update %+v", update)
 	}
-	if h.stat(EarlyDataReleased) != 3 || h.e.Held() != 0 {
+	if h.stat(EarlyDataReleased) != 3 || h.e.Held() != 0 || h.e.HeldBy(0) != 0 {
 		t.Fatalf("released %d, still held %d", h.stat(EarlyDataReleased), h.e.Held())
 	}
 
