@@ -241,6 +241,7 @@ func (v validator) top(s Settings, at origins) (Config, error) {
 			StatsInterval: s.StatsInterval,
 			Thresholds:    th,
 			MaxPending:    s.MaxPending,
+			EarlyData:     s.EarlyData,
 			EngineMark:    firewall.DefaultEngineMark,
 			HandoffMark:   firewall.DefaultHandoffMark,
 			ReplyPath:     replyPath,

@@ -15,6 +15,7 @@ var restartValues = map[string]func(c *Config) any{
 	"xdp":            func(c *Config) any { return c.Gateway.XDP },
 	"xdp_interfaces": func(c *Config) any { return strings.Join(c.Gateway.XDPInterfaces, ",") },
 	"max_pending":    func(c *Config) any { return c.Gateway.MaxPending },
+	"early_data":     func(c *Config) any { return c.Gateway.EarlyData },
 	"log_format":     func(c *Config) any { return c.LogFormat },
 	"log_level":      func(c *Config) any { return c.LogLevel },
 	"stats_interval": func(c *Config) any { return c.Gateway.StatsInterval },

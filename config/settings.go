@@ -36,6 +36,7 @@ type Settings struct {
 	LogLevel      string
 	StatsInterval time.Duration
 	CaptureDir    string
+	EarlyData     bool
 }
 
 // Defaults returns the settings of a file or command line that sets none.
@@ -51,6 +52,7 @@ func Defaults() Settings {
 		LogFormat:     "json",
 		LogLevel:      "info",
 		StatsInterval: telemetry.DefaultStatsInterval,
+		EarlyData:     true,
 	}
 }
 
@@ -114,6 +116,7 @@ var keys = []key{
 	{name: "xdp", kind: kindString, restart: true, field: func(s *Settings) any { return &s.XDP }},
 	{name: "xdp_interfaces", kind: kindNames, restart: true, field: func(s *Settings) any { return &s.XDPInterfaces }},
 	{name: "max_pending", kind: kindInt, restart: true, field: func(s *Settings) any { return &s.MaxPending }},
+	{name: "early_data", kind: kindBool, restart: true, field: func(s *Settings) any { return &s.EarlyData }},
 	{name: "backend_mss", kind: kindUint, service: true, field: func(s *Settings) any { return &s.BackendMSS }},
 	{name: "backend_wscale", kind: kindWScale, service: true, field: func(s *Settings) any { return &s.BackendWScale }},
 	{name: "backend_sack", kind: kindSACK, service: true, field: func(s *Settings) any { return &s.BackendSACK }},

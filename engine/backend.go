@@ -30,8 +30,10 @@ func (w *Worker) fromBackend(svc int) nf.Verdict {
 		return nf.Drop
 	case p.Flags.Has(packet.RST) && f.state != stateDone:
 		e.pending.remove(k)
-		cookie, isn := f.cookie, f.clientISN
+		fl := *f
 		e.mu.Unlock()
+		e.dropHeld(w.out.c, &fl)
+		cookie, isn := fl.cookie, fl.clientISN
 		w.out.c.add(svc, BackendReset)
 		seg := packet.Segment{Src: k.server, Dst: k.client, Seq: uint32(cookie) + 1, Ack: isn + 1, Flags: packet.RST | packet.ACK}
 		w.out.send(svc, &seg, noCount)

@@ -64,7 +64,7 @@ func TestBatchedRepliesWaitForFlush(t *testing.T) {
 	for i := range 3 {
 		s := syn(client, server, linuxOptions())
 		s.Seq += uint32(i)
-		if v := h.w.Handle(build(t, s), nf.Prerouting); v != nf.Drop {
+		if v := h.w.Handle(build(t, s), nf.Prerouting, 0); v != nf.Drop {
 			t.Fatalf("SYN %d: verdict %v, want drop", i, v)
 		}
 	}
@@ -128,7 +128,7 @@ func TestBatchedSendErrorsCounted(t *testing.T) {
 	for i := range 3 {
 		s := syn(client, server, linuxOptions())
 		s.Seq += uint32(i)
-		h.w.Handle(build(t, s), nf.Prerouting)
+		h.w.Handle(build(t, s), nf.Prerouting, 0)
 	}
 	h.w.Flush()
 	h.expect(2)
@@ -142,7 +142,7 @@ func TestFullBatchFlushesEarly(t *testing.T) {
 	for i := range 5 {
 		s := syn(client, server, linuxOptions())
 		s.Seq += uint32(i)
-		h.w.Handle(build(t, s), nf.Prerouting)
+		h.w.Handle(build(t, s), nf.Prerouting, 0)
 	}
 	h.expect(4)
 	h.w.Flush()
@@ -158,8 +158,8 @@ func TestFullBatchFlushesEarly(t *testing.T) {
 func TestBatchRefusalCountsSendError(t *testing.T) {
 	h, bs := newBatchHarness(t, 64)
 	bs.refuse = func(dst netip.Addr) bool { return dst.Is6() }
-	h.w.Handle(build(t, syn(client, server, linuxOptions())), nf.Prerouting)
-	h.w.Handle(build(t, syn(client6, server6, linuxOptions())), nf.Prerouting)
+	h.w.Handle(build(t, syn(client, server, linuxOptions())), nf.Prerouting, 0)
+	h.w.Handle(build(t, syn(client6, server6, linuxOptions())), nf.Prerouting, 0)
 	// Refused, the IPv6 SYN-ACK flushed the batch (it might have been
 	// full) and, refused again, was counted as a send error: the IPv4
 	// SYN-ACK before it went out.
@@ -195,8 +195,8 @@ func TestHandleBatchAllocatesNothing(t *testing.T) {
 	ack := build(t, packet.Segment{Src: client, Dst: server, Seq: 5, Ack: 9, Flags: packet.ACK})
 	if n := testing.AllocsPerRun(200, func() {
 		for range 32 {
-			h.w.Handle(in, nf.Prerouting)
-			h.w.Handle(ack, nf.Forward) // invalid cookie
+			h.w.Handle(in, nf.Prerouting, 0)
+			h.w.Handle(ack, nf.Forward, 0) // invalid cookie
 		}
 		h.w.Flush()
 	}); n != 0 {

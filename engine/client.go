@@ -48,10 +48,7 @@ func (w *Worker) fromClient(s *service, b []byte, hook nf.Hook) nf.Verdict {
 		if p.Flags&(packet.ACK|packet.SYN|packet.RST|packet.FIN) != packet.ACK {
 			return nf.Accept
 		}
-		if w.clientACK(svc, true) {
-			return nf.Accept
-		}
-		return nf.Drop
+		return w.clientACK(svc, b, true)
 	case hook == nf.Prerouting:
 		// Only the mangle rule queues non-SYNs in PREROUTING: the first
 		// established packet of a flow let through. It is the kernel's
@@ -72,8 +69,7 @@ func (w *Worker) fromClient(s *service, b []byte, hook nf.Hook) nf.Verdict {
 		w.clientReset(svc)
 		return nf.Drop
 	case p.Flags&(packet.ACK|packet.SYN) == packet.ACK:
-		w.clientACK(svc, false)
-		return nf.Drop
+		return w.clientACK(svc, b, false)
 	}
 	// SYN+ACK, FIN without ACK, no flags: nothing a client sends in a
 	// handshake. Drop, like conntrack-invalid traffic should be.
@@ -106,7 +102,8 @@ func (w *Worker) firstACK(s *service) {
 }
 
 // answerSYN sends the cookie SYN-ACK: window 0 so the client sends no data
-// before the backend is ready, no timestamps because the kernel cannot
+// before the backend is ready, or with early data a window of a few
+// segments held until it is; no timestamps because the kernel cannot
 // translate them for a flow it did not proxy. synLen is the SYN's size: a
 // SYN-ACK larger than its SYN is never sent, so a spoofed flood cannot be
 // amplified toward its victim.
@@ -122,6 +119,9 @@ func (w *Worker) answerSYN(svc int, synLen int) {
 		Flags:   packet.SYN | packet.ACK,
 		Options: a.packetOptions(),
 	}
+	if w.e.cfg.EarlyData {
+		seg.Window = earlyWindow(a.MSS, p.IsIPv6())
+	}
 	n, err := packet.Build(o.buf[:], &seg)
 	if err != nil {
 		o.c.add(svc, SendError)
@@ -134,25 +134,51 @@ func (w *Worker) answerSYN(svc int, synLen int) {
 	o.queue(svc, o.buf[:n], client.Addr(), SYNACKSent)
 }
 
-// clientACK validates a client's ACK. Besides the handshake's third ACK
+// clientACK validates a client's ACK, and holds or passes the data
+// segments that follow it (early data). Besides the handshake's third ACK
 // (seq = ISN+1), a client whose ACK was lost sends zero-window probes with
 // seq = ISN; both prove the cookie, so both are accepted.
 //
-// It reports whether the ACK proved nothing: no pending flow, no valid
-// cookie. stale says the segment belongs to a closing handed-off flow,
-// where that is the normal case and not worth counting as invalid.
-func (w *Worker) clientACK(svc int, stale bool) (invalid bool) {
+// stale says the segment belongs to a closing handed-off flow: one that
+// proves nothing is then the old flow's, passed on and not counted as
+// invalid.
+func (w *Worker) clientACK(svc int, b []byte, stale bool) nf.Verdict {
 	p := &w.pkt
 	c := w.out.c
 	k := flowKey{client: p.Source(), server: p.Destination()}
 	e := w.e
 	cookie := cookies.Cookie(p.Ack - 1)
+	// Data, or a FIN, from a client that was given an early window.
+	early := e.cfg.EarlyData && !stale && (p.PayloadLen > 0 || p.Flags.Has(packet.FIN))
 	e.mu.Lock()
 	if f := e.pending.get(k); f != nil {
-		if f.state != stateDone || f.cookie == cookie {
+		switch {
+		case f.state != stateDone:
+			if early && f.cookie == cookie && p.Seq-(f.clientISN+1) <= 0xffff && w.holdEarly(f, b) {
+				e.mu.Unlock()
+				c.add(svc, EarlyDataHeld)
+				return nf.Hold
+			}
+			e.mu.Unlock()
+			if early {
+				c.add(svc, EarlyDataRefused)
+			} else {
+				c.add(svc, DuplicateACK)
+			}
+			return nf.Drop
+		case f.cookie == cookie:
+			if early {
+				// Handed off since this segment met conntrack: do
+				// what the entry would have done.
+				delta := f.serverISN - uint32(f.cookie)
+				e.mu.Unlock()
+				packet.SetAck(b, p.IPHeaderLen, p.Ack+delta)
+				c.add(svc, EarlyDataReleased)
+				return nf.AcceptRewritten
+			}
 			e.mu.Unlock()
 			c.add(svc, DuplicateACK)
-			return false
+			return nf.Drop
 		}
 		// The record of a flow already handed off, lingering only to
 		// re-ACK its backend: a different cookie means a new flow on the
@@ -170,10 +196,10 @@ func (w *Worker) clientACK(svc int, stale bool) (invalid bool) {
 	if !ok {
 		if stale {
 			c.add(svc, StalePassed)
-		} else {
-			c.add(svc, CookieInvalid)
+			return nf.Accept
 		}
-		return true
+		c.add(svc, CookieInvalid)
+		return nf.Drop
 	}
 	c.add(svc, CookieValid)
 	e.svc(svc).bySource.Complete(k.client.Addr())
@@ -192,14 +218,22 @@ func (w *Worker) clientACK(svc int, stale bool) (invalid bool) {
 	}
 	e.mu.Lock()
 	added := e.pending.add(k, f)
+	held := added && early && w.holdEarly(f, b)
 	e.mu.Unlock()
 	if !added {
 		c.add(svc, PendingFull)
-		return false
+		return nf.Drop
 	}
 	seg := backendSYN(k, f)
 	w.out.send(svc, &seg, BackendSYNSent)
-	return false
+	switch {
+	case held:
+		c.add(svc, EarlyDataHeld)
+		return nf.Hold
+	case early:
+		c.add(svc, EarlyDataRefused)
+	}
+	return nf.Drop
 }
 
 // clientReset handles a client RST before the hand-off: forget the flow
@@ -216,8 +250,10 @@ func (w *Worker) clientReset(svc int) {
 		return
 	}
 	e.pending.remove(k)
-	isn := f.clientISN
+	fl := *f
 	e.mu.Unlock()
+	e.dropHeld(w.out.c, &fl)
+	isn := fl.clientISN
 	w.out.c.add(svc, ClientReset)
 	seg := packet.Segment{Src: k.client, Dst: k.server, Seq: isn + 1, Flags: packet.RST}
 	w.out.send(svc, &seg, noCount)

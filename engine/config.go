@@ -121,6 +121,13 @@ type Config struct {
 	// ConntrackTimeout is the initial timeout of created conntrack entries.
 	ConntrackTimeout time.Duration
 
+	// EarlyData opens a window of EarlySegments in cookie SYN-ACKs and
+	// holds the client's first segments in their queue until the
+	// hand-off; off, the SYN-ACK's window is 0. MaxHeld bounds the
+	// segments held at once; zero means DefaultMaxHeld.
+	EarlyData bool
+	MaxHeld   int
+
 	// Thresholds drive auto mode (and what off mode reports); zero means
 	// DefaultThresholds.
 	Thresholds Thresholds
@@ -146,6 +153,9 @@ const (
 func (c *Config) setDefaults() {
 	if c.Mode == 0 {
 		c.Mode = ModeAuto
+	}
+	if c.MaxHeld == 0 {
+		c.MaxHeld = DefaultMaxHeld
 	}
 	if c.Thresholds == (Thresholds{}) {
 		c.Thresholds = DefaultThresholds

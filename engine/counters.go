@@ -34,6 +34,11 @@ const (
 	ModeChanges                       // switches between passthrough and cookie mode
 	StalePassed                       // segments of closing handed-off flows, passed on
 	EntryReplaced                     // stale conntrack entries replaced by a new flow on the same ports
+	EarlyDataHeld                     // client segments held in their queue until the hand-off
+	EarlyDataReleased                 // early segments sent on to the backend, translated
+	EarlyDataRefused                  // early segments dropped at once: per-flow or global bound, no holder
+	EarlyDataDropped                  // held segments dropped because their flow ended before the hand-off
+	EarlyDataLost                     // held segments the queue refused a verdict for
 	numCounters
 )
 
@@ -64,6 +69,11 @@ var counterNames = [numCounters]string{
 	ModeChanges:        "mode_changes",
 	StalePassed:        "stale_passed",
 	EntryReplaced:      "entry_replaced",
+	EarlyDataHeld:      "early_data_held",
+	EarlyDataReleased:  "early_data_released",
+	EarlyDataRefused:   "early_data_refused",
+	EarlyDataDropped:   "early_data_dropped",
+	EarlyDataLost:      "early_data_lost",
 }
 
 // String returns the counter's stable snake_case name.

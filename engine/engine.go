@@ -21,6 +21,7 @@ type Engine struct {
 
 	mu      sync.Mutex
 	pending *pendingTable
+	held    holdPool // early data's copies
 
 	handoffs chan flowKey
 
@@ -44,6 +45,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg:      cfg,
 		events:   cfg.Events,
 		pending:  newPendingTable(cfg.MaxPending),
+		held:     holdPool{max: cfg.MaxHeld},
 		handoffs: make(chan flowKey, handoffBacklog),
 	}
 	if e.events == nil {

@@ -135,6 +135,8 @@ type harness struct {
 	events  *recordedEvents
 	clock   *clock
 	jar     *cookies.Jar
+	queue   *fakeQueue
+	lastID  uint32
 }
 
 func newHarness(t *testing.T, mod func(*Config)) *harness {
@@ -144,7 +146,7 @@ func newHarness(t *testing.T, mod func(*Config)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, send: &fakeSender{}, handoff: &fakeHandoff{}, events: &recordedEvents{}, clock: c, jar: jar}
+	h := &harness{t: t, send: &fakeSender{}, handoff: &fakeHandoff{}, events: &recordedEvents{}, clock: c, jar: jar, queue: &fakeQueue{}}
 	cfg := Config{
 		Services:    []ServiceConfig{{Addr: server}, {Addr: server6}},
 		Mode:        ModeAlways,
@@ -162,7 +164,7 @@ func newHarness(t *testing.T, mod func(*Config)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.w = h.e.NewWorker(cfg.NewBatch())
+	h.w = h.e.NewWorker(cfg.NewBatch(), h.queue)
 	return h
 }
 
@@ -187,8 +189,12 @@ func (h *harness) handleRaw(b []byte) nf.Verdict { return h.handleAt(b, nf.Unkno
 
 // handleAt is handleRaw for a packet queued from hook.
 func (h *harness) handleAt(b []byte, hook nf.Hook) nf.Verdict {
-	v := h.w.Handle(b, hook)
+	h.lastID++
+	v := h.w.Handle(b, hook, h.lastID)
 	h.w.Flush()
+	if v == nf.Hold {
+		h.queue.hold(h.lastID, b)
+	}
 	return v
 }
 
@@ -687,11 +693,11 @@ func benchHandle(b *testing.B, mode Mode, hook nf.Hook, flushEvery int, pkts ...
 	if err != nil {
 		b.Fatal(err)
 	}
-	w := e.NewWorker(discardBatches())
+	w := e.NewWorker(discardBatches(), nil)
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
-		w.Handle(pkts[i%len(pkts)], hook)
+		w.Handle(pkts[i%len(pkts)], hook, uint32(i))
 		if i++; i%flushEvery == 0 {
 			w.Flush()
 		}

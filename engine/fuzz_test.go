@@ -35,15 +35,19 @@ const fuzzMaxPending = 3
 //
 // mode picks the engine's mode (mode%3: always, auto, off) and, with bit
 // 2, feeds the first packet as queued from PREROUTING instead of a filter
-// hook; in auto mode the controller also runs as time passes.
+// hook; in auto mode the controller also runs as time passes. Bit 3 turns
+// early data on: the client's ACK is followed by a data segment, verdicts
+// may also be Hold and AcceptRewritten, and once all timers have run
+// nothing is held, every held packet got exactly one verdict, and every
+// rewritten or released packet parses with valid checksums.
 func FuzzHandle(f *testing.F) {
 	for _, s := range fuzzSeeds(f) {
-		for _, mode := range []uint8{0, 1, 2, 1 | 4} {
+		for _, mode := range []uint8{0, 1, 2, 1 | 4, 8, 1 | 8} {
 			f.Add(s.first, s.mutation, s.ctl, mode)
 		}
 	}
 	f.Fuzz(func(t *testing.T, first, mutation []byte, ctl, mode uint8) {
-		h := newFuzzHarness(t, [...]Mode{ModeAlways, ModeAuto, ModeOff}[mode%3])
+		h := newFuzzHarness(t, [...]Mode{ModeAlways, ModeAuto, ModeOff}[mode%3], mode&8 != 0)
 		hook := nf.Forward
 		if mode&4 != 0 {
 			hook = nf.Prerouting
@@ -75,6 +79,9 @@ func FuzzHandle(f *testing.F) {
 			}
 			ack := h.clientACK(sa, mutation, ctl)
 			h.step(fmt.Sprintf("mutated ACK %d", i), ack)
+			if h.early {
+				h.step(fmt.Sprintf("request behind ACK %d", i), h.request(ack))
+			}
 			replay, ok := h.lastSent(packet.SYN)
 			if !ok {
 				continue
@@ -133,16 +140,33 @@ type fuzzHarness struct {
 	// lastStep is what the latest step sent, for the handshake to
 	// continue from.
 	lastStep []sentPacket
+	early    bool
 }
 
-func newFuzzHarness(t *testing.T, mode Mode) *fuzzHarness {
+func newFuzzHarness(t *testing.T, mode Mode, early bool) *fuzzHarness {
 	out := &recordingSender{}
 	h := newHarness(t, func(c *Config) {
 		c.Mode = mode
 		c.NewBatch = immediateTo(out)
 		c.MaxPending = fuzzMaxPending
+		c.EarlyData = early
 	})
-	return &fuzzHarness{harness: h, out: out}
+	return &fuzzHarness{harness: h, out: out, early: early}
+}
+
+// request is a data segment that follows ack (parsed as far as it goes):
+// its first byte at ack's seq, the same ack; ack itself when it does not
+// parse.
+func (h *fuzzHarness) request(ack []byte) []byte {
+	var p packet.Packet
+	if packet.Parse(ack, &p) != nil {
+		return ack
+	}
+	seg := build(h.t, packet.Segment{Src: p.Source(), Dst: p.Destination(), Seq: p.Seq + uint32(p.PayloadLen), Ack: p.Ack, Flags: packet.ACK | packet.PSH, Window: p.Window})
+	if p.Src.Is4() {
+		return appendPayload(seg, []byte("GET / HTTP/1.1\r\n\r\n"))
+	}
+	return seg
 }
 
 // recordingSender keeps a copy of every packet sent.
@@ -184,7 +208,15 @@ func (h *fuzzHarness) step(what string, b []byte) {
 func (h *fuzzHarness) stepAt(what string, b []byte, hook nf.Hook) {
 	h.t.Helper()
 	v := h.handleAt(b, hook)
-	if v != nf.Drop && v != nf.Accept {
+	switch {
+	case v == nf.Drop || v == nf.Accept:
+	case h.early && v == nf.Hold:
+	case h.early && v == nf.AcceptRewritten:
+		var p packet.Packet
+		if err := packet.Parse(b, &p); err != nil || !packet.VerifyTCPChecksum(b, &p) {
+			h.t.Fatalf("%s: rewritten packet does not parse or has a bad checksum (%v)", what, err)
+		}
+	default:
 		h.t.Fatalf("%s: verdict %d", what, v)
 	}
 	var in packet.Packet
@@ -348,6 +380,18 @@ func (h *fuzzHarness) expire() {
 	h.checkSent("timer", 0, nil, false)
 	if n := h.e.Pending(); n != 0 {
 		h.t.Fatalf("%d flows still pending after every retry and linger", n)
+	}
+	if n, q := h.e.Held(), h.queue.heldCount(); n != 0 || q != 0 {
+		h.t.Fatalf("after every retry and linger the engine holds %d segments, the queue %d", n, q)
+	}
+	for _, r := range h.queue.releases() {
+		if r.packet == nil {
+			continue
+		}
+		var p packet.Packet
+		if err := packet.Parse(r.packet, &p); err != nil || !packet.VerifyTCPChecksum(r.packet, &p) {
+			h.t.Fatalf("released packet does not parse or has a bad checksum (%v): %x", err, r.packet)
+		}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 
 	"github.com/synguard/synguard/cookies"
 	"github.com/synguard/synguard/handoff"
+	"github.com/synguard/synguard/nf"
 	"github.com/synguard/synguard/packet"
 )
 
@@ -79,8 +80,12 @@ func (e *Engine) handoff(out *outbox, k flowKey) {
 		out.c.add(fl.svc, HandoffFailed)
 		e.events.HandoffFailed(k.server, err)
 		e.mu.Lock()
-		e.pending.remove(k)
+		if f := e.pending.get(k); f != nil {
+			fl.held = takeHeld(f)
+			e.pending.remove(k)
+		}
 		e.mu.Unlock()
+		e.dropHeld(out.c, &fl)
 		resetBoth(out, k, &fl)
 		return
 	}
@@ -88,6 +93,22 @@ func (e *Engine) handoff(out *outbox, k flowKey) {
 	created := e.cfg.Now()
 	seg := fl.backendACK(k)
 	out.send(fl.svc, &seg, noCount)
+	// From now on the entry carries the client's segments, and those that
+	// met conntrack before it are translated by the worker (clientACK).
+	var held heldRefs
+	e.mu.Lock()
+	if f := e.pending.get(k); f != nil {
+		f.state = stateDone
+		f.expires = created.Add(e.cfg.Linger)
+		held = takeHeld(f)
+	}
+	e.mu.Unlock()
+	if held.n > 0 {
+		// The ACK first: the backend is then established when the data
+		// comes, and does not answer the ACK as an old duplicate.
+		out.flush()
+		e.releaseHeld(out.c, fl.svc, held, nf.Accept, &fl)
+	}
 	update := packet.Segment{
 		Src: k.server, Dst: k.client,
 		Seq: uint32(fl.cookie) + 1, Ack: fl.clientISN + 1,
@@ -95,13 +116,6 @@ func (e *Engine) handoff(out *outbox, k flowKey) {
 		Window: fl.clientWindowUpdate(),
 	}
 	out.send(fl.svc, &update, noCount)
-
-	e.mu.Lock()
-	if f := e.pending.get(k); f != nil {
-		f.state = stateDone
-		f.expires = created.Add(e.cfg.Linger)
-	}
-	e.mu.Unlock()
 	out.c.add(fl.svc, HandedOff)
 	e.events.HandedOff(fl.svc, HandoffTiming{
 		Backend: fl.answered.Sub(fl.validated), Wait: taken.Sub(fl.answered), Entry: created.Sub(taken),

@@ -43,6 +43,8 @@ type pendingFlow struct {
 	nextRetry time.Time
 	retries   int
 	expires   time.Time // stateDone / stateHandingOff give-up time
+
+	held heldRefs // early data waiting in its queue (early.go)
 }
 
 // pendingTable is a bounded map of flows waiting on their backend. The

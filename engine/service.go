@@ -38,6 +38,8 @@ type service struct {
 	attack atomic.Pointer[AttackStatus]
 	// attacks counts the attacks that started.
 	attacks atomic.Uint64
+	// held counts the service's client segments held for a hand-off.
+	held atomic.Int64
 	// sampler records the service's SYNs during an attack; nil when none.
 	sampler atomic.Pointer[samplerBox]
 	// bySource counts sampled SYNs and completed handshakes by source

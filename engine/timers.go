@@ -46,9 +46,10 @@ func (e *Engine) tickInterval() time.Duration {
 func (e *Engine) Tick() {
 	now := e.cfg.Now()
 	type action struct {
-		k     flowKey
-		f     pendingFlow
-		reset bool
+		k        flowKey
+		f        pendingFlow
+		reset    bool
+		dropHeld bool // only drop the held early data
 	}
 	var actions []action
 	e.mu.Lock()
@@ -69,12 +70,21 @@ func (e *Engine) Tick() {
 		case stateHandingOff, stateDone:
 			if now.After(f.expires) {
 				e.pending.remove(k)
+				if f.held.n > 0 {
+					actions = append(actions, action{k: k, f: *f, dropHeld: true})
+				}
 			}
 		}
 	}
 	e.mu.Unlock()
 	out := e.timers
 	for _, a := range actions {
+		if a.dropHeld || a.reset {
+			e.dropHeld(out.c, &a.f)
+		}
+		if a.dropHeld {
+			continue
+		}
 		if a.reset {
 			out.c.add(a.f.svc, BackendTimeout)
 			resetBoth(out, a.k, &a.f)

@@ -33,9 +33,11 @@ const HookStaleEntry nf.Hook = 0xfe
 // Worker handles the packets of one queue: the pipeline's entry. It is
 // not safe for concurrent use; give each receive goroutine its own.
 type Worker struct {
-	e   *Engine
-	pkt packet.Packet
-	out *outbox
+	e      *Engine
+	pkt    packet.Packet
+	out    *outbox
+	holder Holder // nil: this worker's packets cannot be held
+	id     uint32 // the packet in hand's id in its queue
 	// sampled counts SYNs, to count one in SourceSampling by source.
 	sampled uint32
 }
@@ -43,19 +45,27 @@ type Worker struct {
 // NewWorker returns a worker with its own scratch space and counters that
 // sends through b, which the caller may keep and steer (the gateway points
 // each reply at the link its packet came in on). b is used only from the
-// worker's goroutine.
-func (e *Engine) NewWorker(b Batch) *Worker {
-	return &Worker{e: e, out: e.newOutbox(b)}
+// worker's goroutine. h is the queue the worker's packets come from, which
+// holds early data until its flow is handed off; nil holds nothing (early
+// data is then dropped, and the client retransmits it).
+func (e *Engine) NewWorker(b Batch, h Holder) *Worker {
+	return &Worker{e: e, out: e.newOutbox(b), holder: h}
 }
 
-// Handle decides the verdict for one IP packet b queued from hook. In
+// Handle decides the verdict for one IP packet b queued from hook with
+// the queue's packet id. In
 // PREROUTING the engine sees SYNs (raw table) and the first established
 // packet of flows it let through (mangle table); in the filter hooks it
 // sees segments conntrack found invalid or untracked. What it sends in
 // reply waits in the worker's batch: call Flush after the last packet of
 // each receive batch, so that a whole batch's replies leave in one system
 // call.
-func (w *Worker) Handle(b []byte, hook nf.Hook) nf.Verdict {
+//
+// Besides nf.Drop and nf.Accept it returns nf.Hold for early data the
+// worker's Holder is to keep queued (the engine releases it later), and
+// nf.AcceptRewritten for a segment it rewrote in b.
+func (w *Worker) Handle(b []byte, hook nf.Hook, id uint32) nf.Verdict {
+	w.id = id
 	p := &w.pkt
 	if err := packet.Parse(b, p); err != nil {
 		// Only TCP segments of protected services are queued, and

@@ -44,6 +44,9 @@ type Config struct {
 	// Backend overrides learned backend options when non-nil.
 	Backend    *engine.BackendOptions
 	MaxPending int
+	// EarlyData opens a window in cookie SYN-ACKs and holds the client's
+	// first segments in the queue until the hand-off (engine.Config).
+	EarlyData bool
 	// ProbeInterval is how often backends are probed for their options.
 	ProbeInterval time.Duration
 

@@ -149,6 +149,7 @@ func open(cfg Config) (_ *gateway, err error) {
 		HandoffMark:     cfg.HandoffMark,
 		BackendOverride: cfg.Backend,
 		MaxPending:      cfg.MaxPending,
+		EarlyData:       cfg.EarlyData,
 		Thresholds:      cfg.Thresholds,
 		Events:          events{log: cfg.Logger, handshake: handshake, stages: stages, attacks: g.attacks, captures: g.captures},
 		Extra:           extra,
@@ -207,7 +208,7 @@ func (g *gateway) workers() []part {
 	}
 	staleMark := g.cfg.FirewallConfig().StaleMark
 	for i, q := range g.queues {
-		h := newQueueHandler(g.eng, g.sender, g.replyPath, staleMark)
+		h := newQueueHandler(g.eng, q, g.sender, g.replyPath, staleMark)
 		parts = append(parts, part{queueName(g.queueOf(i)), func(ctx context.Context) error {
 			return q.RunBatch(ctx, h)
 		}})

@@ -25,21 +25,21 @@ func (h queueHandler) Handle(p *nfq.Packet) nf.Verdict {
 	if p.Mark == h.staleMark {
 		hook = engine.HookStaleEntry
 	}
-	return h.w.Handle(p.Payload, hook)
+	return h.w.Handle(p.Payload, hook, p.ID)
 }
 
 func (h queueHandler) Flush() { h.w.Flush() }
 
-// newQueueHandler returns the handler of one queue, with its own worker
+// newQueueHandler returns the handler of queue q, with its own worker
 // sending through a batch of its own: on the ingress link when replies
-// take it, routed otherwise.
-func newQueueHandler(eng *engine.Engine, sender *rawsock.Sender, path ReplyPath, staleMark uint32) queueHandler {
+// take it, routed otherwise. The worker holds early data in q.
+func newQueueHandler(eng *engine.Engine, q *nfq.Queue, sender *rawsock.Sender, path ReplyPath, staleMark uint32) queueHandler {
 	h := queueHandler{staleMark: staleMark}
 	if path == ReplyIngress {
 		h.replies = &replyBatch{Batch: sender.NewBatch()}
-		h.w = eng.NewWorker(h.replies)
+		h.w = eng.NewWorker(h.replies, q)
 	} else {
-		h.w = eng.NewWorker(sender.NewBatch())
+		h.w = eng.NewWorker(sender.NewBatch(), q)
 	}
 	return h
 }

@@ -104,7 +104,7 @@ func newPipeline(tb testing.TB, path ReplyPath) *pipeline {
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	h := newQueueHandler(p.eng, sender, path, firewall.DefaultStaleMark)
+	h := newQueueHandler(p.eng, p.q, sender, path, firewall.DefaultStaleMark)
 	go func() { done <- p.q.RunBatch(runCtx, h) }()
 	tb.Cleanup(func() {
 		cancel()

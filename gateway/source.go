@@ -63,7 +63,7 @@ func (s *source) ServiceCounters() []telemetry.ServiceCounters {
 		if s.fast != nil {
 			s.fast.counters(i, m)
 		}
-		out[j] = telemetry.ServiceCounters{Index: i, Service: svc.String(), Mode: s.serviceMode(i), Counters: m, HalfOpen: s.eng.HalfOpen(i), Pending: s.eng.Pending(),
+		out[j] = telemetry.ServiceCounters{Index: i, Service: svc.String(), Mode: s.serviceMode(i), Counters: m, HalfOpen: s.eng.HalfOpen(i), Pending: s.eng.Pending(), Held: s.eng.HeldBy(i),
 			Backend: s.backend(i), Attack: s.attack(i), AttacksStarted: s.eng.AttacksStarted(i)}
 	}
 	return out

@@ -166,7 +166,7 @@ func (f *fastPath) sync(eng *engine.Engine, jar *cookies.Jar, now time.Time) err
 		if err != nil {
 			return err
 		}
-		s := xdp.Service{Addr: sv.Addr, Mode: xdpMode(eng, i), Lists: lists,
+		s := xdp.Service{Addr: sv.Addr, Mode: xdpMode(eng, i), Lists: lists, EarlyData: eng.EarlyData(),
 			MSS: b.MSS, WindowScale: b.WindowScale, SACKPermitted: b.SACKPermitted}
 		if w, ok := f.written[i]; ok && s == w {
 			continue

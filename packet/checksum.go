@@ -82,3 +82,20 @@ func UpdateChecksum32(check uint16, old, new uint32) uint16 {
 	check = UpdateChecksum16(check, uint16(old>>16), uint16(new>>16))
 	return UpdateChecksum16(check, uint16(old), uint16(new))
 }
+
+// SetAck rewrites the acknowledgement number of the TCP segment that
+// starts at tcpOffset in the IP packet b and updates its checksum to
+// match. b must hold a whole, parsed TCP header at that offset.
+func SetAck(b []byte, tcpOffset int, ack uint32) {
+	h := b[tcpOffset : tcpOffset+20]
+	old := binary.BigEndian.Uint32(h[8:12])
+	binary.BigEndian.PutUint32(h[8:12], ack)
+	check := binary.BigEndian.Uint16(h[16:18])
+	binary.BigEndian.PutUint16(h[16:18], UpdateChecksum32(check, old, ack))
+}
+
+// Ack reads the acknowledgement number of the TCP segment that starts at
+// tcpOffset in the IP packet b.
+func Ack(b []byte, tcpOffset int) uint32 {
+	return binary.BigEndian.Uint32(b[tcpOffset+8 : tcpOffset+12])
+}

@@ -46,6 +46,9 @@ type ServiceCounters struct {
 	// handshake has not completed (0 while every SYN gets a cookie).
 	HalfOpen int
 	Pending  int
+	// Held is the client segments held in their queues for a hand-off
+	// (early data).
+	Held int
 	// Backend is the backend's health and the options announced for it.
 	Backend Backend
 	// Attack is the attack on the service now; nil when there is none.
@@ -215,6 +218,7 @@ type Collector struct {
 	mode       *prometheus.Desc
 	halfOpen   *prometheus.Desc
 	pend       *prometheus.Desc
+	held       *prometheus.Desc
 	hsLatency  *prometheus.Desc
 	hsStage    *prometheus.Desc
 	suppressed *prometheus.Desc
@@ -248,6 +252,7 @@ func NewCollector(src Source, cfg CollectorConfig) *Collector {
 	c.mode = prometheus.NewDesc(Namespace+"_mode", "1 for the mode each service is in, 0 for the others.", []string{"service", "mode"}, nil)
 	c.halfOpen = prometheus.NewDesc(Namespace+"_half_open", "SYNs passed to the backend whose handshake has not completed.", []string{"service"}, nil)
 	c.pend = prometheus.NewDesc(Namespace+"_pending_flows", "Cookie-validated flows waiting on their backend or lingering after hand-off.", []string{"service"}, nil)
+	c.held = prometheus.NewDesc(Namespace+"_early_data_waiting", "Client segments (early data) held in their queue until their flow is handed off.", []string{"service"}, nil)
 	c.hsStage = prometheus.NewDesc(Namespace+"_handshake_stage_seconds", "Each step of the hand-off, over all services: backend (the valid cookie ACK to the backend's SYN-ACK: the replayed SYN, the backend, the answer through the queue), wait (the SYN-ACK to a hand-off goroutine taking the flow), entry (creating the conntrack entry; the window update follows at once).", []string{"stage"}, nil)
 	c.hsLatency = prometheus.NewDesc(Namespace+"_backend_handshake_seconds", "Time from a client's valid cookie ACK to its flow's hand-off: the backend's answer to the replayed SYN, and the conntrack entry.", []string{"service"}, nil)
 	c.suppressed = prometheus.NewDesc(Namespace+"_log_suppressed_total", "Log lines held back by the per-event rate limit.", []string{"event"}, nil)
@@ -273,7 +278,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range c.descs {
 		ch <- d
 	}
-	for _, d := range []*prometheus.Desc{c.mode, c.halfOpen, c.pend, c.qRecv, c.qDrop, c.qNoBu, c.qVErr, c.qBatch, c.xdpPackets, c.restored, c.backendUp, c.attackActive, c.attacks, c.handoffs} {
+	for _, d := range []*prometheus.Desc{c.mode, c.halfOpen, c.pend, c.held, c.qRecv, c.qDrop, c.qNoBu, c.qVErr, c.qBatch, c.xdpPackets, c.restored, c.backendUp, c.attackActive, c.attacks, c.handoffs} {
 		ch <- d
 	}
 	if c.stages != nil {
@@ -309,6 +314,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(c.halfOpen, prometheus.GaugeValue, float64(s.HalfOpen), s.Service)
 		ch <- prometheus.MustNewConstMetric(c.pend, prometheus.GaugeValue, float64(s.Pending), s.Service)
+		ch <- prometheus.MustNewConstMetric(c.held, prometheus.GaugeValue, float64(s.Held), s.Service)
 		if up, known := s.Backend.state(); known {
 			ch <- prometheus.MustNewConstMetric(c.backendUp, prometheus.GaugeValue, b2f(up), s.Service)
 		}

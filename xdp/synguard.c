@@ -44,7 +44,8 @@ enum counter {
 	C_ACK_INVALID = 3, // forged ACKs dropped
 	C_ACK_VALID = 4,   // cookie ACKs passed on to the queue
 	C_SYN_DENIED = 5,  // SYNs from a denied source, dropped
-	NUM_COUNTERS = 6,
+	C_EARLY_DATA = 6,  // segments of a cookie-validated flow passed on to the queue
+	NUM_COUNTERS = 7,
 };
 
 // What the program did with a packet, at the action's index.
@@ -86,6 +87,17 @@ struct svc_val {
 
 // svc_val flags.
 #define SVC_LISTS 1 // the service has allow or deny lists
+#define SVC_EARLY 2 // early data: the SYN-ACK opens EARLY_SEGMENTS of window
+
+// engine.EarlySegments, and the MSS a client assumes when the SYN-ACK
+// announces none (engine/earlydata.go earlyWindow).
+#define EARLY_SEGMENTS 4
+#define DEFAULT_MSS4 536
+#define DEFAULT_MSS6 1220
+// How long a flow whose cookie ACK passed here may send more segments
+// before its conntrack entry exists: beyond the engine's give-up time for
+// a silent backend (7.75 s).
+#define EARLY_FLOW_NS (10ULL * 1000000000ULL)
 
 // A source prefix of one service's allow or deny list: prefixlen counts
 // the 32 bits of the service's index, then the address's (IPv4 in the
@@ -155,6 +167,23 @@ struct {
 	__type(key, struct src_key);
 	__type(value, __u8);
 } allow_list SEC(".maps"), deny_list SEC(".maps");
+
+// Flows whose cookie ACK passed here, while their hand-off is under way:
+// the segments of early data behind the ACK carry the cookie but not the
+// ISN it binds, so they are known by their flow instead. Least recently
+// used flows make way, and then their later segments wait for the window.
+struct early_flow {
+	__u32 cookie;
+	__u32 isn;
+	__u64 until_tai;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, struct flow);
+	__type(value, struct early_flow);
+} early_flows SEC(".maps");
 
 // Sampled SYNs, for userspace, and each CPU's count toward the next.
 struct {
@@ -787,6 +816,14 @@ static __always_inline int answer_syn(void *ctx, enum hook h, struct pkt *p, str
 	tcp[2] = bpf_htonl(p->seq + 1);
 	t[12] = (__u8)((20 + optlen) / 4) << 4;
 	t[13] = TCP_SYN | TCP_ACK;
+	if (svc->flags & SVC_EARLY) {
+		__u32 seg = mss ? svc->mss : (p->ipv6 ? DEFAULT_MSS6 : DEFAULT_MSS4);
+		__u32 w = seg * EARLY_SEGMENTS;
+		if (w > 0xffff)
+			w = 0xffff;
+		t[14] = w >> 8;
+		t[15] = w & 0xff;
+	}
 	__u32 o = 5;
 	if (mss) {
 		tcp[o & 7] = bpf_htonl(OPT_MSS << 24 | 4 << 16 | svc->mss);
@@ -889,9 +926,30 @@ static __always_inline int check_ack(void *ctx, enum hook h, struct pkt *p, stru
 	struct sip_state s;
 	mac_message(&m, &p->f, low);
 	sip_prefix(&s, key, &m);
-	if (mac_for(&s, &m, p->seq - 1) == mac || (p->payload == 0 && mac_for(&s, &m, p->seq) == mac)) {
+	__u32 isn = p->seq - 1;
+	int valid = mac_for(&s, &m, isn) == mac;
+	if (!valid && p->payload == 0) {
+		isn = p->seq;
+		valid = mac_for(&s, &m, isn) == mac;
+	}
+	if (valid) {
 		count(counters_of(svc->index), C_ACK_VALID);
+		if (svc->flags & SVC_EARLY) {
+			struct early_flow ef = {.cookie = cookie, .isn = isn, .until_tai = bpf_ktime_get_tai_ns() + EARLY_FLOW_NS};
+			bpf_map_update_elem(&early_flows, &p->f, &ef, BPF_ANY);
+		}
 		return A_PASS;
+	}
+	if ((svc->flags & SVC_EARLY) && p->payload != 0) {
+		// More of the request behind the cookie ACK: the flow's ACK
+		// passed, and this acknowledges the same cookie and starts
+		// within an unscaled window of the first byte.
+		struct early_flow *ef = bpf_map_lookup_elem(&early_flows, &p->f);
+		if (ef && ef->cookie == cookie && p->seq - (ef->isn + 1) <= 0xffff &&
+		    bpf_ktime_get_tai_ns() < ef->until_tai) {
+			count(counters_of(svc->index), C_EARLY_DATA);
+			return A_PASS;
+		}
 	}
 	count(counters_of(svc->index), C_ACK_INVALID);
 	return A_DROP;

@@ -18,12 +18,29 @@ type synguardActionCounts struct {
 	N [3]uint64
 }
 
+type synguardEarlyFlow struct {
+	_        structs.HostLayout
+	Cookie   uint32
+	Isn      uint32
+	UntilTai uint64
+}
+
 type synguardEngineControl struct {
 	_           structs.HostLayout
 	DeadlineTai uint64
 	EpochBase   int64
 	BoundsTai   [3]uint64
 	Keys        [3][2]uint64
+}
+
+type synguardFlow struct {
+	_          structs.HostLayout
+	Client     [16]uint8
+	Server     [16]uint8
+	ClientPort uint16
+	ServerPort uint16
+	Family     uint8
+	_          [1]byte
 }
 
 type synguardSrcKey struct {
@@ -35,7 +52,7 @@ type synguardSrcKey struct {
 
 type synguardSvcCounters struct {
 	_ structs.HostLayout
-	N [6]uint64
+	N [7]uint64
 }
 
 type synguardSvcKey struct {
@@ -66,6 +83,7 @@ const (
 	synguardMapControl      = "control"
 	synguardMapCounters     = "counters"
 	synguardMapDenyList     = "deny_list"
+	synguardMapEarlyFlows   = "early_flows"
 	synguardMapSampleTick   = "sample_tick"
 	synguardMapSamples      = "samples"
 	synguardMapServices     = "services"
@@ -128,6 +146,7 @@ type synguardMapSpecs struct {
 	Control    *ebpf.MapSpec `ebpf:"control"`
 	Counters   *ebpf.MapSpec `ebpf:"counters"`
 	DenyList   *ebpf.MapSpec `ebpf:"deny_list"`
+	EarlyFlows *ebpf.MapSpec `ebpf:"early_flows"`
 	SampleTick *ebpf.MapSpec `ebpf:"sample_tick"`
 	Samples    *ebpf.MapSpec `ebpf:"samples"`
 	Services   *ebpf.MapSpec `ebpf:"services"`
@@ -164,6 +183,7 @@ type synguardMaps struct {
 	Control    *ebpf.Map `ebpf:"control"`
 	Counters   *ebpf.Map `ebpf:"counters"`
 	DenyList   *ebpf.Map `ebpf:"deny_list"`
+	EarlyFlows *ebpf.Map `ebpf:"early_flows"`
 	SampleTick *ebpf.Map `ebpf:"sample_tick"`
 	Samples    *ebpf.Map `ebpf:"samples"`
 	Services   *ebpf.Map `ebpf:"services"`
@@ -176,6 +196,7 @@ func (m *synguardMaps) Close() error {
 		m.Control,
 		m.Counters,
 		m.DenyList,
+		m.EarlyFlows,
 		m.SampleTick,
 		m.Samples,
 		m.Services,

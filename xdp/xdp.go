@@ -90,6 +90,10 @@ type Service struct {
 	// Lists says the service has allow or deny lists (SetSourceLists):
 	// the program looks each SYN's source up in them.
 	Lists bool
+	// EarlyData opens the SYN-ACK's window to engine.EarlySegments of
+	// the announced MSS, as the engine does with Config.EarlyData, and
+	// passes the segments that follow a cookie ACK on to the queue.
+	EarlyData bool
 	// The options the backend announces, told to clients that offer
 	// them: as engine.BackendOptions.
 	MSS           uint16
@@ -104,6 +108,7 @@ type Counters struct {
 	AmplificationGuard uint64 // not answered: the SYN-ACK would exceed the SYN
 	ACKInvalid         uint64 // forged ACKs dropped
 	ACKValid           uint64 // cookie ACKs passed on to the queue
+	EarlyData          uint64 // later segments of a flow whose cookie ACK passed, passed on
 	SYNDenied          uint64 // SYNs from a denied source, dropped (counted in SYNReceived too)
 }
 
@@ -235,6 +240,9 @@ func (p *Program) SetService(i int, s Service) error {
 	if s.Lists {
 		v.Flags |= svcLists
 	}
+	if s.EarlyData {
+		v.Flags |= svcEarly
+	}
 	if err := p.objs.Services.Put(&k, &v); err != nil {
 		return fmt.Errorf("xdp: set service %s: %w", s.Addr, err)
 	}
@@ -300,6 +308,7 @@ const (
 	cACKInvalid
 	cACKValid
 	cSYNDenied
+	cEarlyData
 )
 
 // Counters returns service i's counts: one lookup of its entry, summed
@@ -322,6 +331,7 @@ func (p *Program) Counters(i int) (Counters, error) {
 		ACKInvalid:         v[cACKInvalid],
 		ACKValid:           v[cACKValid],
 		SYNDenied:          v[cSYNDenied],
+		EarlyData:          v[cEarlyData],
 	}, nil
 }
 
@@ -396,8 +406,11 @@ func (p *Program) RemoveService(addr netip.AddrPort) error {
 	return nil
 }
 
-// svcLists is synguard.c's SVC_LISTS flag.
-const svcLists = 1
+// synguard.c's SVC_LISTS and SVC_EARLY flags.
+const (
+	svcLists = 1
+	svcEarly = 2
+)
 
 // SetSourceLists replaces service index i's allow and deny lists. A SYN
 // from a denied source is dropped and counted; one from an allowed

@@ -106,7 +106,11 @@ type noKernel struct{}
 func (noKernel) Create(handoff.Flow) error        { return nil }
 func (noKernel) Delete(_, _ netip.AddrPort) error { return nil }
 
-func newHarness(t testing.TB, k kind) *harness {
+func newHarness(t testing.TB, k kind) *harness { return newHarnessEarly(t, k, true) }
+
+// newHarnessEarly is newHarness with early data on or off in both the
+// engine and the program.
+func newHarnessEarly(t testing.TB, k kind, early bool) *harness {
 	t.Helper()
 	roottest.Require(t)
 	p, err := Load()
@@ -126,13 +130,14 @@ func newHarness(t testing.TB, k kind) *harness {
 		NewBatch:        func() engine.Batch { return &capture{} },
 		Kernel:          noKernel{},
 		BackendOverride: &backend,
+		EarlyData:       early,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.w = h.eng.NewWorker(h.out)
+	h.w = h.eng.NewWorker(h.out, nil)
 	for i, s := range []netip.AddrPort{service4, service6} {
-		if err := p.SetService(i, Service{Addr: s, Mode: Cookie, MSS: backend.MSS, WindowScale: backend.WindowScale, SACKPermitted: backend.SACKPermitted}); err != nil {
+		if err := p.SetService(i, Service{Addr: s, Mode: Cookie, MSS: backend.MSS, WindowScale: backend.WindowScale, SACKPermitted: backend.SACKPermitted, EarlyData: early}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -182,7 +187,7 @@ func (h *harness) run(frame []byte) (verdict, []byte) {
 // engineReply is what the engine sends for ip, the IP packet alone.
 func (h *harness) engineReply(ip []byte) (nf.Verdict, []byte) {
 	h.out.pkts = nil
-	v := h.w.Handle(ip, nf.Prerouting)
+	v := h.w.Handle(ip, nf.Prerouting, 0)
 	h.w.Flush()
 	if len(h.out.pkts) == 0 {
 		return v, nil
@@ -324,8 +329,13 @@ func optionSets() map[string][]byte {
 
 // TestSYNACKMatchesEngine: for both programs, both families, every option
 // set, and keys of both parities, the program's SYN-ACK is the engine's,
-// byte for byte.
-func TestSYNACKMatchesEngine(t *testing.T) { forKinds(t, testSYNACKMatchesEngine) }
+// byte for byte: with early data's window, and with a zero window.
+func TestSYNACKMatchesEngine(t *testing.T) {
+	forKinds(t, testSYNACKMatchesEngine)
+	for _, k := range kinds {
+		t.Run(k.name+" zero window", func(t *testing.T) { testSYNACKMatchesEngine(t, newHarnessEarly(t, k, false)) })
+	}
+}
 
 func testSYNACKMatchesEngine(t *testing.T, h *harness) {
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -702,5 +712,61 @@ func BenchmarkProgram(b *testing.B) {
 				b.Fatal(err)
 			}
 		})
+	}
+}
+
+// TestEarlyData: behind a cookie ACK that passed, the program passes the
+// flow's next segments (the request, which carries the cookie but not the
+// ISN it binds) and nothing that only looks like them.
+func TestEarlyData(t *testing.T) { forKinds(t, testEarlyData) }
+
+func testEarlyData(t *testing.T, h *harness) {
+	for _, fam := range []struct{ client, server netip.AddrPort }{
+		{netip.MustParseAddrPort("198.51.100.8:40000"), service4},
+		{netip.MustParseAddrPort("[2001:db8:c::8]:40000"), service6},
+	} {
+		c, s := fam.client, fam.server
+		const isn = 0x5000
+		valid, cookie := h.cookieACK(c, s, isn)
+		second := rawSegment(c, s, isn+1+1400, cookie+1, packet.ACK|packet.PSH, nil, []byte("more of the request"))
+		if got, _ := h.run(ether(second)); got != vDrop {
+			t.Fatalf("%s: a second segment before its flow's ACK passed: verdict %v, want drop", s, got)
+		}
+		if got, _ := h.run(ether(valid)); got != vPass {
+			t.Fatalf("%s: cookie ACK: verdict %v", s, got)
+		}
+		other := netip.AddrPortFrom(c.Addr(), c.Port()+1)
+		for _, tt := range []struct {
+			name string
+			ip   []byte
+			want verdict
+		}{
+			{"second segment", second, vPass},
+			{"last segment of the early window", rawSegment(c, s, isn+1+0xffff, cookie+1, packet.ACK, nil, []byte("x")), vPass},
+			{"past an unscaled window", rawSegment(c, s, isn+1+0x10000, cookie+1, packet.ACK, nil, []byte("x")), vDrop},
+			{"before the first byte", rawSegment(c, s, isn, cookie+1, packet.ACK, nil, []byte("x")), vDrop},
+			{"another cookie", rawSegment(c, s, isn+1+1400, cookie+2, packet.ACK, nil, []byte("x")), vDrop},
+			{"another flow", rawSegment(other, s, isn+1+1400, cookie+1, packet.ACK, nil, []byte("x")), vDrop},
+			{"no payload", rawSegment(c, s, isn+1+1400, cookie+1, packet.ACK, nil, nil), vDrop},
+		} {
+			if got, _ := h.run(ether(tt.ip)); got != tt.want {
+				t.Errorf("%s %s: verdict %v, want %v", s, tt.name, got, tt.want)
+			}
+		}
+	}
+	c, _ := h.p.Counters(0)
+	if c.EarlyData != 2 {
+		t.Errorf("IPv4 counters %+v: want 2 early segments passed", c)
+	}
+
+	// Without early data the same segment is a forged ACK.
+	off := newHarnessEarly(t, h.kind, false)
+	c4 := netip.MustParseAddrPort("198.51.100.9:40000")
+	valid, cookie := off.cookieACK(c4, service4, 0x6000)
+	if got, _ := off.run(ether(valid)); got != vPass {
+		t.Fatalf("cookie ACK: verdict %v", got)
+	}
+	if got, _ := off.run(ether(rawSegment(c4, service4, 0x6001+1400, cookie+1, packet.ACK, nil, []byte("x")))); got != vDrop {
+		t.Fatalf("early data off: second segment verdict %v, want drop", got)
 	}
 }

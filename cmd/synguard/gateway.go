@@ -47,6 +47,7 @@ func (f *gatewayFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.s.XDP, "xdp", d.XDP, "fast path, SYNs answered and forged ACKs dropped before the stack: `auto` (native XDP where the driver has it; tc ingress on veth, where native XDP can lose SYN-ACKs, and where the driver lacks XDP; generic XDP only on kernels without tcx), native, generic, tc, or off (every packet through the queue)")
 	fs.Var((*nameList)(&f.s.XDPInterfaces), "xdp-interfaces", "`IF[,IF...]`: the links clients arrive on, for XDP (default: every link that is up, has an Ethernet address and is not loopback)")
 	fs.IntVar(&f.s.MaxPending, "max-pending", d.MaxPending, "bound on flows waiting for their backend")
+	fs.BoolVar(&f.s.EarlyData, "early-data", d.EarlyData, "open a window of four segments in cookie SYN-ACKs and hold the client's first data in the queue until the backend's handshake is done, so the request leaves right behind the ACK; false answers with a zero window (the client waits a round trip for the window update)")
 	fs.UintVar(&f.s.BackendMSS, "backend-mss", d.BackendMSS, "announce this `MSS` instead of the learned one (with --backend-wscale and --backend-sack)")
 	fs.StringVar(&f.s.BackendWScale, "backend-wscale", d.BackendWScale, "announce this window `shift` (0..14, or none) instead of the learned one")
 	fs.StringVar(&f.s.BackendSACK, "backend-sack", d.BackendSACK, "announce SACK support: `on` or off, instead of the learned value")

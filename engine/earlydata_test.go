@@ -1,0 +1,396 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/synguard/synguard/nf"
+	"github.com/synguard/synguard/packet"
+)
+
+// fakeQueue records what the engine holds and releases, as a queue would
+// see it: a release of a packet it does not hold is an error.
+type fakeQueue struct {
+	mu       sync.Mutex
+	held     map[uint32][]byte // id -> the packet as queued
+	released []release
+	err      error // returned by Release when set
+	// sentSoFar, when set, tells how many packets the engine had sent
+	// at each release.
+	sentSoFar func() int
+	// discard accepts releases of anything and records none.
+	discard bool
+}
+
+type release struct {
+	id         uint32
+	v          nf.Verdict
+	packet     []byte // nil: unchanged
+	sentBefore int
+}
+
+func (q *fakeQueue) hold(id uint32, b []byte) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.held == nil {
+		q.held = make(map[uint32][]byte)
+	}
+	q.held[id] = append([]byte(nil), b...)
+}
+
+func (q *fakeQueue) Release(id uint32, v nf.Verdict, packet []byte) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.err != nil {
+		return q.err
+	}
+	if q.discard {
+		return nil
+	}
+	if _, ok := q.held[id]; !ok {
+		return fmt.Errorf("packet %d: %w", id, errNotHeld)
+	}
+	delete(q.held, id)
+	var p []byte
+	if packet != nil {
+		p = append([]byte(nil), packet...)
+	}
+	r := release{id: id, v: v, packet: p}
+	if q.sentSoFar != nil {
+		r.sentBefore = q.sentSoFar()
+	}
+	q.released = append(q.released, r)
+	return nil
+}
+
+var errNotHeld = errors.New("not held")
+
+func (q *fakeQueue) heldCount() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.held)
+}
+
+func (q *fakeQueue) releases() []release {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return append([]release(nil), q.released...)
+}
+
+func earlyOn(c *Config) { c.EarlyData = true }
+
+// dataSeg is a client data segment of the flow handshake made, n bytes
+// after its first, carrying data.
+func (h *harness) dataSeg(cookie uint32, n int, data string, flags packet.Flags) []byte {
+	seg := build(h.t, packet.Segment{Src: client, Dst: server, Seq: clientISN + 1 + uint32(n), Ack: cookie + 1, Flags: packet.ACK | flags, Window: 502})
+	return appendPayload(seg, []byte(data))
+}
+
+// backendAnswers sends the backend's SYN-ACK to the replayed SYN.
+func (h *harness) backendAnswers(serverISN uint32) {
+	h.t.Helper()
+	h.handle(packet.Segment{Src: server, Dst: client, Seq: serverISN, Ack: clientISN + 1, Flags: packet.SYN | packet.ACK, Window: 65160,
+		Options: packet.Options{MSS: 1460, HasMSS: true, SACKPermitted: true, WindowScale: 7, HasWindowScale: true}}, nf.Drop)
+}
+
+func TestEarlyWindow(t *testing.T) {
+	tests := []struct {
+		name    string
+		backend uint16 // the backend's MSS
+		opts    packet.Options
+		v6      bool
+		want    uint16
+	}{
+		{"MSS announced", 1460, linuxOptions(), false, 4 * 1460},
+		{"IPv6", 1440, linuxOptions(), true, 4 * 1440},
+		{"no MSS offered, IPv4", 1460, packet.Options{SACKPermitted: true}, false, 4 * 536},
+		{"no MSS offered, IPv6", 1440, packet.Options{SACKPermitted: true}, true, 4 * 1220},
+		{"jumbo", 8960, packet.Options{MSS: 8960, HasMSS: true}, false, 4 * 8960},
+		{"capped at the unscaled maximum", 16384, packet.Options{MSS: 16384, HasMSS: true}, false, 0xffff},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, func(c *Config) {
+				earlyOn(c)
+				c.BackendOverride = &BackendOptions{MSS: tt.backend, WindowScale: 7, SACKPermitted: true}
+			})
+			src, dst := client, server
+			if tt.v6 {
+				src, dst = client6, server6
+			}
+			h.handle(syn(src, dst, tt.opts), nf.Drop)
+			if got := h.expect(1)[0].p.Window; got != tt.want {
+				t.Fatalf("SYN-ACK window %d, want %d", got, tt.want)
+			}
+		})
+	}
+	// Off, the window stays shut.
+	h := newHarness(t, nil)
+	h.handle(syn(client, server, linuxOptions()), nf.Drop)
+	if got := h.expect(1)[0].p.Window; got != 0 {
+		t.Fatalf("early data off: SYN-ACK window %d, want 0", got)
+	}
+}
+
+func TestEarlyDataHeldUntilHandoff(t *testing.T) {
+	// Batches that send at Flush, as the real ones do, so the order of
+	// the backend's ACK and the released segments is the engine's doing.
+	bs := &batchSender{fakeSender: &fakeSender{}, capacity: 64}
+	h := newHarness(t, func(c *Config) { earlyOn(c); c.NewBatch = bs.NewBatch })
+	h.send = bs.fakeSender
+	h.handle(syn(client, server, linuxOptions()), nf.Drop)
+	cookie := h.expect(1)[0].p.Seq
+
+	// The request rides on the third ACK and continues in two more
+	// segments, the last with FIN.
+	parts := []string{"GET / HTTP/1.1\r\n", "Host: example.test\r\n", "\r\n"}
+	var queued [][]byte
+	off := 0
+	for i, part := range parts {
+		var flags packet.Flags = packet.PSH
+		if i == len(parts)-1 {
+			flags |= packet.FIN
+		}
+		b := h.dataSeg(cookie, off, part, flags)
+		queued = append(queued, append([]byte(nil), b...))
+		if v := h.handleAt(b, nf.Forward); v != nf.Hold {
+			t.Fatalf("segment %d: verdict %v, want hold", i, v)
+		}
+		off += len(part)
+	}
+	if r := h.expect(1)[0].p; r.Flags != packet.SYN || r.Seq != clientISN {
+		t.Fatalf("the first data segment did not replay the SYN: %+v", r)
+	}
+	if h.stat(EarlyDataHeld) != 3 || h.e.Held() != 3 || h.e.HeldBy(0) != 3 || len(h.queue.releases()) != 0 {
+		t.Fatalf("held %d (engine %d), released %d before the hand-off", h.stat(EarlyDataHeld), h.e.Held(), len(h.queue.releases()))
+	}
+
+	const serverISN = 0x7fff_fff0
+	h.queue.sentSoFar = func() int { return len(h.send.pkts) }
+	h.backendAnswers(serverISN)
+	h.drainHandoffs()
+
+	rel := h.queue.releases()
+	if len(rel) != 3 {
+		t.Fatalf("%d releases, want 3", len(rel))
+	}
+	for i, r := range rel {
+		if r.v != nf.Accept || r.packet == nil {
+			t.Fatalf("release %d: %v with packet %v", i, r.v, r.packet != nil)
+		}
+		if r.sentBefore != 1 {
+			t.Fatalf("release %d after %d sent packets, want after the backend's ACK alone", i, r.sentBefore)
+		}
+		var p, orig packet.Packet
+		if err := packet.Parse(r.packet, &p); err != nil {
+			t.Fatal(err)
+		}
+		if err := packet.Parse(queued[i], &orig); err != nil {
+			t.Fatal(err)
+		}
+		if p.Ack != serverISN+1 || p.Seq != orig.Seq || p.Flags != orig.Flags {
+			t.Fatalf("release %d: seq %#x ack %#x flags %v, want seq %#x ack %#x flags %v", i, p.Seq, p.Ack, p.Flags, orig.Seq, serverISN+1, orig.Flags)
+		}
+		if !packet.VerifyTCPChecksum(r.packet, &p) {
+			t.Fatalf("release %d: bad TCP checksum", i)
+		}
+		// Only the ack and the checksum changed.
+		if n := diffBytes(r.packet, queued[i]); n > 6 {
+			t.Fatalf("release %d: %d bytes differ from the queued segment", i, n)
+		}
+	}
+	out := h.expect(2)
+	if ack := out[0].p; ack.Destination() != server || ack.Ack != serverISN+1 || ack.PayloadLen != 0 {
+		t.Fatalf("backend ACK %+v", ack)
+	}
+	if update := out[1].p; update.Destination() != client || update.Ack != clientISN+1 {
+		t.Fatalf("window update %+v", update)
+	}
+	if h.stat(EarlyDataReleased) != 3 || h.e.Held() != 0 || h.e.HeldBy(0) != 0 {
+		t.Fatalf("released %d, still held %d", h.stat(EarlyDataReleased), h.e.Held())
+	}
+
+	// A segment that met conntrack before the entry existed reaches the
+	// queue after the hand-off: it is rewritten and accepted at once.
+	late := h.dataSeg(cookie, off, "more", packet.PSH)
+	if v := h.handleAt(late, nf.Forward); v != nf.AcceptRewritten {
+		t.Fatalf("late segment verdict %v", v)
+	}
+	var p packet.Packet
+	if err := packet.Parse(late, &p); err != nil {
+		t.Fatal(err)
+	}
+	if p.Ack != serverISN+1 || !packet.VerifyTCPChecksum(late, &p) {
+		t.Fatalf("late segment ack %#x, checksum ok %v", p.Ack, packet.VerifyTCPChecksum(late, &p))
+	}
+}
+
+func diffBytes(a, b []byte) int {
+	if len(a) != len(b) {
+		return max(len(a), len(b))
+	}
+	n := 0
+	for i := range a {
+		if a[i] != b[i] {
+			n++
+		}
+	}
+	return n
+}
+
+func TestEarlyDataBounds(t *testing.T) {
+	h := newHarness(t, func(c *Config) { earlyOn(c); c.MaxHeld = EarlySegments + 1 })
+	cookie, _ := h.handshake(linuxOptions())
+	for i := range EarlySegments {
+		if v := h.handleAt(h.dataSeg(cookie, i*10, "0123456789", packet.PSH), nf.Forward); v != nf.Hold {
+			t.Fatalf("segment %d: %v", i, v)
+		}
+	}
+	// One more for this flow is refused: the client sends it again once
+	// its window opens.
+	if v := h.handleAt(h.dataSeg(cookie, EarlySegments*10, "x", packet.PSH), nf.Forward); v != nf.Drop {
+		t.Fatalf("segment past the flow's bound: %v", v)
+	}
+	// A second flow gets the pool's last slot, then nothing.
+	other := netip.AddrPortFrom(client.Addr(), client.Port()+1)
+	h.handle(syn(other, server, linuxOptions()), nf.Drop)
+	cookie2 := h.expect(1)[0].p.Seq
+	seg := func(n int) []byte {
+		b := build(t, packet.Segment{Src: other, Dst: server, Seq: clientISN + 1 + uint32(n), Ack: cookie2 + 1, Flags: packet.ACK | packet.PSH})
+		return appendPayload(b, []byte("abc"))
+	}
+	if v := h.handleAt(seg(0), nf.Forward); v != nf.Hold {
+		t.Fatalf("second flow's first segment: %v", v)
+	}
+	h.expect(1) // its replayed SYN
+	if v := h.handleAt(seg(3), nf.Forward); v != nf.Drop {
+		t.Fatalf("segment past the global bound: %v", v)
+	}
+	if h.stat(EarlyDataRefused) != 2 || h.e.Held() != EarlySegments+1 {
+		t.Fatalf("refused %d, held %d", h.stat(EarlyDataRefused), h.e.Held())
+	}
+	// A segment that does not ACK the flow's cookie is no early data of it.
+	wrong := build(t, packet.Segment{Src: client, Dst: server, Seq: clientISN + 1, Ack: cookie + 2, Flags: packet.ACK | packet.PSH})
+	if v := h.handleAt(appendPayload(wrong, []byte("x")), nf.Forward); v != nf.Drop {
+		t.Fatalf("segment with a wrong ack: %v", v)
+	}
+}
+
+func TestEarlyDataDroppedWhenTheFlowEnds(t *testing.T) {
+	tests := []struct {
+		name string
+		end  func(h *harness, cookie uint32)
+		want Counter
+	}{
+		{"backend reset", func(h *harness, cookie uint32) {
+			h.handle(packet.Segment{Src: server, Dst: client, Ack: clientISN + 1, Flags: packet.RST | packet.ACK}, nf.Drop)
+		}, BackendReset},
+		{"client reset", func(h *harness, cookie uint32) {
+			h.handle(packet.Segment{Src: client, Dst: server, Seq: clientISN + 1, Ack: cookie + 1, Flags: packet.RST}, nf.Drop)
+		}, ClientReset},
+		{"backend silent", func(h *harness, cookie uint32) {
+			for range DefaultSYNRetries + 1 {
+				h.clock.advance(10 * time.Second)
+				h.e.Tick()
+			}
+		}, BackendTimeout},
+		{"hand-off failed", func(h *harness, cookie uint32) {
+			h.handoff.err = errors.New("netlink: out of memory")
+			h.backendAnswers(0x100)
+			h.drainHandoffs()
+		}, HandoffFailed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, earlyOn)
+			cookie, _ := h.handshake(linuxOptions())
+			for i := range 2 {
+				if v := h.handleAt(h.dataSeg(cookie, i, "x", packet.PSH), nf.Forward); v != nf.Hold {
+					t.Fatalf("verdict %v", v)
+				}
+			}
+			tt.end(h, cookie)
+			if h.stat(tt.want) != 1 {
+				t.Fatalf("%v not counted", tt.want)
+			}
+			rel := h.queue.releases()
+			if len(rel) != 2 || h.queue.heldCount() != 0 || h.e.Held() != 0 {
+				t.Fatalf("%d released, %d still held by the queue, %d by the engine", len(rel), h.queue.heldCount(), h.e.Held())
+			}
+			for _, r := range rel {
+				if r.v != nf.Drop {
+					t.Fatalf("held segment of an ended flow given %v", r.v)
+				}
+			}
+			if h.stat(EarlyDataDropped) != 2 {
+				t.Fatalf("dropped %d", h.stat(EarlyDataDropped))
+			}
+		})
+	}
+}
+
+func TestEarlyDataReleaseFailureCounted(t *testing.T) {
+	h := newHarness(t, earlyOn)
+	cookie, _ := h.handshake(linuxOptions())
+	if v := h.handleAt(h.dataSeg(cookie, 0, "x", packet.PSH), nf.Forward); v != nf.Hold {
+		t.Fatalf("verdict %v", v)
+	}
+	h.queue.err = errors.New("queue closed")
+	h.backendAnswers(0x100)
+	h.drainHandoffs()
+	if h.stat(EarlyDataLost) != 1 || h.stat(HandedOff) != 1 || h.e.Held() != 0 {
+		t.Fatalf("lost %d, handed off %d, held %d", h.stat(EarlyDataLost), h.stat(HandedOff), h.e.Held())
+	}
+}
+
+func TestEarlyDataOffOrNoHolder(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		mod  func(*Config)
+		nil  bool
+	}{
+		{"early data off", nil, false},
+		{"no holder", earlyOn, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, tt.mod)
+			if tt.nil {
+				h.w = h.e.NewWorker(h.e.cfg.NewBatch(), nil)
+			}
+			cookie, _ := h.handshake(linuxOptions())
+			if v := h.handleAt(h.dataSeg(cookie, 0, "x", packet.PSH), nf.Forward); v != nf.Drop {
+				t.Fatalf("verdict %v, want drop", v)
+			}
+			if h.e.Held() != 0 {
+				t.Fatal("held without early data")
+			}
+		})
+	}
+}
+
+func TestEarlyDataHoldAllocatesNothing(t *testing.T) {
+	h := newHarness(t, earlyOn)
+	cookie, _ := h.handshake(linuxOptions())
+	seg := h.dataSeg(cookie, 0, "GET / HTTP/1.1\r\n\r\n", packet.PSH)
+	k := flowKey{client: client, server: server}
+	cycle := func() {
+		h.lastID++
+		if v := h.w.Handle(seg, nf.Forward, h.lastID); v != nf.Hold {
+			t.Fatalf("verdict %v", v)
+		}
+		h.e.mu.Lock()
+		f := *h.e.pending.get(k)
+		h.e.pending.get(k).held = heldRefs{}
+		h.e.mu.Unlock()
+		h.e.releaseHeld(h.w.out.c, 0, f.held, nf.Accept, &f)
+	}
+	h.queue.discard = true
+	cycle() // the pool's first slot
+	if n := testing.AllocsPerRun(100, cycle); n != 0 {
+		t.Fatalf("%v allocations per held and released segment", n)
+	}
+}
