@@ -218,8 +218,11 @@ type queueProbe struct {
 	name    string        // queueName: "SYN queue 0"
 	port    uint32        // the netlink port id of the worker's socket
 	batches func() uint64 // batches the worker has handled
-	seen    bool
-	prev    struct {
+	// held is how many packets the worker holds without a verdict on
+	// purpose (early data, nfq.Queue.Held): they wait, but not on it.
+	held func() int
+	seen bool
+	prev struct {
 		batches uint64
 		lastID  uint32
 		waiting uint32
@@ -230,7 +233,8 @@ func (g *gateway) pathHealth(maxAge time.Duration) *pathHealth {
 	h := &pathHealth{maxAge: maxAge, since: time.Now(), heartbeat: g.eng.LastControl, kernel: nfq.KernelStats}
 	for i, q := range g.queues {
 		num, kind := g.queueOf(i)
-		h.queues = append(h.queues, queueProbe{num: num, name: queueName(num, kind), port: q.PortID(), batches: func() uint64 { return q.Stats().Batches }})
+		h.queues = append(h.queues, queueProbe{num: num, name: queueName(num, kind), port: q.PortID(),
+			batches: func() uint64 { return q.Stats().Batches }, held: q.Held})
 	}
 	if f := g.fast; f != nil {
 		h.fastSynced = f.lastSync
@@ -261,18 +265,31 @@ func (h *pathHealth) check(now time.Time) error {
 	if len(h.queues) == 0 {
 		return nil
 	}
+	// Held packets counted before and after the kernel's figures: a
+	// release between the reads must not pass for a stuck worker.
+	heldBefore := make([]int, len(h.queues))
+	for i, q := range h.queues {
+		heldBefore[i] = q.heldNow()
+	}
 	kernel, err := h.kernel()
 	if err != nil {
 		return err
 	}
 	var errs []error
 	for i := range h.queues {
-		errs = append(errs, h.queues[i].check(kernel))
+		errs = append(errs, h.queues[i].check(kernel, heldBefore[i]))
 	}
 	return errors.Join(errs...)
 }
 
-func (q *queueProbe) check(kernel []nfq.KernelQueueStats) error {
+func (q *queueProbe) heldNow() int {
+	if q.held == nil {
+		return 0
+	}
+	return q.held()
+}
+
+func (q *queueProbe) check(kernel []nfq.KernelQueueStats, heldBefore int) error {
 	var k *nfq.KernelQueueStats
 	for i := range kernel {
 		if kernel[i].Queue == q.num {
@@ -288,11 +305,12 @@ func (q *queueProbe) check(kernel []nfq.KernelQueueStats) error {
 		return fmt.Errorf("%s is bound to netlink port %d, not to its worker's %d", q.name, k.PortID, q.port)
 	}
 	batches := q.batches()
+	waiting := int64(k.Waiting) - int64(max(heldBefore, q.heldNow()))
 	stuck := q.seen && q.prev.waiting > 0 && k.LastID != q.prev.lastID && batches == q.prev.batches
 	q.seen = true
-	q.prev.batches, q.prev.lastID, q.prev.waiting = batches, k.LastID, k.Waiting
+	q.prev.batches, q.prev.lastID, q.prev.waiting = batches, k.LastID, uint32(max(waiting, 0))
 	if stuck {
-		return fmt.Errorf("%s: %d packets wait for a verdict and its worker has handled none since the last check", q.name, k.Waiting)
+		return fmt.Errorf("%s: %d packets wait for a verdict (besides those held on purpose) and its worker has handled none since the last check", q.name, max(waiting, 0))
 	}
 	return nil
 }

@@ -271,6 +271,7 @@ func TestQueueProbe(t *testing.T) {
 		kernel  []nfq.KernelQueueStats
 		batches uint64
 		want    string // a part of the error; "" for healthy
+		held    int    // packets the worker holds on purpose
 	}
 	line := func(port, waiting, lastID uint32) []nfq.KernelQueueStats {
 		return []nfq.KernelQueueStats{{Queue: 3, PortID: 999}, {Queue: 7, PortID: port, Waiting: waiting, LastID: lastID}}
@@ -279,24 +280,31 @@ func TestQueueProbe(t *testing.T) {
 		name  string
 		steps []step
 	}{
-		{"idle", []step{{line(42, 0, 0), 0, ""}, {line(42, 0, 0), 0, ""}, {line(42, 0, 0), 0, ""}}},
-		{"busy", []step{{line(42, 3, 100), 10, ""}, {line(42, 5, 900), 50, ""}, {line(42, 0, 950), 51, ""}}},
-		{"stuck under traffic", []step{{line(42, 0, 100), 10, ""}, {line(42, 40, 140), 11, ""}, {line(42, 90, 190), 11, "SYN queue 7: 90 packets wait"}, {line(42, 90, 250), 11, "queue 7"}}},
+		{"idle", []step{{line(42, 0, 0), 0, "", 0}, {line(42, 0, 0), 0, "", 0}, {line(42, 0, 0), 0, "", 0}}},
+		{"busy", []step{{line(42, 3, 100), 10, "", 0}, {line(42, 5, 900), 50, "", 0}, {line(42, 0, 950), 51, "", 0}}},
+		{"stuck under traffic", []step{{line(42, 0, 100), 10, "", 0}, {line(42, 40, 140), 11, "", 0}, {line(42, 90, 190), 11, "SYN queue 7: 90 packets wait", 0}, {line(42, 90, 250), 11, "queue 7", 0}}},
 		// Held back while the queue was set up, released by the next
 		// arrival: no arrival, no fault.
-		{"held packets, no traffic", []step{{line(42, 4, 4), 0, ""}, {line(42, 4, 4), 0, ""}, {line(42, 4, 4), 0, ""}}},
-		{"held packets released", []step{{line(42, 4, 4), 0, ""}, {line(42, 0, 5), 1, ""}}},
-		{"first sight of a backlog", []step{{line(42, 90, 190), 11, ""}}},
-		{"recovers", []step{{line(42, 5, 10), 1, ""}, {line(42, 9, 20), 1, "9 packets wait"}, {line(42, 0, 30), 2, ""}}},
-		{"unbound", []step{{line(42, 0, 0), 0, ""}, {[]nfq.KernelQueueStats{{Queue: 3}}, 0, "SYN queue 7 is bound to no socket"}}},
-		{"bound by another socket", []step{{line(43, 0, 0), 0, "SYN queue 7 is bound to netlink port 43, not to its worker's 42"}}},
+		{"held packets, no traffic", []step{{line(42, 4, 4), 0, "", 0}, {line(42, 4, 4), 0, "", 0}, {line(42, 4, 4), 0, "", 0}}},
+		{"held packets released", []step{{line(42, 4, 4), 0, "", 0}, {line(42, 0, 5), 1, "", 0}}},
+		{"first sight of a backlog", []step{{line(42, 90, 190), 11, "", 0}}},
+		{"recovers", []step{{line(42, 5, 10), 1, "", 0}, {line(42, 9, 20), 1, "9 packets wait", 0}, {line(42, 0, 30), 2, "", 0}}},
+		{"unbound", []step{{line(42, 0, 0), 0, "", 0}, {[]nfq.KernelQueueStats{{Queue: 3}}, 0, "SYN queue 7 is bound to no socket", 0}}},
+		{"bound by another socket", []step{{line(43, 0, 0), 0, "SYN queue 7 is bound to netlink port 43, not to its worker's 42", 0}}},
+		// Early data waits on purpose: a packet arriving between two
+		// checks, while the worker has yet to run its batch, is no fault.
+		{"early data held, an arrival", []step{
+			{kernel: line(42, 4, 100), batches: 10, held: 4}, {kernel: line(42, 5, 101), batches: 10, held: 4}, {kernel: line(42, 4, 101), batches: 11, held: 4}}},
+		{"early data held, stuck beyond it", []step{
+			{kernel: line(42, 4, 100), batches: 10, held: 4}, {kernel: line(42, 6, 140), batches: 10, held: 4}, {kernel: line(42, 9, 190), batches: 10, want: "5 packets wait", held: 4}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var batches uint64
-			q := queueProbe{num: 7, name: "SYN queue 7", port: 42, batches: func() uint64 { return batches }}
+			var held int
+			q := queueProbe{num: 7, name: "SYN queue 7", port: 42, batches: func() uint64 { return batches }, held: func() int { return held }}
 			for i, s := range tc.steps {
-				batches = s.batches
-				err := q.check(s.kernel)
+				batches, held = s.batches, s.held
+				err := q.check(s.kernel, s.held)
 				switch {
 				case s.want == "" && err != nil:
 					t.Fatalf("check %d: unhealthy: %v", i, err)
