@@ -450,13 +450,20 @@ func checkHandOffMidTransfer(t *testing.T, g *gateway, topo *lab.Topology, servi
 	}
 }
 
-// handshakeQueued is how many packets of a cookie-mode handshake cross
-// the queue: the SYN, unless the XDP fast path answered it, the client's
-// cookie ACK and the backend's SYN-ACK.
+// handshakeQueued is how many packets of the cookie-mode handshakes so
+// far (one, unless early data says otherwise) crossed the queues: the
+// SYN, unless the XDP fast path answered it, the client's cookie ACK and
+// the backend's SYN-ACK, and the request segments that followed the ACK
+// (early data).
 func (g *gateway) handshakeQueued() float64 {
 	g.t.Helper()
-	if g.metric("synguard_xdp_synack_sent_total") > 0 {
-		return 2
+	m, err := g.metrics()
+	if err != nil {
+		g.t.Fatalf("metrics: %v", err)
 	}
-	return 3
+	early := m["synguard_early_data_held_total"] + m["synguard_early_data_refused_total"] + m["synguard_early_data_late_total"]
+	if m["synguard_xdp_synack_sent_total"] > 0 {
+		return 2 + early
+	}
+	return 3 + early
 }

@@ -42,10 +42,11 @@ func (w *Worker) fromClient(s *service, b []byte, hook nf.Hook) nf.Verdict {
 		w.answerSYN(svc, len(b))
 		return nf.Drop
 	case hook == HookStaleEntry:
-		// The flow's entry is closing. A cookie ACK here is a client
-		// reusing the ports: replay it, and the hand-off replaces the
-		// entry. Anything else is the old flow's tail: the kernel's.
-		if p.Flags&(packet.ACK|packet.SYN|packet.RST|packet.FIN) != packet.ACK {
+		// The flow's entry is closing. A cookie ACK here, or the
+		// request behind it, is a client reusing the ports: replay it,
+		// and the hand-off replaces the entry. Anything else is the old
+		// flow's tail: the kernel's.
+		if p.Flags&(packet.ACK|packet.SYN|packet.RST) != packet.ACK {
 			return nf.Accept
 		}
 		return w.clientACK(svc, b, true)
@@ -148,13 +149,17 @@ func (w *Worker) clientACK(svc int, b []byte, stale bool) nf.Verdict {
 	k := flowKey{client: p.Source(), server: p.Destination()}
 	e := w.e
 	cookie := cookies.Cookie(p.Ack - 1)
-	// Data, or a FIN, from a client that was given an early window.
-	early := e.cfg.EarlyData && !stale && (p.PayloadLen > 0 || p.Flags.Has(packet.FIN))
+	// Data, or a FIN, from a client that was given an early window. One
+	// that met a closing entry of the same ports carries that entry, whose
+	// sequence adjustment the kernel would apply to it once more: it is
+	// never held or passed, and the client sends it again.
+	early := e.cfg.EarlyData && (p.PayloadLen > 0 || p.Flags.Has(packet.FIN))
+	canHold := early && !stale
 	e.mu.Lock()
 	if f := e.pending.get(k); f != nil {
 		switch {
 		case f.state != stateDone:
-			if early && f.cookie == cookie && p.Seq-(f.clientISN+1) <= 0xffff && w.holdEarly(f, b) {
+			if canHold && f.cookie == cookie && p.Seq-(f.clientISN+1) <= 0xffff && w.holdEarly(f, b) {
 				e.mu.Unlock()
 				c.add(svc, EarlyDataHeld)
 				return nf.Hold
@@ -167,13 +172,13 @@ func (w *Worker) clientACK(svc int, b []byte, stale bool) nf.Verdict {
 			}
 			return nf.Drop
 		case f.cookie == cookie:
-			if early {
+			if canHold {
 				// Handed off since this segment met conntrack: do
 				// what the entry would have done.
 				delta := f.serverISN - uint32(f.cookie)
 				e.mu.Unlock()
 				packet.SetAck(b, p.IPHeaderLen, p.Ack+delta)
-				c.add(svc, EarlyDataReleased)
+				c.add(svc, EarlyDataLate)
 				return nf.AcceptRewritten
 			}
 			e.mu.Unlock()
@@ -218,7 +223,7 @@ func (w *Worker) clientACK(svc int, b []byte, stale bool) nf.Verdict {
 	}
 	e.mu.Lock()
 	added := e.pending.add(k, f)
-	held := added && early && w.holdEarly(f, b)
+	held := added && canHold && w.holdEarly(f, b)
 	e.mu.Unlock()
 	if !added {
 		c.add(svc, PendingFull)

@@ -227,6 +227,9 @@ func TestEarlyDataHeldUntilHandoff(t *testing.T) {
 	if p.Ack != serverISN+1 || !packet.VerifyTCPChecksum(late, &p) {
 		t.Fatalf("late segment ack %#x, checksum ok %v", p.Ack, packet.VerifyTCPChecksum(late, &p))
 	}
+	if h.stat(EarlyDataLate) != 1 || h.stat(EarlyDataReleased) != 3 {
+		t.Fatalf("late %d, released %d", h.stat(EarlyDataLate), h.stat(EarlyDataReleased))
+	}
 }
 
 func diffBytes(a, b []byte) int {
@@ -392,5 +395,43 @@ func TestEarlyDataHoldAllocatesNothing(t *testing.T) {
 	cycle() // the pool's first slot
 	if n := testing.AllocsPerRun(100, cycle); n != 0 {
 		t.Fatalf("%v allocations per held and released segment", n)
+	}
+}
+
+// TestEarlyDataOnReusedPorts: segments that met a closing entry of the
+// same ports (the stale hook) carry that entry, whose sequence adjustment
+// the kernel would apply once more: a new flow's request is never held
+// or passed there, while the old flow's tail still passes.
+func TestEarlyDataOnReusedPorts(t *testing.T) {
+	h := newHarness(t, earlyOn)
+	// The old flow's last data: no cookie, the kernel's.
+	old := build(t, packet.Segment{Src: client, Dst: server, Seq: 0x4000, Ack: 0x9000, Flags: packet.ACK | packet.FIN})
+	if v := h.handleAt(appendPayload(old, []byte("bye")), HookStaleEntry); v != nf.Accept {
+		t.Fatalf("old flow's tail: verdict %v, want accept", v)
+	}
+
+	h.handle(syn(client, server, linuxOptions()), nf.Drop)
+	cookie := h.expect(1)[0].p.Seq
+
+	// The request riding on the cookie ACK: the flow starts, the segment
+	// is dropped.
+	if v := h.handleAt(h.dataSeg(cookie, 0, "GET /", packet.PSH), HookStaleEntry); v != nf.Drop {
+		t.Fatalf("request on the cookie ACK, stale entry: verdict %v, want drop", v)
+	}
+	if r := h.expect(1)[0].p; r.Flags != packet.SYN || r.Seq != clientISN {
+		t.Fatalf("the request did not replay the SYN: %+v", r)
+	}
+	// More of it, while the flow is pending: dropped, not held.
+	if v := h.handleAt(h.dataSeg(cookie, 5, " HTTP/1.1", packet.PSH|packet.FIN), HookStaleEntry); v != nf.Drop {
+		t.Fatalf("request segment, stale entry: verdict %v, want drop", v)
+	}
+	if h.e.Held() != 0 || h.stat(EarlyDataRefused) != 2 || h.stat(StalePassed) != 1 {
+		t.Fatalf("held %d, refused %d, stale passed %d", h.e.Held(), h.stat(EarlyDataRefused), h.stat(StalePassed))
+	}
+	// Once handed off, a late one that met the old entry is dropped too.
+	h.backendAnswers(0x100)
+	h.drainHandoffs()
+	if v := h.handleAt(h.dataSeg(cookie, 0, "GET /", packet.PSH), HookStaleEntry); v != nf.Drop {
+		t.Fatalf("late request segment, stale entry: verdict %v, want drop", v)
 	}
 }
