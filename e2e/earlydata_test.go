@@ -155,10 +155,13 @@ func TestEarlyData(t *testing.T) {
 				checkRequestTiming(t, drain(t, c), service, len(payload)+4, tt.early)
 			}
 
+			// Whether a request waits in the queue depends on whether it
+			// reaches the gateway before the hand-off is done, within a
+			// millisecond: the slow backend's test below makes sure of it.
 			held, released := g.metric("synguard_early_data_held_total"), g.metric("synguard_early_data_released_total")
 			t.Logf("early segments held %v, released %v", held, released)
-			if tt.early && (held < 8 || released < held) {
-				t.Fatalf("early segments held %v, released %v; want at least 4 a connection, all released", held, released)
+			if released != held {
+				t.Fatalf("early segments held %v, released %v", held, released)
 			}
 			if !tt.early && held != 0 {
 				t.Fatalf("early data off: %v segments held", held)
@@ -271,8 +274,11 @@ func TestEarlyDataWhenTheBackendIsSlowResetsOrIsDead(t *testing.T) {
 		if want := sha256.Sum256(payload); string(r.sum) != string(want[:]) {
 			t.Fatal("the backend got other bytes than the client sent")
 		}
-		if n := g.serviceMetric("synguard_early_data_released_total", slow); n < 1 {
-			t.Fatalf("%v early segments released", n)
+		// The request's four segments waited (a retransmission of the
+		// first beyond the flow's bound is refused).
+		held, released := g.serviceMetric("synguard_early_data_held_total", slow), g.serviceMetric("synguard_early_data_released_total", slow)
+		if held != 4 || released != held {
+			t.Fatalf("early segments held %v, released %v; want the request's 4", held, released)
 		}
 	})
 

@@ -46,7 +46,7 @@ func (w *Worker) fromClient(s *service, b []byte, hook nf.Hook) nf.Verdict {
 		// request behind it, is a client reusing the ports: replay it,
 		// and the hand-off replaces the entry. Anything else is the old
 		// flow's tail: the kernel's.
-		if p.Flags&(packet.ACK|packet.SYN|packet.RST) != packet.ACK {
+		if p.Flags&(packet.ACK|packet.SYN|packet.RST|packet.FIN) != packet.ACK {
 			return nf.Accept
 		}
 		return w.clientACK(svc, b, true)
@@ -150,16 +150,16 @@ func (w *Worker) clientACK(svc int, b []byte, stale bool) nf.Verdict {
 	e := w.e
 	cookie := cookies.Cookie(p.Ack - 1)
 	// Data, or a FIN, from a client that was given an early window. One
-	// that met a closing entry of the same ports carries that entry, whose
-	// sequence adjustment the kernel would apply to it once more: it is
-	// never held or passed, and the client sends it again.
+	// that met a closing entry of the same ports (stale) carries that
+	// entry, whose sequence adjustment the kernel would apply to it once
+	// more: it is not passed on but dropped, and the engine sends its
+	// translated copy.
 	early := e.cfg.EarlyData && (p.PayloadLen > 0 || p.Flags.Has(packet.FIN))
-	canHold := early && !stale
 	e.mu.Lock()
 	if f := e.pending.get(k); f != nil {
 		switch {
 		case f.state != stateDone:
-			if canHold && f.cookie == cookie && p.Seq-(f.clientISN+1) <= 0xffff && w.holdEarly(f, b) {
+			if early && f.cookie == cookie && p.Seq-(f.clientISN+1) <= 0xffff && w.holdEarly(f, b, stale) {
 				e.mu.Unlock()
 				c.add(svc, EarlyDataHeld)
 				return nf.Hold
@@ -172,12 +172,16 @@ func (w *Worker) clientACK(svc int, b []byte, stale bool) nf.Verdict {
 			}
 			return nf.Drop
 		case f.cookie == cookie:
-			if canHold {
+			if early {
 				// Handed off since this segment met conntrack: do
 				// what the entry would have done.
 				delta := f.serverISN - uint32(f.cookie)
 				e.mu.Unlock()
 				packet.SetAck(b, p.IPHeaderLen, p.Ack+delta)
+				if stale {
+					w.out.queue(svc, b, p.Dst, EarlyDataLate)
+					return nf.Drop
+				}
 				c.add(svc, EarlyDataLate)
 				return nf.AcceptRewritten
 			}
@@ -223,7 +227,7 @@ func (w *Worker) clientACK(svc int, b []byte, stale bool) nf.Verdict {
 	}
 	e.mu.Lock()
 	added := e.pending.add(k, f)
-	held := added && canHold && w.holdEarly(f, b)
+	held := added && early && w.holdEarly(f, b, stale)
 	e.mu.Unlock()
 	if !added {
 		c.add(svc, PendingFull)

@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"net/netip"
+
 	"github.com/synguard/synguard/nf"
 	"github.com/synguard/synguard/packet"
 )
@@ -60,6 +62,13 @@ type heldSegment struct {
 	id        uint32
 	tcpOffset int
 	buf       []byte
+	// resend says the segment met a closing entry of the same ports
+	// (engine.HookStaleEntry) and carries it: the kernel would apply that
+	// entry's sequence adjustment to it on its way out, even after the
+	// hand-off replaced the entry. It is dropped from the queue and its
+	// translated copy sent by the engine instead, untracked, to dst.
+	resend bool
+	dst    netip.Addr
 }
 
 // holdPool is the copies of every held segment, up to max. Slots are made
@@ -105,7 +114,7 @@ func (p *holdPool) inUse() int { return p.made - len(p.free) }
 // cannot be held: the worker has no Holder, or the flow or the pool is at
 // its bound. The caller then drops it; the client retransmits it once its
 // window opens.
-func (w *Worker) holdEarly(f *pendingFlow, b []byte) bool {
+func (w *Worker) holdEarly(f *pendingFlow, b []byte, resend bool) bool {
 	e := w.e
 	if w.holder == nil || int(f.held.n) >= EarlySegments {
 		return false
@@ -115,6 +124,7 @@ func (w *Worker) holdEarly(f *pendingFlow, b []byte) bool {
 		return false
 	}
 	s.holder, s.id, s.tcpOffset = w.holder, w.id, w.pkt.IPHeaderLen
+	s.resend, s.dst = resend, w.pkt.Dst
 	s.buf = append(s.buf[:0], b...)
 	f.held.seg[f.held.n] = s
 	f.held.n++
@@ -133,27 +143,38 @@ func takeHeld(f *pendingFlow) heldRefs {
 // releaseHeld gives held segments their verdict. Accepted ones go on with
 // their acknowledgement moved from the cookie's sequence space into the
 // backend's (the kernel would have done it, had conntrack known the flow
-// when they arrived). Called without e.mu.
-func (e *Engine) releaseHeld(c *counterSet, svc int, h heldRefs, v nf.Verdict, f *pendingFlow) {
+// when they arrived); those to resend through out, which may be nil for
+// nf.Drop. Called without e.mu.
+func (e *Engine) releaseHeld(out *outbox, c *counterSet, svc int, h heldRefs, v nf.Verdict, f *pendingFlow) {
 	if h.n == 0 {
 		return
 	}
 	delta := f.serverISN - uint32(f.cookie)
 	for _, s := range h.seg[:h.n] {
 		var pkt []byte
+		qv := v
 		if v == nf.Accept {
 			ack := packet.Ack(s.buf, s.tcpOffset)
 			packet.SetAck(s.buf, s.tcpOffset, ack+delta)
 			pkt = s.buf
+			if s.resend {
+				qv, pkt = nf.Drop, nil
+			}
 		}
-		switch err := s.holder.Release(s.id, v, pkt); {
+		switch err := s.holder.Release(s.id, qv, pkt); {
 		case err != nil:
 			c.add(svc, EarlyDataLost)
+		case v == nf.Accept && s.resend:
+			out.queue(svc, s.buf, s.dst, EarlyDataReleased)
 		case v == nf.Accept:
 			c.add(svc, EarlyDataReleased)
 		default:
 			c.add(svc, EarlyDataDropped)
 		}
+	}
+	if out != nil {
+		// The copies go before the slots are reused.
+		out.flush()
 	}
 	e.mu.Lock()
 	for _, s := range h.seg[:h.n] {
@@ -166,7 +187,7 @@ func (e *Engine) releaseHeld(c *counterSet, svc int, h heldRefs, v nf.Verdict, f
 // dropHeld drops the segments held for a flow that ends before its
 // hand-off. Called without e.mu; f is the caller's copy.
 func (e *Engine) dropHeld(c *counterSet, f *pendingFlow) {
-	e.releaseHeld(c, f.svc, f.held, nf.Drop, f)
+	e.releaseHeld(nil, c, f.svc, f.held, nf.Drop, f)
 }
 
 // EarlyData reports whether cookie SYN-ACKs open an early window.

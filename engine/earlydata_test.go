@@ -389,7 +389,7 @@ func TestEarlyDataHoldAllocatesNothing(t *testing.T) {
 		f := *h.e.pending.get(k)
 		h.e.pending.get(k).held = heldRefs{}
 		h.e.mu.Unlock()
-		h.e.releaseHeld(h.w.out.c, 0, f.held, nf.Accept, &f)
+		h.e.releaseHeld(h.w.out, h.w.out.c, 0, f.held, nf.Accept, &f)
 	}
 	h.queue.discard = true
 	cycle() // the pool's first slot
@@ -400,38 +400,68 @@ func TestEarlyDataHoldAllocatesNothing(t *testing.T) {
 
 // TestEarlyDataOnReusedPorts: segments that met a closing entry of the
 // same ports (the stale hook) carry that entry, whose sequence adjustment
-// the kernel would apply once more: a new flow's request is never held
-// or passed there, while the old flow's tail still passes.
+// the kernel would apply once more: a new flow's request is held as
+// usual, but at the hand-off dropped from the queue and sent translated
+// by the engine; the old flow's tail still passes.
 func TestEarlyDataOnReusedPorts(t *testing.T) {
 	h := newHarness(t, earlyOn)
 	// The old flow's last data: no cookie, the kernel's.
-	old := build(t, packet.Segment{Src: client, Dst: server, Seq: 0x4000, Ack: 0x9000, Flags: packet.ACK | packet.FIN})
+	old := build(t, packet.Segment{Src: client, Dst: server, Seq: 0x4000, Ack: 0x9000, Flags: packet.ACK | packet.PSH})
 	if v := h.handleAt(appendPayload(old, []byte("bye")), HookStaleEntry); v != nf.Accept {
 		t.Fatalf("old flow's tail: verdict %v, want accept", v)
 	}
 
 	h.handle(syn(client, server, linuxOptions()), nf.Drop)
 	cookie := h.expect(1)[0].p.Seq
-
-	// The request riding on the cookie ACK: the flow starts, the segment
-	// is dropped.
-	if v := h.handleAt(h.dataSeg(cookie, 0, "GET /", packet.PSH), HookStaleEntry); v != nf.Drop {
-		t.Fatalf("request on the cookie ACK, stale entry: verdict %v, want drop", v)
+	// The request riding on the cookie ACK starts the flow and is held,
+	// and so is the rest of it.
+	parts := []string{"GET /", " HTTP/1.1\r\n\r\n"}
+	if v := h.handleAt(h.dataSeg(cookie, 0, parts[0], packet.PSH), HookStaleEntry); v != nf.Hold {
+		t.Fatalf("request on the cookie ACK, stale entry: verdict %v, want hold", v)
 	}
 	if r := h.expect(1)[0].p; r.Flags != packet.SYN || r.Seq != clientISN {
 		t.Fatalf("the request did not replay the SYN: %+v", r)
 	}
-	// More of it, while the flow is pending: dropped, not held.
-	if v := h.handleAt(h.dataSeg(cookie, 5, " HTTP/1.1", packet.PSH|packet.FIN), HookStaleEntry); v != nf.Drop {
-		t.Fatalf("request segment, stale entry: verdict %v, want drop", v)
+	if v := h.handleAt(h.dataSeg(cookie, len(parts[0]), parts[1], packet.PSH), HookStaleEntry); v != nf.Hold {
+		t.Fatalf("request segment, stale entry: verdict %v, want hold", v)
 	}
-	if h.e.Held() != 0 || h.stat(EarlyDataRefused) != 2 || h.stat(StalePassed) != 1 {
-		t.Fatalf("held %d, refused %d, stale passed %d", h.e.Held(), h.stat(EarlyDataRefused), h.stat(StalePassed))
+	if h.stat(StalePassed) != 1 || h.e.Held() != 2 {
+		t.Fatalf("stale passed %d, held %d", h.stat(StalePassed), h.e.Held())
 	}
-	// Once handed off, a late one that met the old entry is dropped too.
-	h.backendAnswers(0x100)
+
+	const serverISN = 0x100
+	h.backendAnswers(serverISN)
 	h.drainHandoffs()
-	if v := h.handleAt(h.dataSeg(cookie, 0, "GET /", packet.PSH), HookStaleEntry); v != nf.Drop {
+	// The queue drops both; the engine sends them, translated, between
+	// the backend's ACK and the client's window update.
+	for _, r := range h.queue.releases() {
+		if r.v != nf.Drop {
+			t.Fatalf("a segment carrying the old entry released with %v", r.v)
+		}
+	}
+	out := h.expect(4)
+	for i, want := range []int{0, len(parts[0]), len(parts[1]), 0} {
+		p := out[i].p
+		if p.PayloadLen != want {
+			t.Fatalf("packet %d: %d bytes of payload, want %d: %+v", i, p.PayloadLen, want, p)
+		}
+		if i == 1 || i == 2 {
+			if p.Destination() != server || p.Ack != serverISN+1 {
+				t.Fatalf("resent segment %d: to %s ack %#x", i, p.Destination(), p.Ack)
+			}
+		}
+	}
+	if h.stat(EarlyDataReleased) != 2 || h.e.Held() != 0 {
+		t.Fatalf("released %d, held %d", h.stat(EarlyDataReleased), h.e.Held())
+	}
+	// A late one that met the old entry is sent the same way.
+	if v := h.handleAt(h.dataSeg(cookie, 0, parts[0], packet.PSH), HookStaleEntry); v != nf.Drop {
 		t.Fatalf("late request segment, stale entry: verdict %v, want drop", v)
+	}
+	if p := h.expect(1)[0].p; p.Destination() != server || p.Ack != serverISN+1 || p.PayloadLen != len(parts[0]) {
+		t.Fatalf("late segment resent as %+v", p)
+	}
+	if h.stat(EarlyDataLate) != 1 {
+		t.Fatalf("late %d", h.stat(EarlyDataLate))
 	}
 }

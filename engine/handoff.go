@@ -107,7 +107,7 @@ func (e *Engine) handoff(out *outbox, k flowKey) {
 		// The ACK first: the backend is then established when the data
 		// comes, and does not answer the ACK as an old duplicate.
 		out.flush()
-		e.releaseHeld(out.c, fl.svc, held, nf.Accept, &fl)
+		e.releaseHeld(out, out.c, fl.svc, held, nf.Accept, &fl)
 	}
 	update := packet.Segment{
 		Src: k.server, Dst: k.client,

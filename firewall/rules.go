@@ -127,14 +127,14 @@ func tablesFor(c Config, f family) []*table {
 	// reusing its ports must not be matched to the old entry.
 	//
 	// Only what a reusing client and its backend send are caught: the
-	// client's ACKs (its cookie ACK, a zero-window probe, the request
-	// behind them, its FIN) and the backend's SYN-ACK to the replayed
-	// SYN. Of the old flow itself only its last segments match: its final
-	// ACK, once per flow, and retransmissions.
+	// client's ACKs without FIN (its cookie ACK, a zero-window probe, the
+	// request behind them) and the backend's SYN-ACK to the replayed SYN.
+	// Of the old flow itself only its final ACK matches, once per flow
+	// (its FINs do not).
 	closing := func(flags string) string {
 		return fmt.Sprintf(" --tcp-flags %s %s -m conntrack --ctstate ESTABLISHED --ctexpire 0:%d -j %s", flags, handoff, c.ReopenWithin, staleChain)
 	}
-	closingFromClient := closing("SYN,RST,ACK ACK")
+	closingFromClient := closing("FIN,SYN,RST,ACK ACK")
 	closingFromService := closing("FIN,SYN,RST,ACK SYN,ACK")
 	toService := func() {
 		for _, s := range svcs {

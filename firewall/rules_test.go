@@ -172,7 +172,7 @@ func TestRulesReopenWithin(t *testing.T) {
 	}
 	goldenRules(t, "rules/reopen-within-local", rs)
 	for _, want := range []string{
-		"-A SYNGUARD-INPUT -m mark --mark 0x53470001 -j RETURN\n-A SYNGUARD-INPUT -d 203.0.113.10/32 -p tcp -m tcp --dport 80 --tcp-flags SYN,RST,ACK ACK -m connmark --mark 0x53470002 -m conntrack --ctstate ESTABLISHED --ctexpire 0:120 -j SYNGUARD-STALE\n-A SYNGUARD-INPUT -m connmark --mark 0x53470002 -j RETURN\n",
+		"-A SYNGUARD-INPUT -m mark --mark 0x53470001 -j RETURN\n-A SYNGUARD-INPUT -d 203.0.113.10/32 -p tcp -m tcp --dport 80 --tcp-flags FIN,SYN,RST,ACK ACK -m connmark --mark 0x53470002 -m conntrack --ctstate ESTABLISHED --ctexpire 0:120 -j SYNGUARD-STALE\n-A SYNGUARD-INPUT -m connmark --mark 0x53470002 -j RETURN\n",
 		"-A SYNGUARD-OUTPUT -m mark --mark 0x53470001 -j RETURN\n-A SYNGUARD-OUTPUT -s 203.0.113.10/32 -p tcp -m tcp --sport 80 --tcp-flags FIN,SYN,RST,ACK SYN,ACK -m connmark --mark 0x53470002 -m conntrack --ctstate ESTABLISHED --ctexpire 0:120 -j SYNGUARD-STALE\n-A SYNGUARD-OUTPUT -m connmark --mark 0x53470002 -j RETURN\n",
 	} {
 		if !strings.Contains(rs.IPv4, want) {
