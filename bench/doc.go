@@ -44,7 +44,10 @@
 // real TCP connect, then GET of a small body whose content is checked,
 // within a timeout), and a [ProbeTally] turns their results into a success
 // ratio and nearest-rank latency percentiles ([Percentile]) over the
-// clients that succeeded, with failures counted by kind.
+// clients that succeeded, with failures counted by kind, and counts the
+// clients whose SYN their kernel had to retransmit
+// ([lab.ProbeResult.SYNRetransmits]): each one a handshake packet
+// dropped on the way that cost its client at least 1 s.
 //
 // # Scenarios
 //

@@ -94,6 +94,9 @@ type ProbeTally struct {
 	firstByte []time.Duration // of successful probes
 	total     []time.Duration // of successful probes
 	errs      map[string]int
+	// synRetrans counts the probes, successful or not, whose SYN was
+	// sent more than once; synRetransSegs the SYNs sent again.
+	synRetrans, synRetransSegs int
 }
 
 // Add records one probe.
@@ -101,6 +104,10 @@ func (t *ProbeTally) Add(r lab.ProbeResult) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.attempts++
+	if r.SYNRetransmits > 0 {
+		t.synRetrans++
+		t.synRetransSegs += r.SYNRetransmits
+	}
 	if !r.OK {
 		if t.errs == nil {
 			t.errs = make(map[string]int)
@@ -132,6 +139,14 @@ type ProbeSummary struct {
 	TotalP50, TotalP99 time.Duration
 	// Errors counts failed probes by kind (classifyProbeError).
 	Errors map[string]int
+	// SYNRetransmitted counts the probes, failed ones included, whose
+	// SYN their kernel had to send again (lab.ProbeResult.SYNRetransmits):
+	// a SYN or SYN-ACK dropped on the way, which cost the client at least
+	// its 1 s retransmission timeout. SYNRetransmittedShare is its share
+	// of Attempts; SYNRetransmits counts the retransmitted SYNs.
+	SYNRetransmitted      int
+	SYNRetransmittedShare float64
+	SYNRetransmits        int
 }
 
 // Summary computes the success ratio and latency percentiles.
@@ -139,8 +154,10 @@ func (t *ProbeTally) Summary() ProbeSummary {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s := ProbeSummary{Attempts: t.attempts, OK: t.ok, Errors: make(map[string]int, len(t.errs))}
+	s.SYNRetransmitted, s.SYNRetransmits = t.synRetrans, t.synRetransSegs
 	if t.attempts > 0 {
 		s.Success = float64(t.ok) / float64(t.attempts)
+		s.SYNRetransmittedShare = float64(t.synRetrans) / float64(t.attempts)
 	}
 	s.HandshakeP50 = Percentile(t.handshake, 50)
 	s.HandshakeP99 = Percentile(t.handshake, 99)

@@ -7,12 +7,15 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/synguard/synguard/internal/nstest"
 	"github.com/synguard/synguard/lab"
+	"github.com/synguard/synguard/lab/netns"
 )
 
 func TestPercentile(t *testing.T) {
@@ -187,4 +190,110 @@ func TestProbeConfigErrors(t *testing.T) {
 			t.Errorf("RunProbes(%+v) accepted", cfg)
 		}
 	}
+}
+
+// The tally counts the probes whose SYN was retransmitted, failed ones
+// included, and the retransmitted SYNs; the share is over every attempt.
+func TestProbeTallySYNRetransmits(t *testing.T) {
+	var tally ProbeTally
+	for range 6 {
+		tally.Add(lab.ProbeResult{OK: true, Handshake: time.Millisecond})
+	}
+	tally.Add(lab.ProbeResult{OK: true, Handshake: 1001 * time.Millisecond, SYNRetransmits: 1})
+	tally.Add(lab.ProbeResult{OK: true, Handshake: 3002 * time.Millisecond, SYNRetransmits: 2})
+	timeout := fmt.Errorf("connect 203.0.113.2:80: %w", &net.OpError{Op: "dial", Err: os.ErrDeadlineExceeded})
+	tally.Add(lab.ProbeResult{Err: timeout, Handshake: 3 * time.Second, SYNRetransmits: lab.SYNRetransmitsWithin(3 * time.Second)})
+	tally.Add(lab.ProbeResult{Err: errors.New("read response: EOF"), Handshake: time.Millisecond})
+
+	s := tally.Summary()
+	if s.Attempts != 10 || s.OK != 8 {
+		t.Fatalf("attempts %d ok %d, want 10 and 8", s.Attempts, s.OK)
+	}
+	if s.SYNRetransmitted != 3 || s.SYNRetransmits != 5 || s.SYNRetransmittedShare != 0.3 {
+		t.Errorf("SYN retransmitted by %d clients (share %v), %d SYNs; want 3 (0.3), 5",
+			s.SYNRetransmitted, s.SYNRetransmittedShare, s.SYNRetransmits)
+	}
+	if s := (&ProbeTally{}).Summary(); s.SYNRetransmitted != 0 || s.SYNRetransmittedShare != 0 {
+		t.Errorf("empty tally: %+v", s)
+	}
+}
+
+// A legitimate client whose first SYN is dropped (by a statistic rule in
+// a namespace of the test's own that drops every other SYN, so the first
+// SYN of each of these sequential probes and not its retransmission) is
+// counted as retransmitted, by the real kernel's TCP_INFO, and waits the
+// 1 s retransmission timeout; a connect that never gets through counts
+// the retransmissions its duration implies; and with no rule, RunProbes
+// counts none.
+func TestProbeCountsDroppedSYN(t *testing.T) {
+	ctx := context.Background()
+	ns := nstest.New(t, "sgt-synrtx")
+	bctx, cancel := context.WithCancel(ctx)
+	backend, err := lab.ServeBackend(bctx, ns, netip.MustParseAddrPort("127.0.0.1:0"))
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); backend.Close() })
+	target := backend.Addr()
+
+	cfg := ProbeConfig{NS: ns, Target: target, Rate: 20, Duration: 500 * time.Millisecond, Timeout: 2 * time.Second}
+	tally, err := RunProbes(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := tally.Summary(); s.OK != 10 || s.SYNRetransmitted != 0 || s.SYNRetransmits != 0 {
+		t.Fatalf("no SYN dropped: %d of %d ok, %d retransmitted (%d SYNs); errors %v", s.OK, s.Attempts, s.SYNRetransmitted, s.SYNRetransmits, s.Errors)
+	}
+
+	// The rule sits in INPUT, which loopback traffic reaches after
+	// OUTPUT and POSTROUTING: the SYN has left the client's stack.
+	everyOther := []string{"INPUT", "-i", "lo", "-p", "tcp", "--syn", "--dport", fmt.Sprint(target.Port()),
+		"-m", "statistic", "--mode", "nth", "--every", "2", "--packet", "0", "-j", "DROP"}
+	if err := iptables(ctx, ns, "iptables", append([]string{"-A"}, everyOther...)...); err != nil {
+		t.Fatal(err)
+	}
+	const probes = 3
+	tally = &ProbeTally{}
+	for i := range probes {
+		r := lab.Probe(ctx, ns, target, 3*time.Second)
+		if !r.OK || r.SYNRetransmits != 1 || r.Handshake < time.Second {
+			t.Errorf("probe %d with its first SYN dropped: ok %v (%v), %d SYN retransmits, handshake %v; want ok, 1 and at least 1 s",
+				i, r.OK, r.Err, r.SYNRetransmits, r.Handshake)
+		}
+		tally.Add(r)
+	}
+	if dropped := ruleCount(t, ns, "INPUT"); dropped != probes {
+		t.Errorf("the rule dropped %d SYNs, want %d", dropped, probes)
+	}
+	if s := tally.Summary(); s.Attempts != probes || s.SYNRetransmitted != probes || s.SYNRetransmits != probes || s.SYNRetransmittedShare != 1 {
+		t.Errorf("tally: %d of %d retransmitted (share %v, %d SYNs), want all, one SYN each", s.SYNRetransmitted, s.Attempts, s.SYNRetransmittedShare, s.SYNRetransmits)
+	}
+
+	// Every SYN dropped: the connect times out, and TCP_INFO cannot be
+	// read; 1.5 s of it has seen one retransmission.
+	if err := iptables(ctx, ns, "iptables", "-I", "INPUT", "-i", "lo", "-p", "tcp", "--syn", "--dport", fmt.Sprint(target.Port()), "-j", "DROP"); err != nil {
+		t.Fatal(err)
+	}
+	if r := lab.Probe(ctx, ns, target, 1500*time.Millisecond); r.OK || r.SYNRetransmits != 1 {
+		t.Errorf("probe with every SYN dropped: ok %v (%v), %d SYN retransmits after %v; want a failure and 1", r.OK, r.Err, r.SYNRetransmits, r.Handshake)
+	}
+}
+
+// ruleCount is the packet count of the first rule in a filter chain of ns.
+func ruleCount(t *testing.T, ns *netns.NS, chain string) int {
+	t.Helper()
+	out, err := ns.Output(context.Background(), "iptables", "-w", "-t", "filter", "-L", chain, "-nvx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) < 3 {
+		t.Fatalf("no rule in %s:\n%s", chain, out)
+	}
+	n, err := strconv.Atoi(strings.Fields(lines[2])[0])
+	if err != nil {
+		t.Fatalf("rule counter in %q: %v", lines[2], err)
+	}
+	return n
 }

@@ -128,6 +128,9 @@ type RunResult struct {
 	TTFBP99ms  float64 `json:"ttfb_p99_ms,omitempty"`
 	TotalP50ms float64 `json:"request_p50_ms"`
 	TotalP99ms float64 `json:"request_p99_ms"`
+	// LegitSYNRetrans is the legitimate clients whose SYN was
+	// retransmitted (nil in reports recorded before it was measured).
+	LegitSYNRetrans *SYNRetrans `json:"legit_syn_retrans,omitempty"`
 	// CPU seconds in this run's window and in its baseline's: the whole
 	// machine's busy time from /proc/stat (CPUBusyS); what the measure
 	// counts (BenchCPUS): the flood generator's thread (FloodCPUS, which
@@ -211,20 +214,49 @@ type NoFloodRun struct {
 	// Path is how the legitimate clients' SYNs were answered: by
 	// synguard's fast path (xdp or tc) or its queue (nfqueue); kernel for
 	// synproxy and none.
-	Path           string         `json:"path"`
-	LegitAttempts  int            `json:"legit_attempts"`
-	LegitOK        int            `json:"legit_ok"`
-	LegitSuccess   float64        `json:"legit_success"`
-	HandshakeP50ms float64        `json:"handshake_p50_ms"`
-	HandshakeP99ms float64        `json:"handshake_p99_ms"`
-	TTFBP50ms      float64        `json:"ttfb_p50_ms"`
-	TTFBP90ms      float64        `json:"ttfb_p90_ms"`
-	TTFBP99ms      float64        `json:"ttfb_p99_ms"`
-	TotalP50ms     float64        `json:"request_p50_ms"`
-	TotalP99ms     float64        `json:"request_p99_ms"`
-	OtherLoad      float64        `json:"other_load"`
-	Attempts       int            `json:"attempts"`
-	ProbeErrors    map[string]int `json:"probe_errors,omitempty"`
+	Path           string  `json:"path"`
+	LegitAttempts  int     `json:"legit_attempts"`
+	LegitOK        int     `json:"legit_ok"`
+	LegitSuccess   float64 `json:"legit_success"`
+	HandshakeP50ms float64 `json:"handshake_p50_ms"`
+	HandshakeP99ms float64 `json:"handshake_p99_ms"`
+	TTFBP50ms      float64 `json:"ttfb_p50_ms"`
+	TTFBP90ms      float64 `json:"ttfb_p90_ms"`
+	TTFBP99ms      float64 `json:"ttfb_p99_ms"`
+	TotalP50ms     float64 `json:"request_p50_ms"`
+	TotalP99ms     float64 `json:"request_p99_ms"`
+	// LegitSYNRetrans is as in RunResult.
+	LegitSYNRetrans *SYNRetrans    `json:"legit_syn_retrans,omitempty"`
+	OtherLoad       float64        `json:"other_load"`
+	Attempts        int            `json:"attempts"`
+	ProbeErrors     map[string]int `json:"probe_errors,omitempty"`
+}
+
+// SYNRetrans is how many legitimate clients' kernels had to send their
+// SYN again in a run: each one's SYN, or the SYN-ACK answering it, was
+// dropped on the way, and the client waited at least its 1 s
+// retransmission timeout (lab.ProbeResult.SYNRetransmits).
+type SYNRetrans struct {
+	// Clients counts the clients, failed ones included, whose SYN was
+	// retransmitted; Share is Clients over the clients attempted.
+	Clients int     `json:"clients"`
+	Share   float64 `json:"share"`
+	// SYNs counts the retransmitted SYNs.
+	SYNs int `json:"syns"`
+}
+
+// synRetrans is a run's SYNRetrans from its probes.
+func synRetrans(p ProbeSummary) *SYNRetrans {
+	return &SYNRetrans{Clients: p.SYNRetransmitted, Share: p.SYNRetransmittedShare, SYNs: p.SYNRetransmits}
+}
+
+// cell is a table's cell: the clients and their share, or a dash where
+// the report did not measure them.
+func (r *SYNRetrans) cell() string {
+	if r == nil {
+		return "–"
+	}
+	return fmt.Sprintf("%d (%.1f%%)", r.Clients, 100*r.Share)
 }
 
 // variant is the row's system and queue count.
@@ -256,15 +288,17 @@ type Baseline struct {
 	TTFBP50ms      float64 `json:"ttfb_p50_ms,omitempty"`
 	TTFBP90ms      float64 `json:"ttfb_p90_ms,omitempty"`
 	TTFBP99ms      float64 `json:"ttfb_p99_ms,omitempty"`
-	BacklogDrops   uint64  `json:"backlog_drops"`
-	WindowS        float64 `json:"window_s"`
-	OtherLoad      float64 `json:"other_load"`
-	Attempts       int     `json:"attempts"`
-	CPUBusyS       float64 `json:"cpu_busy_s"`
-	BenchCPUS      float64 `json:"bench_cpu_s"`
-	FloodCPUS      float64 `json:"flood_cpu_s,omitempty"`
-	BenchProcessS  float64 `json:"bench_process_cpu_s,omitempty"`
-	OtherCPUS      float64 `json:"other_cpu_s"`
+	// LegitSYNRetrans is as in RunResult.
+	LegitSYNRetrans *SYNRetrans `json:"legit_syn_retrans,omitempty"`
+	BacklogDrops    uint64      `json:"backlog_drops"`
+	WindowS         float64     `json:"window_s"`
+	OtherLoad       float64     `json:"other_load"`
+	Attempts        int         `json:"attempts"`
+	CPUBusyS        float64     `json:"cpu_busy_s"`
+	BenchCPUS       float64     `json:"bench_cpu_s"`
+	FloodCPUS       float64     `json:"flood_cpu_s,omitempty"`
+	BenchProcessS   float64     `json:"bench_process_cpu_s,omitempty"`
+	OtherCPUS       float64     `json:"other_cpu_s"`
 	// CPUusPerSYN is the baseline's whole cost per SYN in the
 	// benchmark's own tasks: generating it, delivering it to the gateway
 	// and dropping it; CPUusPerACK per forged ACK.
@@ -583,11 +617,11 @@ func (r *Report) TableMarkdown(w io.Writer) error {
 	var b strings.Builder
 	ack := r.attack() == KindACK
 	if ack {
-		b.WriteString("| target | system | queues | path | forged ACK/s offered | reached backend/s | RST/s to sources | legit ok | handshake p50 / p99 | request p50 / p99 | CPU µs/ACK | queue drops | peak RSS | other load |\n")
+		b.WriteString("| target | system | queues | path | forged ACK/s offered | reached backend/s | RST/s to sources | legit ok | SYN retransmitted | handshake p50 / p99 | request p50 / p99 | CPU µs/ACK | queue drops | peak RSS | other load |\n")
 	} else {
-		b.WriteString("| target | system | queues | path | offered SYN/s | SYN-ACK/s | answered | legit ok | handshake p50 / p99 | request p50 / p99 | CPU µs/SYN | queue drops | peak RSS | other load |\n")
+		b.WriteString("| target | system | queues | path | offered SYN/s | SYN-ACK/s | answered | legit ok | SYN retransmitted | handshake p50 / p99 | request p50 / p99 | CPU µs/SYN | queue drops | peak RSS | other load |\n")
 	}
-	b.WriteString("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, run := range r.sortedRuns() {
 		// The kernel systems have no queue and no process of their own.
 		queues, drops, rss := "n/a", "n/a", "n/a"
@@ -600,9 +634,9 @@ func (r *Report) TableMarkdown(w io.Writer) error {
 		if ack {
 			flood = fmt.Sprintf("%s | %s | %s", fmtCount(run.OfferedPPS), fmtCount(run.BackendACKPPS), fmtCount(run.RSTPPS))
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %.1f%% (%d/%d) | %s / %s ms | %s / %s ms | %.2f | %s | %s | %.0f%% |\n",
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %.1f%% (%d/%d) | %s | %s / %s ms | %s / %s ms | %.2f | %s | %s | %.0f%% |\n",
 			rateName(run.TargetPPS), run.System, queues, run.path(), flood,
-			100*run.LegitSuccess, run.LegitOK, run.LegitAttempts,
+			100*run.LegitSuccess, run.LegitOK, run.LegitAttempts, run.LegitSYNRetrans.cell(),
 			fmtMS(run.HandshakeP50ms), fmtMS(run.HandshakeP99ms), fmtMS(run.TotalP50ms), fmtMS(run.TotalP99ms),
 			run.cpuPerPacket(r.attack()), drops, rss, 100*run.OtherLoad)
 	}
@@ -773,7 +807,11 @@ const methodLegit = `- **Legit ok, handshake, request.** Legitimate clients star
   flood from the client's real address; each connects, sends ` + "`GET /bytes/1024`" + ` and checks
   the body, within the probe timeout. Handshake is connect() until established; request
   is connect() until the body was checked. Latencies are nearest-rank percentiles over
-  the clients that succeeded.
+  the clients that succeeded. **SYN retransmitted** counts the clients, failed ones
+  included, whose kernel had to send its SYN again, from TCP_INFO's tcpi_total_retrans
+  read right after connect() (for a connect that failed, the retransmissions its
+  duration implies: one at 1 s, two at 3 s): a SYN or SYN-ACK dropped on the way,
+  each costing its client at least 1 s.
 `
 
 const methodCPU = `- **CPU µs/{per}.** All namespaces share the same kernel and cores, and veth delivery runs
@@ -950,6 +988,12 @@ type systemTally struct {
 	cpus      []float64 // CPU per packet at 10k packets/s and above
 	drops     uint64    // queue drops in all
 	firstDrop *RunResult
+	// synRetrans is the runs' legitimate clients whose SYN was
+	// retransmitted, in all, and mostRetrans the run with most of them;
+	// measured says whether the report has the figure at all.
+	synRetrans  int
+	mostRetrans *RunResult
+	measured    bool
 }
 
 // add counts run, whose CPU per packet is cpu.
@@ -964,6 +1008,13 @@ func (t *systemTally) add(run *RunResult, cpu float64) {
 	t.drops += run.QueueDrops
 	if run.QueueDrops > 0 && t.firstDrop == nil {
 		t.firstDrop = run
+	}
+	if r := run.LegitSYNRetrans; r != nil {
+		t.measured = true
+		t.synRetrans += r.Clients
+		if r.Clients > 0 && (t.mostRetrans == nil || r.Clients > t.mostRetrans.LegitSYNRetrans.Clients) {
+			t.mostRetrans = run
+		}
 	}
 }
 
@@ -1183,6 +1234,14 @@ func writeLegitAndCPU(s *strings.Builder, t *systemTally, unit, rate string) {
 		fmt.Fprintf(s, "; failures: %s", strings.Join(parts, ", "))
 	}
 	s.WriteString(")")
+	switch {
+	case t.mostRetrans != nil:
+		most := t.mostRetrans
+		fmt.Fprintf(s, "; %d of them had to send their SYN again, each waiting at least 1 s (most at %s %s offered: %d of %d, %.1f%%)",
+			t.synRetrans, fmtCount(most.OfferedPPS), rate, most.LegitSYNRetrans.Clients, most.LegitAttempts, 100*most.LegitSYNRetrans.Share)
+	case t.measured:
+		s.WriteString("; none had to send its SYN again")
+	}
 	if len(cpus) > 0 {
 		slices.Sort(cpus)
 		fmt.Fprintf(s, ". CPU per %s %.1f–%.1f µs at 10k %s and above", unit, cpus[0], cpus[len(cpus)-1], rate)

@@ -294,13 +294,15 @@ func countColour(img image.Image, c color.Color) int {
 func TestTableMarkdown(t *testing.T) {
 	rep := &Report{Runs: []RunResult{
 		{System: None, Path: PathKernel, TargetPPS: 0, OfferedPPS: 210_129.4, SynackPPS: 211_624, LegitOK: 100, LegitAttempts: 100, LegitSuccess: 1,
-			HandshakeP50ms: 0.4, HandshakeP99ms: 1.48, TotalP50ms: 0.78, TotalP99ms: 3.98, CPUusPerSYN: 3.52, OtherLoad: 0.41},
+			HandshakeP50ms: 0.4, HandshakeP99ms: 1.48, TotalP50ms: 0.78, TotalP99ms: 3.98, CPUusPerSYN: 3.52, OtherLoad: 0.41,
+			LegitSYNRetrans: &SYNRetrans{}},
 		{System: SynguardNFQueue, Path: PathNFQueue, Queues: 1, TargetPPS: 100_000, OfferedPPS: 99_991, SynackPPS: 99_991, LegitOK: 100, LegitAttempts: 100, LegitSuccess: 1,
 			HandshakeP50ms: 0.5, HandshakeP99ms: 2, TotalP50ms: 1.2, TotalP99ms: 4, CPUusPerSYN: 4.4, GatewayRSSMB: 19.4, OtherLoad: 0.02},
 		{System: Synguard, Path: PathXDP, Queues: 2, TargetPPS: 100_000, OfferedPPS: 99_990, SynackPPS: 83_120, LegitOK: 99, LegitAttempts: 100, LegitSuccess: 0.99,
 			HandshakeP50ms: 1.5, HandshakeP99ms: 1030, TotalP50ms: 3.1, TotalP99ms: 1200, CPUusPerSYN: 7.25, QueueDrops: 84_350, GatewayRSSMB: 24.2, OtherLoad: 0.05},
 		{System: Synguard, Path: PathNFQueue, Queues: 1, TargetPPS: 100_000, OfferedPPS: 99_989, SynackPPS: 51_916, LegitOK: 94, LegitAttempts: 100, LegitSuccess: 0.94,
-			HandshakeP50ms: 80.74, HandshakeP99ms: 1107.2, TotalP50ms: 247, TotalP99ms: 1996, CPUusPerSYN: 10.42, QueueDrops: 240_426, GatewayRSSMB: 21.84, OtherLoad: 0.03},
+			HandshakeP50ms: 80.74, HandshakeP99ms: 1107.2, TotalP50ms: 247, TotalP99ms: 1996, CPUusPerSYN: 10.42, QueueDrops: 240_426, GatewayRSSMB: 21.84, OtherLoad: 0.03,
+			LegitSYNRetrans: &SYNRetrans{Clients: 7, Share: 0.07, SYNs: 9}},
 		{System: Synproxy, TargetPPS: 100_000, OfferedPPS: 99_986, SynackPPS: 99_986, LegitOK: 0, LegitAttempts: 100,
 			CPUusPerSYN: -0.5},
 	}}
@@ -308,13 +310,13 @@ func TestTableMarkdown(t *testing.T) {
 	if err := rep.TableMarkdown(&b); err != nil {
 		t.Fatal(err)
 	}
-	want := `| target | system | queues | path | offered SYN/s | SYN-ACK/s | answered | legit ok | handshake p50 / p99 | request p50 / p99 | CPU µs/SYN | queue drops | peak RSS | other load |
-|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
-| 100000/s | synguard | 1 | nfqueue | 99,989 | 51,916 | 51.9% | 94.0% (94/100) | 81 / 1107 ms | 247 / 1996 ms | 10.42 | 240,426 | 21.8 MiB | 3% |
-| 100000/s | synguard | 2 | xdp | 99,990 | 83,120 | 83.1% | 99.0% (99/100) | 1.50 / 1030 ms | 3.10 / 1200 ms | 7.25 | 84,350 | 24.2 MiB | 5% |
-| 100000/s | synguard-nfqueue | 1 | nfqueue | 99,991 | 99,991 | 100.0% | 100.0% (100/100) | 0.50 / 2.00 ms | 1.20 / 4.00 ms | 4.40 | 0 | 19.4 MiB | 2% |
-| 100000/s | synproxy | n/a | kernel | 99,986 | 99,986 | 100.0% | 0.0% (0/100) | – / – ms | – / – ms | -0.50 | n/a | n/a | 0% |
-| max | none | n/a | kernel | 210,129 | 211,624 | 100.7% | 100.0% (100/100) | 0.40 / 1.48 ms | 0.78 / 3.98 ms | 3.52 | n/a | n/a | 41% |
+	want := `| target | system | queues | path | offered SYN/s | SYN-ACK/s | answered | legit ok | SYN retransmitted | handshake p50 / p99 | request p50 / p99 | CPU µs/SYN | queue drops | peak RSS | other load |
+|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| 100000/s | synguard | 1 | nfqueue | 99,989 | 51,916 | 51.9% | 94.0% (94/100) | 7 (7.0%) | 81 / 1107 ms | 247 / 1996 ms | 10.42 | 240,426 | 21.8 MiB | 3% |
+| 100000/s | synguard | 2 | xdp | 99,990 | 83,120 | 83.1% | 99.0% (99/100) | – | 1.50 / 1030 ms | 3.10 / 1200 ms | 7.25 | 84,350 | 24.2 MiB | 5% |
+| 100000/s | synguard-nfqueue | 1 | nfqueue | 99,991 | 99,991 | 100.0% | 100.0% (100/100) | – | 0.50 / 2.00 ms | 1.20 / 4.00 ms | 4.40 | 0 | 19.4 MiB | 2% |
+| 100000/s | synproxy | n/a | kernel | 99,986 | 99,986 | 100.0% | 0.0% (0/100) | – | – / – ms | – / – ms | -0.50 | n/a | n/a | 0% |
+| max | none | n/a | kernel | 210,129 | 211,624 | 100.7% | 100.0% (100/100) | 0 (0.0%) | 0.40 / 1.48 ms | 0.78 / 3.98 ms | 3.52 | n/a | n/a | 41% |
 `
 	if diff := cmp.Diff(want, b.String()); diff != "" {
 		t.Errorf("table (-want +got):\n%s", diff)
@@ -337,11 +339,11 @@ func TestTableMarkdownACK(t *testing.T) {
 	if err := rep.TableMarkdown(&b); err != nil {
 		t.Fatal(err)
 	}
-	want := `| target | system | queues | path | forged ACK/s offered | reached backend/s | RST/s to sources | legit ok | handshake p50 / p99 | request p50 / p99 | CPU µs/ACK | queue drops | peak RSS | other load |
-|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
-| 20000/s | synguard | 1 | xdp | 20,002 | 0 | 0 | 100.0% (100/100) | 0.40 / 1.10 ms | 1.00 / 2.00 ms | -0.12 | 0 | 20.5 MiB | 0% |
-| 20000/s | synguard-nfqueue | 1 | nfqueue | 19,999 | 0 | 0 | 99.0% (99/100) | 0.50 / 1.30 ms | 1.10 / 2.50 ms | 3.25 | 12 | 19.1 MiB | 0% |
-| 20000/s | none | n/a | kernel | 20,001 | 20,001 | 19,990 | 100.0% (100/100) | 0.30 / 0.90 ms | 0.60 / 1.50 ms | 2.10 | n/a | n/a | 0% |
+	want := `| target | system | queues | path | forged ACK/s offered | reached backend/s | RST/s to sources | legit ok | SYN retransmitted | handshake p50 / p99 | request p50 / p99 | CPU µs/ACK | queue drops | peak RSS | other load |
+|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| 20000/s | synguard | 1 | xdp | 20,002 | 0 | 0 | 100.0% (100/100) | – | 0.40 / 1.10 ms | 1.00 / 2.00 ms | -0.12 | 0 | 20.5 MiB | 0% |
+| 20000/s | synguard-nfqueue | 1 | nfqueue | 19,999 | 0 | 0 | 99.0% (99/100) | – | 0.50 / 1.30 ms | 1.10 / 2.50 ms | 3.25 | 12 | 19.1 MiB | 0% |
+| 20000/s | none | n/a | kernel | 20,001 | 20,001 | 19,990 | 100.0% (100/100) | – | 0.30 / 0.90 ms | 0.60 / 1.50 ms | 2.10 | n/a | n/a | 0% |
 `
 	if diff := cmp.Diff(want, b.String()); diff != "" {
 		t.Errorf("table (-want +got):\n%s", diff)
@@ -841,5 +843,68 @@ func TestRecordedReportClientRTT(t *testing.T) {
 	}
 	if !slices.Contains(rep.PlotFiles(), PlotTTFB) {
 		t.Errorf("plots %v", rep.PlotFiles())
+	}
+}
+
+// A run's legitimate SYN retransmits reach report.json (zero kept, absent
+// for reports recorded before them), the table and the reading.
+func TestSYNRetransReport(t *testing.T) {
+	rep := &Report{Family: IPv4, Attack: KindSYN, Runs: []RunResult{
+		{System: Synguard, Queues: 1, Path: PathXDP, TargetPPS: 100_000, OfferedPPS: 100_000, SynackPPS: 100_000, LegitSuccess: 1, LegitOK: 100, LegitAttempts: 100,
+			LegitSYNRetrans: &SYNRetrans{Clients: 1, Share: 0.01, SYNs: 1}},
+		{System: Synguard, Queues: 1, Path: PathXDP, TargetPPS: 0, OfferedPPS: 250_000, SynackPPS: 200_000, LegitSuccess: 0.99, LegitOK: 99, LegitAttempts: 100,
+			QueueDrops: 5_000, LegitSYNRetrans: &SYNRetrans{Clients: 12, Share: 0.12, SYNs: 14}},
+		{System: Synproxy, Path: PathKernel, TargetPPS: 100_000, OfferedPPS: 100_000, SynackPPS: 100_000, LegitSuccess: 1, LegitOK: 100, LegitAttempts: 100,
+			LegitSYNRetrans: &SYNRetrans{}},
+		{System: None, Path: PathKernel, TargetPPS: 100_000, OfferedPPS: 100_000, SynackPPS: 100_000, LegitSuccess: 1, LegitOK: 100, LegitAttempts: 100},
+	}, Baselines: []Baseline{{Path: PathKernel, TargetPPS: 100_000, LegitSYNRetrans: &SYNRetrans{}}}}
+
+	joined := strings.Join(rep.reading(), "\n")
+	for _, want := range []string{
+		"13 of them had to send their SYN again, each waiting at least 1 s (most at 250,000 SYN/s offered: 12 of 100, 12.0%)",
+		"**synproxy**: answered at least 95% of the SYNs at every load, up to 100,000 SYN/s. Legitimate clients: at worst 100% succeeded (at 100,000 SYN/s offered, handshake p99 – ms); none had to send its SYN again",
+	} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("reading lacks %q:\n%s", want, joined)
+		}
+	}
+	if i := strings.Index(joined, "**none**"); i < 0 || strings.Contains(joined[i:], "SYN again") {
+		t.Errorf("a run without the figure is read as measured:\n%s", joined)
+	}
+
+	var table strings.Builder
+	if err := rep.TableMarkdown(&table); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"| 99.0% (99/100) | 12 (12.0%) |", "| 100.0% (100/100) | 0 (0.0%) |", "| 100.0% (100/100) | – |"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, table.String())
+		}
+	}
+
+	dir, again := rewrite(t, rep)
+	if diff := cmp.Diff(rep, again); diff != "" {
+		t.Errorf("round trip (-written +read):\n%s", diff)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, ReportJSON))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys struct {
+		Runs []map[string]json.RawMessage `json:"runs"`
+	}
+	if err := json.Unmarshal(raw, &keys); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []string{`{"clients":1,"share":0.01,"syns":1}`, `{"clients":12,"share":0.12,"syns":14}`, `{"clients":0,"share":0,"syns":0}`, ""} {
+		var got bytes.Buffer
+		if v := keys.Runs[i]["legit_syn_retrans"]; v != nil {
+			if err := json.Compact(&got, v); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got.String() != want {
+			t.Errorf("run %d: legit_syn_retrans %s, want %q", i, got.String(), want)
+		}
 	}
 }

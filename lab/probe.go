@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/synguard/synguard/lab/netns"
 )
 
@@ -35,12 +37,39 @@ type ProbeResult struct {
 	FirstByte time.Duration
 	Total     time.Duration // connect() until the body was read and checked
 	Bytes     int64         // body bytes received
+	// SYNRetransmits is how many times the client's kernel sent its SYN
+	// again before the handshake completed: each one a SYN or SYN-ACK
+	// lost on the way, which costs the client its retransmission timeout
+	// (1 s for the first). It is tcpi_total_retrans read from TCP_INFO
+	// right after connect(), before anything else was sent. Where that
+	// cannot be read (the connect failed, so there is no socket to ask),
+	// it is the retransmissions the kernel's timer must have made in the
+	// time the handshake lasted (SYNRetransmitsWithin).
+	SYNRetransmits int
+}
+
+// initialSYNRTO is Linux's retransmission timeout for a SYN (TCP_TIMEOUT_INIT):
+// a connect() not answered within it sends the SYN again, then after
+// twice as long, and so on.
+const initialSYNRTO = time.Second
+
+// SYNRetransmitsWithin is how many SYN retransmissions a connect() that
+// lasted d without an answer has made: one at 1 s, a second at 3 s, a
+// third at 7 s, ...: the evidence left when TCP_INFO cannot be read. It
+// is 0 below 1 s.
+func SYNRetransmitsWithin(d time.Duration) int {
+	n := 0
+	for rto, at := initialSYNRTO, initialSYNRTO; at <= d; rto, at = 2*rto, at+2*rto {
+		n++
+	}
+	return n
 }
 
 // Probe connects to target from inside ns (nil: the caller's namespace),
 // timing the TCP handshake, then sends GET /bytes/ProbeBytes, times the
-// response's first byte, reads the body and checks its length and content. Everything is bounded by timeout
-// (DefaultProbeTimeout when not positive) and ctx.
+// response's first byte, reads the body and checks its length and
+// content; it notes whether its SYN had to be sent again. Everything is
+// bounded by timeout (DefaultProbeTimeout when not positive) and ctx.
 func Probe(ctx context.Context, ns *netns.NS, target netip.AddrPort, timeout time.Duration) ProbeResult {
 	if timeout <= 0 {
 		timeout = DefaultProbeTimeout
@@ -55,9 +84,13 @@ func Probe(ctx context.Context, ns *netns.NS, target netip.AddrPort, timeout tim
 	if err != nil {
 		r.Err = fmt.Errorf("connect %s: %w", target, err)
 		r.Total = r.Handshake
+		r.SYNRetransmits = SYNRetransmitsWithin(r.Handshake)
 		return r
 	}
 	defer conn.Close()
+	if r.SYNRetransmits, err = synRetransmits(conn); err != nil {
+		r.SYNRetransmits = SYNRetransmitsWithin(r.Handshake)
+	}
 	fb := &firstByteConn{Conn: conn}
 	r.Bytes, r.Err = probeRequest(ctx, fb, target)
 	r.Total = time.Since(start)
@@ -66,6 +99,34 @@ func Probe(ctx context.Context, ns *netns.NS, target netip.AddrPort, timeout tim
 	}
 	r.OK = r.Err == nil
 	return r
+}
+
+// synRetransmits reads how often a just-connected socket's SYN was
+// retransmitted: tcpi_total_retrans counts every retransmitted segment of
+// the connection, and before the first write the SYN is the only one
+// there has been.
+func synRetransmits(conn net.Conn) (int, error) {
+	tc, ok := conn.(*net.TCPConn)
+	if !ok {
+		return 0, fmt.Errorf("%T is not a TCP connection", conn)
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var (
+		info   *unix.TCPInfo
+		optErr error
+	)
+	if err := raw.Control(func(fd uintptr) {
+		info, optErr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	}); err != nil {
+		return 0, err
+	}
+	if optErr != nil {
+		return 0, fmt.Errorf("TCP_INFO: %w", optErr)
+	}
+	return int(info.Total_retrans), nil
 }
 
 func probeRequest(ctx context.Context, conn net.Conn, target netip.AddrPort) (int64, error) {
