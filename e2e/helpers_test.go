@@ -461,7 +461,7 @@ func (g *gateway) handshakeQueued() float64 {
 	if err != nil {
 		g.t.Fatalf("metrics: %v", err)
 	}
-	early := m["synguard_early_data_held_total"] + m["synguard_early_data_refused_total"] + m["synguard_early_data_late_total"]
+	early := m["synguard_early_data_held_total"] + m["synguard_early_data_refused_total"] + m["synguard_translated_client_total"] + m["synguard_translated_backend_total"]
 	if m["synguard_xdp_synack_sent_total"] > 0 {
 		return 2 + early
 	}

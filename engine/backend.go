@@ -10,8 +10,8 @@ import (
 // replayed SYN, a SYN-ACK that starts the hand-off or an RST that ends
 // the flow.
 
-// fromBackend decides the fate of a segment sent by service svc.
-func (w *Worker) fromBackend(svc int) nf.Verdict {
+// fromBackend decides the fate of a segment b sent by service svc.
+func (w *Worker) fromBackend(svc int, b []byte) nf.Verdict {
 	p := &w.pkt
 	k := flowKey{client: p.Destination(), server: p.Source()}
 	e := w.e
@@ -39,26 +39,41 @@ func (w *Worker) fromBackend(svc int) nf.Verdict {
 		w.out.send(svc, &seg, noCount)
 		return nf.Drop
 	}
-	done := f.state == stateDone
-	e.mu.Unlock()
-	if done {
-		// Past the hand-off the kernel owns the flow.
-		return nf.Accept
+	if f.state == stateReplaying {
+		// Nothing but a SYN-ACK or RST answers a SYN.
+		e.mu.Unlock()
+		return nf.Drop
 	}
-	// Anything else from the backend before the hand-off (data from a
-	// server-first protocol racing our ACK) would reach the client with
-	// untranslated sequence numbers: drop it, the backend retransmits.
-	return nf.Drop
+	// The engine ACKed the backend at its SYN-ACK, so it may answer the
+	// request (or greet, for a server-first protocol) before the flow's
+	// entry exists; such a segment met no entry. Do what the entry does:
+	// move its seq into the cookie's sequence space.
+	delta := uint32(f.cookie) - f.serverISN
+	e.mu.Unlock()
+	packet.SetSeq(b, p.IPHeaderLen, p.Seq+delta)
+	w.out.c.add(svc, TranslatedBackend)
+	return nf.AcceptRewritten
 }
 
-// backendSYNACK takes the backend's answer to a replayed SYN: the first
-// one queues the flow for its hand-off, a retransmitted one after the
-// hand-off is ACKed again. It is called with e.mu held and releases it.
+// backendSYNACK takes the backend's answer to a replayed SYN. The first
+// one is ACKed at once, with the client's early data right behind, and
+// queues the flow for its hand-off (the conntrack entry, then the client's
+// window update); a retransmitted one is ACKed again. It is called with
+// e.mu held and releases it.
 func (w *Worker) backendSYNACK(svc int, k flowKey, f *pendingFlow) {
 	p := &w.pkt
 	e := w.e
 	switch f.state {
 	case stateReplaying:
+		select {
+		case e.handoffs <- k:
+		default:
+			// Hand-off backlog full: drop this SYN-ACK; the backend
+			// retransmits it and the retry finds the flow still
+			// replaying.
+			e.mu.Unlock()
+			return
+		}
 		f.state = stateHandingOff
 		f.serverISN = p.Seq
 		f.serverWindow = p.Window
@@ -68,24 +83,28 @@ func (w *Worker) backendSYNACK(svc int, k flowKey, f *pendingFlow) {
 		}
 		f.answered = e.cfg.Now()
 		f.expires = f.answered.Add(e.cfg.Linger)
-		observed := observedBackend(&p.Options)
-		mismatch := f.announced.mismatch(observed)
+		held := takeHeld(f)
+		fl := *f
 		e.mu.Unlock()
-		if mismatch {
+		observed := observedBackend(&p.Options)
+		if fl.announced.mismatch(observed) {
 			w.out.c.add(svc, OptionMismatch)
 			e.learnFromSYNACK(svc, observed)
 		}
-		select {
-		case e.handoffs <- k:
-		default:
-			// Hand-off backlog full: drop this SYN-ACK; the backend
-			// retransmits it and the retry finds the flow still
-			// replaying.
-			e.mu.Lock()
-			f.state = stateReplaying
-			e.mu.Unlock()
+		// The backend is established from this ACK on; the client's
+		// segments and the backend's that meet no entry until the
+		// hand-off has made it are translated here (translateClient,
+		// fromBackend).
+		seg := fl.backendACK(k)
+		w.out.send(svc, &seg, noCount)
+		if held.n > 0 {
+			// The ACK first: the backend is then established when the
+			// data comes, and does not answer the ACK as an old
+			// duplicate.
+			w.out.flush()
+			e.releaseHeld(w.out, w.out.c, svc, held, nf.Accept, &fl)
 		}
-	case stateDone:
+	case stateHandingOff, stateDone:
 		// Our ACK was lost and the backend retransmits: ACK again.
 		seg := f.backendACK(k)
 		e.mu.Unlock()

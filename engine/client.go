@@ -158,7 +158,7 @@ func (w *Worker) clientACK(svc int, b []byte, stale bool) nf.Verdict {
 	e.mu.Lock()
 	if f := e.pending.get(k); f != nil {
 		switch {
-		case f.state != stateDone:
+		case f.state == stateReplaying:
 			if early && f.cookie == cookie && p.Seq-(f.clientISN+1) <= 0xffff && w.holdEarly(f, b, stale) {
 				e.mu.Unlock()
 				c.add(svc, EarlyDataHeld)
@@ -171,23 +171,8 @@ func (w *Worker) clientACK(svc int, b []byte, stale bool) nf.Verdict {
 				c.add(svc, DuplicateACK)
 			}
 			return nf.Drop
-		case f.cookie == cookie:
-			if early {
-				// Handed off since this segment met conntrack: do
-				// what the entry would have done.
-				delta := f.serverISN - uint32(f.cookie)
-				e.mu.Unlock()
-				packet.SetAck(b, p.IPHeaderLen, p.Ack+delta)
-				if stale {
-					w.out.queue(svc, b, p.Dst, EarlyDataLate)
-					return nf.Drop
-				}
-				c.add(svc, EarlyDataLate)
-				return nf.AcceptRewritten
-			}
-			e.mu.Unlock()
-			c.add(svc, DuplicateACK)
-			return nf.Drop
+		case f.cookie == cookie || p.Seq-(f.clientISN+1) <= sameFlowSpan:
+			return w.translateClient(svc, f, b, stale) // unlocks
 		}
 		// The record of a flow already handed off, lingering only to
 		// re-ACK its backend: a different cookie means a new flow on the
@@ -243,6 +228,44 @@ func (w *Worker) clientACK(svc int, b []byte, stale bool) nf.Verdict {
 		c.add(svc, EarlyDataRefused)
 	}
 	return nf.Drop
+}
+
+// sameFlowSpan is how far past its first byte a segment of a flow the
+// engine ACKed to its backend may start and still count as that flow's
+// rather than a new connection on the same ports: more than a client
+// sends before its flow's entry exists.
+const sameFlowSpan = 1 << 20
+
+// translateClient passes a client segment of flow f, whose backend the
+// engine has ACKed, that met no conntrack entry (not made yet, or made
+// since the segment met conntrack): its ack moved into the backend's
+// sequence space, as the entry would have. The third ACK again, or a
+// probe, is dropped. It is called with e.mu held and releases it.
+func (w *Worker) translateClient(svc int, f *pendingFlow, b []byte, stale bool) nf.Verdict {
+	p := &w.pkt
+	c := w.out.c
+	delta := f.serverISN - uint32(f.cookie)
+	dup := p.PayloadLen == 0 && !p.Flags.Has(packet.FIN) && p.Ack == uint32(f.cookie)+1
+	w.e.mu.Unlock()
+	switch {
+	case dup:
+		c.add(svc, DuplicateACK)
+		return nf.Drop
+	case p.Options.NumSACKBlocks > 0:
+		// Its SACK blocks would need moving too; the client's next ACK
+		// meets the entry.
+		c.add(svc, DuplicateACK)
+		return nf.Drop
+	}
+	packet.SetAck(b, p.IPHeaderLen, p.Ack+delta)
+	if stale {
+		// It carries a closing entry of the same ports, whose sequence
+		// adjustment the kernel would apply once more: send a copy.
+		w.out.queue(svc, b, p.Dst, TranslatedClient)
+		return nf.Drop
+	}
+	c.add(svc, TranslatedClient)
+	return nf.AcceptRewritten
 }
 
 // clientReset handles a client RST before the hand-off: forget the flow

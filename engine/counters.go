@@ -36,7 +36,8 @@ const (
 	EntryReplaced                     // stale conntrack entries replaced by a new flow on the same ports
 	EarlyDataHeld                     // client segments held in their queue until the hand-off
 	EarlyDataReleased                 // held early segments sent on to the backend, translated
-	EarlyDataLate                     // early segments that reached the queue after their flow's hand-off, translated and accepted
+	TranslatedClient                  // client segments of an established flow that met no entry yet: ack translated, passed
+	TranslatedBackend                 // backend segments of an established flow that met no entry yet: seq translated, passed
 	EarlyDataRefused                  // early segments dropped at once: per-flow or global bound, no holder
 	EarlyDataDropped                  // held segments dropped because their flow ended before the hand-off
 	EarlyDataLost                     // held segments the queue refused a verdict for
@@ -72,7 +73,8 @@ var counterNames = [numCounters]string{
 	EntryReplaced:      "entry_replaced",
 	EarlyDataHeld:      "early_data_held",
 	EarlyDataReleased:  "early_data_released",
-	EarlyDataLate:      "early_data_late",
+	TranslatedClient:   "translated_client",
+	TranslatedBackend:  "translated_backend",
 	EarlyDataRefused:   "early_data_refused",
 	EarlyDataDropped:   "early_data_dropped",
 	EarlyDataLost:      "early_data_lost",

@@ -36,8 +36,10 @@ const fuzzMaxPending = 3
 // mode picks the engine's mode (mode%3: always, auto, off) and, with bit
 // 2, feeds the first packet as queued from PREROUTING instead of a filter
 // hook; in auto mode the controller also runs as time passes. Bit 3 turns
-// early data on: the client's ACK is followed by a data segment, verdicts
-// may also be Hold and AcceptRewritten, and once all timers have run
+// early data on: the client's ACK is followed by a data segment, and
+// verdicts may also be Hold. Verdicts may be AcceptRewritten (segments
+// translated before a flow's entry exists), whose packets must parse with
+// valid checksums. Once all timers have run
 // nothing is held, every held packet got exactly one verdict, and every
 // rewritten or released packet parses with valid checksums.
 func FuzzHandle(f *testing.F) {
@@ -211,7 +213,7 @@ func (h *fuzzHarness) stepAt(what string, b []byte, hook nf.Hook) {
 	switch {
 	case v == nf.Drop || v == nf.Accept:
 	case h.early && v == nf.Hold:
-	case h.early && v == nf.AcceptRewritten:
+	case v == nf.AcceptRewritten:
 		var p packet.Packet
 		if err := packet.Parse(b, &p); err != nil || !packet.VerifyTCPChecksum(b, &p) {
 			h.t.Fatalf("%s: rewritten packet does not parse or has a bad checksum (%v)", what, err)

@@ -7,7 +7,6 @@ import (
 
 	"github.com/synguard/synguard/cookies"
 	"github.com/synguard/synguard/handoff"
-	"github.com/synguard/synguard/nf"
 	"github.com/synguard/synguard/packet"
 )
 
@@ -49,10 +48,11 @@ func (e *Engine) runHandoffs(ctx context.Context, out *outbox) {
 	}
 }
 
-// handoff creates the conntrack entry, then ACKs the backend, then opens
-// the client's window. The window update must follow the entry: the
-// client's first data has to find the entry, or conntrack calls it
-// invalid and the client waits for a retransmit.
+// handoff creates the conntrack entry, then opens the client's window.
+// The backend was ACKed, and the client's early data passed on, when its
+// SYN-ACK came (backendSYNACK); this is off the request's path. The window
+// update must follow the entry: the client's next segments should find
+// it, rather than cross the queue to be translated.
 func (e *Engine) handoff(out *outbox, k flowKey) {
 	e.mu.Lock()
 	f := e.pending.get(k)
@@ -80,35 +80,21 @@ func (e *Engine) handoff(out *outbox, k flowKey) {
 		out.c.add(fl.svc, HandoffFailed)
 		e.events.HandoffFailed(k.server, err)
 		e.mu.Lock()
-		if f := e.pending.get(k); f != nil {
-			fl.held = takeHeld(f)
-			e.pending.remove(k)
-		}
+		e.pending.remove(k)
 		e.mu.Unlock()
-		e.dropHeld(out.c, &fl)
 		resetBoth(out, k, &fl)
 		return
 	}
 
+	// From now on the entry carries the flow, and what met conntrack
+	// before it is translated by the workers.
 	created := e.cfg.Now()
-	seg := fl.backendACK(k)
-	out.send(fl.svc, &seg, noCount)
-	// From now on the entry carries the client's segments, and those that
-	// met conntrack before it are translated by the worker (clientACK).
-	var held heldRefs
 	e.mu.Lock()
 	if f := e.pending.get(k); f != nil {
 		f.state = stateDone
 		f.expires = created.Add(e.cfg.Linger)
-		held = takeHeld(f)
 	}
 	e.mu.Unlock()
-	if held.n > 0 {
-		// The ACK first: the backend is then established when the data
-		// comes, and does not answer the ACK as an old duplicate.
-		out.flush()
-		e.releaseHeld(out, out.c, fl.svc, held, nf.Accept, &fl)
-	}
 	update := packet.Segment{
 		Src: k.server, Dst: k.client,
 		Seq: uint32(fl.cookie) + 1, Ack: fl.clientISN + 1,

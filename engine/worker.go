@@ -79,7 +79,7 @@ func (w *Worker) Handle(b []byte, hook nf.Hook, id uint32) nf.Verdict {
 		return w.fromClient(t.all[svc], b, hook)
 	}
 	if svc, ok := t.lookup(p.Source()); ok {
-		return w.fromBackend(svc)
+		return w.fromBackend(svc, b)
 	}
 	w.out.c.add(-1, Unmatched)
 	return nf.Accept

@@ -83,15 +83,21 @@ func UpdateChecksum32(check uint16, old, new uint32) uint16 {
 	return UpdateChecksum16(check, uint16(old), uint16(new))
 }
 
-// SetAck rewrites the acknowledgement number of the TCP segment that
-// starts at tcpOffset in the IP packet b and updates its checksum to
-// match. b must hold a whole, parsed TCP header at that offset.
-func SetAck(b []byte, tcpOffset int, ack uint32) {
+// SetSeq and SetAck rewrite the sequence or acknowledgement number of the
+// TCP segment that starts at tcpOffset in the IP packet b and update its
+// checksum to match. b must hold a whole, parsed TCP header at that
+// offset.
+func SetSeq(b []byte, tcpOffset int, seq uint32) { setWord(b, tcpOffset, 4, seq) }
+
+// SetAck: see SetSeq.
+func SetAck(b []byte, tcpOffset int, ack uint32) { setWord(b, tcpOffset, 8, ack) }
+
+func setWord(b []byte, tcpOffset, field int, v uint32) {
 	h := b[tcpOffset : tcpOffset+20]
-	old := binary.BigEndian.Uint32(h[8:12])
-	binary.BigEndian.PutUint32(h[8:12], ack)
+	old := binary.BigEndian.Uint32(h[field : field+4])
+	binary.BigEndian.PutUint32(h[field:field+4], v)
 	check := binary.BigEndian.Uint16(h[16:18])
-	binary.BigEndian.PutUint16(h[16:18], UpdateChecksum32(check, old, ack))
+	binary.BigEndian.PutUint16(h[16:18], UpdateChecksum32(check, old, v))
 }
 
 // Ack reads the acknowledgement number of the TCP segment that starts at

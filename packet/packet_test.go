@@ -394,3 +394,28 @@ func TestFlagsString(t *testing.T) {
 		t.Fatalf("got %q", got)
 	}
 }
+
+func TestSetSeqAck(t *testing.T) {
+	for _, s := range []Segment{
+		{Src: netip.MustParseAddrPort("198.51.100.2:40000"), Dst: netip.MustParseAddrPort("203.0.113.2:80"), Seq: 0xfffffff0, Ack: 7, Flags: ACK | PSH, Window: 502},
+		{Src: netip.MustParseAddrPort("[2001:db8:c::2]:40000"), Dst: netip.MustParseAddrPort("[2001:db8:b::2]:443"), Seq: 1, Ack: 0x80000000, Flags: ACK, Window: 1},
+	} {
+		b := mustBuild(t, &s)
+		var p Packet
+		if err := Parse(b, &p); err != nil {
+			t.Fatal(err)
+		}
+		SetSeq(b, p.IPHeaderLen, 0x01020304)
+		SetAck(b, p.IPHeaderLen, Ack(b, p.IPHeaderLen)+0x7fff0000)
+		var got Packet
+		if err := Parse(b, &got); err != nil {
+			t.Fatal(err)
+		}
+		if got.Seq != 0x01020304 || got.Ack != s.Ack+0x7fff0000 {
+			t.Fatalf("seq %#x ack %#x", got.Seq, got.Ack)
+		}
+		if !VerifyTCPChecksum(b, &got) {
+			t.Fatal("checksum not updated")
+		}
+	}
+}
