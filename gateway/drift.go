@@ -107,7 +107,9 @@ func (w *rulesWatch) run(ctx context.Context, rules ruleset) {
 	}
 	tick := time.NewTicker(every())
 	defer tick.Stop()
-	var settled <-chan time.Time
+	// One check at once: a change between Install and the join was
+	// announced to no one.
+	settled := time.After(0)
 	for {
 		select {
 		case <-ctx.Done():
