@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -20,8 +21,15 @@ import (
 // firewall rules in place while other tools rewrite the ruleset.
 
 // RulesCheckPeriod is how often the rules watch compares the live ruleset
-// with synguard's rules, whether or not the kernel announced a change.
+// with synguard's rules when the kernel's change notifications cannot be
+// relied on: legacy iptables, or no subscription.
 const RulesCheckPeriod = 2 * time.Second
+
+// RulesCheckQuiet is the period while they can: synguard's rules are in
+// nf_tables, which announces every committed change, and the watch
+// receives the announcements. The check then only backs them up; each
+// one runs iptables-save once per table, some 10 ms of CPU.
+const RulesCheckQuiet = 30 * time.Second
 
 // rulesSettle is how long the watch lets a burst of change notifications
 // (one restore of another tool's is many messages) go on before it checks.
@@ -39,15 +47,19 @@ type rulesWatch struct {
 	log      zerolog.Logger
 	restored atomic.Uint64 // synguard_rules_restored_total
 
-	// Tests shorten these, and replace subscribe.
-	period, settle time.Duration
+	// Tests shorten these, and replace subscribe and inNFTables.
+	period, quiet, settle time.Duration
 	// subscribe returns a channel that receives after netfilter changes,
-	// and how to stop it.
-	subscribe func() (changes <-chan struct{}, stop func(), err error)
+	// one that is closed if the notifications stop coming, and how to
+	// stop it.
+	subscribe func() (changes, lost <-chan struct{}, stop func(), err error)
+	// inNFTables reports whether synguard's rules are in nf_tables.
+	inNFTables func() bool
 }
 
 func newRulesWatch(log zerolog.Logger) *rulesWatch {
-	return &rulesWatch{log: log, period: RulesCheckPeriod, settle: rulesSettle, subscribe: netfilterChanges}
+	return &rulesWatch{log: log, period: RulesCheckPeriod, quiet: RulesCheckQuiet, settle: rulesSettle,
+		subscribe: netfilterChanges, inNFTables: ownChainsInNFTables}
 }
 
 // part returns the watch over rules as a gateway part. It acts in the
@@ -75,22 +87,37 @@ func (w *rulesWatch) part(rules ruleset) part {
 	}}
 }
 
-// run checks rules every period and after netfilter changes until ctx is
-// done.
+// run checks rules after netfilter changes, and every period (quiet while
+// the notifications can be relied on), until ctx is done.
 func (w *rulesWatch) run(ctx context.Context, rules ruleset) {
-	changes, stop, err := w.subscribe()
+	changes, lost, stop, err := w.subscribe()
 	if err != nil {
 		// No notifications (not allowed to join, say): polling alone.
-		changes, stop = nil, func() {}
+		changes, lost, stop = nil, nil, func() {}
 	}
 	defer stop()
-	tick := time.NewTicker(w.period)
+	// Rules in nf_tables are found once, and again after each restore
+	// (which might have gone elsewhere).
+	relied := changes != nil && w.inNFTables()
+	every := func() time.Duration {
+		if relied {
+			return w.quiet
+		}
+		return w.period
+	}
+	tick := time.NewTicker(every())
 	defer tick.Stop()
-	var settled <-chan time.Time
+	// One check at once: a change between Install and the join was
+	// announced to no one.
+	settled := time.After(0)
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-lost:
+			lost, relied = nil, false
+			tick.Reset(every())
+			continue
 		case <-changes:
 			if settled == nil {
 				settled = time.After(w.settle)
@@ -101,6 +128,10 @@ func (w *rulesWatch) run(ctx context.Context, rules ruleset) {
 		}
 		settled = nil
 		if w.round(ctx, rules) {
+			if r := lost != nil && w.inNFTables(); r != relied {
+				relied = r
+				tick.Reset(every())
+			}
 			// The restore's own notifications are no news. One that
 			// arrives later costs one check that finds nothing, so the
 			// watch never feeds on itself.
@@ -149,11 +180,12 @@ func (s *source) RulesRestored() uint64 {
 // netfilterChanges joins the nf_tables multicast group, where the kernel
 // announces every committed change to the ruleset (iptables-nft's
 // included; legacy iptables announces nothing), and signals after each
-// message. A lost message (ENOBUFS) also means a change.
-func netfilterChanges() (<-chan struct{}, func(), error) {
+// message. A lost message (ENOBUFS) also means a change. The second
+// channel is closed when the socket breaks (or is closed by stop).
+func netfilterChanges() (<-chan struct{}, <-chan struct{}, func(), error) {
 	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{Groups: 1 << (unix.NFNLGRP_NFTABLES - 1)})
 	if err != nil {
-		return nil, nil, fmt.Errorf("join netfilter change notifications: %w", err)
+		return nil, nil, nil, fmt.Errorf("join netfilter change notifications: %w", err)
 	}
 	changes := make(chan struct{}, 1)
 	done := make(chan struct{})
@@ -169,7 +201,50 @@ func netfilterChanges() (<-chan struct{}, func(), error) {
 			}
 		}
 	}()
-	return changes, func() { c.Close(); <-done }, nil
+	return changes, done, func() { c.Close(); <-done }, nil
+}
+
+// ownChains starts the names of the chains synguard's rules are in
+// (package firewall's chainPrefix).
+const ownChains = "SYNGUARD"
+
+// ownChainsInNFTables reports whether nf_tables holds a chain of
+// synguard's (SYNGUARD-*), as iptables-nft puts them there: then every
+// change to them is a transaction the kernel announces. It lists the
+// chains of every table and family with one netlink dump; any
+// failure is a no.
+func ownChainsInNFTables() bool {
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	// nfgenmsg: family AF_UNSPEC (all), version 0, resource id 0.
+	msgs, err := c.Execute(netlink.Message{
+		Header: netlink.Header{
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETCHAIN),
+			Flags: netlink.Request | netlink.Dump,
+		},
+		Data: []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
+	})
+	if err != nil {
+		return false
+	}
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			continue
+		}
+		for ad.Next() {
+			if ad.Type() == unix.NFTA_CHAIN_NAME && strings.HasPrefix(ad.String(), ownChains) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // enterNetns moves the calling goroutine, for the rest of its life, onto a

@@ -88,18 +88,28 @@ func logLines(t *testing.T, log string) []logLine {
 	return out
 }
 
-// watchWith runs a rules watch over rules, checking every few
-// milliseconds, with notifications from changes, until the test ends.
+// watchWith runs a rules watch over rules, checking every period, with
+// notifications from changes, until the test ends. The rules are not in
+// nf_tables, so the period holds whatever the notifications.
 func watchWith(t *testing.T, rules ruleset, period time.Duration, changes chan struct{}) (*rulesWatch, *syncbuf.Buffer) {
+	t.Helper()
+	return watchNotified(t, rules, period, changes, nil, false)
+}
+
+// watchNotified is watchWith with the channel closed when notifications
+// are lost, and whether the rules are in nf_tables. The quiet period is
+// an hour.
+func watchNotified(t *testing.T, rules ruleset, period time.Duration, changes, lost chan struct{}, nft bool) (*rulesWatch, *syncbuf.Buffer) {
 	t.Helper()
 	var log syncbuf.Buffer
 	w := newRulesWatch(zerolog.New(&log))
-	w.period, w.settle = period, time.Millisecond
-	w.subscribe = func() (<-chan struct{}, func(), error) {
+	w.period, w.quiet, w.settle = period, time.Hour, time.Millisecond
+	w.inNFTables = func() bool { return nft }
+	w.subscribe = func() (<-chan struct{}, <-chan struct{}, func(), error) {
 		if changes == nil {
-			return nil, nil, errors.New("no notifications in this test")
+			return nil, nil, nil, errors.New("no notifications in this test")
 		}
-		return changes, func() {}, nil
+		return changes, lost, func() {}, nil
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -197,6 +207,62 @@ func TestRulesWatchNotified(t *testing.T) {
 	poll.Must(t, 10*time.Second, "no restore after a notification", func() bool { return w.restored.Load() == 1 })
 }
 
+// TestRulesWatchQuiet: with the rules in nf_tables and notifications
+// coming, the watch checks once at start and then at its quiet period (an
+// hour here), not every period; once the notifications are lost it checks every period again.
+// With the rules elsewhere (legacy iptables), notifications or not, it
+// checks every period.
+func TestRulesWatchQuiet(t *testing.T) {
+	noLeaks(t)
+	t.Run("nf_tables", func(t *testing.T) {
+		rules := &fakeRules{}
+		changes, lost := make(chan struct{}), make(chan struct{})
+		watchNotified(t, rules, time.Millisecond, changes, lost, true)
+		// One check at start, for changes before the watch joined.
+		poll.Must(t, 10*time.Second, "no check at start", func() bool { checks, _ := rules.counts(); return checks == 1 })
+		if !poll.Stays(200*time.Millisecond, func() bool { checks, _ := rules.counts(); return checks == 1 }) {
+			checks, _ := rules.counts()
+			t.Fatalf("%d checks within 200 ms with notifications to rely on, want the one at start", checks)
+		}
+		changes <- struct{}{}
+		poll.Must(t, 10*time.Second, "no check after a notification", func() bool { checks, _ := rules.counts(); return checks == 2 })
+		close(lost)
+		poll.Must(t, 10*time.Second, "no checks every period once notifications are lost", func() bool {
+			checks, _ := rules.counts()
+			return checks >= 5
+		})
+	})
+	t.Run("legacy", func(t *testing.T) {
+		rules := &fakeRules{}
+		watchNotified(t, rules, time.Millisecond, make(chan struct{}), make(chan struct{}), false)
+		poll.Must(t, 10*time.Second, "no checks every period", func() bool {
+			checks, _ := rules.counts()
+			return checks >= 5
+		})
+	})
+}
+
+// TestOwnChainsInNFTables: synguard's chains are found in nf_tables once
+// it installed its rules through iptables (the nf_tables variant here),
+// and not before.
+func TestOwnChainsInNFTables(t *testing.T) {
+	ns := nstest.New(t, "sggw-nft")
+	found := func() (in bool) {
+		_ = ns.Do(func() error { in = ownChainsInNFTables(); return nil })
+		return in
+	}
+	if found() {
+		t.Fatal("synguard's chains found in nf_tables before any rule was installed")
+	}
+	installIn(t, ns, firewall.Config{
+		Services: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.10:80")},
+		Queues:   1, EngineMark: firewall.DefaultEngineMark, HandoffMark: firewall.DefaultHandoffMark,
+	})
+	if !found() {
+		t.Fatalf("synguard's chains not found in nf_tables:\n%s", saveRules(t, ns))
+	}
+}
+
 // TestEnterNetns: a goroutine started outside the namespace acts inside
 // it once it entered: the commands it runs see the namespace's ruleset.
 func TestEnterNetns(t *testing.T) {
@@ -263,10 +329,10 @@ func TestRulesWatchKernelNotification(t *testing.T) {
 	w := newRulesWatch(zerolog.New(&log))
 	w.period = time.Hour
 	joined := make(chan error, 1)
-	w.subscribe = func() (<-chan struct{}, func(), error) {
-		changes, stop, err := netfilterChanges()
+	w.subscribe = func() (<-chan struct{}, <-chan struct{}, func(), error) {
+		changes, lost, stop, err := netfilterChanges()
 		joined <- err
-		return changes, stop, err
+		return changes, lost, stop, err
 	}
 	var p part
 	_ = ns.Do(func() error { p = w.part(inst); return nil }) // pinned to ns

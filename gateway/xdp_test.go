@@ -37,3 +37,25 @@ func TestFastPathKeysCover(t *testing.T) {
 		}
 	}
 }
+
+// The samples reader pauses so that the ring fills to half at the rate
+// the last pause showed, within [1 ms, samplePoll].
+func TestNextSamplePoll(t *testing.T) {
+	for _, tt := range []struct {
+		last time.Duration
+		fill float64
+		want time.Duration
+	}{
+		{samplePoll, 0, samplePoll},     // samples came after the fill was read
+		{samplePoll, 0.01, samplePoll},  // slow: the longest pause
+		{samplePoll, 0.5, samplePoll},   // half full: as it was
+		{samplePoll, 1, samplePoll / 2}, // full: samples were lost
+		{4 * time.Millisecond, 0.8, 2500 * time.Microsecond},
+		{2 * time.Millisecond, 1, time.Millisecond}, // no shorter than 1 ms
+		{time.Millisecond, 0.1, 5 * time.Millisecond},
+	} {
+		if got := nextSamplePoll(tt.last, tt.fill); got != tt.want {
+			t.Errorf("nextSamplePoll(%v, %.2f) = %v, want %v", tt.last, tt.fill, got, tt.want)
+		}
+	}
+}

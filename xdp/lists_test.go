@@ -82,9 +82,13 @@ func testSamples(t *testing.T, h *harness) {
 			t.Fatalf("SYN %d: %v, want tx", i, v)
 		}
 	}
+	if f := r.Fill(); f <= 0 || f >= 1 {
+		t.Errorf("ring %.4f full with %d samples in it", f, n/SampleEvery)
+	}
+	// A deadline already past drains the ring without waiting.
+	r.SetDeadline(time.Unix(1, 0))
 	var got []Sample
 	for {
-		r.r.SetDeadline(time.Now().Add(200 * time.Millisecond))
 		s, err := r.Read()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			break
@@ -94,6 +98,9 @@ func testSamples(t *testing.T, h *harness) {
 		}
 		s.Frame = bytes.Clone(s.Frame)
 		got = append(got, s)
+	}
+	if f := r.Fill(); f != 0 {
+		t.Errorf("ring %.4f full once drained", f)
 	}
 	if len(got) != n/SampleEvery {
 		t.Fatalf("%d samples of %d SYNs, want %d", len(got), n, n/SampleEvery)

@@ -520,5 +520,15 @@ func (s *SampleReader) Read() (Sample, error) {
 	}
 }
 
+// SetDeadline bounds Read's wait: once the ring is empty past t, Read
+// returns an error wrapping os.ErrDeadlineExceeded, at once for a t
+// already past. The zero time waits without limit.
+func (s *SampleReader) SetDeadline(t time.Time) { s.r.SetDeadline(t) }
+
+// Fill is the share of the ring that unread samples hold, from 0 to 1.
+func (s *SampleReader) Fill() float64 {
+	return float64(s.r.AvailableBytes()) / float64(s.r.BufferSize())
+}
+
 // Close stops the reader; a Read waiting returns.
 func (s *SampleReader) Close() error { return s.r.Close() }
