@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,12 +15,18 @@ import (
 	"github.com/synguard/synguard/conntrack"
 	"github.com/synguard/synguard/internal/poll"
 	"github.com/synguard/synguard/lab"
+	"github.com/synguard/synguard/lab/netns"
 )
 
 // getFrom fetches /bytes/n from target through a connection bound to the
 // local address from, inside the client namespace. The server closes
 // first (HTTP/1.0), so the client's side of the ports is free at once.
 func getFrom(topo *lab.Topology, from, target netip.AddrPort, n int, timeout time.Duration) error {
+	return getFromNS(topo.Client, from, target, n, timeout)
+}
+
+// getFromNS is getFrom from inside ns.
+func getFromNS(ns *netns.NS, from, target netip.AddrPort, n int, timeout time.Duration) error {
 	var conn net.Conn
 	d := net.Dialer{
 		LocalAddr: net.TCPAddrFromAddrPort(from),
@@ -33,7 +40,7 @@ func getFrom(topo *lab.Topology, from, target netip.AddrPort, n int, timeout tim
 			return serr
 		},
 	}
-	err := topo.Client.Do(func() (err error) {
+	err := ns.Do(func() (err error) {
 		conn, err = d.Dial("tcp", target.String())
 		return err
 	})
@@ -116,4 +123,46 @@ func TestPortReuseDuringTimeWait(t *testing.T) {
 	if n := g.metric("synguard_duplicate_ack_total"); n != 0 {
 		t.Fatalf("%v duplicate ACKs: a reconnection's cookie ACK was not taken at once", n)
 	}
+}
+
+// TestPortReuseWithEarlyData: a client a real round trip away reconnects
+// from the ports of a flow in TIME_WAIT and, given an early window, sends
+// its request right behind its cookie ACK, before the hand-off has
+// replaced the old entry. The request must not be forwarded by that entry
+// (with the old flow's sequence adjustment the backend resets the new
+// connection): the gateway drops it and the client's retransmission
+// follows the new entry.
+func TestPortReuseWithEarlyData(t *testing.T) {
+	topo := newLab(t, lab.Config{ClientRTT: clientRTT})
+	service := netip.AddrPortFrom(topo.BackendAddr, 80)
+	serve(t, topo.Backend, service)
+	g := startGateway(t, topo.Gateway, "--protect", service.String(), "--mode", "always")
+
+	from := netip.AddrPortFrom(topo.RemoteAddr, 45679)
+	// The client's end of the last connection lingers in LAST_ACK until
+	// the backend's final ACK has come the long way back.
+	get := func() (err error) {
+		poll.Until(5*time.Second, func() bool {
+			err = getFromNS(topo.Remote, from, service, 100_000, 5*time.Second)
+			return !errors.Is(err, syscall.EADDRNOTAVAIL)
+		})
+		return err
+	}
+	if err := get(); err != nil {
+		t.Fatalf("first connection: %v", err)
+	}
+	waitClosedEntry(t, topo, from, service, "the first flow's entry")
+	const reconnections = 5
+	for i := range reconnections {
+		start := time.Now()
+		if err := get(); err != nil {
+			t.Fatalf("reconnection %d from the same ports: %v", i+1, err)
+		}
+		t.Logf("reconnection %d from %s took %s", i+1, from, time.Since(start).Round(time.Millisecond))
+		waitClosedEntry(t, topo, from, service, fmt.Sprintf("reconnection %d's entry", i+1))
+	}
+	if n := g.metric("synguard_entry_replaced_total"); n != reconnections {
+		t.Fatalf("replaced %v stale entries, want %d", n, reconnections)
+	}
+	t.Logf("early segments refused (requests that met the old entry): %v", g.metric("synguard_early_data_refused_total"))
 }
