@@ -130,8 +130,9 @@ func TestPortReuseDuringTimeWait(t *testing.T) {
 // its request right behind its cookie ACK, before the hand-off has
 // replaced the old entry. The request must not be forwarded by that entry
 // (with the old flow's sequence adjustment the backend resets the new
-// connection): the gateway drops it and the client's retransmission
-// follows the new entry.
+// connection): the gateway holds it, and once the entry is replaced sends
+// its translated copy; the backend is ACKed only then, so that its answer
+// meets the new entry.
 func TestPortReuseWithEarlyData(t *testing.T) {
 	topo := newLab(t, lab.Config{ClientRTT: clientRTT})
 	service := netip.AddrPortFrom(topo.BackendAddr, 80)
@@ -164,5 +165,9 @@ func TestPortReuseWithEarlyData(t *testing.T) {
 	if n := g.metric("synguard_entry_replaced_total"); n != reconnections {
 		t.Fatalf("replaced %v stale entries, want %d", n, reconnections)
 	}
-	t.Logf("early segments refused (requests that met the old entry): %v", g.metric("synguard_early_data_refused_total"))
+	held, released := g.metric("synguard_early_data_held_total"), g.metric("synguard_early_data_released_total")
+	t.Logf("early segments held %v, released %v", held, released)
+	if refused := g.metric("synguard_early_data_refused_total"); refused != 0 || released != held {
+		t.Fatalf("early segments held %v, released %v, refused %v", held, released, refused)
+	}
 }

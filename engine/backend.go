@@ -39,7 +39,7 @@ func (w *Worker) fromBackend(svc int, b []byte) nf.Verdict {
 		w.out.send(svc, &seg, noCount)
 		return nf.Drop
 	}
-	if f.state == stateReplaying {
+	if !f.acked {
 		// Nothing but a SYN-ACK or RST answers a SYN.
 		e.mu.Unlock()
 		return nf.Drop
@@ -83,7 +83,11 @@ func (w *Worker) backendSYNACK(svc int, k flowKey, f *pendingFlow) {
 		}
 		f.answered = e.cfg.Now()
 		f.expires = f.answered.Add(e.cfg.Linger)
-		held := takeHeld(f)
+		var held heldRefs
+		if !f.reused {
+			f.acked = true
+			held = takeHeld(f)
+		}
 		fl := *f
 		e.mu.Unlock()
 		observed := observedBackend(&p.Options)
@@ -91,25 +95,37 @@ func (w *Worker) backendSYNACK(svc int, k flowKey, f *pendingFlow) {
 			w.out.c.add(svc, OptionMismatch)
 			e.learnFromSYNACK(svc, observed)
 		}
-		// The backend is established from this ACK on; the client's
-		// segments and the backend's that meet no entry until the
-		// hand-off has made it are translated here (translateClient,
-		// fromBackend).
-		seg := fl.backendACK(k)
-		w.out.send(svc, &seg, noCount)
-		if held.n > 0 {
-			// The ACK first: the backend is then established when the
-			// data comes, and does not answer the ACK as an old
-			// duplicate.
-			w.out.flush()
-			e.releaseHeld(w.out, w.out.c, svc, held, nf.Accept, &fl)
+		if fl.acked {
+			// The backend is established from this ACK on; the
+			// client's segments and the backend's that meet no entry
+			// until the hand-off has made it are translated here
+			// (translateClient, fromBackend).
+			e.ackBackend(w.out, k, &fl, held)
 		}
 	case stateHandingOff, stateDone:
+		if !f.acked {
+			// A reused flow's ACK waits for its entry.
+			e.mu.Unlock()
+			return
+		}
 		// Our ACK was lost and the backend retransmits: ACK again.
 		seg := f.backendACK(k)
 		e.mu.Unlock()
 		w.out.send(svc, &seg, noCount)
 	default:
 		e.mu.Unlock()
+	}
+}
+
+// ackBackend completes the backend's handshake for the client and passes
+// on the client's early data, held, right behind the ACK: the backend is
+// then established when the data comes, and does not answer the ACK as an
+// old duplicate.
+func (e *Engine) ackBackend(out *outbox, k flowKey, f *pendingFlow, held heldRefs) {
+	seg := f.backendACK(k)
+	out.send(f.svc, &seg, noCount)
+	if held.n > 0 {
+		out.flush()
+		e.releaseHeld(out, out.c, f.svc, held, nf.Accept, f)
 	}
 }

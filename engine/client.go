@@ -158,7 +158,7 @@ func (w *Worker) clientACK(svc int, b []byte, stale bool) nf.Verdict {
 	e.mu.Lock()
 	if f := e.pending.get(k); f != nil {
 		switch {
-		case f.state == stateReplaying:
+		case !f.acked:
 			if early && f.cookie == cookie && p.Seq-(f.clientISN+1) <= 0xffff && w.holdEarly(f, b, stale) {
 				e.mu.Unlock()
 				c.add(svc, EarlyDataHeld)
@@ -171,13 +171,9 @@ func (w *Worker) clientACK(svc int, b []byte, stale bool) nf.Verdict {
 				c.add(svc, DuplicateACK)
 			}
 			return nf.Drop
-		case f.cookie == cookie || p.Seq-(f.clientISN+1) <= sameFlowSpan:
+		case f.cookie == cookie:
 			return w.translateClient(svc, f, b, stale) // unlocks
 		}
-		// The record of a flow already handed off, lingering only to
-		// re-ACK its backend: a different cookie means a new flow on the
-		// same ports, which takes its place.
-		e.pending.remove(k)
 	}
 	e.mu.Unlock()
 
@@ -188,6 +184,16 @@ func (w *Worker) clientACK(svc int, b []byte, stale bool) nf.Verdict {
 		opts, ok = e.cfg.Cookies.Validate(k.client, k.server, isn, cookie)
 	}
 	if !ok {
+		// No cookie: a later segment of a flow whose backend was
+		// ACKed (the client acknowledging the backend's answer), if
+		// there is one on these ports. (A new connection on them is
+		// known by its valid cookie: a client reusing its ports picks
+		// an ISN near its last one, so sequence numbers cannot tell.)
+		e.mu.Lock()
+		if f := e.pending.get(k); f != nil && f.acked {
+			return w.translateClient(svc, f, b, stale) // unlocks
+		}
+		e.mu.Unlock()
 		if stale {
 			c.add(svc, StalePassed)
 			return nf.Accept
@@ -209,8 +215,15 @@ func (w *Worker) clientACK(svc int, b []byte, stale bool) nf.Verdict {
 		clientWindow: p.Window,
 		validated:    now,
 		nextRetry:    now.Add(e.cfg.RetryInitial),
+		reused:       stale,
 	}
 	e.mu.Lock()
+	if old := e.pending.get(k); old != nil && old.acked {
+		// The record of a flow whose backend was ACKed, lingering only
+		// to re-ACK it: a valid cookie of its own makes this a new flow
+		// on the same ports, which takes its place.
+		e.pending.remove(k)
+	}
 	added := e.pending.add(k, f)
 	held := added && early && w.holdEarly(f, b, stale)
 	e.mu.Unlock()
@@ -229,12 +242,6 @@ func (w *Worker) clientACK(svc int, b []byte, stale bool) nf.Verdict {
 	}
 	return nf.Drop
 }
-
-// sameFlowSpan is how far past its first byte a segment of a flow the
-// engine ACKed to its backend may start and still count as that flow's
-// rather than a new connection on the same ports: more than a client
-// sends before its flow's entry exists.
-const sameFlowSpan = 1 << 20
 
 // translateClient passes a client segment of flow f, whose backend the
 // engine has ACKed, that met no conntrack entry (not made yet, or made

@@ -431,6 +431,12 @@ func TestEarlyDataOnReusedPorts(t *testing.T) {
 
 	const serverISN = 0x100
 	h.backendAnswers(serverISN)
+	// Until the hand-off replaced the old entry, the backend is not ACKed
+	// (its answer would meet that entry) and the request stays held.
+	h.expect(0)
+	if n := len(h.queue.releases()); n != 0 || h.e.Held() != 2 {
+		t.Fatalf("released %d, held %d before the old entry was replaced", n, h.e.Held())
+	}
 	h.drainHandoffs()
 	// The queue drops both; the engine sends them, translated, between
 	// the backend's ACK and the client's window update.
@@ -513,10 +519,14 @@ func TestTranslatedBeforeTheEntry(t *testing.T) {
 	if v := h.handleAt(append([]byte(nil), ackOfResponse...), nf.Forward); v != nf.AcceptRewritten {
 		t.Fatalf("straggler after the hand-off: verdict %v", v)
 	}
-	// A new connection on the same ports (far from this one's sequence
-	// numbers, another cookie) is not this flow's.
-	h.handle(packet.Segment{Src: client, Dst: server, Seq: isn + 1 + 1<<30, Ack: cookie + 5, Flags: packet.ACK}, nf.Drop)
-	if h.stat(CookieInvalid) != 1 {
-		t.Fatalf("a stranger's ACK on the same ports: cookie invalid %d", h.stat(CookieInvalid))
+	// A new connection on the same ports is known by its own valid
+	// cookie, though a client reusing its ports picks an ISN near its
+	// last one: it replays its SYN and takes the lingering record's place.
+	isn2 := isn + 5000
+	h.handle(packet.Segment{Src: client, Dst: server, Seq: isn2, Flags: packet.SYN, Window: 64240, Options: linuxOptions()}, nf.Drop)
+	cookie2 := h.expect(1)[0].p.Seq
+	h.handle(packet.Segment{Src: client, Dst: server, Seq: isn2 + 1, Ack: cookie2 + 1, Flags: packet.ACK, Window: 502}, nf.Drop)
+	if r := h.expect(1)[0].p; r.Flags != packet.SYN || r.Seq != isn2 || r.Destination() != server {
+		t.Fatalf("the new connection's ACK did not replay its SYN: %+v", r)
 	}
 }

@@ -80,8 +80,12 @@ func (e *Engine) handoff(out *outbox, k flowKey) {
 		out.c.add(fl.svc, HandoffFailed)
 		e.events.HandoffFailed(k.server, err)
 		e.mu.Lock()
-		e.pending.remove(k)
+		if f := e.pending.get(k); f != nil {
+			fl.held = takeHeld(f)
+			e.pending.remove(k)
+		}
 		e.mu.Unlock()
+		e.dropHeld(out.c, &fl)
 		resetBoth(out, k, &fl)
 		return
 	}
@@ -89,12 +93,23 @@ func (e *Engine) handoff(out *outbox, k flowKey) {
 	// From now on the entry carries the flow, and what met conntrack
 	// before it is translated by the workers.
 	created := e.cfg.Now()
+	var held heldRefs
+	ack := false
 	e.mu.Lock()
 	if f := e.pending.get(k); f != nil {
 		f.state = stateDone
 		f.expires = created.Add(e.cfg.Linger)
+		if !f.acked {
+			// A reused flow: its backend is ACKed now that the old
+			// entry is gone.
+			f.acked, ack = true, true
+			held = takeHeld(f)
+		}
 	}
 	e.mu.Unlock()
+	if ack {
+		e.ackBackend(out, k, &fl, held)
+	}
 	update := packet.Segment{
 		Src: k.server, Dst: k.client,
 		Seq: uint32(fl.cookie) + 1, Ack: fl.clientISN + 1,

@@ -44,7 +44,15 @@ type pendingFlow struct {
 	retries   int
 	expires   time.Time // stateDone / stateHandingOff give-up time
 
-	held heldRefs // early data waiting in its queue (early.go)
+	held heldRefs // early data waiting in its queue (earlydata.go)
+	// reused says the client reuses the ports of a closing flow whose
+	// entry is still there (its cookie ACK came through the stale rule):
+	// the backend is ACKed only once the hand-off replaced that entry,
+	// or its answer would meet the old one.
+	reused bool
+	// acked says the backend was ACKed: from then on the segments that
+	// meet no entry are translated rather than held.
+	acked bool
 }
 
 // pendingTable is a bounded map of flows waiting on their backend. The
