@@ -25,14 +25,13 @@ import (
 
 // udpLab is a namespace whose UDP datagrams to rx go through a queue.
 type udpLab struct {
-	ns     *netns.NS
-	rx     *net.UDPConn
-	tx     *net.UDPConn
-	dst    *net.UDPAddr
-	q      *nfq.Queue
-	queue  uint16
-	buf    []byte
-	reader chan []byte
+	ns    *netns.NS
+	rx    *net.UDPConn
+	tx    *net.UDPConn
+	dst   *net.UDPAddr
+	q     *nfq.Queue
+	queue uint16
+	buf   []byte
 }
 
 func newUDPLab(t *testing.T, queue uint16) *udpLab {
