@@ -112,57 +112,72 @@ const tcpEstablished = 3
 
 var errNoMark = errors.New("mark must be non-zero: it is how the firewall recognises handed-off flows")
 
-// newFlow validates h and builds the ti-mo flow that creates its entry.
+// newEntry validates h and returns what its entry's request carries.
 // defaultTimeout replaces a zero h.Timeout.
-func newFlow(h handoff.Flow, defaultTimeout time.Duration) (ctnl.Flow, error) {
+func newEntry(h handoff.Flow, defaultTimeout time.Duration) (entrySpec, error) {
 	client := netip.AddrPortFrom(h.Client.Addr().Unmap(), h.Client.Port())
 	server := netip.AddrPortFrom(h.Server.Addr().Unmap(), h.Server.Port())
 	switch {
 	case !client.Addr().IsValid() || !server.Addr().IsValid():
-		return ctnl.Flow{}, errors.New("client and server addresses are required")
+		return entrySpec{}, errors.New("client and server addresses are required")
 	case client.Addr().Is4() != server.Addr().Is4():
-		return ctnl.Flow{}, errors.New("client and server are of different address families")
+		return entrySpec{}, errors.New("client and server are of different address families")
 	case client.Addr().Zone() != "" || server.Addr().Zone() != "":
-		return ctnl.Flow{}, errors.New("addresses with a zone are not supported")
+		return entrySpec{}, errors.New("addresses with a zone are not supported")
 	case client.Port() == 0 || server.Port() == 0:
-		return ctnl.Flow{}, errors.New("ports must be non-zero")
+		return entrySpec{}, errors.New("ports must be non-zero")
 	case !h.ClientWindowScale.Valid():
-		return ctnl.Flow{}, fmt.Errorf("client window scale %d out of range", h.ClientWindowScale)
+		return entrySpec{}, fmt.Errorf("client window scale %d out of range", h.ClientWindowScale)
 	case !h.ServerWindowScale.Valid():
-		return ctnl.Flow{}, fmt.Errorf("server window scale %d out of range", h.ServerWindowScale)
+		return entrySpec{}, fmt.Errorf("server window scale %d out of range", h.ServerWindowScale)
 	case h.Mark == 0:
-		return ctnl.Flow{}, errNoMark
+		return entrySpec{}, errNoMark
 	case h.Timeout < 0:
-		return ctnl.Flow{}, fmt.Errorf("negative timeout %v", h.Timeout)
+		return entrySpec{}, fmt.Errorf("negative timeout %v", h.Timeout)
 	}
 
 	timeout := h.Timeout
 	if timeout == 0 {
 		timeout = defaultTimeout
 	}
+	e := entrySpec{
+		client:  client,
+		server:  server,
+		timeout: timeoutSeconds(timeout),
+		mark:    h.Mark,
+		flags:   handoffFlags(h.ClientWindowScale, h.ServerWindowScale),
+	}
+	if e.flags&FlagWindowScale != 0 {
+		e.clientScale = uint8(h.ClientWindowScale)
+		e.serverScale = uint8(h.ServerWindowScale)
+	}
+	e.adj, e.hasAdj = replySeqAdjust(h.CookieISN, h.ServerISN)
+	return e, nil
+}
 
+// newFlow validates h and builds the ti-mo flow of its entry: the
+// reference Create's hand-written request is tested against.
+func newFlow(h handoff.Flow, defaultTimeout time.Duration) (ctnl.Flow, error) {
+	e, err := newEntry(h, defaultTimeout)
+	if err != nil {
+		return ctnl.Flow{}, err
+	}
 	f := ctnl.NewFlow(unix.IPPROTO_TCP, ctnl.Status(handoffStatus),
-		client.Addr(), server.Addr(), client.Port(), server.Port(),
-		timeoutSeconds(timeout), h.Mark)
-
-	flags := handoffFlags(h.ClientWindowScale, h.ServerWindowScale)
-	tcp := &ctnl.ProtoInfoTCP{
-		State:         tcpEstablished,
-		OriginalFlags: packTCPFlags(flags, managedFlags),
-		ReplyFlags:    packTCPFlags(flags, managedFlags),
+		e.client.Addr(), e.server.Addr(), e.client.Port(), e.server.Port(),
+		e.timeout, e.mark)
+	f.ProtoInfo.TCP = &ctnl.ProtoInfoTCP{
+		State:               tcpEstablished,
+		OriginalWindowScale: e.clientScale,
+		ReplyWindowScale:    e.serverScale,
+		OriginalFlags:       packTCPFlags(e.flags, managedFlags),
+		ReplyFlags:          packTCPFlags(e.flags, managedFlags),
 	}
-	if flags&FlagWindowScale != 0 {
-		tcp.OriginalWindowScale = uint8(h.ClientWindowScale)
-		tcp.ReplyWindowScale = uint8(h.ServerWindowScale)
-	}
-	f.ProtoInfo.TCP = tcp
-
-	if adj, ok := replySeqAdjust(h.CookieISN, h.ServerISN); ok {
+	if e.hasAdj {
 		f.SeqAdjReply = ctnl.SequenceAdjust{
 			Direction:    true,
-			Position:     adj.Position,
-			OffsetBefore: adj.Before,
-			OffsetAfter:  adj.After,
+			Position:     e.adj.Position,
+			OffsetBefore: e.adj.Before,
+			OffsetAfter:  e.adj.After,
 		}
 	}
 	return f, nil

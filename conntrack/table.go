@@ -1,6 +1,7 @@
 package conntrack
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -43,8 +44,16 @@ const (
 // deadline.
 type Table struct {
 	mu     sync.Mutex
-	conn   *ctnl.Conn // nil after a deadline expired: redialled on next use
+	conn   *ctnl.Conn // for dumps; nil after a deadline expired: redialled on next use
 	closed bool
+
+	// Create and Delete's own socket and buffers (request.go).
+	fd     int // -1 after a deadline expired: reopened on next use
+	seq    uint32
+	req    []byte // the requests being sent, in reqBuf
+	reqBuf [MaxBatch * reqBufSize]byte
+	resp   [respBufSize]byte
+	errnos [MaxBatch]unix.Errno // of the requests sent
 
 	netns          int           // fd of the namespace, to redial in it
 	defaultTimeout time.Duration // for Handoff.Timeout 0
@@ -72,8 +81,15 @@ func Open() (*Table, error) {
 		unix.Close(ns)
 		return nil, fmt.Errorf("conntrack: open table: %w", err)
 	}
+	fd, err := openSocket(RequestTimeout)
+	if err != nil {
+		c.Close()
+		unix.Close(ns)
+		return nil, fmt.Errorf("conntrack: open table: %w", err)
+	}
 	return &Table{
 		conn:           c,
+		fd:             fd,
 		netns:          ns,
 		defaultTimeout: establishedTimeout(),
 		requestTimeout: RequestTimeout,
@@ -110,6 +126,7 @@ func (t *Table) Close() error {
 		err = t.conn.Close()
 		t.conn = nil
 	}
+	t.closeSocket()
 	unix.Close(t.netns)
 	return err
 }
@@ -121,18 +138,113 @@ func (t *Table) Close() error {
 //
 // An entry that already exists yields an error matching handoff.ErrExists; a kernel
 // that does not answer within RequestTimeout one matching ErrTimeout.
+// Create allocates nothing unless it fails.
 func (t *Table) Create(h handoff.Flow) error {
-	f, err := newFlow(h, t.defaultTimeout)
+	e, err := newEntry(h, t.defaultTimeout)
 	if err == nil {
-		err = t.do(t.requestTimeout, func(c *ctnl.Conn) error { return c.Create(f) })
-		if errors.Is(err, unix.EEXIST) {
-			err = fmt.Errorf("%w: %w", handoff.ErrExists, err)
+		var errno unix.Errno
+		if errno, err = t.create(&e); err == nil && errno != 0 {
+			err = errno
 		}
 	}
-	if err != nil {
-		return fmt.Errorf("create conntrack entry %s -> %s: %w", h.Client, h.Server, err)
+	return createError(h, err)
+}
+
+// createError wraps the error of h's create, nil for none.
+func createError(h handoff.Flow, err error) error {
+	if err == nil {
+		return nil
 	}
-	return nil
+	if errors.Is(err, unix.EEXIST) {
+		err = fmt.Errorf("%w: %w", handoff.ErrExists, err)
+	}
+	return fmt.Errorf("create conntrack entry %s -> %s: %w", h.Client, h.Server, err)
+}
+
+func (t *Table) create(e *entrySpec) (unix.Errno, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	seq, err := t.prepare()
+	if err != nil {
+		return 0, err
+	}
+	seq++
+	t.seq = seq
+	t.req = appendCreate(t.reqBuf[:0], seq, e)
+	if err := t.roundTrip(seq, seq); err != nil {
+		return 0, err
+	}
+	return t.errnos[0], nil
+}
+
+// CreateBatch creates the entries of flows as Create does, up to MaxBatch
+// of them in one write and, when none fails, one read: errs[i] (len(errs)
+// must be at least len(flows)) is what Create would have returned for
+// flows[i]. It allocates nothing unless a create fails. The kernel makes
+// the entries in order, each independently of the others' outcome.
+func (t *Table) CreateBatch(flows []handoff.Flow, errs []error) {
+	errs = errs[:len(flows)]
+	for len(flows) > 0 {
+		n := min(len(flows), MaxBatch)
+		t.createBatch(flows[:n], errs[:n])
+		flows, errs = flows[n:], errs[n:]
+	}
+}
+
+func (t *Table) createBatch(flows []handoff.Flow, errs []error) {
+	var (
+		entries [MaxBatch]entrySpec
+		of      [MaxBatch]int // flows index of each entry
+		n       int
+	)
+	for i, h := range flows {
+		e, err := newEntry(h, t.defaultTimeout)
+		errs[i] = createError(h, err)
+		if err == nil {
+			entries[n], of[n] = e, i
+			n++
+		}
+	}
+	if n == 0 {
+		return
+	}
+	var errnos [MaxBatch]unix.Errno
+	err := t.creates(entries[:n], errnos[:n])
+	for j := range n {
+		i := of[j]
+		switch {
+		case errnos[j] != 0:
+			errs[i] = createError(flows[i], errnos[j])
+		case err != nil:
+			errs[i] = createError(flows[i], err)
+		}
+	}
+}
+
+// creates sends the creates of entries in one write, only the last asking
+// for an ack, and returns each one's errno in errnos.
+func (t *Table) creates(entries []entrySpec, errnos []unix.Errno) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	base, err := t.prepare()
+	if err != nil {
+		return err
+	}
+	first, last := base+1, base+uint32(len(entries))
+	t.seq = last
+	b := t.reqBuf[:0]
+	for j := range entries {
+		at := len(b)
+		b = appendCreate(b, first+uint32(j), &entries[j])
+		if j < len(entries)-1 {
+			// A create that succeeds silently; one that fails is answered.
+			binary.NativeEndian.PutUint16(b[at+6:], createFlags&^unix.NLM_F_ACK)
+		}
+	}
+	t.req = b
+	err = t.roundTrip(first, last)
+	copy(errnos, t.errnos[:len(entries)])
+	return err
 }
 
 // Delete removes the TCP entry whose original direction is client -> server.
@@ -143,13 +255,34 @@ func (t *Table) Create(h handoff.Flow) error {
 func (t *Table) Delete(client, server netip.AddrPort) error {
 	client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
 	server = netip.AddrPortFrom(server.Addr().Unmap(), server.Port())
-	f := ctnl.NewFlow(unix.IPPROTO_TCP, 0, client.Addr(), server.Addr(), client.Port(), server.Port(), 0, 0)
-	err := t.do(t.requestTimeout, func(c *ctnl.Conn) error { return c.Delete(f) })
+	err := t.delete(client, server)
 	if errors.Is(err, unix.ENOENT) {
 		err = fmt.Errorf("%w: %w", handoff.ErrNotFound, err)
 	}
 	if err != nil {
 		return fmt.Errorf("delete conntrack entry %s -> %s: %w", client, server, err)
+	}
+	return nil
+}
+
+func (t *Table) delete(client, server netip.AddrPort) error {
+	if !client.Addr().IsValid() || client.Addr().Is4() != server.Addr().Is4() {
+		return errors.New("client and server must be addresses of one family")
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	seq, err := t.prepare()
+	if err != nil {
+		return err
+	}
+	seq++
+	t.seq = seq
+	t.req = appendDelete(t.reqBuf[:0], seq, client, server)
+	if err := t.roundTrip(seq, seq); err != nil {
+		return err
+	}
+	if errno := t.errnos[0]; errno != 0 {
+		return errno
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"time"
 
 	"github.com/synguard/synguard/cookies"
 	"github.com/synguard/synguard/handoff"
@@ -26,53 +27,121 @@ type Kernel interface {
 	Delete(client, server netip.AddrPort) error
 }
 
-// Hand-off goroutines and their backlog: creates are one netlink round
-// trip each, so two keep up with a flood's valid ACKs while a third
-// would only contend for the socket.
+// BatchKernel is a Kernel that can also make several entries in one
+// round trip. When more than one flow waits for its hand-off, a hand-off
+// goroutine takes up to handoffBatch of them and creates their entries
+// together: on a loaded gateway most of a create's cost is the system
+// calls, which a batch shares.
+type BatchKernel interface {
+	Kernel
+	// CreateBatch makes the entries of flows; errs[i] is what Create
+	// would have returned for flows[i].
+	CreateBatch(flows []handoff.Flow, errs []error)
+}
+
+// Hand-off goroutines, their backlog and their batches: two goroutines
+// keep up with a flood's valid ACKs while a third would only contend for
+// the socket.
 const (
 	handoffWorkers = 2
 	handoffBacklog = 4096
+	handoffBatch   = 16
 )
+
+// handoffScratch is one hand-off goroutine's batch, allocated once.
+type handoffScratch struct {
+	keys  [handoffBatch]flowKey
+	flows [handoffBatch]pendingFlow
+	hs    [handoffBatch]handoff.Flow
+	errs  [handoffBatch]error
+}
 
 // runHandoffs completes handshakes whose backend answered, until ctx is
 // done.
 func (e *Engine) runHandoffs(ctx context.Context, out *outbox) {
+	s := new(handoffScratch)
+	batch, _ := e.cfg.Kernel.(BatchKernel)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case k := <-e.handoffs:
-			e.handoff(out, k)
+			s.keys[0] = k
+			n := 1
+		drain:
+			for batch != nil && n < len(s.keys) {
+				select {
+				case k := <-e.handoffs:
+					s.keys[n] = k
+					n++
+				default:
+					break drain
+				}
+			}
+			e.handoffAll(out, s, n, batch)
 			out.flush()
 		}
 	}
 }
 
-// handoff creates the conntrack entry, then opens the client's window.
-// The backend was ACKed, and the client's early data passed on, when its
-// SYN-ACK came (backendSYNACK); this is off the request's path. The window
-// update must follow the entry: the client's next segments should find
-// it, rather than cross the queue to be translated.
+// handoff hands off the one flow k.
 func (e *Engine) handoff(out *outbox, k flowKey) {
-	e.mu.Lock()
-	f := e.pending.get(k)
-	if f == nil || f.state != stateHandingOff {
+	var s handoffScratch
+	s.keys[0] = k
+	e.handoffAll(out, &s, 1, nil)
+}
+
+// handoffAll creates the conntrack entries of the flows s.keys[:n], then
+// opens their clients' windows. The backend was ACKed, and the client's
+// early data passed on, when its SYN-ACK came (backendSYNACK); this is
+// off the request's path. The window update must follow the entry: the
+// client's next segments should find it, rather than cross the queue to
+// be translated.
+func (e *Engine) handoffAll(out *outbox, s *handoffScratch, n int, batch BatchKernel) {
+	m := 0
+	for _, k := range s.keys[:n] {
+		e.mu.Lock()
+		f := e.pending.get(k)
+		if f == nil || f.state != stateHandingOff {
+			e.mu.Unlock()
+			continue
+		}
+		s.flows[m] = *f
 		e.mu.Unlock()
-		return
+		fl := &s.flows[m]
+		s.keys[m] = k
+		s.hs[m] = handoff.Flow{
+			Client: k.client, Server: k.server,
+			CookieISN:         uint32(fl.cookie),
+			ServerISN:         fl.serverISN,
+			ClientWindowScale: fl.clientScale(),
+			ServerWindowScale: fl.serverScale,
+			Mark:              e.cfg.HandoffMark,
+			Timeout:           e.cfg.ConntrackTimeout,
+		}
+		m++
 	}
-	fl := *f
-	e.mu.Unlock()
 
 	taken := e.cfg.Now()
-	replaced, err := e.createEntry(handoff.Flow{
-		Client: k.client, Server: k.server,
-		CookieISN:         uint32(fl.cookie),
-		ServerISN:         fl.serverISN,
-		ClientWindowScale: fl.clientScale(),
-		ServerWindowScale: fl.serverScale,
-		Mark:              e.cfg.HandoffMark,
-		Timeout:           e.cfg.ConntrackTimeout,
-	})
+	if batch != nil && m > 1 {
+		batch.CreateBatch(s.hs[:m], s.errs[:m])
+	} else {
+		for i := range m {
+			s.errs[i] = e.cfg.Kernel.Create(s.hs[i])
+		}
+	}
+	for i := range m {
+		replaced, err := e.settleEntry(s.hs[i], s.errs[i])
+		e.handedOff(out, s.keys[i], &s.flows[i], taken, replaced, err)
+	}
+	// Keep nothing of these flows.
+	clear(s.flows[:m])
+	clear(s.errs[:m])
+}
+
+// handedOff finishes the hand-off of fl, whose entry creation started at
+// taken and ended with err.
+func (e *Engine) handedOff(out *outbox, k flowKey, fl *pendingFlow, taken time.Time, replaced bool, err error) {
 	if replaced {
 		out.c.add(fl.svc, EntryReplaced)
 	}
@@ -85,8 +154,8 @@ func (e *Engine) handoff(out *outbox, k flowKey) {
 			e.pending.remove(k)
 		}
 		e.mu.Unlock()
-		e.dropHeld(out.c, &fl)
-		resetBoth(out, k, &fl)
+		e.dropHeld(out.c, fl)
+		resetBoth(out, k, fl)
 		return
 	}
 
@@ -108,7 +177,7 @@ func (e *Engine) handoff(out *outbox, k flowKey) {
 	}
 	e.mu.Unlock()
 	if ack {
-		e.ackBackend(out, k, &fl, held)
+		e.ackBackend(out, k, fl, held)
 	}
 	update := packet.Segment{
 		Src: k.server, Dst: k.client,
@@ -123,12 +192,12 @@ func (e *Engine) handoff(out *outbox, k flowKey) {
 	})
 }
 
-// createEntry makes the flow's conntrack entry. An entry the kernel still
-// holds for the same ports belongs to an earlier flow in TIME_WAIT, and
-// its sequence adjustment to that flow: it is replaced. An entry that
-// exists after a retried create is the hand-off's own, and no error.
-func (e *Engine) createEntry(h handoff.Flow) (replaced bool, err error) {
-	err = e.cfg.Kernel.Create(h)
+// settleEntry finishes making the flow's conntrack entry, whose create
+// returned err. An entry the kernel still holds for the same ports
+// belongs to an earlier flow in TIME_WAIT, and its sequence adjustment to
+// that flow: it is replaced. An entry that exists after a retried create
+// is the hand-off's own, and no error.
+func (e *Engine) settleEntry(h handoff.Flow, err error) (replaced bool, _ error) {
 	if errors.Is(err, handoff.ErrExists) {
 		if err = e.cfg.Kernel.Delete(h.Client, h.Server); err == nil || errors.Is(err, handoff.ErrNotFound) {
 			err = e.cfg.Kernel.Create(h)
