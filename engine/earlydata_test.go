@@ -530,3 +530,40 @@ func TestTranslatedBeforeTheEntry(t *testing.T) {
 		t.Fatalf("the new connection's ACK did not replay its SYN: %+v", r)
 	}
 }
+
+// TestResetWhileTheEntryIsMade: a flow reset after its backend was ACKed
+// but before its hand-off made the entry gets no window update, and the
+// entry made for it is taken back rather than left for the established
+// timeout.
+func TestResetWhileTheEntryIsMade(t *testing.T) {
+	h := newHarness(t, earlyOn)
+	h.handshake(linuxOptions())
+	h.backendAnswers(0x100)
+	h.expect(1) // the backend's ACK
+	h.handle(packet.Segment{Src: server, Dst: client, Seq: 0x101, Ack: clientISN + 1, Flags: packet.RST | packet.ACK}, nf.Drop)
+	if rst := h.expect(1)[0].p; rst.Destination() != client || !rst.Flags.Has(packet.RST) {
+		t.Fatalf("client not reset: %+v", rst)
+	}
+	h.drainHandoffs()
+	h.expect(0)
+	if h.handoff.deleted != 0 || len(h.handoff.got) != 0 {
+		// The hand-off found the flow gone before it began: nothing made.
+		t.Fatalf("created %d, deleted %d", len(h.handoff.got), h.handoff.deleted)
+	}
+
+	// The same reset landing while the create runs.
+	h2 := newHarness(t, earlyOn)
+	h2.handshake(linuxOptions())
+	h2.backendAnswers(0x100)
+	h2.expect(1)
+	h2.handoff.onCreate = func() {
+		h2.e.mu.Lock()
+		h2.e.pending.remove(flowKey{client: client, server: server})
+		h2.e.mu.Unlock()
+	}
+	h2.drainHandoffs()
+	h2.expect(0)
+	if len(h2.handoff.got) != 1 || h2.handoff.deleted != 1 || h2.stat(HandedOff) != 0 {
+		t.Fatalf("created %d, deleted %d, handed off %d", len(h2.handoff.got), h2.handoff.deleted, h2.stat(HandedOff))
+	}
+}

@@ -165,15 +165,22 @@ func (e *Engine) handedOff(out *outbox, k flowKey, fl *pendingFlow, taken time.T
 	var held heldRefs
 	ack := false
 	e.mu.Lock()
-	if f := e.pending.get(k); f != nil {
-		f.state = stateDone
-		f.expires = created.Add(e.cfg.Linger)
-		if !f.acked {
-			// A reused flow: its backend is ACKed now that the old
-			// entry is gone.
-			f.acked, ack = true, true
-			held = takeHeld(f)
-		}
+	f := e.pending.get(k)
+	if f == nil {
+		e.mu.Unlock()
+		// The flow ended (a reset from either end) while its entry was
+		// being made: take the entry back, or it would outlive the flow
+		// by the established timeout. Already gone is fine.
+		_ = e.cfg.Kernel.Delete(k.client, k.server)
+		return
+	}
+	f.state = stateDone
+	f.expires = created.Add(e.cfg.Linger)
+	if !f.acked {
+		// A reused flow: its backend is ACKed now that the old entry is
+		// gone.
+		f.acked, ack = true, true
+		held = takeHeld(f)
 	}
 	e.mu.Unlock()
 	if ack {
