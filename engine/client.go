@@ -231,6 +231,7 @@ func (w *Worker) clientACK(svc int, b []byte, stale bool) nf.Verdict {
 		c.add(svc, PendingFull)
 		return nf.Drop
 	}
+	e.pendingAdded()
 	seg := backendSYN(k, f)
 	w.out.send(svc, &seg, BackendSYNSent)
 	switch {

@@ -24,6 +24,8 @@ type Engine struct {
 	held    holdPool // early data's copies
 
 	handoffs chan flowKey
+	// wakeTimers restarts the timer loop's ticks (pendingAdded).
+	wakeTimers chan struct{}
 
 	countersMu sync.Mutex
 	counters   []*counterSet
@@ -42,11 +44,12 @@ func New(cfg Config) (*Engine, error) {
 		return nil, fmt.Errorf("engine config: %w", err)
 	}
 	e := &Engine{
-		cfg:      cfg,
-		events:   cfg.Events,
-		pending:  newPendingTable(cfg.MaxPending),
-		held:     holdPool{max: cfg.MaxHeld},
-		handoffs: make(chan flowKey, handoffBacklog),
+		cfg:        cfg,
+		events:     cfg.Events,
+		pending:    newPendingTable(cfg.MaxPending),
+		held:       holdPool{max: cfg.MaxHeld},
+		handoffs:   make(chan flowKey, handoffBacklog),
+		wakeTimers: make(chan struct{}, 1),
 	}
 	if e.events == nil {
 		e.events = NopEvents{}

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"sync"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/synguard/synguard/cookies"
 	"github.com/synguard/synguard/handoff"
+	"github.com/synguard/synguard/internal/poll"
 	"github.com/synguard/synguard/nf"
 	"github.com/synguard/synguard/packet"
 )
@@ -758,5 +760,27 @@ func TestNewFlowOnLingeringPorts(t *testing.T) {
 	}
 	if last := h.handoff.got[len(h.handoff.got)-1]; last.CookieISN != cookie2 || last.ServerISN != 77 {
 		t.Fatalf("entry created for %+v", last)
+	}
+}
+
+// TestTimersWakeForPendingFlows: the timer loop stops ticking while no
+// flow is pending, and a flow added later still gets its retries.
+func TestTimersWakeForPendingFlows(t *testing.T) {
+	h := newHarness(t, func(c *Config) {
+		c.Now = time.Now
+		c.RetryInitial = 20 * time.Millisecond
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.e.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	// The control loop has run, so the first timer tick, ten times
+	// earlier, found nothing pending and stopped the ticks.
+	if !poll.Until(5*time.Second, func() bool { return !h.e.LastControl().IsZero() }) {
+		t.Fatal("the control loop never ran")
+	}
+	h.handshake(linuxOptions())
+	if !poll.Until(5*time.Second, func() bool { return h.stat(BackendRetry) >= 1 }) {
+		t.Fatal("a flow added while the timers were idle got no retry")
 	}
 }

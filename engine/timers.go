@@ -16,10 +16,13 @@ const (
 	controlWindow = 10
 )
 
-// runTimers ticks the timers and the control loop until ctx is done.
+// runTimers ticks the timers and the control loop until ctx is done. The
+// timers tick only while flows are pending: an idle gateway wakes for the
+// control loop alone, and every wake-up costs CPU.
 func (e *Engine) runTimers(ctx context.Context) {
 	tick := time.NewTicker(e.tickInterval())
 	defer tick.Stop()
+	ticking := true
 	ctl := time.NewTicker(controlTick)
 	defer ctl.Stop()
 	for {
@@ -28,9 +31,27 @@ func (e *Engine) runTimers(ctx context.Context) {
 			return
 		case <-tick.C:
 			e.Tick()
+			if e.Pending() == 0 {
+				tick.Stop()
+				ticking = false
+			}
+		case <-e.wakeTimers:
+			if !ticking {
+				tick.Reset(e.tickInterval())
+				ticking = true
+			}
 		case <-ctl.C:
 			e.control(e.cfg.Now())
 		}
+	}
+}
+
+// pendingAdded tells the timer loop a flow is pending, after it was added:
+// a loop that saw none and stopped ticking starts again.
+func (e *Engine) pendingAdded() {
+	select {
+	case e.wakeTimers <- struct{}{}:
+	default:
 	}
 }
 
