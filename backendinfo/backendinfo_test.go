@@ -69,14 +69,7 @@ type accepted struct {
 // accepted socket's view from TCP_INFO.
 func listen(t *testing.T, ns *netns.NS, addr netip.AddrPort) <-chan accepted {
 	t.Helper()
-	var ln net.Listener
-	if err := ns.Do(func() (err error) {
-		ln, err = net.Listen("tcp", addr.String())
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
+	ln := nstest.Listen(t, ns, addr.String())
 	out := make(chan accepted, 4)
 	go func() {
 		for {

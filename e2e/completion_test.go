@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/synguard/synguard/lab"
-	"github.com/synguard/synguard/nfq"
 )
 
 // TestCompletionQueueUnderSYNFlood: with --xdp off every SYN goes through
@@ -85,13 +84,7 @@ func TestCompletionQueueUnderSYNFlood(t *testing.T) {
 	t.Logf("floods:\n%s", strings.TrimSpace(out))
 
 	// The kernel's own count, per queue.
-	var kernel []nfq.KernelQueueStats
-	if err := topo.Gateway.Do(func() (err error) {
-		kernel, err = nfq.KernelStats()
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	kernel := kernelQueues(t, topo.Gateway)
 	drops := map[uint16]uint64{}
 	for _, k := range kernel {
 		drops[k.Queue] = k.QueueDropped + k.UserDropped

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/synguard/synguard/internal/nstest"
 	"github.com/synguard/synguard/internal/poll"
 	"github.com/synguard/synguard/lab"
 	"github.com/synguard/synguard/lab/netns"
@@ -24,14 +25,7 @@ import (
 // hash of what it sent knows every byte reached the backend, in order.
 func hashServer(t *testing.T, ns *netns.NS, addr netip.AddrPort) {
 	t.Helper()
-	var ln net.Listener
-	if err := ns.Do(func() (err error) {
-		ln, err = net.Listen("tcp", addr.String())
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
+	ln := nstest.Listen(t, ns, addr.String())
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -92,20 +86,12 @@ func randomBytes(t *testing.T, n int) []byte {
 	return b
 }
 
-// queueWaiting is the packets waiting in the gateway namespace's queues
-// for a verdict (the third column of nfnetlink_queue).
+// queueWaiting is the packets waiting in ns's queues for a verdict.
 func queueWaiting(t *testing.T, ns *netns.NS) int {
 	t.Helper()
-	out, err := ns.Output(context.Background(), "cat", "/proc/net/netfilter/nfnetlink_queue")
-	if err != nil {
-		t.Fatal(err)
-	}
 	total := 0
-	for line := range strings.Lines(out) {
-		var queue, port, waiting int
-		if _, err := fmt.Sscan(line, &queue, &port, &waiting); err == nil {
-			total += waiting
-		}
+	for _, q := range kernelQueues(t, ns) {
+		total += int(q.Waiting)
 	}
 	return total
 }

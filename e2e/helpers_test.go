@@ -28,6 +28,7 @@ import (
 	"github.com/synguard/synguard/internal/syncbuf"
 	"github.com/synguard/synguard/lab"
 	"github.com/synguard/synguard/lab/netns"
+	"github.com/synguard/synguard/nfq"
 	"github.com/synguard/synguard/packet"
 )
 
@@ -448,6 +449,19 @@ func checkHandOffMidTransfer(t *testing.T, g *gateway, topo *lab.Topology, servi
 	if v := g.metric("synguard_flows_handed_off_total"); v != 1 {
 		t.Fatalf("flows handed off = %v, want 1", v)
 	}
+}
+
+// kernelQueues reads the kernel's table of the queues in ns.
+func kernelQueues(t testing.TB, ns *netns.NS) []nfq.KernelQueueStats {
+	t.Helper()
+	var qs []nfq.KernelQueueStats
+	if err := ns.Do(func() (err error) {
+		qs, err = nfq.KernelStats()
+		return err
+	}); err != nil {
+		t.Fatalf("queue state in %s: %v", ns.Name, err)
+	}
+	return qs
 }
 
 // handshakeQueued is how many packets of the cookie-mode handshakes so

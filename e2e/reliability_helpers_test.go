@@ -25,7 +25,6 @@ import (
 	"github.com/synguard/synguard/internal/poll"
 	"github.com/synguard/synguard/lab"
 	"github.com/synguard/synguard/lab/netns"
-	"github.com/synguard/synguard/nfq"
 	"github.com/synguard/synguard/packet"
 )
 
@@ -141,15 +140,8 @@ func waitQueueIdle(t testing.TB, ns *netns.NS, received func() float64) {
 		lastRecv         = -1.0
 	)
 	idle := poll.Until(30*time.Second, func() bool {
-		var qs []nfq.KernelQueueStats
-		if err := ns.Do(func() (err error) {
-			qs, err = nfq.KernelStats()
-			return err
-		}); err != nil {
-			t.Fatalf("queue state in %s: %v", ns.Name, err)
-		}
 		waiting, arrived = 0, 0
-		for _, q := range qs {
+		for _, q := range kernelQueues(t, ns) {
 			// Every packet that reached a queue either got an id or was
 			// dropped because the queue was full.
 			waiting += uint64(q.Waiting)

@@ -83,9 +83,9 @@ func Pair(t testing.TB, prefix string, a, b Addrs) (*netns.NS, *netns.NS) {
 	return nsA, nsB
 }
 
-// ListenTCP opens a TCP listener on addr inside ns that accepts and closes
-// connections until the test ends, and returns its address.
-func ListenTCP(t testing.TB, ns *netns.NS, addr string) *net.TCPAddr {
+// Listen opens a TCP listener on addr inside ns, closed when the test
+// ends.
+func Listen(t testing.TB, ns *netns.NS, addr string) net.Listener {
 	t.Helper()
 	var ln net.Listener
 	if err := ns.Do(func() (err error) {
@@ -95,6 +95,14 @@ func ListenTCP(t testing.TB, ns *netns.NS, addr string) *net.TCPAddr {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// ListenTCP opens a TCP listener on addr inside ns that accepts and closes
+// connections until the test ends, and returns its address.
+func ListenTCP(t testing.TB, ns *netns.NS, addr string) *net.TCPAddr {
+	t.Helper()
+	ln := Listen(t, ns, addr)
 	go func() {
 		for {
 			c, err := ln.Accept()
