@@ -34,7 +34,7 @@ const (
 	ModeChanges                       // switches between passthrough and cookie mode
 	StalePassed                       // segments of closing handed-off flows, passed on
 	EntryReplaced                     // stale conntrack entries replaced by a new flow on the same ports
-	EarlyDataHeld                     // client segments held in their queue until the hand-off
+	EarlyDataHeld                     // client segments held in their queue until the backend answers
 	EarlyDataReleased                 // held early segments sent on to the backend, translated
 	TranslatedClient                  // client segments of an established flow that met no entry yet: ack translated, passed
 	TranslatedBackend                 // backend segments of an established flow that met no entry yet: seq translated, passed

@@ -10,9 +10,11 @@ import (
 // This file is early data: a cookie SYN-ACK that opens a small window, so
 // the client sends its request right behind its ACK instead of waiting a
 // round trip for the window update. Its segments wait in their queue, with
-// no verdict, until the flow's conntrack entry exists; then they go on to
-// the backend with their acknowledgement number moved into the backend's
-// sequence space (docs/architecture.md, Early data).
+// no verdict, until the backend has answered the replayed SYN and been
+// ACKed (for a client reusing the ports of a closing flow, until the
+// hand-off has replaced that flow's entry); then they go on to the backend
+// with their acknowledgement number moved into the backend's sequence
+// space (docs/architecture.md, Early data).
 
 // Holder keeps queued packets waiting and later gives them a verdict: the
 // queue a worker reads. Release may be called from any goroutine.
@@ -55,8 +57,8 @@ func earlyWindow(mss uint16, ipv6 bool) uint16 {
 	return uint16(min(uint32(mss)*EarlySegments, 0xffff))
 }
 
-// heldSegment is a client segment waiting in its queue for the hand-off,
-// with a copy of its bytes to translate and send back with the verdict.
+// heldSegment is a client segment waiting in its queue for its backend to
+// be ACKed, with a copy of its bytes to translate and send back with the verdict.
 type heldSegment struct {
 	holder    Holder
 	id        uint32
@@ -109,8 +111,8 @@ func (p *holdPool) put(s *heldSegment) {
 // inUse is how many segments are held.
 func (p *holdPool) inUse() int { return p.made - len(p.free) }
 
-// holdEarly keeps the packet in hand, b, queued until its flow f is handed
-// off. It is called with e.mu held and reports false when the segment
+// holdEarly keeps the packet in hand, b, queued until the backend of its
+// flow f is ACKed. It is called with e.mu held and reports false when the segment
 // cannot be held: the worker has no Holder, or the flow or the pool is at
 // its bound. The caller then drops it; the client retransmits it once its
 // window opens.
@@ -184,8 +186,8 @@ func (e *Engine) releaseHeld(out *outbox, c *counterSet, svc int, h heldRefs, v 
 	e.svc(svc).held.Add(-int64(h.n))
 }
 
-// dropHeld drops the segments held for a flow that ends before its
-// hand-off. Called without e.mu; f is the caller's copy.
+// dropHeld drops the segments held for a flow that ends before its backend
+// was ACKed. Called without e.mu; f is the caller's copy.
 func (e *Engine) dropHeld(c *counterSet, f *pendingFlow) {
 	e.releaseHeld(nil, c, f.svc, f.held, nf.Drop, f)
 }
@@ -193,12 +195,13 @@ func (e *Engine) dropHeld(c *counterSet, f *pendingFlow) {
 // EarlyData reports whether cookie SYN-ACKs open an early window.
 func (e *Engine) EarlyData() bool { return e.cfg.EarlyData }
 
-// Held is how many client segments wait in their queues for a hand-off.
-func (e *Engine) Held() int {
+// heldSlots is how many of the hold pool's slots are taken.
+func (e *Engine) heldSlots() int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.held.inUse()
 }
 
-// HeldBy is Held for service svc's flows alone.
+// HeldBy is how many client segments of service svc's flows wait in their
+// queues for the backend's answer.
 func (e *Engine) HeldBy(svc int) int { return int(e.svc(svc).held.Load()) }

@@ -165,8 +165,8 @@ func TestEarlyDataHeldUntilTheBackendAnswers(t *testing.T) {
 	if r := h.expect(1)[0].p; r.Flags != packet.SYN || r.Seq != clientISN {
 		t.Fatalf("the first data segment did not replay the SYN: %+v", r)
 	}
-	if h.stat(EarlyDataHeld) != 3 || h.e.Held() != 3 || h.e.HeldBy(0) != 3 || len(h.queue.releases()) != 0 {
-		t.Fatalf("held %d (engine %d), released %d before the hand-off", h.stat(EarlyDataHeld), h.e.Held(), len(h.queue.releases()))
+	if h.stat(EarlyDataHeld) != 3 || h.e.heldSlots() != 3 || h.e.HeldBy(0) != 3 || len(h.queue.releases()) != 0 {
+		t.Fatalf("held %d (engine %d), released %d before the hand-off", h.stat(EarlyDataHeld), h.e.heldSlots(), len(h.queue.releases()))
 	}
 
 	const serverISN = 0x7fff_fff0
@@ -215,8 +215,8 @@ func TestEarlyDataHeldUntilTheBackendAnswers(t *testing.T) {
 	if update := out[1].p; update.Destination() != client || update.Ack != clientISN+1 {
 		t.Fatalf("window update %+v", update)
 	}
-	if h.stat(EarlyDataReleased) != 3 || h.e.Held() != 0 || h.e.HeldBy(0) != 0 {
-		t.Fatalf("released %d, still held %d", h.stat(EarlyDataReleased), h.e.Held())
+	if h.stat(EarlyDataReleased) != 3 || h.e.heldSlots() != 0 || h.e.HeldBy(0) != 0 {
+		t.Fatalf("released %d, still held %d", h.stat(EarlyDataReleased), h.e.heldSlots())
 	}
 
 	// A segment that met conntrack before the entry existed reaches the
@@ -278,8 +278,8 @@ func TestEarlyDataBounds(t *testing.T) {
 	if v := h.handleAt(seg(3), nf.Forward); v != nf.Drop {
 		t.Fatalf("segment past the global bound: %v", v)
 	}
-	if h.stat(EarlyDataRefused) != 2 || h.e.Held() != EarlySegments+1 {
-		t.Fatalf("refused %d, held %d", h.stat(EarlyDataRefused), h.e.Held())
+	if h.stat(EarlyDataRefused) != 2 || h.e.heldSlots() != EarlySegments+1 {
+		t.Fatalf("refused %d, held %d", h.stat(EarlyDataRefused), h.e.heldSlots())
 	}
 	// A segment that does not ACK the flow's cookie is no early data of it.
 	wrong := build(t, packet.Segment{Src: client, Dst: server, Seq: clientISN + 1, Ack: cookie + 2, Flags: packet.ACK | packet.PSH})
@@ -321,8 +321,8 @@ func TestEarlyDataDroppedWhenTheFlowEnds(t *testing.T) {
 				t.Fatalf("%v not counted", tt.want)
 			}
 			rel := h.queue.releases()
-			if len(rel) != 2 || h.queue.heldCount() != 0 || h.e.Held() != 0 {
-				t.Fatalf("%d released, %d still held by the queue, %d by the engine", len(rel), h.queue.heldCount(), h.e.Held())
+			if len(rel) != 2 || h.queue.heldCount() != 0 || h.e.heldSlots() != 0 {
+				t.Fatalf("%d released, %d still held by the queue, %d by the engine", len(rel), h.queue.heldCount(), h.e.heldSlots())
 			}
 			for _, r := range rel {
 				if r.v != nf.Drop {
@@ -345,8 +345,8 @@ func TestEarlyDataReleaseFailureCounted(t *testing.T) {
 	h.queue.err = errors.New("queue closed")
 	h.backendAnswers(0x100)
 	h.drainHandoffs()
-	if h.stat(EarlyDataLost) != 1 || h.stat(HandedOff) != 1 || h.e.Held() != 0 {
-		t.Fatalf("lost %d, handed off %d, held %d", h.stat(EarlyDataLost), h.stat(HandedOff), h.e.Held())
+	if h.stat(EarlyDataLost) != 1 || h.stat(HandedOff) != 1 || h.e.heldSlots() != 0 {
+		t.Fatalf("lost %d, handed off %d, held %d", h.stat(EarlyDataLost), h.stat(HandedOff), h.e.heldSlots())
 	}
 }
 
@@ -368,7 +368,7 @@ func TestEarlyDataOffOrNoHolder(t *testing.T) {
 			if v := h.handleAt(h.dataSeg(cookie, 0, "x", packet.PSH), nf.Forward); v != nf.Drop {
 				t.Fatalf("verdict %v, want drop", v)
 			}
-			if h.e.Held() != 0 {
+			if h.e.heldSlots() != 0 {
 				t.Fatal("held without early data")
 			}
 		})
@@ -425,8 +425,8 @@ func TestEarlyDataOnReusedPorts(t *testing.T) {
 	if v := h.handleAt(h.dataSeg(cookie, len(parts[0]), parts[1], packet.PSH), HookStaleEntry); v != nf.Hold {
 		t.Fatalf("request segment, stale entry: verdict %v, want hold", v)
 	}
-	if h.stat(StalePassed) != 1 || h.e.Held() != 2 {
-		t.Fatalf("stale passed %d, held %d", h.stat(StalePassed), h.e.Held())
+	if h.stat(StalePassed) != 1 || h.e.heldSlots() != 2 {
+		t.Fatalf("stale passed %d, held %d", h.stat(StalePassed), h.e.heldSlots())
 	}
 
 	const serverISN = 0x100
@@ -434,8 +434,8 @@ func TestEarlyDataOnReusedPorts(t *testing.T) {
 	// Until the hand-off replaced the old entry, the backend is not ACKed
 	// (its answer would meet that entry) and the request stays held.
 	h.expect(0)
-	if n := len(h.queue.releases()); n != 0 || h.e.Held() != 2 {
-		t.Fatalf("released %d, held %d before the old entry was replaced", n, h.e.Held())
+	if n := len(h.queue.releases()); n != 0 || h.e.heldSlots() != 2 {
+		t.Fatalf("released %d, held %d before the old entry was replaced", n, h.e.heldSlots())
 	}
 	h.drainHandoffs()
 	// The queue drops both; the engine sends them, translated, between
@@ -457,8 +457,8 @@ func TestEarlyDataOnReusedPorts(t *testing.T) {
 			}
 		}
 	}
-	if h.stat(EarlyDataReleased) != 2 || h.e.Held() != 0 {
-		t.Fatalf("released %d, held %d", h.stat(EarlyDataReleased), h.e.Held())
+	if h.stat(EarlyDataReleased) != 2 || h.e.heldSlots() != 0 {
+		t.Fatalf("released %d, held %d", h.stat(EarlyDataReleased), h.e.heldSlots())
 	}
 	// A late one that met the old entry is sent the same way.
 	if v := h.handleAt(h.dataSeg(cookie, 0, parts[0], packet.PSH), HookStaleEntry); v != nf.Drop {

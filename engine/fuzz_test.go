@@ -383,7 +383,7 @@ func (h *fuzzHarness) expire() {
 	if n := h.e.Pending(); n != 0 {
 		h.t.Fatalf("%d flows still pending after every retry and linger", n)
 	}
-	if n, q := h.e.Held(), h.queue.heldCount(); n != 0 || q != 0 {
+	if n, q := h.e.heldSlots(), h.queue.heldCount(); n != 0 || q != 0 {
 		h.t.Fatalf("after every retry and linger the engine holds %d segments, the queue %d", n, q)
 	}
 	for _, r := range h.queue.releases() {

@@ -66,11 +66,14 @@ func (e *Engine) tickInterval() time.Duration {
 // calls it periodically; tests call it with a synthetic clock.
 func (e *Engine) Tick() {
 	now := e.cfg.Now()
+	// What to do with a flow once the lock is released: resend its SYN,
+	// or, when it is forgotten, drop the early data it holds and, if its
+	// backend stayed silent, reset both ends.
 	type action struct {
-		k        flowKey
-		f        pendingFlow
-		reset    bool
-		dropHeld bool // only drop the held early data
+		k       flowKey
+		f       pendingFlow
+		forgot  bool
+		timeout bool
 	}
 	var actions []action
 	e.mu.Lock()
@@ -82,7 +85,7 @@ func (e *Engine) Tick() {
 			}
 			if f.retries >= e.cfg.SYNRetries {
 				e.pending.remove(k)
-				actions = append(actions, action{k: k, f: *f, reset: true})
+				actions = append(actions, action{k: k, f: *f, forgot: true, timeout: true})
 				continue
 			}
 			f.retries++
@@ -92,7 +95,7 @@ func (e *Engine) Tick() {
 			if now.After(f.expires) {
 				e.pending.remove(k)
 				if f.held.n > 0 {
-					actions = append(actions, action{k: k, f: *f, dropHeld: true})
+					actions = append(actions, action{k: k, f: *f, forgot: true})
 				}
 			}
 		}
@@ -100,20 +103,17 @@ func (e *Engine) Tick() {
 	e.mu.Unlock()
 	out := e.timers
 	for _, a := range actions {
-		if a.dropHeld || a.reset {
-			e.dropHeld(out.c, &a.f)
-		}
-		if a.dropHeld {
+		if !a.forgot {
+			out.c.add(a.f.svc, BackendRetry)
+			seg := backendSYN(a.k, &a.f)
+			out.send(a.f.svc, &seg, BackendSYNSent)
 			continue
 		}
-		if a.reset {
+		e.dropHeld(out.c, &a.f)
+		if a.timeout {
 			out.c.add(a.f.svc, BackendTimeout)
 			resetBoth(out, a.k, &a.f)
-			continue
 		}
-		out.c.add(a.f.svc, BackendRetry)
-		seg := backendSYN(a.k, &a.f)
-		out.send(a.f.svc, &seg, BackendSYNSent)
 	}
 	out.flush()
 }

@@ -46,7 +46,7 @@ type Worker struct {
 // sends through b, which the caller may keep and steer (the gateway points
 // each reply at the link its packet came in on). b is used only from the
 // worker's goroutine. h is the queue the worker's packets come from, which
-// holds early data until its flow is handed off; nil holds nothing (early
+// holds early data until its backend answers; nil holds nothing (early
 // data is then dropped, and the client retransmits it).
 func (e *Engine) NewWorker(b Batch, h Holder) *Worker {
 	return &Worker{e: e, out: e.newOutbox(b), holder: h}

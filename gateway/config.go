@@ -45,7 +45,7 @@ type Config struct {
 	Backend    *engine.BackendOptions
 	MaxPending int
 	// EarlyData opens a window in cookie SYN-ACKs and holds the client's
-	// first segments in the queue until the hand-off (engine.Config).
+	// first segments in the queue until the backend answers (engine.Config).
 	EarlyData bool
 	// ProbeInterval is how often backends are probed for their options.
 	ProbeInterval time.Duration
