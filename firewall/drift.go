@@ -241,7 +241,7 @@ func writeScript(b *strings.Builder, name string, want *table, live *liveTable, 
 	var unwanted []string
 	if drop && live != nil {
 		for c := range live.chains {
-			if owned(c) && (want == nil || !slices.Contains(want.chains, c)) {
+			if OwnsChain(c) && (want == nil || !slices.Contains(want.chains, c)) {
 				unwanted = append(unwanted, c)
 			}
 		}
@@ -264,7 +264,7 @@ func writeScript(b *strings.Builder, name string, want *table, live *liveTable, 
 	if len(unwanted) > 0 {
 		chains := make([]string, 0, len(live.rules))
 		for c := range live.rules {
-			if !owned(c) {
+			if !OwnsChain(c) {
 				chains = append(chains, c)
 			}
 		}

@@ -401,7 +401,7 @@ func FuzzDrift(f *testing.F) {
 					case l == "COMMIT", l == "*"+tab.name, slices.Contains(tab.declarations(), l),
 						slices.Contains(tab.rules, l), slices.ContainsFunc(tab.jumps, func(j jump) bool { return j.insert() == l }):
 					case strings.HasPrefix(l, "-F ") || strings.HasPrefix(l, "-X "):
-						if !drop || !owned(l[3:]) {
+						if !drop || !OwnsChain(l[3:]) {
 							t.Fatalf("script flushes or deletes %q", l)
 						}
 					case strings.HasPrefix(l, "-D "):

@@ -174,7 +174,7 @@ func ownedOnly(saved string) string {
 		if chain, ok := strings.CutPrefix(line, "-A "); ok {
 			chain, _, _ = strings.Cut(chain, " ")
 			pos[chain]++
-			if strings.Contains(line, "SYNGUARD") && !owned(chain) {
+			if strings.Contains(line, "SYNGUARD") && !OwnsChain(chain) {
 				line = fmt.Sprintf("(position %d) %s", pos[chain], line)
 			}
 		}

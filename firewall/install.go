@@ -222,8 +222,8 @@ func removeLeftovers(ctx context.Context, r Runner) error {
 	return errors.Join(errs...)
 }
 
-// owned reports whether synguard owns the chain called name.
-func owned(name string) bool {
+// OwnsChain reports whether synguard owns the chain called name.
+func OwnsChain(name string) bool {
 	return name == chainPrefix || strings.HasPrefix(name, chainPrefix+"-")
 }
 
@@ -244,12 +244,12 @@ func cleanupScript(saved []byte) (string, error) {
 		case strings.HasPrefix(line, "*"):
 			table, jumps, chains = line[1:], nil, nil
 		case strings.HasPrefix(line, ":"):
-			if name, _, _ := strings.Cut(line[1:], " "); owned(name) {
+			if name, _, _ := strings.Cut(line[1:], " "); OwnsChain(name) {
 				chains = append(chains, name)
 			}
 		case strings.HasPrefix(line, "-A "):
 			chain, spec, _ := strings.Cut(line[len("-A "):], " ")
-			if !owned(chain) && targetsOwned(spec) {
+			if !OwnsChain(chain) && targetsOwned(spec) {
 				jumps = append(jumps, "-D "+chain+" "+spec)
 			}
 		case line == "COMMIT":
@@ -280,7 +280,7 @@ func cleanupScript(saved []byte) (string, error) {
 func targetsOwned(spec string) bool {
 	f := strings.Fields(spec)
 	for k := 0; k+1 < len(f); k++ {
-		if (f[k] == "-j" || f[k] == "-g") && owned(f[k+1]) {
+		if (f[k] == "-j" || f[k] == "-g") && OwnsChain(f[k+1]) {
 			return true
 		}
 	}

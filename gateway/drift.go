@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -204,10 +203,6 @@ func netfilterChanges() (<-chan struct{}, <-chan struct{}, func(), error) {
 	return changes, done, func() { c.Close(); <-done }, nil
 }
 
-// ownChains starts the names of the chains synguard's rules are in
-// (package firewall's chainPrefix).
-const ownChains = "SYNGUARD"
-
 // ownChainsInNFTables reports whether nf_tables holds a chain of
 // synguard's (SYNGUARD-*), as iptables-nft puts them there: then every
 // change to them is a transaction the kernel announces. It lists the
@@ -239,7 +234,7 @@ func ownChainsInNFTables() bool {
 			continue
 		}
 		for ad.Next() {
-			if ad.Type() == unix.NFTA_CHAIN_NAME && strings.HasPrefix(ad.String(), ownChains) {
+			if ad.Type() == unix.NFTA_CHAIN_NAME && firewall.OwnsChain(ad.String()) {
 				return true
 			}
 		}
