@@ -142,9 +142,10 @@ func (t *Table) Close() error {
 func (t *Table) Create(h handoff.Flow) error {
 	e, err := newEntry(h, t.defaultTimeout)
 	if err == nil {
-		var errno unix.Errno
-		if errno, err = t.create(&e); err == nil && errno != 0 {
-			err = errno
+		entries := [1]entrySpec{e}
+		var errnos [1]unix.Errno
+		if err = t.creates(entries[:], errnos[:]); err == nil && errnos[0] != 0 {
+			err = errnos[0]
 		}
 	}
 	return createError(h, err)
@@ -159,22 +160,6 @@ func createError(h handoff.Flow, err error) error {
 		err = fmt.Errorf("%w: %w", handoff.ErrExists, err)
 	}
 	return fmt.Errorf("create conntrack entry %s -> %s: %w", h.Client, h.Server, err)
-}
-
-func (t *Table) create(e *entrySpec) (unix.Errno, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	seq, err := t.prepare()
-	if err != nil {
-		return 0, err
-	}
-	seq++
-	t.seq = seq
-	t.req = appendCreate(t.reqBuf[:0], seq, e)
-	if err := t.roundTrip(seq, seq); err != nil {
-		return 0, err
-	}
-	return t.errnos[0], nil
 }
 
 // CreateBatch creates the entries of flows as Create does, up to MaxBatch
@@ -221,8 +206,8 @@ func (t *Table) createBatch(flows []handoff.Flow, errs []error) {
 	}
 }
 
-// creates sends the creates of entries in one write, only the last asking
-// for an ack, and returns each one's errno in errnos.
+// creates sends the creates of entries (one, or a batch) in one write,
+// only the last asking for an ack, and returns each one's errno in errnos.
 func (t *Table) creates(entries []entrySpec, errnos []unix.Errno) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
