@@ -2,7 +2,6 @@ package nfq
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -142,50 +141,23 @@ func (h *harness) step() {
 	h.r.handle()
 }
 
-// verdicts reads the verdict messages written so far, per write.
+// verdicts reads the verdict messages written so far, per write: batch
+// verdicts only, as the receive loop writes when nothing is held or
+// rewritten (messages checks each as the kernel reads it).
 func (h *harness) verdicts() [][]sentVerdict {
 	h.t.Helper()
 	var writes [][]sentVerdict
-	for {
-		n, err := unix.Read(h.peer, h.buf)
-		if errors.Is(err, unix.EAGAIN) {
-			return writes
-		}
-		if err != nil {
-			h.t.Fatal(err)
-		}
+	for _, msgs := range h.messages() {
 		var w []sentVerdict
-		for b := h.buf[:n]; len(b) > 0; b = b[verdictMsgLen:] {
-			if len(b) < verdictMsgLen {
-				h.t.Fatalf("%d trailing bytes after verdict messages", len(b))
+		for _, m := range msgs {
+			if !m.Batch || m.Packet != nil {
+				h.t.Fatalf("verdict message %+v, want NFQNL_MSG_VERDICT_BATCH without a packet", m)
 			}
-			w = append(w, parseVerdict(h.t, b[:verdictMsgLen]))
+			w = append(w, sentVerdict{ID: m.ID, Verdict: m.Verdict})
 		}
 		writes = append(writes, w)
 	}
-}
-
-// parseVerdict checks one verdict message field by field, as the kernel's
-// nfnetlink and nfnetlink_queue read it.
-func parseVerdict(t testing.TB, b []byte) sentVerdict {
-	t.Helper()
-	ne, be := binary.NativeEndian, binary.BigEndian
-	if l := ne.Uint32(b[0:4]); l != verdictMsgLen {
-		t.Fatalf("nlmsg_len %d, want %d", l, verdictMsgLen)
-	}
-	if typ := ne.Uint16(b[4:6]); typ != 3<<8|3 {
-		t.Fatalf("nlmsg_type %#x, want NFNL_SUBSYS_QUEUE<<8 | NFQNL_MSG_VERDICT_BATCH", typ)
-	}
-	if flags := ne.Uint16(b[6:8]); flags != 1 {
-		t.Fatalf("nlmsg_flags %#x, want NLM_F_REQUEST only", flags)
-	}
-	if b[16] != 0 || b[17] != 0 || be.Uint16(b[18:20]) != 7 {
-		t.Fatalf("nfgenmsg % x, want AF_UNSPEC, v0, queue 7", b[16:20])
-	}
-	if ne.Uint16(b[20:22]) != 12 || ne.Uint16(b[22:24]) != nfqaVerdictHdr {
-		t.Fatalf("attribute header % x, want NFQA_VERDICT_HDR of 12 bytes", b[20:24])
-	}
-	return sentVerdict{ID: be.Uint32(b[28:32]), Verdict: be.Uint32(b[24:28])}
+	return writes
 }
 
 // recorder is a BatchHandler that records what it saw and answers from a
