@@ -558,19 +558,19 @@ func (w *spoofWatch) close() {
 
 // conntrackEntries counts the TCP conntrack entries in ns whose original
 // source is src.
-func conntrackEntries(t *testing.T, ns *netns.NS, src netip.Addr) int {
+func conntrackEntries(t *testing.T, ns *netns.NS, src netip.Addr) []string {
 	t.Helper()
 	out, err := ns.Output(context.Background(), "conntrack", "-L", "-p", "tcp", "-s", src.String())
 	if err != nil {
 		t.Fatalf("conntrack -L: %v", err)
 	}
-	n := 0
+	var entries []string
 	for line := range strings.Lines(out) {
 		if strings.HasPrefix(line, "tcp") {
-			n++
+			entries = append(entries, strings.TrimSpace(line))
 		}
 	}
-	return n
+	return entries
 }
 
 // setSysctl writes a sysctl inside the test's own namespace ns.

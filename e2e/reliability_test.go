@@ -334,8 +334,9 @@ func TestBackendFailures(t *testing.T) {
 		if !poll.Until(engineLinger+2*time.Second, func() bool { return g.metric("synguard_pending_flows") == 0 }) {
 			t.Fatalf("round %d: %v flows still pending", round, g.metric("synguard_pending_flows"))
 		}
-		if !poll.Until(10*time.Second, func() bool { return conntrackEntries(t, topo.Gateway, topo.ClientAddr) == 0 }) {
-			t.Fatalf("round %d: %d conntrack entries of the client remain after its flows closed", round, conntrackEntries(t, topo.Gateway, topo.ClientAddr))
+		if !poll.Until(10*time.Second, func() bool { return len(conntrackEntries(t, topo.Gateway, topo.ClientAddr)) == 0 }) {
+			left := conntrackEntries(t, topo.Gateway, topo.ClientAddr)
+			t.Fatalf("round %d: %d conntrack entries of the client remain after its flows closed:\n%s", round, len(left), strings.Join(left, "\n"))
 		}
 		p := g.proc()
 		t.Logf("round %d: gateway %s", round, p)

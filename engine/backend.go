@@ -28,7 +28,7 @@ func (w *Worker) fromBackend(svc int, b []byte) nf.Verdict {
 	case p.Flags.Has(packet.SYN|packet.ACK) && p.Ack == f.clientISN+1:
 		w.backendSYNACK(svc, k, f) // unlocks
 		return nf.Drop
-	case p.Flags.Has(packet.RST) && f.state != stateDone:
+	case p.Flags.Has(packet.RST) && !f.acked:
 		e.pending.remove(k)
 		fl := *f
 		e.mu.Unlock()
@@ -45,10 +45,16 @@ func (w *Worker) fromBackend(svc int, b []byte) nf.Verdict {
 		return nf.Drop
 	}
 	// The engine ACKed the backend at its SYN-ACK, so it may answer the
-	// request (or greet, for a server-first protocol) before the flow's
-	// entry exists; such a segment met no entry. Do what the entry does:
-	// move its seq into the cookie's sequence space.
+	// request (or greet, for a server-first protocol), or end the flow,
+	// before the flow's entry exists; such a segment met no entry. Do
+	// what the entry does: move its seq into the cookie's sequence space.
 	delta := uint32(f.cookie) - f.serverISN
+	switch {
+	case p.Flags.Has(packet.RST):
+		e.missedEnding(k, f, reset)
+	case p.Flags.Has(packet.FIN):
+		e.missedEnding(k, f, backendFIN)
+	}
 	e.mu.Unlock()
 	packet.SetSeq(b, p.IPHeaderLen, p.Seq+delta)
 	w.out.c.add(svc, TranslatedBackend)

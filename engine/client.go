@@ -67,8 +67,7 @@ func (w *Worker) fromClient(s *service, b []byte, hook nf.Hook) nf.Verdict {
 		c.add(svc, Malformed)
 		return nf.Drop
 	case p.Flags.Has(packet.RST):
-		w.clientReset(svc)
-		return nf.Drop
+		return w.clientReset(svc, b)
 	case p.Flags&(packet.ACK|packet.SYN) == packet.ACK:
 		return w.clientACK(svc, b, false)
 	}
@@ -172,7 +171,7 @@ func (w *Worker) clientACK(svc int, b []byte, stale bool) nf.Verdict {
 			}
 			return nf.Drop
 		case f.cookie == cookie:
-			return w.translateClient(svc, f, b, stale) // unlocks
+			return w.translateClient(svc, k, f, b, stale) // unlocks
 		}
 	}
 	e.mu.Unlock()
@@ -191,7 +190,7 @@ func (w *Worker) clientACK(svc int, b []byte, stale bool) nf.Verdict {
 		// an ISN near its last one, so sequence numbers cannot tell.)
 		e.mu.Lock()
 		if f := e.pending.get(k); f != nil && f.acked {
-			return w.translateClient(svc, f, b, stale) // unlocks
+			return w.translateClient(svc, k, f, b, stale) // unlocks
 		}
 		e.mu.Unlock()
 		if stale {
@@ -244,27 +243,34 @@ func (w *Worker) clientACK(svc int, b []byte, stale bool) nf.Verdict {
 	return nf.Drop
 }
 
-// translateClient passes a client segment of flow f, whose backend the
+// translateClient passes a client segment of flow k, f, whose backend the
 // engine has ACKed, that met no conntrack entry (not made yet, or made
 // since the segment met conntrack): its ack moved into the backend's
 // sequence space, as the entry would have. The third ACK again, or a
-// probe, is dropped. It is called with e.mu held and releases it.
-func (w *Worker) translateClient(svc int, f *pendingFlow, b []byte, stale bool) nf.Verdict {
+// probe, is dropped; a FIN or RST is noted as one the entry missed
+// (missedEnding). It is called with e.mu held and releases it.
+func (w *Worker) translateClient(svc int, k flowKey, f *pendingFlow, b []byte, stale bool) nf.Verdict {
 	p := &w.pkt
 	c := w.out.c
+	e := w.e
 	delta := f.serverISN - uint32(f.cookie)
-	dup := p.PayloadLen == 0 && !p.Flags.Has(packet.FIN) && p.Ack == uint32(f.cookie)+1
-	w.e.mu.Unlock()
 	switch {
-	case dup:
+	case p.Flags.Has(packet.RST):
+		e.missedEnding(k, f, reset)
+	case p.PayloadLen == 0 && !p.Flags.Has(packet.FIN) && p.Ack == uint32(f.cookie)+1:
+		e.mu.Unlock()
 		c.add(svc, DuplicateACK)
 		return nf.Drop
 	case p.Options.NumSACKBlocks > 0:
 		// Its SACK blocks would need moving too; the client's next ACK
 		// meets the entry.
+		e.mu.Unlock()
 		c.add(svc, DuplicateACK)
 		return nf.Drop
+	case p.Flags.Has(packet.FIN):
+		e.missedEnding(k, f, clientFIN)
 	}
+	e.mu.Unlock()
 	packet.SetAck(b, p.IPHeaderLen, p.Ack+delta)
 	if stale {
 		// It carries a closing entry of the same ports, whose sequence
@@ -276,18 +282,23 @@ func (w *Worker) translateClient(svc int, f *pendingFlow, b []byte, stale bool) 
 	return nf.AcceptRewritten
 }
 
-// clientReset handles a client RST before the hand-off: forget the flow
-// and, if the backend may have a half-open connection, reset it too.
-func (w *Worker) clientReset(svc int) {
+// clientReset handles a client RST, b, that met no entry. Before the
+// backend is ACKed: forget the flow and, if the backend may have a
+// half-open connection, reset it too. After: the backend has the flow,
+// and the client's RST goes on to it, translated.
+func (w *Worker) clientReset(svc int, b []byte) nf.Verdict {
 	p := &w.pkt
 	k := flowKey{client: p.Source(), server: p.Destination()}
 	e := w.e
 	e.mu.Lock()
 	f := e.pending.get(k)
-	if f == nil || f.state == stateDone {
+	switch {
+	case f == nil:
 		e.mu.Unlock()
 		w.out.c.add(svc, CookieInvalid)
-		return
+		return nf.Drop
+	case f.acked:
+		return w.translateClient(svc, k, f, b, false) // unlocks
 	}
 	e.pending.remove(k)
 	fl := *f
@@ -297,4 +308,5 @@ func (w *Worker) clientReset(svc int) {
 	w.out.c.add(svc, ClientReset)
 	seg := packet.Segment{Src: k.client, Dst: k.server, Seq: isn + 1, Flags: packet.RST}
 	w.out.send(svc, &seg, noCount)
+	return nf.Drop
 }

@@ -41,6 +41,7 @@ const (
 	EarlyDataRefused                  // early segments dropped at once: per-flow or global bound, no holder
 	EarlyDataDropped                  // held segments dropped because their flow ended before the hand-off
 	EarlyDataLost                     // held segments the queue refused a verdict for
+	EndedUnseen                       // flows that ended (both FINs, or an RST) before their entry saw them: entry deleted
 	numCounters
 )
 
@@ -78,6 +79,7 @@ var counterNames = [numCounters]string{
 	EarlyDataRefused:   "early_data_refused",
 	EarlyDataDropped:   "early_data_dropped",
 	EarlyDataLost:      "early_data_lost",
+	EndedUnseen:        "ended_unseen",
 }
 
 // String returns the counter's stable snake_case name.

@@ -531,39 +531,162 @@ func TestTranslatedBeforeTheEntry(t *testing.T) {
 	}
 }
 
-// TestResetWhileTheEntryIsMade: a flow reset after its backend was ACKed
-// but before its hand-off made the entry gets no window update, and the
-// entry made for it is taken back rather than left for the established
-// timeout.
+// TestResetWhileTheEntryIsMade: a flow reset by either end after its
+// backend was ACKed but before its hand-off made the entry: the RST goes
+// on, translated (the other end has the flow, past its first bytes), the
+// flow gets no window update, and the entry made for it is taken back
+// rather than left for the established timeout.
 func TestResetWhileTheEntryIsMade(t *testing.T) {
+	const serverISN = 0x100
+	isn := uint32(clientISN)
+	for _, tc := range []struct {
+		name string
+		rst  func(cookie uint32) packet.Segment
+		want func(cookie uint32, p *packet.Packet) bool
+	}{
+		{"by the backend",
+			func(uint32) packet.Segment {
+				return packet.Segment{Src: server, Dst: client, Seq: serverISN + 1 + 300, Ack: isn + 1, Flags: packet.RST | packet.ACK}
+			},
+			func(cookie uint32, p *packet.Packet) bool { return p.Seq == cookie+1+300 && p.Ack == isn+1 }},
+		{"by the client",
+			func(cookie uint32) packet.Segment {
+				return packet.Segment{Src: client, Dst: server, Seq: isn + 1 + 20, Ack: cookie + 1 + 300, Flags: packet.RST | packet.ACK}
+			},
+			func(_ uint32, p *packet.Packet) bool { return p.Ack == serverISN+1+300 && p.Seq == isn+1+20 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, earlyOn)
+			cookie, _ := h.handshake(linuxOptions())
+			h.backendAnswers(serverISN)
+			h.expect(1) // the backend's ACK
+			rst := build(t, tc.rst(cookie))
+			if v := h.handleAt(rst, nf.Forward); v != nf.AcceptRewritten {
+				t.Fatalf("RST before the entry: verdict %v", v)
+			}
+			var p packet.Packet
+			if err := packet.Parse(rst, &p); err != nil {
+				t.Fatal(err)
+			}
+			if !tc.want(cookie, &p) || !packet.VerifyTCPChecksum(rst, &p) {
+				t.Fatalf("RST rewritten to seq %#x ack %#x, checksum ok %v", p.Seq, p.Ack, packet.VerifyTCPChecksum(rst, &p))
+			}
+			h.expect(0)
+			h.drainHandoffs()
+			h.expect(0) // no window update
+			if len(h.handoff.got) != 1 || h.handoff.deleted != 1 || h.stat(EndedUnseen) != 1 {
+				t.Fatalf("created %d, deleted %d, ended unseen %d", len(h.handoff.got), h.handoff.deleted, h.stat(EndedUnseen))
+			}
+		})
+	}
+
+	// The record gone (forgotten) while the create runs.
 	h := newHarness(t, earlyOn)
 	h.handshake(linuxOptions())
-	h.backendAnswers(0x100)
-	h.expect(1) // the backend's ACK
-	h.handle(packet.Segment{Src: server, Dst: client, Seq: 0x101, Ack: clientISN + 1, Flags: packet.RST | packet.ACK}, nf.Drop)
-	if rst := h.expect(1)[0].p; rst.Destination() != client || !rst.Flags.Has(packet.RST) {
-		t.Fatalf("client not reset: %+v", rst)
+	h.backendAnswers(serverISN)
+	h.expect(1)
+	h.handoff.onCreate = func() {
+		h.e.mu.Lock()
+		h.e.pending.remove(flowKey{client: client, server: server})
+		h.e.mu.Unlock()
 	}
 	h.drainHandoffs()
 	h.expect(0)
-	if h.handoff.deleted != 0 || len(h.handoff.got) != 0 {
-		// The hand-off found the flow gone before it began: nothing made.
-		t.Fatalf("created %d, deleted %d", len(h.handoff.got), h.handoff.deleted)
+	if len(h.handoff.got) != 1 || h.handoff.deleted != 1 || h.stat(HandedOff) != 0 {
+		t.Fatalf("created %d, deleted %d, handed off %d", len(h.handoff.got), h.handoff.deleted, h.stat(HandedOff))
+	}
+}
+
+// TestEndedBeforeTheEntry: a flow whose request, answer and close all
+// pass before its entry exists, translated by the engine, would leave an
+// entry that saw no FIN, established for days. Once both FINs (or an
+// RST) passed unseen by the entry, it is deleted: right after its create,
+// or at once if it was made already. One FIN unseen is not enough: the
+// entry sees the other and closes by itself.
+func TestEndedBeforeTheEntry(t *testing.T) {
+	const serverISN = 0x1000
+	isn := uint32(clientISN)
+	backendFIN := func(sent int) []byte {
+		return build(t, packet.Segment{Src: server, Dst: client, Seq: serverISN + 1 + uint32(sent), Ack: isn + 1 + 20, Flags: packet.FIN | packet.ACK, Window: 509})
+	}
+	clientFIN := func(cookie uint32, got int) []byte {
+		return build(t, packet.Segment{Src: client, Dst: server, Seq: isn + 1 + 20, Ack: cookie + 1 + uint32(got), Flags: packet.FIN | packet.ACK, Window: 500})
+	}
+	pass := func(h *harness, b []byte, what string) {
+		t.Helper()
+		if v := h.handleAt(b, nf.Forward); v != nf.AcceptRewritten {
+			t.Fatalf("%s: verdict %v", what, v)
+		}
+	}
+	check := func(h *harness, deleted int, updates int) {
+		t.Helper()
+		h.drainHandoffs()
+		h.expect(updates)
+		if h.handoff.deleted != deleted || h.stat(EndedUnseen) != uint64(deleted) {
+			t.Fatalf("deleted %d, ended unseen %d, want %d", h.handoff.deleted, h.stat(EndedUnseen), deleted)
+		}
 	}
 
-	// The same reset landing while the create runs.
-	h2 := newHarness(t, earlyOn)
-	h2.handshake(linuxOptions())
-	h2.backendAnswers(0x100)
-	h2.expect(1)
-	h2.handoff.onCreate = func() {
-		h2.e.mu.Lock()
-		h2.e.pending.remove(flowKey{client: client, server: server})
-		h2.e.mu.Unlock()
-	}
-	h2.drainHandoffs()
-	h2.expect(0)
-	if len(h2.handoff.got) != 1 || h2.handoff.deleted != 1 || h2.stat(HandedOff) != 0 {
-		t.Fatalf("created %d, deleted %d, handed off %d", len(h2.handoff.got), h2.handoff.deleted, h2.stat(HandedOff))
-	}
+	t.Run("both FINs before the create", func(t *testing.T) {
+		h := newHarness(t, earlyOn)
+		cookie, _ := h.handshake(linuxOptions())
+		h.backendAnswers(serverISN)
+		h.expect(1)
+		pass(h, backendFIN(100), "backend FIN")
+		pass(h, clientFIN(cookie, 101), "client FIN")
+		check(h, 1, 0)
+		// The last ACK meets the lingering record, not an entry.
+		pass(h, build(t, packet.Segment{Src: server, Dst: client, Seq: serverISN + 102, Ack: isn + 22, Flags: packet.ACK, Window: 509}), "last ACK")
+		check(h, 1, 0)
+	})
+	t.Run("one FIN before the create", func(t *testing.T) {
+		h := newHarness(t, earlyOn)
+		h.handshake(linuxOptions())
+		h.backendAnswers(serverISN)
+		h.expect(1)
+		pass(h, backendFIN(100), "backend FIN")
+		check(h, 0, 1)
+	})
+	t.Run("the second FIN after the create", func(t *testing.T) {
+		h := newHarness(t, earlyOn)
+		cookie, _ := h.handshake(linuxOptions())
+		h.backendAnswers(serverISN)
+		h.expect(1)
+		pass(h, backendFIN(100), "backend FIN")
+		check(h, 0, 1)
+		// It crossed conntrack before the entry was made.
+		pass(h, clientFIN(cookie, 101), "client FIN")
+		check(h, 1, 0)
+		// Once is enough.
+		pass(h, clientFIN(cookie, 101), "client FIN again")
+		check(h, 1, 0)
+	})
+	t.Run("a FIN in the early data", func(t *testing.T) {
+		h := newHarness(t, earlyOn)
+		cookie, _ := h.handshake(linuxOptions())
+		if v := h.handleAt(h.dataSeg(cookie, 0, "GET / HTTP/1.0\r\n\r\n", packet.PSH|packet.FIN), nf.Forward); v != nf.Hold {
+			t.Fatalf("early request with FIN: verdict %v", v)
+		}
+		h.backendAnswers(serverISN)
+		h.expect(1)
+		pass(h, backendFIN(100), "backend FIN")
+		check(h, 1, 0)
+	})
+	t.Run("a new flow on the ports keeps its entry", func(t *testing.T) {
+		h := newHarness(t, earlyOn)
+		cookie, _ := h.handshake(linuxOptions())
+		h.backendAnswers(serverISN)
+		h.expect(1)
+		check(h, 0, 1)
+		pass(h, backendFIN(100), "backend FIN")
+		pass(h, clientFIN(cookie, 101), "client FIN")
+		// Before a hand-off goroutine deletes the old flow's entry, a new
+		// flow takes the ports: its own hand-off replaces the entry.
+		isn2 := isn + 5000
+		h.handle(packet.Segment{Src: client, Dst: server, Seq: isn2, Flags: packet.SYN, Window: 64240, Options: linuxOptions()}, nf.Drop)
+		cookie2 := h.expect(1)[0].p.Seq
+		h.handle(packet.Segment{Src: client, Dst: server, Seq: isn2 + 1, Ack: cookie2 + 1, Flags: packet.ACK, Window: 502}, nf.Drop)
+		h.expect(1) // the replayed SYN
+		check(h, 0, 0)
+	})
 }

@@ -24,6 +24,9 @@ type Engine struct {
 	held    holdPool // early data's copies
 
 	handoffs chan flowKey
+	// ended is flows over before their entry saw them end, whose entry
+	// a hand-off goroutine deletes (missedEnding).
+	ended chan flowKey
 	// wakeTimers restarts the timer loop's ticks (pendingAdded).
 	wakeTimers chan struct{}
 
@@ -49,6 +52,7 @@ func New(cfg Config) (*Engine, error) {
 		pending:    newPendingTable(cfg.MaxPending),
 		held:       holdPool{max: cfg.MaxHeld},
 		handoffs:   make(chan flowKey, handoffBacklog),
+		ended:      make(chan flowKey, handoffBacklog),
 		wakeTimers: make(chan struct{}, 1),
 	}
 	if e.events == nil {

@@ -217,7 +217,8 @@ func (h *harness) expect(n int) []sent {
 	return got
 }
 
-// drainHandoffs runs queued hand-offs synchronously.
+// drainHandoffs runs queued hand-offs, and deletions of entries of flows
+// that ended unseen, synchronously.
 func (h *harness) drainHandoffs() {
 	out := h.e.newOutbox(h.e.cfg.NewBatch())
 	for {
@@ -225,6 +226,8 @@ func (h *harness) drainHandoffs() {
 		case k := <-h.e.handoffs:
 			h.e.handoff(out, k)
 			out.flush()
+		case k := <-h.e.ended:
+			h.e.deleteEnded(out, k)
 		default:
 			return
 		}

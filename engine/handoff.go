@@ -56,8 +56,8 @@ type handoffScratch struct {
 	errs  [handoffBatch]error
 }
 
-// runHandoffs completes handshakes whose backend answered, until ctx is
-// done.
+// runHandoffs completes handshakes whose backend answered, and deletes the
+// entries of flows that ended unseen by them, until ctx is done.
 func (e *Engine) runHandoffs(ctx context.Context, out *outbox) {
 	s := new(handoffScratch)
 	batch, _ := e.cfg.Kernel.(BatchKernel)
@@ -80,6 +80,8 @@ func (e *Engine) runHandoffs(ctx context.Context, out *outbox) {
 			}
 			e.handoffAll(out, s, n, batch)
 			out.flush()
+		case k := <-e.ended:
+			e.deleteEnded(out, k)
 		}
 	}
 }
@@ -182,21 +184,69 @@ func (e *Engine) handedOff(out *outbox, k flowKey, fl *pendingFlow, taken time.T
 		f.acked, ack = true, true
 		held = takeHeld(f)
 	}
+	over := f.missed.over()
 	e.mu.Unlock()
 	if ack {
 		e.ackBackend(out, k, fl, held)
 	}
-	update := packet.Segment{
-		Src: k.server, Dst: k.client,
-		Seq: uint32(fl.cookie) + 1, Ack: fl.clientISN + 1,
-		Flags:  packet.ACK,
-		Window: fl.clientWindowUpdate(),
+	if over {
+		// The flow ended while its entry was being made, and the entry
+		// saw none of it: take it back. The flow's last segments meet
+		// its record, which lingers.
+		if err := e.cfg.Kernel.Delete(k.client, k.server); err == nil {
+			out.c.add(fl.svc, EndedUnseen)
+		}
+	} else {
+		update := packet.Segment{
+			Src: k.server, Dst: k.client,
+			Seq: uint32(fl.cookie) + 1, Ack: fl.clientISN + 1,
+			Flags:  packet.ACK,
+			Window: fl.clientWindowUpdate(),
+		}
+		out.send(fl.svc, &update, noCount)
 	}
-	out.send(fl.svc, &update, noCount)
 	out.c.add(fl.svc, HandedOff)
 	e.events.HandedOff(fl.svc, HandoffTiming{
 		Backend: fl.answered.Sub(fl.validated), Wait: taken.Sub(fl.answered), Entry: created.Sub(taken),
 	})
+}
+
+// missedEnding records that the engine passed on a segment of flow f that
+// ends it, end, in place of its conntrack entry. Once the flow is over
+// so, an entry being made is deleted as soon as it is (handedOff), and
+// one made already by a hand-off goroutine (deleteEnded). It is called
+// with e.mu held.
+func (e *Engine) missedEnding(k flowKey, f *pendingFlow, end endings) {
+	was := f.missed.over()
+	f.missed |= end
+	if was || !f.missed.over() || f.state != stateDone {
+		return
+	}
+	select {
+	case e.ended <- k:
+	default:
+		// Backlog full: this entry lives to its timeout.
+	}
+}
+
+// deleteEnded deletes the entry of flow k, which ended unseen by it,
+// unless a new flow on the same ports has taken k's record since (its
+// hand-off replaces the entry).
+func (e *Engine) deleteEnded(out *outbox, k flowKey) {
+	e.mu.Lock()
+	f := e.pending.get(k)
+	ours := f == nil || f.state == stateDone && f.missed.over()
+	svc := -1
+	if f != nil {
+		svc = f.svc
+	}
+	e.mu.Unlock()
+	if !ours {
+		return
+	}
+	if err := e.cfg.Kernel.Delete(k.client, k.server); err == nil && svc >= 0 {
+		out.c.add(svc, EndedUnseen)
+	}
 }
 
 // settleEntry finishes making the flow's conntrack entry, whose create

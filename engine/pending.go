@@ -53,6 +53,30 @@ type pendingFlow struct {
 	// acked says the backend was ACKed: from then on the segments that
 	// meet no entry are translated rather than held.
 	acked bool
+	// missed is how the flow ended, as far as the engine passed it on
+	// itself: the FINs and RSTs its conntrack entry never saw.
+	missed endings
+}
+
+// endings are the ways a flow ends that the engine passed on in place of
+// its conntrack entry: segments that met no entry (not made yet) and were
+// translated, released early data, or untracked copies. An entry that saw
+// neither FIN nor the RST would stay established until its timeout, days
+// later; once the flow has ended so, the engine deletes it, and lingering
+// segments meet the flow's record instead (ended).
+type endings uint8
+
+const (
+	clientFIN endings = 1 << iota
+	backendFIN
+	reset
+)
+
+// over says the flow ended without its entry seeing the end: both FINs,
+// or an RST. One missed FIN is not: the entry sees the other end's, and
+// its close timeouts apply.
+func (m endings) over() bool {
+	return m&reset != 0 || m&(clientFIN|backendFIN) == clientFIN|backendFIN
 }
 
 // pendingTable is a bounded map of flows waiting on their backend. The

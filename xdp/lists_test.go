@@ -5,8 +5,11 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"runtime"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/synguard/synguard/packet"
 )
@@ -72,7 +75,10 @@ func testSamples(t *testing.T, h *harness) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	// BPF_PROG_TEST_RUN runs on one CPU: its count decides.
+	// Each CPU counts toward its own next sample, and BPF_PROG_TEST_RUN
+	// runs on the caller's CPU: the runs stay on one, or a thread that
+	// migrates would start a second count and sample more.
+	onOneCPU(t)
 	const n = 4 * SampleEvery
 	var frames [][]byte
 	for i := range n {
@@ -117,4 +123,29 @@ func testSamples(t *testing.T, h *harness) {
 			t.Errorf("sample %x is none of the SYNs sent, as they came in", s.Frame)
 		}
 	}
+}
+
+// onOneCPU keeps the calling goroutine on its thread, and the thread on
+// one of the CPUs it may use, until the test ends.
+func onOneCPU(t *testing.T) {
+	t.Helper()
+	runtime.LockOSThread()
+	var was, one unix.CPUSet
+	err := unix.SchedGetaffinity(0, &was)
+	if err == nil {
+		cpu := 0
+		for !was.IsSet(cpu) {
+			cpu++
+		}
+		one.Set(cpu)
+		err = unix.SchedSetaffinity(0, &one)
+	}
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatalf("pinning the test to one CPU: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = unix.SchedSetaffinity(0, &was)
+		runtime.UnlockOSThread()
+	})
 }
