@@ -167,7 +167,9 @@ func TestClosedBackendPortResetsClient(t *testing.T) {
 	if d := time.Since(start); d > 3*time.Second {
 		t.Fatalf("client learned after %s; the reset should be immediate", d)
 	}
-	if v := g.metric("synguard_backend_reset_total"); v != 1 {
-		t.Fatalf("backend resets = %v, want 1", v)
+	// The client's early request, if it crosses the backend's RST, carries
+	// a valid cookie and tries the backend once more.
+	if v := g.metric("synguard_backend_reset_total"); v < 1 || v > 2 {
+		t.Fatalf("backend resets = %v, want 1 (2 if the request crossed the RST)", v)
 	}
 }

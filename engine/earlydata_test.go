@@ -606,60 +606,62 @@ func TestResetWhileTheEntryIsMade(t *testing.T) {
 func TestEndedBeforeTheEntry(t *testing.T) {
 	const serverISN = 0x1000
 	isn := uint32(clientISN)
-	backendFIN := func(sent int) []byte {
-		return build(t, packet.Segment{Src: server, Dst: client, Seq: serverISN + 1 + uint32(sent), Ack: isn + 1 + 20, Flags: packet.FIN | packet.ACK, Window: 509})
+	// answered is a flow whose backend was answered and ACKed, its entry
+	// not made yet.
+	answered := func(t *testing.T) (*harness, uint32) {
+		h := newHarness(t, earlyOn)
+		cookie, _ := h.handshake(linuxOptions())
+		h.backendAnswers(serverISN)
+		h.expect(1) // the backend's ACK
+		return h, cookie
 	}
-	clientFIN := func(cookie uint32, got int) []byte {
-		return build(t, packet.Segment{Src: client, Dst: server, Seq: isn + 1 + 20, Ack: cookie + 1 + uint32(got), Flags: packet.FIN | packet.ACK, Window: 500})
+	backendFIN := func(h *harness) []byte {
+		return build(h.t, packet.Segment{Src: server, Dst: client, Seq: serverISN + 101, Ack: isn + 21, Flags: packet.FIN | packet.ACK, Window: 509})
+	}
+	clientFIN := func(h *harness, cookie uint32) []byte {
+		return build(h.t, packet.Segment{Src: client, Dst: server, Seq: isn + 21, Ack: cookie + 102, Flags: packet.FIN | packet.ACK, Window: 500})
 	}
 	pass := func(h *harness, b []byte, what string) {
-		t.Helper()
+		h.t.Helper()
 		if v := h.handleAt(b, nf.Forward); v != nf.AcceptRewritten {
-			t.Fatalf("%s: verdict %v", what, v)
+			h.t.Fatalf("%s: verdict %v", what, v)
 		}
 	}
-	check := func(h *harness, deleted int, updates int) {
-		t.Helper()
+	// settled runs the hand-offs, and checks the window updates sent
+	// and the entries deleted.
+	settled := func(h *harness, deleted int, updates int) {
+		h.t.Helper()
 		h.drainHandoffs()
 		h.expect(updates)
 		if h.handoff.deleted != deleted || h.stat(EndedUnseen) != uint64(deleted) {
-			t.Fatalf("deleted %d, ended unseen %d, want %d", h.handoff.deleted, h.stat(EndedUnseen), deleted)
+			h.t.Fatalf("deleted %d, ended unseen %d, want %d", h.handoff.deleted, h.stat(EndedUnseen), deleted)
 		}
 	}
 
 	t.Run("both FINs before the create", func(t *testing.T) {
-		h := newHarness(t, earlyOn)
-		cookie, _ := h.handshake(linuxOptions())
-		h.backendAnswers(serverISN)
-		h.expect(1)
-		pass(h, backendFIN(100), "backend FIN")
-		pass(h, clientFIN(cookie, 101), "client FIN")
-		check(h, 1, 0)
+		h, cookie := answered(t)
+		pass(h, backendFIN(h), "backend FIN")
+		pass(h, clientFIN(h, cookie), "client FIN")
+		settled(h, 1, 0)
 		// The last ACK meets the lingering record, not an entry.
 		pass(h, build(t, packet.Segment{Src: server, Dst: client, Seq: serverISN + 102, Ack: isn + 22, Flags: packet.ACK, Window: 509}), "last ACK")
-		check(h, 1, 0)
+		settled(h, 1, 0)
 	})
 	t.Run("one FIN before the create", func(t *testing.T) {
-		h := newHarness(t, earlyOn)
-		h.handshake(linuxOptions())
-		h.backendAnswers(serverISN)
-		h.expect(1)
-		pass(h, backendFIN(100), "backend FIN")
-		check(h, 0, 1)
+		h, _ := answered(t)
+		pass(h, backendFIN(h), "backend FIN")
+		settled(h, 0, 1)
 	})
 	t.Run("the second FIN after the create", func(t *testing.T) {
-		h := newHarness(t, earlyOn)
-		cookie, _ := h.handshake(linuxOptions())
-		h.backendAnswers(serverISN)
-		h.expect(1)
-		pass(h, backendFIN(100), "backend FIN")
-		check(h, 0, 1)
+		h, cookie := answered(t)
+		pass(h, backendFIN(h), "backend FIN")
+		settled(h, 0, 1)
 		// It crossed conntrack before the entry was made.
-		pass(h, clientFIN(cookie, 101), "client FIN")
-		check(h, 1, 0)
+		pass(h, clientFIN(h, cookie), "client FIN")
+		settled(h, 1, 0)
 		// Once is enough.
-		pass(h, clientFIN(cookie, 101), "client FIN again")
-		check(h, 1, 0)
+		pass(h, clientFIN(h, cookie), "client FIN again")
+		settled(h, 1, 0)
 	})
 	t.Run("a FIN in the early data", func(t *testing.T) {
 		h := newHarness(t, earlyOn)
@@ -669,17 +671,14 @@ func TestEndedBeforeTheEntry(t *testing.T) {
 		}
 		h.backendAnswers(serverISN)
 		h.expect(1)
-		pass(h, backendFIN(100), "backend FIN")
-		check(h, 1, 0)
+		pass(h, backendFIN(h), "backend FIN")
+		settled(h, 1, 0)
 	})
 	t.Run("a new flow on the ports keeps its entry", func(t *testing.T) {
-		h := newHarness(t, earlyOn)
-		cookie, _ := h.handshake(linuxOptions())
-		h.backendAnswers(serverISN)
-		h.expect(1)
-		check(h, 0, 1)
-		pass(h, backendFIN(100), "backend FIN")
-		pass(h, clientFIN(cookie, 101), "client FIN")
+		h, cookie := answered(t)
+		settled(h, 0, 1)
+		pass(h, backendFIN(h), "backend FIN")
+		pass(h, clientFIN(h, cookie), "client FIN")
 		// Before a hand-off goroutine deletes the old flow's entry, a new
 		// flow takes the ports: its own hand-off replaces the entry.
 		isn2 := isn + 5000
@@ -687,6 +686,6 @@ func TestEndedBeforeTheEntry(t *testing.T) {
 		cookie2 := h.expect(1)[0].p.Seq
 		h.handle(packet.Segment{Src: client, Dst: server, Seq: isn2 + 1, Ack: cookie2 + 1, Flags: packet.ACK, Window: 502}, nf.Drop)
 		h.expect(1) // the replayed SYN
-		check(h, 0, 0)
+		settled(h, 0, 0)
 	})
 }
