@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/synguard/synguard/internal/poll"
 	"github.com/synguard/synguard/internal/roottest"
 	"github.com/synguard/synguard/lab"
 	"github.com/synguard/synguard/lab/netns"
@@ -160,7 +161,8 @@ func TestTopologyForwardsBothFamilies(t *testing.T) {
 
 // A SYN from a spoofed source reaches the backend through the gateway
 // (reverse-path filtering is off), and the backend's SYN-ACK is routed back
-// to the client namespace, which receives it on its interface.
+// to the client namespace, which receives it on its interface and drops
+// it in raw PREROUTING, before routing.
 func TestSpoofedSourcesRouteBack(t *testing.T) {
 	roottest.Require(t)
 	topo := up(t, lab.Config{Name: labName("spoof")})
@@ -200,11 +202,40 @@ func TestSpoofedSourcesRouteBack(t *testing.T) {
 					continue
 				}
 				if p.Destination() == tc.src && p.Source() == be.Addr() && p.Flags == packet.SYN|packet.ACK && p.Ack == seg.Seq+1 {
-					return
+					break
 				}
 			}
+			cmd := "iptables"
+			if tc.src.Addr().Is6() {
+				cmd = "ip6tables"
+			}
+			poll.Must(t, 3*time.Second, "the SYN-ACK to the spoofed source was not dropped in the client's raw PREROUTING", func() bool {
+				return sinkDrops(t, topo.Client, cmd) > 0
+			})
 		})
 	}
+}
+
+// sinkDrops is the packet count of the first rule of ns's raw PREROUTING.
+func sinkDrops(t *testing.T, ns *netns.NS, cmd string) int {
+	t.Helper()
+	out, err := ns.Output(context.Background(), cmd, "-t", "raw", "-n", "-v", "-x", "-L", "PREROUTING")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(out, "\n")
+	if len(lines) < 3 {
+		t.Fatalf("%s raw PREROUTING has no rule:\n%s", cmd, out)
+	}
+	f := strings.Fields(lines[2])
+	if len(f) < 3 || f[2] != "DROP" {
+		t.Fatalf("%s raw PREROUTING's first rule is not a DROP:\n%s", cmd, out)
+	}
+	n, err := strconv.Atoi(f[0])
+	if err != nil {
+		t.Fatalf("%s raw PREROUTING: %v", cmd, err)
+	}
+	return n
 }
 
 // sendRaw sends one built packet from a raw socket inside ns.
