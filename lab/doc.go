@@ -20,7 +20,7 @@
 // spoofed sources reach it, and routes the spoof ranges [SpoofPrefix4] and
 // [SpoofPrefix6] back to the client: a backend's SYN-ACKs to a flood's
 // spoofed sources are really transmitted, then dropped by the client
-// namespace in its raw PREROUTING, before routing. A real flood's replies
+// namespace in its mangle PREROUTING, before routing. A real flood's replies
 // leave for the internet; a namespace that routed each one, failed and
 // rate-limited an ICMP error would spend, on the lab's shared CPUs, more
 // than some gateways spend answering, and benchmarks would count it. IPv6 duplicate address detection is off so addresses work at

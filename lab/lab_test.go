@@ -162,7 +162,7 @@ func TestTopologyForwardsBothFamilies(t *testing.T) {
 // A SYN from a spoofed source reaches the backend through the gateway
 // (reverse-path filtering is off), and the backend's SYN-ACK is routed back
 // to the client namespace, which receives it on its interface and drops
-// it in raw PREROUTING, before routing.
+// it in mangle PREROUTING, before routing.
 func TestSpoofedSourcesRouteBack(t *testing.T) {
 	roottest.Require(t)
 	topo := up(t, lab.Config{Name: labName("spoof")})
@@ -209,31 +209,32 @@ func TestSpoofedSourcesRouteBack(t *testing.T) {
 			if tc.src.Addr().Is6() {
 				cmd = "ip6tables"
 			}
-			poll.Must(t, 3*time.Second, "the SYN-ACK to the spoofed source was not dropped in the client's raw PREROUTING", func() bool {
+			poll.Must(t, 3*time.Second, "the SYN-ACK to the spoofed source was not dropped in the client's mangle PREROUTING", func() bool {
 				return sinkDrops(t, topo.Client, cmd) > 0
 			})
 		})
 	}
 }
 
-// sinkDrops is the packet count of the first rule of ns's raw PREROUTING.
+// sinkDrops is the packet count of the first rule of ns's mangle
+// PREROUTING.
 func sinkDrops(t *testing.T, ns *netns.NS, cmd string) int {
 	t.Helper()
-	out, err := ns.Output(context.Background(), cmd, "-t", "raw", "-n", "-v", "-x", "-L", "PREROUTING")
+	out, err := ns.Output(context.Background(), cmd, "-t", "mangle", "-n", "-v", "-x", "-L", "PREROUTING")
 	if err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Split(out, "\n")
 	if len(lines) < 3 {
-		t.Fatalf("%s raw PREROUTING has no rule:\n%s", cmd, out)
+		t.Fatalf("%s mangle PREROUTING has no rule:\n%s", cmd, out)
 	}
 	f := strings.Fields(lines[2])
 	if len(f) < 3 || f[2] != "DROP" {
-		t.Fatalf("%s raw PREROUTING's first rule is not a DROP:\n%s", cmd, out)
+		t.Fatalf("%s mangle PREROUTING's first rule is not a DROP:\n%s", cmd, out)
 	}
 	n, err := strconv.Atoi(f[0])
 	if err != nil {
-		t.Fatalf("%s raw PREROUTING: %v", cmd, err)
+		t.Fatalf("%s mangle PREROUTING: %v", cmd, err)
 	}
 	return n
 }
