@@ -63,7 +63,7 @@ type pendingFlow struct {
 // translated, released early data, or untracked copies. An entry that saw
 // neither FIN nor the RST would stay established until its timeout, days
 // later; once the flow has ended so, the engine deletes it, and lingering
-// segments meet the flow's record instead (ended).
+// segments meet the flow's record instead (Engine.missedEnding).
 type endings uint8
 
 const (

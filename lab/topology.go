@@ -303,12 +303,13 @@ func (t *Topology) configure(ctx context.Context, cfg Config) error {
 // sinkFloodReplies drops, in the client namespace's mangle PREROUTING,
 // what the gateway or backend sends to the flood's spoofed sources, as
 // soon as it arrives: before routing, after the raw table, where
-// benchmarks count what arrives. A real flood's SYN-ACKs leave the gateway for the internet;
-// here they land in a namespace on the same CPUs, where a host that does
-// not forward would route each one, fail, allocate and free a route and
-// rate-limit an ICMP error per source: work no gateway does, which the
-// benchmarks would otherwise count as the gateway's CPU. Captures on the
-// link still see the replies (they tap before netfilter).
+// benchmarks count what arrives. A real flood's SYN-ACKs leave the
+// gateway for the internet; here they land in a namespace on the same
+// CPUs, where a host that does not forward would route each one, fail,
+// allocate and free a route and rate-limit an ICMP error per source: work
+// no gateway does, which the benchmarks would otherwise count as the
+// gateway's CPU. Captures on the link still see the replies (they tap
+// before netfilter).
 func (t *Topology) sinkFloodReplies(ctx context.Context) error {
 	cmds := [][]string{{"iptables", "-t", "mangle", "-A", "PREROUTING", "-d", SpoofPrefix4.String(), "-j", "DROP"}}
 	if t.IPv6 {
