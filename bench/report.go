@@ -819,7 +819,10 @@ const methodCPU = `- **CPU µs/{per}.** All namespaces share the same kernel and
   each system's run is paired with a baseline at the same target rate in which the
   gateway drops the flood in raw PREROUTING, and CPU µs/{per} = CPU/{unit}s − baseline
   CPU/baseline {unit}s, which is (CPU − baseline CPU) / {unit}s offered when both sent as many:
-  generating the flood and carrying it to the gateway cancel out. The CPU time is the
+  generating the flood and carrying it to the gateway cancel out. The replies to the
+  spoofed sources are dropped as they arrive in the client namespace (mangle PREROUTING,
+  after the counting rules), as they would leave for the internet from a real gateway,
+  so only their sending counts. The CPU time is the
   run time, over the flood plus a short settle, of every task that does the
   benchmark's work: the benchmark process (generator, legitimate clients, backend), the
   processes in the lab's namespaces (synguard) and the kernel threads (ksoftirqd,
