@@ -49,12 +49,7 @@ func (w *Worker) fromBackend(svc int, b []byte) nf.Verdict {
 	// before the flow's entry exists; such a segment met no entry. Do
 	// what the entry does: move its seq into the cookie's sequence space.
 	delta := uint32(f.cookie) - f.serverISN
-	switch {
-	case p.Flags.Has(packet.RST):
-		e.missedEnding(k, f, reset)
-	case p.Flags.Has(packet.FIN):
-		e.missedEnding(k, f, backendFIN)
-	}
+	e.missedEnding(k, f, endingOf(p.Flags, backendFIN))
 	e.mu.Unlock()
 	packet.SetSeq(b, p.IPHeaderLen, p.Seq+delta)
 	w.out.c.add(svc, TranslatedBackend)

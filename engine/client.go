@@ -254,22 +254,17 @@ func (w *Worker) translateClient(svc int, k flowKey, f *pendingFlow, b []byte, s
 	c := w.out.c
 	e := w.e
 	delta := f.serverISN - uint32(f.cookie)
-	switch {
-	case p.Flags.Has(packet.RST):
-		e.missedEnding(k, f, reset)
-	case p.PayloadLen == 0 && !p.Flags.Has(packet.FIN) && p.Ack == uint32(f.cookie)+1:
-		e.mu.Unlock()
-		c.add(svc, DuplicateACK)
-		return nf.Drop
-	case p.Options.NumSACKBlocks > 0:
-		// Its SACK blocks would need moving too; the client's next ACK
-		// meets the entry.
-		e.mu.Unlock()
-		c.add(svc, DuplicateACK)
-		return nf.Drop
-	case p.Flags.Has(packet.FIN):
-		e.missedEnding(k, f, clientFIN)
+	if !p.Flags.Has(packet.RST) {
+		dup := p.PayloadLen == 0 && !p.Flags.Has(packet.FIN) && p.Ack == uint32(f.cookie)+1
+		// A segment with SACK blocks would need them moved too; the
+		// client's next ACK meets the entry.
+		if dup || p.Options.NumSACKBlocks > 0 {
+			e.mu.Unlock()
+			c.add(svc, DuplicateACK)
+			return nf.Drop
+		}
 	}
+	e.missedEnding(k, f, endingOf(p.Flags, clientFIN))
 	e.mu.Unlock()
 	packet.SetAck(b, p.IPHeaderLen, p.Ack+delta)
 	if stale {

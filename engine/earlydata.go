@@ -130,10 +130,8 @@ func (w *Worker) holdEarly(f *pendingFlow, b []byte, resend bool) bool {
 	s.buf = append(s.buf[:0], b...)
 	f.held.seg[f.held.n] = s
 	f.held.n++
-	if w.pkt.Flags.Has(packet.FIN) {
-		// Released, it passes before the entry is made.
-		f.missed |= clientFIN
-	}
+	// Released, it passes before the entry is made.
+	f.missed |= endingOf(w.pkt.Flags, clientFIN)
 	e.svc(f.svc).held.Add(1)
 	return true
 }

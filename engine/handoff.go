@@ -212,7 +212,7 @@ func (e *Engine) handedOff(out *outbox, k flowKey, fl *pendingFlow, taken time.T
 }
 
 // missedEnding records that the engine passed on a segment of flow f that
-// ends it, end, in place of its conntrack entry. Once the flow is over
+// ends it, end (0 if it does not), in place of its conntrack entry. Once the flow is over
 // so, an entry being made is deleted as soon as it is (handedOff), and
 // one made already by a hand-off goroutine (deleteEnded). It is called
 // with e.mu held.

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/synguard/synguard/cookies"
+	"github.com/synguard/synguard/packet"
 )
 
 // flowKey names a flow by its client and server ends.
@@ -71,6 +72,18 @@ const (
 	backendFIN
 	reset
 )
+
+// endingOf is how a segment with flags, from the end whose FIN is fin,
+// ends its flow: reset, fin, or not at all.
+func endingOf(flags packet.Flags, fin endings) endings {
+	switch {
+	case flags.Has(packet.RST):
+		return reset
+	case flags.Has(packet.FIN):
+		return fin
+	}
+	return 0
+}
 
 // over says the flow ended without its entry seeing the end: both FINs,
 // or an RST. One missed FIN is not: the entry sees the other end's, and
