@@ -230,7 +230,7 @@ func (w *Worker) clientACK(svc int, b []byte, stale bool) nf.Verdict {
 		c.add(svc, PendingFull)
 		return nf.Drop
 	}
-	e.pendingAdded()
+	e.pendingAdded(f)
 	seg := backendSYN(k, f)
 	w.out.send(svc, &seg, BackendSYNSent)
 	switch {

@@ -138,6 +138,12 @@ type Config struct {
 	// Stats, so the control loop and the metrics see every SYN; nil for
 	// none.
 	Extra CounterSource
+	// AfterControl, when set, is called on the timer goroutine right after
+	// each control step, so work that follows the engine's state rides on
+	// the engine's wake-up instead of a timer of its own: on an idle
+	// gateway every wake-up costs more than the work. It must return
+	// quickly.
+	AfterControl func(now time.Time)
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }

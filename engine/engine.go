@@ -27,8 +27,12 @@ type Engine struct {
 	// ended is flows over before their entry saw them end, whose entry
 	// a hand-off goroutine deletes (missedEnding).
 	ended chan flowKey
-	// wakeTimers restarts the timer loop's ticks (pendingAdded).
-	wakeTimers chan struct{}
+	// flowTimer wakes the timer loop for the flows' next deadline; due is
+	// when it fires (Unix ns; 0 once fired, or never set). Workers only
+	// move it earlier (wakeBy), under dueMu.
+	flowTimer *time.Timer
+	dueMu     sync.Mutex
+	due       atomic.Int64
 
 	countersMu sync.Mutex
 	counters   []*counterSet
@@ -47,14 +51,15 @@ func New(cfg Config) (*Engine, error) {
 		return nil, fmt.Errorf("engine config: %w", err)
 	}
 	e := &Engine{
-		cfg:        cfg,
-		events:     cfg.Events,
-		pending:    newPendingTable(cfg.MaxPending),
-		held:       holdPool{max: cfg.MaxHeld},
-		handoffs:   make(chan flowKey, handoffBacklog),
-		ended:      make(chan flowKey, handoffBacklog),
-		wakeTimers: make(chan struct{}, 1),
+		cfg:       cfg,
+		events:    cfg.Events,
+		pending:   newPendingTable(cfg.MaxPending),
+		held:      holdPool{max: cfg.MaxHeld},
+		handoffs:  make(chan flowKey, handoffBacklog),
+		ended:     make(chan flowKey, handoffBacklog),
+		flowTimer: time.NewTimer(time.Hour),
 	}
+	e.flowTimer.Stop()
 	if e.events == nil {
 		e.events = NopEvents{}
 	}

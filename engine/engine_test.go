@@ -787,3 +787,76 @@ func TestTimersWakeForPendingFlows(t *testing.T) {
 		t.Fatal("a flow added while the timers were idle got no retry")
 	}
 }
+
+// TestFlowTimerDue: the flow timer is set for the first deadline's end
+// of slack, a new flow only moves it earlier, and once the timer fires
+// (due cleared) Tick sets it for what is left: a retry, then a record's
+// end; with nothing left it stays unset.
+func TestFlowTimerDue(t *testing.T) {
+	// A linger time longer than all the retries, so the silent flow gives
+	// up before the handed-off one's record ends.
+	h := newHarness(t, func(c *Config) { c.Linger = time.Minute })
+	e := h.e
+	due := func() time.Time {
+		if ns := e.due.Load(); ns != 0 {
+			return time.Unix(0, ns)
+		}
+		return time.Time{}
+	}
+	fire := func() { e.due.Store(0); e.Tick() }
+	if !due().IsZero() {
+		t.Fatalf("timer due at %v with no flow", due())
+	}
+	start := h.clock.now()
+	h.handshake(linuxOptions())
+	firstRetry := start.Add(DefaultRetryInitial + e.retrySlack())
+	if !due().Equal(firstRetry) {
+		t.Fatalf("due %v after a flow was added, want its retry %v", due(), firstRetry)
+	}
+
+	// A later flow leaves the timer alone.
+	h.clock.advance(10 * time.Millisecond)
+	other := netip.AddrPortFrom(client.Addr(), client.Port()+1)
+	h.handle(packet.Segment{Src: other, Dst: server, Seq: clientISN, Flags: packet.SYN, Window: 64240, Options: linuxOptions()}, nf.Drop)
+	cookie := h.expect(1)[0].p.Seq
+	h.handle(packet.Segment{Src: other, Dst: server, Seq: clientISN + 1, Ack: cookie + 1, Flags: packet.ACK, Window: 502}, nf.Drop)
+	h.expect(1)
+	if !due().Equal(firstRetry) {
+		t.Fatalf("due %v after a later flow, want %v still", due(), firstRetry)
+	}
+
+	// The first flow's backend answers and it is handed off; the second
+	// stays silent. When the timer fires, the second's retry is next.
+	h.handle(packet.Segment{Src: server, Dst: client, Seq: 5000, Ack: clientISN + 1, Flags: packet.SYN | packet.ACK, Window: 65160}, nf.Drop)
+	h.expect(1)
+	h.drainHandoffs()
+	h.expect(1) // the window update
+	handedOff := h.clock.now()
+	h.clock.advance(DefaultRetryInitial)
+	fire()
+	if r := h.expect(1)[0].p; r.Flags != packet.SYN || r.Source() != other {
+		t.Fatalf("retry %+v, want the second flow's SYN", r)
+	}
+	secondRetry := h.clock.now().Add(DefaultRetryInitial<<1 + e.retrySlack())
+	if !due().Equal(secondRetry) {
+		t.Fatalf("due %v after the retry, want the next retry %v", due(), secondRetry)
+	}
+
+	// The second flow gives up; the first one's record is what is left.
+	for e.Pending() == 2 {
+		h.clock.t = due()
+		fire()
+		h.send.mu.Lock()
+		h.send.pkts = nil
+		h.send.mu.Unlock()
+	}
+	recordEnd := handedOff.Add(time.Minute + e.forgetSlack())
+	if e.Pending() != 1 || !due().Equal(recordEnd) {
+		t.Fatalf("%d pending, due %v, want the record's end %v", e.Pending(), due(), recordEnd)
+	}
+	h.clock.t = recordEnd
+	fire()
+	if e.Pending() != 0 || !due().IsZero() {
+		t.Fatalf("%d pending, due %v after the last record's end", e.Pending(), due())
+	}
+}

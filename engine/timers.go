@@ -16,54 +16,71 @@ const (
 	controlWindow = 10
 )
 
-// runTimers ticks the timers and the control loop until ctx is done. The
-// timers tick only while flows are pending: an idle gateway wakes for the
-// control loop alone, and every wake-up costs CPU.
+// runTimers runs the flow timers and the control loop until ctx is done.
+// A flow's deadlines (its replayed SYN's next retry, the end of its
+// record) are met within a slack, and the loop sleeps until the first
+// deadline's slack runs out, then handles every deadline passed: one
+// wake-up for many flows. An idle gateway wakes for the control loop
+// alone, a busy one a few times a second more; on a quiet machine each
+// wake-up costs more CPU than the work it does.
 func (e *Engine) runTimers(ctx context.Context) {
-	tick := time.NewTicker(e.tickInterval())
-	defer tick.Stop()
-	ticking := true
+	defer e.flowTimer.Stop()
 	ctl := time.NewTicker(controlTick)
 	defer ctl.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case <-e.flowTimer.C:
+			e.due.Store(0)
 			e.Tick()
-			if e.Pending() == 0 {
-				tick.Stop()
-				ticking = false
-			}
-		case <-e.wakeTimers:
-			if !ticking {
-				tick.Reset(e.tickInterval())
-				ticking = true
-			}
 		case <-ctl.C:
-			e.control(e.cfg.Now())
+			now := e.cfg.Now()
+			e.control(now)
+			if e.cfg.AfterControl != nil {
+				e.cfg.AfterControl(now)
+			}
 		}
 	}
 }
 
-// pendingAdded tells the timer loop a flow is pending, after it was added:
-// a loop that saw none and stopped ticking starts again.
-func (e *Engine) pendingAdded() {
-	select {
-	case e.wakeTimers <- struct{}{}:
-	default:
-	}
-}
-
-// tickInterval is a fifth of the first retry's wait, so a retry is late
-// by at most a fifth, and at least 10 ms.
-func (e *Engine) tickInterval() time.Duration {
+// retrySlack is how late a retry may be: a fifth of the first retry's
+// wait, at least 10 ms. forgetSlack is how late a record may be forgotten,
+// which only keeps it a little longer: a tenth of its linger time.
+func (e *Engine) retrySlack() time.Duration {
 	return max(e.cfg.RetryInitial/5, 10*time.Millisecond)
 }
 
+func (e *Engine) forgetSlack() time.Duration {
+	return max(e.cfg.Linger/10, e.retrySlack())
+}
+
+// pendingAdded has the timer loop wake in time for flow f's first retry,
+// after f was added. A loop already due by then is left alone: workers
+// move the timer, they never wake the loop.
+func (e *Engine) pendingAdded(f *pendingFlow) {
+	e.wakeBy(f.nextRetry.Add(e.retrySlack()))
+}
+
+// wakeBy moves the flow timer to t if it would fire later, or not at all.
+func (e *Engine) wakeBy(t time.Time) {
+	ns := t.UnixNano()
+	if due := e.due.Load(); due != 0 && due <= ns {
+		return
+	}
+	e.dueMu.Lock()
+	defer e.dueMu.Unlock()
+	if due := e.due.Load(); due != 0 && due <= ns {
+		return
+	}
+	e.due.Store(ns)
+	e.flowTimer.Reset(max(t.Sub(e.cfg.Now()), 0))
+}
+
 // Tick resends replayed SYNs to silent backends, gives up on those that
-// stay silent, and forgets handed-off flows past their linger time. Run
-// calls it periodically; tests call it with a synthetic clock.
+// stay silent, and forgets handed-off flows past their linger time, then
+// sets the flow timer for the next deadline. Run calls it when the timer
+// fires; tests call it with a synthetic clock.
 func (e *Engine) Tick() {
 	now := e.cfg.Now()
 	// What to do with a flow once the lock is released: resend its SYN,
@@ -76,11 +93,20 @@ func (e *Engine) Tick() {
 		timeout bool
 	}
 	var actions []action
+	// next is the first deadline's end of slack; zero while none.
+	var next time.Time
+	nextBy := func(t time.Time) {
+		if next.IsZero() || t.Before(next) {
+			next = t
+		}
+	}
+	retrySlack, forgetSlack := e.retrySlack(), e.forgetSlack()
 	e.mu.Lock()
 	for k, f := range e.pending.flows {
 		switch f.state {
 		case stateReplaying:
 			if now.Before(f.nextRetry) {
+				nextBy(f.nextRetry.Add(retrySlack))
 				continue
 			}
 			if f.retries >= e.cfg.SYNRetries {
@@ -90,17 +116,23 @@ func (e *Engine) Tick() {
 			}
 			f.retries++
 			f.nextRetry = now.Add(e.cfg.RetryInitial << f.retries)
+			nextBy(f.nextRetry.Add(retrySlack))
 			actions = append(actions, action{k: k, f: *f})
 		case stateHandingOff, stateDone:
-			if now.After(f.expires) {
-				e.pending.remove(k)
-				if f.held.n > 0 {
-					actions = append(actions, action{k: k, f: *f, forgot: true})
-				}
+			if !now.After(f.expires) {
+				nextBy(f.expires.Add(forgetSlack))
+				continue
+			}
+			e.pending.remove(k)
+			if f.held.n > 0 {
+				actions = append(actions, action{k: k, f: *f, forgot: true})
 			}
 		}
 	}
 	e.mu.Unlock()
+	if !next.IsZero() {
+		e.wakeBy(next)
+	}
 	out := e.timers
 	for _, a := range actions {
 		if !a.forgot {
