@@ -153,6 +153,11 @@ func open(cfg Config) (_ *gateway, err error) {
 		Thresholds:      cfg.Thresholds,
 		Events:          events{log: cfg.Logger, handshake: handshake, stages: stages, attacks: g.attacks, captures: g.captures},
 		Extra:           extra,
+		AfterControl: func(now time.Time) {
+			if g.fast != nil {
+				g.fast.step(g.eng, g.jar, now)
+			}
+		},
 	})
 	if err != nil {
 		return nil, err
@@ -217,8 +222,7 @@ func (g *gateway) workers() []part {
 		parts = append(parts, part{"metrics", g.serveMetrics})
 	}
 	if g.fast != nil {
-		parts = append(parts, part{"xdp", func(ctx context.Context) error { return g.fast.run(ctx, g.eng, g.jar) }},
-			part{"xdp samples", func(ctx context.Context) error { return g.fast.runSamples(ctx, g.eng, g.captures) }})
+		parts = append(parts, part{"xdp samples", func(ctx context.Context) error { return g.fast.runSamples(ctx, g.eng, g.captures) }})
 	}
 	if g.cfg.Reload != nil && g.cfg.Load != nil {
 		parts = append(parts, part{"reload", g.runReloads})

@@ -19,14 +19,12 @@ import (
 	"github.com/synguard/synguard/xdp"
 )
 
-// XDP timing: the program is brought in step with the engine every
-// xdpSyncEvery, and answers for xdpFreshness past the engine's last
-// control tick: an engine that stalls for that long loses its fast path
-// and the NFQUEUE path, with its --fail semantics, takes every packet.
-const (
-	xdpSyncEvery = 100 * time.Millisecond
-	xdpFreshness = time.Second
-)
+// xdpFreshness is how long past the engine's last control tick the
+// program answers. The program is brought in step after every control tick
+// (engine.Config.AfterControl), so an engine that stalls for that long
+// loses its fast path and the NFQUEUE path, with its --fail semantics,
+// takes every packet.
+const xdpFreshness = time.Second
 
 // fastPath is the fast path on the gateway's links (the XDP program, or
 // the same code at tc ingress), kept in step with the engine: each service's mode and backend options, the cookie keys
@@ -134,27 +132,22 @@ func (f *fastPath) syncLists(eng *engine.Engine, i int) (bool, error) {
 // sourceLists are the lists written for one service.
 type sourceLists struct{ allow, deny []netip.Prefix }
 
-// run keeps the program in step with eng until ctx is done. An error
-// detaches the program: protection goes on through the NFQUEUE path.
-func (f *fastPath) run(ctx context.Context, eng *engine.Engine, jar *cookies.Jar) error {
-	t := time.NewTicker(xdpSyncEvery)
-	defer t.Stop()
-	for {
-		if err := f.sync(eng, jar, time.Now()); err != nil {
-			f.log.Error().Err(err).Str(telemetry.FieldEvent, telemetry.EventXDPFailed).
-				Msg("XDP fast path detached; the NFQUEUE path handles every packet")
-			f.prog.Detach()
-			f.synced.Store(-1)
-			<-ctx.Done()
-			return nil
-		}
-		f.synced.Store(time.Now().UnixNano())
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
+// step brings the program in step with eng. The engine calls it on its
+// timer goroutine after each control tick, so the sync costs no wake-up of
+// its own. An error detaches the program for good: protection goes on
+// through the NFQUEUE path.
+func (f *fastPath) step(eng *engine.Engine, jar *cookies.Jar, now time.Time) {
+	if f.synced.Load() == -1 {
+		return
 	}
+	if err := f.sync(eng, jar, now); err != nil {
+		f.log.Error().Err(err).Str(telemetry.FieldEvent, telemetry.EventXDPFailed).
+			Msg("XDP fast path detached; the NFQUEUE path handles every packet")
+		f.prog.Detach()
+		f.synced.Store(-1)
+		return
+	}
+	f.synced.Store(time.Now().UnixNano())
 }
 
 // sync writes what changed of each service and renews the keys and the
@@ -351,9 +344,11 @@ func (f *fastPath) runSamples(ctx context.Context, eng *engine.Engine, caps *cap
 }
 
 // samplePoll is the longest runSamples leaves a ring that has samples.
-// The ring (xdp/synguard.c) holds about 960, so 20 ms keeps up with
-// 48,000 samples a second (384,000 SYNs); faster floods shorten it.
-const samplePoll = 20 * time.Millisecond
+// The ring (xdp/synguard.c) holds about 3,850, so 100 ms keeps up with
+// 38,000 samples a second (300,000 SYNs); faster floods shorten it. Each
+// drain is a wake-up, and on a quiet gateway the wake-ups cost more than
+// the samples.
+const samplePoll = 100 * time.Millisecond
 
 // nextSamplePoll is the pause before the next drain, given the last pause
 // and the share of the ring it filled: short enough that the ring fills

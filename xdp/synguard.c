@@ -188,7 +188,7 @@ struct {
 // Sampled SYNs, for userspace, and each CPU's count toward the next.
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 18);
+	__uint(max_entries, 1 << 20);
 } samples SEC(".maps");
 
 struct {
