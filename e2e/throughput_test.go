@@ -35,7 +35,11 @@ var (
 // and its fast path off, with its defaults (--xdp auto: the tc program,
 // on both of the gateway's veth links), with the XDP program in generic
 // mode on the client's veth, and in native mode there (a program on the
-// client's end too, as native XDP_TX on veth needs). Set-ups alternate,
+// client's end too, as native XDP_TX on veth needs). A set-up without
+// synguard but with conntrack tracking the forwarded flows (one
+// --ctstate INVALID rule, as any stateful gateway and SYNPROXY have) tells
+// the cost of the kernel carrying a handed-off flow from the cost of
+// synguard's rules and program. Set-ups alternate,
 // round after round, in one lab; it reports each one's median, spread and
 // ratio to plain forwarding. It asserts nothing about speed, only that
 // each set-up's program is attached as named. Run it alone, as root
@@ -70,12 +74,14 @@ func BenchmarkHandedOffThroughput(b *testing.B) {
 		args  []string // nil: no synguard
 		peer  bool     // an XDP program on the client's end of the link
 		links string   // the kind of BPF links synguard must hold
+		rule  []string // without synguard: an iptables rule in place
 	}{
-		{"plain", nil, false, ""},
-		{"xdp-off", []string{"--xdp", "off"}, false, ""},
-		{"auto", []string{}, false, "tcx"},
-		{"xdp-generic", []string{"--xdp", "generic", "--xdp-interfaces", topo.GatewayClientSide}, false, "xdp"},
-		{"xdp-native", []string{"--xdp", "native", "--xdp-interfaces", topo.GatewayClientSide}, true, "xdp"},
+		{"plain", nil, false, "", nil},
+		{"conntrack", nil, false, "", []string{"FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"}},
+		{"xdp-off", []string{"--xdp", "off"}, false, "", nil},
+		{"auto", []string{}, false, "tcx", nil},
+		{"xdp-generic", []string{"--xdp", "generic", "--xdp-interfaces", topo.GatewayClientSide}, false, "xdp", nil},
+		{"xdp-native", []string{"--xdp", "native", "--xdp-interfaces", topo.GatewayClientSide}, true, "xdp", nil},
 	}
 	setups := all[:0]
 	for _, s := range all {
@@ -98,6 +104,12 @@ func BenchmarkHandedOffThroughput(b *testing.B) {
 			var detach func()
 			if s.peer {
 				detach = peerProgram(b, topo)
+			}
+			if s.rule != nil {
+				// The lab's namespace, and the rule with it, goes at Down
+				// should the benchmark fail before the rule is deleted.
+				iptables(b, topo, append([]string{"-A"}, s.rule...))
+				detach = func() { iptables(b, topo, append([]string{"-D"}, s.rule...)) }
 			}
 			var stop func()
 			var progs []*ebpf.Program
@@ -131,10 +143,16 @@ func BenchmarkHandedOffThroughput(b *testing.B) {
 	}
 	for _, dir := range []string{"up", "down"} {
 		plain := median(results["plain/"+dir])
+		tracked := median(results["conntrack/"+dir])
 		for _, s := range setups {
 			r := results[s.name+"/"+dir]
 			sort.Float64s(r)
-			b.Logf("%-4s %-12s median %6.2f Gbit/s (min %.2f, max %.2f), %.3f× plain%s", dir, s.name, median(r)/1e9, r[0]/1e9, r[len(r)-1]/1e9, median(r)/plain, runs[s.name+"/"+dir])
+			vsTracked := ""
+			if tracked > 0 && s.name != "plain" && s.name != "conntrack" {
+				vsTracked = fmt.Sprintf(", %.3f× conntrack", median(r)/tracked)
+				b.ReportMetric(median(r)/tracked, s.name+"-"+dir+"/conntrack")
+			}
+			b.Logf("%-4s %-12s median %6.2f Gbit/s (min %.2f, max %.2f), %.3f× plain%s%s", dir, s.name, median(r)/1e9, r[0]/1e9, r[len(r)-1]/1e9, median(r)/plain, vsTracked, runs[s.name+"/"+dir])
 			b.ReportMetric(median(r)/plain, s.name+"-"+dir+"/plain")
 		}
 	}
@@ -260,6 +278,14 @@ func iperf(b *testing.B, topo *lab.Topology, service netip.AddrPort, d time.Dura
 		b.Fatalf("iperf3 output: %v\n%s", err, out)
 	}
 	return r.End.SumReceived.BitsPerSecond
+}
+
+// iptables changes a rule in the gateway's namespace.
+func iptables(b *testing.B, topo *lab.Topology, args []string) {
+	b.Helper()
+	if err := topo.Gateway.Run(context.Background(), "iptables", append([]string{"-w"}, args...)...); err != nil {
+		b.Fatalf("iptables %s: %v", strings.Join(args, " "), err)
+	}
 }
 
 func median(v []float64) float64 {
