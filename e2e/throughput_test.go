@@ -101,15 +101,16 @@ func BenchmarkHandedOffThroughput(b *testing.B) {
 	runs := make(map[string]*programRuns)
 	for range *tputRounds {
 		for _, s := range setups {
-			var detach func()
+			// undo takes the set-up's peer program or rule away again.
+			var undo []func()
 			if s.peer {
-				detach = peerProgram(b, topo)
+				undo = append(undo, peerProgram(b, topo))
 			}
 			if s.rule != nil {
 				// The lab's namespace, and the rule with it, goes at Down
 				// should the benchmark fail before the rule is deleted.
 				iptables(b, topo, append([]string{"-A"}, s.rule...))
-				detach = func() { iptables(b, topo, append([]string{"-D"}, s.rule...)) }
+				undo = append(undo, func() { iptables(b, topo, append([]string{"-D"}, s.rule...)) })
 			}
 			var stop func()
 			var progs []*ebpf.Program
@@ -136,14 +137,17 @@ func BenchmarkHandedOffThroughput(b *testing.B) {
 			if stop != nil {
 				stop()
 			}
-			if detach != nil {
-				detach()
+			for _, f := range undo {
+				f()
 			}
 		}
 	}
 	for _, dir := range []string{"up", "down"} {
 		plain := median(results["plain/"+dir])
-		tracked := median(results["conntrack/"+dir])
+		var tracked float64 // 0 when -tput.setups left conntrack out
+		if r := results["conntrack/"+dir]; len(r) > 0 {
+			tracked = median(r)
+		}
 		for _, s := range setups {
 			r := results[s.name+"/"+dir]
 			sort.Float64s(r)
