@@ -147,7 +147,7 @@ func (f *fastPath) step(eng *engine.Engine, jar *cookies.Jar, now time.Time) {
 		f.synced.Store(-1)
 		return
 	}
-	f.synced.Store(time.Now().UnixNano())
+	f.synced.Store(now.UnixNano())
 }
 
 // sync writes what changed of each service and renews the keys and the
