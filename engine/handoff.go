@@ -212,10 +212,10 @@ func (e *Engine) handedOff(out *outbox, k flowKey, fl *pendingFlow, taken time.T
 }
 
 // missedEnding records that the engine passed on a segment of flow f that
-// ends it, end (0 if it does not), in place of its conntrack entry. Once the flow is over
-// so, an entry being made is deleted as soon as it is (handedOff), and
-// one made already by a hand-off goroutine (deleteEnded). It is called
-// with e.mu held.
+// ends it, end (0 if it does not), in place of its conntrack entry. Once
+// the flow is over so, an entry being made is deleted as soon as it is
+// (handedOff), and one made already by a hand-off goroutine
+// (deleteEnded). It is called with e.mu held.
 func (e *Engine) missedEnding(k flowKey, f *pendingFlow, end endings) {
 	was := f.missed.over()
 	f.missed |= end
