@@ -546,3 +546,21 @@ func TestTCSYNACKChecksums(t *testing.T) {
 		})
 	}
 }
+
+// TestXDPAnswersFromTheStart: the program is in step before the start
+// event, so the first client after it is answered at the driver, not
+// passed to the backend while the engine's first control tick is due
+// (the rules queue no SYN the program answers).
+func TestXDPAnswersFromTheStart(t *testing.T) {
+	topo := newLab(t, lab.Config{DisableIPv6: true})
+	service := netip.AddrPortFrom(topo.BackendAddr, 80)
+	serve(t, topo.Backend, service)
+	g := startGateway(t, topo.Gateway, "--protect", service.String(), "--mode", "always")
+	g.waitStarted()
+	if err := fetch(topo.Client, service, 1000, nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := g.metric("synguard_xdp_synack_sent_total"); n != 1 {
+		t.Fatalf("the program sent %v SYN-ACKs for the first client, want 1", n)
+	}
+}

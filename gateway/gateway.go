@@ -295,6 +295,11 @@ func (g *gateway) install(ctx context.Context) (*firewall.Installed, error) {
 		l.loop(ctx, cfg.ProbeInterval)
 		return nil
 	}})
+	if g.fast != nil {
+		// In step before the start: the rules queue no SYN the program
+		// answers, and the engine's first control tick is 100 ms away.
+		g.fast.step(g.eng, g.jar, time.Now())
+	}
 	fw := cfg.FirewallConfig()
 	log.Info().Str("event", telemetry.EventStart).Str("mode", cfg.Mode.String()).Strs("services", services).
 		Str("syn_queues", fw.SYNQueues().String()).Str("completion_queues", fw.CompletionQueues().String()).

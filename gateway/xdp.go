@@ -132,10 +132,11 @@ func (f *fastPath) syncLists(eng *engine.Engine, i int) (bool, error) {
 // sourceLists are the lists written for one service.
 type sourceLists struct{ allow, deny []netip.Prefix }
 
-// step brings the program in step with eng. The engine calls it on its
-// timer goroutine after each control tick, so the sync costs no wake-up of
-// its own. An error detaches the program for good: protection goes on
-// through the NFQUEUE path.
+// step brings the program in step with eng. install calls it once, so the
+// program answers from the start, and the engine on its timer goroutine
+// after each control tick, so the sync costs no wake-up of its own. An
+// error detaches the program for good: protection goes on through the
+// NFQUEUE path.
 func (f *fastPath) step(eng *engine.Engine, jar *cookies.Jar, now time.Time) {
 	if f.synced.Load() == -1 {
 		return
@@ -151,7 +152,8 @@ func (f *fastPath) step(eng *engine.Engine, jar *cookies.Jar, now time.Time) {
 }
 
 // sync writes what changed of each service and renews the keys and the
-// deadline.
+// deadline: xdpFreshness past now, the control tick it follows (or the
+// install, before the engine's first tick).
 func (f *fastPath) sync(eng *engine.Engine, jar *cookies.Jar, now time.Time) error {
 	live := eng.Services()
 	for _, sv := range live {
@@ -190,7 +192,7 @@ func (f *fastPath) sync(eng *engine.Engine, jar *cookies.Jar, now time.Time) err
 	if !f.keysCover(now) {
 		f.keys = jar.EpochKeys(now)
 	}
-	return f.prog.Renew(f.keys, eng.LastControl().Add(xdpFreshness))
+	return f.prog.Renew(f.keys, now.Add(xdpFreshness))
 }
 
 // lastSync is when the program was last brought in step (zero before the
