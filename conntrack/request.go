@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"runtime"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -359,7 +360,7 @@ func inNetNS(netns int) (bool, error) {
 func (t *Table) roundTrip(first, last uint32) error {
 	errnos := t.errnos[:last-first+1]
 	clear(errnos)
-	if _, err := unix.Write(t.fd, t.req); err != nil {
+	if err := t.send(); err != nil {
 		t.closeSocket()
 		if err == unix.EAGAIN {
 			return fmt.Errorf("%w after %v: %w", ErrTimeout, t.requestTimeout, err)
@@ -368,7 +369,7 @@ func (t *Table) roundTrip(first, last uint32) error {
 	}
 	var deadline time.Time // set at the first interrupted read
 	for {
-		n, err := unix.Read(t.fd, t.resp[:])
+		n, err := t.receive()
 		switch {
 		case err == unix.EINTR:
 			// A signal interrupts a read with a timeout whatever
@@ -413,6 +414,40 @@ func (t *Table) prepare() (uint32, error) {
 		t.fd = fd
 	}
 	return t.seq, nil
+}
+
+// send writes t.req. The kernel handles ctnetlink requests within the
+// write, acks included, so it is a raw system call the Go scheduler does
+// not see: announced, the first system call after an idle spell wakes
+// sysmon, which then polls every 20 µs while the hand-off runs, and on a
+// virtual machine those wake-ups cost more than the request (nfq/doc.go).
+// Only a full socket buffer makes it wait, announced, for room.
+func (t *Table) send() error {
+	p := unsafe.Pointer(&t.req[0])
+	_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(t.fd), uintptr(p), uintptr(len(t.req)), unix.MSG_DONTWAIT, 0, 0)
+	switch e {
+	case 0:
+		return nil
+	case unix.EAGAIN:
+		_, err := unix.Write(t.fd, t.req)
+		return err
+	}
+	return e
+}
+
+// receive reads the next answers into t.resp: those already queued
+// without announcing the call (see send), and otherwise waiting up to the
+// socket's timeout.
+func (t *Table) receive() (int, error) {
+	p := unsafe.Pointer(&t.resp[0])
+	n, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(t.fd), uintptr(p), uintptr(len(t.resp)), unix.MSG_DONTWAIT, 0, 0)
+	switch e {
+	case 0:
+		return int(n), nil
+	case unix.EAGAIN:
+		return unix.Read(t.fd, t.resp[:])
+	}
+	return 0, e
 }
 
 func (t *Table) closeSocket() {

@@ -28,11 +28,14 @@ type Engine struct {
 	// a hand-off goroutine deletes (missedEnding).
 	ended chan flowKey
 	// flowTimer wakes the timer loop for the flows' next deadline; due is
-	// when it fires (Unix ns; 0 once fired, or never set). Workers only
-	// move it earlier (wakeBy), under dueMu.
+	// when it fires (Unix ns; 0 once fired, or never set). It is only
+	// moved earlier (wakeBy), under dueMu. wanted is the first deadline a
+	// worker left for the control loop's next step to set the timer for
+	// (Unix ns; 0 for none).
 	flowTimer *time.Timer
 	dueMu     sync.Mutex
 	due       atomic.Int64
+	wanted    atomic.Int64
 
 	countersMu sync.Mutex
 	counters   []*counterSet

@@ -788,6 +788,38 @@ func TestTimersWakeForPendingFlows(t *testing.T) {
 	}
 }
 
+// TestFlowTimerLeftToControl: once the control loop runs, a worker that
+// adds a flow whose retry is beyond the loop's next step leaves the timer
+// to that step instead of moving it on the handshake's path; the step
+// sets it for the earliest such deadline. A deadline before the step
+// after next moves the timer at once.
+func TestFlowTimerLeftToControl(t *testing.T) {
+	h := newHarness(t, nil)
+	e := h.e
+	e.controlStep(h.clock.now())
+	start := h.clock.now()
+	h.handshake(linuxOptions())
+	retry := start.Add(DefaultRetryInitial + e.retrySlack())
+	if due, wanted := e.due.Load(), e.wanted.Load(); due != 0 || wanted != retry.UnixNano() {
+		t.Fatalf("after a flow: due %d, wanted %d; want the timer untouched and %d left to the loop", due, wanted, retry.UnixNano())
+	}
+	h.clock.advance(controlTick)
+	e.controlStep(h.clock.now())
+	if due, wanted := e.due.Load(), e.wanted.Load(); due != retry.UnixNano() || wanted != 0 {
+		t.Fatalf("after the control step: due %d, wanted %d; want %d, 0", due, wanted, retry.UnixNano())
+	}
+
+	// A retry sooner than two control periods away.
+	h = newHarness(t, func(c *Config) { c.RetryInitial = 50 * time.Millisecond })
+	e = h.e
+	e.controlStep(h.clock.now())
+	start = h.clock.now()
+	h.handshake(linuxOptions())
+	if due, want := e.due.Load(), start.Add(50*time.Millisecond+e.retrySlack()).UnixNano(); due != want {
+		t.Fatalf("a close retry: due %d, want %d at once", due, want)
+	}
+}
+
 // TestFlowTimerDue: the flow timer is set for the first deadline's end
 // of slack, a new flow only moves it earlier, and once the timer fires
 // (due cleared) Tick sets it for what is left: a retry, then a record's

@@ -35,12 +35,21 @@ func (e *Engine) runTimers(ctx context.Context) {
 			e.due.Store(0)
 			e.Tick()
 		case <-ctl.C:
-			now := e.cfg.Now()
-			e.control(now)
-			if e.cfg.AfterControl != nil {
-				e.cfg.AfterControl(now)
-			}
+			e.controlStep(e.cfg.Now())
 		}
+	}
+}
+
+// controlStep is the control loop's work at each tick: sample and switch
+// the services, the caller's AfterControl, and the flow timer for the
+// deadlines workers left to it (wantBy).
+func (e *Engine) controlStep(now time.Time) {
+	e.control(now)
+	if e.cfg.AfterControl != nil {
+		e.cfg.AfterControl(now)
+	}
+	if ns := e.wanted.Swap(0); ns != 0 {
+		e.wakeBy(time.Unix(0, ns))
 	}
 }
 
@@ -56,10 +65,34 @@ func (e *Engine) forgetSlack() time.Duration {
 }
 
 // pendingAdded has the timer loop wake in time for flow f's first retry,
-// after f was added. A loop already due by then is left alone: workers
-// move the timer, they never wake the loop.
+// after f was added.
 func (e *Engine) pendingAdded(f *pendingFlow) {
-	e.wakeBy(f.nextRetry.Add(e.retrySlack()))
+	e.wantBy(f.nextRetry.Add(e.retrySlack()))
+}
+
+// wantBy makes sure the flow timer fires by t, from a worker. A timer
+// already due by then is left alone. A deadline beyond the control loop's
+// next step is left to that step (wanted): moving a timer earlier wakes
+// a second thread to wait for it, a system call and a context switch on
+// the handshake's path, for a retry a quarter of a second away. Before
+// the control loop's first step, or for a deadline that close, the timer
+// is moved at once.
+func (e *Engine) wantBy(t time.Time) {
+	ns := t.UnixNano()
+	if due := e.due.Load(); due != 0 && due <= ns {
+		return
+	}
+	// Two periods, so that a late tick still comes in time.
+	if last := e.lastControl.Load(); last == 0 || ns < last+int64(2*controlTick) {
+		e.wakeBy(t)
+		return
+	}
+	for {
+		w := e.wanted.Load()
+		if w != 0 && w <= ns || e.wanted.CompareAndSwap(w, ns) {
+			return
+		}
+	}
 }
 
 // wakeBy moves the flow timer to t if it would fire later, or not at all.
