@@ -129,12 +129,17 @@ type Attachment struct {
 type Program struct {
 	objs     synguardObjects
 	attached []Attachment
+	tick     *tickCalls
 }
 
 // Load loads the program into the kernel. It needs CAP_BPF and
 // CAP_NET_ADMIN (or root), BTF, and conntrack built in or loaded.
 func Load() (*Program, error) {
-	p := &Program{}
+	tick, err := newTickCalls()
+	if err != nil {
+		return nil, err
+	}
+	p := &Program{tick: tick}
 	if err := loadSynguardObjects(&p.objs, nil); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
@@ -286,18 +291,12 @@ func (p *Program) renew(keys cookies.EpochKeys, now, deadline time.Time) error {
 		BoundsTai:   [3]uint64{onTAI(start(keys.First + 1)), onTAI(start(keys.First + 2)), onTAI(start(keys.First + 3))},
 		Keys:        keys.Keys,
 	}
-	if err := p.objs.Control.Put(uint32(0), &c); err != nil {
+	p.tick.mu.Lock()
+	defer p.tick.mu.Unlock()
+	if err := p.tick.putControl(p.objs.Control, c); err != nil {
 		return fmt.Errorf("xdp: renew: %w", err)
 	}
 	return nil
-}
-
-func clockNow(id int32) (int64, error) {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(id, &ts); err != nil {
-		return 0, err
-	}
-	return ts.Nano(), nil
 }
 
 // counter indexes, as synguard.c numbers them.
@@ -314,12 +313,13 @@ const (
 // Counters returns service i's counts: one lookup of its entry, summed
 // over CPUs.
 func (p *Program) Counters(i int) (Counters, error) {
-	var per []synguardSvcCounters
-	if err := p.objs.Counters.Lookup(uint32(i), &per); err != nil {
+	p.tick.mu.Lock()
+	defer p.tick.mu.Unlock()
+	if err := p.tick.lookupCounters(p.objs.Counters, i); err != nil {
 		return Counters{}, fmt.Errorf("xdp: read counters: %w", err)
 	}
 	var v [len(synguardSvcCounters{}.N)]uint64
-	for _, c := range per {
+	for _, c := range p.tick.counters {
 		for j, n := range c.N {
 			v[j] += n
 		}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/synguard/synguard/conntrack"
 	"github.com/synguard/synguard/cookies"
@@ -768,5 +769,62 @@ func testEarlyData(t *testing.T, h *harness) {
 	}
 	if got, _ := off.run(ether(rawSegment(c4, service4, 0x6001+1400, cookie+1, packet.ACK, nil, []byte("x")))); got != vDrop {
 		t.Fatalf("early data off: second segment verdict %v, want drop", got)
+	}
+}
+
+// TestTickCallsMatchLibrary: the control loop's raw element calls read and
+// write what cilium/ebpf's own calls do: each service's counters summed
+// over CPUs, an unknown index an error, and the control block renewed.
+func TestTickCallsMatchLibrary(t *testing.T) {
+	h := newHarness(t, xdpKind)
+	c, s := netip.MustParseAddrPort("198.51.100.7:40000"), service4
+	valid, cookie := h.cookieACK(c, s, 0x1000)
+	h.run(ether(valid))
+	h.run(ether(rawSegment(c, s, 0x1001, cookie+2, packet.ACK, nil, nil)))
+	h.run(ether(rawSegment(c, s, 0x1001, cookie+3, packet.ACK, nil, nil)))
+	for i := range 2 {
+		got, err := h.p.Counters(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var per []synguardSvcCounters
+		if err := h.p.objs.Counters.Lookup(uint32(i), &per); err != nil {
+			t.Fatal(err)
+		}
+		var want [len(synguardSvcCounters{}.N)]uint64
+		for _, c := range per {
+			for j, n := range c.N {
+				want[j] += n
+			}
+		}
+		if got.ACKValid != want[cACKValid] || got.ACKInvalid != want[cACKInvalid] || got.SYNReceived != want[cSYNReceived] {
+			t.Errorf("service %d: counters %+v, library reads %v", i, got, want)
+		}
+		if i == 0 && (got.ACKValid != 1 || got.ACKInvalid != 2) {
+			t.Errorf("service 0: counters %+v, want 1 valid and 2 invalid ACKs", got)
+		}
+	}
+	if _, err := h.p.Counters(1 << 20); err == nil {
+		t.Error("counters of an index past the map: no error")
+	}
+
+	deadline := h.clock.t.Add(42 * time.Second)
+	keys := h.jar.EpochKeys(h.clock.t)
+	if err := h.p.renewAt(keys, h.clock.t, deadline); err != nil {
+		t.Fatal(err)
+	}
+	var ctl synguardEngineControl
+	if err := h.p.objs.Control.Lookup(uint32(0), &ctl); err != nil {
+		t.Fatal(err)
+	}
+	if ctl.Keys != keys.Keys || ctl.EpochBase != keys.First {
+		t.Errorf("control block keys %v epoch %d, want %v epoch %d", ctl.Keys, ctl.EpochBase, keys.Keys, keys.First)
+	}
+	tai, err := clockNow(unix.CLOCK_TAI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Duration(int64(ctl.DeadlineTai) - tai); d < 41*time.Second || d > 43*time.Second {
+		t.Errorf("control block deadline %v from now on the TAI clock, want 42s", d)
 	}
 }

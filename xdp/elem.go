@@ -1,0 +1,93 @@
+package xdp
+
+import (
+	"fmt"
+	"sync"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// The control loop reads each service's counters and renews the control
+// block ten times a second. cilium/ebpf announces its system calls to
+// the Go scheduler, and on a quiet gateway the first announced call after
+// a wake-up wakes sysmon, which then polls every 20 µs while the tick
+// runs and hands the P of any call longer than that to another thread:
+// measured, more context switches than the tick's own work. These two
+// element calls only copy memory and never block, so they are raw system
+// calls instead, like the queue's (nfq/doc.go). Everything else goes
+// through cilium/ebpf.
+
+// bpf(2) commands (include/uapi/linux/bpf.h).
+const (
+	bpfMapLookupElem = 1
+	bpfMapUpdateElem = 2
+)
+
+// elemAttr is union bpf_attr for the element commands.
+type elemAttr struct {
+	mapFD uint32
+	_     uint32
+	key   uint64
+	value uint64 // or next_key
+	flags uint64
+}
+
+// tickCalls holds, on the heap where the kernel may be given their
+// addresses, the arguments of the control loop's element calls.
+type tickCalls struct {
+	mu       sync.Mutex
+	attr     elemAttr
+	key      uint32
+	counters []synguardSvcCounters // one per possible CPU
+	control  synguardEngineControl
+}
+
+func newTickCalls() (*tickCalls, error) {
+	n, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("xdp: possible CPUs: %w", err)
+	}
+	return &tickCalls{counters: make([]synguardSvcCounters, n)}, nil
+}
+
+// elem runs one element command on m with c.key and value, with c.mu held.
+func (c *tickCalls) elem(cmd uintptr, m *ebpf.Map, value unsafe.Pointer, flags uint64) error {
+	c.attr = elemAttr{
+		mapFD: uint32(m.FD()),
+		key:   uint64(uintptr(unsafe.Pointer(&c.key))),
+		value: uint64(uintptr(value)),
+		flags: flags,
+	}
+	_, _, e := unix.RawSyscall(unix.SYS_BPF, cmd, uintptr(unsafe.Pointer(&c.attr)), unsafe.Sizeof(c.attr))
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+// lookupCounters reads service i's per-CPU counters into c.counters, with
+// c.mu held.
+func (c *tickCalls) lookupCounters(m *ebpf.Map, i int) error {
+	c.key = uint32(i)
+	return c.elem(bpfMapLookupElem, m, unsafe.Pointer(&c.counters[0]), 0)
+}
+
+// putControl writes ctl as the control block, with c.mu held.
+func (c *tickCalls) putControl(m *ebpf.Map, ctl synguardEngineControl) error {
+	c.key = 0
+	c.control = ctl
+	return c.elem(bpfMapUpdateElem, m, unsafe.Pointer(&c.control), uint64(ebpf.UpdateAny))
+}
+
+// clockNow reads clock id without announcing the call (see above); the
+// vDSO's clocks do not include TAI on every kernel.
+func clockNow(id int32) (int64, error) {
+	var ts unix.Timespec
+	_, _, e := unix.RawSyscall(unix.SYS_CLOCK_GETTIME, uintptr(id), uintptr(unsafe.Pointer(&ts)), 0)
+	if e != 0 {
+		return 0, e
+	}
+	return ts.Nano(), nil
+}
