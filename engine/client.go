@@ -163,10 +163,21 @@ func (w *Worker) clientACK(svc int, b []byte, stale bool) nf.Verdict {
 				c.add(svc, EarlyDataHeld)
 				return nf.Hold
 			}
+			// The third ACK again, or a zero-window probe, has the seq
+			// of the handshake. A pure ACK past it, behind the
+			// client's request, answers a segment the engine never
+			// sent: one of the earlier flow on these ports, whose
+			// TIME_WAIT end in the backend answered a late segment.
+			pure := p.PayloadLen == 0 && !p.Flags.Has(packet.FIN)
+			repeat := p.Seq == f.clientISN+1 || p.Seq == f.clientISN
+			answer := pure && !repeat && f.cookie == cookie
 			e.mu.Unlock()
-			if early {
+			switch {
+			case early:
 				c.add(svc, EarlyDataRefused)
-			} else {
+			case answer:
+				c.add(svc, OldFlowAnswer)
+			default:
 				c.add(svc, DuplicateACK)
 			}
 			return nf.Drop
@@ -255,12 +266,20 @@ func (w *Worker) translateClient(svc int, k flowKey, f *pendingFlow, b []byte, s
 	e := w.e
 	delta := f.serverISN - uint32(f.cookie)
 	if !p.Flags.Has(packet.RST) {
-		dup := p.PayloadLen == 0 && !p.Flags.Has(packet.FIN) && p.Ack == uint32(f.cookie)+1
-		// A segment with SACK blocks would need them moved too; the
-		// client's next ACK meets the entry.
-		if dup || p.Options.NumSACKBlocks > 0 {
+		if p.PayloadLen == 0 && !p.Flags.Has(packet.FIN) && p.Ack == uint32(f.cookie)+1 {
 			e.mu.Unlock()
 			c.add(svc, DuplicateACK)
+			return nf.Drop
+		}
+		// A segment with SACK blocks would need them moved too; the
+		// client's next cumulative ACK carries the flow on. It is no
+		// duplicate but a client reporting a hole, as one may at the
+		// end of a transfer, when the backend's FIN has made the entry
+		// closing and the client's ACKs come here through the stale
+		// rule.
+		if p.Options.NumSACKBlocks > 0 {
+			e.mu.Unlock()
+			c.add(svc, SACKDropped)
 			return nf.Drop
 		}
 	}

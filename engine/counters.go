@@ -24,7 +24,7 @@ const (
 	Malformed                         // packets that failed to parse
 	SendError                         // packets the sender failed to transmit
 	AmplificationGuard                // SYN-ACK not sent: it would exceed the SYN
-	DuplicateACK                      // client ACK or probe for a flow already pending
+	DuplicateACK                      // the third ACK again, or a probe, for a flow already pending
 	Unmatched                         // packets of no pending flow, passed on
 	SYNPassed                         // SYNs let through to the backend (passthrough or off)
 	FirstACK                          // first ACKs of flows let through, observed once
@@ -42,6 +42,8 @@ const (
 	EarlyDataDropped                  // held segments dropped because their flow ended before the hand-off
 	EarlyDataLost                     // held segments the queue refused a verdict for
 	EndedUnseen                       // flows that ended (both FINs, or an RST) before their entry saw them: entry deleted
+	SACKDropped                       // client ACKs with SACK blocks that met no entry, or a closing one: dropped, not translated
+	OldFlowAnswer                     // client ACKs of a pending flow past its request, answering an earlier flow's segment: dropped
 	numCounters
 )
 
@@ -80,6 +82,8 @@ var counterNames = [numCounters]string{
 	EarlyDataDropped:   "early_data_dropped",
 	EarlyDataLost:      "early_data_lost",
 	EndedUnseen:        "ended_unseen",
+	SACKDropped:        "sack_dropped",
+	OldFlowAnswer:      "old_flow_answer",
 }
 
 // String returns the counter's stable snake_case name.

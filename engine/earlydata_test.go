@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -529,6 +530,113 @@ func TestTranslatedBeforeTheEntry(t *testing.T) {
 	if r := h.expect(1)[0].p; r.Flags != packet.SYN || r.Seq != isn2 || r.Destination() != server {
 		t.Fatalf("the new connection's ACK did not replay its SYN: %+v", r)
 	}
+}
+
+// TestSACKNotTranslated: a client ACK with SACK blocks that meets no
+// entry, or the flow's closing one, is dropped rather than passed with
+// blocks in the wrong sequence space, and counted as what it is: the
+// client reporting a hole, not a duplicate of its third ACK.
+func TestSACKNotTranslated(t *testing.T) {
+	h := newHarness(t, earlyOn)
+	cookie, _ := h.handshake(linuxOptions())
+	isn := uint32(clientISN)
+	const serverISN = 0x1000
+	h.backendAnswers(serverISN)
+	h.expect(1) // the backend's ACK
+
+	// The response's first 1,000 bytes came, and its FIN, but not what
+	// lies between.
+	hole := packet.Segment{Src: client, Dst: server, Seq: isn + 1 + 20, Ack: cookie + 1 + 1000, Flags: packet.ACK, Window: 500}
+	fin := packet.SACKBlock{Left: cookie + 1 + 5000, Right: cookie + 1 + 5001}
+	if v := h.handleAt(withSACK(t, hole, fin), nf.Forward); v != nf.Drop {
+		t.Fatalf("SACK before the entry: verdict %v, want drop", v)
+	}
+	h.drainHandoffs()
+	h.expect(1) // the window update
+	// The backend's FIN made the entry closing: the client's ACKs come
+	// through the stale rule.
+	if v := h.handleAt(withSACK(t, hole, fin), HookStaleEntry); v != nf.Drop {
+		t.Fatalf("SACK at the closing entry: verdict %v, want drop", v)
+	}
+	h.expect(0)
+	if h.stat(SACKDropped) != 2 || h.stat(DuplicateACK) != 0 || h.stat(TranslatedClient) != 0 {
+		t.Fatalf("SACKs dropped %d, duplicates %d, translated %d; want 2, 0, 0", h.stat(SACKDropped), h.stat(DuplicateACK), h.stat(TranslatedClient))
+	}
+	// The third ACK again, SACK or not, still is a duplicate.
+	third := packet.Segment{Src: client, Dst: server, Seq: isn + 1, Ack: cookie + 1, Flags: packet.ACK, Window: 500}
+	if v := h.handleAt(withSACK(t, third, fin), nf.Forward); v != nf.Drop {
+		t.Fatalf("third ACK again with SACK: verdict %v, want drop", v)
+	}
+	if h.stat(DuplicateACK) != 1 || h.stat(SACKDropped) != 2 {
+		t.Fatalf("duplicates %d, SACKs dropped %d; want 1, 2", h.stat(DuplicateACK), h.stat(SACKDropped))
+	}
+}
+
+// TestAnswerToTheOldFlow: a client reusing the ports of a flow in
+// TIME_WAIT sends its request, held while the backend's SYN is out; a
+// late segment of the old flow then draws the backend's TIME_WAIT ACK,
+// which the client's new connection answers with a pure ACK past its
+// request. That is dropped, and counted as what it is, not as a repeat of
+// the third ACK, which still counts as a duplicate.
+func TestAnswerToTheOldFlow(t *testing.T) {
+	h := newHarness(t, earlyOn)
+	h.handle(syn(client, server, linuxOptions()), nf.Drop)
+	cookie := h.expect(1)[0].p.Seq
+	const request = "GET / HTTP/1.1\r\n\r\n"
+	if v := h.handleAt(h.dataSeg(cookie, 0, request, packet.PSH), HookStaleEntry); v != nf.Hold {
+		t.Fatalf("request on the cookie ACK, stale entry: verdict %v, want hold", v)
+	}
+	h.expect(1) // the replayed SYN
+
+	isn := uint32(clientISN)
+	answer := build(t, packet.Segment{Src: client, Dst: server, Seq: isn + 1 + uint32(len(request)), Ack: cookie + 1, Flags: packet.ACK, Window: 502})
+	if v := h.handleAt(answer, HookStaleEntry); v != nf.Drop {
+		t.Fatalf("answer to the old flow: verdict %v, want drop", v)
+	}
+	h.expect(0)
+	if h.stat(OldFlowAnswer) != 1 || h.stat(DuplicateACK) != 0 {
+		t.Fatalf("answers %d, duplicates %d; want 1, 0", h.stat(OldFlowAnswer), h.stat(DuplicateACK))
+	}
+	for _, seq := range []uint32{clientISN + 1, clientISN} {
+		third := build(t, packet.Segment{Src: client, Dst: server, Seq: seq, Ack: cookie + 1, Flags: packet.ACK, Window: 502})
+		if v := h.handleAt(third, HookStaleEntry); v != nf.Drop {
+			t.Fatalf("third ACK again (seq %#x): verdict %v, want drop", seq, v)
+		}
+	}
+	h.expect(0)
+	if h.stat(OldFlowAnswer) != 1 || h.stat(DuplicateACK) != 2 || h.stat(BackendSYNSent) != 1 {
+		t.Fatalf("answers %d, duplicates %d, replays %d; want 1, 2, 1", h.stat(OldFlowAnswer), h.stat(DuplicateACK), h.stat(BackendSYNSent))
+	}
+}
+
+// withSACK builds s, an IPv4 segment, with a SACK option of blocks (which
+// packet.Build never emits).
+func withSACK(t *testing.T, s packet.Segment, blocks ...packet.SACKBlock) []byte {
+	t.Helper()
+	b := build(t, s)
+	ihl := int(b[0]&0x0f) * 4
+	doff := int(b[ihl+12]>>4) * 4
+	opt := []byte{1, 1, 5, byte(2 + 8*len(blocks))} // NOP NOP SACK
+	for _, bl := range blocks {
+		opt = binary.BigEndian.AppendUint32(opt, bl.Left)
+		opt = binary.BigEndian.AppendUint32(opt, bl.Right)
+	}
+	out := append(append(append([]byte(nil), b[:ihl+doff]...), opt...), b[ihl+doff:]...)
+	binary.BigEndian.PutUint16(out[2:], uint16(len(out)))
+	out[10], out[11] = 0, 0
+	binary.BigEndian.PutUint16(out[10:], packet.Checksum(out[:ihl]))
+	tcp := out[ihl:]
+	tcp[12] = byte((doff+len(opt))/4) << 4
+	tcp[16], tcp[17] = 0, 0
+	var p packet.Packet
+	if err := packet.Parse(out, &p); err != nil {
+		t.Fatal(err)
+	}
+	binary.BigEndian.PutUint16(tcp[16:], packet.TCPChecksum(p.Src, p.Dst, tcp))
+	if int(p.Options.NumSACKBlocks) != len(blocks) {
+		t.Fatalf("built %d SACK blocks, parsed %d", len(blocks), p.Options.NumSACKBlocks)
+	}
+	return out
 }
 
 // TestResetWhileTheEntryIsMade: a flow reset by either end after its
