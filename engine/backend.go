@@ -66,9 +66,7 @@ func (w *Worker) backendSYNACK(svc int, k flowKey, f *pendingFlow) {
 	e := w.e
 	switch f.state {
 	case stateReplaying:
-		select {
-		case e.handoffs <- k:
-		default:
+		if !w.queueHandOff(k) {
 			// Hand-off backlog full: drop this SYN-ACK; the backend
 			// retransmits it and the retry finds the flow still
 			// replaying.

@@ -788,6 +788,60 @@ func TestTimersWakeForPendingFlows(t *testing.T) {
 	}
 }
 
+// TestInlineHandOffs: a worker that hands off inline keeps the flows whose
+// backend answered to itself until HandOffs, after its batch: the backend
+// is ACKed at once, the entry and the client's window update wait for
+// HandOffs, and no hand-off goroutine is given the flow. Past a hand-off
+// batch's worth, the goroutines take the rest.
+func TestInlineHandOffs(t *testing.T) {
+	h := newHarness(t, nil)
+	h.w.InlineHandOffs(h.e.cfg.NewBatch())
+	h.handshake(linuxOptions())
+	h.handle(packet.Segment{Src: server, Dst: client, Seq: 5000, Ack: clientISN + 1, Flags: packet.SYN | packet.ACK, Window: 65160}, nf.Drop)
+	if r := h.expect(1)[0].p; r.Flags != packet.ACK || r.Destination() != server {
+		t.Fatalf("backend SYN-ACK answered with %+v, want the ACK to the backend", r)
+	}
+	if n := len(h.e.handoffs); n != 0 {
+		t.Fatalf("%d flows passed to the hand-off goroutines", n)
+	}
+	if len(h.handoff.got) != 0 {
+		t.Fatal("entry created before HandOffs")
+	}
+	h.w.HandOffs()
+	if len(h.handoff.got) != 1 {
+		t.Fatalf("%d entries after HandOffs, want 1", len(h.handoff.got))
+	}
+	if r := h.expect(1)[0].p; r.Destination() != client || r.Flags != packet.ACK || r.Window == 0 {
+		t.Fatalf("after the entry: %+v, want the client's window update", r)
+	}
+	h.w.HandOffs() // nothing left
+	if len(h.handoff.got) != 1 {
+		t.Fatalf("%d entries after a second HandOffs, want still 1", len(h.handoff.got))
+	}
+
+	// More answers in one batch than a hand-off batch takes.
+	for i := range handoffBatch + 2 {
+		c := netip.AddrPortFrom(client.Addr(), client.Port()+uint16(i)+1)
+		h.handle(packet.Segment{Src: c, Dst: server, Seq: clientISN, Flags: packet.SYN, Window: 64240, Options: linuxOptions()}, nf.Drop)
+		cookie := h.expect(1)[0].p.Seq
+		h.handle(packet.Segment{Src: c, Dst: server, Seq: clientISN + 1, Ack: cookie + 1, Flags: packet.ACK, Window: 502}, nf.Drop)
+		h.expect(1)
+	}
+	for i := range handoffBatch + 2 {
+		c := netip.AddrPortFrom(client.Addr(), client.Port()+uint16(i)+1)
+		h.handle(packet.Segment{Src: server, Dst: c, Seq: 5000, Ack: clientISN + 1, Flags: packet.SYN | packet.ACK, Window: 65160}, nf.Drop)
+		h.expect(1)
+	}
+	if n := len(h.e.handoffs); n != 2 {
+		t.Fatalf("%d flows passed to the hand-off goroutines, want the 2 past a batch", n)
+	}
+	h.w.HandOffs()
+	h.drainHandoffs()
+	if n := len(h.handoff.got); n != 1+handoffBatch+2 {
+		t.Fatalf("%d entries, want %d", n, 1+handoffBatch+2)
+	}
+}
+
 // TestFlowTimerLeftToControl: once the control loop runs, a worker that
 // adds a flow whose retry is beyond the loop's next step leaves the timer
 // to that step instead of moving it on the handshake's path; the step

@@ -60,7 +60,8 @@ type HandoffTiming struct {
 	// the replayed SYN's way out, the backend, the answer's way back
 	// through the queue.
 	Backend time.Duration
-	// Wait is from the SYN-ACK to a hand-off goroutine taking the flow.
+	// Wait is from the SYN-ACK to the hand-off taking the flow: its
+	// worker after the batch's verdicts, or a hand-off goroutine.
 	Wait time.Duration
 	// Entry is the conntrack entry's creation, a netlink round trip;
 	// the window update leaves right after it.

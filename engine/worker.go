@@ -40,6 +40,18 @@ type Worker struct {
 	id     uint32 // the packet in hand's id in its queue
 	// sampled counts SYNs, to count one in SourceSampling by source.
 	sampled uint32
+	// inline, once set (InlineHandOffs), hands off the flows whose
+	// backend answered in a batch on the worker's own goroutine (HandOffs):
+	// handOffs holds their keys meanwhile, and handOffOut, routed like a
+	// hand-off goroutine's, sends their window updates.
+	inline *inlineHandOffs
+}
+
+// inlineHandOffs is a worker's own hand-off work space.
+type inlineHandOffs struct {
+	keys    []flowKey
+	out     *outbox
+	scratch handoffScratch
 }
 
 // NewWorker returns a worker with its own scratch space and counters that
@@ -87,6 +99,51 @@ func (w *Worker) Handle(b []byte, hook nf.Hook, id uint32) nf.Verdict {
 
 // Flush sends the replies waiting in the worker's batch.
 func (w *Worker) Flush() { w.out.flush() }
+
+// InlineHandOffs has the worker make the conntrack entries of the flows
+// whose backend answered, and open their clients' windows, itself, when
+// its caller calls HandOffs after each batch's verdicts, rather than pass
+// them to a hand-off goroutine. That hand-over readies a goroutine, and
+// the Go scheduler wakes a second thread to run it: on a quiet gateway
+// those wake-ups cost more than the hand-off itself. Done after the
+// verdicts, the entry still stays off the request's path: the backend was
+// ACKed and the early data released while the batch was handled. A batch
+// with more flows than a hand-off batch takes passes the rest to the
+// goroutines. b, routed, sends the window updates, as a hand-off
+// goroutine's batch does.
+func (w *Worker) InlineHandOffs(b Batch) {
+	w.inline = &inlineHandOffs{keys: make([]flowKey, 0, handoffBatch), out: w.e.newOutbox(b)}
+}
+
+// HandOffs hands off the flows whose backend answered since the last
+// call (see InlineHandOffs).
+func (w *Worker) HandOffs() {
+	in := w.inline
+	if in == nil || len(in.keys) == 0 {
+		return
+	}
+	n := copy(in.scratch.keys[:], in.keys)
+	in.keys = in.keys[:0]
+	batch, _ := w.e.cfg.Kernel.(BatchKernel)
+	w.e.handoffAll(in.out, &in.scratch, n, batch)
+	in.out.flush()
+}
+
+// queueHandOff passes flow k on for its hand-off: to the worker's own
+// list, or to the hand-off goroutines. It reports false when both are
+// full.
+func (w *Worker) queueHandOff(k flowKey) bool {
+	if in := w.inline; in != nil && len(in.keys) < cap(in.keys) {
+		in.keys = append(in.keys, k)
+		return true
+	}
+	select {
+	case w.e.handoffs <- k:
+		return true
+	default:
+		return false
+	}
+}
 
 // outbox builds packets and sends them through a Batch, counting each
 // once the batch reports whether it went out. Every writer of packets has

@@ -30,9 +30,14 @@ func (h queueHandler) Handle(p *nfq.Packet) nf.Verdict {
 
 func (h queueHandler) Flush() { h.w.Flush() }
 
+// AfterVerdicts hands off the flows whose backend answered in the batch.
+func (h queueHandler) AfterVerdicts() { h.w.HandOffs() }
+
 // newQueueHandler returns the handler of queue q, with its own worker
 // sending through a batch of its own: on the ingress link when replies
-// take it, routed otherwise. The worker holds early data in q.
+// take it, routed otherwise. The worker holds early data in q, and hands
+// off the flows whose backend answered itself, after each batch's
+// verdicts, sending their window updates through a routed batch.
 func newQueueHandler(eng *engine.Engine, q *nfq.Queue, sender *rawsock.Sender, path ReplyPath, staleMark uint32) queueHandler {
 	h := queueHandler{staleMark: staleMark}
 	if path == ReplyIngress {
@@ -41,6 +46,7 @@ func newQueueHandler(eng *engine.Engine, q *nfq.Queue, sender *rawsock.Sender, p
 	} else {
 		h.w = eng.NewWorker(sender.NewBatch(), q)
 	}
+	h.w.InlineHandOffs(sender.NewBatch())
 	return h
 }
 

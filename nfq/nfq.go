@@ -41,9 +41,17 @@ func (Handler) Flush() {}
 // ends. Handle has Handler's contract; Flush is called once after the
 // last Handle of a batch, before the batch's verdicts are sent, on the
 // same goroutine: the place to send whatever Handle queued (see doc.go).
+// A BatchHandler that also has a method AfterVerdicts() has it called once
+// the batch's verdicts are sent, before the next receive: the place for
+// work no packet of the batch should wait for.
 type BatchHandler interface {
 	Handle(p *Packet) nf.Verdict
 	Flush()
+}
+
+// afterVerdicts is the optional method of a BatchHandler (see there).
+type afterVerdicts interface {
+	AfterVerdicts()
 }
 
 // Defaults applied by Open for zero Config fields.

@@ -38,9 +38,10 @@ const (
 // of a whole batch in one write. Everything in it belongs to the receive
 // goroutine; nothing is allocated per packet.
 type receiver struct {
-	q  *Queue
-	rc syscall.RawConn
-	h  BatchHandler
+	q     *Queue
+	rc    syscall.RawConn
+	h     BatchHandler
+	after afterVerdicts // h, when it is one
 
 	msgs []unix.Mmsghdr
 	iovs []unix.Iovec
@@ -119,6 +120,7 @@ func newReceiver(q *Queue, c rawConner, h BatchHandler) (*receiver, error) {
 		pkts: make([]outPacket, 0, maxVerdictMsgs),
 		iov:  make([]unix.Iovec, 0, 3*maxVerdictMsgs+1),
 	}
+	r.after, _ = h.(afterVerdicts)
 	n := int(q.cfg.MaxQueueLen)
 	if n == 0 {
 		n = DefaultMaxQueueLen
@@ -205,6 +207,9 @@ func (r *receiver) handle() {
 	r.h.Flush()
 	r.closeRun()
 	r.sendVerdicts()
+	if r.after != nil {
+		r.after.AfterVerdicts()
+	}
 	q := r.q
 	if q.holds.earlyPending.Load() {
 		// A Release raced with its handler's return of another verdict.

@@ -207,6 +207,36 @@ func TestReceiverHandsPacketsOver(t *testing.T) {
 	}
 }
 
+// afterRecorder is a recorder with AfterVerdicts, which notes the
+// verdict writes the peer can already read at that moment.
+type afterRecorder struct {
+	recorder
+	h       *harness
+	written [][]sentVerdict
+}
+
+func (r *afterRecorder) AfterVerdicts() {
+	r.calls = append(r.calls, "after")
+	r.written = append(r.written, r.h.verdicts()...)
+}
+
+// TestReceiverAfterVerdicts checks that a handler with AfterVerdicts has
+// it called once per batch, after Flush and after the batch's verdicts
+// were written.
+func TestReceiverAfterVerdicts(t *testing.T) {
+	rec := &afterRecorder{recorder: recorder{verdicts: map[uint32]nf.Verdict{1: nf.Accept}}}
+	h := newTestReceiver(t, Config{Queue: 7}, rec)
+	rec.h = h
+	h.send(cannedPacket{id: 1, payload: []byte{0x45}}.message(), cannedPacket{id: 2, payload: []byte{0x45}}.message())
+	h.step()
+	if diff := cmp.Diff([]string{"handle 1", "handle 2", "flush", "after"}, rec.calls); diff != "" {
+		t.Fatalf("calls (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([][]sentVerdict{{{1, nfAccept}, {2, nfDrop}}}, rec.written); diff != "" {
+		t.Fatalf("verdicts written when AfterVerdicts ran (-want +got):\n%s", diff)
+	}
+}
+
 // TestReceiverBatchesVerdicts checks that a batch's verdicts go out in one
 // write, one batch verdict per run of equal verdicts, and are counted.
 func TestReceiverBatchesVerdicts(t *testing.T) {
