@@ -473,6 +473,16 @@ func TestEarlyDataOnReusedPorts(t *testing.T) {
 	}
 }
 
+// ackedFlow makes a flow whose backend answered with serverISN and was
+// ACKed, its entry not made yet, and returns its cookie.
+func (h *harness) ackedFlow(serverISN uint32) (cookie uint32) {
+	h.t.Helper()
+	cookie, _ = h.handshake(linuxOptions())
+	h.backendAnswers(serverISN)
+	h.expect(1) // the backend's ACK
+	return cookie
+}
+
 // TestTranslatedBeforeTheEntry: once the engine has ACKed the backend, the
 // backend may answer before the flow's conntrack entry exists, and the
 // client acknowledge that answer; both meet no entry and cross the queue,
@@ -480,11 +490,8 @@ func TestEarlyDataOnReusedPorts(t *testing.T) {
 // client's ack move between the two sequence spaces.
 func TestTranslatedBeforeTheEntry(t *testing.T) {
 	h := newHarness(t, earlyOn)
-	cookie, _ := h.handshake(linuxOptions())
-	isn := uint32(clientISN)
 	const serverISN = 0x1000
-	h.backendAnswers(serverISN)
-	h.expect(1) // the backend's ACK
+	cookie, isn := h.ackedFlow(serverISN), uint32(clientISN)
 
 	response := appendPayload(build(t, packet.Segment{Src: server, Dst: client, Seq: serverISN + 1, Ack: isn + 1 + 20, Flags: packet.ACK | packet.PSH, Window: 509}), []byte("HTTP/1.1 200 OK\r\n"))
 	if v := h.handleAt(response, nf.Forward); v != nf.AcceptRewritten {
@@ -538,11 +545,8 @@ func TestTranslatedBeforeTheEntry(t *testing.T) {
 // client reporting a hole, not a duplicate of its third ACK.
 func TestSACKNotTranslated(t *testing.T) {
 	h := newHarness(t, earlyOn)
-	cookie, _ := h.handshake(linuxOptions())
-	isn := uint32(clientISN)
 	const serverISN = 0x1000
-	h.backendAnswers(serverISN)
-	h.expect(1) // the backend's ACK
+	cookie, isn := h.ackedFlow(serverISN), uint32(clientISN)
 
 	// The response's first 1,000 bytes came, and its FIN, but not what
 	// lies between.
