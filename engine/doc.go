@@ -52,9 +52,10 @@
 //   - negotiate.go: which TCP options each side is told.
 //
 // Everything the engine sends goes through a [Batch]: each worker's (and
-// its hand-offs' one, [Worker.InlineHandOffs]), and those [Config.NewBatch]
-// makes for the hand-off goroutines and the timer loop. What an operator should hear of leaves through [Events]. That
-// keeps the engine testable in memory and lets each queue have its own
-// [Worker] with its own scratch space and counters. docs/architecture.md
+// its hand-offs' one, [Worker.InlineHandOffs]), and those
+// [Config.NewBatch] makes for the hand-off goroutines and the timer loop.
+// What an operator should hear of leaves through [Events]. That keeps the
+// engine testable in memory and lets each queue have its own [Worker]
+// with its own scratch space and counters. docs/architecture.md
 // describes the whole packet path.
 package engine

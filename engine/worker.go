@@ -41,17 +41,19 @@ type Worker struct {
 	// sampled counts SYNs, to count one in SourceSampling by source.
 	sampled uint32
 	// inline, once set (InlineHandOffs), hands off the flows whose
-	// backend answered in a batch on the worker's own goroutine (HandOffs):
-	// handOffs holds their keys meanwhile, and handOffOut, routed like a
-	// hand-off goroutine's, sends their window updates.
+	// backend answered in a batch on the worker's own goroutine
+	// (HandOffs).
 	inline *inlineHandOffs
 }
 
-// inlineHandOffs is a worker's own hand-off work space.
+// inlineHandOffs is a worker's own hand-off work space: the first n keys
+// of scratch wait for HandOffs; out, routed like a hand-off goroutine's,
+// sends their window updates.
 type inlineHandOffs struct {
-	keys    []flowKey
-	out     *outbox
+	n       int
 	scratch handoffScratch
+	out     *outbox
+	batch   BatchKernel // the engine's Kernel, when it is one
 }
 
 // NewWorker returns a worker with its own scratch space and counters that
@@ -112,20 +114,20 @@ func (w *Worker) Flush() { w.out.flush() }
 // goroutines. b, routed, sends the window updates, as a hand-off
 // goroutine's batch does.
 func (w *Worker) InlineHandOffs(b Batch) {
-	w.inline = &inlineHandOffs{keys: make([]flowKey, 0, handoffBatch), out: w.e.newOutbox(b)}
+	batch, _ := w.e.cfg.Kernel.(BatchKernel)
+	w.inline = &inlineHandOffs{out: w.e.newOutbox(b), batch: batch}
 }
 
 // HandOffs hands off the flows whose backend answered since the last
 // call (see InlineHandOffs).
 func (w *Worker) HandOffs() {
 	in := w.inline
-	if in == nil || len(in.keys) == 0 {
+	if in == nil || in.n == 0 {
 		return
 	}
-	n := copy(in.scratch.keys[:], in.keys)
-	in.keys = in.keys[:0]
-	batch, _ := w.e.cfg.Kernel.(BatchKernel)
-	w.e.handoffAll(in.out, &in.scratch, n, batch)
+	n := in.n
+	in.n = 0
+	w.e.handoffAll(in.out, &in.scratch, n, in.batch)
 	in.out.flush()
 }
 
@@ -133,8 +135,9 @@ func (w *Worker) HandOffs() {
 // list, or to the hand-off goroutines. It reports false when both are
 // full.
 func (w *Worker) queueHandOff(k flowKey) bool {
-	if in := w.inline; in != nil && len(in.keys) < cap(in.keys) {
-		in.keys = append(in.keys, k)
+	if in := w.inline; in != nil && in.n < len(in.scratch.keys) {
+		in.scratch.keys[in.n] = k
+		in.n++
 		return true
 	}
 	select {
