@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -24,6 +25,15 @@ import (
 func getFrom(topo *lab.Topology, from, target netip.AddrPort, n int, timeout time.Duration) error {
 	return getFromNS(topo.Client, from, target, n, timeout)
 }
+
+// browserHeaders make getFrom's request as large as a browser's (400 to
+// 800 bytes): early data the gateway may have to send on itself, larger
+// than its packet slots for handshake segments.
+var browserHeaders = "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0 Safari/537.36\r\n" +
+	"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8\r\n" +
+	"Accept-Language: en-GB,en;q=0.9\r\n" +
+	"Accept-Encoding: identity\r\n" +
+	"Cookie: session=" + strings.Repeat("0123456789abcdef", 12) + "\r\n"
 
 // getFromNS is getFrom from inside ns.
 func getFromNS(ns *netns.NS, from, target netip.AddrPort, n int, timeout time.Duration) error {
@@ -49,7 +59,7 @@ func getFromNS(ns *netns.NS, from, target netip.AddrPort, n int, timeout time.Du
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(timeout))
-	if _, err := fmt.Fprintf(conn, "GET /bytes/%d HTTP/1.0\r\nHost: lab\r\n\r\n", n); err != nil {
+	if _, err := fmt.Fprintf(conn, "GET /bytes/%d HTTP/1.0\r\nHost: lab\r\n%s\r\n", n, browserHeaders); err != nil {
 		return fmt.Errorf("request: %w", err)
 	}
 	body, err := io.ReadAll(conn)
@@ -169,5 +179,10 @@ func TestPortReuseWithEarlyData(t *testing.T) {
 	t.Logf("early segments held %v, released %v", held, released)
 	if refused := g.metric("synguard_early_data_refused_total"); refused != 0 || released != held {
 		t.Fatalf("early segments held %v, released %v, refused %v", held, released, refused)
+	}
+	// Each request was sent on by the gateway itself, larger than a
+	// handshake segment: none may be lost on the way.
+	if n := g.metric("synguard_send_error_total"); n != 0 {
+		t.Fatalf("%v packets the gateway failed to send", n)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/synguard/synguard/nf"
 	"github.com/synguard/synguard/packet"
@@ -178,6 +179,43 @@ func TestBatchRefusalCountsSendError(t *testing.T) {
 	}
 	if h.stat(SYNACKSent) != 1 {
 		t.Fatalf("IPv4 service SYNACKSent = %d, want 1", h.stat(SYNACKSent))
+	}
+}
+
+// TestSendFailureReported: a packet not sent is counted every time, and
+// its reason reported at most once a second: a send the kernel refused,
+// a packet the batch would not take.
+func TestSendFailureReported(t *testing.T) {
+	h, bs := newBatchHarness(t, 64)
+	synFrom := func(c netip.AddrPort, i int) []byte {
+		s := syn(c, server, linuxOptions())
+		s.Seq += uint32(i)
+		return build(t, s)
+	}
+	bs.fail = map[int]error{0: errors.New("EPERM"), 1: errors.New("ENOBUFS")}
+	for i := range 3 {
+		h.w.Handle(synFrom(client, i), nf.Prerouting, 0)
+	}
+	h.w.Flush()
+	h.expect(1)
+	h.expectEvents("send_failed 203.0.113.2:80 EPERM")
+
+	h.clock.advance(999 * time.Millisecond)
+	h.w.Handle(synFrom(client, 3), nf.Prerouting, 0)
+	h.w.Flush()
+	h.expectEvents()
+	if h.stat(SendError) != 3 {
+		t.Fatalf("SendError = %d, want 3", h.stat(SendError))
+	}
+
+	h.clock.advance(time.Millisecond)
+	bs.fail = nil
+	bs.refuse = func(netip.Addr) bool { return true }
+	h.w.Handle(synFrom(client, 4), nf.Prerouting, 0)
+	h.w.Flush()
+	h.expectEvents("send_failed 203.0.113.2:80 " + errBatchRefused.Error())
+	if h.stat(SendError) != 4 || h.stat(SYNACKSent) != 1 {
+		t.Fatalf("SendError = %d, SYNACKSent = %d; want 4 and 1", h.stat(SendError), h.stat(SYNACKSent))
 	}
 }
 

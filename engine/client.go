@@ -124,7 +124,7 @@ func (w *Worker) answerSYN(svc int, synLen int) {
 	}
 	n, err := packet.Build(o.buf[:], &seg)
 	if err != nil {
-		o.c.add(svc, SendError)
+		o.failed(svc, err)
 		return
 	}
 	if n > synLen {

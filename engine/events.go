@@ -23,6 +23,10 @@ type Events interface {
 	// HandoffFailed reports a flow whose conntrack entry could not be
 	// made; both ends were reset.
 	HandoffFailed(service netip.AddrPort, err error)
+	// SendFailed reports a packet the engine built for service that
+	// could not be sent, and why: at most one a second, while the
+	// SendError counter counts every one.
+	SendFailed(service netip.AddrPort, err error)
 	// HandedOff reports a flow handed to the kernel, with how long each
 	// step took from its client's valid ACK. It is called for every
 	// hand-off and must not allocate.
@@ -49,6 +53,7 @@ func (NopEvents) ModeChanged(ModeChange)                                {}
 func (NopEvents) BackendLearned(netip.AddrPort, BackendOptions, string) {}
 func (NopEvents) BackendMismatch(netip.AddrPort, BackendOptions)        {}
 func (NopEvents) HandoffFailed(netip.AddrPort, error)                   {}
+func (NopEvents) SendFailed(netip.AddrPort, error)                      {}
 func (NopEvents) HandedOff(int, HandoffTiming)                          {}
 func (NopEvents) AttackStarted(AttackStart)                             {}
 func (NopEvents) AttackEnded(AttackEnd)                                 {}

@@ -49,6 +49,10 @@ func (r *recordedEvents) HandoffFailed(svc netip.AddrPort, err error) {
 	r.add("handoff_failed %s %v", svc, err)
 }
 
+func (r *recordedEvents) SendFailed(svc netip.AddrPort, err error) {
+	r.add("send_failed %s %v", svc, err)
+}
+
 func (r *recordedEvents) HandedOff(svc int, t HandoffTiming) {
 	r.add("handed_off %d backend=%v wait=%v entry=%v", svc, t.Backend, t.Wait, t.Entry)
 }

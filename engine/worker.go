@@ -1,7 +1,9 @@
 package engine
 
 import (
+	"errors"
 	"net/netip"
+	"time"
 
 	"github.com/synguard/synguard/nf"
 	"github.com/synguard/synguard/packet"
@@ -152,6 +154,7 @@ func (w *Worker) queueHandOff(k flowKey) bool {
 // once the batch reports whether it went out. Every writer of packets has
 // one: workers, hand-off goroutines and the timer loop.
 type outbox struct {
+	e        *Engine // for SendFailed
 	batch    Batch
 	c        *counterSet
 	buf      [packet.MaxHandshakeLen]byte
@@ -161,16 +164,16 @@ type outbox struct {
 
 // queuedSend is the accounting of one packet waiting in the batch.
 type queuedSend struct {
-	svc    int
-	ok     Counter // counted when sent; noCount for none
-	failed bool
+	svc int
+	ok  Counter // counted when sent; noCount for none
+	err error   // why the batch did not send it; nil if it did
 }
 
 // noCount marks a send that has no success counter of its own.
 const noCount = numCounters
 
 func (e *Engine) newOutbox(b Batch) *outbox {
-	o := &outbox{batch: b, c: e.newCounters(), queued: make([]queuedSend, 0, 64)}
+	o := &outbox{e: e, batch: b, c: e.newCounters(), queued: make([]queuedSend, 0, 64)}
 	o.failedFn = o.sendFailed
 	return o
 }
@@ -179,7 +182,7 @@ func (e *Engine) newOutbox(b Batch) *outbox {
 func (o *outbox) send(svc int, seg *packet.Segment, ok Counter) {
 	n, err := packet.Build(o.buf[:], seg)
 	if err != nil {
-		o.c.add(svc, SendError)
+		o.failed(svc, err)
 		return
 	}
 	o.queue(svc, o.buf[:n], seg.Dst.Addr(), ok)
@@ -194,7 +197,7 @@ func (o *outbox) queue(svc int, b []byte, dst netip.Addr, ok Counter) {
 		added = o.batch.Add(b, dst)
 	}
 	if !added {
-		o.c.add(svc, SendError)
+		o.failed(svc, errBatchRefused)
 		return
 	}
 	o.queued = append(o.queued, queuedSend{svc: svc, ok: ok})
@@ -209,8 +212,8 @@ func (o *outbox) flush() {
 	for i := range o.queued {
 		q := &o.queued[i]
 		switch {
-		case q.failed:
-			o.c.add(q.svc, SendError)
+		case q.err != nil:
+			o.failed(q.svc, q.err)
 		case q.ok < numCounters:
 			o.c.add(q.svc, q.ok)
 		}
@@ -219,8 +222,32 @@ func (o *outbox) flush() {
 }
 
 // sendFailed is the Batch's report of packet i not sent.
-func (o *outbox) sendFailed(i int, _ error) {
+func (o *outbox) sendFailed(i int, err error) {
 	if i >= 0 && i < len(o.queued) {
-		o.queued[i].failed = true
+		o.queued[i].err = err
 	}
+}
+
+// failed counts a packet for service svc that was not sent, and tells
+// why: the send_error counter has them all, the event one a second.
+func (o *outbox) failed(svc int, err error) {
+	o.c.add(svc, SendError)
+	o.e.reportSendFailure(svc, err)
+}
+
+// errBatchRefused is the reason given for a packet its Batch would not
+// take even when empty.
+var errBatchRefused = errors.New("the send batch refused the packet")
+
+// reportSendFailure reports a packet of service svc not sent to Events,
+// at most once a second for the whole engine: under a storm of failures
+// (a full socket buffer, a route gone) the counter says how many, one
+// line a second why.
+func (e *Engine) reportSendFailure(svc int, err error) {
+	now := e.cfg.Now().UnixNano()
+	last := e.lastSendFailure.Load()
+	if last != 0 && now-last < int64(time.Second) || !e.lastSendFailure.CompareAndSwap(last, now) {
+		return
+	}
+	e.events.SendFailed(e.svc(svc).addr, err)
 }

@@ -47,6 +47,11 @@ func (e events) HandoffFailed(svc netip.AddrPort, err error) {
 		Str("service", svc.String()).Msg("conntrack hand-off failed")
 }
 
+func (e events) SendFailed(svc netip.AddrPort, err error) {
+	e.log.Warn().Err(err).Str(telemetry.FieldEvent, telemetry.EventSendFailed).
+		Str("service", svc.String()).Msg("packets could not be sent; synguard_send_error_total counts them")
+}
+
 func (e events) HandedOff(svc int, t engine.HandoffTiming) {
 	e.handshake.Observe(svc, t.Total())
 	e.stages.Observe(telemetry.StageBackend, t.Backend)

@@ -14,10 +14,15 @@ const (
 	// one nfq receive batch's worth of replies.
 	BatchSize = 64
 
-	// SlotSize is the largest packet a Batch takes. The engine's packets
-	// are handshake segments (packet.MaxHandshakeLen); a larger one goes
-	// through Send.
+	// SlotSize is the size of a Batch's fixed packet slots. The engine's
+	// packets are nearly all handshake segments (packet.MaxHandshakeLen);
+	// a larger one (a client's early data, sent on) takes a spare buffer
+	// of its slot's, made when first needed and kept.
 	SlotSize = 128
+
+	// MaxPacketSize is the largest packet a Batch takes: an IPv4 packet's
+	// largest total length.
+	MaxPacketSize = 0xffff
 )
 
 // Batch collects packets and sends them with sendmmsg. It is used by one
@@ -33,9 +38,8 @@ type Batch struct {
 // slots, each with its interface and neighbour, and its destination for
 // the routed fallback.
 type linkFamily struct {
-	fd    int
-	slots [BatchSize][SlotSize]byte
-	iovs  [BatchSize]unix.Iovec
+	fd int
+	packets
 	msgs  [BatchSize]unix.Mmsghdr
 	sll   [BatchSize]unix.RawSockaddrLinklayer
 	dst   [BatchSize]netip.Addr
@@ -46,15 +50,44 @@ type linkFamily struct {
 // family is the part of a Batch sent through one socket: packet slots,
 // their destinations and the message headers pointing at both.
 type family struct {
-	fd    int
-	slots [BatchSize][SlotSize]byte
-	iovs  [BatchSize]unix.Iovec
+	fd int
+	packets
 	msgs  [BatchSize]unix.Mmsghdr
 	sa4   [BatchSize]unix.RawSockaddrInet4
 	sa6   [BatchSize]unix.RawSockaddrInet6
 	index [BatchSize]int // each message's index among all packets added
 	n     int
 }
+
+// packets holds the copies of a family's packets, one per message: in its
+// fixed slot, or, larger than SlotSize, in the slot's spare buffer.
+type packets struct {
+	slots [BatchSize][SlotSize]byte
+	spare [BatchSize][]byte
+	iovs  [BatchSize]unix.Iovec
+}
+
+// put copies p, 1 to MaxPacketSize bytes, into slot i and points the
+// slot's iovec at the copy.
+func (s *packets) put(i int, p []byte) {
+	buf := s.slots[i][:]
+	if len(p) > SlotSize {
+		s.spare[i] = append(s.spare[i][:0], p...)
+		buf = s.spare[i]
+	} else {
+		copy(buf, p)
+	}
+	s.iovs[i].Base = &buf[0]
+	s.iovs[i].SetLen(len(p))
+}
+
+// packet is the copy in slot i.
+func (s *packets) packet(i int) []byte {
+	return unsafe.Slice(s.iovs[i].Base, s.iovs[i].Len)
+}
+
+// fits reports whether a packet of n bytes can be put.
+func fits(n int) bool { return n > 0 && n <= MaxPacketSize }
 
 // NewBatch returns a Batch that sends through s's sockets.
 func (s *Sender) NewBatch() *Batch {
@@ -66,7 +99,6 @@ func (s *Sender) NewBatch() *Batch {
 		h := &b.link.msgs[i].Hdr
 		h.Iov = &b.link.iovs[i]
 		h.SetIovlen(1)
-		b.link.iovs[i].Base = &b.link.slots[i][0]
 		b.link.sll[i].Family = unix.AF_PACKET
 		b.link.sll[i].Halen = 6
 		h.Name = (*byte)(unsafe.Pointer(&b.link.sll[i]))
@@ -81,7 +113,6 @@ func (f *family) init(fd int, v6 bool) {
 		h := &f.msgs[i].Hdr
 		h.Iov = &f.iovs[i]
 		h.SetIovlen(1)
-		f.iovs[i].Base = &f.slots[i][0]
 		if v6 {
 			f.sa6[i].Family = unix.AF_INET6
 			h.Name = (*byte)(unsafe.Pointer(&f.sa6[i]))
@@ -95,10 +126,10 @@ func (f *family) init(fd int, v6 bool) {
 }
 
 // Add queues a copy of the IP packet p for dst. It reports false when the
-// family's half of the batch is full, when p is larger than SlotSize, or
-// for IPv6 without an IPv6 socket.
+// family's half of the batch is full, when p is empty or larger than
+// MaxPacketSize, or for IPv6 without an IPv6 socket.
 func (b *Batch) Add(p []byte, dst netip.Addr) bool {
-	if len(p) > SlotSize {
+	if !fits(len(p)) {
 		return false
 	}
 	f := &b.v4
@@ -112,8 +143,7 @@ func (b *Batch) Add(p []byte, dst netip.Addr) bool {
 		return false
 	}
 	i := f.n
-	copy(f.slots[i][:], p)
-	f.iovs[i].SetLen(len(p))
+	f.put(i, p)
 	if f == &b.v4 {
 		f.sa4[i].Addr = dst.Unmap().As4()
 	} else {
@@ -134,12 +164,11 @@ func (b *Batch) AddVia(p []byte, dst netip.Addr, link Link) bool {
 	if f.fd < 0 || !link.IsValid() {
 		return b.Add(p, dst)
 	}
-	if len(p) > SlotSize || f.n == BatchSize {
+	if !fits(len(p)) || f.n == BatchSize {
 		return false
 	}
 	i := f.n
-	copy(f.slots[i][:], p)
-	f.iovs[i].SetLen(len(p))
+	f.put(i, p)
 	sa := &f.sll[i]
 	sa.Protocol = ethertype(dst)
 	sa.Ifindex = link.index
@@ -190,8 +219,7 @@ func (f *linkFamily) flush(s *Sender, failed func(int, error)) {
 		case err != nil:
 			// The interface is gone or down, or the packet does not fit
 			// its MTU: the routing table still knows a way.
-			p := f.slots[off][:f.iovs[off].Len]
-			if err := s.Send(p, f.dst[off]); err != nil && failed != nil {
+			if err := s.Send(f.packet(off), f.dst[off]); err != nil && failed != nil {
 				failed(f.index[off], err)
 			}
 			off++

@@ -1,6 +1,7 @@
 package rawsock_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
 	"golang.org/x/sys/unix"
 
 	"github.com/synguard/synguard/internal/nstest"
@@ -194,11 +197,120 @@ func TestBatchReportsFailures(t *testing.T) {
 	}
 }
 
-func TestBatchRefusesOversizedPackets(t *testing.T) {
+// dataSegment is a TCP segment from src to dst with seq and a payload of
+// size bytes, each its index's low byte.
+func dataSegment(t testing.TB, src, dst netip.AddrPort, seq uint32, size int) []byte {
+	t.Helper()
+	payload := make([]byte, size)
+	for i := range payload {
+		payload[i] = byte(i)
+	}
+	tcp := &layers.TCP{SrcPort: layers.TCPPort(src.Port()), DstPort: layers.TCPPort(dst.Port()),
+		Seq: seq, Ack: 1, ACK: true, PSH: true, Window: 502}
+	var ip gopacket.NetworkLayer
+	if src.Addr().Is4() {
+		ip = &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP,
+			SrcIP: src.Addr().AsSlice(), DstIP: dst.Addr().AsSlice()}
+	} else {
+		ip = &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolTCP,
+			SrcIP: src.Addr().AsSlice(), DstIP: dst.Addr().AsSlice()}
+	}
+	if err := tcp.SetNetworkLayerForChecksum(ip); err != nil {
+		t.Fatal(err)
+	}
+	buf := gopacket.NewSerializeBuffer()
+	opts := gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}
+	if err := gopacket.SerializeLayers(buf, opts, ip.(gopacket.SerializableLayer), tcp, gopacket.Payload(payload)); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// TestBatchSendsLargePackets: packets larger than a slot (a client's early
+// data, sent on by the engine) go out intact, in the order they were
+// added among the small ones, batch after batch; an empty packet and one
+// larger than an IP packet can be are refused.
+func TestBatchSendsLargePackets(t *testing.T) {
 	ns := nstest.New(t, "sgt-raw")
-	b := openSender(t, ns).NewBatch()
-	if b.Add(make([]byte, rawsock.SlotSize+1), netip.MustParseAddr("127.0.0.2")) {
-		t.Fatal("Add of a packet larger than a slot accepted")
+	s := openSender(t, ns)
+	b := s.NewBatch()
+	for _, tc := range []struct {
+		name     string
+		src, dst netip.AddrPort
+	}{
+		{"IPv4", netip.MustParseAddrPort("127.0.0.1:80"), netip.MustParseAddrPort("127.0.0.2:40000")},
+		{"IPv6", netip.MustParseAddrPort("[::1]:80"), netip.MustParseAddrPort("[::1]:40001")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v6 := tc.src.Addr().Is6()
+			rx := tcpListener(t, ns, v6)
+			sizes := []int{0, 1400, 20, rawsock.SlotSize, 900, 1400}
+			for round := range 2 {
+				var want [][]byte
+				for i, size := range sizes {
+					p := dataSegment(t, tc.src, tc.dst, uint32(100*round+i), size)
+					if !b.Add(p, tc.dst.Addr()) {
+						t.Fatalf("round %d: Add of a %d-byte packet refused", round, len(p))
+					}
+					want = append(want, p)
+				}
+				b.Flush(func(i int, err error) { t.Errorf("round %d: packet %d not sent: %v", round, i, err) })
+				got := readSegments(t, rx, v6)
+				if len(got) != len(want) {
+					t.Fatalf("round %d: received %d segments, want %d", round, len(got), len(want))
+				}
+				for i := range want {
+					// The kernel fills in an IPv4 header's ID and checksum;
+					// the TCP segment, checksum and payload included, is
+					// compared.
+					if w := tcpOf(want[i], false); !bytes.Equal(got[i], w) {
+						t.Fatalf("round %d: segment %d differs from the one added (%d bytes, want %d)", round, i, len(got[i]), len(w))
+					}
+				}
+			}
+		})
+	}
+	dst := netip.MustParseAddr("127.0.0.2")
+	if b.Add(nil, dst) {
+		t.Error("Add of an empty packet accepted")
+	}
+	if b.Add(make([]byte, rawsock.MaxPacketSize+1), dst) {
+		t.Error("Add of a packet larger than MaxPacketSize accepted")
+	}
+}
+
+// readSegments reads the TCP segments a tcpListener received until it
+// stays quiet, leaving out the kernel's RSTs to them.
+func readSegments(t *testing.T, fd int, v6 bool) [][]byte {
+	t.Helper()
+	var got [][]byte
+	buf := make([]byte, 4096)
+	for {
+		n, err := unix.Read(fd, buf)
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+			return got
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		tcp := tcpOf(buf[:n], v6)
+		if tcp[13]&0x04 != 0 { // RST
+			continue
+		}
+		got = append(got, bytes.Clone(tcp))
+	}
+}
+
+// tcpOf is the TCP segment of the IP packet p; with v6 p is a raw IPv6
+// socket's read, the segment alone.
+func tcpOf(p []byte, v6 bool) []byte {
+	switch {
+	case v6:
+		return p
+	case p[0]>>4 == 6:
+		return p[40:]
+	default:
+		return p[int(p[0]&0x0f)*4:]
 	}
 }
 

@@ -45,6 +45,9 @@ const (
 	EventBackendOptionMismatch = "backend_option_mismatch"
 	EventBackendUnreachable    = "backend_unreachable"
 	EventHandoffFailed         = "handoff_failed"
+	// A packet synguard built (a SYN-ACK, a replayed SYN, a client's
+	// early data sent on) could not be sent; one line a second at most.
+	EventSendFailed = "send_failed"
 	// A backend's health changed: replayed SYNs or probes fail, or
 	// succeed again.
 	EventBackendDown = "backend_down"
@@ -83,7 +86,7 @@ func Events() []string {
 		EventStart, EventStop, EventRulesInstalled, EventRulesRemoved, EventRulesRemoveFailed,
 		EventWorkerFailed, EventMetricsFailed, EventConfigReloaded, EventConfigRejected, EventModeChange, EventAttackStart, EventAttackEnd, EventCaptureFailed, EventStats,
 		EventBackendOptionsLearned, EventBackendOptionMismatch, EventBackendUnreachable,
-		EventHandoffFailed, EventBackendDown, EventBackendUp, EventQueueOverflow, EventQueue, EventLogSuppressed,
+		EventHandoffFailed, EventSendFailed, EventBackendDown, EventBackendUp, EventQueueOverflow, EventQueue, EventLogSuppressed,
 		EventXDPUnavailable, EventXDPFailed, EventRulesRestored, EventRulesRestoreFailed,
 		EventWatchdogUnhealthy, EventWatchdogRecovered, EventNotifyFailed,
 	}
