@@ -6,11 +6,13 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/synguard/synguard/internal/poll"
 	"github.com/synguard/synguard/lab"
+	"github.com/synguard/synguard/telemetry"
 )
 
 // TestReplyPath: with --reply-path ingress (the default) a SYN-ACK goes
@@ -88,6 +90,12 @@ func TestReplyPath(t *testing.T) {
 					}
 					if failed < 1 {
 						t.Fatalf("route: %v send errors, want the SYN-ACKs the blackhole refused", failed)
+					}
+					// The log says why, once a second at most: the
+					// kernel's refusal (EINVAL for a blackhole route).
+					reasons := g.events(telemetry.EventSendFailed)
+					if len(reasons) == 0 || !strings.Contains(reasons[0].Error, syscall.EINVAL.Error()) || len(reasons) > 4 {
+						t.Fatalf("route: send_failed events %+v for %v send errors in about 2 s; want 1 to 4, the first with %q", reasons, failed, syscall.EINVAL.Error())
 					}
 				default:
 					// The counting rule does see routed SYN-ACKs, so its 0

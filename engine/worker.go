@@ -154,7 +154,7 @@ func (w *Worker) queueHandOff(k flowKey) bool {
 // once the batch reports whether it went out. Every writer of packets has
 // one: workers, hand-off goroutines and the timer loop.
 type outbox struct {
-	e        *Engine // for SendFailed
+	e        *Engine // reports failed sends
 	batch    Batch
 	c        *counterSet
 	buf      [packet.MaxHandshakeLen]byte
