@@ -49,28 +49,34 @@ func tcpListener(t *testing.T, ns *netns.NS, v6 bool) int {
 
 // received reads TCP segments from a tcpListener until it stays quiet,
 // returning the sequence numbers of the SYN-ACKs (the kernel answers each
-// with a RST, which the listener sees too). An IPv4 raw socket delivers
-// the IP header, an IPv6 one only the TCP segment.
+// with a RST, which the listener sees too).
 func received(t *testing.T, fd int, v6 bool) []uint32 {
 	t.Helper()
 	var seqs []uint32
-	buf := make([]byte, 2048)
+	for _, tcp := range readTCP(t, fd, v6) {
+		if tcp[13] == 0x12 { // SYN|ACK
+			seqs = append(seqs, uint32(tcp[4])<<24|uint32(tcp[5])<<16|uint32(tcp[6])<<8|uint32(tcp[7]))
+		}
+	}
+	return seqs
+}
+
+// readTCP reads the TCP segments a tcpListener received until it stays
+// quiet. An IPv4 raw socket delivers the IP header, which is cut off; an
+// IPv6 one only the TCP segment.
+func readTCP(t *testing.T, fd int, v6 bool) [][]byte {
+	t.Helper()
+	var got [][]byte
+	buf := make([]byte, 4096)
 	for {
 		n, err := unix.Read(fd, buf)
 		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
-			return seqs
+			return got
 		}
 		if err != nil {
 			t.Fatal(err)
 		}
-		tcp := buf[:n]
-		if !v6 {
-			tcp = tcp[int(tcp[0]&0x0f)*4:]
-		}
-		if tcp[13] != 0x12 { // SYN|ACK
-			continue
-		}
-		seqs = append(seqs, uint32(tcp[4])<<24|uint32(tcp[5])<<16|uint32(tcp[6])<<8|uint32(tcp[7]))
+		got = append(got, bytes.Clone(tcpOf(buf[:n], v6)))
 	}
 }
 
@@ -279,26 +285,16 @@ func TestBatchSendsLargePackets(t *testing.T) {
 	}
 }
 
-// readSegments reads the TCP segments a tcpListener received until it
-// stays quiet, leaving out the kernel's RSTs to them.
+// readSegments is readTCP without the kernel's RSTs to the segments.
 func readSegments(t *testing.T, fd int, v6 bool) [][]byte {
 	t.Helper()
 	var got [][]byte
-	buf := make([]byte, 4096)
-	for {
-		n, err := unix.Read(fd, buf)
-		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
-			return got
+	for _, tcp := range readTCP(t, fd, v6) {
+		if tcp[13]&0x04 == 0 { // not RST
+			got = append(got, tcp)
 		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		tcp := tcpOf(buf[:n], v6)
-		if tcp[13]&0x04 != 0 { // RST
-			continue
-		}
-		got = append(got, bytes.Clone(tcp))
 	}
+	return got
 }
 
 // tcpOf is the TCP segment of the IP packet p; with v6 p is a raw IPv6
