@@ -142,47 +142,58 @@ func TestPortReuseDuringTimeWait(t *testing.T) {
 // (with the old flow's sequence adjustment the backend resets the new
 // connection): the gateway holds it, and once the entry is replaced sends
 // its translated copy; the backend is ACKed only then, so that its answer
-// meets the new entry.
+// meets the new entry. For each address family.
 func TestPortReuseWithEarlyData(t *testing.T) {
 	topo := newLab(t, lab.Config{ClientRTT: clientRTT})
-	service := netip.AddrPortFrom(topo.BackendAddr, 80)
-	serve(t, topo.Backend, service)
-	g := startGateway(t, topo.Gateway, "--protect", service.String(), "--mode", "always")
+	for _, fam := range []struct {
+		name    string
+		from    netip.AddrPort
+		service netip.AddrPort
+	}{
+		{"IPv4", netip.AddrPortFrom(topo.RemoteAddr, 45679), netip.AddrPortFrom(topo.BackendAddr, 80)},
+		{"IPv6", netip.AddrPortFrom(topo.RemoteAddr6, 45679), netip.AddrPortFrom(topo.BackendAddr6, 80)},
+	} {
+		t.Run(fam.name, func(t *testing.T) {
+			from, service := fam.from, fam.service
+			serve(t, topo.Backend, service)
+			g := startGateway(t, topo.Gateway, "--protect", service.String(), "--mode", "always")
+			defer g.stop()
 
-	from := netip.AddrPortFrom(topo.RemoteAddr, 45679)
-	// The client's end of the last connection lingers in LAST_ACK until
-	// the backend's final ACK has come the long way back.
-	get := func() (err error) {
-		poll.Until(5*time.Second, func() bool {
-			err = getFromNS(topo.Remote, from, service, 100_000, 5*time.Second)
-			return !errors.Is(err, syscall.EADDRNOTAVAIL)
+			// The client's end of the last connection lingers in LAST_ACK
+			// until the backend's final ACK has come the long way back.
+			get := func() (err error) {
+				poll.Until(5*time.Second, func() bool {
+					err = getFromNS(topo.Remote, from, service, 100_000, 5*time.Second)
+					return !errors.Is(err, syscall.EADDRNOTAVAIL)
+				})
+				return err
+			}
+			if err := get(); err != nil {
+				t.Fatalf("first connection: %v", err)
+			}
+			waitClosedEntry(t, topo, from, service, "the first flow's entry")
+			const reconnections = 5
+			for i := range reconnections {
+				start := time.Now()
+				if err := get(); err != nil {
+					t.Fatalf("reconnection %d from the same ports: %v", i+1, err)
+				}
+				t.Logf("reconnection %d from %s took %s", i+1, from, time.Since(start).Round(time.Millisecond))
+				waitClosedEntry(t, topo, from, service, fmt.Sprintf("reconnection %d's entry", i+1))
+			}
+			if n := g.metric("synguard_entry_replaced_total"); n != reconnections {
+				t.Fatalf("replaced %v stale entries, want %d", n, reconnections)
+			}
+			held, released := g.metric("synguard_early_data_held_total"), g.metric("synguard_early_data_released_total")
+			t.Logf("early segments held %v, released %v", held, released)
+			if refused := g.metric("synguard_early_data_refused_total"); refused != 0 || released != held {
+				t.Fatalf("early segments held %v, released %v, refused %v", held, released, refused)
+			}
+			// Each request was sent on by the gateway itself, larger than
+			// a handshake segment: none may be lost on the way.
+			if n := g.metric("synguard_send_error_total"); n != 0 {
+				t.Fatalf("%v packets the gateway failed to send", n)
+			}
 		})
-		return err
-	}
-	if err := get(); err != nil {
-		t.Fatalf("first connection: %v", err)
-	}
-	waitClosedEntry(t, topo, from, service, "the first flow's entry")
-	const reconnections = 5
-	for i := range reconnections {
-		start := time.Now()
-		if err := get(); err != nil {
-			t.Fatalf("reconnection %d from the same ports: %v", i+1, err)
-		}
-		t.Logf("reconnection %d from %s took %s", i+1, from, time.Since(start).Round(time.Millisecond))
-		waitClosedEntry(t, topo, from, service, fmt.Sprintf("reconnection %d's entry", i+1))
-	}
-	if n := g.metric("synguard_entry_replaced_total"); n != reconnections {
-		t.Fatalf("replaced %v stale entries, want %d", n, reconnections)
-	}
-	held, released := g.metric("synguard_early_data_held_total"), g.metric("synguard_early_data_released_total")
-	t.Logf("early segments held %v, released %v", held, released)
-	if refused := g.metric("synguard_early_data_refused_total"); refused != 0 || released != held {
-		t.Fatalf("early segments held %v, released %v, refused %v", held, released, refused)
-	}
-	// Each request was sent on by the gateway itself, larger than a
-	// handshake segment: none may be lost on the way.
-	if n := g.metric("synguard_send_error_total"); n != 0 {
-		t.Fatalf("%v packets the gateway failed to send", n)
 	}
 }
