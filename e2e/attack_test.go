@@ -19,6 +19,7 @@ import (
 type attackEvent struct {
 	Event       string  `json:"event"`
 	Service     string  `json:"service"`
+	Ended       string  `json:"ended"`
 	Pcap        string  `json:"pcap"`
 	PcapPackets int     `json:"pcap_packets"`
 	SYNs        int     `json:"syns"`
@@ -133,6 +134,35 @@ func attackForensics(t *testing.T, xdpMode string) {
 	if !strings.Contains(g.log.String(), `"event":"backend_down"`) {
 		t.Error("no backend_down event with the backend dead")
 	}
+}
+
+// TestAttackEndsAtStop: a gateway stopped during an attack logs the
+// attack's end (ended "stop") with its totals so far, and finishes its
+// pcap sample, so that the log's every attack_start has its attack_end.
+func TestAttackEndsAtStop(t *testing.T) {
+	topo := newLab(t, lab.Config{})
+	service := netip.AddrPortFrom(topo.BackendAddr, 80)
+	serve(t, topo.Backend, service)
+	g := startGateway(t, topo.Gateway, "--protect", service.String(), "--mode", "always", "--capture-dir", t.TempDir())
+
+	hot := netip.MustParsePrefix("198.18.7.0/24")
+	const rate, seconds = 5000, 6
+	wait := floodWith(t, topo.Client, service, rate, rate*seconds, seconds*time.Second, "--sources", hot.String())
+	// Long enough for the sample's first 1000 SYNs: the fast path hands
+	// one SYN in 8 to the sample.
+	g.waitStats(t, "an attack of 10,000 SYNs in progress", func(s telemetry.ServiceView) bool {
+		return s.Attack != nil && s.Attack.SYNs >= 10_000
+	})
+	g.stop()
+	starts, ends := g.attackEvents()
+	if len(starts) != 1 || len(ends) != 1 {
+		t.Fatalf("%d attack_start and %d attack_end for one flood stopped in its midst, want 1 and 1", len(starts), len(ends))
+	}
+	if ends[0].Ended != "stop" || ends[0].SYNs == 0 {
+		t.Fatalf("attack_end ended %q with %d SYNs; want \"stop\" and the flood's SYNs so far", ends[0].Ended, ends[0].SYNs)
+	}
+	checkPcap(t, starts[0], ends[0], hot)
+	wait()
 }
 
 // checkPcap reads the attack's sample with tcpdump: the file named in

@@ -24,10 +24,12 @@ type AttackStart struct {
 }
 
 // AttackEnd sums up an attack once the pressure has stayed low for the
-// hold time.
+// hold time, or when the engine stops during it.
 type AttackEnd struct {
-	Service     netip.AddrPort
-	Index       int
+	Service netip.AddrPort
+	Index   int
+	// Ended says how: EndedCalm or EndedStop.
+	Ended       string
 	Start       time.Time
 	Duration    time.Duration
 	PeakSYNRate float64
@@ -38,6 +40,13 @@ type AttackEnd struct {
 	Completion float64
 	Sources    Sources
 }
+
+// How an attack ended (AttackEnd.Ended): its pressure stayed low for the
+// hold time, or the engine stopped during it.
+const (
+	EndedCalm = "calm"
+	EndedStop = "stop"
+)
 
 // Sources attributes an attack's SYNs to source prefixes.
 type Sources struct {
@@ -124,7 +133,7 @@ func (e *Engine) trackAttack(s *service, now time.Time, sample Sample, st Stats)
 		e.events.AttackStarted(AttackStart{Service: s.addr, Index: s.slot, Reason: reason, Sample: sample, Sources: e.sourcesOf(s)})
 	case end:
 		sum := a.summary(now, st)
-		sum.Service, sum.Index, sum.Sources = s.addr, s.slot, e.sourcesOf(s)
+		sum.Service, sum.Index, sum.Ended, sum.Sources = s.addr, s.slot, EndedCalm, e.sourcesOf(s)
 		s.attack.Store(nil)
 		e.events.AttackEnded(sum)
 		s.bySource.Reset()
@@ -139,6 +148,25 @@ func (e *Engine) trackAttack(s *service, now time.Time, sample Sample, st Stats)
 		sum := a.summary(now, st)
 		s.attack.Store(&AttackStatus{Start: a.start, Reason: a.reason, PeakSYNRate: sum.PeakSYNRate,
 			SYNs: sum.SYNs, HandedOff: sum.HandedOff, Completion: sum.Completion, Sources: e.sourcesOf(s)})
+	}
+}
+
+// endAttacks ends every attack in progress at now, as the engine stops,
+// so that a log with an attack's start also has its end. It runs on the
+// control loop's goroutine, its last work.
+func (e *Engine) endAttacks(now time.Time) {
+	t := e.table.Load()
+	for _, i := range t.live {
+		s := t.all[i]
+		a := &s.control.attack
+		if !a.active {
+			continue
+		}
+		a.active = false
+		sum := a.summary(now, e.Stats(i))
+		sum.Service, sum.Index, sum.Ended, sum.Sources = s.addr, s.slot, EndedStop, e.sourcesOf(s)
+		s.attack.Store(nil)
+		e.events.AttackEnded(sum)
 	}
 }
 

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -11,40 +12,51 @@ import (
 	"github.com/synguard/synguard/packet"
 )
 
+// synFeed sends a harness's engine SYNs, a control tick's worth at a
+// time.
+type synFeed struct {
+	h    *harness
+	sent int // SYNs so far
+}
+
+// tick sends rate SYNs a second for one control tick, then runs the
+// control loop's step.
+func (f *synFeed) tick(rate int) {
+	for range rate * int(controlTick) / int(time.Second) {
+		f.h.handle(f.h.synFrom(f.sent), nf.Drop)
+		f.sent++
+	}
+	f.h.send.take()
+	f.h.clock.advance(controlTick)
+	f.h.e.control(f.h.clock.now())
+}
+
+// attackLines takes the attack events reported so far.
+func attackLines(h *harness) (starts, ends []string) {
+	for _, l := range h.events.take() {
+		switch {
+		case strings.HasPrefix(l, "attack_start"):
+			starts = append(starts, l)
+		case strings.HasPrefix(l, "attack_end"):
+			ends = append(ends, l)
+		}
+	}
+	return starts, ends
+}
+
 // TestAttackInAlwaysMode: in always mode the state never switches, and
 // the SYN rate alone starts and ends an attack. A rate flapping around
 // the watermarks within the hold time stays one attack, whose totals
 // count every SYN answered.
 func TestAttackInAlwaysMode(t *testing.T) {
 	h := autoHarness(t, ModeAlways)
-	// SYNs per tick for a given rate per second.
-	perTick := func(rate int) int { return rate * int(controlTick) / int(time.Second) }
-	sent := 0
-	tick := func(rate int) {
-		for range perTick(rate) {
-			h.handle(h.synFrom(sent), nf.Drop)
-			sent++
-		}
-		h.send.take()
-		h.clock.advance(controlTick)
-		h.e.control(h.clock.now())
-	}
-	attackLines := func() (starts, ends []string) {
-		for _, l := range h.events.take() {
-			switch {
-			case strings.HasPrefix(l, "attack_start"):
-				starts = append(starts, l)
-			case strings.HasPrefix(l, "attack_end"):
-				ends = append(ends, l)
-			}
-		}
-		return starts, ends
-	}
+	feed := &synFeed{h: h}
+	tick := feed.tick
 	// Quiet, then a flood well above syn_rate_high (1000/s).
 	for range 20 {
 		tick(100)
 	}
-	quietSYNs := sent
+	quietSYNs := feed.sent
 	for range 30 {
 		tick(3000)
 	}
@@ -58,7 +70,7 @@ func TestAttackInAlwaysMode(t *testing.T) {
 			tick(100)
 		}
 	}
-	starts, ends := attackLines()
+	starts, ends := attackLines(h)
 	if len(starts) != 1 || len(ends) != 0 {
 		t.Fatalf("flood and flapping: starts %q, ends %q; want one start, no end", starts, ends)
 	}
@@ -69,16 +81,66 @@ func TestAttackInAlwaysMode(t *testing.T) {
 	for range 150 {
 		tick(0)
 	}
-	starts, ends = attackLines()
+	starts, ends = attackLines(h)
 	if len(starts) != 0 || len(ends) != 1 {
 		t.Fatalf("after the calm: starts %q, ends %q; want just one end", starts, ends)
 	}
 	// Every SYN from the last quiet tick on counts, each answered once.
-	attackSYNs := sent - quietSYNs
-	for _, want := range []string{"peak=3000", "syns=" + strconv.Itoa(attackSYNs), "synacks=" + strconv.Itoa(attackSYNs)} {
+	attackSYNs := feed.sent - quietSYNs
+	for _, want := range []string{"calm", "peak=3000", "syns=" + strconv.Itoa(attackSYNs), "synacks=" + strconv.Itoa(attackSYNs)} {
 		if !strings.Contains(ends[0], want) {
 			t.Errorf("end %q lacks %s", ends[0], want)
 		}
+	}
+}
+
+// TestAttackEndsOnStop: an engine that stops during an attack ends it,
+// so that a log with an attack's start has its end; one that stops in
+// calm reports no attack.
+func TestAttackEndsOnStop(t *testing.T) {
+	stopped := func(ctx context.Context) context.Context {
+		ctx, cancel := context.WithCancel(ctx)
+		cancel()
+		return ctx
+	}
+	h := autoHarness(t, ModeAlways)
+	feed := &synFeed{h: h}
+	for range 20 {
+		feed.tick(100)
+	}
+	quietSYNs := feed.sent
+	for range 30 {
+		feed.tick(3000)
+	}
+	if starts, _ := attackLines(h); len(starts) != 1 {
+		t.Fatalf("flood: starts %q, want one", starts)
+	}
+	if err := h.e.Run(stopped(t.Context())); err != nil {
+		t.Fatal(err)
+	}
+	starts, ends := attackLines(h)
+	if len(starts) != 0 || len(ends) != 1 {
+		t.Fatalf("at the stop: starts %q, ends %q; want one end", starts, ends)
+	}
+	for _, want := range []string{" stop ", "peak=3000", "syns=" + strconv.Itoa(feed.sent-quietSYNs)} {
+		if !strings.Contains(ends[0], want) {
+			t.Errorf("end %q lacks %q", ends[0], want)
+		}
+	}
+	if h.e.Attack(0) != nil {
+		t.Error("an attack is still in progress after the stop")
+	}
+
+	calm := autoHarness(t, ModeAlways)
+	quiet := &synFeed{h: calm}
+	for range 20 {
+		quiet.tick(100)
+	}
+	if err := calm.e.Run(stopped(t.Context())); err != nil {
+		t.Fatal(err)
+	}
+	if starts, ends := attackLines(calm); len(starts)+len(ends) != 0 {
+		t.Fatalf("a calm engine's stop: starts %q, ends %q; want none", starts, ends)
 	}
 }
 

@@ -62,7 +62,7 @@ func (r *recordedEvents) AttackStarted(a AttackStart) {
 }
 
 func (r *recordedEvents) AttackEnded(a AttackEnd) {
-	r.add("attack_end %s %v peak=%.0f syns=%d synacks=%d valid=%d handed_off=%d", a.Service, a.Duration, a.PeakSYNRate, a.SYNs, a.SYNACKs, a.CookieValid, a.HandedOff)
+	r.add("attack_end %s %s %v peak=%.0f syns=%d synacks=%d valid=%d handed_off=%d", a.Service, a.Ended, a.Duration, a.PeakSYNRate, a.SYNs, a.SYNACKs, a.CookieValid, a.HandedOff)
 }
 
 func (h *harness) expectEvents(want ...string) {
@@ -142,5 +142,5 @@ func TestEventsOfModeChanges(t *testing.T) {
 		}
 	}
 	h.expectEvents("mode 203.0.113.2:80 cookie->passthrough calm half_open=0",
-		"attack_end 203.0.113.2:80 14.9s peak=1000 syns=100 synacks=0 valid=0 handed_off=0")
+		"attack_end 203.0.113.2:80 calm 14.9s peak=1000 syns=100 synacks=0 valid=0 handed_off=0")
 }

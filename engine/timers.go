@@ -30,6 +30,7 @@ func (e *Engine) runTimers(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
+			e.endAttacks(e.cfg.Now())
 			return
 		case <-e.flowTimer.C:
 			e.due.Store(0)

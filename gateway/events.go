@@ -74,7 +74,7 @@ func (e events) AttackEnded(a engine.AttackEnd) {
 	res, _ := e.captures.stop(a.Index)
 	e.log.Warn().Str(telemetry.FieldEvent, telemetry.EventAttackEnd).
 		Str("pcap", res.Path).Uint64("pcap_packets", res.Counts.Written).
-		Str("service", a.Service.String()).
+		Str("service", a.Service.String()).Str("ended", a.Ended).
 		Time("started", a.Start.UTC()).Float64("duration_s", round(a.Duration.Seconds())).
 		Float64("peak_syn_rate", round(a.PeakSYNRate)).
 		Uint64("syns", a.SYNs).Uint64("synacks", a.SYNACKs).
