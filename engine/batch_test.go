@@ -217,6 +217,12 @@ func TestSendFailureReported(t *testing.T) {
 	if h.stat(SendError) != 4 || h.stat(SYNACKSent) != 1 {
 		t.Fatalf("SendError = %d, SYNACKSent = %d; want 4 and 1", h.stat(SendError), h.stat(SYNACKSent))
 	}
+
+	// A clock stepped back does not silence the reports.
+	h.clock.advance(-time.Hour)
+	h.w.Handle(synFrom(client, 5), nf.Prerouting, 0)
+	h.w.Flush()
+	h.expectEvents("send_failed 203.0.113.2:80 " + errBatchRefused.Error())
 }
 
 // discardBatch sends nothing, for allocation checks.

@@ -246,7 +246,9 @@ var errBatchRefused = errors.New("the send batch refused the packet")
 func (e *Engine) reportSendFailure(svc int, err error) {
 	now := e.cfg.Now().UnixNano()
 	last := e.lastSendFailure.Load()
-	if last != 0 && now-last < int64(time.Second) || !e.lastSendFailure.CompareAndSwap(last, now) {
+	// A clock stepped back reports at once rather than falling silent.
+	recent := last != 0 && now >= last && now-last < int64(time.Second)
+	if recent || !e.lastSendFailure.CompareAndSwap(last, now) {
 		return
 	}
 	e.events.SendFailed(e.svc(svc).addr, err)
