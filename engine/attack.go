@@ -42,10 +42,11 @@ type AttackEnd struct {
 }
 
 // How an attack ended (AttackEnd.Ended): its pressure stayed low for the
-// hold time, or the engine stopped during it.
+// hold time, the engine stopped during it, or its service was removed.
 const (
-	EndedCalm = "calm"
-	EndedStop = "stop"
+	EndedCalm    = "calm"
+	EndedStop    = "stop"
+	EndedRemoved = "removed" // a reload removed the service
 )
 
 // Sources attributes an attack's SYNs to source prefixes.
@@ -132,10 +133,7 @@ func (e *Engine) trackAttack(s *service, now time.Time, sample Sample, st Stats)
 		s.attacks.Add(1)
 		e.events.AttackStarted(AttackStart{Service: s.addr, Index: s.slot, Reason: reason, Sample: sample, Sources: e.sourcesOf(s)})
 	case end:
-		sum := a.summary(now, st)
-		sum.Service, sum.Index, sum.Ended, sum.Sources = s.addr, s.slot, EndedCalm, e.sourcesOf(s)
-		s.attack.Store(nil)
-		e.events.AttackEnded(sum)
+		e.endAttack(s, now, st, EndedCalm)
 		s.bySource.Reset()
 		a.sourcesSince = now
 		return
@@ -151,22 +149,45 @@ func (e *Engine) trackAttack(s *service, now time.Time, sample Sample, st Stats)
 	}
 }
 
+// endAttack reports the end of service s's attack at now, with the
+// service's counters st; how is one of the Ended values.
+func (e *Engine) endAttack(s *service, now time.Time, st Stats, how string) {
+	a := &s.control.attack
+	a.active = false
+	sum := a.summary(now, st)
+	sum.Service, sum.Index, sum.Ended, sum.Sources = s.addr, s.slot, how, e.sourcesOf(s)
+	s.attack.Store(nil)
+	e.events.AttackEnded(sum)
+}
+
+// forgetRemoved ends the attacks on services a reload has removed since
+// the last tick, and starts their control state afresh, should they come
+// back. It runs on the control loop's goroutine.
+func (e *Engine) forgetRemoved(t *serviceTable, now time.Time) {
+	if len(t.live) == len(t.all) {
+		return
+	}
+	for _, s := range t.all {
+		if slot, live := t.index[s.addr]; live && slot == s.slot || s.control.removed {
+			continue
+		}
+		if s.control.attack.active {
+			e.endAttack(s, now, e.Stats(s.slot), EndedRemoved)
+		}
+		s.control = newServiceControl(*s.thresholds.Load())
+		s.control.removed = true
+	}
+}
+
 // endAttacks ends every attack in progress at now, as the engine stops,
 // so that a log with an attack's start also has its end. It runs on the
 // control loop's goroutine, its last work.
 func (e *Engine) endAttacks(now time.Time) {
 	t := e.table.Load()
 	for _, i := range t.live {
-		s := t.all[i]
-		a := &s.control.attack
-		if !a.active {
-			continue
+		if s := t.all[i]; s.control.attack.active {
+			e.endAttack(s, now, e.Stats(i), EndedStop)
 		}
-		a.active = false
-		sum := a.summary(now, e.Stats(i))
-		sum.Service, sum.Index, sum.Ended, sum.Sources = s.addr, s.slot, EndedStop, e.sourcesOf(s)
-		s.attack.Store(nil)
-		e.events.AttackEnded(sum)
 	}
 }
 

@@ -144,6 +144,45 @@ func TestAttackEndsOnStop(t *testing.T) {
 	}
 }
 
+// TestAttackEndsWithItsService: a reload that removes a service under
+// attack ends the attack at the next tick; back, the service starts from
+// calm: no second end, and a new flood is a new attack.
+func TestAttackEndsWithItsService(t *testing.T) {
+	h := autoHarness(t, ModeAlways)
+	feed := &synFeed{h: h}
+	for range 30 {
+		feed.tick(3000)
+	}
+	if starts, _ := attackLines(h); len(starts) != 1 {
+		t.Fatalf("flood: starts %q, want one", starts)
+	}
+	if err := h.e.Reconfigure([]ServiceConfig{{Addr: server6}}); err != nil {
+		t.Fatal(err)
+	}
+	h.clock.advance(controlTick)
+	h.e.control(h.clock.now())
+	starts, ends := attackLines(h)
+	if len(starts) != 0 || len(ends) != 1 || !strings.Contains(ends[0], " removed ") {
+		t.Fatalf("after the removal: starts %q, ends %q; want one end, removed", starts, ends)
+	}
+
+	if err := h.e.Reconfigure([]ServiceConfig{{Addr: server, Mode: ModeAlways, Thresholds: testThresholds}, {Addr: server6}}); err != nil {
+		t.Fatal(err)
+	}
+	for range 200 { // past the hold time
+		feed.tick(0)
+	}
+	if starts, ends := attackLines(h); len(starts)+len(ends) != 0 {
+		t.Fatalf("back and calm: starts %q, ends %q; want none", starts, ends)
+	}
+	for range 30 {
+		feed.tick(3000)
+	}
+	if starts, ends := attackLines(h); len(starts) != 1 || len(ends) != 0 {
+		t.Fatalf("a new flood: starts %q, ends %q; want one start", starts, ends)
+	}
+}
+
 // TestAttackSources: a concentrated flood's prefix leads the attack's
 // sources, and the prefix of a client that completes handshakes shows
 // its completions.
