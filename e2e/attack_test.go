@@ -3,9 +3,11 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -162,6 +164,38 @@ func TestAttackEndsAtStop(t *testing.T) {
 		t.Fatalf("attack_end ended %q with %d SYNs; want \"stop\" and the flood's SYNs so far", ends[0].Ended, ends[0].SYNs)
 	}
 	checkPcap(t, starts[0], ends[0], hot)
+	wait()
+}
+
+// TestAttackEndsWithItsService: a reload that removes a service under
+// attack logs the attack's end (ended "removed"), while the other
+// service goes on.
+func TestAttackEndsWithItsService(t *testing.T) {
+	topo := newLab(t, lab.Config{})
+	svcA := netip.AddrPortFrom(topo.BackendAddr, 80)
+	svcB := netip.AddrPortFrom(topo.BackendAddr, 8080)
+	serve(t, topo.Backend, svcA)
+	serve(t, topo.Backend, svcB)
+	path := filepath.Join(t.TempDir(), "synguard.yaml")
+	writeConfig(t, path, fmt.Sprintf("services:\n  - protect: %s\n    mode: always\n  - protect: %s\n    mode: always\n", svcA, svcB))
+	g := startGateway(t, topo.Gateway, "--config", path)
+
+	const rate, seconds = 5000, 6
+	wait := flood(t, topo.Client, svcA, rate, rate*seconds, seconds*time.Second)
+	g.waitStats(t, "an attack in progress", func(s telemetry.ServiceView) bool { return s.Attack != nil })
+	writeConfig(t, path, fmt.Sprintf("services:\n  - protect: %s\n    mode: always\n", svcB))
+	g.reload(telemetry.EventConfigReloaded, 1)
+	poll.Must(t, 5*time.Second, "no attack_end after the reload removed the service", func() bool {
+		_, ends := g.attackEvents()
+		return len(ends) == 1
+	})
+	starts, ends := g.attackEvents()
+	if len(starts) != 1 || ends[0].Ended != "removed" || ends[0].Service != svcA.String() || ends[0].SYNs == 0 {
+		t.Fatalf("attack_start %+v, attack_end %+v; want one each, the end for %s, removed, with its SYNs", starts, ends, svcA)
+	}
+	if err := connect(topo, svcB); err != nil {
+		t.Fatalf("the service kept: %v", err)
+	}
 	wait()
 }
 
