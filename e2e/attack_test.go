@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -171,12 +170,7 @@ func TestAttackEndsAtStop(t *testing.T) {
 // attack logs the attack's end (ended "removed"), while the other
 // service goes on.
 func TestAttackEndsWithItsService(t *testing.T) {
-	topo := newLab(t, lab.Config{})
-	svcA := netip.AddrPortFrom(topo.BackendAddr, 80)
-	svcB := netip.AddrPortFrom(topo.BackendAddr, 8080)
-	serve(t, topo.Backend, svcA)
-	serve(t, topo.Backend, svcB)
-	path := filepath.Join(t.TempDir(), "synguard.yaml")
+	topo, svcA, svcB, path := twoServiceLab(t)
 	writeConfig(t, path, fmt.Sprintf("services:\n  - protect: %s\n    mode: always\n  - protect: %s\n    mode: always\n", svcA, svcB))
 	g := startGateway(t, topo.Gateway, "--config", path)
 

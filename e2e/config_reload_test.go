@@ -48,6 +48,18 @@ func (g *gateway) reload(event string, n int) string {
 	return line
 }
 
+// twoServiceLab is a lab whose backend serves two services, on ports 80
+// and 8080, and the path of the gateway's configuration file, not yet
+// written.
+func twoServiceLab(t *testing.T) (topo *lab.Topology, a, b netip.AddrPort, config string) {
+	t.Helper()
+	topo = newLab(t, lab.Config{})
+	a, b = netip.AddrPortFrom(topo.BackendAddr, 80), netip.AddrPortFrom(topo.BackendAddr, 8080)
+	serve(t, topo.Backend, a)
+	serve(t, topo.Backend, b)
+	return topo, a, b, filepath.Join(t.TempDir(), "synguard.yaml")
+}
+
 // withoutComments drops iptables-save's dated comment lines.
 func withoutComments(s string) string {
 	var b strings.Builder
@@ -65,12 +77,7 @@ func withoutComments(s string) string {
 // that does not validate is then rejected with its line and key, and
 // everything stays as it was.
 func TestReloadUnderLiveDownload(t *testing.T) {
-	topo := newLab(t, lab.Config{})
-	svcA := netip.AddrPortFrom(topo.BackendAddr, 80)
-	svcB := netip.AddrPortFrom(topo.BackendAddr, 8080)
-	serve(t, topo.Backend, svcA)
-	serve(t, topo.Backend, svcB)
-	path := filepath.Join(t.TempDir(), "synguard.yaml")
+	topo, svcA, svcB, path := twoServiceLab(t)
 	writeConfig(t, path, fmt.Sprintf("services:\n  - protect: %s\n    mode: always\n", svcA))
 	g := startGateway(t, topo.Gateway, "--config", path)
 
