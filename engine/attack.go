@@ -28,7 +28,7 @@ type AttackStart struct {
 type AttackEnd struct {
 	Service netip.AddrPort
 	Index   int
-	// Ended says how: EndedCalm or EndedStop.
+	// Ended says how: EndedCalm, EndedStop or EndedRemoved.
 	Ended       string
 	Start       time.Time
 	Duration    time.Duration
@@ -161,21 +161,24 @@ func (e *Engine) endAttack(s *service, now time.Time, st Stats, how string) {
 }
 
 // forgetRemoved ends the attacks on services a reload has removed since
-// the last tick, and starts their control state afresh, should they come
-// back. It runs on the control loop's goroutine.
+// the control loop's last tick, t being this tick's table, and starts
+// their control state afresh, should they come back. It runs on the
+// control loop's goroutine.
 func (e *Engine) forgetRemoved(t *serviceTable, now time.Time) {
-	if len(t.live) == len(t.all) {
+	last := e.controlled
+	e.controlled = t
+	if last == nil || last == t {
 		return
 	}
-	for _, s := range t.all {
-		if slot, live := t.index[s.addr]; live && slot == s.slot || s.control.removed {
+	for _, i := range last.live {
+		s := last.all[i]
+		if slot, live := t.index[s.addr]; live && slot == s.slot {
 			continue
 		}
 		if s.control.attack.active {
 			e.endAttack(s, now, e.Stats(s.slot), EndedRemoved)
 		}
 		s.control = newServiceControl(*s.thresholds.Load())
-		s.control.removed = true
 	}
 }
 

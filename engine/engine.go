@@ -44,6 +44,9 @@ type Engine struct {
 	timers *outbox
 	// lastControl is the control loop's last run, in Unix nanoseconds.
 	lastControl atomic.Int64
+	// controlled is the service table the control loop last sampled;
+	// only its goroutine touches it (forgetRemoved).
+	controlled *serviceTable
 	// lastSendFailure is when a failed send was last reported, in Unix
 	// nanoseconds; 0 for never.
 	lastSendFailure atomic.Int64

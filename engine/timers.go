@@ -189,9 +189,6 @@ type serviceControl struct {
 	ctrl               controller
 	attack             attackTracker
 	syns, passed, acks *rateWindow
-	// removed says a reload removed the service and this state was made
-	// afresh for its return (forgetRemoved).
-	removed bool
 }
 
 func newServiceControl(th Thresholds) serviceControl {
@@ -211,7 +208,6 @@ func (e *Engine) control(now time.Time) {
 		s := t.all[i]
 		st := e.Stats(i)
 		c := &s.control
-		c.removed = false
 		c.ctrl.th = *s.thresholds.Load()
 		if cookie := State(s.state.Load()) == StateCookie; c.ctrl.cookie != cookie {
 			// A reload changed the mode: the controller goes on from
