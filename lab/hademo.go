@@ -321,8 +321,22 @@ func HADemo(ctx context.Context, cfg HADemoConfig, out io.Writer) (err error) {
 		dlErr    error
 		finished bool
 		lastDL   int64
+		lastRow  = start
 	)
 	fmt.Fprintf(out, "%5s  %-5s %6s %6s  %10s %10s  %8s %6s\n", "t", "VIPs", "gw-a", "gw-b", "download", "rate", "conns ok", "failed")
+	// row prints the state at now; t is labelled as given.
+	row := func(now time.Time, t string) {
+		holder, err := h.VIPHolder(ctx)
+		if err != nil {
+			holder = "?"
+		}
+		got := dl.Received()
+		ok, failed := tally.Window()
+		rate := int64(float64(got-lastDL) / max(now.Sub(lastRow).Seconds(), 1e-3))
+		fmt.Fprintf(out, "%5s  %-5s %6s %6s  %10s %8s/s  %8d %6d\n", t, holder,
+			h.entriesCell(ctx, NodeA), h.entriesCell(ctx, NodeB), mib(got), mib(rate), ok, failed)
+		lastDL, lastRow = got, now
+	}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	kill := time.After(cfg.KillAfter)
@@ -364,21 +378,17 @@ func HADemo(ctx context.Context, cfg HADemoConfig, out io.Writer) (err error) {
 			finished = true
 			stopConns()
 		case now := <-tick.C:
-			holder, err := h.VIPHolder(ctx)
-			if err != nil {
-				holder = "?"
-			}
-			got := dl.Received()
-			ok, failed := tally.Window()
-			fmt.Fprintf(out, "%4.0fs  %-5s %6s %6s  %10s %8s/s  %8d %6d\n", now.Sub(start).Seconds(), holder,
-				h.entriesCell(ctx, NodeA), h.entriesCell(ctx, NodeB), mib(got), mib(got-lastDL), ok, failed)
-			lastDL = got
+			row(now, fmt.Sprintf("%.0fs", now.Sub(start).Seconds()))
 		}
 	}
 	<-connsDone
 	for len(events) > 0 {
 		fmt.Fprintf(out, "       %s\n", <-events)
 	}
+	// A download that catches up after the fail-over can end between two
+	// ticks; the last line is always the state it ended in.
+	now := time.Now()
+	row(now, fmt.Sprintf("%.1fs", now.Sub(start).Seconds()))
 	ok, failed := tally.Totals()
 	total := ok + failed
 	failedPct := 0.0
