@@ -272,9 +272,7 @@ func (f *fastPath) counters(svc int, m map[string]uint64) {
 // A quiet ring is waited on. Once samples come, the ring is drained and
 // then left alone for up to samplePoll, as long as every drain finds some:
 // one wake-up per drain rather than one per sample, which under a flood
-// cost more than the samples' own work (a blocking wait that returns
-// thousands of times a second also keeps the Go scheduler's monitor
-// polling).
+// cost more than the samples' own work.
 func (f *fastPath) runSamples(ctx context.Context, eng *engine.Engine, caps *captures) error {
 	r, err := f.prog.Samples()
 	if err != nil {

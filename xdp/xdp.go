@@ -1,7 +1,6 @@
 package xdp
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -11,7 +10,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 
 	"github.com/synguard/synguard/cookies"
@@ -469,66 +467,3 @@ func srcKey(i int, pfx netip.Prefix) synguardSrcKey {
 	}
 	return k
 }
-
-// SampleEvery is how sparsely the program hands the SYNs it answers or
-// drops to Samples: one in SampleEvery, on each CPU.
-const SampleEvery = 8
-
-// sampleBytes is how much of each sampled frame the program copies.
-const sampleBytes = 128
-
-// Sample is one sampled SYN: the index of its service and the first
-// bytes of its frame (Ethernet header included).
-type Sample struct {
-	Service int
-	Frame   []byte
-}
-
-// SampleReader reads the program's sampled SYNs.
-type SampleReader struct {
-	r   *ringbuf.Reader
-	rec ringbuf.Record
-}
-
-// Samples opens the program's ring of sampled SYNs. Only one reader may
-// be open at a time.
-func (p *Program) Samples() (*SampleReader, error) {
-	r, err := ringbuf.NewReader(p.objs.Samples)
-	if err != nil {
-		return nil, fmt.Errorf("xdp: open the sample ring: %w", err)
-	}
-	return &SampleReader{r: r}, nil
-}
-
-// Read waits for the next sample. Its Frame is valid until the next Read.
-// After Close it returns an error wrapping os.ErrClosed.
-func (s *SampleReader) Read() (Sample, error) {
-	for {
-		if err := s.r.ReadInto(&s.rec); err != nil {
-			return Sample{}, err
-		}
-		b := s.rec.RawSample
-		if len(b) < 8 {
-			continue
-		}
-		svc := binary.NativeEndian.Uint32(b[0:4])
-		n := int(binary.NativeEndian.Uint32(b[4:8]))
-		if n > sampleBytes || 8+n > len(b) {
-			continue
-		}
-		return Sample{Service: int(svc), Frame: b[8 : 8+n]}, nil
-	}
-}
-
-// SetDeadline bounds Read's wait: once the ring is empty past t, Read
-// returns an error wrapping os.ErrDeadlineExceeded, at once for a t
-// already past. The zero time waits without limit.
-func (s *SampleReader) SetDeadline(t time.Time) { s.r.SetDeadline(t) }
-
-// Fill is the share of the ring that unread samples hold, from 0 to 1.
-func (s *SampleReader) Fill() float64 {
-	return float64(s.r.AvailableBytes()) / float64(s.r.BufferSize())
-}
-
-// Close stops the reader; a Read waiting returns.
-func (s *SampleReader) Close() error { return s.r.Close() }
