@@ -109,8 +109,13 @@ func attackForensics(t *testing.T, xdpMode string) {
 	// 2. A flood spread over the /15, with the backend dead: a real
 	// client's handshake is replayed to a port nobody listens on.
 	backend.Close()
+	// The view may still show the first attack for a moment: wait for
+	// the one that starts after this flood does.
+	secondFrom := time.Now()
 	wait = flood(t, topo.Client, service, rate, rate*seconds, seconds*time.Second)
-	g.waitStats(t, "the second attack in progress", func(s telemetry.ServiceView) bool { return s.Attack != nil })
+	g.waitStats(t, "the second attack in progress", func(s telemetry.ServiceView) bool {
+		return s.Attack != nil && !s.Attack.Started.Before(secondFrom)
+	})
 	lab.Probe(context.Background(), topo.Client, service, 2*time.Second) // fails: its replayed SYN meets a reset
 	g.waitStats(t, "the backend down", func(s telemetry.ServiceView) bool { return s.Backend.Up != nil && !*s.Backend.Up })
 	f := dashboardForensics(t, browser, topo.Gateway, service)

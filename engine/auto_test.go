@@ -101,6 +101,129 @@ func TestRateWindow(t *testing.T) {
 	}
 }
 
+// TestRateWindowAfterQuietSteps: after steps a second apart, the rate is
+// the newest step's alone, and a step that comes early (a nudge) gives the
+// rate since the last step, not one averaged over quiet seconds.
+func TestRateWindowAfterQuietSteps(t *testing.T) {
+	w := newRateWindow(rateSamples)
+	t0 := time.Unix(0, 0)
+	w.add(t0, 0)
+	var total uint64
+	for i := 1; i <= 12; i++ {
+		total += 100
+		if r, _ := w.add(t0.Add(time.Duration(i)*QuietControlTick), total); r != 100 {
+			t.Fatalf("quiet step %d: rate %v, want 100", i, r)
+		}
+	}
+	total += 500
+	at := t0.Add(12*QuietControlTick + 250*time.Millisecond)
+	if r, n := w.add(at, total); r != 2000 || n != 500 {
+		t.Fatalf("250 ms after a quiet step: rate %v over %d events, want 2000 over 500", r, n)
+	}
+	// Fast steps from there: the window fills up to a second again.
+	for i := 1; i <= rateSamples; i++ {
+		total += 300
+		at = at.Add(controlTick)
+		w.add(at, total)
+	}
+	if r, _ := w.add(at.Add(controlTick), total+300); r < 2999 || r > 3001 {
+		t.Fatalf("a second of fast steps at 3000/s: rate %v", r)
+	}
+}
+
+// TestQuietControlLoop: with every service quiet the control loop waits a
+// second between steps; SYNs past the quiet budget (the low watermark's
+// worth of a quiet step), whether a worker sees them or the fast path
+// samples them, wake it once, and the step it then takes acts on the
+// flood at once and goes back to the fast period. A reload wakes it too.
+func TestQuietControlLoop(t *testing.T) {
+	h := autoHarness(t, ModeAuto)
+	e := h.e
+	if p := e.controlStep(h.clock.now()); p != QuietControlTick {
+		t.Fatalf("without traffic the next step is %v away, want %v", p, QuietControlTick)
+	}
+	// Traffic well under the low watermarks stays quiet (these SYNs
+	// stay half-open: fewer than the half-open low watermark).
+	syn := 0
+	for range 3 {
+		for range 5 {
+			h.handle(h.synFrom(syn), nf.Accept)
+			syn++
+		}
+		h.clock.advance(QuietControlTick)
+		if p := e.controlStep(h.clock.now()); p != QuietControlTick {
+			t.Fatalf("at 5 SYN/s the next step is %v away, want %v", p, QuietControlTick)
+		}
+		if len(e.nudge) != 0 {
+			t.Fatal("5 SYNs in a quiet second woke the control loop")
+		}
+	}
+	budget := int(testThresholds.SYNRateLow * QuietControlTick.Seconds())
+	for range budget - 1 {
+		h.handle(h.synFrom(syn), nf.Accept)
+		syn++
+	}
+	if len(e.nudge) != 0 {
+		t.Fatalf("%d SYNs, one short of the quiet budget, woke the control loop", budget-1)
+	}
+	for range 50 {
+		h.handle(h.synFrom(syn), nf.Accept)
+		syn++
+	}
+	select {
+	case <-e.nudge:
+	default:
+		t.Fatalf("%d SYNs in a quiet step did not wake the control loop", budget+49)
+	}
+	if len(e.nudge) != 0 {
+		t.Fatal("the control loop was woken twice in one quiet step")
+	}
+	h.clock.advance(250 * time.Millisecond)
+	if p := e.controlStep(h.clock.now()); p != controlTick {
+		t.Fatalf("after the wake-up the next step is %v away, want %v", p, controlTick)
+	}
+	if e.ServiceState(0) != StateCookie {
+		t.Fatalf("a flood of %d half-open flows seen at the wake-up: state %v, want %v", budget+49, e.ServiceState(0), StateCookie)
+	}
+	for range 2 * budget {
+		h.handle(h.synFrom(syn), nf.Drop)
+		syn++
+	}
+	if len(e.nudge) != 0 {
+		t.Fatal("SYNs woke a control loop that was not quiet")
+	}
+
+	// The fast path's samples count by their weight.
+	h = autoHarness(t, ModeAlways)
+	e = h.e
+	e.controlStep(h.clock.now())
+	src := netip.MustParseAddr("198.18.0.1")
+	for range budget/8 - 1 {
+		e.ObserveSource(0, src, 8)
+	}
+	if len(e.nudge) != 0 {
+		t.Fatal("samples short of the quiet budget woke the control loop")
+	}
+	e.ObserveSource(0, src, 8)
+	if len(e.nudge) != 1 {
+		t.Fatalf("samples worth %d SYNs did not wake the control loop", budget)
+	}
+
+	// A reload is taken at once, and so synced to the fast path.
+	h = autoHarness(t, ModeAuto)
+	e = h.e
+	e.controlStep(h.clock.now())
+	if len(e.nudge) != 0 {
+		t.Fatal("the control loop was woken before any reload")
+	}
+	if err := e.Reconfigure([]ServiceConfig{{Addr: server}}); err != nil {
+		t.Fatal(err)
+	}
+	if len(e.nudge) != 1 {
+		t.Fatal("a reload did not wake the quiet control loop")
+	}
+}
+
 func flow(i int) flowKey {
 	return flowKey{
 		client: netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), uint16(1024+i%60000)),

@@ -19,6 +19,7 @@ func (w *Worker) fromClient(s *service, b []byte, hook nf.Hook) nf.Verdict {
 	switch {
 	case isSYN:
 		c.add(svc, SYNReceived)
+		w.e.sawSYNs(1)
 		if w.sampled++; w.sampled%SourceSampling == 0 {
 			s.bySource.ObserveN(p.Source().Addr(), SourceSampling)
 		}

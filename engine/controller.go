@@ -106,38 +106,47 @@ func (c *controller) step(now time.Time, s Sample) (changed bool, reason string)
 	return true, ReasonCalm
 }
 
-// rateWindow turns a monotonic counter sampled every tick into a rate over
-// the last second.
+// rateWindow turns a monotonic counter sampled at each control step into
+// a rate over the last controlWindow: the newest samples that together
+// span no more than that (with half a tick's leeway for a late step), and
+// at least the newest one, which after a quiet step spans a whole
+// QuietControlTick.
 type rateWindow struct {
 	deltas []uint64
-	times  []time.Time
+	starts []time.Time // when each sample's interval began: the previous sample
 	next   int
 	last   uint64
+	lastAt time.Time
 	primed bool
 }
 
-func newRateWindow(ticks int) *rateWindow {
-	return &rateWindow{deltas: make([]uint64, ticks), times: make([]time.Time, ticks)}
+// newRateWindow keeps the last n samples: enough for controlWindow at
+// the fast period.
+func newRateWindow(n int) *rateWindow {
+	return &rateWindow{deltas: make([]uint64, n), starts: make([]time.Time, n)}
 }
 
 // add records the counter's value at now and returns the events per
 // second over the window, and the events in it.
 func (w *rateWindow) add(now time.Time, total uint64) (perSecond float64, events uint64) {
 	if !w.primed {
-		w.last, w.primed = total, true
-		for i := range w.times {
-			w.times[i] = now
-		}
+		w.last, w.lastAt, w.primed = total, now, true
 		return 0, 0
 	}
-	oldest := w.times[w.next]
 	w.deltas[w.next] = total - w.last
-	w.times[w.next] = now
-	w.next = (w.next + 1) % len(w.deltas)
-	w.last = total
-	for _, d := range w.deltas {
-		events += d
+	w.starts[w.next] = w.lastAt
+	w.last, w.lastAt = total, now
+	n := len(w.deltas)
+	oldest := now
+	for i := range n {
+		j := (w.next - i + n) % n
+		if w.starts[j].IsZero() || i > 0 && now.Sub(w.starts[j]) > controlWindow+controlTick/2 {
+			break
+		}
+		events += w.deltas[j]
+		oldest = w.starts[j]
 	}
+	w.next = (w.next + 1) % n
 	span := now.Sub(oldest)
 	if span <= 0 {
 		return 0, events

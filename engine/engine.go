@@ -44,6 +44,16 @@ type Engine struct {
 	timers *outbox
 	// lastControl is the control loop's last run, in Unix nanoseconds.
 	lastControl atomic.Int64
+	// controlPeriod is how long the control loop waits after its last
+	// step: controlTick, or QuietControlTick while every service is quiet
+	// (then quiet is set). quietSYNs counts the SYNs seen since the last
+	// step while quiet; at quietBudget a worker nudges the loop, which
+	// steps at once and goes back to controlTick.
+	controlPeriod atomic.Int64
+	quiet         atomic.Bool
+	quietSYNs     atomic.Uint64
+	quietBudget   atomic.Uint64
+	nudge         chan struct{}
 	// controlled is the service table the control loop last sampled;
 	// only its goroutine touches it (forgetRemoved).
 	controlled *serviceTable
@@ -67,7 +77,9 @@ func New(cfg Config) (*Engine, error) {
 		handoffs:  make(chan flowKey, handoffBacklog),
 		ended:     make(chan flowKey, handoffBacklog),
 		flowTimer: time.NewTimer(time.Hour),
+		nudge:     make(chan struct{}, 1),
 	}
+	e.controlPeriod.Store(int64(controlTick))
 	e.flowTimer.Stop()
 	if e.events == nil {
 		e.events = NopEvents{}
@@ -76,6 +88,7 @@ func New(cfg Config) (*Engine, error) {
 	if err := e.Reconfigure(cfg.Services); err != nil {
 		return nil, err
 	}
+	<-e.nudge // Reconfigure's, for a running control loop
 	e.timers = e.newOutbox(cfg.NewBatch())
 	return e, nil
 }

@@ -850,7 +850,16 @@ func TestInlineHandOffs(t *testing.T) {
 func TestFlowTimerLeftToControl(t *testing.T) {
 	h := newHarness(t, nil)
 	e := h.e
+	// SYNs above the low watermark keep the loop at its fast period.
 	e.controlStep(h.clock.now())
+	for i := range 100 {
+		h.handle(h.synFrom(i), nf.Drop)
+	}
+	h.send.take()
+	h.clock.advance(controlTick)
+	if p := e.controlStep(h.clock.now()); p != controlTick {
+		t.Fatalf("at 1000 SYN/s the next step is %v away, want %v", p, controlTick)
+	}
 	start := h.clock.now()
 	h.handshake(linuxOptions())
 	retry := start.Add(DefaultRetryInitial + e.retrySlack())
@@ -861,6 +870,18 @@ func TestFlowTimerLeftToControl(t *testing.T) {
 	e.controlStep(h.clock.now())
 	if due, wanted := e.due.Load(), e.wanted.Load(); due != retry.UnixNano() || wanted != 0 {
 		t.Fatalf("after the control step: due %d, wanted %d; want %d, 0", due, wanted, retry.UnixNano())
+	}
+
+	// A quiet loop steps a second later: the retry cannot wait for it.
+	h = newHarness(t, nil)
+	e = h.e
+	if p := e.controlStep(h.clock.now()); p != QuietControlTick {
+		t.Fatalf("without traffic the next step is %v away, want %v", p, QuietControlTick)
+	}
+	start = h.clock.now()
+	h.handshake(linuxOptions())
+	if due, want := e.due.Load(), start.Add(DefaultRetryInitial+e.retrySlack()).UnixNano(); due != want || e.wanted.Load() != 0 {
+		t.Fatalf("a retry while quiet: due %d, wanted %d; want %d at once", due, e.wanted.Load(), want)
 	}
 
 	// A retry sooner than two control periods away.

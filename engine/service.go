@@ -227,6 +227,9 @@ func (e *Engine) Reconfigure(services []ServiceConfig) error {
 		next.index[sc.Addr] = slot
 	}
 	e.table.Store(next)
+	// The control loop, and the fast path synced after it, take the new
+	// table now rather than at a quiet loop's next step.
+	e.wakeControl()
 	return nil
 }
 
@@ -287,9 +290,11 @@ func (e *Engine) SourceLists(svc int) (allow, deny []netip.Prefix) {
 }
 
 // ObserveSource counts a SYN to service svc seen elsewhere (a sample of
-// the XDP fast path's), weighing weight SYNs, by its source's prefix.
+// the XDP fast path's), weighing weight SYNs, by its source's prefix. The
+// SYNs also count toward waking a quiet control loop.
 func (e *Engine) ObserveSource(svc int, src netip.Addr, weight uint32) {
 	if t := e.table.Load(); svc >= 0 && svc < len(t.all) {
 		t.all[svc].bySource.ObserveN(src, weight)
+		e.sawSYNs(uint64(weight))
 	}
 }

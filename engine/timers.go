@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"math"
 	"time"
 )
 
@@ -9,11 +10,22 @@ import (
 // backends and forget old flows, and the control loop that switches
 // services between passthrough and cookie mode.
 
-// Control loop timing: a sample every controlTick, rates over
-// controlWindow ticks (one second), so a flood is noticed within a second.
+// Control loop timing. The loop samples every controlTick, and rates are
+// taken over the last controlWindow, so a flood is noticed within a
+// second. While every service is quiet (no attack, SYN rate and half-open
+// count at or below their low watermarks) it waits QuietControlTick
+// instead, since on a quiet machine each wake-up costs more CPU than the
+// work it does; SYNs coming faster than the lowest low watermark allows
+// wake it at once (sawSYNs).
 const (
 	controlTick   = 100 * time.Millisecond
-	controlWindow = 10
+	controlWindow = time.Second
+	// QuietControlTick is the longest the control loop waits between two
+	// steps: the engine's heartbeat (LastControl) is no older than this
+	// and the step's own time.
+	QuietControlTick = time.Second
+	// rateSamples is how many samples span controlWindow at controlTick.
+	rateSamples = int(controlWindow / controlTick)
 )
 
 // runTimers runs the flow timers and the control loop until ctx is done.
@@ -25,7 +37,7 @@ const (
 // wake-up costs more CPU than the work it does.
 func (e *Engine) runTimers(ctx context.Context) {
 	defer e.flowTimer.Stop()
-	ctl := time.NewTicker(controlTick)
+	ctl := time.NewTimer(controlTick)
 	defer ctl.Stop()
 	for {
 		select {
@@ -36,21 +48,57 @@ func (e *Engine) runTimers(ctx context.Context) {
 			e.due.Store(0)
 			e.Tick()
 		case <-ctl.C:
-			e.controlStep(e.cfg.Now())
+			ctl.Reset(e.controlStep(e.cfg.Now()))
+		case <-e.nudge:
+			ctl.Reset(e.controlStep(e.cfg.Now()))
 		}
 	}
 }
 
-// controlStep is the control loop's work at each tick: sample and switch
+// controlStep is the control loop's work at each step: sample and switch
 // the services, the caller's AfterControl, and the flow timer for the
-// deadlines workers left to it (wantBy).
-func (e *Engine) controlStep(now time.Time) {
-	e.control(now)
+// deadlines workers left to it (wantBy). It returns how long to wait
+// until the next step.
+func (e *Engine) controlStep(now time.Time) time.Duration {
+	quiet := e.control(now)
 	if e.cfg.AfterControl != nil {
 		e.cfg.AfterControl(now)
 	}
+	period := controlTick
+	if quiet {
+		period = QuietControlTick
+	}
+	// The period first: a worker that read the old one checks it again
+	// after leaving its deadline to this step (wantBy).
+	e.controlPeriod.Store(int64(period))
+	e.quietSYNs.Store(0)
+	e.quiet.Store(quiet)
 	if ns := e.wanted.Swap(0); ns != 0 {
 		e.wakeBy(time.Unix(0, ns))
+	}
+	return period
+}
+
+// sawSYNs notes n SYNs (seen by a worker, or sampled by the fast path)
+// while the control loop is quiet, and wakes it once they pass what the
+// quiet step allows, so that a flood is noticed within a fraction of a
+// second rather than at the next quiet step. Outside quiet periods it is
+// one atomic load.
+func (e *Engine) sawSYNs(n uint64) {
+	if !e.quiet.Load() {
+		return
+	}
+	budget := e.quietBudget.Load()
+	if seen := e.quietSYNs.Add(n); seen >= budget && seen-n < budget {
+		e.wakeControl()
+	}
+}
+
+// wakeControl has the control loop step now.
+func (e *Engine) wakeControl() {
+	select {
+	case e.nudge <- struct{}{}:
+	default:
 	}
 }
 
@@ -83,16 +131,25 @@ func (e *Engine) wantBy(t time.Time) {
 	if due := e.due.Load(); due != 0 && due <= ns {
 		return
 	}
-	// Two periods, so that a late tick still comes in time.
-	if last := e.lastControl.Load(); last == 0 || ns < last+int64(2*controlTick) {
+	// Two periods, so that a late step still comes in time.
+	period := e.controlPeriod.Load()
+	if last := e.lastControl.Load(); last == 0 || ns < last+2*period {
 		e.wakeBy(t)
 		return
 	}
 	for {
 		w := e.wanted.Load()
-		if w != 0 && w <= ns || e.wanted.CompareAndSwap(w, ns) {
-			return
+		if w != 0 && w <= ns {
+			break
 		}
+		if e.wanted.CompareAndSwap(w, ns) {
+			break
+		}
+	}
+	// A step that made the period longer may have taken wanted before
+	// this deadline was in it, and the next step is then too late.
+	if e.controlPeriod.Load() != period {
+		e.wakeBy(t)
 	}
 }
 
@@ -194,16 +251,22 @@ type serviceControl struct {
 func newServiceControl(th Thresholds) serviceControl {
 	return serviceControl{
 		ctrl:   controller{th: th},
-		syns:   newRateWindow(controlWindow),
-		passed: newRateWindow(controlWindow),
-		acks:   newRateWindow(controlWindow),
+		syns:   newRateWindow(rateSamples),
+		passed: newRateWindow(rateSamples),
+		acks:   newRateWindow(rateSamples),
 	}
 }
 
-// control samples every service and, in auto mode, switches states.
-func (e *Engine) control(now time.Time) {
+// control samples every service and, in auto mode, switches states. It
+// reports whether every service is quiet: no attack, and SYN rate and
+// half-open count at or below their low watermarks. It also sets the SYN
+// budget of a quiet period (sawSYNs): what the lowest low watermark
+// allows in QuietControlTick.
+func (e *Engine) control(now time.Time) (quiet bool) {
 	defer e.lastControl.Store(now.UnixNano())
 	t := e.table.Load()
+	quiet = true
+	budget := uint64(math.MaxUint64)
 	for _, i := range t.live {
 		s := t.all[i]
 		st := e.Stats(i)
@@ -227,8 +290,13 @@ func (e *Engine) control(now time.Time) {
 			e.switchMode(s, now, sample)
 		}
 		e.trackAttack(s, now, sample, st)
+		th := &c.ctrl.th
+		quiet = quiet && !c.attack.active && n <= th.HalfOpenLow && rate <= th.SYNRateLow
+		budget = min(budget, uint64(max(th.SYNRateLow*QuietControlTick.Seconds(), 1)))
 	}
+	e.quietBudget.Store(budget)
 	e.forgetRemoved(t, now)
+	return quiet
 }
 
 // switchMode steps service s's controller and applies its decision.

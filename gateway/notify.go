@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
+	"github.com/synguard/synguard/engine"
 	"github.com/synguard/synguard/firewall"
 	"github.com/synguard/synguard/nfq"
 	"github.com/synguard/synguard/telemetry"
@@ -143,7 +144,10 @@ func (g *gateway) watchdogParts() []part {
 		return nil
 	}
 	every := interval / 2
-	h := g.pathHealth(every)
+	// The engine's heartbeat and the fast path's sync come at least every
+	// engine.QuietControlTick: a shorter watchdog must not take that wait
+	// for a stall.
+	h := g.pathHealth(max(every, 2*engine.QuietControlTick))
 	return []part{{"watchdog", func(ctx context.Context) error {
 		t := time.NewTicker(every)
 		defer t.Stop()
@@ -197,7 +201,7 @@ func (g *gateway) status() string {
 // sources are functions so tests can stall each one.
 type pathHealth struct {
 	// maxAge is how old the engine's heartbeat and the fast path's last
-	// sync may be: both run every 100 ms.
+	// sync may be: both run every 100 ms, or every second while quiet.
 	maxAge time.Duration
 	// since stands in for a heartbeat not yet seen: the check's start.
 	since     time.Time

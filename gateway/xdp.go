@@ -19,12 +19,12 @@ import (
 	"github.com/synguard/synguard/xdp"
 )
 
-// xdpFreshness is how long past the engine's last control tick the
-// program answers. The program is brought in step after every control tick
-// (engine.Config.AfterControl), so an engine that stalls for that long
-// loses its fast path and the NFQUEUE path, with its --fail semantics,
-// takes every packet.
-const xdpFreshness = time.Second
+// xdpFreshness is how long past the engine's last control step the
+// program answers. The program is brought in step after every control step
+// (engine.Config.AfterControl), at least every engine.QuietControlTick, so
+// an engine that stalls for this long loses its fast path and the NFQUEUE
+// path, with its --fail semantics, takes every packet.
+const xdpFreshness = 2 * engine.QuietControlTick
 
 // fastPath is the fast path on the gateway's links (the XDP program, or
 // the same code at tc ingress), kept in step with the engine: each service's mode and backend options, the cookie keys
