@@ -1,13 +1,9 @@
 package xdp
 
 import (
-	"bytes"
-	"errors"
 	"net/netip"
-	"os"
 	"runtime"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -62,66 +58,6 @@ func testSourceLists(t *testing.T, h *harness) {
 	}
 	if err := h.p.SetSourceLists(0, nil, nil); err != nil {
 		t.Fatal(err)
-	}
-}
-
-// TestSamples: one SYN in SampleEvery that the program answers or drops
-// reaches the sample ring, with its service and its frame as it came in.
-func TestSamples(t *testing.T) { forKinds(t, testSamples) }
-
-func testSamples(t *testing.T, h *harness) {
-	r, err := h.p.Samples()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	// Each CPU counts toward its own next sample, and BPF_PROG_TEST_RUN
-	// runs on the caller's CPU: the runs stay on one, or a thread that
-	// migrates would start a second count and sample more.
-	onOneCPU(t)
-	const n = 4 * SampleEvery
-	var frames [][]byte
-	for i := range n {
-		f := ether(rawSegment(netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}), 40000), service4, uint32(i), 0, packet.SYN, linuxOpts(1460, 7), nil))
-		frames = append(frames, bytes.Clone(f))
-		if v, _ := h.run(f); v != vTX {
-			t.Fatalf("SYN %d: %v, want tx", i, v)
-		}
-	}
-	if f := r.Fill(); f <= 0 || f >= 1 {
-		t.Errorf("ring %.4f full with %d samples in it", f, n/SampleEvery)
-	}
-	// A deadline already past drains the ring without waiting.
-	r.SetDeadline(time.Unix(1, 0))
-	var got []Sample
-	for {
-		s, err := r.Read()
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.Frame = bytes.Clone(s.Frame)
-		got = append(got, s)
-	}
-	if f := r.Fill(); f != 0 {
-		t.Errorf("ring %.4f full once drained", f)
-	}
-	if len(got) != n/SampleEvery {
-		t.Fatalf("%d samples of %d SYNs, want %d", len(got), n, n/SampleEvery)
-	}
-	for _, s := range got {
-		if s.Service != 0 {
-			t.Errorf("sample of service %d, want 0", s.Service)
-		}
-		found := false
-		for _, f := range frames {
-			found = found || bytes.Equal(s.Frame, f[:min(len(f), sampleBytes)])
-		}
-		if !found {
-			t.Errorf("sample %x is none of the SYNs sent, as they came in", s.Frame)
-		}
 	}
 }
 

@@ -14,6 +14,45 @@ import (
 	"github.com/synguard/synguard/packet"
 )
 
+// TestSamples: one SYN in SampleEvery that the program answers or drops
+// reaches the sample ring, with its service and its frame as it came in.
+func TestSamples(t *testing.T) { forKinds(t, testSamples) }
+
+func testSamples(t *testing.T, h *harness) {
+	r := openSamples(t, h)
+	const n = 4 * SampleEvery
+	var frames [][]byte
+	for i := range n {
+		f := ether(rawSegment(netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}), 40000), service4, uint32(i), 0, packet.SYN, linuxOpts(1460, 7), nil))
+		frames = append(frames, bytes.Clone(f))
+		if v, _ := h.run(f); v != vTX {
+			t.Fatalf("SYN %d: %v, want tx", i, v)
+		}
+	}
+	if f := r.Fill(); f <= 0 || f >= 1 {
+		t.Errorf("ring %.4f full with %d samples in it", f, n/SampleEvery)
+	}
+	got := drainSamples(t, r)
+	if f := r.Fill(); f != 0 {
+		t.Errorf("ring %.4f full once drained", f)
+	}
+	if len(got) != n/SampleEvery {
+		t.Fatalf("%d samples of %d SYNs, want %d", len(got), n, n/SampleEvery)
+	}
+	for _, s := range got {
+		if s.Service != 0 {
+			t.Errorf("sample of service %d, want 0", s.Service)
+		}
+		found := false
+		for _, f := range frames {
+			found = found || bytes.Equal(s.Frame, f[:min(len(f), sampleBytes)])
+		}
+		if !found {
+			t.Errorf("sample %x is none of the SYNs sent, as they came in", s.Frame)
+		}
+	}
+}
+
 // TestSampleReaderWaitsInThePoller: a Read on an empty ring waits in the
 // network poller, with no goroutine in a system call, and returns the
 // sample the program submits meanwhile; a deadline ends the wait, and so
@@ -26,12 +65,7 @@ type readResult struct {
 }
 
 func testSampleReaderWaits(t *testing.T, h *harness) {
-	r, err := h.p.Samples()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	onOneCPU(t) // the first SYN on a CPU is sampled
+	r := openSamples(t, h) // the first SYN on a CPU is sampled
 	read := func() <-chan readResult {
 		c := make(chan readResult, 1)
 		go func() {
@@ -122,12 +156,7 @@ func schedCounts() (syscalls, waiting uint64) {
 func TestSampleRingWraps(t *testing.T) { forKinds(t, testSampleRingWraps) }
 
 func testSampleRingWraps(t *testing.T, h *harness) {
-	r, err := h.p.Samples()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	onOneCPU(t)
+	r := openSamples(t, h)
 	// Each round fills about half the 1 MiB ring (144-byte records).
 	const rounds, perRound = 3, 3600
 	src := netip.MustParseAddrPort("198.51.100.9:40000")
@@ -142,16 +171,8 @@ func testSampleRingWraps(t *testing.T, h *harness) {
 			}
 			next++
 		}
-		r.SetDeadline(time.Unix(1, 0))
 		want := first
-		for {
-			s, err := r.Read()
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				break
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
+		for _, s := range drainSamples(t, r) {
 			if got := binary.BigEndian.Uint32(s.Frame[seqAt:]); got != want {
 				t.Fatalf("round %d: sample of SYN %d, want %d", round, got, want)
 			}
@@ -160,5 +181,39 @@ func testSampleRingWraps(t *testing.T, h *harness) {
 		if want != next {
 			t.Fatalf("round %d: samples up to SYN %d of %d", round, want, next)
 		}
+	}
+}
+
+// openSamples opens the harness program's sample ring for the test, and
+// keeps the test on one CPU: each CPU counts toward its own next sample,
+// and BPF_PROG_TEST_RUN runs on the caller's, so a thread that migrated
+// would start a second count and sample more.
+func openSamples(t *testing.T, h *harness) *SampleReader {
+	t.Helper()
+	r, err := h.p.Samples()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	onOneCPU(t)
+	return r
+}
+
+// drainSamples reads what the ring holds, without waiting (a deadline
+// already past), the frames copied.
+func drainSamples(t *testing.T, r *SampleReader) []Sample {
+	t.Helper()
+	r.SetDeadline(time.Unix(1, 0))
+	var got []Sample
+	for {
+		s, err := r.Read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return got
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Frame = bytes.Clone(s.Frame)
+		got = append(got, s)
 	}
 }
