@@ -10,10 +10,11 @@ import (
 )
 
 // The control loop reads each service's counters and renews the control
-// block ten times a second. cilium/ebpf announces its system calls to
-// the Go scheduler, and on a quiet gateway the first announced call after
-// a wake-up wakes sysmon, which then polls every 20 µs while the tick
-// runs and hands the P of any call longer than that to another thread:
+// block at every step (ten times a second, once a second while quiet).
+// cilium/ebpf announces its system calls to the Go scheduler, and on a
+// quiet gateway the first announced call after a wake-up wakes sysmon,
+// which then polls every 20 µs while the step runs and hands the P of any
+// call longer than that to another thread:
 // measured, more context switches than the tick's own work. These two
 // element calls only copy memory and never block, so they are raw system
 // calls instead, like the queue's (nfq/doc.go). Everything else goes
