@@ -46,11 +46,10 @@ type Engine struct {
 	lastControl atomic.Int64
 	// controlPeriod is how long the control loop waits after its last
 	// step: controlTick, or QuietControlTick while every service is quiet
-	// (then quiet is set). quietSYNs counts the SYNs seen since the last
-	// step while quiet; at quietBudget a worker nudges the loop, which
-	// steps at once and goes back to controlTick.
+	// (isQuiet). quietSYNs counts the SYNs seen since the last step while
+	// quiet; at quietBudget a worker nudges the loop, which steps at once
+	// and goes back to controlTick.
 	controlPeriod atomic.Int64
-	quiet         atomic.Bool
 	quietSYNs     atomic.Uint64
 	quietBudget   atomic.Uint64
 	nudge         chan struct{}

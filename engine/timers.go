@@ -68,11 +68,11 @@ func (e *Engine) controlStep(now time.Time) time.Duration {
 	if quiet {
 		period = QuietControlTick
 	}
-	// The period first: a worker that read the old one checks it again
-	// after leaving its deadline to this step (wantBy).
-	e.controlPeriod.Store(int64(period))
+	// The count first, so SYNs of this quiet period are not lost to the
+	// reset. A worker that read the old period checks it again after
+	// leaving its deadline to this step (wantBy).
 	e.quietSYNs.Store(0)
-	e.quiet.Store(quiet)
+	e.controlPeriod.Store(int64(period))
 	if ns := e.wanted.Swap(0); ns != 0 {
 		e.wakeBy(time.Unix(0, ns))
 	}
@@ -85,13 +85,18 @@ func (e *Engine) controlStep(now time.Time) time.Duration {
 // second rather than at the next quiet step. Outside quiet periods it is
 // one atomic load.
 func (e *Engine) sawSYNs(n uint64) {
-	if !e.quiet.Load() {
+	if !e.isQuiet() {
 		return
 	}
 	budget := e.quietBudget.Load()
 	if seen := e.quietSYNs.Add(n); seen >= budget && seen-n < budget {
 		e.wakeControl()
 	}
+}
+
+// isQuiet reports whether the control loop waits QuietControlTick.
+func (e *Engine) isQuiet() bool {
+	return e.controlPeriod.Load() == int64(QuietControlTick)
 }
 
 // wakeControl has the control loop step now.
