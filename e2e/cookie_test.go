@@ -31,6 +31,12 @@ func TestHandOffToKernel(t *testing.T) {
 	}
 
 	checkHandOffMidTransfer(t, g, topo, service, topo.ClientAddr)
+	// On the lab's veth links the fast path runs at tc, where it
+	// completes the handshake itself (docs/architecture.md, "Handshakes
+	// completed at tc").
+	if v := g.metric("synguard_xdp_handshake_completed_total"); v != 1 {
+		t.Fatalf("handshakes completed at tc: %v, want 1", v)
+	}
 
 	g.stop()
 	if s := saved(t, topo.Gateway); strings.Contains(s, "SYNGUARD") {

@@ -19,10 +19,21 @@ func (w *Worker) fromBackend(svc int, b []byte) nf.Verdict {
 	f := e.pending.get(k)
 	if f == nil {
 		e.mu.Unlock()
-		// Not a flow of ours: traffic conntrack finds invalid for its
-		// own reasons. Passing it is what the kernel would do.
-		w.out.c.add(svc, Unmatched)
-		return nf.Accept
+		// Not a flow of ours, unless the fast path replayed its SYN and
+		// the engine has yet to read so: otherwise traffic conntrack
+		// finds invalid for its own reasons, and passing it is what the
+		// kernel would do.
+		if e.adoptReplayed(w.out.c, svc, k) {
+			e.mu.Lock()
+			f = e.pending.get(k)
+			if f == nil {
+				e.mu.Unlock()
+			}
+		}
+		if f == nil {
+			w.out.c.add(svc, Unmatched)
+			return nf.Accept
+		}
 	}
 	switch {
 	case p.Flags.Has(packet.SYN|packet.ACK) && p.Ack == f.clientISN+1:
@@ -33,6 +44,7 @@ func (w *Worker) fromBackend(svc int, b []byte) nf.Verdict {
 		fl := *f
 		e.mu.Unlock()
 		e.dropHeld(w.out.c, &fl)
+		e.forgetReplayed(k, &fl)
 		cookie, isn := fl.cookie, fl.clientISN
 		w.out.c.add(svc, BackendReset)
 		seg := packet.Segment{Src: k.server, Dst: k.client, Seq: uint32(cookie) + 1, Ack: isn + 1, Flags: packet.RST | packet.ACK}

@@ -102,6 +102,9 @@ type Config struct {
 	NewBatch func() Batch
 	// Kernel is the conntrack table flows are handed off to.
 	Kernel Kernel
+	// Replayer, when set, is the fast path that replays SYNs and
+	// completes handshakes itself (FastPathReplayed).
+	Replayer Replayer
 	// HandoffMark is the connmark given to handed-off flows.
 	HandoffMark uint32
 

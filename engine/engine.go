@@ -13,8 +13,11 @@ import (
 // Engine holds the state shared by all workers: the services, the pending
 // table and the hand-off queue.
 type Engine struct {
-	cfg    Config
-	events Events
+	cfg Config
+	// replayOut is FastPathReplayed's (called from one goroutine): its
+	// counters, and the hand-off's packets (resets of a failed one).
+	replayOut *outbox
+	events    Events
 	// table is the services in force; Reconfigure replaces it.
 	table       atomic.Pointer[serviceTable]
 	reconfigure sync.Mutex
@@ -89,6 +92,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	<-e.nudge // Reconfigure's, for a running control loop
 	e.timers = e.newOutbox(cfg.NewBatch())
+	if cfg.Replayer != nil {
+		e.replayOut = e.newOutbox(cfg.NewBatch())
+	}
 	return e, nil
 }
 

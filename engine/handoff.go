@@ -164,6 +164,7 @@ func (e *Engine) handedOff(out *outbox, k flowKey, fl *pendingFlow, taken time.T
 	// From now on the entry carries the flow, and what met conntrack
 	// before it is translated by the workers.
 	created := e.cfg.Now()
+	fastEnded := e.forgetReplayed(k, fl)
 	var held heldRefs
 	ack := false
 	e.mu.Lock()
@@ -184,6 +185,7 @@ func (e *Engine) handedOff(out *outbox, k flowKey, fl *pendingFlow, taken time.T
 		f.acked, ack = true, true
 		held = takeHeld(f)
 	}
+	f.missed |= fastEnded
 	over := f.missed.over()
 	e.mu.Unlock()
 	if ack {
@@ -196,7 +198,7 @@ func (e *Engine) handedOff(out *outbox, k flowKey, fl *pendingFlow, taken time.T
 		if err := e.cfg.Kernel.Delete(k.client, k.server); err == nil {
 			out.c.add(fl.svc, EndedUnseen)
 		}
-	} else {
+	} else if !fl.completed { // the fast path sent it
 		update := packet.Segment{
 			Src: k.server, Dst: k.client,
 			Seq: uint32(fl.cookie) + 1, Ack: fl.clientISN + 1,

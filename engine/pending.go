@@ -57,6 +57,11 @@ type pendingFlow struct {
 	// missed is how the flow ended, as far as the engine passed it on
 	// itself: the FINs and RSTs its conntrack entry never saw.
 	missed endings
+	// replayed says the fast path replayed the SYN (FastPathReplayed)
+	// and keeps a record of the flow, forgotten once the entry exists;
+	// completed, that it also ACKed the backend and opened the client's
+	// window, so the hand-off sends no window update.
+	replayed, completed bool
 }
 
 // endings are the ways a flow ends that the engine passed on in place of

@@ -241,6 +241,9 @@ func (e *Engine) Tick() {
 		if a.timeout {
 			out.c.add(a.f.svc, BackendTimeout)
 			resetBoth(out, a.k, &a.f)
+			// Or a late SYN-ACK would meet the fast path's record and
+			// complete the flow its client was just reset from.
+			e.forgetReplayed(a.k, &a.f)
 		}
 	}
 	out.flush()

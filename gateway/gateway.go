@@ -125,8 +125,12 @@ func open(cfg Config) (_ *gateway, err error) {
 		return nil, err
 	}
 	var extra engine.CounterSource
+	var replays engine.Replayer
 	if g.fast != nil {
 		extra = g.fast
+		if g.fast.replay {
+			replays = replayer{g.fast.prog}
+		}
 	}
 
 	g.watch = newRulesWatch(cfg.Logger)
@@ -146,6 +150,7 @@ func open(cfg Config) (_ *gateway, err error) {
 		Cookies:         jar,
 		NewBatch:        func() engine.Batch { return g.sender.NewBatch() },
 		Kernel:          g.table,
+		Replayer:        replays,
 		HandoffMark:     cfg.HandoffMark,
 		BackendOverride: cfg.Backend,
 		MaxPending:      cfg.MaxPending,
@@ -179,7 +184,8 @@ func open(cfg Config) (_ *gateway, err error) {
 		names = append(names, c.String())
 	}
 	if g.fast != nil {
-		names = append(names, telemetry.CounterXDPSYNACKSent, telemetry.CounterXDPACKDropped)
+		names = append(names, telemetry.CounterXDPSYNACKSent, telemetry.CounterXDPACKDropped,
+			telemetry.CounterXDPHandshakeCompleted, telemetry.CounterXDPTranslated)
 	}
 	g.tel = telemetry.New(telemetry.Config{
 		Source: &source{eng: g.eng, queues: g.queues, queueOf: g.queueOf, fast: g.fast, health: g.health, attacks: g.attacks, watch: g.watch,
@@ -223,6 +229,9 @@ func (g *gateway) workers() []part {
 	}
 	if g.fast != nil {
 		parts = append(parts, part{"xdp samples", func(ctx context.Context) error { return g.fast.runSamples(ctx, g.eng, g.captures) }})
+		if g.fast.replay {
+			parts = append(parts, part{"xdp handshakes", func(ctx context.Context) error { return g.fast.runHandshakes(ctx, g.eng) }})
+		}
 	}
 	if g.cfg.Reload != nil && g.cfg.Load != nil {
 		parts = append(parts, part{"reload", g.runReloads})

@@ -162,7 +162,9 @@ func (g *gateway) ready() {
 	if g.fast != nil {
 		var b strings.Builder
 		for _, a := range g.fast.prog.Attached() {
-			fmt.Fprintf(&b, " %s %s", a.Interface, a.Mode)
+			if !a.ServiceSide {
+				fmt.Fprintf(&b, " %s %s", a.Interface, a.Mode)
+			}
 		}
 		g.notify.xdp = "; XDP" + b.String()
 	}

@@ -42,6 +42,13 @@ type fastPath struct {
 	// synced is when the program was last brought in step (Unix ns), -1
 	// once it was detached after a failure: for the watchdog (lastSync).
 	synced atomic.Int64
+	// replay says the client side runs at tc, where it completes
+	// handshakes (replay.go); links are each service address's link
+	// toward it (0: none), serviceSide the links the service side's
+	// program is on.
+	replay      bool
+	links       map[netip.Addr]int
+	serviceSide map[int]bool
 }
 
 // openFastPath loads the program and attaches it to the configured links
@@ -92,7 +99,10 @@ func openFastPath(cfg Config) (*fastPath, error) {
 		prog.Close()
 		return nil, nil
 	}
-	return &fastPath{prog: prog, log: log, written: make(map[int]xdp.Service), lists: make(map[int]sourceLists)}, nil
+	f := &fastPath{prog: prog, log: log, written: make(map[int]xdp.Service), lists: make(map[int]sourceLists),
+		links: make(map[netip.Addr]int), serviceSide: make(map[int]bool)}
+	f.replay = !cfg.Local && slices.ContainsFunc(prog.Attached(), func(a xdp.Attachment) bool { return a.Mode == xdp.ModeTC })
+	return f, nil
 }
 
 // Counts are the program's counts as engine counters, for the engine to
@@ -164,7 +174,8 @@ func (f *fastPath) sync(eng *engine.Engine, jar *cookies.Jar, now time.Time) err
 			return err
 		}
 		s := xdp.Service{Addr: sv.Addr, Mode: xdpMode(eng, i), Lists: lists, EarlyData: eng.EarlyData(),
-			MSS: b.MSS, WindowScale: b.WindowScale, SACKPermitted: b.SACKPermitted}
+			MSS: b.MSS, WindowScale: b.WindowScale, SACKPermitted: b.SACKPermitted,
+			ReplayIfindex: f.replayLink(sv.Addr.Addr())}
 		if w, ok := f.written[i]; ok && s == w {
 			continue
 		}
@@ -236,7 +247,9 @@ func (f *fastPath) attachments() *zerolog.Event {
 	d := zerolog.Dict()
 	if f != nil {
 		for _, a := range f.prog.Attached() {
-			d.Str(a.Interface, a.Mode.String())
+			if !a.ServiceSide {
+				d.Str(a.Interface, a.Mode.String())
+			}
 		}
 	}
 	return d
@@ -248,7 +261,7 @@ func (f *fastPath) actions() map[string]uint64 {
 	if err != nil {
 		return nil
 	}
-	return map[string]uint64{"pass": a.Pass, "drop": a.Drop, "tx": a.TX}
+	return map[string]uint64{"pass": a.Pass, "drop": a.Drop, "tx": a.TX, "forward": a.Forward}
 }
 
 // counters adds service svc's fast-path counters to m, beside the
@@ -261,6 +274,8 @@ func (f *fastPath) counters(svc int, m map[string]uint64) {
 	}
 	m[telemetry.CounterXDPSYNACKSent] = c.SYNACKSent
 	m[telemetry.CounterXDPACKDropped] = c.ACKInvalid
+	m[telemetry.CounterXDPHandshakeCompleted] = c.Completed
+	m[telemetry.CounterXDPTranslated] = c.Translated
 }
 
 // runSamples feeds the SYNs the program samples (one in xdp.SampleEvery

@@ -23,6 +23,10 @@ const (
 	// The XDP fast path's share of synack_sent and cookie_invalid.
 	CounterXDPSYNACKSent = "xdp_synack_sent"
 	CounterXDPACKDropped = "xdp_ack_dropped"
+	// Handshakes the fast path's tc programs completed in the kernel,
+	// and the segments they translated before the flow's entry existed.
+	CounterXDPHandshakeCompleted = "xdp_handshake_completed"
+	CounterXDPTranslated         = "xdp_translated"
 	// Why validated flows do not reach a hand-off.
 	CounterBackendReset   = "backend_reset"
 	CounterBackendTimeout = "backend_timeout"
@@ -145,7 +149,7 @@ type Source interface {
 
 // XDPSource is a Source whose gateway may run the XDP fast path.
 // XDPActions returns the program's verdict counts by action ("pass",
-// "drop", "tx"), or nil when it does not run.
+// "drop", "tx", "forward"), or nil when it does not run.
 type XDPSource interface {
 	XDPActions() map[string]uint64
 }
@@ -168,13 +172,15 @@ type HandoffSource interface {
 // counterHelp documents the engine counters that have their own metric
 // names; any other counter is exported as synguard_<name>_total too.
 var counterHelp = map[string]string{
-	CounterSYNReceived:   "Client SYNs to a protected service seen by the engine or answered by the XDP fast path.",
-	CounterSYNACKSent:    "Cookie SYN-ACKs sent, by the engine or the XDP fast path.",
-	CounterCookieValid:   "Client ACKs whose SYN cookie validated.",
-	CounterCookieInvalid: "Client ACKs dropped because no flow or cookie matched.",
-	CounterHandedOff:     "Flows handed off to kernel conntrack.",
-	CounterXDPSYNACKSent: "Cookie SYN-ACKs sent by the XDP fast path (included in synguard_synack_sent_total).",
-	CounterXDPACKDropped: "Forged ACKs the XDP fast path dropped (included in synguard_cookie_invalid_total).",
+	CounterSYNReceived:           "Client SYNs to a protected service seen by the engine or answered by the XDP fast path.",
+	CounterSYNACKSent:            "Cookie SYN-ACKs sent, by the engine or the XDP fast path.",
+	CounterCookieValid:           "Client ACKs whose SYN cookie validated.",
+	CounterCookieInvalid:         "Client ACKs dropped because no flow or cookie matched.",
+	CounterHandedOff:             "Flows handed off to kernel conntrack.",
+	CounterXDPSYNACKSent:         "Cookie SYN-ACKs sent by the XDP fast path (included in synguard_synack_sent_total).",
+	CounterXDPACKDropped:         "Forged ACKs the XDP fast path dropped (included in synguard_cookie_invalid_total).",
+	CounterXDPHandshakeCompleted: "Handshakes the fast path's tc programs completed in the kernel: the backend's SYN-ACK to a SYN they replayed, ACKed and the client's window opened (included in synguard_flows_handed_off_total once the entry is made).",
+	CounterXDPTranslated:         "Segments of flows the fast path's tc programs completed, translated and sent on by them before the flow's conntrack entry existed.",
 }
 
 // metricName maps an engine counter name to its exported metric name.
@@ -267,7 +273,7 @@ func NewCollector(src Source, cfg CollectorConfig) *Collector {
 	c.backendUp = prometheus.NewDesc(Namespace+"_backend_up", "1 while the service's backend answers (probes succeed, replayed SYNs are answered), 0 while it does not; absent before the first verdict.", []string{"service"}, nil)
 	c.attackActive = prometheus.NewDesc(Namespace+"_attack_active", "1 while the service is under attack (from attack_start to attack_end), else 0.", []string{"service"}, nil)
 	c.attacks = prometheus.NewDesc(Namespace+"_attacks_total", "Attacks started on the service, the one in progress included.", []string{"service"}, nil)
-	c.xdpPackets = prometheus.NewDesc(Namespace+"_xdp_packets_total", "Packets the XDP fast path handled, by action: tx (answered with a SYN-ACK), drop (forged ACKs, SYN-ACKs the amplification guard withheld), pass (left to the kernel and the queue).", []string{"action"}, nil)
+	c.xdpPackets = prometheus.NewDesc(Namespace+"_xdp_packets_total", "Packets the XDP fast path handled, by action: tx (answered with a SYN-ACK), forward (at tc: a replayed SYN, a window update or a translated segment sent on), drop (forged ACKs, SYN-ACKs the amplification guard withheld), pass (left to the kernel and the queue).", []string{"action"}, nil)
 	c.restored = prometheus.NewDesc(Namespace+"_rules_restored_total", "Times synguard found its firewall rules changed by someone else (a flush, another tool's restore) and put them back.", nil, nil)
 	c.handoffs = prometheus.NewDesc(Namespace+"_handoff_entries", "Kernel conntrack entries carrying the hand-off connmark: flows handed off here and, on a standby, the copies conntrackd synchronised from its peer. Counted at scrape time.", nil, nil)
 	return c

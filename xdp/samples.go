@@ -26,6 +26,8 @@ const sampleBytes = 128
 type Sample struct {
 	Service int
 	Frame   []byte
+	// Event says the record is a flow's event (ReplayEvent), not a SYN.
+	Event bool
 }
 
 // The ring buffer's record header (include/uapi/linux/bpf.h): the length,
@@ -192,7 +194,7 @@ func (r *SampleReader) parse(b []byte) (Sample, bool) {
 	if n > sampleBytes || 8+n > len(b) {
 		return Sample{}, false
 	}
-	return Sample{Service: int(svc), Frame: r.frame[:copy(r.frame[:], b[8:8+n])]}, true
+	return Sample{Service: int(svc &^ sampleEvent), Event: svc&sampleEvent != 0, Frame: r.frame[:copy(r.frame[:], b[8:8+n])]}, true
 }
 
 // SetDeadline bounds Read's wait: once the ring is empty past t, Read

@@ -45,7 +45,12 @@ enum counter {
 	C_ACK_VALID = 4,   // cookie ACKs passed on to the queue
 	C_SYN_DENIED = 5,  // SYNs from a denied source, dropped
 	C_EARLY_DATA = 6,  // segments of a cookie-validated flow passed on to the queue
-	NUM_COUNTERS = 7,
+	C_SYN_REPLAYED = 7, // cookie ACKs turned into the backend's SYN here (SVC_REPLAY)
+	C_COMPLETED = 8,    // backend SYN-ACKs of those answered here: ACK and window update
+	C_DEFERRED = 9,     // flows whose client segment came first: left to the queue
+	C_TRANSLATED = 10,  // segments of a completed flow translated and sent on here
+	C_SACK_DROPPED = 11, // client segments with options (SACK blocks) before the entry: dropped
+	NUM_COUNTERS = 12,
 };
 
 // What the program did with a packet, at the action's index.
@@ -53,7 +58,8 @@ enum action {
 	A_PASS = 0,
 	A_DROP = 1,
 	A_TX = 2,
-	NUM_ACTIONS = 3,
+	A_FORWARD = 3, // sent on toward the backend (bpf_redirect_neigh)
+	NUM_ACTIONS = 4,
 };
 
 struct svc_counters {
@@ -83,11 +89,13 @@ struct svc_val {
 	__u8 flags; // SVC_*
 	__u16 mss;
 	__u16 pad2;
+	__u32 replay_ifindex; // SVC_REPLAY: the link the backend is reached through
 };
 
 // svc_val flags.
 #define SVC_LISTS 1 // the service has allow or deny lists
 #define SVC_EARLY 2 // early data: the SYN-ACK opens EARLY_SEGMENTS of window
+#define SVC_REPLAY 4 // tc: a pure cookie ACK becomes the backend's SYN here
 
 // engine.EarlySegments, and the MSS a client assumes when the SYN-ACK
 // announces none (engine/earlydata.go earlyWindow).
@@ -168,6 +176,13 @@ struct {
 	__type(value, __u8);
 } allow_list SEC(".maps"), deny_list SEC(".maps");
 
+// A flow as the MAC binds it.
+struct flow {
+	__u8 client[16], server[16]; // first: the checksum reads them as words
+	__be16 client_port, server_port;
+	__u8 family;
+};
+
 // Flows whose cookie ACK passed here, while their hand-off is under way:
 // the segments of early data behind the ACK carry the cookie but not the
 // ISN it binds, so they are known by their flow instead. Least recently
@@ -185,11 +200,86 @@ struct {
 	__type(value, struct early_flow);
 } early_flows SEC(".maps");
 
+// The flows whose SYN the tc program replayed (SVC_REPLAY), until the
+// engine has made their conntrack entry and deletes them here. See
+// docs/architecture.md, "Handshakes completed at tc".
+enum replay_state {
+	RS_SYN_SENT = 1, // the replayed SYN is out; the backend has not answered
+	RS_DEFERRED = 2, // a client segment came first: the queue completes the flow
+	RS_ACKED = 3,    // the backend answered and was ACKed here: segments are translated here
+};
+
+struct replay_flow {
+	__u32 cookie;         // the ISN the client was given
+	__u32 isn;            // the client's
+	__u32 server_isn;     // RS_ACKED
+	__u32 client_ifindex; // the link the client's ACK came in on
+	__u16 client_window;  // the window field of the client's ACK
+	__u8 state;           // enum replay_state
+	__u8 announced_ws;    // the window scale the client was told; 0xff: none
+	// How the flow ended while translated here, as the engine's endings
+	// (engine/pending.go): a byte each, so that CPUs never race on one.
+	__u8 client_fin, server_fin, rst;
+	__u8 pad[5];
+	__u64 since_tai;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct flow);
+	__type(value, struct replay_flow);
+} replay_flows SEC(".maps");
+
+// A flow's event for the engine, in the handshakes ring (laid out as a
+// sample: the service's index with SAMPLE_EVENT set, the body's length,
+// the body): its SYN replayed here, or its backend's answer completed
+// here. Either way the engine takes over the flow's retries, and once
+// answered makes its conntrack entry, at once: a ring and a reader of
+// their own, so that no pause between drains of samples delays it.
+#define SAMPLE_EVENT 0x80000000
+#define EV_REPLAYED 1
+#define EV_ANSWERED 2
+struct hs_event {
+	__u32 svc; // | SAMPLE_EVENT
+	__u32 len; // of the rest
+	struct flow f;
+	__u8 kind;      // EV_*
+	__u8 server_ws; // the backend's SYN-ACK's window scale; 0xff: none (EV_ANSWERED)
+	__u16 client_window;
+	__u32 cookie, isn, server_isn;
+};
+// For bpf2go, which renders only the types the object's BTF holds.
+const struct hs_event *unused_hs_event __attribute__((unused));
+
 // Sampled SYNs, for userspace, and each CPU's count toward the next.
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
 } samples SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 18);
+} handshakes SEC(".maps");
+
+// hs_event_submit fills e, reserved in the handshakes ring before the
+// work it reports was done (a full ring leaves that work to the queue),
+// with flow f's event of kind, and submits it.
+static __always_inline void hs_event_submit(struct hs_event *e, const struct flow *f, __u32 svc, __u8 kind,
+					    const struct replay_flow *rf, __u8 server_ws)
+{
+	e->svc = svc | SAMPLE_EVENT;
+	e->len = sizeof(*e) - 8;
+	__builtin_memcpy(&e->f, f, sizeof(*f));
+	e->kind = kind;
+	e->server_ws = server_ws;
+	e->client_window = rf->client_window;
+	e->cookie = rf->cookie;
+	e->isn = rf->isn;
+	e->server_isn = rf->server_isn;
+	bpf_ringbuf_submit(e, 0);
+}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -390,12 +480,6 @@ static __always_inline __u64 sip_finish(const struct sip_state *s, const struct 
 	return v0 ^ v1 ^ v2 ^ v3;
 }
 
-// A flow as the MAC binds it.
-struct flow {
-	__u8 client[16], server[16]; // first: the checksum reads them as words
-	__be16 client_port, server_port;
-	__u8 family;
-};
 
 // mac_message lays out the flow's part of the MAC message in m.
 static __always_inline void mac_message(struct mac_msg *m, const struct flow *f, __u8 low)
@@ -615,6 +699,7 @@ struct pkt {
 	__u32 payload;      // TCP payload length
 	__u32 seq, ack;
 	__u8 flags;
+	__u32 out_ifindex; // A_FORWARD: where to
 };
 
 // control_now returns the control block while the engine keeps it fresh,
@@ -656,6 +741,53 @@ struct reply {
 // The most the frame of a SYN-ACK takes: Ethernet, IPv6, TCP with three
 // options.
 #define REPLY_MAX (sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + 32)
+
+// pseudo_sum is the TCP pseudo-header's sum of a segment of tcp_len bytes
+// from src to dst (addresses as struct flow holds them).
+static __always_inline __u64 pseudo_sum(int ipv6, const __u8 *src, const __u8 *dst, __u32 tcp_len)
+{
+	__u64 s;
+	if (ipv6) {
+		s = csum_add(src, 16, 0);
+		s = csum_add(dst, 16, s);
+		s += bpf_htonl(tcp_len) >> 16;
+		s += bpf_htonl(tcp_len) & 0xffff;
+		s += bpf_htons(IPPROTO_TCP);
+	} else {
+		s = csum_add(&src[12], 4, 0);
+		s = csum_add(&dst[12], 4, s);
+		s += bpf_htons(IPPROTO_TCP);
+		s += bpf_htons(tcp_len);
+	}
+	return s;
+}
+
+// put_ip_header writes r's IP header, of a zeroed r, as packet.Build
+// does: from src to dst, tcp_len bytes of TCP behind it, TTL 64, DF, ID 0.
+static __always_inline void put_ip_header(struct reply *r, int ipv6, const __u8 *src, const __u8 *dst,
+					  __u32 tcp_len)
+{
+	if (ipv6) {
+		struct ipv6hdr *h6 = &r->v6.ip;
+		h6->version = 6;
+		h6->payload_len = bpf_htons(tcp_len);
+		h6->nexthdr = IPPROTO_TCP;
+		h6->hop_limit = HOP_LIMIT;
+		__builtin_memcpy(&h6->saddr, src, 16);
+		__builtin_memcpy(&h6->daddr, dst, 16);
+	} else {
+		struct iphdr *h4 = &r->v4.ip;
+		h4->version = 4;
+		h4->ihl = 5;
+		h4->tot_len = bpf_htons(sizeof(struct iphdr) + tcp_len);
+		h4->frag_off = bpf_htons(0x4000); // DF
+		h4->ttl = HOP_LIMIT;
+		h4->protocol = IPPROTO_TCP;
+		__builtin_memcpy(&h4->saddr, &src[12], 4);
+		__builtin_memcpy(&h4->daddr, &dst[12], 4);
+		h4->check = ~csum_fold(csum_add(h4, sizeof(*h4), 0));
+	}
+}
 
 // emit puts the frame r holds, len bytes, in place of the packet in ctx.
 // tcsum is the TCP checksum and psum the pseudo-header's sum alone, which
@@ -836,48 +968,170 @@ static __always_inline int answer_syn(void *ctx, enum hook h, struct pkt *p, str
 	if (ws)
 		tcp[o & 7] = bpf_htonl(OPT_NOP << 24 | OPT_WSCALE << 16 | 3 << 8 | svc->wscale);
 
-	__u64 pseudo;
-	if (p->ipv6) {
-		pseudo = csum_add(p->f.server, 16, 0);
-		pseudo = csum_add(p->f.client, 16, pseudo);
-		pseudo += bpf_htonl(20 + optlen) >> 16;
-		pseudo += bpf_htonl(20 + optlen) & 0xffff;
-		pseudo += bpf_htons(IPPROTO_TCP);
-	} else {
-		pseudo = csum_add(&p->f.server[12], 4, 0);
-		pseudo = csum_add(&p->f.client[12], 4, pseudo);
-		pseudo += bpf_htons(IPPROTO_TCP);
-		pseudo += bpf_htons(20 + optlen);
-	}
+	__u64 pseudo = pseudo_sum(p->ipv6, p->f.server, p->f.client, 20 + optlen);
 	__u16 tcsum = ~csum_fold(csum_add(tcp, sizeof(tcp), pseudo));
 	__u16 psum = csum_fold(pseudo);
 
-	if (p->ipv6) {
-		struct ipv6hdr *h6 = &r.v6.ip;
-		h6->version = 6;
-		h6->payload_len = bpf_htons(20 + optlen);
-		h6->nexthdr = IPPROTO_TCP;
-		h6->hop_limit = HOP_LIMIT;
-		__builtin_memcpy(&h6->saddr, p->f.server, 16);
-		__builtin_memcpy(&h6->daddr, p->f.client, 16);
+	put_ip_header(&r, p->ipv6, p->f.server, p->f.client, 20 + optlen);
+	if (p->ipv6)
 		__builtin_memcpy(r.v6.tcp, tcp, sizeof(tcp));
-	} else {
-		struct iphdr *h4 = &r.v4.ip;
-		h4->version = 4;
-		h4->ihl = 5;
-		h4->tot_len = bpf_htons(ip_len);
-		h4->frag_off = bpf_htons(0x4000); // DF
-		h4->ttl = HOP_LIMIT;
-		h4->protocol = IPPROTO_TCP;
-		__builtin_memcpy(&h4->saddr, &p->f.server[12], 4);
-		__builtin_memcpy(&h4->daddr, &p->f.client[12], 4);
-		h4->check = ~csum_fold(csum_add(h4, sizeof(*h4), 0));
+	else
 		__builtin_memcpy(r.v4.tcp, tcp, sizeof(tcp));
-	}
 	int a = emit(ctx, h, &r, sizeof(struct ethhdr) + ip_len, p->ipv6, tcsum, psum);
 	if (a == A_TX)
 		count(cnt, C_SYNACK_SENT);
 	return a;
+}
+
+// replay_scratch holds the frame replay_syn builds (a struct reply; as
+// bytes, since bpf2go cannot render the uapi headers' anonymous unions):
+// on the stack it would take the program past its 512 bytes.
+struct reply_buf {
+	__u8 b[sizeof(struct reply)];
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct reply_buf);
+} replay_scratch SEC(".maps");
+
+// replay_syn turns a pure cookie ACK (cookie, client ISN isn) into the SYN
+// the engine replays to the backend (engine/negotiate.go backendSYN): the
+// client's ISN, its window scaled as the backend will read it, and the
+// client's options as the cookie carries them, scaling and SACK only where
+// the SYN-ACK announced them. The frame keeps its Ethernet header, which
+// bpf_redirect_neigh rewrites on the way out of svc->replay_ifindex.
+static __always_inline int replay_syn(void *ctx, enum hook h, struct pkt *p, struct svc_val *svc, __u32 cookie,
+				      __u32 isn)
+{
+	__u8 low = cookie & 0xff;
+	__u16 mss = p->ipv6 ? mss_table6[(low >> 4) & 7] : mss_table4[(low >> 4) & 7];
+	__s8 cws = wscale_table[(low >> 1) & 7];
+	int ws = cws >= 0 && svc->wscale != 0xff;
+	int sack = (low & 1) && svc->sack;
+	__u32 optlen = 4 + (sack ? 4 : 0) + (ws ? 4 : 0);
+	__u32 iph = p->ipv6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr);
+	__u32 ip_len = iph + 20 + optlen;
+
+	__be16 wire_window;
+	if (load_bytes(ctx, h, p->l4 + 14, &wire_window, 2) < 0)
+		return A_PASS;
+	__u32 window = bpf_ntohs(wire_window);
+	if (ws)
+		window <<= (cws & 15);
+	if (window > 0xffff)
+		window = 0xffff;
+
+	__u32 zero = 0;
+	struct reply *r = (struct reply *)bpf_map_lookup_elem(&replay_scratch, &zero);
+	if (!r)
+		return A_PASS;
+	__builtin_memset(r, 0, sizeof(*r));
+	void *data, *end;
+	frame(ctx, h, &data, &end);
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end)
+		return A_PASS;
+	__builtin_memcpy(&r->eth, eth, sizeof(*eth));
+	// The engine must hear of the flow, or nobody resends its SYN.
+	struct hs_event *ev = bpf_ringbuf_reserve(&handshakes, sizeof(*ev), 0);
+	if (!ev)
+		return A_PASS; // the ACK goes to the queue
+
+	__u32 *tcp = p->ipv6 ? r->v6.tcp : r->v4.tcp;
+	__u8 *t = (__u8 *)tcp;
+	__builtin_memcpy(&t[0], &p->f.client_port, 2);
+	__builtin_memcpy(&t[2], &p->f.server_port, 2);
+	tcp[1] = bpf_htonl(isn);
+	t[12] = (__u8)((20 + optlen) / 4) << 4;
+	t[13] = TCP_SYN;
+	t[14] = window >> 8;
+	t[15] = window & 0xff;
+	tcp[5] = bpf_htonl(OPT_MSS << 24 | 4 << 16 | mss);
+	if (sack)
+		tcp[6] = bpf_htonl(OPT_NOP << 24 | OPT_NOP << 16 | OPT_SACK_PERM << 8 | 2);
+	if (ws)
+		tcp[sack ? 7 : 6] = bpf_htonl(OPT_NOP << 24 | OPT_WSCALE << 16 | 3 << 8 | (__u8)cws);
+
+	__u64 pseudo = pseudo_sum(p->ipv6, p->f.client, p->f.server, 20 + optlen);
+	__u16 tcsum = ~csum_fold(csum_add(tcp, 32, pseudo));
+	__u16 psum = csum_fold(pseudo);
+	put_ip_header(r, p->ipv6, p->f.client, p->f.server, 20 + optlen);
+	int a = emit(ctx, h, r, sizeof(struct ethhdr) + ip_len, p->ipv6, tcsum, psum);
+	if (a != A_TX) {
+		bpf_ringbuf_discard(ev, 0);
+		return a; // still the ACK (pass, to the queue), or half rewritten (drop)
+	}
+	// Recorded before the SYN leaves (after the program returns), so the
+	// backend's answer always finds it. A flow on the same ports before
+	// it is replaced.
+	struct replay_flow rf = {
+		.cookie = cookie,
+		.isn = isn,
+		.client_ifindex = ((struct __sk_buff *)ctx)->ifindex,
+		.client_window = bpf_ntohs(wire_window),
+		.state = RS_SYN_SENT,
+		.announced_ws = ws ? svc->wscale : 0xff,
+		.since_tai = bpf_ktime_get_tai_ns(),
+	};
+	if (bpf_map_update_elem(&replay_flows, &p->f, &rf, BPF_ANY) < 0) {
+		bpf_ringbuf_discard(ev, 0);
+		return A_DROP; // the client's data, or its retransmission, takes the queue
+	}
+	hs_event_submit(ev, &p->f, svc->index, EV_REPLAYED, &rf, 0xff);
+	count(counters_of(svc->index), C_SYN_REPLAYED);
+	p->out_ifindex = svc->replay_ifindex;
+	return A_FORWARD;
+}
+
+// replay_client handles a client segment of flow rf, whose SYN this
+// program replayed: in RS_SYN_SENT the flow is left to the queue from
+// here on (the engine takes a segment carrying a valid cookie for the
+// request riding on the ACK, replays the SYN itself and holds the data);
+// in RS_ACKED its acknowledgement is moved into the backend's sequence
+// space, as the conntrack entry will, and it goes on toward the backend.
+static __always_inline int replay_client(struct __sk_buff *skb, struct pkt *p, struct svc_val *svc,
+					 struct replay_flow *rf)
+{
+	if (rf->state == RS_SYN_SENT) {
+		rf->state = RS_DEFERRED;
+		count(counters_of(svc->index), C_DEFERRED);
+		return A_PASS;
+	}
+	if (rf->state != RS_ACKED)
+		return A_PASS;
+	if (p->tcp_len != 20) {
+		// Options past the handshake are SACK blocks (no timestamps
+		// were negotiated), which the entry translates and this
+		// program does not: the segment comes again.
+		count(counters_of(svc->index), C_SACK_DROPPED);
+		return A_DROP;
+	}
+	__be32 old = bpf_htonl(p->ack);
+	__be32 new = bpf_htonl(p->ack - rf->cookie + rf->server_isn);
+	if (bpf_skb_store_bytes(skb, p->l4 + 8, &new, 4, 0) < 0 ||
+	    bpf_l4_csum_replace(skb, p->l4 + 16, old, new, 4) < 0)
+		return A_DROP;
+	if (p->flags & TCP_FIN)
+		rf->client_fin = 1;
+	if (p->flags & TCP_RST)
+		rf->rst = 1;
+	count(counters_of(svc->index), C_TRANSLATED);
+	p->out_ifindex = svc->replay_ifindex;
+	return A_FORWARD;
+}
+
+// replay_owns says whether a client segment belongs to recorded flow rf
+// rather than to a new connection on its ports: it acknowledges the
+// cookie, or in RS_ACKED no more than 2^30 bytes past it.
+static __always_inline int replay_owns(struct pkt *p, struct replay_flow *rf)
+{
+	if (!(p->flags & TCP_ACK))
+		return 0;
+	if (rf->state == RS_ACKED)
+		return p->ack - (rf->cookie + 1) < (1U << 30);
+	return p->ack == rf->cookie + 1;
 }
 
 // check_ack lets an ACK pass when it belongs to a connection the kernel
@@ -907,6 +1161,11 @@ static __always_inline int check_ack(void *ctx, enum hook h, struct pkt *p, stru
 	if (ct) {
 		bpf_ct_release(ct);
 		return A_PASS;
+	}
+	if (h == HOOK_TC && (svc->flags & SVC_REPLAY)) {
+		struct replay_flow *rf = bpf_map_lookup_elem(&replay_flows, &p->f);
+		if (rf && replay_owns(p, rf))
+			return replay_client(ctx, p, svc, rf);
 	}
 
 	__s64 epoch;
@@ -938,6 +1197,8 @@ static __always_inline int check_ack(void *ctx, enum hook h, struct pkt *p, stru
 			struct early_flow ef = {.cookie = cookie, .isn = isn, .until_tai = bpf_ktime_get_tai_ns() + EARLY_FLOW_NS};
 			bpf_map_update_elem(&early_flows, &p->f, &ef, BPF_ANY);
 		}
+		if (h == HOOK_TC && p->payload == 0 && (svc->flags & SVC_REPLAY) && svc->replay_ifindex)
+			return replay_syn(ctx, h, p, svc, cookie, isn);
 		return A_PASS;
 	}
 	if ((svc->flags & SVC_EARLY) && p->payload != 0) {
@@ -986,6 +1247,12 @@ static __always_inline int handle_tcp(void *ctx, enum hook h, struct pkt *p)
 	}
 	if (f == TCP_ACK)
 		return check_ack(ctx, h, p, svc);
+	if (h == HOOK_TC && (svc->flags & SVC_REPLAY) && !(f & TCP_SYN)) {
+		// A FIN or RST of a flow completed here, before its entry.
+		struct replay_flow *rf = bpf_map_lookup_elem(&replay_flows, &p->f);
+		if (rf && replay_owns(p, rf))
+			return replay_client(ctx, p, svc, rf);
+	}
 	return A_PASS;
 }
 
@@ -1091,5 +1358,160 @@ int synguard_tc(struct __sk_buff *skb)
 	count_action(a);
 	if (a == A_TX)
 		return bpf_redirect(skb->ifindex, 0);
+	if (a == A_FORWARD)
+		return bpf_redirect_neigh(p.out_ifindex, NULL, 0, 0);
+	return a == A_DROP ? SG_TCX_DROP : SG_TCX_NEXT;
+}
+
+// ---- the service side: the backend's answers to SYNs replayed here ----
+
+// put_ack builds in r a bare ACK (no options) from src to dst, both
+// 16-byte addresses as struct flow holds them, and emits it in place of
+// the packet in skb.
+static __always_inline int put_ack(struct __sk_buff *skb, struct reply *r, int ipv6, const __u8 *src,
+				   const __u8 *dst, __be16 sport, __be16 dport, __u32 seq, __u32 ack, __u32 window)
+{
+	__u32 iph = ipv6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr);
+	__builtin_memset(&r->v6, 0, sizeof(r->v6)); // the larger of the union: a frame built before is gone
+	__u32 *tcp = ipv6 ? r->v6.tcp : r->v4.tcp;
+	__u8 *t = (__u8 *)tcp;
+	__builtin_memcpy(&t[0], &sport, 2);
+	__builtin_memcpy(&t[2], &dport, 2);
+	tcp[1] = bpf_htonl(seq);
+	tcp[2] = bpf_htonl(ack);
+	t[12] = 5 << 4;
+	t[13] = TCP_ACK;
+	t[14] = window >> 8;
+	t[15] = window & 0xff;
+	__u64 pseudo = pseudo_sum(ipv6, src, dst, 20);
+	put_ip_header(r, ipv6, src, dst, 20);
+	__u16 tcsum = ~csum_fold(csum_add(tcp, 20, pseudo));
+	return emit(skb, HOOK_TC, r, sizeof(struct ethhdr) + iph + 20, ipv6, tcsum, csum_fold(pseudo));
+}
+
+// backend_ack_and_update answers the backend's SYN-ACK (its window and
+// whether it scales, as it sent them) to a SYN this program replayed: the
+// backend's ACK (pendingFlow.backendACK) goes back out the link it came
+// in on, a clone; the packet itself becomes the client's window update
+// (the engine's handedOff), for the client's link. In p, "client" is the
+// packet's source: here the backend.
+static __always_inline int backend_ack_and_update(struct __sk_buff *skb, struct pkt *p, struct replay_flow *rf,
+						  __u16 server_window, int server_scales)
+{
+	__u32 zero = 0;
+	struct reply *r = (struct reply *)bpf_map_lookup_elem(&replay_scratch, &zero);
+	if (!r)
+		return A_PASS;
+	void *data, *end;
+	frame(skb, HOOK_TC, &data, &end);
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end)
+		return A_PASS;
+	__builtin_memset(r, 0, sizeof(*r));
+	__builtin_memcpy(r->eth.h_dest, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(r->eth.h_source, eth->h_dest, ETH_ALEN);
+	r->eth.h_proto = eth->h_proto;
+	int a = put_ack(skb, r, p->ipv6, p->f.server, p->f.client, p->f.server_port, p->f.client_port, rf->isn + 1,
+			rf->server_isn + 1, rf->client_window);
+	if (a != A_TX)
+		return a;
+	if (bpf_clone_redirect(skb, skb->ifindex, 0) < 0)
+		return A_DROP; // the backend sends its SYN-ACK again, and meets RS_ACKED
+
+	// The window update's window: the SYN-ACK's, which is never scaled,
+	// in the scale the client was told, when both sides scale.
+	__u32 update = server_window;
+	if (rf->announced_ws != 0xff && server_scales) {
+		update >>= (rf->announced_ws & 15);
+		if (update == 0 && server_window != 0)
+			update = 1;
+	}
+	// The Ethernet header stays: bpf_redirect_neigh rewrites it.
+	if (put_ack(skb, r, p->ipv6, p->f.client, p->f.server, p->f.client_port, p->f.server_port, rf->cookie + 1,
+		    rf->isn + 1, update) != A_TX)
+		return A_DROP;
+	p->out_ifindex = rf->client_ifindex;
+	return A_FORWARD;
+}
+
+// synguard_tc_backend runs at tc ingress of the links services are
+// reached through, for the flows synguard_tc replayed the SYN of: it
+// completes the backend's handshake when its SYN-ACK comes, and until the
+// engine has made the flow's conntrack entry moves the backend's sequence
+// numbers into the client's space, as the entry will. Everything else
+// goes on to the stack.
+SEC("tcx/ingress")
+int synguard_tc_backend(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct pkt p = {};
+	if (parse(data, end, skb->len, &p) != PARSED)
+		return SG_TCX_NEXT;
+	// The packet's source is the service.
+	struct svc_key key = {};
+	key.family = p.f.family;
+	key.port = p.f.client_port;
+	__builtin_memcpy(key.addr, p.f.client, 16);
+	struct svc_val *svc = bpf_map_lookup_elem(&services, &key);
+	if (!svc || !(svc->flags & SVC_REPLAY))
+		return SG_TCX_NEXT;
+	struct flow k = {};
+	__builtin_memcpy(k.client, p.f.server, 16);
+	__builtin_memcpy(k.server, p.f.client, 16);
+	k.client_port = p.f.server_port;
+	k.server_port = p.f.client_port;
+	k.family = p.f.family;
+	struct replay_flow *rf = bpf_map_lookup_elem(&replay_flows, &k);
+	if (!rf)
+		return SG_TCX_NEXT;
+
+	int a = A_PASS;
+	__u8 f = p.flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN);
+	if (rf->state == RS_SYN_SENT && f == (TCP_SYN | TCP_ACK) && p.ack == rf->isn + 1) {
+		struct syn_opts so;
+		__be16 wire_window;
+		if (parse_options(skb, HOOK_TC, p.l4 + 20, p.tcp_len - 20, &so) < 0 ||
+		    load_bytes(skb, HOOK_TC, p.l4 + 14, &wire_window, 2) < 0)
+			return SG_TCX_NEXT;
+		// The engine must hear of the answer, or the flow never gets its
+		// entry: without room, the queue completes it.
+		struct hs_event *ev = bpf_ringbuf_reserve(&handshakes, sizeof(*ev), 0);
+		if (!ev) {
+			rf->state = RS_DEFERRED;
+			count(counters_of(svc->index), C_DEFERRED);
+			count_action(A_PASS);
+			return SG_TCX_NEXT;
+		}
+		// State first: the clone leaves inside bpf_clone_redirect.
+		rf->server_isn = p.seq;
+		rf->state = RS_ACKED;
+		a = backend_ack_and_update(skb, &p, rf, bpf_ntohs(wire_window), so.wscale >= 0);
+		if (a == A_FORWARD) {
+			hs_event_submit(ev, &k, svc->index, EV_ANSWERED, rf, so.wscale >= 0 ? (__u8)so.wscale : 0xff);
+			count(counters_of(svc->index), C_COMPLETED);
+		} else {
+			bpf_ringbuf_discard(ev, 0);
+			rf->state = RS_SYN_SENT; // passed or dropped: the backend sends it again
+		}
+	} else if (rf->state == RS_ACKED && !(f & TCP_SYN)) {
+		__be32 old = bpf_htonl(p.seq);
+		__be32 new = bpf_htonl(p.seq + rf->cookie - rf->server_isn);
+		if (bpf_skb_store_bytes(skb, p.l4 + 4, &new, 4, 0) < 0 ||
+		    bpf_l4_csum_replace(skb, p.l4 + 16, old, new, 4) < 0) {
+			a = A_DROP;
+		} else {
+			if (f & TCP_FIN)
+				rf->server_fin = 1;
+			if (f & TCP_RST)
+				rf->rst = 1;
+			count(counters_of(svc->index), C_TRANSLATED);
+			p.out_ifindex = rf->client_ifindex;
+			a = A_FORWARD;
+		}
+	}
+	count_action(a);
+	if (a == A_FORWARD)
+		return bpf_redirect_neigh(p.out_ifindex, NULL, 0, 0);
 	return a == A_DROP ? SG_TCX_DROP : SG_TCX_NEXT;
 }

@@ -15,7 +15,7 @@ import (
 
 type synguardActionCounts struct {
 	_ structs.HostLayout
-	N [3]uint64
+	N [4]uint64
 }
 
 type synguardEarlyFlow struct {
@@ -43,6 +43,42 @@ type synguardFlow struct {
 	_          [1]byte
 }
 
+type synguardHsEvent struct {
+	_            structs.HostLayout
+	Svc          uint32
+	Len          uint32
+	F            synguardFlow
+	Kind         uint8
+	ServerWs     uint8
+	ClientWindow uint16
+	_            [2]byte
+	Cookie       uint32
+	Isn          uint32
+	ServerIsn    uint32
+}
+
+type synguardReplayFlow struct {
+	_             structs.HostLayout
+	Cookie        uint32
+	Isn           uint32
+	ServerIsn     uint32
+	ClientIfindex uint32
+	ClientWindow  uint16
+	State         uint8
+	AnnouncedWs   uint8
+	ClientFin     uint8
+	ServerFin     uint8
+	Rst           uint8
+	Pad           [5]uint8
+	_             [4]byte
+	SinceTai      uint64
+}
+
+type synguardReplyBuf struct {
+	_ structs.HostLayout
+	B [88]uint8
+}
+
 type synguardSrcKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -52,7 +88,7 @@ type synguardSrcKey struct {
 
 type synguardSvcCounters struct {
 	_ structs.HostLayout
-	N [7]uint64
+	N [12]uint64
 }
 
 type synguardSvcKey struct {
@@ -64,31 +100,37 @@ type synguardSvcKey struct {
 }
 
 type synguardSvcVal struct {
-	_      structs.HostLayout
-	Index  uint32
-	Mode   uint8
-	Wscale uint8
-	Sack   uint8
-	Flags  uint8
-	Mss    uint16
-	Pad2   uint16
+	_             structs.HostLayout
+	Index         uint32
+	Mode          uint8
+	Wscale        uint8
+	Sack          uint8
+	Flags         uint8
+	Mss           uint16
+	Pad2          uint16
+	ReplayIfindex uint32
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	synguardMapActions      = "actions"
-	synguardMapAllowList    = "allow_list"
-	synguardMapControl      = "control"
-	synguardMapCounters     = "counters"
-	synguardMapDenyList     = "deny_list"
-	synguardMapEarlyFlows   = "early_flows"
-	synguardMapSampleTick   = "sample_tick"
-	synguardMapSamples      = "samples"
-	synguardMapServices     = "services"
-	synguardProgSynguardTc  = "synguard_tc"
-	synguardProgSynguardXdp = "synguard_xdp"
+	synguardMapActions            = "actions"
+	synguardMapAllowList          = "allow_list"
+	synguardMapControl            = "control"
+	synguardMapCounters           = "counters"
+	synguardMapDenyList           = "deny_list"
+	synguardMapEarlyFlows         = "early_flows"
+	synguardMapHandshakes         = "handshakes"
+	synguardMapReplayFlows        = "replay_flows"
+	synguardMapReplayScratch      = "replay_scratch"
+	synguardMapSampleTick         = "sample_tick"
+	synguardMapSamples            = "samples"
+	synguardMapServices           = "services"
+	synguardProgSynguardTc        = "synguard_tc"
+	synguardProgSynguardTcBackend = "synguard_tc_backend"
+	synguardProgSynguardXdp       = "synguard_xdp"
+	synguardVarUnusedHsEvent      = "unused_hs_event"
 )
 
 // loadSynguard returns the embedded CollectionSpec for synguard.
@@ -133,29 +175,34 @@ type synguardSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type synguardProgramSpecs struct {
-	SynguardTc  *ebpf.ProgramSpec `ebpf:"synguard_tc"`
-	SynguardXdp *ebpf.ProgramSpec `ebpf:"synguard_xdp"`
+	SynguardTc        *ebpf.ProgramSpec `ebpf:"synguard_tc"`
+	SynguardTcBackend *ebpf.ProgramSpec `ebpf:"synguard_tc_backend"`
+	SynguardXdp       *ebpf.ProgramSpec `ebpf:"synguard_xdp"`
 }
 
 // synguardMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type synguardMapSpecs struct {
-	Actions    *ebpf.MapSpec `ebpf:"actions"`
-	AllowList  *ebpf.MapSpec `ebpf:"allow_list"`
-	Control    *ebpf.MapSpec `ebpf:"control"`
-	Counters   *ebpf.MapSpec `ebpf:"counters"`
-	DenyList   *ebpf.MapSpec `ebpf:"deny_list"`
-	EarlyFlows *ebpf.MapSpec `ebpf:"early_flows"`
-	SampleTick *ebpf.MapSpec `ebpf:"sample_tick"`
-	Samples    *ebpf.MapSpec `ebpf:"samples"`
-	Services   *ebpf.MapSpec `ebpf:"services"`
+	Actions       *ebpf.MapSpec `ebpf:"actions"`
+	AllowList     *ebpf.MapSpec `ebpf:"allow_list"`
+	Control       *ebpf.MapSpec `ebpf:"control"`
+	Counters      *ebpf.MapSpec `ebpf:"counters"`
+	DenyList      *ebpf.MapSpec `ebpf:"deny_list"`
+	EarlyFlows    *ebpf.MapSpec `ebpf:"early_flows"`
+	Handshakes    *ebpf.MapSpec `ebpf:"handshakes"`
+	ReplayFlows   *ebpf.MapSpec `ebpf:"replay_flows"`
+	ReplayScratch *ebpf.MapSpec `ebpf:"replay_scratch"`
+	SampleTick    *ebpf.MapSpec `ebpf:"sample_tick"`
+	Samples       *ebpf.MapSpec `ebpf:"samples"`
+	Services      *ebpf.MapSpec `ebpf:"services"`
 }
 
 // synguardVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type synguardVariableSpecs struct {
+	UnusedHsEvent *ebpf.VariableSpec `ebpf:"unused_hs_event"`
 }
 
 // synguardObjects contains all objects after they have been loaded into the kernel.
@@ -178,15 +225,18 @@ func (o *synguardObjects) Close() error {
 //
 // It can be passed to loadSynguardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type synguardMaps struct {
-	Actions    *ebpf.Map `ebpf:"actions"`
-	AllowList  *ebpf.Map `ebpf:"allow_list"`
-	Control    *ebpf.Map `ebpf:"control"`
-	Counters   *ebpf.Map `ebpf:"counters"`
-	DenyList   *ebpf.Map `ebpf:"deny_list"`
-	EarlyFlows *ebpf.Map `ebpf:"early_flows"`
-	SampleTick *ebpf.Map `ebpf:"sample_tick"`
-	Samples    *ebpf.Map `ebpf:"samples"`
-	Services   *ebpf.Map `ebpf:"services"`
+	Actions       *ebpf.Map `ebpf:"actions"`
+	AllowList     *ebpf.Map `ebpf:"allow_list"`
+	Control       *ebpf.Map `ebpf:"control"`
+	Counters      *ebpf.Map `ebpf:"counters"`
+	DenyList      *ebpf.Map `ebpf:"deny_list"`
+	EarlyFlows    *ebpf.Map `ebpf:"early_flows"`
+	Handshakes    *ebpf.Map `ebpf:"handshakes"`
+	ReplayFlows   *ebpf.Map `ebpf:"replay_flows"`
+	ReplayScratch *ebpf.Map `ebpf:"replay_scratch"`
+	SampleTick    *ebpf.Map `ebpf:"sample_tick"`
+	Samples       *ebpf.Map `ebpf:"samples"`
+	Services      *ebpf.Map `ebpf:"services"`
 }
 
 func (m *synguardMaps) Close() error {
@@ -197,6 +247,9 @@ func (m *synguardMaps) Close() error {
 		m.Counters,
 		m.DenyList,
 		m.EarlyFlows,
+		m.Handshakes,
+		m.ReplayFlows,
+		m.ReplayScratch,
 		m.SampleTick,
 		m.Samples,
 		m.Services,
@@ -207,19 +260,22 @@ func (m *synguardMaps) Close() error {
 //
 // It can be passed to loadSynguardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type synguardVariables struct {
+	UnusedHsEvent *ebpf.Variable `ebpf:"unused_hs_event"`
 }
 
 // synguardPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadSynguardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type synguardPrograms struct {
-	SynguardTc  *ebpf.Program `ebpf:"synguard_tc"`
-	SynguardXdp *ebpf.Program `ebpf:"synguard_xdp"`
+	SynguardTc        *ebpf.Program `ebpf:"synguard_tc"`
+	SynguardTcBackend *ebpf.Program `ebpf:"synguard_tc_backend"`
+	SynguardXdp       *ebpf.Program `ebpf:"synguard_xdp"`
 }
 
 func (p *synguardPrograms) Close() error {
 	return _SynguardClose(
 		p.SynguardTc,
+		p.SynguardTcBackend,
 		p.SynguardXdp,
 	)
 }

@@ -3,6 +3,7 @@ package xdp
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"strings"
@@ -92,6 +93,12 @@ type Service struct {
 	// the announced MSS, as the engine does with Config.EarlyData, and
 	// passes the segments that follow a cookie ACK on to the queue.
 	EarlyData bool
+	// ReplayIfindex, when not 0, is the link the backend is reached
+	// through: the tc program turns a pure cookie ACK into the SYN the
+	// engine would replay (engine/negotiate.go) and sends it there with
+	// bpf_redirect_neigh, rather than passing the ACK to the queue. The
+	// XDP program ignores it.
+	ReplayIfindex int
 	// The options the backend announces, told to clients that offer
 	// them: as engine.BackendOptions.
 	MSS           uint16
@@ -108,18 +115,27 @@ type Counters struct {
 	ACKValid           uint64 // cookie ACKs passed on to the queue
 	EarlyData          uint64 // later segments of a flow whose cookie ACK passed, passed on
 	SYNDenied          uint64 // SYNs from a denied source, dropped (counted in SYNReceived too)
+	SYNReplayed        uint64 // cookie ACKs turned into the backend's SYN and sent on (ReplayIfindex)
+	Completed          uint64 // backend SYN-ACKs to those, answered with the ACK and the window update
+	Deferred           uint64 // replayed flows whose client segment came first, left to the queue
+	Translated         uint64 // segments of completed flows translated and sent on, before their entry
+	SACKDropped        uint64 // client segments with options (SACK blocks) of completed flows, dropped
 }
 
 // Actions are the program's verdicts, summed over CPUs.
 type Actions struct {
 	Pass, Drop, TX uint64
+	Forward        uint64 // sent on toward a backend (Service.ReplayIfindex)
 }
 
 // Attachment is the program on one link.
 type Attachment struct {
 	Interface string
 	Mode      Mode // native, generic or tc
-	link      link.Link
+	// ServiceSide is the service side's tc program (AttachServiceSide)
+	// rather than the client side's.
+	ServiceSide bool
+	link        link.Link
 }
 
 // Program is the loaded fast path, its XDP and tc programs and the maps
@@ -246,6 +262,13 @@ func (p *Program) SetService(i int, s Service) error {
 	if s.EarlyData {
 		v.Flags |= svcEarly
 	}
+	if s.ReplayIfindex < 0 || s.ReplayIfindex > math.MaxUint32 {
+		return fmt.Errorf("xdp: set service %s: interface index %d", s.Addr, s.ReplayIfindex)
+	}
+	if s.ReplayIfindex != 0 {
+		v.Flags |= svcReplay
+		v.ReplayIfindex = uint32(s.ReplayIfindex)
+	}
 	if err := p.objs.Services.Put(&k, &v); err != nil {
 		return fmt.Errorf("xdp: set service %s: %w", s.Addr, err)
 	}
@@ -306,6 +329,11 @@ const (
 	cACKValid
 	cSYNDenied
 	cEarlyData
+	cSYNReplayed
+	cCompleted
+	cDeferred
+	cTranslated
+	cSACKDropped
 )
 
 // Counters returns service i's counts: one lookup of its entry, summed
@@ -330,6 +358,11 @@ func (p *Program) Counters(i int) (Counters, error) {
 		ACKValid:           v[cACKValid],
 		SYNDenied:          v[cSYNDenied],
 		EarlyData:          v[cEarlyData],
+		SYNReplayed:        v[cSYNReplayed],
+		Completed:          v[cCompleted],
+		Deferred:           v[cDeferred],
+		Translated:         v[cTranslated],
+		SACKDropped:        v[cSACKDropped],
 	}, nil
 }
 
@@ -344,6 +377,7 @@ func (p *Program) Actions() (Actions, error) {
 		a.Pass += c.N[0]
 		a.Drop += c.N[1]
 		a.TX += c.N[2]
+		a.Forward += c.N[3]
 	}
 	return a, nil
 }
@@ -404,10 +438,11 @@ func (p *Program) RemoveService(addr netip.AddrPort) error {
 	return nil
 }
 
-// synguard.c's SVC_LISTS and SVC_EARLY flags.
+// synguard.c's SVC_LISTS, SVC_EARLY and SVC_REPLAY flags.
 const (
-	svcLists = 1
-	svcEarly = 2
+	svcLists  = 1
+	svcEarly  = 2
+	svcReplay = 4
 )
 
 // SetSourceLists replaces service index i's allow and deny lists. A SYN

@@ -1,0 +1,159 @@
+package engine
+
+import (
+	"net/netip"
+
+	"github.com/synguard/synguard/cookies"
+)
+
+// ReplayedFlow is a flow whose SYN the fast path replayed to the backend
+// itself (its tc program, from the client's pure cookie ACK), and, when
+// Answered, whose backend it ACKed and whose client's window it opened:
+// docs/architecture.md, "Handshakes completed at tc". The engine takes
+// over the rest: the SYN's retries and give-up, and once answered the
+// conntrack entry.
+type ReplayedFlow struct {
+	Service        int
+	Client, Server netip.AddrPort
+	Cookie         cookies.Cookie
+	ClientISN      uint32
+	ClientWindow   uint16 // the window field of the client's ACK
+	Answered       bool
+	ServerISN      uint32              // Answered
+	ServerScale    cookies.WindowScale // Answered: the SYN-ACK's, NoWindowScale for none
+}
+
+// Replayer is the fast path that replays SYNs and completes handshakes
+// (xdp.Program, through the gateway). Forget deletes its record of a
+// flow once the flow's entry exists, and reports the FINs and RST it
+// passed on while it translated the flow. Pending returns its record of
+// a flow whose SYN it replayed and whose backend it has not ACKed
+// (Answered false; Service unset).
+type Replayer interface {
+	Forget(client, server netip.AddrPort) (clientFIN, serverFIN, reset bool, err error)
+	Pending(client, server netip.AddrPort) (ReplayedFlow, bool)
+}
+
+// FastPathReplayed records what the fast path did with flow r, and makes
+// the entry of an answered one. It is called from one goroutine, the
+// reader of the fast path's events.
+func (e *Engine) FastPathReplayed(r ReplayedFlow) {
+	if e.replayed(e.replayOut.c, r) && r.Answered {
+		// Made here, at once: the flow's first segments are already
+		// passing, translated by the fast path, and the entry should
+		// see the rest (its end above all: conntrackd copies it to a
+		// standby, and an entry that saw no FIN is deleted,
+		// EndedUnseen).
+		e.handoff(e.replayOut, flowKey{client: r.Client, server: r.Server})
+		e.replayOut.flush()
+	}
+}
+
+// adoptReplayed takes over flow k of service svc, whose backend segment
+// met no record here, from the fast path's record, if it replayed the
+// flow's SYN and its event has not been read yet: the backend may answer
+// (an RST, or a SYN-ACK the fast path left to the queue) before it is.
+// It reports whether it did.
+func (e *Engine) adoptReplayed(c *counterSet, svc int, k flowKey) bool {
+	if e.cfg.Replayer == nil {
+		return false
+	}
+	r, ok := e.cfg.Replayer.Pending(k.client, k.server)
+	if !ok {
+		return false
+	}
+	r.Service, r.Answered = svc, false
+	e.replayed(c, r)
+	return true
+}
+
+// replayed records flow r, counting on c, and reports whether the flow
+// is now answered by the fast path and waits for its entry.
+func (e *Engine) replayed(c *counterSet, r ReplayedFlow) bool {
+	t := e.table.Load()
+	if r.Service < 0 || r.Service >= len(t.all) {
+		return false
+	}
+	k := flowKey{client: r.Client, server: r.Server}
+	opts, ok := e.cfg.Cookies.Validate(r.Client, r.Server, r.ClientISN, r.Cookie)
+	if !ok {
+		return false // the key turned over since: the client's next segment takes the queue
+	}
+	now := e.cfg.Now()
+	e.mu.Lock()
+	f := e.pending.get(k)
+	if f != nil && (f.cookie != r.Cookie || f.clientISN != r.ClientISN) {
+		if !f.acked {
+			e.mu.Unlock()
+			return false // a flow of the ports' own, in the queue's hands
+		}
+		e.pending.remove(k) // the record of an earlier flow on the ports
+		f = nil
+	}
+	if f == nil {
+		f = &pendingFlow{
+			svc:          r.Service,
+			state:        stateReplaying,
+			clientISN:    r.ClientISN,
+			cookie:       r.Cookie,
+			client:       opts,
+			announced:    announceFromCookie(opts, e.Backend(r.Service)),
+			clientWindow: r.ClientWindow,
+			validated:    now,
+			nextRetry:    now.Add(e.cfg.RetryInitial),
+			replayed:     true,
+		}
+		if !e.pending.add(k, f) {
+			e.mu.Unlock()
+			c.add(r.Service, PendingFull)
+			return false
+		}
+		c.add(r.Service, CookieValid)
+		c.add(r.Service, BackendSYNSent)
+		t.all[r.Service].bySource.Complete(r.Client.Addr())
+		e.mu.Unlock()
+		e.pendingAdded(f) // its retry
+		e.mu.Lock()
+		if e.pending.get(k) != f {
+			e.mu.Unlock()
+			return false // gone meanwhile
+		}
+	}
+	f.replayed = true
+	if !r.Answered || f.state != stateReplaying {
+		e.mu.Unlock()
+		return false
+	}
+	f.state = stateHandingOff
+	f.serverISN = r.ServerISN
+	f.serverScale = r.ServerScale
+	f.answered = now
+	f.expires = now.Add(e.cfg.Linger)
+	f.acked = true
+	f.completed = true
+	e.mu.Unlock()
+	return true
+}
+
+// forgetReplayed deletes the fast path's record of flow k, whose entry
+// exists now, and returns the endings the fast path passed on.
+func (e *Engine) forgetReplayed(k flowKey, fl *pendingFlow) endings {
+	if !fl.replayed || e.cfg.Replayer == nil {
+		return 0
+	}
+	cFIN, sFIN, rst, err := e.cfg.Replayer.Forget(k.client, k.server)
+	if err != nil {
+		return 0 // the LRU map forgets it in time; conntrack carries the flow
+	}
+	var m endings
+	if cFIN {
+		m |= clientFIN
+	}
+	if sFIN {
+		m |= backendFIN
+	}
+	if rst {
+		m |= reset
+	}
+	return m
+}

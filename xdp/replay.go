@@ -1,0 +1,175 @@
+package xdp
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/synguard/synguard/cookies"
+)
+
+// ReplayEvent is what the tc programs tell the engine of a flow whose SYN
+// they replayed (Service.ReplayIfindex), through the handshakes ring
+// (Handshakes): the SYN
+// went out (Answered false), or the backend answered it and was ACKed,
+// and the client's window opened (Answered true). The engine then owns
+// the flow's retries, and once it is answered makes its conntrack entry.
+type ReplayEvent struct {
+	Service                      int
+	Answered                     bool
+	Client, Server               netip.AddrPort
+	Cookie, ClientISN, ServerISN uint32
+	ClientWindow                 uint16              // the window field of the client's ACK
+	ServerScale                  cookies.WindowScale // of the backend's SYN-ACK; NoWindowScale when it has none
+}
+
+// synguard.c's SAMPLE_EVENT flag and event kinds.
+const (
+	sampleEvent = 0x80000000
+	evReplayed  = 1
+	evAnswered  = 2
+)
+
+// The event's body, as synguard.c lays it out behind the record's first
+// two words.
+var (
+	evBodyLen    = int(unsafe.Sizeof(synguardHsEvent{})) - evBodyStart
+	evBodyStart  = int(unsafe.Offsetof(synguardHsEvent{}.F))
+	evKind       = int(unsafe.Offsetof(synguardHsEvent{}.Kind)) - evBodyStart
+	evServerWS   = int(unsafe.Offsetof(synguardHsEvent{}.ServerWs)) - evBodyStart
+	evClientWin  = int(unsafe.Offsetof(synguardHsEvent{}.ClientWindow)) - evBodyStart
+	evCookie     = int(unsafe.Offsetof(synguardHsEvent{}.Cookie)) - evBodyStart
+	evISN        = int(unsafe.Offsetof(synguardHsEvent{}.Isn)) - evBodyStart
+	evServerISN  = int(unsafe.Offsetof(synguardHsEvent{}.ServerIsn)) - evBodyStart
+	flowLen      = int(unsafe.Sizeof(synguardFlow{}))
+	flowPorts    = int(unsafe.Offsetof(synguardFlow{}.ClientPort))
+	flowFamilyAt = int(unsafe.Offsetof(synguardFlow{}.Family))
+)
+
+// Handshakes opens the ring of the tc programs' ReplayEvents, read as
+// samples (Sample.ReplayEvent). Only one reader may be open at a time.
+func (p *Program) Handshakes() (*SampleReader, error) {
+	r, err := openSampleRing(p.objs.Handshakes.FD(), int(p.objs.Handshakes.MaxEntries()))
+	if err != nil {
+		return nil, fmt.Errorf("xdp: open the handshakes ring: %w", err)
+	}
+	return r, nil
+}
+
+// ReplayEvent decodes the event a sample carries; ok is false for a
+// sampled SYN.
+func (s Sample) ReplayEvent() (ev ReplayEvent, ok bool) {
+	b := s.Frame
+	if !s.Event || len(b) < evBodyLen {
+		return ReplayEvent{}, false
+	}
+	client, server, ok := flowAddrs(b[:flowLen])
+	if !ok {
+		return ReplayEvent{}, false
+	}
+	ev = ReplayEvent{
+		Service:      s.Service,
+		Answered:     b[evKind] == evAnswered,
+		Client:       client,
+		Server:       server,
+		Cookie:       binary.NativeEndian.Uint32(b[evCookie:]),
+		ClientISN:    binary.NativeEndian.Uint32(b[evISN:]),
+		ServerISN:    binary.NativeEndian.Uint32(b[evServerISN:]),
+		ClientWindow: binary.NativeEndian.Uint16(b[evClientWin:]),
+		ServerScale:  cookies.NoWindowScale,
+	}
+	if ws := b[evServerWS]; ws != 0xff {
+		ev.ServerScale = min(cookies.WindowScale(ws), cookies.MaxWindowScale)
+	}
+	return ev, b[evKind] == evReplayed || b[evKind] == evAnswered
+}
+
+// flowAddrs reads a struct flow: addresses as IPv4-mapped or IPv6, ports
+// in network order.
+func flowAddrs(b []byte) (client, server netip.AddrPort, ok bool) {
+	c, s := netip.AddrFrom16([16]byte(b[0:16])), netip.AddrFrom16([16]byte(b[16:32]))
+	switch b[flowFamilyAt] {
+	case 4:
+		c, s = c.Unmap(), s.Unmap()
+	case 6:
+	default:
+		return netip.AddrPort{}, netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(c, binary.BigEndian.Uint16(b[flowPorts:])),
+		netip.AddrPortFrom(s, binary.BigEndian.Uint16(b[flowPorts+2:])), true
+}
+
+// flowKey is the struct flow of client and server.
+func flowKey(client, server netip.AddrPort) synguardFlow {
+	f := synguardFlow{Client: client.Addr().As16(), Server: server.Addr().As16(), Family: 6}
+	if client.Addr().Is4() {
+		f.Family = 4
+	}
+	// The ports are __be16: their bytes in network order.
+	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&f.ClientPort))[:], client.Port())
+	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&f.ServerPort))[:], server.Port())
+	return f
+}
+
+// Endings are how a flow completed by the tc programs ended while they
+// translated it, before its conntrack entry existed.
+type Endings struct {
+	ClientFIN, ServerFIN, RST bool
+}
+
+// ForgetReplayed deletes the tc programs' record of the flow from client
+// to server, once its conntrack entry carries it: its segments then go
+// to the kernel's stack. It returns how the flow ended while the
+// programs translated it, and false when there was no record.
+func (p *Program) ForgetReplayed(client, server netip.AddrPort) (Endings, bool, error) {
+	k := flowKey(client, server)
+	var v synguardReplayFlow
+	if err := p.objs.ReplayFlows.LookupAndDelete(&k, &v); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return Endings{}, false, nil
+		}
+		return Endings{}, false, fmt.Errorf("xdp: forget flow %s-%s: %w", client, server, err)
+	}
+	return Endings{ClientFIN: v.ClientFin != 0, ServerFIN: v.ServerFin != 0, RST: v.Rst != 0}, true, nil
+}
+
+// AttachServiceSide attaches the service side's tc program at ingress of
+// the link named name, one services are reached through: it completes
+// the backend's handshake of the SYNs the client side replayed.
+func (p *Program) AttachServiceSide(name string, ifindex int) error {
+	l, err := link.AttachTCX(link.TCXOptions{Program: p.objs.SynguardTcBackend, Interface: ifindex, Attach: ebpf.AttachTCXIngress})
+	if err != nil {
+		return fmt.Errorf("xdp: attach the service side to %s: %w", name, err)
+	}
+	p.attached = append(p.attached, Attachment{Interface: name, Mode: ModeTC, ServiceSide: true, link: l})
+	return nil
+}
+
+// ReplayedPending returns the tc programs' record of the flow from client
+// to server when they replayed its SYN and have not ACKed its backend
+// (its SYN-ACK still to come, or left to the queue): what the engine
+// needs to take the flow over (ReplayEvent, Answered false, Service
+// unset).
+func (p *Program) ReplayedPending(client, server netip.AddrPort) (ReplayEvent, bool) {
+	k := flowKey(client, server)
+	var v synguardReplayFlow
+	if err := p.objs.ReplayFlows.Lookup(&k, &v); err != nil {
+		return ReplayEvent{}, false
+	}
+	if v.State != rsSYNSent && v.State != rsDeferred {
+		return ReplayEvent{}, false
+	}
+	return ReplayEvent{Client: client, Server: server, Cookie: v.Cookie, ClientISN: v.Isn,
+		ClientWindow: v.ClientWindow, ServerScale: cookies.NoWindowScale}, true
+}
+
+// synguard.c's replay_state.
+const (
+	rsSYNSent  = 1
+	rsDeferred = 2
+)

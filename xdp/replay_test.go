@@ -1,0 +1,429 @@
+package xdp
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/synguard/synguard/cookies"
+	"github.com/synguard/synguard/nf"
+	"github.com/synguard/synguard/packet"
+)
+
+// replayIfindex is any interface index: BPF_PROG_TEST_RUN reports the
+// redirect without performing it.
+const replayIfindex = 1
+
+// setReplay points both of the harness's services at replayIfindex.
+func (h *harness) setReplay(early bool) {
+	h.t.Helper()
+	for i, s := range []netip.AddrPort{service4, service6} {
+		if err := h.p.SetService(i, Service{Addr: s, Mode: Cookie, MSS: backend.MSS, WindowScale: backend.WindowScale,
+			SACKPermitted: backend.SACKPermitted, EarlyData: early, ReplayIfindex: replayIfindex}); err != nil {
+			h.t.Fatal(err)
+		}
+	}
+}
+
+// engineReplyAt is engineReply for a packet queued at hook: a cookie ACK
+// reaches the engine from filter FORWARD, where it meets no entry.
+func (h *harness) engineReplyAt(ip []byte, hook nf.Hook) (nf.Verdict, []byte) {
+	h.out.pkts = nil
+	v := h.w.Handle(ip, hook, 0)
+	h.w.Flush()
+	if len(h.out.pkts) == 0 {
+		return v, nil
+	}
+	return v, h.out.pkts[0]
+}
+
+// TestReplaySYNMatchesEngine: with ReplayIfindex set, the tc program turns
+// a pure cookie ACK into the very SYN the engine replays to the backend,
+// for every option set a cookie carries, both families and both window
+// settings, and sends it on with the frame's Ethernet header left for the
+// redirect to rewrite.
+func TestReplaySYNMatchesEngine(t *testing.T) {
+	for _, early := range []bool{true, false} {
+		t.Run(fmt.Sprintf("early=%v", early), func(t *testing.T) {
+			h := newHarnessEarly(t, tcKind, early)
+			h.setReplay(early)
+			sets := optionSets()
+			names := make([]string, 0, len(sets))
+			for name := range sets {
+				names = append(names, name)
+			}
+			sort.Strings(names)
+			replayed := 0
+			for _, fam := range []struct {
+				client netip.Addr
+				server netip.AddrPort
+			}{
+				{netip.MustParseAddr("198.51.100.20"), service4},
+				{netip.MustParseAddr("2001:db8:c::20"), service6},
+			} {
+				for i, name := range names {
+					c := netip.AddrPortFrom(fam.client, uint16(41000+i))
+					isn := uint32(0xfffff000) + uint32(i)*0x101 // across the wrap, too
+					_, synack := h.engineReply(rawSegment(c, fam.server, isn, 0, packet.SYN, sets[name], nil))
+					if synack == nil {
+						continue // refused (amplification guard): no cookie to return
+					}
+					var sa packet.Packet
+					if err := packet.Parse(synack, &sa); err != nil {
+						t.Fatal(err)
+					}
+					ack := withWindow(rawSegment(c, fam.server, isn+1, sa.Seq+1, packet.ACK, nil, nil), uint16(100+i*4099))
+					v, want := h.engineReplyAt(ack, nf.Forward)
+					if v != nf.Drop || want == nil {
+						t.Fatalf("%s %s: the engine did not replay (verdict %v)", fam.server, name, v)
+					}
+					frame := ether(ack)
+					ret, out := h.run(frame)
+					if ret != vTX {
+						t.Fatalf("%s %s: verdict %v, want the redirect", fam.server, name, ret)
+					}
+					if !bytes.Equal(out[:14], frame[:14]) {
+						t.Fatalf("%s %s: Ethernet header changed: % x", fam.server, name, out[:14])
+					}
+					if got := out[14 : 14+len(want)]; !bytes.Equal(got, want) {
+						t.Fatalf("%s %s: replayed SYNs differ\nengine:  % x\nprogram: % x", fam.server, name, want, got)
+					}
+					replayed++
+				}
+			}
+			if replayed < len(names) {
+				t.Fatalf("only %d of %d cases had a cookie to return", replayed, 2*len(names))
+			}
+			var n uint64
+			for i := range 2 {
+				c, err := h.p.Counters(i)
+				if err != nil {
+					t.Fatal(err)
+				}
+				n += c.SYNReplayed
+			}
+			a, err := h.p.Actions()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n != uint64(replayed) || a.Forward != uint64(replayed) {
+				t.Errorf("counted %d replayed SYNs and %d forwarded, want %d each", n, a.Forward, replayed)
+			}
+		})
+	}
+}
+
+// withWindow sets the TCP window of ip, an IP packet from rawSegment, and
+// its checksum.
+func withWindow(ip []byte, window uint16) []byte {
+	var p packet.Packet
+	if err := packet.Parse(ip, &p); err != nil {
+		panic(err)
+	}
+	tcp := ip[p.IPHeaderLen:]
+	binary.BigEndian.PutUint16(tcp[14:], window)
+	binary.BigEndian.PutUint16(tcp[16:], 0)
+	binary.BigEndian.PutUint16(tcp[16:], packet.TCPChecksum(p.Src, p.Dst, tcp))
+	return ip
+}
+
+// TestReplayOnlyPureACKsAtTC: what the program does not turn into a SYN
+// with ReplayIfindex set: a cookie ACK carrying data (the engine holds the
+// data and replays), a forged ACK, and anything at the XDP hook.
+func TestReplayOnlyPureACKsAtTC(t *testing.T) {
+	h := newHarness(t, tcKind)
+	h.setReplay(true)
+	c := netip.MustParseAddrPort("198.51.100.21:42000")
+	const isn = 0x7000
+	valid, cookie := h.cookieACK(c, service4, isn)
+	for _, tt := range []struct {
+		name string
+		k    kind
+		ip   []byte
+		want verdict
+	}{
+		{"request riding on the ACK", tcKind, rawSegment(c, service4, isn+1, cookie+1, packet.ACK|packet.PSH, nil, []byte("GET /")), vPass},
+		{"forged", tcKind, rawSegment(c, service4, isn+1, cookie+2, packet.ACK, nil, nil), vDrop},
+		{"XDP", xdpKind, valid, vPass},
+	} {
+		if got, _ := h.with(tt.k).run(ether(tt.ip)); got != tt.want {
+			t.Errorf("%s: verdict %v, want %v", tt.name, got, tt.want)
+		}
+	}
+	counters, err := h.p.Counters(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counters.SYNReplayed != 0 {
+		t.Errorf("counters %+v: want no replayed SYN", counters)
+	}
+}
+
+// backendKind is the service-side program as the tests run it.
+var backendKind = kind{"tc backend", func(o *synguardObjects) *ebpf.Program { return o.SynguardTcBackend }, 0,
+	map[uint32]verdict{0xffffffff: vPass, 2: vDrop, 7: vTX}}
+
+// linkCapture reads the frames sent out of the loopback link, where
+// BPF_PROG_TEST_RUN's skb lives and so where bpf_clone_redirect sends.
+type linkCapture struct{ fd int }
+
+func newLinkCapture(t *testing.T) *linkCapture {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: 1}); err != nil {
+		t.Fatal(err)
+	}
+	tv := unix.Timeval{Usec: 200_000}
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		t.Fatal(err)
+	}
+	return &linkCapture{fd: fd}
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// find returns the first frame sent whose IP packet is ip, or nil once
+// nothing more comes.
+func (c *linkCapture) find(ip []byte) []byte {
+	buf := make([]byte, 2048)
+	for {
+		n, from, err := unix.Recvfrom(c.fd, buf, 0)
+		if err != nil {
+			return nil
+		}
+		if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype != unix.PACKET_OUTGOING {
+			continue
+		}
+		if n >= 14+len(ip) && bytes.Equal(buf[14:14+len(ip)], ip) {
+			return bytes.Clone(buf[:n])
+		}
+	}
+}
+
+// TestCompletesHandshakeLikeEngine: the backend's SYN-ACK to a SYN the tc
+// program replayed is answered as the engine answers it: the backend's
+// ACK, cloned back out of the link it came in on, and the client's window
+// update in its place, sent on toward the client; then the flow's
+// segments are translated both ways as the engine translates those that
+// meet no entry, until the entry exists.
+func TestCompletesHandshakeLikeEngine(t *testing.T) {
+	h := newHarness(t, tcKind)
+	h.setReplay(true)
+	updates := &capture{}
+	h.w.InlineHandOffs(updates)
+	backendSide := h.with(backendKind)
+	link := newLinkCapture(t)
+	backendOpts := []byte{2, 4, 0x05, 0xa8, 4, 2, 1, 3, 3, 9} // MSS 1448, SACK permitted, window scale 9
+	for _, fam := range []struct{ client, server netip.AddrPort }{
+		{netip.MustParseAddrPort("198.51.100.30:43000"), service4},
+		{netip.MustParseAddrPort("[2001:db8:c::30]:43000"), service6},
+	} {
+		c, s := fam.client, fam.server
+		const isn, serverISN = 0x9000, 0xabcd0000
+		_, synack := h.engineReply(rawSegment(c, s, isn, 0, packet.SYN, linuxOpts(1460, 7), nil))
+		var sa packet.Packet
+		if err := packet.Parse(synack, &sa); err != nil {
+			t.Fatal(err)
+		}
+		cookie := sa.Seq
+		ack := withWindow(rawSegment(c, s, isn+1, cookie+1, packet.ACK, nil, nil), 501)
+		if v, _ := h.run(ether(ack)); v != vTX {
+			t.Fatalf("%s: cookie ACK: verdict %v, want the replayed SYN sent on", s, v)
+		}
+		if v, _ := h.engineReplyAt(ack, nf.Forward); v != nf.Drop {
+			t.Fatalf("%s: the engine did not replay: %v", s, v)
+		}
+
+		answer := withWindow(rawSegment(s, c, serverISN, isn+1, packet.SYN|packet.ACK, backendOpts, nil), 65160)
+		h.out.pkts, updates.pkts = nil, nil
+		h.w.Handle(bytes.Clone(answer), nf.Forward, 0)
+		h.w.Flush()
+		h.w.HandOffs()
+		if len(h.out.pkts) != 1 || len(updates.pkts) != 1 {
+			t.Fatalf("%s: the engine sent %d packets and %d window updates, want 1 each", s, len(h.out.pkts), len(updates.pkts))
+		}
+		wantACK, wantUpdate := h.out.pkts[0], updates.pkts[0]
+
+		frame := ether(answer)
+		v, out := backendSide.run(frame)
+		if v != vTX {
+			t.Fatalf("%s: backend SYN-ACK: verdict %v, want the window update sent on", s, v)
+		}
+		if got := out[14 : 14+len(wantUpdate)]; !bytes.Equal(got, wantUpdate) {
+			t.Fatalf("%s: window updates differ\nengine:  % x\nprogram: % x", s, wantUpdate, got)
+		}
+		clone := link.find(wantACK)
+		if clone == nil {
+			t.Fatalf("%s: no ACK to the backend went out; want % x", s, wantACK)
+		}
+		if !bytes.Equal(clone[0:6], frame[6:12]) || !bytes.Equal(clone[6:12], frame[0:6]) {
+			t.Errorf("%s: the backend's ACK is not addressed back to its sender: % x", s, clone[:12])
+		}
+		if v, _ := backendSide.run(frame); v != vPass {
+			t.Errorf("%s: the SYN-ACK again: verdict %v, want pass (the engine ACKs again)", s, v)
+		}
+
+		// Both directions until the entry exists: as the engine
+		// rewrites a segment that meets none.
+		for _, seg := range []struct {
+			name string
+			k    kind
+			ip   []byte
+		}{
+			{"request", tcKind, rawSegment(c, s, isn+1, cookie+1, packet.ACK|packet.PSH, nil, []byte("GET / HTTP/1.1\r\n\r\n"))},
+			{"answer", backendKind, rawSegment(s, c, serverISN+1, isn+19, packet.ACK|packet.PSH, nil, []byte("HTTP/1.1 200 OK\r\n\r\n"))},
+			{"client FIN", tcKind, rawSegment(c, s, isn+19, cookie+21, packet.ACK|packet.FIN, nil, nil)},
+		} {
+			want := bytes.Clone(seg.ip)
+			if v := h.w.Handle(want, nf.Forward, 0); v != nf.AcceptRewritten {
+				t.Fatalf("%s %s: engine verdict %v, want accept_rewritten", s, seg.name, v)
+			}
+			v, out := h.with(seg.k).run(ether(seg.ip))
+			if v != vTX {
+				t.Fatalf("%s %s: verdict %v, want sent on", s, seg.name, v)
+			}
+			if got := out[14 : 14+len(want)]; !bytes.Equal(got, want) {
+				t.Fatalf("%s %s: translations differ\nengine:  % x\nprogram: % x", s, seg.name, want, got)
+			}
+		}
+	}
+	c, err := h.p.Counters(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Completed != 1 || c.Translated != 3 {
+		t.Errorf("IPv4 counters %+v: want 1 completed and 3 translated", c)
+	}
+}
+
+// TestDeferredToQueue: a client segment that comes before the backend
+// answered the replayed SYN leaves the flow to the queue: it passes, and
+// so does the backend's SYN-ACK then, untouched. A flow whose record
+// the engine forgot goes to the stack both ways.
+func TestDeferredToQueue(t *testing.T) {
+	h := newHarness(t, tcKind)
+	h.setReplay(true)
+	backendSide := h.with(backendKind)
+	c := netip.MustParseAddrPort("198.51.100.31:44000")
+	const isn, serverISN = 0xa000, 0x5000
+	ack, cookie := h.cookieACK(c, service4, isn)
+	if v, _ := h.run(ether(ack)); v != vTX {
+		t.Fatalf("cookie ACK: verdict %v, want the replayed SYN sent on", v)
+	}
+	req := rawSegment(c, service4, isn+1, cookie+1, packet.ACK|packet.PSH, nil, []byte("GET /"))
+	if v, out := h.run(ether(req)); v != vPass || !bytes.Equal(out[14:14+len(req)], req) {
+		t.Fatalf("request before the backend's answer: verdict %v, want pass, unchanged", v)
+	}
+	answer := rawSegment(service4, c, serverISN, isn+1, packet.SYN|packet.ACK, []byte{2, 4, 5, 0xa8}, nil)
+	if v, out := backendSide.run(ether(answer)); v != vPass || !bytes.Equal(out[14:14+len(answer)], answer) {
+		t.Fatalf("backend's answer to a deferred flow: verdict %v, want pass, unchanged", v)
+	}
+	counters, err := h.p.Counters(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counters.Deferred != 1 || counters.Completed != 0 {
+		t.Errorf("counters %+v: want 1 deferred, none completed", counters)
+	}
+	if _, found, err := h.p.ForgetReplayed(c, service4); err != nil || !found {
+		t.Fatalf("forget: found %v, %v", found, err)
+	}
+	if _, found, _ := h.p.ForgetReplayed(c, service4); found {
+		t.Fatal("forgot the flow twice")
+	}
+	if v, _ := backendSide.run(ether(answer)); v != vPass {
+		t.Fatalf("backend segment of a forgotten flow: verdict %v, want pass", v)
+	}
+}
+
+// TestReplayEvents: the tc programs tell the engine, through the
+// handshakes ring, of each SYN they replayed and each answer they completed, with
+// what the engine needs to take the flow over.
+func TestReplayEvents(t *testing.T) {
+	h := newHarness(t, tcKind)
+	h.setReplay(true)
+	r, err := h.p.Handshakes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	c := netip.MustParseAddrPort("[2001:db8:c::32]:45000")
+	const isn, serverISN = 0xb000, 0x6000
+	ack, cookie := h.cookieACK(c, service6, isn)
+	ack = withWindow(ack, 777)
+	if v, _ := h.run(ether(ack)); v != vTX {
+		t.Fatalf("cookie ACK: verdict %v", v)
+	}
+	answer := rawSegment(service6, c, serverISN, isn+1, packet.SYN|packet.ACK, []byte{2, 4, 5, 0xa8, 1, 3, 3, 9}, nil)
+	if v, _ := h.with(backendKind).run(ether(answer)); v != vTX {
+		t.Fatalf("backend SYN-ACK: verdict %v", v)
+	}
+	want := []ReplayEvent{
+		{Service: 1, Client: c, Server: service6, Cookie: cookie, ClientISN: isn, ClientWindow: 777, ServerScale: cookies.NoWindowScale},
+		{Service: 1, Answered: true, Client: c, Server: service6, Cookie: cookie, ClientISN: isn, ServerISN: serverISN, ClientWindow: 777, ServerScale: 9},
+	}
+	r.SetDeadline(time.Now().Add(time.Second))
+	for i, w := range want {
+		var ev ReplayEvent
+		for {
+			s, err := r.Read()
+			if err != nil {
+				t.Fatalf("event %d: %v", i, err)
+			}
+			if e, ok := s.ReplayEvent(); ok {
+				ev = e
+				break
+			}
+		}
+		if ev != w {
+			t.Errorf("event %d: %+v, want %+v", i, ev, w)
+		}
+	}
+}
+
+// TestReplayNeedsRoomForItsEvent: the tc program replays a SYN only when
+// it could reserve the event that tells the engine (which resends the
+// SYN and makes the entry); with the ring full, the cookie ACK goes to
+// the queue as it would without the fast path.
+func TestReplayNeedsRoomForItsEvent(t *testing.T) {
+	h := newHarness(t, tcKind)
+	h.setReplay(true)
+	replayed := 0
+	for i := 0; ; i++ {
+		c := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 51, 100, byte(i >> 8)}), uint16(20000+i&0xff))
+		ack, _ := h.cookieACK(c, service4, uint32(i)*977)
+		v, _ := h.run(ether(ack))
+		if v == vPass {
+			break
+		}
+		if v != vTX {
+			t.Fatalf("cookie ACK %d: verdict %v", i, v)
+		}
+		replayed++
+		if replayed > 1<<18/8 {
+			t.Fatal("the ring never filled")
+		}
+	}
+	// 256 KiB of 64-byte events and their 8-byte headers.
+	if want := 1 << 18 / 72; replayed < want-2 || replayed > want {
+		t.Errorf("replayed %d SYNs before the ring filled, want about %d", replayed, want)
+	}
+	c, err := h.p.Counters(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.SYNReplayed != uint64(replayed) {
+		t.Errorf("counted %d replayed, want %d", c.SYNReplayed, replayed)
+	}
+}
