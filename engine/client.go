@@ -215,19 +215,8 @@ func (w *Worker) clientACK(svc int, b []byte, stale bool) nf.Verdict {
 	c.add(svc, CookieValid)
 	e.svc(svc).bySource.Complete(k.client.Addr())
 
-	now := e.cfg.Now()
-	f := &pendingFlow{
-		svc:          svc,
-		state:        stateReplaying,
-		clientISN:    isn,
-		cookie:       cookie,
-		client:       opts,
-		announced:    announceFromCookie(opts, e.Backend(svc)),
-		clientWindow: p.Window,
-		validated:    now,
-		nextRetry:    now.Add(e.cfg.RetryInitial),
-		reused:       stale,
-	}
+	f := e.newReplaying(svc, isn, cookie, opts, p.Window, e.cfg.Now())
+	f.reused = stale
 	e.mu.Lock()
 	if old := e.pending.get(k); old != nil && old.acked {
 		// The record of a flow whose backend was ACKed, lingering only

@@ -8,6 +8,24 @@ import (
 	"github.com/synguard/synguard/packet"
 )
 
+// newReplaying is the record of a flow of service svc whose client
+// returned a valid cookie at now, with its ISN, the options the cookie
+// carries and its ACK's window: its SYN is replayed to the backend now,
+// and again from nextRetry on.
+func (e *Engine) newReplaying(svc int, isn uint32, cookie cookies.Cookie, opts cookies.Options, window uint16, now time.Time) *pendingFlow {
+	return &pendingFlow{
+		svc:          svc,
+		state:        stateReplaying,
+		clientISN:    isn,
+		cookie:       cookie,
+		client:       opts,
+		announced:    announceFromCookie(opts, e.Backend(svc)),
+		clientWindow: window,
+		validated:    now,
+		nextRetry:    now.Add(e.cfg.RetryInitial),
+	}
+}
+
 // flowKey names a flow by its client and server ends.
 type flowKey struct {
 	client, server netip.AddrPort

@@ -90,49 +90,35 @@ func (e *Engine) replayed(c *counterSet, r ReplayedFlow) bool {
 		e.pending.remove(k) // the record of an earlier flow on the ports
 		f = nil
 	}
+	added := false
 	if f == nil {
-		f = &pendingFlow{
-			svc:          r.Service,
-			state:        stateReplaying,
-			clientISN:    r.ClientISN,
-			cookie:       r.Cookie,
-			client:       opts,
-			announced:    announceFromCookie(opts, e.Backend(r.Service)),
-			clientWindow: r.ClientWindow,
-			validated:    now,
-			nextRetry:    now.Add(e.cfg.RetryInitial),
-			replayed:     true,
-		}
+		f = e.newReplaying(r.Service, r.ClientISN, r.Cookie, opts, r.ClientWindow, now)
 		if !e.pending.add(k, f) {
 			e.mu.Unlock()
 			c.add(r.Service, PendingFull)
 			return false
 		}
+		added = true
 		c.add(r.Service, CookieValid)
 		c.add(r.Service, BackendSYNSent)
 		t.all[r.Service].bySource.Complete(r.Client.Addr())
-		e.mu.Unlock()
-		e.pendingAdded(f) // its retry
-		e.mu.Lock()
-		if e.pending.get(k) != f {
-			e.mu.Unlock()
-			return false // gone meanwhile
-		}
 	}
 	f.replayed = true
-	if !r.Answered || f.state != stateReplaying {
-		e.mu.Unlock()
-		return false
+	answered := r.Answered && f.state == stateReplaying
+	if answered {
+		f.state = stateHandingOff
+		f.serverISN = r.ServerISN
+		f.serverScale = r.ServerScale
+		f.answered = now
+		f.expires = now.Add(e.cfg.Linger)
+		f.acked = true
+		f.completed = true
 	}
-	f.state = stateHandingOff
-	f.serverISN = r.ServerISN
-	f.serverScale = r.ServerScale
-	f.answered = now
-	f.expires = now.Add(e.cfg.Linger)
-	f.acked = true
-	f.completed = true
 	e.mu.Unlock()
-	return true
+	if added {
+		e.pendingAdded(f) // its retry, as a worker's flow's
+	}
+	return answered
 }
 
 // forgetReplayed deletes the fast path's record of flow k, whose entry
