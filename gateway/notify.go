@@ -162,9 +162,7 @@ func (g *gateway) ready() {
 	if g.fast != nil {
 		var b strings.Builder
 		for _, a := range g.fast.prog.Attached() {
-			if !a.ServiceSide {
-				fmt.Fprintf(&b, " %s %s", a.Interface, a.Mode)
-			}
+			fmt.Fprintf(&b, " %s %s", a.Interface, a.Mode)
 		}
 		g.notify.xdp = "; XDP" + b.String()
 	}

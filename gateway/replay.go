@@ -54,11 +54,8 @@ func (f *fastPath) prepareReplayLink(addr netip.Addr) (int, error) {
 	if iface.Flags&net.FlagLoopback != 0 {
 		return 0, fmt.Errorf("%s is this host's own", addr)
 	}
-	if !f.serviceSide[ifindex] {
-		if err := f.prog.AttachServiceSide(iface.Name, ifindex); err != nil {
-			return 0, err
-		}
-		f.serviceSide[ifindex] = true
+	if err := f.prog.AttachServiceSide(iface.Name, ifindex); err != nil {
+		return 0, err
 	}
 	return ifindex, nil
 }
@@ -116,11 +113,7 @@ func (r replayer) Forget(client, server netip.AddrPort) (clientFIN, serverFIN, r
 
 func (r replayer) Pending(client, server netip.AddrPort) (engine.ReplayedFlow, bool) {
 	ev, ok := r.prog.ReplayedPending(client, server)
-	if !ok {
-		return engine.ReplayedFlow{}, false
-	}
-	return engine.ReplayedFlow{Client: client, Server: server, Cookie: cookies.Cookie(ev.Cookie),
-		ClientISN: ev.ClientISN, ClientWindow: ev.ClientWindow}, true
+	return replayedFlow(ev), ok
 }
 
 // runHandshakes hands the tc programs' events to the engine as they come,
@@ -130,34 +123,29 @@ func (r replayer) Pending(client, server netip.AddrPort) (engine.ReplayedFlow, b
 func (f *fastPath) runHandshakes(ctx context.Context, eng *engine.Engine) error {
 	r, err := f.prog.Handshakes()
 	if err != nil {
-		f.log.Error().Err(err).Str(telemetry.FieldEvent, telemetry.EventXDPFailed).
-			Msg("XDP handshake events unavailable")
-		<-ctx.Done()
-		return nil
+		return f.ringLost(ctx, err, "XDP handshake events unavailable")
 	}
 	stop := context.AfterFunc(ctx, func() { r.Close() })
 	defer stop()
 	for {
 		s, err := r.Read()
 		if err != nil {
-			if ctx.Err() == nil {
-				f.log.Error().Err(err).Str(telemetry.FieldEvent, telemetry.EventXDPFailed).
-					Msg("XDP handshake events stopped")
-				<-ctx.Done()
+			if ctx.Err() != nil {
+				return nil // the ring was closed for the stop
 			}
-			return nil
+			return f.ringLost(ctx, err, "XDP handshake events stopped")
 		}
 		if ev, ok := s.ReplayEvent(); ok {
-			replayed(eng, ev)
+			eng.FastPathReplayed(replayedFlow(ev))
 		}
 	}
 }
 
-// replayed hands an event of the fast path's to the engine.
-func replayed(eng *engine.Engine, ev xdp.ReplayEvent) {
-	eng.FastPathReplayed(engine.ReplayedFlow{
+// replayedFlow is the engine's view of an event of the fast path's.
+func replayedFlow(ev xdp.ReplayEvent) engine.ReplayedFlow {
+	return engine.ReplayedFlow{
 		Service: ev.Service, Client: ev.Client, Server: ev.Server,
 		Cookie: cookies.Cookie(ev.Cookie), ClientISN: ev.ClientISN, ClientWindow: ev.ClientWindow,
 		Answered: ev.Answered, ServerISN: ev.ServerISN, ServerScale: ev.ServerScale,
-	})
+	}
 }

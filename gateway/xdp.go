@@ -44,11 +44,9 @@ type fastPath struct {
 	synced atomic.Int64
 	// replay says the client side runs at tc, where it completes
 	// handshakes (replay.go); links are each service address's link
-	// toward it (0: none), serviceSide the links the service side's
-	// program is on.
-	replay      bool
-	links       map[netip.Addr]int
-	serviceSide map[int]bool
+	// toward it (0: none).
+	replay bool
+	links  map[netip.Addr]int
 }
 
 // openFastPath loads the program and attaches it to the configured links
@@ -100,7 +98,7 @@ func openFastPath(cfg Config) (*fastPath, error) {
 		return nil, nil
 	}
 	f := &fastPath{prog: prog, log: log, written: make(map[int]xdp.Service), lists: make(map[int]sourceLists),
-		links: make(map[netip.Addr]int), serviceSide: make(map[int]bool)}
+		links: make(map[netip.Addr]int)}
 	f.replay = !cfg.Local && slices.ContainsFunc(prog.Attached(), func(a xdp.Attachment) bool { return a.Mode == xdp.ModeTC })
 	return f, nil
 }
@@ -247,9 +245,7 @@ func (f *fastPath) attachments() *zerolog.Event {
 	d := zerolog.Dict()
 	if f != nil {
 		for _, a := range f.prog.Attached() {
-			if !a.ServiceSide {
-				d.Str(a.Interface, a.Mode.String())
-			}
+			d.Str(a.Interface, a.Mode.String())
 		}
 	}
 	return d
@@ -278,6 +274,15 @@ func (f *fastPath) counters(svc int, m map[string]uint64) {
 	m[telemetry.CounterXDPTranslated] = c.Translated
 }
 
+// ringLost logs that one of the program's rings cannot be read (msg, err)
+// and waits for the stop: losing a ring costs what it feeds, never the
+// protection, so it is not fatal.
+func (f *fastPath) ringLost(ctx context.Context, err error, msg string) error {
+	f.log.Error().Err(err).Str(telemetry.FieldEvent, telemetry.EventXDPFailed).Msg(msg)
+	<-ctx.Done()
+	return nil
+}
+
 // runSamples feeds the SYNs the program samples (one in xdp.SampleEvery
 // of those it answers or drops) to the engine's counts by source and to
 // the attack's pcap sample, until ctx is done. Without them an attack
@@ -291,20 +296,15 @@ func (f *fastPath) counters(svc int, m map[string]uint64) {
 func (f *fastPath) runSamples(ctx context.Context, eng *engine.Engine, caps *captures) error {
 	r, err := f.prog.Samples()
 	if err != nil {
-		f.log.Error().Err(err).Str(telemetry.FieldEvent, telemetry.EventXDPFailed).
-			Msg("XDP samples unavailable: attacks answered at the driver have no sources")
-		<-ctx.Done()
-		return nil
+		return f.ringLost(ctx, err, "XDP samples unavailable: attacks answered at the driver have no sources")
 	}
 	stop := context.AfterFunc(ctx, func() { r.Close() })
 	defer stop()
 	failed := func(err error) error {
-		if ctx.Err() == nil {
-			f.log.Error().Err(err).Str(telemetry.FieldEvent, telemetry.EventXDPFailed).
-				Msg("XDP samples stopped: attacks answered at the driver have no sources")
-			<-ctx.Done()
+		if ctx.Err() != nil {
+			return nil // the ring was closed for the stop
 		}
-		return nil
+		return f.ringLost(ctx, err, "XDP samples stopped: attacks answered at the driver have no sources")
 	}
 	use := func(s xdp.Sample) {
 		ip, ok := capture.FromEthernet(s.Frame)

@@ -139,14 +139,21 @@ func (p *Program) ForgetReplayed(client, server netip.AddrPort) (Endings, bool, 
 }
 
 // AttachServiceSide attaches the service side's tc program at ingress of
-// the link named name, one services are reached through: it completes
-// the backend's handshake of the SYNs the client side replayed.
+// the link named name, one services are reached through, unless it is
+// there already: it completes the backend's handshake of the SYNs the
+// client side replayed.
 func (p *Program) AttachServiceSide(name string, ifindex int) error {
+	if _, ok := p.serviceSide[ifindex]; ok {
+		return nil
+	}
 	l, err := link.AttachTCX(link.TCXOptions{Program: p.objs.SynguardTcBackend, Interface: ifindex, Attach: ebpf.AttachTCXIngress})
 	if err != nil {
 		return fmt.Errorf("xdp: attach the service side to %s: %w", name, err)
 	}
-	p.attached = append(p.attached, Attachment{Interface: name, Mode: ModeTC, ServiceSide: true, link: l})
+	if p.serviceSide == nil {
+		p.serviceSide = make(map[int]link.Link)
+	}
+	p.serviceSide[ifindex] = l
 	return nil
 }
 

@@ -132,10 +132,7 @@ type Actions struct {
 type Attachment struct {
 	Interface string
 	Mode      Mode // native, generic or tc
-	// ServiceSide is the service side's tc program (AttachServiceSide)
-	// rather than the client side's.
-	ServiceSide bool
-	link        link.Link
+	link      link.Link
 }
 
 // Program is the loaded fast path, its XDP and tc programs and the maps
@@ -143,7 +140,11 @@ type Attachment struct {
 type Program struct {
 	objs     synguardObjects
 	attached []Attachment
-	tick     *tickCalls
+	// serviceSide is the service side's tc program on the links
+	// services are reached through, by interface index
+	// (AttachServiceSide).
+	serviceSide map[int]link.Link
+	tick        *tickCalls
 }
 
 // Load loads the program into the kernel. It needs CAP_BPF and
@@ -222,10 +223,12 @@ func (p *Program) attach(ifindex int, m Mode) (link.Link, error) {
 	}
 }
 
-// Attached lists the links the program is attached to.
+// Attached lists the links the program is attached to on the clients'
+// side.
 func (p *Program) Attached() []Attachment { return append([]Attachment(nil), p.attached...) }
 
-// Detach detaches the program from every link; the maps stay.
+// Detach detaches the programs from every link, both sides; the maps
+// stay.
 func (p *Program) Detach() error {
 	var errs []error
 	for _, a := range p.attached {
@@ -234,6 +237,12 @@ func (p *Program) Detach() error {
 		}
 	}
 	p.attached = nil
+	for ifindex, l := range p.serviceSide {
+		if err := l.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("xdp: detach the service side from link %d: %w", ifindex, err))
+		}
+	}
+	p.serviceSide = nil
 	return errors.Join(errs...)
 }
 
