@@ -1085,6 +1085,18 @@ static __always_inline int replay_syn(void *ctx, enum hook h, struct pkt *p, str
 	return A_FORWARD;
 }
 
+// rewrite_seq puts v in place of was in the TCP header at l4, in its
+// seq (field 4) or ack (field 8), keeping the checksum right
+// incrementally (a CHECKSUM_PARTIAL skb's check field is left alone by
+// the helper, as it must be).
+static __always_inline int rewrite_seq(struct __sk_buff *skb, __u32 l4, __u32 field, __u32 was, __u32 v)
+{
+	__be32 old = bpf_htonl(was), new = bpf_htonl(v);
+	if (bpf_skb_store_bytes(skb, l4 + field, &new, 4, 0) < 0)
+		return -1;
+	return bpf_l4_csum_replace(skb, l4 + 16, old, new, 4);
+}
+
 // replay_client handles a client segment of flow rf, whose SYN this
 // program replayed: in RS_SYN_SENT the flow is left to the queue from
 // here on (the engine takes a segment carrying a valid cookie for the
@@ -1108,10 +1120,7 @@ static __always_inline int replay_client(struct __sk_buff *skb, struct pkt *p, s
 		count(counters_of(svc->index), C_SACK_DROPPED);
 		return A_DROP;
 	}
-	__be32 old = bpf_htonl(p->ack);
-	__be32 new = bpf_htonl(p->ack - rf->cookie + rf->server_isn);
-	if (bpf_skb_store_bytes(skb, p->l4 + 8, &new, 4, 0) < 0 ||
-	    bpf_l4_csum_replace(skb, p->l4 + 16, old, new, 4) < 0)
+	if (rewrite_seq(skb, p->l4, 8, p->ack, p->ack - rf->cookie + rf->server_isn) < 0)
 		return A_DROP;
 	if (p->flags & TCP_FIN)
 		rf->client_fin = 1;
@@ -1216,13 +1225,20 @@ static __always_inline int check_ack(void *ctx, enum hook h, struct pkt *p, stru
 	return A_DROP;
 }
 
-static __always_inline int handle_tcp(void *ctx, enum hook h, struct pkt *p)
+// service_at looks up the protected service at addr (16 bytes, as struct
+// flow holds it) and port, of family.
+static __always_inline struct svc_val *service_at(__u8 family, const __u8 *addr, __be16 port)
 {
 	struct svc_key key = {};
-	key.family = p->f.family;
-	key.port = p->f.server_port;
-	__builtin_memcpy(key.addr, p->f.server, 16);
-	struct svc_val *svc = bpf_map_lookup_elem(&services, &key);
+	key.family = family;
+	key.port = port;
+	__builtin_memcpy(key.addr, addr, 16);
+	return bpf_map_lookup_elem(&services, &key);
+}
+
+static __always_inline int handle_tcp(void *ctx, enum hook h, struct pkt *p)
+{
+	struct svc_val *svc = service_at(p->f.family, p->f.server, p->f.server_port);
 	if (!svc || svc->mode == MODE_OFF)
 		return A_PASS;
 	__u8 f = p->flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN);
@@ -1449,11 +1465,7 @@ int synguard_tc_backend(struct __sk_buff *skb)
 	if (parse(data, end, skb->len, &p) != PARSED)
 		return SG_TCX_NEXT;
 	// The packet's source is the service.
-	struct svc_key key = {};
-	key.family = p.f.family;
-	key.port = p.f.client_port;
-	__builtin_memcpy(key.addr, p.f.client, 16);
-	struct svc_val *svc = bpf_map_lookup_elem(&services, &key);
+	struct svc_val *svc = service_at(p.f.family, p.f.client, p.f.client_port);
 	if (!svc || !(svc->flags & SVC_REPLAY))
 		return SG_TCX_NEXT;
 	struct flow k = {};
@@ -1480,25 +1492,22 @@ int synguard_tc_backend(struct __sk_buff *skb)
 		if (!ev) {
 			rf->state = RS_DEFERRED;
 			count(counters_of(svc->index), C_DEFERRED);
-			count_action(A_PASS);
-			return SG_TCX_NEXT;
-		}
-		// State first: the clone leaves inside bpf_clone_redirect.
-		rf->server_isn = p.seq;
-		rf->state = RS_ACKED;
-		a = backend_ack_and_update(skb, &p, rf, bpf_ntohs(wire_window), so.wscale >= 0);
-		if (a == A_FORWARD) {
-			hs_event_submit(ev, &k, svc->index, EV_ANSWERED, rf, so.wscale >= 0 ? (__u8)so.wscale : 0xff);
-			count(counters_of(svc->index), C_COMPLETED);
 		} else {
-			bpf_ringbuf_discard(ev, 0);
-			rf->state = RS_SYN_SENT; // passed or dropped: the backend sends it again
+			// State first: the clone leaves inside bpf_clone_redirect.
+			rf->server_isn = p.seq;
+			rf->state = RS_ACKED;
+			a = backend_ack_and_update(skb, &p, rf, bpf_ntohs(wire_window), so.wscale >= 0);
+			if (a == A_FORWARD) {
+				hs_event_submit(ev, &k, svc->index, EV_ANSWERED, rf,
+						so.wscale >= 0 ? (__u8)so.wscale : 0xff);
+				count(counters_of(svc->index), C_COMPLETED);
+			} else {
+				bpf_ringbuf_discard(ev, 0);
+				rf->state = RS_SYN_SENT; // passed or dropped: the backend sends it again
+			}
 		}
 	} else if (rf->state == RS_ACKED && !(f & TCP_SYN)) {
-		__be32 old = bpf_htonl(p.seq);
-		__be32 new = bpf_htonl(p.seq + rf->cookie - rf->server_isn);
-		if (bpf_skb_store_bytes(skb, p.l4 + 4, &new, 4, 0) < 0 ||
-		    bpf_l4_csum_replace(skb, p.l4 + 16, old, new, 4) < 0) {
+		if (rewrite_seq(skb, p.l4, 4, p.seq, p.seq + rf->cookie - rf->server_isn) < 0) {
 			a = A_DROP;
 		} else {
 			if (f & TCP_FIN)
