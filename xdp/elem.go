@@ -18,12 +18,14 @@ import (
 // measured, more context switches than the tick's own work. These two
 // element calls only copy memory and never block, so they are raw system
 // calls instead, like the queue's (nfq/doc.go). Everything else goes
-// through cilium/ebpf.
+// through cilium/ebpf. So is the engine's forgetting of a flow the tc
+// programs completed (ForgetReplayed), one per legitimate handshake.
 
 // bpf(2) commands (include/uapi/linux/bpf.h).
 const (
-	bpfMapLookupElem = 1
-	bpfMapUpdateElem = 2
+	bpfMapLookupElem          = 1
+	bpfMapUpdateElem          = 2
+	bpfMapLookupAndDeleteElem = 21
 )
 
 // elemAttr is union bpf_attr for the element commands.
@@ -55,17 +57,38 @@ func newTickCalls() (*tickCalls, error) {
 
 // elem runs one element command on m with c.key and value, with c.mu held.
 func (c *tickCalls) elem(cmd uintptr, m *ebpf.Map, value unsafe.Pointer, flags uint64) error {
-	c.attr = elemAttr{
+	return rawElem(&c.attr, cmd, m, unsafe.Pointer(&c.key), value, flags)
+}
+
+// rawElem runs one element command on m through attr. attr, key and value
+// must be on the heap: the kernel is given their addresses.
+func rawElem(attr *elemAttr, cmd uintptr, m *ebpf.Map, key, value unsafe.Pointer, flags uint64) error {
+	*attr = elemAttr{
 		mapFD: uint32(m.FD()),
-		key:   uint64(uintptr(unsafe.Pointer(&c.key))),
+		key:   uint64(uintptr(key)),
 		value: uint64(uintptr(value)),
 		flags: flags,
 	}
-	_, _, e := unix.RawSyscall(unix.SYS_BPF, cmd, uintptr(unsafe.Pointer(&c.attr)), unsafe.Sizeof(c.attr))
+	_, _, e := unix.RawSyscall(unix.SYS_BPF, cmd, uintptr(unsafe.Pointer(attr)), unsafe.Sizeof(*attr))
 	if e != 0 {
 		return e
 	}
 	return nil
+}
+
+// forgetCall holds, on the heap, the arguments of ForgetReplayed's call.
+type forgetCall struct {
+	mu    sync.Mutex
+	attr  elemAttr
+	key   synguardFlow
+	value synguardReplayFlow
+}
+
+// lookupAndDelete takes m's element k out, with c.mu held; c.value then
+// holds it.
+func (c *forgetCall) lookupAndDelete(m *ebpf.Map, k synguardFlow) error {
+	c.key = k
+	return rawElem(&c.attr, bpfMapLookupAndDeleteElem, m, unsafe.Pointer(&c.key), unsafe.Pointer(&c.value), 0)
 }
 
 // lookupCounters reads service i's per-CPU counters into c.counters, with

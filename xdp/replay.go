@@ -2,13 +2,13 @@ package xdp
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net/netip"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"github.com/synguard/synguard/cookies"
 )
@@ -127,14 +127,16 @@ type Endings struct {
 // to the kernel's stack. It returns how the flow ended while the
 // programs translated it, and false when there was no record.
 func (p *Program) ForgetReplayed(client, server netip.AddrPort) (Endings, bool, error) {
-	k := flowKey(client, server)
-	var v synguardReplayFlow
-	if err := p.objs.ReplayFlows.LookupAndDelete(&k, &v); err != nil {
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
+	c := p.forget
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.lookupAndDelete(p.objs.ReplayFlows, flowKey(client, server)); err != nil {
+		if err == unix.ENOENT {
 			return Endings{}, false, nil
 		}
 		return Endings{}, false, fmt.Errorf("xdp: forget flow %s-%s: %w", client, server, err)
 	}
+	v := c.value
 	return Endings{ClientFIN: v.ClientFin != 0, ServerFIN: v.ServerFin != 0, RST: v.Rst != 0}, true, nil
 }
 

@@ -297,6 +297,15 @@ func TestCompletesHandshakeLikeEngine(t *testing.T) {
 				t.Fatalf("%s %s: translations differ\nengine:  % x\nprogram: % x", s, seg.name, want, got)
 			}
 		}
+		// The engine learns of the client's FIN when it forgets the
+		// record, and only once.
+		e, found, err := h.p.ForgetReplayed(c, s)
+		if err != nil || !found || e != (Endings{ClientFIN: true}) {
+			t.Fatalf("%s: forget: endings %+v, found %v, %v; want the client's FIN", s, e, found, err)
+		}
+		if _, found, err := h.p.ForgetReplayed(c, s); err != nil || found {
+			t.Fatalf("%s: forget again: found %v, %v; want nothing", s, found, err)
+		}
 	}
 	c, err := h.p.Counters(0)
 	if err != nil {
@@ -344,6 +353,21 @@ func TestDeferredToQueue(t *testing.T) {
 	}
 	if v, _ := backendSide.run(ether(answer)); v != vPass {
 		t.Fatalf("backend segment of a forgotten flow: verdict %v, want pass", v)
+	}
+}
+
+// TestForgetAllocatesNothing: the engine forgets a record per legitimate
+// handshake, without an allocation (or a call the Go scheduler hears of,
+// xdp/elem.go).
+func TestForgetAllocatesNothing(t *testing.T) {
+	h := newHarness(t, tcKind)
+	c := netip.MustParseAddrPort("198.51.100.32:45000")
+	if n := testing.AllocsPerRun(100, func() {
+		if _, found, err := h.p.ForgetReplayed(c, service4); err != nil || found {
+			t.Fatalf("forget: found %v, %v; want nothing", found, err)
+		}
+	}); n != 0 {
+		t.Errorf("ForgetReplayed allocates %v times a call, want 0", n)
 	}
 }
 

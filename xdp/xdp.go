@@ -145,6 +145,7 @@ type Program struct {
 	// (AttachServiceSide).
 	serviceSide map[int]link.Link
 	tick        *tickCalls
+	forget      *forgetCall
 }
 
 // Load loads the program into the kernel. It needs CAP_BPF and
@@ -154,7 +155,7 @@ func Load() (*Program, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Program{tick: tick}
+	p := &Program{tick: tick, forget: new(forgetCall)}
 	if err := loadSynguardObjects(&p.objs, nil); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
