@@ -42,9 +42,25 @@ func TestOperatorView(t *testing.T) {
 	serve(t, topo.Backend, service)
 	g := startGateway(t, topo.Gateway, "--protect", service.String(), "--mode", "always", "--stats-interval", "1s")
 
-	// One real connection, so there is a hand-off to time.
-	download(t, topo.Client, service, 64<<10, nil)
-	if n := g.metric("synguard_backend_handshake_seconds_count"); n != 1 {
+	// One real connection, so there is a hand-off to time (which the
+	// engine hears of up to 2 ms after the handshake, where the tc
+	// programs complete it). The client reads nothing more until the
+	// flow's entry exists, so that the flow is still open when the
+	// engine comes to make it: a flow over sooner gets none.
+	var waited bool
+	download(t, topo.Client, service, 4<<20, func(int64) {
+		if !waited {
+			waited = true
+			if !poll.Until(5*time.Second, func() bool { return len(handedOff(t, topo.Gateway)) == 1 }) {
+				t.Errorf("the flow's entry never came")
+			}
+		}
+	})
+	var n float64
+	if !poll.Until(5*time.Second, func() bool {
+		n = g.metric("synguard_backend_handshake_seconds_count")
+		return n >= 1
+	}) || n != 1 {
 		t.Fatalf("handshake histogram counted %v flows, want 1", n)
 	}
 

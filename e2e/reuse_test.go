@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -23,7 +24,7 @@ import (
 // local address from, inside the client namespace. The server closes
 // first (HTTP/1.0), so the client's side of the ports is free at once.
 func getFrom(topo *lab.Topology, from, target netip.AddrPort, n int, timeout time.Duration) error {
-	return getFromNS(topo.Client, from, target, n, timeout)
+	return getFromNS(topo.Client, from, target, n, timeout, nil)
 }
 
 // browserHeaders make getFrom's request as large as a browser's (400 to
@@ -35,8 +36,9 @@ var browserHeaders = "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/53
 	"Accept-Encoding: identity\r\n" +
 	"Cookie: session=" + strings.Repeat("0123456789abcdef", 12) + "\r\n"
 
-// getFromNS is getFrom from inside ns.
-func getFromNS(ns *netns.NS, from, target netip.AddrPort, n int, timeout time.Duration) error {
+// getFromNS is getFrom from inside ns; connected runs, when not nil,
+// between the connection and the request.
+func getFromNS(ns *netns.NS, from, target netip.AddrPort, n int, timeout time.Duration, connected func() error) error {
 	var conn net.Conn
 	d := net.Dialer{
 		LocalAddr: net.TCPAddrFromAddrPort(from),
@@ -59,6 +61,11 @@ func getFromNS(ns *netns.NS, from, target netip.AddrPort, n int, timeout time.Du
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(timeout))
+	if connected != nil {
+		if err := connected(); err != nil {
+			return err
+		}
+	}
 	if _, err := fmt.Fprintf(conn, "GET /bytes/%d HTTP/1.0\r\nHost: lab\r\n%s\r\n", n, browserHeaders); err != nil {
 		return fmt.Errorf("request: %w", err)
 	}
@@ -103,7 +110,8 @@ func waitClosedEntry(t *testing.T, topo *lab.Topology, client, service netip.Add
 // flow whose conntrack entry is still in TIME_WAIT gets through. Without
 // care the cookie ACK matches the old entry and is forwarded with the old
 // flow's sequence adjustment, and the connection hangs (kernel SYNPROXY
-// has this problem).
+// has this problem). Each connection waits for its entry before its
+// request: a flow over sooner gets none (TestPortReuseAfterFlowsWithoutEntries).
 func TestPortReuseDuringTimeWait(t *testing.T) {
 	topo := newLab(t, lab.Config{})
 	service := netip.AddrPortFrom(topo.BackendAddr, 80)
@@ -111,14 +119,15 @@ func TestPortReuseDuringTimeWait(t *testing.T) {
 	g := startGateway(t, topo.Gateway, "--protect", service.String(), "--mode", "always")
 
 	from := netip.AddrPortFrom(topo.ClientAddr, 45678)
-	if err := getFrom(topo, from, service, 100_000, 5*time.Second); err != nil {
+	withEntry := func() error { return waitEntry(topo, from, service) }
+	if err := getFromNS(topo.Client, from, service, 100_000, 5*time.Second, withEntry); err != nil {
 		t.Fatalf("first connection: %v", err)
 	}
 	waitClosedEntry(t, topo, from, service, "the first flow's entry")
 
 	for i := range 3 {
 		start := time.Now()
-		if err := getFrom(topo, from, service, 100_000, 5*time.Second); err != nil {
+		if err := getFromNS(topo.Client, from, service, 100_000, 5*time.Second, withEntry); err != nil {
 			t.Fatalf("reconnection %d from the same ports: %v", i+1, err)
 		}
 		t.Logf("reconnection %d from %s took %s", i+1, from, time.Since(start).Round(time.Millisecond))
@@ -133,6 +142,108 @@ func TestPortReuseDuringTimeWait(t *testing.T) {
 	if n := g.metric("synguard_duplicate_ack_total"); n != 0 {
 		t.Fatalf("%v duplicate ACKs: a reconnection's cookie ACK was not taken at once", n)
 	}
+}
+
+// TestPortReuseAfterFlowsWithoutEntries: flows over before their entry
+// was needed (the tc programs complete the handshake, and the engine
+// makes the entry 2 ms later) get none, and leave the programs' record
+// to translate their last segments; a client reconnecting at once from
+// the same ports must get through as a new connection, however its new
+// cookie compares with the old one, and every flow's end reach the
+// backend, which would otherwise keep its side open.
+func TestPortReuseAfterFlowsWithoutEntries(t *testing.T) {
+	topo := newLab(t, lab.Config{})
+	service := netip.AddrPortFrom(topo.BackendAddr, 80)
+	serve(t, topo.Backend, service)
+	g := startGateway(t, topo.Gateway, "--protect", service.String(), "--mode", "always")
+
+	from := netip.AddrPortFrom(topo.ClientAddr, 45680)
+	const connections = 12
+	for i := range connections {
+		var err error
+		// The client's end of the last connection lingers in LAST_ACK
+		// until the backend's final ACK has come back.
+		poll.Until(5*time.Second, func() bool {
+			err = getFrom(topo, from, service, 1000, 5*time.Second)
+			return !errors.Is(err, syscall.EADDRNOTAVAIL)
+		})
+		if err != nil {
+			t.Fatalf("connection %d from the same ports: %v (%v completed at tc, %v ended unseen, %v entries replaced)", i+1, err,
+				g.metric("synguard_xdp_handshake_completed_total"), g.metric("synguard_ended_unseen_total"), g.metric("synguard_entry_replaced_total"))
+		}
+	}
+	ended := g.metric("synguard_ended_unseen_total")
+	t.Logf("%v of %d handshakes completed at tc, %v flows ended before their entry, %v stale entries replaced", g.metric("synguard_xdp_handshake_completed_total"),
+		connections, ended, g.metric("synguard_entry_replaced_total"))
+	if ended == 0 {
+		t.Fatal("no flow ended without its entry: the case this test is for did not happen")
+	}
+	// Both ends saw every flow close: none is left waiting for a FIN or
+	// a final ACK the gateway dropped (LAST_ACK, FIN_WAIT, CLOSING).
+	var client, backend int
+	if !poll.Until(5*time.Second, func() bool {
+		client, backend = closingSockets(t, topo.Client, from.Port()), closingSockets(t, topo.Backend, service.Port())
+		return client == 0 && backend == 0
+	}) {
+		t.Fatalf("connections not closed: %d at the client, %d at the backend", client, backend)
+	}
+}
+
+// closingSockets counts the TCP sockets in ns with local port port that
+// are neither listening nor closed (TIME_WAIT, CLOSE).
+func closingSockets(t *testing.T, ns *netns.NS, port uint16) int {
+	t.Helper()
+	n := 0
+	if err := ns.Do(func() error {
+		for _, f := range []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"} {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				return err
+			}
+			for _, line := range strings.Split(string(b), "\n")[1:] {
+				fields := strings.Fields(line)
+				if len(fields) < 4 {
+					continue
+				}
+				local, state := fields[1], fields[3]
+				if !strings.HasSuffix(local, fmt.Sprintf(":%04X", port)) {
+					continue
+				}
+				switch state {
+				case "0A", "06", "07": // LISTEN, TIME_WAIT, CLOSE
+				default:
+					n++
+				}
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// waitEntry waits until the gateway has the conntrack entry of the flow
+// from client to service.
+func waitEntry(topo *lab.Topology, client, service netip.AddrPort) error {
+	var found bool
+	var err error
+	poll.Until(5*time.Second, func() bool {
+		err = topo.Gateway.Do(func() error {
+			tab, err := conntrack.Open()
+			if err != nil {
+				return err
+			}
+			defer tab.Close()
+			_, found, err = tab.Lookup(client, service)
+			return err
+		})
+		return err != nil || found
+	})
+	if err == nil && !found {
+		err = errors.New("the flow's entry never came")
+	}
+	return err
 }
 
 // TestPortReuseWithEarlyData: a client a real round trip away reconnects
@@ -163,7 +274,7 @@ func TestPortReuseWithEarlyData(t *testing.T) {
 			// until the backend's final ACK has come the long way back.
 			get := func() (err error) {
 				poll.Until(5*time.Second, func() bool {
-					err = getFromNS(topo.Remote, from, service, 100_000, 5*time.Second)
+					err = getFromNS(topo.Remote, from, service, 100_000, 5*time.Second, nil)
 					return !errors.Is(err, syscall.EADDRNOTAVAIL)
 				})
 				return err

@@ -41,7 +41,7 @@ const (
 	EarlyDataRefused                  // early segments dropped at once: per-flow or global bound, no holder
 	EarlyDataDropped                  // held segments dropped because their flow ended before the hand-off
 	EarlyDataLost                     // held segments the queue refused a verdict for
-	EndedUnseen                       // flows that ended (both FINs, or an RST) before their entry saw them: entry deleted
+	EndedUnseen                       // flows that ended (both FINs, or an RST) before their entry saw them: entry deleted, or none made
 	SACKDropped                       // client ACKs with SACK blocks that met no entry, or a closing one: dropped, not translated
 	OldFlowAnswer                     // client ACKs of a pending flow past its request, answering an earlier flow's segment: dropped
 	numCounters

@@ -71,6 +71,9 @@ type HandoffTiming struct {
 	// Entry is the conntrack entry's creation, a netlink round trip;
 	// the window update leaves right after it.
 	Entry time.Duration
+	// NoEntry says none was made: the flow ended, or began to, carried
+	// by the fast path, before the engine heard it was answered.
+	NoEntry bool
 }
 
 // Total is the whole hand-off, from the client's valid ACK.

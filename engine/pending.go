@@ -80,6 +80,11 @@ type pendingFlow struct {
 	// completed, that it also ACKed the backend and opened the client's
 	// window, so the hand-off sends no window update.
 	replayed, completed bool
+	// endedAtFastPath says the flow ended, or began to, while the fast
+	// path carried it, before the engine heard it was answered: no entry
+	// was made, and the fast path's record, which carries it to its end,
+	// is forgotten with the flow (once over).
+	endedAtFastPath bool
 }
 
 // endings are the ways a flow ends that the engine passed on in place of

@@ -24,14 +24,43 @@ type ReplayedFlow struct {
 }
 
 // Replayer is the fast path that replays SYNs and completes handshakes
-// (xdp.Program, through the gateway). Forget deletes its record of a
-// flow once the flow's entry exists, and reports the FINs and RST it
-// passed on while it translated the flow. Pending returns its record of
-// a flow whose SYN it replayed and whose backend it has not ACKed
-// (Answered false; Service unset).
+// (xdp.Program, through the gateway). Forget deletes its record of the
+// flow with cookie once the flow's entry exists, and reports the FINs and
+// RST it passed on while it translated the flow. Pending returns its
+// record of a flow whose SYN it replayed and whose backend it has not
+// ACKed (Answered false; Service unset). Endings reports what the record
+// of the flow with cookie noted so far, leaving the record; ForgetEnded
+// deletes that record once it says the flow is over (both FINs, or an
+// RST). None of them touches the record of another connection on the
+// same ports: they report it as Replaced.
 type Replayer interface {
-	Forget(client, server netip.AddrPort) (clientFIN, serverFIN, reset bool, err error)
+	Forget(client, server netip.AddrPort, cookie cookies.Cookie) (FastEndings, error)
 	Pending(client, server netip.AddrPort) (ReplayedFlow, bool)
+	Endings(client, server netip.AddrPort, cookie cookies.Cookie) FastEndings
+	ForgetEnded(client, server netip.AddrPort, cookie cookies.Cookie)
+}
+
+// FastEndings are how the fast path's record says a flow ended while the
+// fast path translated it. Replaced says the record is another
+// connection's on the same ports: the flow is over, its client having
+// reused them.
+type FastEndings struct {
+	ClientFIN, ServerFIN, RST, Replaced bool
+}
+
+// endings are fe as the engine keeps them.
+func (fe FastEndings) endings() endings {
+	var m endings
+	if fe.ClientFIN || fe.Replaced {
+		m |= clientFIN
+	}
+	if fe.ServerFIN || fe.Replaced {
+		m |= backendFIN
+	}
+	if fe.RST {
+		m |= reset
+	}
+	return m
 }
 
 // FastPathReplayed records what the fast path did with flow r, and makes
@@ -39,14 +68,54 @@ type Replayer interface {
 // reader of the fast path's events.
 func (e *Engine) FastPathReplayed(r ReplayedFlow) {
 	if e.replayed(e.replayOut.c, r) && r.Answered {
+		k := flowKey{client: r.Client, server: r.Server}
 		// Made here, at once: the flow's first segments are already
 		// passing, translated by the fast path, and the entry should
 		// see the rest (its end above all: conntrackd copies it to a
 		// standby, and an entry that saw no FIN is deleted,
-		// EndedUnseen).
-		e.handoff(e.replayOut, flowKey{client: r.Client, server: r.Server})
+		// EndedUnseen). Unless there is no rest: the events come a
+		// moment after the handshake, and a short flow may be over, or
+		// closing.
+		if !e.endedAtFastPath(e.replayOut.c, k, r.Cookie) {
+			e.handoff(e.replayOut, k)
+		}
 		e.replayOut.flush()
 	}
+}
+
+// endedAtFastPath finishes flow k, answered, without an entry when the
+// fast path's record says the flow ended or began to (a FIN either way,
+// or an RST): an entry would miss that, and either be deleted at once or
+// hold a state the flow has left, which a client reusing the ports then
+// meets. The record stays to carry the flow to its end and translate its
+// last segments (a final ACK, a FIN sent again); it is forgotten once the
+// flow is over, after the engine's linger (Tick). It reports whether it
+// did.
+func (e *Engine) endedAtFastPath(c *counterSet, k flowKey, cookie cookies.Cookie) bool {
+	if e.cfg.Replayer == nil {
+		return false
+	}
+	ended := e.cfg.Replayer.Endings(k.client, k.server, cookie).endings()
+	if ended == 0 {
+		return false
+	}
+	now := e.cfg.Now()
+	e.mu.Lock()
+	f := e.pending.get(k)
+	if f == nil || f.state != stateHandingOff || f.cookie != cookie {
+		e.mu.Unlock()
+		return false
+	}
+	f.state = stateDone
+	f.expires = now.Add(e.cfg.Linger)
+	f.missed |= ended
+	f.endedAtFastPath = true
+	svc, timing := f.svc, HandoffTiming{Backend: f.answered.Sub(f.validated), Wait: now.Sub(f.answered), NoEntry: true}
+	e.mu.Unlock()
+	c.add(svc, EndedUnseen)
+	c.add(svc, HandedOff)
+	e.events.HandedOff(svc, timing)
+	return true
 }
 
 // adoptReplayed takes over flow k of service svc, whose backend segment
@@ -127,19 +196,9 @@ func (e *Engine) forgetReplayed(k flowKey, fl *pendingFlow) endings {
 	if !fl.replayed || e.cfg.Replayer == nil {
 		return 0
 	}
-	cFIN, sFIN, rst, err := e.cfg.Replayer.Forget(k.client, k.server)
+	fe, err := e.cfg.Replayer.Forget(k.client, k.server, fl.cookie)
 	if err != nil {
 		return 0 // the LRU map forgets it in time; conntrack carries the flow
 	}
-	var m endings
-	if cFIN {
-		m |= clientFIN
-	}
-	if sFIN {
-		m |= backendFIN
-	}
-	if rst {
-		m |= reset
-	}
-	return m
+	return fe.endings()
 }

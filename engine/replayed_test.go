@@ -3,6 +3,7 @@ package engine
 import (
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/synguard/synguard/cookies"
 	"github.com/synguard/synguard/handoff"
@@ -10,12 +11,15 @@ import (
 	"github.com/synguard/synguard/packet"
 )
 
-// fakeReplayer is the fast path's record of replayed flows: Forget
-// reports the endings set for a flow.
+// fakeReplayer is the fast path's record of replayed flows: Endings and
+// Forget report the endings set for a flow, Forget also those set in
+// lateEndings (noted after the engine looked).
 type fakeReplayer struct {
-	forgot  []netip.AddrPort // clients
-	endings map[netip.AddrPort][3]bool
-	pending map[netip.AddrPort]ReplayedFlow // records whose event was not read
+	forgot      []netip.AddrPort // clients
+	forgotEnded []netip.AddrPort // clients, ForgetEnded
+	endings     map[netip.AddrPort]FastEndings
+	lateEndings map[netip.AddrPort]FastEndings
+	pending     map[netip.AddrPort]ReplayedFlow // records whose event was not read
 }
 
 func (r *fakeReplayer) Pending(client, _ netip.AddrPort) (ReplayedFlow, bool) {
@@ -23,14 +27,24 @@ func (r *fakeReplayer) Pending(client, _ netip.AddrPort) (ReplayedFlow, bool) {
 	return f, ok
 }
 
-func (r *fakeReplayer) Forget(client, _ netip.AddrPort) (bool, bool, bool, error) {
+func (r *fakeReplayer) Forget(client, _ netip.AddrPort, _ cookies.Cookie) (FastEndings, error) {
 	r.forgot = append(r.forgot, client)
-	e := r.endings[client]
-	return e[0], e[1], e[2], nil
+	e, l := r.endings[client], r.lateEndings[client]
+	return FastEndings{ClientFIN: e.ClientFIN || l.ClientFIN, ServerFIN: e.ServerFIN || l.ServerFIN,
+		RST: e.RST || l.RST, Replaced: e.Replaced || l.Replaced}, nil
+}
+
+func (r *fakeReplayer) Endings(client, _ netip.AddrPort, _ cookies.Cookie) FastEndings {
+	return r.endings[client]
+}
+
+func (r *fakeReplayer) ForgetEnded(client, _ netip.AddrPort, _ cookies.Cookie) {
+	r.forgotEnded = append(r.forgotEnded, client)
 }
 
 func newReplayHarness(t *testing.T) (*harness, *fakeReplayer) {
-	r := &fakeReplayer{endings: make(map[netip.AddrPort][3]bool), pending: make(map[netip.AddrPort]ReplayedFlow)}
+	r := &fakeReplayer{endings: make(map[netip.AddrPort]FastEndings), lateEndings: make(map[netip.AddrPort]FastEndings),
+		pending: make(map[netip.AddrPort]ReplayedFlow)}
 	return newHarness(t, func(c *Config) { c.Replayer, c.EarlyData = r, true }), r
 }
 
@@ -117,16 +131,56 @@ func TestFastPathReplayRetried(t *testing.T) {
 }
 
 // TestFastPathEndedBeforeEntry: a flow the fast path carried to its end
-// (both FINs) before the entry existed has the entry deleted at once.
+// (both FINs, or an RST), or into it (one FIN), before the engine heard
+// it was answered gets no entry; the fast path's record, which carries it
+// to its end, is forgotten with the flow, and a retransmitted SYN-ACK is
+// still ACKed.
 func TestFastPathEndedBeforeEntry(t *testing.T) {
-	h, r := newReplayHarness(t)
-	cookie := h.cookieFor(client)
-	r.endings[client] = [3]bool{true, true, false}
-	h.e.FastPathReplayed(ReplayedFlow{Service: 0, Client: client, Server: server, Cookie: cookies.Cookie(cookie), ClientISN: clientISN,
-		ClientWindow: 502, Answered: true, ServerISN: 0x30, ServerScale: cookies.NoWindowScale})
-	h.drainHandoffs()
-	if len(h.handoff.got) != 1 || h.handoff.deleted != 1 || h.stat(EndedUnseen) != 1 {
-		t.Fatalf("%d created, %d deleted, %d ended unseen; want 1 each", len(h.handoff.got), h.handoff.deleted, h.stat(EndedUnseen))
+	for _, ended := range []FastEndings{{ClientFIN: true, ServerFIN: true}, {RST: true}, {ServerFIN: true}, {ClientFIN: true}, {Replaced: true}} {
+		h, r := newReplayHarness(t)
+		cookie := h.cookieFor(client)
+		r.endings[client] = ended
+		h.e.FastPathReplayed(ReplayedFlow{Service: 0, Client: client, Server: server, Cookie: cookies.Cookie(cookie), ClientISN: clientISN,
+			ClientWindow: 502, Answered: true, ServerISN: 0x30, ServerScale: cookies.NoWindowScale})
+		h.drainHandoffs()
+		if len(h.handoff.got) != 0 || h.handoff.deleted != 0 || h.stat(EndedUnseen) != 1 || h.stat(HandedOff) != 1 {
+			t.Fatalf("ended %v: %d created, %d deleted, %d ended unseen, %d handed off; want 0, 0, 1, 1",
+				ended, len(h.handoff.got), h.handoff.deleted, h.stat(EndedUnseen), h.stat(HandedOff))
+		}
+		if len(r.forgot) != 0 || len(r.forgotEnded) != 0 || h.e.Pending() != 1 {
+			t.Fatalf("ended %v: forgot %v and %v, %d pending; want the record and the flow kept", ended, r.forgot, r.forgotEnded, h.e.Pending())
+		}
+		synack := build(t, packet.Segment{Src: server, Dst: client, Seq: 0x30, Ack: clientISN + 1, Flags: packet.SYN | packet.ACK, Window: 65535})
+		h.handleAt(synack, nf.Forward)
+		if got := h.expect(1)[0].p; got.Flags != packet.ACK || got.Ack != 0x31 || got.Destination() != server {
+			t.Fatalf("ended %v: answer to a retransmitted SYN-ACK %+v, want the backend's ACK", ended, got)
+		}
+		h.clock.advance(DefaultLinger + time.Second)
+		h.e.Tick()
+		if h.e.Pending() != 0 || len(r.forgotEnded) != 1 || r.forgotEnded[0] != client || len(r.forgot) != 0 {
+			t.Fatalf("ended %v: after the linger %d pending, forgot %v and %v; want the record forgotten with the flow",
+				ended, h.e.Pending(), r.forgot, r.forgotEnded)
+		}
+	}
+}
+
+// TestFastPathEndedWhileEntryMade: a flow that ends after the engine
+// looked, while its entry is made, or whose ports a new connection took
+// meanwhile (its record replaced), has the entry deleted at once.
+func TestFastPathEndedWhileEntryMade(t *testing.T) {
+	for _, late := range []FastEndings{{ClientFIN: true, ServerFIN: true}, {Replaced: true}} {
+		h, r := newReplayHarness(t)
+		cookie := h.cookieFor(client)
+		r.lateEndings[client] = late
+		h.e.FastPathReplayed(ReplayedFlow{Service: 0, Client: client, Server: server, Cookie: cookies.Cookie(cookie), ClientISN: clientISN,
+			ClientWindow: 502, Answered: true, ServerISN: 0x30, ServerScale: cookies.NoWindowScale})
+		h.drainHandoffs()
+		if len(h.handoff.got) != 1 || h.handoff.deleted != 1 || h.stat(EndedUnseen) != 1 {
+			t.Fatalf("%+v: %d created, %d deleted, %d ended unseen; want 1 each", late, len(h.handoff.got), h.handoff.deleted, h.stat(EndedUnseen))
+		}
+		if len(r.forgot) != 1 || len(r.forgotEnded) != 0 {
+			t.Fatalf("%+v: forgot %v and %v; want the record forgotten at the hand-off", late, r.forgot, r.forgotEnded)
+		}
 	}
 }
 

@@ -187,6 +187,7 @@ func (e *Engine) Tick() {
 		f       pendingFlow
 		forgot  bool
 		timeout bool
+		record  bool // forget the fast path's record (endedAtFastPath)
 	}
 	var actions []action
 	// next is the first deadline's end of slack; zero while none.
@@ -220,8 +221,8 @@ func (e *Engine) Tick() {
 				continue
 			}
 			e.pending.remove(k)
-			if f.held.n > 0 {
-				actions = append(actions, action{k: k, f: *f, forgot: true})
+			if f.held.n > 0 || f.endedAtFastPath {
+				actions = append(actions, action{k: k, f: *f, forgot: true, record: f.endedAtFastPath})
 			}
 		}
 	}
@@ -238,6 +239,9 @@ func (e *Engine) Tick() {
 			continue
 		}
 		e.dropHeld(out.c, &a.f)
+		if a.record {
+			e.cfg.Replayer.ForgetEnded(a.k.client, a.k.server, a.f.cookie)
+		}
 		if a.timeout {
 			out.c.add(a.f.svc, BackendTimeout)
 			resetBoth(out, a.k, &a.f)

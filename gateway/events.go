@@ -56,7 +56,9 @@ func (e events) HandedOff(svc int, t engine.HandoffTiming) {
 	e.handshake.Observe(svc, t.Total())
 	e.stages.Observe(telemetry.StageBackend, t.Backend)
 	e.stages.Observe(telemetry.StageWait, t.Wait)
-	e.stages.Observe(telemetry.StageEntry, t.Entry)
+	if !t.NoEntry {
+		e.stages.Observe(telemetry.StageEntry, t.Entry)
+	}
 }
 
 func (e events) AttackStarted(a engine.AttackStart) {

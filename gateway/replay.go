@@ -106,9 +106,23 @@ func routeLink(addr netip.Addr) (int, error) {
 // replayer lets the engine forget the fast path's record of a flow.
 type replayer struct{ prog *xdp.Program }
 
-func (r replayer) Forget(client, server netip.AddrPort) (clientFIN, serverFIN, reset bool, err error) {
-	e, _, err := r.prog.ForgetReplayed(client, server)
-	return e.ClientFIN, e.ServerFIN, e.RST, err
+func (r replayer) Forget(client, server netip.AddrPort, cookie cookies.Cookie) (engine.FastEndings, error) {
+	e, _, err := r.prog.ForgetReplayed(client, server, uint32(cookie))
+	return fastEndings(e), err
+}
+
+func (r replayer) Endings(client, server netip.AddrPort, cookie cookies.Cookie) engine.FastEndings {
+	e, _ := r.prog.ReplayedEndings(client, server, uint32(cookie))
+	return fastEndings(e)
+}
+
+func (r replayer) ForgetEnded(client, server netip.AddrPort, cookie cookies.Cookie) {
+	// A failure leaves the record to the LRU map; the flow is over.
+	_ = r.prog.ForgetEnded(client, server, uint32(cookie))
+}
+
+func fastEndings(e xdp.Endings) engine.FastEndings {
+	return engine.FastEndings{ClientFIN: e.ClientFIN, ServerFIN: e.ServerFIN, RST: e.RST, Replaced: e.Replaced}
 }
 
 func (r replayer) Pending(client, server netip.AddrPort) (engine.ReplayedFlow, bool) {

@@ -25,6 +25,7 @@ import (
 const (
 	bpfMapLookupElem          = 1
 	bpfMapUpdateElem          = 2
+	bpfMapDeleteElem          = 3
 	bpfMapLookupAndDeleteElem = 21
 )
 
@@ -89,6 +90,23 @@ type forgetCall struct {
 func (c *forgetCall) lookupAndDelete(m *ebpf.Map, k synguardFlow) error {
 	c.key = k
 	return rawElem(&c.attr, bpfMapLookupAndDeleteElem, m, unsafe.Pointer(&c.key), unsafe.Pointer(&c.value), 0)
+}
+
+// lookup reads m's element k into c.value, with c.mu held.
+func (c *forgetCall) lookup(m *ebpf.Map, k synguardFlow) error {
+	c.key = k
+	return rawElem(&c.attr, bpfMapLookupElem, m, unsafe.Pointer(&c.key), unsafe.Pointer(&c.value), 0)
+}
+
+// insert adds c.value as m's element c.key unless there is one, with
+// c.mu held.
+func (c *forgetCall) insert(m *ebpf.Map) error {
+	return rawElem(&c.attr, bpfMapUpdateElem, m, unsafe.Pointer(&c.key), unsafe.Pointer(&c.value), uint64(ebpf.UpdateNoExist))
+}
+
+// delete deletes m's element c.key, with c.mu held.
+func (c *forgetCall) delete(m *ebpf.Map) error {
+	return rawElem(&c.attr, bpfMapDeleteElem, m, unsafe.Pointer(&c.key), nil, 0)
 }
 
 // lookupCounters reads service i's per-CPU counters into c.counters, with

@@ -28,11 +28,13 @@ type ReplayEvent struct {
 	ServerScale                  cookies.WindowScale // of the backend's SYN-ACK; NoWindowScale when it has none
 }
 
-// synguard.c's SAMPLE_EVENT flag and event kinds.
+// synguard.c's SAMPLE_EVENT flag and event kinds. A kick only wakes the
+// reader (hs_wake_fire) and carries nothing.
 const (
 	sampleEvent = 0x80000000
 	evReplayed  = 1
 	evAnswered  = 2
+	evKick      = 3
 )
 
 // The event's body, as synguard.c lays it out behind the record's first
@@ -61,7 +63,7 @@ func (p *Program) Handshakes() (*SampleReader, error) {
 	return r, nil
 }
 
-// ReplayEvent decodes the event a sample carries; ok is false for a
+// ReplayEvent decodes the event a sample carries; ok is false for a kick or a
 // sampled SYN.
 func (s Sample) ReplayEvent() (ev ReplayEvent, ok bool) {
 	b := s.Frame
@@ -117,16 +119,28 @@ func flowKey(client, server netip.AddrPort) synguardFlow {
 }
 
 // Endings are how a flow completed by the tc programs ended while they
-// translated it, before its conntrack entry existed.
+// translated it, before its conntrack entry existed. Replaced says the
+// record is another connection's, on the same ports: the flow is over,
+// its client having reused them.
 type Endings struct {
 	ClientFIN, ServerFIN, RST bool
+	Replaced                  bool
+}
+
+// endings reads a record of the flow whose cookie is cookie.
+func endings(v *synguardReplayFlow, cookie uint32) Endings {
+	if v.Cookie != cookie {
+		return Endings{Replaced: true}
+	}
+	return Endings{ClientFIN: v.ClientFin != 0, ServerFIN: v.ServerFin != 0, RST: v.Rst != 0}
 }
 
 // ForgetReplayed deletes the tc programs' record of the flow from client
-// to server, once its conntrack entry carries it: its segments then go
-// to the kernel's stack. It returns how the flow ended while the
-// programs translated it, and false when there was no record.
-func (p *Program) ForgetReplayed(client, server netip.AddrPort) (Endings, bool, error) {
+// to server whose cookie is cookie, once its conntrack entry carries it:
+// its segments then go to the kernel's stack. It returns how the flow
+// ended while the programs translated it, and false when there was no
+// record. A record of another connection on the ports stays (Replaced).
+func (p *Program) ForgetReplayed(client, server netip.AddrPort, cookie uint32) (Endings, bool, error) {
 	c := p.forget
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -136,8 +150,48 @@ func (p *Program) ForgetReplayed(client, server netip.AddrPort) (Endings, bool, 
 		}
 		return Endings{}, false, fmt.Errorf("xdp: forget flow %s-%s: %w", client, server, err)
 	}
-	v := c.value
-	return Endings{ClientFIN: v.ClientFin != 0, ServerFIN: v.ServerFin != 0, RST: v.Rst != 0}, true, nil
+	e := endings(&c.value, cookie)
+	if e.Replaced {
+		// Taken out in one call, so that no FIN of the flow slips
+		// between reading and deleting: put back, unless the programs
+		// recorded a newer connection since.
+		if err := c.insert(p.objs.ReplayFlows); err != nil && err != unix.EEXIST {
+			return e, true, fmt.Errorf("xdp: keep the record of %s-%s: %w", client, server, err)
+		}
+	}
+	return e, true, nil
+}
+
+// ReplayedEndings returns the endings the tc programs' record of the flow
+// from client to server whose cookie is cookie noted so far (Replaced for
+// another connection's record), and false when there is no record. The
+// record stays: it translates the flow's last segments until ForgetEnded.
+func (p *Program) ReplayedEndings(client, server netip.AddrPort, cookie uint32) (Endings, bool) {
+	c := p.forget
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lookup(p.objs.ReplayFlows, flowKey(client, server)) != nil {
+		return Endings{}, false
+	}
+	return endings(&c.value, cookie), true
+}
+
+// ForgetEnded deletes the tc programs' record of the flow from client to
+// server whose cookie is cookie once it says the flow is over (both FINs,
+// or an RST), and never that of a later connection on the same ports. A
+// flow still closing keeps its record, for the LRU map to forget.
+func (p *Program) ForgetEnded(client, server netip.AddrPort, cookie uint32) error {
+	c := p.forget
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	err := c.lookup(p.objs.ReplayFlows, flowKey(client, server))
+	if v := c.value; err == nil && v.Cookie == cookie && (v.Rst != 0 || v.ClientFin != 0 && v.ServerFin != 0) {
+		err = c.delete(p.objs.ReplayFlows)
+	}
+	if err != nil && err != unix.ENOENT {
+		return fmt.Errorf("xdp: forget flow %s-%s: %w", client, server, err)
+	}
+	return nil
 }
 
 // AttachServiceSide attaches the service side's tc program at ingress of

@@ -3,9 +3,13 @@ package xdp
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"runtime"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -297,14 +301,35 @@ func TestCompletesHandshakeLikeEngine(t *testing.T) {
 				t.Fatalf("%s %s: translations differ\nengine:  % x\nprogram: % x", s, seg.name, want, got)
 			}
 		}
-		// The engine learns of the client's FIN when it forgets the
-		// record, and only once.
-		e, found, err := h.p.ForgetReplayed(c, s)
+		// The engine can look at the endings, for this flow's cookie
+		// only, leaving the record; and forget it only for that cookie.
+		if e, found := h.p.ReplayedEndings(c, s, cookie); !found || e != (Endings{ClientFIN: true}) {
+			t.Fatalf("%s: endings %+v, found %v; want the client's FIN", s, e, found)
+		}
+		if e, found := h.p.ReplayedEndings(c, s, cookie+1); !found || e != (Endings{Replaced: true}) {
+			t.Fatalf("%s: endings for another cookie %+v, found %v; want the record another connection's", s, e, found)
+		}
+		// Not over (the client's FIN only), nor another cookie's: kept.
+		for _, ck := range []uint32{cookie, cookie + 1} {
+			if err := h.p.ForgetEnded(c, s, ck); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Forgetting for another cookie leaves the record; the engine
+		// learns of the client's FIN when it forgets the record, and
+		// only once.
+		if e, found, err := h.p.ForgetReplayed(c, s, cookie+1); err != nil || !found || e != (Endings{Replaced: true}) {
+			t.Fatalf("%s: forget for another cookie: endings %+v, found %v, %v; want the record kept as another's", s, e, found, err)
+		}
+		e, found, err := h.p.ForgetReplayed(c, s, cookie)
 		if err != nil || !found || e != (Endings{ClientFIN: true}) {
 			t.Fatalf("%s: forget: endings %+v, found %v, %v; want the client's FIN", s, e, found, err)
 		}
-		if _, found, err := h.p.ForgetReplayed(c, s); err != nil || found {
+		if _, found, err := h.p.ForgetReplayed(c, s, cookie); err != nil || found {
 			t.Fatalf("%s: forget again: found %v, %v; want nothing", s, found, err)
+		}
+		if err := h.p.ForgetEnded(c, s, cookie); err != nil {
+			t.Fatalf("%s: forget a forgotten record: %v", s, err)
 		}
 	}
 	c, err := h.p.Counters(0)
@@ -313,6 +338,93 @@ func TestCompletesHandshakeLikeEngine(t *testing.T) {
 	}
 	if c.Completed != 1 || c.Translated != 3 {
 		t.Errorf("IPv4 counters %+v: want 1 completed and 3 translated", c)
+	}
+}
+
+// TestEndedFlowLeavesItsPorts: a flow the programs carried to its end
+// before its entry keeps its record for its last segments (the final
+// ACK is translated), but a new connection from the same ports, whose
+// cookie ACK the old record would take for its own, is replayed as a
+// new flow.
+func TestEndedFlowLeavesItsPorts(t *testing.T) {
+	h := newHarness(t, tcKind)
+	h.setReplay(true)
+	backendSide := h.with(backendKind)
+	c := netip.MustParseAddrPort("198.51.100.34:47000")
+	const isn, serverISN = 0xd000, 0x7000
+	ack, cookie := h.cookieACK(c, service4, isn)
+	if v, _ := h.run(ether(ack)); v != vTX {
+		t.Fatalf("cookie ACK: verdict %v, want the replayed SYN sent on", v)
+	}
+	answer := rawSegment(service4, c, serverISN, isn+1, packet.SYN|packet.ACK, []byte{2, 4, 5, 0xa8}, nil)
+	if v, _ := backendSide.run(ether(answer)); v != vTX {
+		t.Fatalf("backend SYN-ACK: verdict %v, want the window update sent on", v)
+	}
+	for _, seg := range []struct {
+		name string
+		side *harness
+		ip   []byte
+	}{
+		{"client FIN", h, rawSegment(c, service4, isn+1, cookie+1, packet.ACK|packet.FIN, nil, nil)},
+		{"backend FIN", backendSide, rawSegment(service4, c, serverISN+1, isn+2, packet.ACK|packet.FIN, nil, nil)},
+	} {
+		if v, _ := seg.side.run(ether(seg.ip)); v != vTX {
+			t.Fatalf("%s: verdict %v, want translated and sent on", seg.name, v)
+		}
+	}
+	final := rawSegment(c, service4, isn+2, cookie+2, packet.ACK, nil, nil)
+	v, out := h.run(ether(final))
+	var got packet.Packet
+	if v != vTX || packet.Parse(out[14:], &got) != nil || got.Ack != serverISN+2 {
+		t.Fatalf("final ACK: verdict %v, ack %#x; want it translated to %#x", v, got.Ack, serverISN+2)
+	}
+	if e, found := h.p.ReplayedEndings(c, service4, cookie); !found || e != (Endings{ClientFIN: true, ServerFIN: true}) {
+		t.Fatalf("endings %+v, found %v; want both FINs", e, found)
+	}
+	// A new connection whose cookie the old record would own (within
+	// 2^30 past the old one): found by trying ISNs.
+	for isn2 := uint32(0xe000); ; isn2 += 0x1000 {
+		ack2, cookie2 := h.cookieACK(c, service4, isn2)
+		if cookie2-(cookie+1) >= 1<<30 {
+			continue
+		}
+		v, out := h.run(ether(ack2))
+		if v != vTX || packet.Parse(out[14:], &got) != nil || got.Flags != packet.SYN || got.Seq != isn2 {
+			t.Fatalf("new connection's cookie ACK: verdict %v, %+v; want its SYN replayed", v, got)
+		}
+		if e, found := h.p.ReplayedEndings(c, service4, cookie2); !found || e.Replaced {
+			t.Fatal("the new connection's record is not there")
+		}
+		// The old flow's forgetting leaves the new one's record.
+		if err := h.p.ForgetEnded(c, service4, cookie); err != nil {
+			t.Fatal(err)
+		}
+		if e, _, err := h.p.ForgetReplayed(c, service4, cookie); err != nil || !e.Replaced {
+			t.Fatalf("forget the old flow: %+v, %v; want the new connection's record kept", e, err)
+		}
+		if e, found := h.p.ReplayedEndings(c, service4, cookie2); !found || e.Replaced {
+			t.Fatal("the old flow's forgetting took the new connection's record")
+		}
+		break
+	}
+
+	// An ended flow's record, forgotten, is gone.
+	c2 := netip.MustParseAddrPort("198.51.100.35:47001")
+	ack3, cookie3 := h.cookieACK(c2, service4, isn)
+	if v, _ := h.run(ether(ack3)); v != vTX {
+		t.Fatalf("cookie ACK: verdict %v", v)
+	}
+	if v, _ := backendSide.run(ether(rawSegment(service4, c2, serverISN, isn+1, packet.SYN|packet.ACK, []byte{2, 4, 5, 0xa8}, nil))); v != vTX {
+		t.Fatalf("backend SYN-ACK: verdict %v", v)
+	}
+	if v, _ := h.run(ether(rawSegment(c2, service4, isn+1, cookie3+1, packet.ACK|packet.RST, nil, nil))); v != vTX {
+		t.Fatalf("client RST: verdict %v, want translated", v)
+	}
+	if err := h.p.ForgetEnded(c2, service4, cookie3); err != nil {
+		t.Fatal(err)
+	}
+	if _, found := h.p.ReplayedEndings(c2, service4, cookie3); found {
+		t.Fatal("ForgetEnded left the record of a flow over")
 	}
 }
 
@@ -345,10 +457,10 @@ func TestDeferredToQueue(t *testing.T) {
 	if counters.Deferred != 1 || counters.Completed != 0 {
 		t.Errorf("counters %+v: want 1 deferred, none completed", counters)
 	}
-	if _, found, err := h.p.ForgetReplayed(c, service4); err != nil || !found {
+	if _, found, err := h.p.ForgetReplayed(c, service4, cookie); err != nil || !found {
 		t.Fatalf("forget: found %v, %v", found, err)
 	}
-	if _, found, _ := h.p.ForgetReplayed(c, service4); found {
+	if _, found, _ := h.p.ForgetReplayed(c, service4, cookie); found {
 		t.Fatal("forgot the flow twice")
 	}
 	if v, _ := backendSide.run(ether(answer)); v != vPass {
@@ -363,7 +475,7 @@ func TestForgetAllocatesNothing(t *testing.T) {
 	h := newHarness(t, tcKind)
 	c := netip.MustParseAddrPort("198.51.100.32:45000")
 	if n := testing.AllocsPerRun(100, func() {
-		if _, found, err := h.p.ForgetReplayed(c, service4); err != nil || found {
+		if _, found, err := h.p.ForgetReplayed(c, service4, 1); err != nil || found {
 			t.Fatalf("forget: found %v, %v; want nothing", found, err)
 		}
 	}); n != 0 {
@@ -416,6 +528,74 @@ func TestReplayEvents(t *testing.T) {
 	}
 }
 
+// TestHandshakeEventsWakeTheReaderLater: the events are submitted without
+// a wake-up, and a timer's kick wakes a reader waiting on the ring: it
+// gets the event, then the kick.
+func TestHandshakeEventsWakeTheReaderLater(t *testing.T) {
+	h := newHarness(t, tcKind)
+	h.setReplay(true)
+	r, err := h.p.Handshakes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	r.SetDeadline(time.Now().Add(5 * time.Second))
+	type read struct {
+		s   Sample
+		ev  ReplayEvent
+		ok  bool
+		err error
+	}
+	reads := make(chan read)
+	go func() {
+		for {
+			s, err := r.Read()
+			ev, ok := s.ReplayEvent()
+			reads <- read{s, ev, ok, err}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	// The reader waits in the network poller before the event is sent:
+	// an event already there would be read without a wake-up.
+	waitFor(t, "the reader to wait on the ring", func() bool {
+		buf := make([]byte, 1<<20)
+		st := string(buf[:runtime.Stack(buf, true)])
+		return strings.Contains(st, "(*SampleReader).Read") && strings.Contains(st, "runtime_pollWait")
+	})
+	c := netip.MustParseAddrPort("198.51.100.33:46000")
+	ack, _ := h.cookieACK(c, service4, 0xc000)
+	if v, _ := h.run(ether(ack)); v != vTX {
+		t.Fatalf("cookie ACK: verdict %v", v)
+	}
+	got := <-reads
+	if got.err != nil || !got.ok || got.ev.Client != c {
+		t.Fatalf("first read: %+v, %v; want the replayed SYN's event", got.ev, got.err)
+	}
+	got = <-reads
+	if got.err != nil || got.ok || !got.s.Event {
+		t.Fatalf("second read: %+v, %v; want the timer's kick", got.s, got.err)
+	}
+	r.Close()
+	for got := range reads {
+		if got.err != nil {
+			break
+		}
+	}
+}
+
+// waitFor polls cond until it holds, for at most 5 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // TestReplayNeedsRoomForItsEvent: the tc program replays a SYN only when
 // it could reserve the event that tells the engine (which resends the
 // SYN and makes the entry); with the ring full, the cookie ACK goes to
@@ -439,9 +619,35 @@ func TestReplayNeedsRoomForItsEvent(t *testing.T) {
 			t.Fatal("the ring never filled")
 		}
 	}
-	// 256 KiB of 64-byte events and their 8-byte headers.
-	if want := 1 << 18 / 72; replayed < want-2 || replayed > want {
-		t.Errorf("replayed %d SYNs before the ring filled, want about %d", replayed, want)
+	// 256 KiB of 64-byte records and their 8-byte headers: the events,
+	// and the kicks of the wake-up timer while the ring was less than
+	// half full.
+	r, err := h.p.Handshakes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	r.SetDeadline(time.Now())
+	events, kicks := 0, 0
+	for {
+		s, err := r.Read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := s.ReplayEvent(); ok {
+			events++
+		} else if s.Event {
+			kicks++
+		}
+	}
+	if events != replayed {
+		t.Errorf("read %d events, want one per replayed SYN, %d", events, replayed)
+	}
+	if want := 1 << 18 / 72; events+kicks < want-2 || events+kicks > want {
+		t.Errorf("replayed %d SYNs (and %d kicks) before the ring filled, want about %d records", replayed, kicks, want)
 	}
 	c, err := h.p.Counters(0)
 	if err != nil {

@@ -235,8 +235,9 @@ struct {
 // sample: the service's index with SAMPLE_EVENT set, the body's length,
 // the body): its SYN replayed here, or its backend's answer completed
 // here. Either way the engine takes over the flow's retries, and once
-// answered makes its conntrack entry, at once: a ring and a reader of
-// their own, so that no pause between drains of samples delays it.
+// answered makes its conntrack entry, soon (hs_wake_flags): a ring and a
+// reader of their own, so that no pause between drains of samples
+// delays it.
 #define SAMPLE_EVENT 0x80000000
 #define EV_REPLAYED 1
 #define EV_ANSWERED 2
@@ -258,10 +259,70 @@ struct {
 	__uint(max_entries, 1 << 20);
 } samples SEC(".maps");
 
+#define HANDSHAKES_BYTES (1 << 18)
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 18);
+	__uint(max_entries, HANDSHAKES_BYTES);
 } handshakes SEC(".maps");
+
+// The reader's wake-up, a moment after a handshake's events rather than
+// inside them: they come in softirq, mostly within the client's own
+// system call where it runs on this machine, and a reader woken there
+// ran before the client did. Each CPU arms a timer at its first event
+// not yet read and submits the events without a wake-up; the timer's
+// callback, HS_WAKE_NS later, submits a kick that wakes the reader, which
+// then reads every event of the interval. Entries come at most that much
+// later; the programs translate the flow until then. A ring half full
+// wakes the reader at once, and where no timer can be armed the event
+// wakes it as before.
+#define EV_KICK 3
+#define HS_WAKE_NS 2000000
+#define CLOCK_MONOTONIC 1 // include/uapi/linux/time.h
+struct hs_wake {
+	struct bpf_timer timer;
+	__u32 armed;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1); // one per possible CPU, set at load
+	__type(key, __u32);
+	__type(value, struct hs_wake);
+} hs_wakes SEC(".maps");
+
+// hs_wake_fire is the timer's callback, in softirq on the CPU that armed
+// it, never at once with that CPU's programs.
+static int hs_wake_fire(void *map, __u32 *key, struct hs_wake *w)
+{
+	w->armed = 0;
+	struct hs_event *e = bpf_ringbuf_reserve(&handshakes, sizeof(*e), 0);
+	if (!e)
+		return 0; // full: the submit that filled it half woke the reader
+	__builtin_memset(e, 0, sizeof(*e));
+	e->svc = SAMPLE_EVENT;
+	e->len = sizeof(*e) - 8;
+	e->kind = EV_KICK;
+	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+	return 0;
+}
+
+// hs_wake_flags returns the submit flags of an event: no wake-up, with
+// this CPU's timer armed.
+static __always_inline __u64 hs_wake_flags(void)
+{
+	if (bpf_ringbuf_query(&handshakes, BPF_RB_AVAIL_DATA) >= HANDSHAKES_BYTES / 2)
+		return BPF_RB_FORCE_WAKEUP;
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct hs_wake *w = bpf_map_lookup_elem(&hs_wakes, &cpu);
+	if (!w)
+		return 0;
+	if (w->armed)
+		return BPF_RB_NO_WAKEUP;
+	bpf_timer_init(&w->timer, &hs_wakes, CLOCK_MONOTONIC); // -EBUSY after the first time
+	if (bpf_timer_set_callback(&w->timer, hs_wake_fire) < 0 || bpf_timer_start(&w->timer, HS_WAKE_NS, 0) < 0)
+		return 0;
+	w->armed = 1;
+	return BPF_RB_NO_WAKEUP;
+}
 
 // hs_event_submit fills e, reserved in the handshakes ring before the
 // work it reports was done (a full ring leaves that work to the queue),
@@ -278,7 +339,7 @@ static __always_inline void hs_event_submit(struct hs_event *e, const struct flo
 	e->cookie = rf->cookie;
 	e->isn = rf->isn;
 	e->server_isn = rf->server_isn;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, hs_wake_flags());
 }
 
 struct {
@@ -1171,17 +1232,24 @@ static __always_inline int check_ack(void *ctx, enum hook h, struct pkt *p, stru
 		bpf_ct_release(ct);
 		return A_PASS;
 	}
+	// A flow carried to its end here, before an entry was needed: its
+	// last segments are its own, but not a new connection from its ports
+	// (a valid cookie ACK, below).
+	struct replay_flow *ended = 0;
 	if (h == HOOK_TC && (svc->flags & SVC_REPLAY)) {
 		struct replay_flow *rf = bpf_map_lookup_elem(&replay_flows, &p->f);
-		if (rf && replay_owns(p, rf))
-			return replay_client(ctx, p, svc, rf);
+		if (rf && replay_owns(p, rf)) {
+			if (!rf->rst && !(rf->client_fin && rf->server_fin))
+				return replay_client(ctx, p, svc, rf);
+			ended = rf;
+		}
 	}
 
 	__s64 epoch;
 	int idx;
 	struct engine_control *c = control_now(&epoch, &idx);
 	if (!c)
-		return A_PASS;
+		return ended ? replay_client(ctx, p, svc, ended) : A_PASS;
 	__u32 cookie = p->ack - 1;
 	__u8 low = cookie & 0xff;
 	// The key of whichever of this epoch and the last has the cookie's
@@ -1210,6 +1278,8 @@ static __always_inline int check_ack(void *ctx, enum hook h, struct pkt *p, stru
 			return replay_syn(ctx, h, p, svc, cookie, isn);
 		return A_PASS;
 	}
+	if (ended)
+		return replay_client(ctx, p, svc, ended);
 	if ((svc->flags & SVC_EARLY) && p->payload != 0) {
 		// More of the request behind the cookie ACK: the flow's ACK
 		// passed, and this acknowledges the same cookie and starts

@@ -57,6 +57,16 @@ type synguardHsEvent struct {
 	ServerIsn    uint32
 }
 
+type synguardHsWake struct {
+	_     structs.HostLayout
+	Timer struct {
+		_ structs.HostLayout
+		_ [16]byte
+	}
+	Armed uint32
+	_     [4]byte
+}
+
 type synguardReplayFlow struct {
 	_             structs.HostLayout
 	Cookie        uint32
@@ -122,6 +132,7 @@ const (
 	synguardMapDenyList           = "deny_list"
 	synguardMapEarlyFlows         = "early_flows"
 	synguardMapHandshakes         = "handshakes"
+	synguardMapHsWakes            = "hs_wakes"
 	synguardMapReplayFlows        = "replay_flows"
 	synguardMapReplayScratch      = "replay_scratch"
 	synguardMapSampleTick         = "sample_tick"
@@ -191,6 +202,7 @@ type synguardMapSpecs struct {
 	DenyList      *ebpf.MapSpec `ebpf:"deny_list"`
 	EarlyFlows    *ebpf.MapSpec `ebpf:"early_flows"`
 	Handshakes    *ebpf.MapSpec `ebpf:"handshakes"`
+	HsWakes       *ebpf.MapSpec `ebpf:"hs_wakes"`
 	ReplayFlows   *ebpf.MapSpec `ebpf:"replay_flows"`
 	ReplayScratch *ebpf.MapSpec `ebpf:"replay_scratch"`
 	SampleTick    *ebpf.MapSpec `ebpf:"sample_tick"`
@@ -232,6 +244,7 @@ type synguardMaps struct {
 	DenyList      *ebpf.Map `ebpf:"deny_list"`
 	EarlyFlows    *ebpf.Map `ebpf:"early_flows"`
 	Handshakes    *ebpf.Map `ebpf:"handshakes"`
+	HsWakes       *ebpf.Map `ebpf:"hs_wakes"`
 	ReplayFlows   *ebpf.Map `ebpf:"replay_flows"`
 	ReplayScratch *ebpf.Map `ebpf:"replay_scratch"`
 	SampleTick    *ebpf.Map `ebpf:"sample_tick"`
@@ -248,6 +261,7 @@ func (m *synguardMaps) Close() error {
 		m.DenyList,
 		m.EarlyFlows,
 		m.Handshakes,
+		m.HsWakes,
 		m.ReplayFlows,
 		m.ReplayScratch,
 		m.SampleTick,

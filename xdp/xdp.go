@@ -156,7 +156,13 @@ func Load() (*Program, error) {
 		return nil, err
 	}
 	p := &Program{tick: tick, forget: new(forgetCall)}
-	if err := loadSynguardObjects(&p.objs, nil); err != nil {
+	spec, err := loadSynguard()
+	if err != nil {
+		return nil, fmt.Errorf("xdp: load program: %w", err)
+	}
+	// A wake-up timer per CPU (synguard.c hs_wake_flags).
+	spec.Maps["hs_wakes"].MaxEntries = uint32(len(tick.counters))
+	if err := spec.LoadAndAssign(&p.objs, nil); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("xdp: load program: %w", ve)
