@@ -130,6 +130,15 @@ func TestFastPathReplayRetried(t *testing.T) {
 	}
 }
 
+// answeredAtFastPath tells the engine that the fast path replayed client's
+// SYN (cookie) and completed its backend's handshake (ISN 0x30), and lets
+// the hand-offs run.
+func (h *harness) answeredAtFastPath(cookie uint32) {
+	h.e.FastPathReplayed(ReplayedFlow{Service: 0, Client: client, Server: server, Cookie: cookies.Cookie(cookie), ClientISN: clientISN,
+		ClientWindow: 502, Answered: true, ServerISN: 0x30, ServerScale: cookies.NoWindowScale})
+	h.drainHandoffs()
+}
+
 // TestFastPathEndedBeforeEntry: a flow the fast path carried to its end
 // (both FINs, or an RST), or into it (one FIN), before the engine heard
 // it was answered gets no entry; the fast path's record, which carries it
@@ -140,9 +149,7 @@ func TestFastPathEndedBeforeEntry(t *testing.T) {
 		h, r := newReplayHarness(t)
 		cookie := h.cookieFor(client)
 		r.endings[client] = ended
-		h.e.FastPathReplayed(ReplayedFlow{Service: 0, Client: client, Server: server, Cookie: cookies.Cookie(cookie), ClientISN: clientISN,
-			ClientWindow: 502, Answered: true, ServerISN: 0x30, ServerScale: cookies.NoWindowScale})
-		h.drainHandoffs()
+		h.answeredAtFastPath(cookie)
 		if len(h.handoff.got) != 0 || h.handoff.deleted != 0 || h.stat(EndedUnseen) != 1 || h.stat(HandedOff) != 1 {
 			t.Fatalf("ended %v: %d created, %d deleted, %d ended unseen, %d handed off; want 0, 0, 1, 1",
 				ended, len(h.handoff.got), h.handoff.deleted, h.stat(EndedUnseen), h.stat(HandedOff))
@@ -172,9 +179,7 @@ func TestFastPathEndedWhileEntryMade(t *testing.T) {
 		h, r := newReplayHarness(t)
 		cookie := h.cookieFor(client)
 		r.lateEndings[client] = late
-		h.e.FastPathReplayed(ReplayedFlow{Service: 0, Client: client, Server: server, Cookie: cookies.Cookie(cookie), ClientISN: clientISN,
-			ClientWindow: 502, Answered: true, ServerISN: 0x30, ServerScale: cookies.NoWindowScale})
-		h.drainHandoffs()
+		h.answeredAtFastPath(cookie)
 		if len(h.handoff.got) != 1 || h.handoff.deleted != 1 || h.stat(EndedUnseen) != 1 {
 			t.Fatalf("%+v: %d created, %d deleted, %d ended unseen; want 1 each", late, len(h.handoff.got), h.handoff.deleted, h.stat(EndedUnseen))
 		}

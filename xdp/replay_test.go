@@ -352,10 +352,7 @@ func TestEndedFlowLeavesItsPorts(t *testing.T) {
 	backendSide := h.with(backendKind)
 	c := netip.MustParseAddrPort("198.51.100.34:47000")
 	const isn, serverISN = 0xd000, 0x7000
-	ack, cookie := h.cookieACK(c, service4, isn)
-	if v, _ := h.run(ether(ack)); v != vTX {
-		t.Fatalf("cookie ACK: verdict %v, want the replayed SYN sent on", v)
-	}
+	cookie := h.replayCookieACK(t, c, service4, isn)
 	answer := rawSegment(service4, c, serverISN, isn+1, packet.SYN|packet.ACK, []byte{2, 4, 5, 0xa8}, nil)
 	if v, _ := backendSide.run(ether(answer)); v != vTX {
 		t.Fatalf("backend SYN-ACK: verdict %v, want the window update sent on", v)
@@ -438,10 +435,7 @@ func TestDeferredToQueue(t *testing.T) {
 	backendSide := h.with(backendKind)
 	c := netip.MustParseAddrPort("198.51.100.31:44000")
 	const isn, serverISN = 0xa000, 0x5000
-	ack, cookie := h.cookieACK(c, service4, isn)
-	if v, _ := h.run(ether(ack)); v != vTX {
-		t.Fatalf("cookie ACK: verdict %v, want the replayed SYN sent on", v)
-	}
+	cookie := h.replayCookieACK(t, c, service4, isn)
 	req := rawSegment(c, service4, isn+1, cookie+1, packet.ACK|packet.PSH, nil, []byte("GET /"))
 	if v, out := h.run(ether(req)); v != vPass || !bytes.Equal(out[14:14+len(req)], req) {
 		t.Fatalf("request before the backend's answer: verdict %v, want pass, unchanged", v)
@@ -489,11 +483,7 @@ func TestForgetAllocatesNothing(t *testing.T) {
 func TestReplayEvents(t *testing.T) {
 	h := newHarness(t, tcKind)
 	h.setReplay(true)
-	r, err := h.p.Handshakes()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	r := h.handshakes(t)
 	c := netip.MustParseAddrPort("[2001:db8:c::32]:45000")
 	const isn, serverISN = 0xb000, 0x6000
 	ack, cookie := h.cookieACK(c, service6, isn)
@@ -534,11 +524,7 @@ func TestReplayEvents(t *testing.T) {
 func TestHandshakeEventsWakeTheReaderLater(t *testing.T) {
 	h := newHarness(t, tcKind)
 	h.setReplay(true)
-	r, err := h.p.Handshakes()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	r := h.handshakes(t)
 	r.SetDeadline(time.Now().Add(5 * time.Second))
 	type read struct {
 		s   Sample
@@ -585,6 +571,28 @@ func TestHandshakeEventsWakeTheReaderLater(t *testing.T) {
 	}
 }
 
+// handshakes opens the handshakes ring, closed when the test ends.
+func (h *harness) handshakes(t *testing.T) *SampleReader {
+	t.Helper()
+	r, err := h.p.Handshakes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+// replayCookieACK runs the cookie ACK of client c's SYN with isn through
+// the client side, which must replay it, and returns the cookie.
+func (h *harness) replayCookieACK(t *testing.T, c, s netip.AddrPort, isn uint32) uint32 {
+	t.Helper()
+	ack, cookie := h.cookieACK(c, s, isn)
+	if v, _ := h.run(ether(ack)); v != vTX {
+		t.Fatalf("%s: cookie ACK: verdict %v, want the replayed SYN sent on", c, v)
+	}
+	return cookie
+}
+
 // waitFor polls cond until it holds, for at most 5 s.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -622,11 +630,7 @@ func TestReplayNeedsRoomForItsEvent(t *testing.T) {
 	// 256 KiB of 64-byte records and their 8-byte headers: the events,
 	// and the kicks of the wake-up timer while the ring was less than
 	// half full.
-	r, err := h.p.Handshakes()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	r := h.handshakes(t)
 	r.SetDeadline(time.Now())
 	events, kicks := 0, 0
 	for {
