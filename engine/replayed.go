@@ -43,9 +43,9 @@ type Replayer interface {
 // FastEndings are how the fast path's record says a flow ended while the
 // fast path translated it. Replaced says the record is another
 // connection's on the same ports: the flow is over, its client having
-// reused them.
+// reused them. Gone says there is no record at all.
 type FastEndings struct {
-	ClientFIN, ServerFIN, RST, Replaced bool
+	ClientFIN, ServerFIN, RST, Replaced, Gone bool
 }
 
 // endings are fe as the engine keeps them.
@@ -67,8 +67,11 @@ func (fe FastEndings) endings() endings {
 // the entry of an answered one. It is called from one goroutine, the
 // reader of the fast path's events.
 func (e *Engine) FastPathReplayed(r ReplayedFlow) {
+	k := flowKey{client: r.Client, server: r.Server}
+	if !r.Answered && e.endedBeforeItsEvent(k, r.Cookie) {
+		return
+	}
 	if e.replayed(e.replayOut.c, r) && r.Answered {
-		k := flowKey{client: r.Client, server: r.Server}
 		// Made here, at once: the flow's first segments are already
 		// passing, translated by the fast path, and the entry should
 		// see the rest (its end above all: conntrackd copies it to a
@@ -81,6 +84,20 @@ func (e *Engine) FastPathReplayed(r ReplayedFlow) {
 		}
 		e.replayOut.flush()
 	}
+}
+
+// endedBeforeItsEvent says the queue took flow k over and ended it
+// before the engine read the event of its replayed SYN: the backend's
+// RST came first (adoptReplayed), and the fast path's record was
+// forgotten with the flow. Its event must not start it again.
+func (e *Engine) endedBeforeItsEvent(k flowKey, cookie cookies.Cookie) bool {
+	if e.cfg.Replayer == nil {
+		return false
+	}
+	e.mu.Lock()
+	known := e.pending.get(k) != nil
+	e.mu.Unlock()
+	return !known && e.cfg.Replayer.Endings(k.client, k.server, cookie).Gone
 }
 
 // endedAtFastPath finishes flow k, answered, without an entry when the

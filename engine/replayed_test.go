@@ -2,6 +2,7 @@ package engine
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -29,13 +30,16 @@ func (r *fakeReplayer) Pending(client, _ netip.AddrPort) (ReplayedFlow, bool) {
 
 func (r *fakeReplayer) Forget(client, _ netip.AddrPort, _ cookies.Cookie) (FastEndings, error) {
 	r.forgot = append(r.forgot, client)
+	delete(r.pending, client)
 	e, l := r.endings[client], r.lateEndings[client]
 	return FastEndings{ClientFIN: e.ClientFIN || l.ClientFIN, ServerFIN: e.ServerFIN || l.ServerFIN,
 		RST: e.RST || l.RST, Replaced: e.Replaced || l.Replaced}, nil
 }
 
 func (r *fakeReplayer) Endings(client, _ netip.AddrPort, _ cookies.Cookie) FastEndings {
-	return r.endings[client]
+	e := r.endings[client]
+	e.Gone = slices.Contains(r.forgot, client)
+	return e
 }
 
 func (r *fakeReplayer) ForgetEnded(client, _ netip.AddrPort, _ cookies.Cookie) {
@@ -234,6 +238,15 @@ func TestFastPathAdoptedOnTheBackendsAnswer(t *testing.T) {
 	}
 	if len(r.forgot) != 1 {
 		t.Fatalf("forgot %v, want the flow once", r.forgot)
+	}
+	// The event of the replayed SYN, read after all that, starts
+	// nothing again: no second flow, no SYN resent to the closed port.
+	h.e.FastPathReplayed(ReplayedFlow{Service: 0, Client: client, Server: server, Cookie: cookies.Cookie(cookie), ClientISN: clientISN, ClientWindow: 502})
+	h.clock.advance(DefaultRetryInitial * 2)
+	h.e.Tick()
+	h.expect(0)
+	if h.e.Pending() != 0 || h.stat(CookieValid) != 1 || h.stat(BackendSYNSent) != 1 {
+		t.Fatalf("after the late event: %d pending, %d valid cookies, %d SYNs sent; want 0, 1, 1", h.e.Pending(), h.stat(CookieValid), h.stat(BackendSYNSent))
 	}
 	// Without a record it is no flow of ours.
 	h.handle(packet.Segment{Src: server, Dst: netip.AddrPortFrom(client.Addr(), client.Port()+1), Seq: 0, Ack: 7, Flags: packet.RST | packet.ACK}, nf.Accept)

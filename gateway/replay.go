@@ -112,8 +112,10 @@ func (r replayer) Forget(client, server netip.AddrPort, cookie cookies.Cookie) (
 }
 
 func (r replayer) Endings(client, server netip.AddrPort, cookie cookies.Cookie) engine.FastEndings {
-	e, _ := r.prog.ReplayedEndings(client, server, uint32(cookie))
-	return fastEndings(e)
+	e, found := r.prog.ReplayedEndings(client, server, uint32(cookie))
+	fe := fastEndings(e)
+	fe.Gone = !found
+	return fe
 }
 
 func (r replayer) ForgetEnded(client, server netip.AddrPort, cookie cookies.Cookie) {
