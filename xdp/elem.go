@@ -18,8 +18,9 @@ import (
 // measured, more context switches than the tick's own work. These two
 // element calls only copy memory and never block, so they are raw system
 // calls instead, like the queue's (nfq/doc.go). Everything else goes
-// through cilium/ebpf. So is the engine's forgetting of a flow the tc
-// programs completed (ForgetReplayed), one per legitimate handshake.
+// through cilium/ebpf. So are the engine's calls on the tc programs'
+// record of a flow they completed (ForgetReplayed, ReplayedEndings,
+// ForgetEnded, ReplayedPending), one or more per legitimate handshake.
 
 // bpf(2) commands (include/uapi/linux/bpf.h).
 const (
@@ -77,7 +78,8 @@ func rawElem(attr *elemAttr, cmd uintptr, m *ebpf.Map, key, value unsafe.Pointer
 	return nil
 }
 
-// forgetCall holds, on the heap, the arguments of ForgetReplayed's call.
+// forgetCall holds, on the heap, the arguments of the calls on the
+// replay_flows map.
 type forgetCall struct {
 	mu    sync.Mutex
 	attr  elemAttr

@@ -127,6 +127,9 @@ type Endings struct {
 	Replaced                  bool
 }
 
+// over says the flow ended: both FINs, or an RST.
+func (e Endings) over() bool { return e.RST || e.ClientFIN && e.ServerFIN }
+
 // endings reads a record of the flow whose cookie is cookie.
 func endings(v *synguardReplayFlow, cookie uint32) Endings {
 	if v.Cookie != cookie {
@@ -185,7 +188,7 @@ func (p *Program) ForgetEnded(client, server netip.AddrPort, cookie uint32) erro
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	err := c.lookup(p.objs.ReplayFlows, flowKey(client, server))
-	if v := c.value; err == nil && v.Cookie == cookie && (v.Rst != 0 || v.ClientFin != 0 && v.ServerFin != 0) {
+	if e := endings(&c.value, cookie); err == nil && !e.Replaced && e.over() {
 		err = c.delete(p.objs.ReplayFlows)
 	}
 	if err != nil && err != unix.ENOENT {
@@ -219,11 +222,13 @@ func (p *Program) AttachServiceSide(name string, ifindex int) error {
 // needs to take the flow over (ReplayEvent, Answered false, Service
 // unset).
 func (p *Program) ReplayedPending(client, server netip.AddrPort) (ReplayEvent, bool) {
-	k := flowKey(client, server)
-	var v synguardReplayFlow
-	if err := p.objs.ReplayFlows.Lookup(&k, &v); err != nil {
+	c := p.forget
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lookup(p.objs.ReplayFlows, flowKey(client, server)) != nil {
 		return ReplayEvent{}, false
 	}
+	v := c.value
 	if v.State != rsSYNSent && v.State != rsDeferred {
 		return ReplayEvent{}, false
 	}

@@ -378,6 +378,9 @@ func TestEndedFlowLeavesItsPorts(t *testing.T) {
 	if e, found := h.p.ReplayedEndings(c, service4, cookie); !found || e != (Endings{ClientFIN: true, ServerFIN: true}) {
 		t.Fatalf("endings %+v, found %v; want both FINs", e, found)
 	}
+	if ev, ok := h.p.ReplayedPending(c, service4); ok {
+		t.Fatalf("a flow whose backend was ACKed is pending: %+v", ev)
+	}
 	// A new connection whose cookie the old record would own (within
 	// 2^30 past the old one): found by trying ISNs.
 	for isn2 := uint32(0xe000); ; isn2 += 0x1000 {
@@ -451,11 +454,20 @@ func TestDeferredToQueue(t *testing.T) {
 	if counters.Deferred != 1 || counters.Completed != 0 {
 		t.Errorf("counters %+v: want 1 deferred, none completed", counters)
 	}
+	// What the engine takes the flow over from, when the backend's
+	// answer reaches its queue before the event.
+	want := ReplayEvent{Client: c, Server: service4, Cookie: cookie, ClientISN: isn, ClientWindow: 64240, ServerScale: cookies.NoWindowScale}
+	if ev, ok := h.p.ReplayedPending(c, service4); !ok || ev != want {
+		t.Fatalf("pending: %+v, %v; want %+v", ev, ok, want)
+	}
 	if _, found, err := h.p.ForgetReplayed(c, service4, cookie); err != nil || !found {
 		t.Fatalf("forget: found %v, %v", found, err)
 	}
 	if _, found, _ := h.p.ForgetReplayed(c, service4, cookie); found {
 		t.Fatal("forgot the flow twice")
+	}
+	if ev, ok := h.p.ReplayedPending(c, service4); ok {
+		t.Fatalf("pending after the forget: %+v", ev)
 	}
 	if v, _ := backendSide.run(ether(answer)); v != vPass {
 		t.Fatalf("backend segment of a forgotten flow: verdict %v, want pass", v)
