@@ -142,8 +142,7 @@ func withWindow(ip []byte, window uint16) []byte {
 // with ReplayIfindex set: a cookie ACK carrying data (the engine holds the
 // data and replays), a forged ACK, and anything at the XDP hook.
 func TestReplayOnlyPureACKsAtTC(t *testing.T) {
-	h := newHarness(t, tcKind)
-	h.setReplay(true)
+	h := newReplayHarness(t)
 	c := netip.MustParseAddrPort("198.51.100.21:42000")
 	const isn = 0x7000
 	valid, cookie := h.cookieACK(c, service4, isn)
@@ -222,8 +221,7 @@ func (c *linkCapture) find(ip []byte) []byte {
 // segments are translated both ways as the engine translates those that
 // meet no entry, until the entry exists.
 func TestCompletesHandshakeLikeEngine(t *testing.T) {
-	h := newHarness(t, tcKind)
-	h.setReplay(true)
+	h := newReplayHarness(t)
 	updates := &capture{}
 	h.w.InlineHandOffs(updates)
 	backendSide := h.with(backendKind)
@@ -347,13 +345,12 @@ func TestCompletesHandshakeLikeEngine(t *testing.T) {
 // cookie ACK the old record would take for its own, is replayed as a
 // new flow.
 func TestEndedFlowLeavesItsPorts(t *testing.T) {
-	h := newHarness(t, tcKind)
-	h.setReplay(true)
+	h := newReplayHarness(t)
 	backendSide := h.with(backendKind)
 	c := netip.MustParseAddrPort("198.51.100.34:47000")
 	const isn, serverISN = 0xd000, 0x7000
 	cookie := h.replayCookieACK(t, c, service4, isn)
-	answer := rawSegment(service4, c, serverISN, isn+1, packet.SYN|packet.ACK, []byte{2, 4, 5, 0xa8}, nil)
+	answer := backendAnswer(service4, c, serverISN, isn)
 	if v, _ := backendSide.run(ether(answer)); v != vTX {
 		t.Fatalf("backend SYN-ACK: verdict %v, want the window update sent on", v)
 	}
@@ -414,7 +411,7 @@ func TestEndedFlowLeavesItsPorts(t *testing.T) {
 	if v, _ := h.run(ether(ack3)); v != vTX {
 		t.Fatalf("cookie ACK: verdict %v", v)
 	}
-	if v, _ := backendSide.run(ether(rawSegment(service4, c2, serverISN, isn+1, packet.SYN|packet.ACK, []byte{2, 4, 5, 0xa8}, nil))); v != vTX {
+	if v, _ := backendSide.run(ether(backendAnswer(service4, c2, serverISN, isn))); v != vTX {
 		t.Fatalf("backend SYN-ACK: verdict %v", v)
 	}
 	if v, _ := h.run(ether(rawSegment(c2, service4, isn+1, cookie3+1, packet.ACK|packet.RST, nil, nil))); v != vTX {
@@ -433,8 +430,7 @@ func TestEndedFlowLeavesItsPorts(t *testing.T) {
 // so does the backend's SYN-ACK then, untouched. A flow whose record
 // the engine forgot goes to the stack both ways.
 func TestDeferredToQueue(t *testing.T) {
-	h := newHarness(t, tcKind)
-	h.setReplay(true)
+	h := newReplayHarness(t)
 	backendSide := h.with(backendKind)
 	c := netip.MustParseAddrPort("198.51.100.31:44000")
 	const isn, serverISN = 0xa000, 0x5000
@@ -443,7 +439,7 @@ func TestDeferredToQueue(t *testing.T) {
 	if v, out := h.run(ether(req)); v != vPass || !bytes.Equal(out[14:14+len(req)], req) {
 		t.Fatalf("request before the backend's answer: verdict %v, want pass, unchanged", v)
 	}
-	answer := rawSegment(service4, c, serverISN, isn+1, packet.SYN|packet.ACK, []byte{2, 4, 5, 0xa8}, nil)
+	answer := backendAnswer(service4, c, serverISN, isn)
 	if v, out := backendSide.run(ether(answer)); v != vPass || !bytes.Equal(out[14:14+len(answer)], answer) {
 		t.Fatalf("backend's answer to a deferred flow: verdict %v, want pass, unchanged", v)
 	}
@@ -493,8 +489,7 @@ func TestForgetAllocatesNothing(t *testing.T) {
 // handshakes ring, of each SYN they replayed and each answer they completed, with
 // what the engine needs to take the flow over.
 func TestReplayEvents(t *testing.T) {
-	h := newHarness(t, tcKind)
-	h.setReplay(true)
+	h := newReplayHarness(t)
 	r := h.handshakes(t)
 	c := netip.MustParseAddrPort("[2001:db8:c::32]:45000")
 	const isn, serverISN = 0xb000, 0x6000
@@ -534,8 +529,7 @@ func TestReplayEvents(t *testing.T) {
 // a wake-up, and a timer's kick wakes a reader waiting on the ring: it
 // gets the event, then the kick.
 func TestHandshakeEventsWakeTheReaderLater(t *testing.T) {
-	h := newHarness(t, tcKind)
-	h.setReplay(true)
+	h := newReplayHarness(t)
 	r := h.handshakes(t)
 	r.SetDeadline(time.Now().Add(5 * time.Second))
 	type read struct {
@@ -572,7 +566,7 @@ func TestHandshakeEventsWakeTheReaderLater(t *testing.T) {
 		t.Fatalf("first read: %+v, %v; want the replayed SYN's event", got.ev, got.err)
 	}
 	got = <-reads
-	if got.err != nil || got.ok || !got.s.Event {
+	if got.err != nil || got.ok || !isKick(got.s) {
 		t.Fatalf("second read: %+v, %v; want the timer's kick", got.s, got.err)
 	}
 	r.Close()
@@ -581,6 +575,25 @@ func TestHandshakeEventsWakeTheReaderLater(t *testing.T) {
 			break
 		}
 	}
+}
+
+// newReplayHarness is a harness of the client side at tc whose services
+// have their SYNs replayed there, with early data.
+func newReplayHarness(t *testing.T) *harness {
+	h := newHarness(t, tcKind)
+	h.setReplay(true)
+	return h
+}
+
+// backendAnswer is backend s's SYN-ACK (ISN serverISN, MSS 1448) to
+// client c's replayed SYN of ISN isn.
+func backendAnswer(s, c netip.AddrPort, serverISN, isn uint32) []byte {
+	return rawSegment(s, c, serverISN, isn+1, packet.SYN|packet.ACK, []byte{2, 4, 5, 0xa8}, nil)
+}
+
+// isKick says s is the wake-up timer's kick (synguard.c hs_wake_fire).
+func isKick(s Sample) bool {
+	return s.Event && len(s.Frame) > evKind && s.Frame[evKind] == evKick
 }
 
 // handshakes opens the handshakes ring, closed when the test ends.
@@ -621,8 +634,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // SYN and makes the entry); with the ring full, the cookie ACK goes to
 // the queue as it would without the fast path.
 func TestReplayNeedsRoomForItsEvent(t *testing.T) {
-	h := newHarness(t, tcKind)
-	h.setReplay(true)
+	h := newReplayHarness(t)
 	replayed := 0
 	for i := 0; ; i++ {
 		c := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 51, 100, byte(i >> 8)}), uint16(20000+i&0xff))
@@ -655,8 +667,10 @@ func TestReplayNeedsRoomForItsEvent(t *testing.T) {
 		}
 		if _, ok := s.ReplayEvent(); ok {
 			events++
-		} else if s.Event {
+		} else if isKick(s) {
 			kicks++
+		} else {
+			t.Fatalf("a record neither an event nor a kick: %+v", s)
 		}
 	}
 	if events != replayed {
