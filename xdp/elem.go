@@ -17,10 +17,10 @@ import (
 // call longer than that to another thread:
 // measured, more context switches than the tick's own work. These two
 // element calls only copy memory and never block, so they are raw system
-// calls instead, like the queue's (nfq/doc.go). Everything else goes
-// through cilium/ebpf. So are the engine's calls on the tc programs'
-// record of a flow they completed (ForgetReplayed, ReplayedEndings,
-// ForgetEnded, ReplayedPending), one or more per legitimate handshake.
+// calls instead, like the queue's (nfq/doc.go), and so are the engine's
+// calls on the tc programs' record of a flow they completed
+// (ForgetReplayed, ReplayedEndings, ForgetEnded, ReplayedPending), one or
+// more per legitimate handshake. Everything else goes through cilium/ebpf.
 
 // bpf(2) commands (include/uapi/linux/bpf.h).
 const (
