@@ -201,8 +201,9 @@ struct {
 } early_flows SEC(".maps");
 
 // The flows whose SYN the tc program replayed (SVC_REPLAY), until the
-// engine has made their conntrack entry and deletes them here. See
-// docs/architecture.md, "Handshakes completed at tc".
+// engine has made their conntrack entry and deletes them here, or, for a
+// flow that ended before it was needed, until the engine forgets the
+// flow. See docs/architecture.md, "Handshakes completed at tc".
 enum replay_state {
 	RS_SYN_SENT = 1, // the replayed SYN is out; the backend has not answered
 	RS_DEFERRED = 2, // a client segment came first: the queue completes the flow
@@ -220,8 +221,7 @@ struct replay_flow {
 	// How the flow ended while translated here, as the engine's endings
 	// (engine/pending.go): a byte each, so that CPUs never race on one.
 	__u8 client_fin, server_fin, rst;
-	__u8 pad[5];
-	__u64 since_tai;
+	__u8 pad;
 };
 
 struct {
@@ -1134,7 +1134,6 @@ static __always_inline int replay_syn(void *ctx, enum hook h, struct pkt *p, str
 		.client_window = bpf_ntohs(wire_window),
 		.state = RS_SYN_SENT,
 		.announced_ws = ws ? svc->wscale : 0xff,
-		.since_tai = bpf_ktime_get_tai_ns(),
 	};
 	if (bpf_map_update_elem(&replay_flows, &p->f, &rf, BPF_ANY) < 0) {
 		bpf_ringbuf_discard(ev, 0);

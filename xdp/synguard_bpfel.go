@@ -79,9 +79,7 @@ type synguardReplayFlow struct {
 	ClientFin     uint8
 	ServerFin     uint8
 	Rst           uint8
-	Pad           [5]uint8
-	_             [4]byte
-	SinceTai      uint64
+	Pad           uint8
 }
 
 type synguardReplyBuf struct {
