@@ -6,7 +6,8 @@ import (
 	"errors"
 	"net/netip"
 	"os"
-	"runtime/metrics"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -64,31 +65,41 @@ type readResult struct {
 	err error
 }
 
+// reading is a Read in a goroutine of its own, known by its ID.
+type reading struct {
+	id     string // "goroutine N "
+	result chan readResult
+}
+
 func testSampleReaderWaits(t *testing.T, h *harness) {
 	r := openSamples(t, h) // the first SYN on a CPU is sampled
-	read := func() <-chan readResult {
-		c := make(chan readResult, 1)
+	read := func() reading {
+		started := make(chan string)
+		c := reading{result: make(chan readResult, 1)}
 		go func() {
+			buf := make([]byte, 64)
+			started <- string(bytes.Fields(buf[:runtime.Stack(buf, false)])[1])
 			s, err := r.Read()
 			s.Frame = bytes.Clone(s.Frame)
-			c <- readResult{s, err}
+			c.result <- readResult{s, err}
 		}()
+		c.id = "goroutine " + <-started + " "
 		return c
 	}
-	// waitParked waits until one goroutine more than before waits, and
-	// then checks for a while that none more than before is in a system
-	// call.
-	waitParked := func(c <-chan readResult) {
+	// waitParked waits until the Read's goroutine waits in the network
+	// poller, and then checks for a while that it stays there, never in
+	// a system call. Only its own state counts: other tests' goroutines
+	// come and go meanwhile.
+	waitParked := func(c reading) {
 		t.Helper()
-		syscalls, waiting := schedCounts()
-		if !poll.Until(5*time.Second, func() bool { _, w := schedCounts(); return w > waiting }) {
-			t.Fatal("the Read never waited in the poller")
+		if !poll.Until(5*time.Second, func() bool { return goroutineState(c.id) == "IO wait" }) {
+			t.Fatalf("the Read never waited in the poller (%q)", goroutineState(c.id))
 		}
-		if !poll.Stays(200*time.Millisecond, func() bool { s, _ := schedCounts(); return s <= syscalls }) {
-			t.Fatal("a goroutine is in a system call while the Read waits")
+		if !poll.Stays(200*time.Millisecond, func() bool { return goroutineState(c.id) == "IO wait" }) {
+			t.Fatalf("the waiting Read left the poller (%q)", goroutineState(c.id))
 		}
-		if len(c) != 0 {
-			t.Fatalf("Read returned on an empty ring: %+v", <-c)
+		if len(c.result) != 0 {
+			t.Fatalf("Read returned on an empty ring: %+v", <-c.result)
 		}
 	}
 
@@ -100,7 +111,7 @@ func testSampleReaderWaits(t *testing.T, h *harness) {
 		t.Fatalf("SYN: %v, want tx", v)
 	}
 	select {
-	case got := <-c:
+	case got := <-c.result:
 		if got.err != nil {
 			t.Fatal(got.err)
 		}
@@ -113,7 +124,7 @@ func testSampleReaderWaits(t *testing.T, h *harness) {
 
 	r.SetDeadline(time.Now().Add(50 * time.Millisecond))
 	select {
-	case got := <-read():
+	case got := <-read().result:
 		if !errors.Is(got.err, os.ErrDeadlineExceeded) {
 			t.Fatalf("Read past its deadline: %v, want %v", got.err, os.ErrDeadlineExceeded)
 		}
@@ -128,7 +139,7 @@ func testSampleReaderWaits(t *testing.T, h *harness) {
 		t.Fatal(err)
 	}
 	select {
-	case got := <-c:
+	case got := <-c.result:
 		if !errors.Is(got.err, os.ErrClosed) {
 			t.Fatalf("Read of a closed reader: %v, want %v", got.err, os.ErrClosed)
 		}
@@ -140,15 +151,19 @@ func testSampleReaderWaits(t *testing.T, h *harness) {
 	}
 }
 
-// schedCounts is how many goroutines are in a system call (or cgo), and
-// how many wait, as the runtime counts them.
-func schedCounts() (syscalls, waiting uint64) {
-	s := []metrics.Sample{
-		{Name: "/sched/goroutines/not-in-go:goroutines"},
-		{Name: "/sched/goroutines/waiting:goroutines"},
+// goroutineState is the state the runtime gives the goroutine whose
+// stack dump starts with id ("goroutine N "), as in "IO wait" or
+// "syscall"; empty when there is no such goroutine.
+func goroutineState(id string) string {
+	buf := make([]byte, 1<<20)
+	for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+		if rest, ok := strings.CutPrefix(g, id+"["); ok {
+			state, _, _ := strings.Cut(rest, "]")
+			state, _, _ = strings.Cut(state, ",") // ", 2 minutes"
+			return state
+		}
 	}
-	metrics.Read(s)
-	return s[0].Value.Uint64(), s[1].Value.Uint64()
+	return ""
 }
 
 // TestSampleRingWraps: rounds of samples that together pass the end of
