@@ -17,7 +17,10 @@ type Engine struct {
 	// replayOut is FastPathReplayed's (called from one goroutine): its
 	// counters, and the hand-off's packets (resets of a failed one).
 	replayOut *outbox
-	events    Events
+	// fastStarted is the flows FastPathReplayed started whose deadline
+	// waits for FastPathCaughtUp (the same goroutine's).
+	fastStarted []flowKey
+	events      Events
 	// table is the services in force; Reconfigure replaces it.
 	table       atomic.Pointer[serviceTable]
 	reconfigure sync.Mutex
@@ -94,6 +97,7 @@ func New(cfg Config) (*Engine, error) {
 	e.timers = e.newOutbox(cfg.NewBatch())
 	if cfg.Replayer != nil {
 		e.replayOut = e.newOutbox(cfg.NewBatch())
+		e.fastStarted = make([]flowKey, 0, maxFastStarted)
 	}
 	return e, nil
 }

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"net/netip"
+	"time"
 
 	"github.com/synguard/synguard/cookies"
 )
@@ -71,7 +72,14 @@ func (e *Engine) FastPathReplayed(r ReplayedFlow) {
 	if !r.Answered && e.endedBeforeItsEvent(k, r.Cookie) {
 		return
 	}
-	if e.replayed(e.replayOut.c, r) && r.Answered {
+	answered, started := e.replayed(e.replayOut.c, r)
+	if started != nil {
+		e.fastStarted = append(e.fastStarted, k)
+		if len(e.fastStarted) == maxFastStarted {
+			e.FastPathCaughtUp()
+		}
+	}
+	if answered && r.Answered {
 		// Made here, at once: the flow's first segments are already
 		// passing, translated by the fast path, and the entry should
 		// see the rest (its end above all: conntrackd copies it to a
@@ -83,6 +91,45 @@ func (e *Engine) FastPathReplayed(r ReplayedFlow) {
 			e.handoff(e.replayOut, k)
 		}
 		e.replayOut.flush()
+	}
+}
+
+// maxFastStarted bounds the flows whose deadline waits for the reader of
+// the fast path's events to catch up.
+const maxFastStarted = 256
+
+// FastPathCaughtUp sets the flow timer for the flows FastPathReplayed
+// started since its last call: for the first retry of those still waiting
+// for their backend, for the end of the linger of those answered. The
+// reader calls it whenever it has read every event there is. The
+// backend's answer mostly comes in the same read as the event of the
+// replayed SYN, and a timer set for that flow's retry at once would wake
+// the engine for nothing, once per handshake on a gateway with a few of
+// them a second.
+func (e *Engine) FastPathCaughtUp() {
+	if len(e.fastStarted) == 0 {
+		return
+	}
+	retrySlack, forgetSlack := e.retrySlack(), e.forgetSlack()
+	var by time.Time
+	e.mu.Lock()
+	for _, k := range e.fastStarted {
+		f := e.pending.get(k)
+		if f == nil {
+			continue
+		}
+		t := f.expires.Add(forgetSlack)
+		if f.state == stateReplaying {
+			t = f.nextRetry.Add(retrySlack)
+		}
+		if by.IsZero() || t.Before(by) {
+			by = t
+		}
+	}
+	e.mu.Unlock()
+	e.fastStarted = e.fastStarted[:0]
+	if !by.IsZero() {
+		e.wantBy(by)
 	}
 }
 
@@ -149,21 +196,24 @@ func (e *Engine) adoptReplayed(c *counterSet, svc int, k flowKey) bool {
 		return false
 	}
 	r.Service, r.Answered = svc, false
-	e.replayed(c, r)
+	if _, started := e.replayed(c, r); started != nil {
+		e.pendingAdded(started) // its retry, as a worker's flow's
+	}
 	return true
 }
 
 // replayed records flow r, counting on c, and reports whether the flow
-// is now answered by the fast path and waits for its entry.
-func (e *Engine) replayed(c *counterSet, r ReplayedFlow) bool {
+// is now answered by the fast path and waits for its entry. It returns
+// the flow when it started it: the caller sets the flow timer for it.
+func (e *Engine) replayed(c *counterSet, r ReplayedFlow) (answered bool, started *pendingFlow) {
 	t := e.table.Load()
 	if r.Service < 0 || r.Service >= len(t.all) {
-		return false
+		return false, nil
 	}
 	k := flowKey{client: r.Client, server: r.Server}
 	opts, ok := e.cfg.Cookies.Validate(r.Client, r.Server, r.ClientISN, r.Cookie)
 	if !ok {
-		return false // the key turned over since: the client's next segment takes the queue
+		return false, nil // the key turned over since: the client's next segment takes the queue
 	}
 	now := e.cfg.Now()
 	e.mu.Lock()
@@ -171,26 +221,25 @@ func (e *Engine) replayed(c *counterSet, r ReplayedFlow) bool {
 	if f != nil && (f.cookie != r.Cookie || f.clientISN != r.ClientISN) {
 		if !f.acked {
 			e.mu.Unlock()
-			return false // a flow of the ports' own, in the queue's hands
+			return false, nil // a flow of the ports' own, in the queue's hands
 		}
 		e.pending.remove(k) // the record of an earlier flow on the ports
 		f = nil
 	}
-	added := false
 	if f == nil {
 		f = e.newReplaying(r.Service, r.ClientISN, r.Cookie, opts, r.ClientWindow, now)
 		if !e.pending.add(k, f) {
 			e.mu.Unlock()
 			c.add(r.Service, PendingFull)
-			return false
+			return false, nil
 		}
-		added = true
+		started = f
 		c.add(r.Service, CookieValid)
 		c.add(r.Service, BackendSYNSent)
 		t.all[r.Service].bySource.Complete(r.Client.Addr())
 	}
 	f.replayed = true
-	answered := r.Answered && f.state == stateReplaying
+	answered = r.Answered && f.state == stateReplaying
 	if answered {
 		f.state = stateHandingOff
 		f.serverISN = r.ServerISN
@@ -201,10 +250,7 @@ func (e *Engine) replayed(c *counterSet, r ReplayedFlow) bool {
 		f.completed = true
 	}
 	e.mu.Unlock()
-	if added {
-		e.pendingAdded(f) // its retry, as a worker's flow's
-	}
-	return answered
+	return answered, started
 }
 
 // forgetReplayed deletes the fast path's record of flow k, whose entry

@@ -254,3 +254,58 @@ func TestFastPathAdoptedOnTheBackendsAnswer(t *testing.T) {
 		t.Fatalf("%d unmatched, want 1", h.stat(Unmatched))
 	}
 }
+
+// TestFastPathTimerSetOnceCaughtUp: the flows the fast path's events
+// start set no timer until the reader has read every event there is; a
+// flow answered by then has the timer set for the end of its linger, not
+// for a retry it will never need, and one still waiting for its backend
+// for its first retry. Too many flows before the reader catches up set
+// the timer anyway.
+func TestFastPathTimerSetOnceCaughtUp(t *testing.T) {
+	h, _ := newReplayHarness(t)
+	e := h.e
+	due := func() time.Duration {
+		if ns := e.due.Load(); ns != 0 {
+			return time.Unix(0, ns).Sub(h.clock.now())
+		}
+		return 0
+	}
+	cookie := h.cookieFor(client)
+	ev := ReplayedFlow{Service: 0, Client: client, Server: server, Cookie: cookies.Cookie(cookie), ClientISN: clientISN, ClientWindow: 502}
+	e.FastPathReplayed(ev)
+	ev.Answered, ev.ServerISN, ev.ServerScale = true, 0x30, cookies.NoWindowScale
+	e.FastPathReplayed(ev)
+	h.drainHandoffs()
+	if d := due(); d != 0 {
+		t.Fatalf("timer due in %v before the reader caught up, want unset", d)
+	}
+	e.FastPathCaughtUp()
+	if d, want := due(), DefaultLinger+e.forgetSlack(); d != want {
+		t.Fatalf("an answered flow: timer due in %v, want %v (its linger)", d, want)
+	}
+
+	h, _ = newReplayHarness(t)
+	e = h.e
+	cookie = h.cookieFor(client)
+	e.FastPathReplayed(ReplayedFlow{Service: 0, Client: client, Server: server, Cookie: cookies.Cookie(cookie), ClientISN: clientISN, ClientWindow: 502})
+	e.FastPathCaughtUp()
+	if d, want := due(), DefaultRetryInitial+e.retrySlack(); d != want {
+		t.Fatalf("a flow waiting for its backend: timer due in %v, want %v (its retry)", d, want)
+	}
+	e.due.Store(0)
+	e.FastPathCaughtUp()
+	if d := due(); d != 0 {
+		t.Fatalf("caught up again with no new flow: timer due in %v, want unset", d)
+	}
+
+	h, _ = newReplayHarness(t)
+	e = h.e
+	for i := range maxFastStarted {
+		c := netip.AddrPortFrom(client.Addr(), client.Port()+uint16(i))
+		cookie := h.cookieFor(c)
+		e.FastPathReplayed(ReplayedFlow{Service: 0, Client: c, Server: server, Cookie: cookies.Cookie(cookie), ClientISN: clientISN, ClientWindow: 502})
+		if d := due(); (d != 0) != (i == maxFastStarted-1) {
+			t.Fatalf("after %d flows not caught up: timer due in %v; want it set by flow %d alone", i+1, d, maxFastStarted)
+		}
+	}
+}

@@ -133,7 +133,8 @@ func (r replayer) Pending(client, server netip.AddrPort) (engine.ReplayedFlow, b
 }
 
 // runHandshakes hands the tc programs' events to the engine as they come,
-// until ctx is done: the engine makes a completed flow's entry at once.
+// until ctx is done: the engine makes a completed flow's entry at once,
+// and sets its timers once the ring is read to the end.
 // A failure is logged; the flows it leaves without an entry are
 // translated by the programs until their records are forgotten.
 func (f *fastPath) runHandshakes(ctx context.Context, eng *engine.Engine) error {
@@ -153,6 +154,9 @@ func (f *fastPath) runHandshakes(ctx context.Context, eng *engine.Engine) error 
 		}
 		if ev, ok := s.ReplayEvent(); ok {
 			eng.FastPathReplayed(replayedFlow(ev))
+		}
+		if r.Fill() == 0 {
+			eng.FastPathCaughtUp()
 		}
 	}
 }
