@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -118,6 +119,48 @@ func flowKey(client, server netip.AddrPort) synguardFlow {
 	return f
 }
 
+// replaySlotBits is synguard.c's REPLAY_SLOT_BITS.
+const replaySlotBits = 15
+
+// replaySlots is the replay_slots array (synguard.c), mapped into the
+// process: how many records replay_flows may hold for the flows of each
+// slot. The programs count a record before they add it; the engine
+// uncounts one after it took it out.
+type replaySlots struct {
+	mem []byte
+}
+
+// mapReplaySlots maps m, the replay_slots array, into the process.
+func mapReplaySlots(m *ebpf.Map) (*replaySlots, error) {
+	size := int(m.MaxEntries() * m.ValueSize())
+	mem, err := unix.Mmap(m.FD(), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("xdp: map replay_slots: %w", err)
+	}
+	return &replaySlots{mem: mem}, nil
+}
+
+// of is flow k's count (synguard.c replay_slot).
+func (r *replaySlots) of(k *synguardFlow) *uint64 {
+	x := binary.NativeEndian.Uint32(k.Client[12:]) ^ (uint32(k.ClientPort)<<16 | uint32(k.ServerPort))
+	i := (x * 0x9e3779b1) >> (32 - replaySlotBits)
+	return (*uint64)(unsafe.Pointer(&r.mem[i*8]))
+}
+
+// add counts n records (1 or -1) for flow k.
+func (r *replaySlots) add(k *synguardFlow, n int64) {
+	atomic.AddUint64(r.of(k), uint64(n))
+}
+
+func (r *replaySlots) close() error {
+	if r == nil || r.mem == nil {
+		return nil
+	}
+	err := unix.Munmap(r.mem)
+	r.mem = nil
+	return err
+}
+
 // Endings are how a flow completed by the tc programs ended while they
 // translated it, before its conntrack entry existed. Replaced says the
 // record is another connection's, on the same ports: the flow is over,
@@ -153,13 +196,18 @@ func (p *Program) ForgetReplayed(client, server netip.AddrPort, cookie uint32) (
 		}
 		return Endings{}, false, fmt.Errorf("xdp: forget flow %s-%s: %w", client, server, err)
 	}
+	p.slots.add(&c.key, -1)
 	e := endings(&c.value, cookie)
 	if e.Replaced {
 		// Taken out in one call, so that no FIN of the flow slips
 		// between reading and deleting: put back, unless the programs
 		// recorded a newer connection since.
-		if err := c.insert(p.objs.ReplayFlows); err != nil && err != unix.EEXIST {
-			return e, true, fmt.Errorf("xdp: keep the record of %s-%s: %w", client, server, err)
+		p.slots.add(&c.key, 1)
+		if err := c.insert(p.objs.ReplayFlows); err != nil {
+			p.slots.add(&c.key, -1)
+			if err != unix.EEXIST {
+				return e, true, fmt.Errorf("xdp: keep the record of %s-%s: %w", client, server, err)
+			}
 		}
 	}
 	return e, true, nil
@@ -189,7 +237,9 @@ func (p *Program) ForgetEnded(client, server netip.AddrPort, cookie uint32) erro
 	defer c.mu.Unlock()
 	err := c.lookup(p.objs.ReplayFlows, flowKey(client, server))
 	if e := endings(&c.value, cookie); err == nil && !e.Replaced && e.over() {
-		err = c.delete(p.objs.ReplayFlows)
+		if err = c.delete(p.objs.ReplayFlows); err == nil {
+			p.slots.add(&c.key, -1)
+		}
 	}
 	if err != nil && err != unix.ENOENT {
 		return fmt.Errorf("xdp: forget flow %s-%s: %w", client, server, err)

@@ -5,11 +5,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"runtime"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -687,3 +689,106 @@ func TestReplayNeedsRoomForItsEvent(t *testing.T) {
 		t.Errorf("counted %d replayed, want %d", c.SYNReplayed, replayed)
 	}
 }
+
+// TestReplaySlotsCountRecords: the tc program counts each record it adds
+// in the flow's slot, the slot the engine's side computes too, once
+// however the record is replaced; the engine's forgetting uncounts it,
+// and putting back another connection's record counts it again. The
+// programs look a flow's record up only where its slot counts one.
+func TestReplaySlotsCountRecords(t *testing.T) {
+	h := newReplayHarness(t)
+	backendSide := h.with(backendKind)
+	count := func(c, s netip.AddrPort) uint64 {
+		k := flowKey(c, s)
+		return atomic.LoadUint64(h.p.slots.of(&k))
+	}
+	total := func() (n int) {
+		for i := 0; i < len(h.p.slots.mem); i += 8 {
+			n += int(binary.NativeEndian.Uint64(h.p.slots.mem[i:]))
+		}
+		return n
+	}
+	type flow struct {
+		c, s   netip.AddrPort
+		cookie uint32
+	}
+	rng := rand.New(rand.NewPCG(14, 1))
+	var flows []flow
+	for i := range 64 {
+		port := uint16(1024 + i*997)
+		c, s := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 51, 100, byte(rng.IntN(256))}), port), service4
+		if i%2 == 1 {
+			a := netip.MustParseAddr("2001:db8:c::").As16()
+			binary.BigEndian.PutUint32(a[12:], rng.Uint32())
+			c, s = netip.AddrPortFrom(netip.AddrFrom16(a), port), service6
+		}
+		flows = append(flows, flow{c, s, h.replayCookieACK(t, c, s, uint32(0x1000+i))})
+		if n := count(c, s); n == 0 {
+			t.Fatalf("%s: its record is not counted in the slot the engine computes", c)
+		}
+	}
+	if n := total(); n != len(flows) {
+		t.Fatalf("%d records counted, want %d", n, len(flows))
+	}
+
+	// A record a new connection on the ports replaces stays counted once.
+	f := flows[0]
+	const serverISN = 0x7000
+	if v, _ := backendSide.run(ether(backendAnswer(f.s, f.c, serverISN, 0x1000))); v != vTX {
+		t.Fatalf("backend SYN-ACK: verdict %v", v)
+	}
+	if v, _ := h.run(ether(rawSegment(f.c, f.s, 0x1001, f.cookie+1, packet.ACK|packet.RST, nil, nil))); v != vTX {
+		t.Fatalf("client RST: verdict %v, want translated", v)
+	}
+	next := h.replayCookieACK(t, f.c, f.s, 0x9000)
+	if n := total(); n != len(flows) {
+		t.Fatalf("after a record was replaced: %d counted, want %d", n, len(flows))
+	}
+	// The old flow's forgetting puts the new one's record back, counted.
+	if e, _, err := h.p.ForgetReplayed(f.c, f.s, f.cookie); err != nil || !e.Replaced {
+		t.Fatalf("forget the replaced flow: %+v, %v; want the record kept", e, err)
+	}
+	if n := count(f.c, f.s); n != 1 || total() != len(flows) {
+		t.Fatalf("after the record was put back: slot %d, %d counted; want 1, %d", n, total(), len(flows))
+	}
+
+	// A translated segment needs its slot: with the slot read as empty,
+	// the flow's final ACK is a forged one.
+	f = flows[1]
+	if v, _ := backendSide.run(ether(backendAnswer(f.s, f.c, serverISN, 0x1001))); v != vTX {
+		t.Fatalf("backend SYN-ACK: verdict %v", v)
+	}
+	final := ether(rawSegment(f.c, f.s, 0x1003, f.cookie+2, packet.ACK, nil, nil))
+	slot := func() *uint64 { k := flowKey(f.c, f.s); return h.slots().of(&k) }
+	saved := atomic.SwapUint64(slot(), 0)
+	if v, _ := h.run(final); v != vDrop {
+		t.Fatalf("a record's segment with its slot empty: verdict %v, want drop (not looked up)", v)
+	}
+	atomic.StoreUint64(slot(), saved)
+	if v, _ := h.run(final); v != vTX {
+		t.Fatalf("a record's segment: verdict %v, want translated", v)
+	}
+
+	// Forgetting uncounts: the ended flow's record and every other.
+	if err := h.p.ForgetEnded(flows[0].c, flows[0].s, next); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(flows[0].c, flows[0].s); n != 1 {
+		t.Fatalf("ForgetEnded of a flow not over: slot %d, want 1", n)
+	}
+	for _, f := range flows {
+		cookie := f.cookie
+		if f == flows[0] {
+			cookie = next
+		}
+		if _, found, err := h.p.ForgetReplayed(f.c, f.s, cookie); err != nil || !found {
+			t.Fatalf("%s: forget: found %v, %v", f.c, found, err)
+		}
+	}
+	if n := total(); n != 0 {
+		t.Fatalf("%d counted with every record forgotten, want 0", n)
+	}
+}
+
+// slots is the program's replay_slots, mapped.
+func (h *harness) slots() *replaySlots { return h.p.slots }

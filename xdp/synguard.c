@@ -231,6 +231,45 @@ struct {
 	__type(value, struct replay_flow);
 } replay_flows SEC(".maps");
 
+// replay_slots counts, for each slot a flow hashes to (replay_slot), the
+// records replay_flows may hold: a segment whose slot is zero has none,
+// and costs no lookup there. A flood's ACKs and the backends' segments of
+// established flows, which have none, meet it first. The count goes up
+// before a record is added (replay_syn) and down after the engine took
+// one out (xdp/replay.go), so it is never below the records there are;
+// a record the LRU map evicts leaves its slot counted, which costs a
+// lookup and nothing else. The engine writes it through mmap.
+#define REPLAY_SLOT_BITS 15
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1 << REPLAY_SLOT_BITS);
+	__type(key, __u32);
+	__type(value, __u64); // an array's elements are 8 bytes apart in any case
+} replay_slots SEC(".maps");
+
+// replay_slot is flow f's count in replay_slots (xdp/replay.go slotOf):
+// the client's address (its last four bytes) and both ports, hashed by
+// multiplication.
+static __always_inline __u64 *replay_slot(const struct flow *f)
+{
+	__u32 a;
+	__builtin_memcpy(&a, &f->client[12], 4);
+	__u32 x = a ^ ((__u32)f->client_port << 16 | f->server_port);
+	__u32 i = (x * 0x9e3779b1U) >> (32 - REPLAY_SLOT_BITS);
+	return bpf_map_lookup_elem(&replay_slots, &i);
+}
+
+// replay_record is replay_flows' record of flow f, if its slot says there
+// may be one.
+static __always_inline struct replay_flow *replay_record(const struct flow *f)
+{
+	__u64 *n = replay_slot(f);
+	if (!n || *n == 0)
+		return 0;
+	return bpf_map_lookup_elem(&replay_flows, f);
+}
+
 // A flow's event for the engine, in the handshakes ring (laid out as a
 // sample: the service's index with SAMPLE_EVENT set, the body's length,
 // the body): its SYN replayed here, or its backend's answer completed
@@ -1057,6 +1096,20 @@ struct {
 	__type(value, struct reply_buf);
 } replay_scratch SEC(".maps");
 
+// record_replay adds or replaces flow f's record, counting a new one in
+// its slot first.
+static __always_inline int record_replay(const struct flow *f, const struct replay_flow *rf)
+{
+	__u64 *n = replay_slot(f);
+	if (!n)
+		return -1;
+	__sync_fetch_and_add(n, 1);
+	if (bpf_map_update_elem(&replay_flows, f, rf, BPF_NOEXIST) == 0)
+		return 0;
+	__sync_fetch_and_add(n, -1); // one is there: the count has it
+	return bpf_map_update_elem(&replay_flows, f, rf, BPF_EXIST);
+}
+
 // replay_syn turns a pure cookie ACK (cookie, client ISN isn) into the SYN
 // the engine replays to the backend (engine/negotiate.go backendSYN): the
 // client's ISN, its window scaled as the backend will read it, and the
@@ -1135,7 +1188,7 @@ static __always_inline int replay_syn(void *ctx, enum hook h, struct pkt *p, str
 		.state = RS_SYN_SENT,
 		.announced_ws = ws ? svc->wscale : 0xff,
 	};
-	if (bpf_map_update_elem(&replay_flows, &p->f, &rf, BPF_ANY) < 0) {
+	if (record_replay(&p->f, &rf) < 0) {
 		bpf_ringbuf_discard(ev, 0);
 		return A_DROP; // the client's data, or its retransmission, takes the queue
 	}
@@ -1236,7 +1289,7 @@ static __always_inline int check_ack(void *ctx, enum hook h, struct pkt *p, stru
 	// (a valid cookie ACK, below).
 	struct replay_flow *ended = 0;
 	if (h == HOOK_TC && (svc->flags & SVC_REPLAY)) {
-		struct replay_flow *rf = bpf_map_lookup_elem(&replay_flows, &p->f);
+		struct replay_flow *rf = replay_record(&p->f);
 		if (rf && replay_owns(p, rf)) {
 			if (!rf->rst && !(rf->client_fin && rf->server_fin))
 				return replay_client(ctx, p, svc, rf);
@@ -1334,7 +1387,7 @@ static __always_inline int handle_tcp(void *ctx, enum hook h, struct pkt *p)
 		return check_ack(ctx, h, p, svc);
 	if (h == HOOK_TC && (svc->flags & SVC_REPLAY) && !(f & TCP_SYN)) {
 		// A FIN or RST of a flow completed here, before its entry.
-		struct replay_flow *rf = bpf_map_lookup_elem(&replay_flows, &p->f);
+		struct replay_flow *rf = replay_record(&p->f);
 		if (rf && replay_owns(p, rf))
 			return replay_client(ctx, p, svc, rf);
 	}
@@ -1543,7 +1596,7 @@ int synguard_tc_backend(struct __sk_buff *skb)
 	k.client_port = p.f.server_port;
 	k.server_port = p.f.client_port;
 	k.family = p.f.family;
-	struct replay_flow *rf = bpf_map_lookup_elem(&replay_flows, &k);
+	struct replay_flow *rf = replay_record(&k);
 	if (!rf)
 		return SG_TCX_NEXT;
 

@@ -133,6 +133,7 @@ const (
 	synguardMapHsWakes            = "hs_wakes"
 	synguardMapReplayFlows        = "replay_flows"
 	synguardMapReplayScratch      = "replay_scratch"
+	synguardMapReplaySlots        = "replay_slots"
 	synguardMapSampleTick         = "sample_tick"
 	synguardMapSamples            = "samples"
 	synguardMapServices           = "services"
@@ -203,6 +204,7 @@ type synguardMapSpecs struct {
 	HsWakes       *ebpf.MapSpec `ebpf:"hs_wakes"`
 	ReplayFlows   *ebpf.MapSpec `ebpf:"replay_flows"`
 	ReplayScratch *ebpf.MapSpec `ebpf:"replay_scratch"`
+	ReplaySlots   *ebpf.MapSpec `ebpf:"replay_slots"`
 	SampleTick    *ebpf.MapSpec `ebpf:"sample_tick"`
 	Samples       *ebpf.MapSpec `ebpf:"samples"`
 	Services      *ebpf.MapSpec `ebpf:"services"`
@@ -245,6 +247,7 @@ type synguardMaps struct {
 	HsWakes       *ebpf.Map `ebpf:"hs_wakes"`
 	ReplayFlows   *ebpf.Map `ebpf:"replay_flows"`
 	ReplayScratch *ebpf.Map `ebpf:"replay_scratch"`
+	ReplaySlots   *ebpf.Map `ebpf:"replay_slots"`
 	SampleTick    *ebpf.Map `ebpf:"sample_tick"`
 	Samples       *ebpf.Map `ebpf:"samples"`
 	Services      *ebpf.Map `ebpf:"services"`
@@ -262,6 +265,7 @@ func (m *synguardMaps) Close() error {
 		m.HsWakes,
 		m.ReplayFlows,
 		m.ReplayScratch,
+		m.ReplaySlots,
 		m.SampleTick,
 		m.Samples,
 		m.Services,

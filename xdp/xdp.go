@@ -146,6 +146,7 @@ type Program struct {
 	serviceSide map[int]link.Link
 	tick        *tickCalls
 	forget      *forgetCall
+	slots       *replaySlots
 }
 
 // Load loads the program into the kernel. It needs CAP_BPF and
@@ -168,6 +169,10 @@ func Load() (*Program, error) {
 			return nil, fmt.Errorf("xdp: load program: %w", ve)
 		}
 		return nil, fmt.Errorf("xdp: load program: %w", err)
+	}
+	if p.slots, err = mapReplaySlots(p.objs.ReplaySlots); err != nil {
+		p.objs.Close()
+		return nil, err
 	}
 	return p, nil
 }
@@ -255,7 +260,7 @@ func (p *Program) Detach() error {
 
 // Close detaches the program and releases it.
 func (p *Program) Close() error {
-	return errors.Join(p.Detach(), p.objs.Close())
+	return errors.Join(p.Detach(), p.slots.close(), p.objs.Close())
 }
 
 // SetService writes service index i (its counters' index, below
