@@ -48,6 +48,11 @@ type Machine struct {
 	CPUs      int    `json:"cpus"`
 	CPUModel  string `json:"cpu_model,omitempty"`
 	GoVersion string `json:"go_version,omitempty"`
+	// BPFStats says the kernel timed every BPF program run
+	// (kernel.bpf_stats_enabled) when the benchmark began: two more
+	// clock reads a packet for synguard's fast path, none for the
+	// kernel systems.
+	BPFStats bool `json:"bpf_stats_enabled,omitempty"`
 }
 
 // ReportConfig is how the benchmark was run.
@@ -1184,6 +1189,9 @@ func (m Machine) describe() string {
 	s += ", Linux " + m.Kernel
 	if m.GoVersion != "" {
 		s += ", " + m.GoVersion
+	}
+	if m.BPFStats {
+		s += ", BPF run-time stats on (synguard's programs slowed)"
 	}
 	return s
 }

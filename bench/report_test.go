@@ -908,3 +908,24 @@ func TestSYNRetransReport(t *testing.T) {
 		}
 	}
 }
+
+// A report measured with the kernel timing BPF programs says so where it
+// names the machine, and the file read back keeps it.
+func TestMachineBPFStats(t *testing.T) {
+	m := Machine{CPUs: 2, Kernel: "6.18"}
+	if got := m.describe(); strings.Contains(got, "BPF") {
+		t.Errorf("without stats: %q mentions them", got)
+	}
+	m.BPFStats = true
+	if got, want := m.describe(), "2 CPUs, Linux 6.18, BPF run-time stats on (synguard's programs slowed)"; got != want {
+		t.Errorf("with stats: %q, want %q", got, want)
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Machine
+	if err := json.Unmarshal(b, &back); err != nil || !back.BPFStats || !strings.Contains(string(b), `"bpf_stats_enabled":true`) {
+		t.Errorf("%s read back as %+v, %v", b, back, err)
+	}
+}

@@ -330,11 +330,15 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		return nil, err
 	}
 
+	machine := describeMachine()
+	if machine.BPFStats {
+		logf(cfg.Progress, "warning: %s is on: the kernel times every BPF program run, which slows synguard's fast path and not the kernel systems; for comparable figures: sysctl -w kernel.bpf_stats_enabled=0\n", bpfStatsPath)
+	}
 	rep = &Report{
 		Date:    started.UTC(),
 		Family:  fam.family,
 		Attack:  cfg.Attack,
-		Machine: describeMachine(),
+		Machine: machine,
 		Config: ReportConfig{
 			Rates:          cfg.Rates,
 			Queues:         cfg.Queues,
@@ -905,5 +909,17 @@ func describeMachine() Machine {
 			}
 		}
 	}
+	m.BPFStats = bpfStatsEnabled()
 	return m
+}
+
+// bpfStatsPath is where the kernel says whether it times BPF programs.
+const bpfStatsPath = "/proc/sys/kernel/bpf_stats_enabled"
+
+// bpfStatsEnabled says the kernel times every BPF program run, which on
+// a VM costs two clock reads a run: synguard's fast path then costs more
+// than it does otherwise, and the kernel systems nothing more.
+func bpfStatsEnabled() bool {
+	b, err := os.ReadFile(bpfStatsPath)
+	return err == nil && strings.TrimSpace(string(b)) != "0"
 }
