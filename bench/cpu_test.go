@@ -183,6 +183,9 @@ func TestSampleProcesses(t *testing.T) {
 		}
 		if p, ok := procs[inLab]; !ok || !p.ours || p.self {
 			t.Errorf("process in a lab namespace: %+v (found %v), want it ours, not self", p, ok)
+		} else if schedstats() && (p.cpu <= 0 || p.cpu%clockTick == 0) {
+			// Starting sleep takes well under a tick.
+			t.Errorf("process in a lab namespace ran %v: want its run time to the nanosecond, not in ticks", p.cpu)
 		}
 		if p, ok := procs[outside]; !ok || p.ours || p.self {
 			t.Errorf("process outside the lab: %+v (found %v), want it listed and not ours", p, ok)
@@ -245,5 +248,72 @@ func TestParseSoftnetDrops(t *testing.T) {
 	}
 	if _, err := ReadBacklogDrops(); err != nil {
 		t.Error(err)
+	}
+}
+
+func TestParseSchedstat(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"123456789 42 7\n", 123456789, true},
+		{"0 0 0\n", 0, true},
+		{"123 42\n", 0, false},
+		{"-5 1 1\n", 0, false},
+		{"x 1 1\n", 0, false},
+		{"", 0, false},
+	} {
+		got, err := ParseSchedstat([]byte(tt.in))
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("ParseSchedstat(%q) = %v, %v; want %v, ok %v", tt.in, got, err, tt.want, tt.ok)
+		}
+	}
+}
+
+// RunTime counts every thread of a process, to the nanosecond: a busy
+// loop on one thread shows in full, and it agrees with the tick count.
+func TestRunTime(t *testing.T) {
+	if !schedstats() {
+		if os.Getenv("CI") != "" {
+			t.Fatal("the kernel keeps no scheduler statistics (CONFIG_SCHED_INFO): the bench counts in ticks")
+		}
+		t.Skip("the kernel keeps no scheduler statistics (CONFIG_SCHED_INFO)")
+	}
+	pid := os.Getpid()
+	r0, err := RunTime(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan time.Duration)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		t0 := threadCPU()
+		for end := time.Now().Add(60 * time.Millisecond); time.Now().Before(end); {
+		}
+		done <- threadCPU() - t0
+	}()
+	busy := <-done
+	r1, err := RunTime(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := r1 - r0; d < busy || d > busy+time.Second {
+		t.Errorf("run time grew %v over a thread's %v busy loop", d, busy)
+	}
+	b, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ticked, err := ParseProcessStat(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r2, _ := RunTime(pid); r2 < ticked-100*time.Millisecond || r2 > ticked+time.Second {
+		t.Errorf("run time %v, /proc/self/stat %v: want them within a few ticks", r2, ticked)
+	}
+	if _, err := RunTime(-1); err == nil {
+		t.Error("run time of no process: no error")
 	}
 }
