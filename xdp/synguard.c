@@ -235,7 +235,7 @@ struct {
 // records replay_flows may hold: a segment whose slot is zero has none,
 // and costs no lookup there. A flood's ACKs and the backends' segments of
 // established flows, which have none, meet it first. The count goes up
-// before a record is added (replay_syn) and down after the engine took
+// before a record is added (record_replay) and down after the engine took
 // one out (xdp/replay.go), so it is never below the records there are;
 // a record the LRU map evicts leaves its slot counted, which costs a
 // lookup and nothing else. The engine writes it through mmap.
@@ -248,7 +248,7 @@ struct {
 	__type(value, __u64); // an array's elements are 8 bytes apart in any case
 } replay_slots SEC(".maps");
 
-// replay_slot is flow f's count in replay_slots (xdp/replay.go slotOf):
+// replay_slot is flow f's count in replay_slots (xdp/replay.go replaySlots.of):
 // the client's address (its last four bytes) and both ports, hashed by
 // multiplication.
 static __always_inline __u64 *replay_slot(const struct flow *f)
