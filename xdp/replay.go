@@ -147,8 +147,12 @@ func (r *replaySlots) of(k *synguardFlow) *uint64 {
 	return (*uint64)(unsafe.Pointer(&r.mem[i*8]))
 }
 
-// add counts n records (1 or -1) for flow k.
+// add counts n records (1 or -1) for flow k; nothing once closed. Its
+// callers and close hold the forget call's lock.
 func (r *replaySlots) add(k *synguardFlow, n int64) {
+	if r.mem == nil {
+		return
+	}
 	atomic.AddUint64(r.of(k), uint64(n))
 }
 

@@ -792,3 +792,23 @@ func TestReplaySlotsCountRecords(t *testing.T) {
 
 // slots is the program's replay_slots, mapped.
 func (h *harness) slots() *replaySlots { return h.p.slots }
+
+// TestForgetAfterClose: a forget that comes after the program was closed
+// (an engine still stopping) fails, and touches no unmapped count.
+func TestForgetAfterClose(t *testing.T) {
+	h := newReplayHarness(t)
+	c := netip.MustParseAddrPort("198.51.100.36:47002")
+	cookie := h.replayCookieACK(t, c, service4, 0xd000)
+	if err := h.p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := h.p.ForgetReplayed(c, service4, cookie); err == nil {
+		t.Error("forget after close: no error")
+	}
+	if err := h.p.ForgetEnded(c, service4, cookie); err == nil {
+		t.Error("ForgetEnded after close: no error")
+	}
+	if h.slots().mem != nil {
+		t.Error("the counts are still mapped after close")
+	}
+}

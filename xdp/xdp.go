@@ -260,7 +260,12 @@ func (p *Program) Detach() error {
 
 // Close detaches the program and releases it.
 func (p *Program) Close() error {
-	return errors.Join(p.Detach(), p.slots.close(), p.objs.Close())
+	// Unmapped under the lock the engine's forgets take, so that none
+	// writes to it after.
+	p.forget.mu.Lock()
+	err := p.slots.close()
+	p.forget.mu.Unlock()
+	return errors.Join(p.Detach(), err, p.objs.Close())
 }
 
 // SetService writes service index i (its counters' index, below
