@@ -125,7 +125,7 @@ const replaySlotBits = 15
 // replaySlots is the replay_slots array (synguard.c), mapped into the
 // process: how many records replay_flows may hold for the flows of each
 // slot. The programs count a record before they add it; the engine
-// uncounts one after it took it out.
+// uncounts one after it took it out for good.
 type replaySlots struct {
 	mem []byte
 }
@@ -200,21 +200,23 @@ func (p *Program) ForgetReplayed(client, server netip.AddrPort, cookie uint32) (
 		}
 		return Endings{}, false, fmt.Errorf("xdp: forget flow %s-%s: %w", client, server, err)
 	}
-	p.slots.add(&c.key, -1)
 	e := endings(&c.value, cookie)
+	var err error
 	if e.Replaced {
 		// Taken out in one call, so that no FIN of the flow slips
 		// between reading and deleting: put back, unless the programs
-		// recorded a newer connection since.
-		p.slots.add(&c.key, 1)
-		if err := c.insert(p.objs.ReplayFlows); err != nil {
-			p.slots.add(&c.key, -1)
-			if err != unix.EEXIST {
-				return e, true, fmt.Errorf("xdp: keep the record of %s-%s: %w", client, server, err)
-			}
+		// recorded a newer connection since. Put back, it stays counted.
+		if err = c.insert(p.objs.ReplayFlows); err == nil {
+			return e, true, nil
+		}
+		if err == unix.EEXIST {
+			err = nil
+		} else {
+			err = fmt.Errorf("xdp: keep the record of %s-%s: %w", client, server, err)
 		}
 	}
-	return e, true, nil
+	p.slots.add(&c.key, -1)
+	return e, true, err
 }
 
 // ReplayedEndings returns the endings the tc programs' record of the flow

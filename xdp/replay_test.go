@@ -693,7 +693,7 @@ func TestReplayNeedsRoomForItsEvent(t *testing.T) {
 // TestReplaySlotsCountRecords: the tc program counts each record it adds
 // in the flow's slot, the slot the engine's side computes too, once
 // however the record is replaced; the engine's forgetting uncounts it,
-// and putting back another connection's record counts it again. The
+// and a record of another connection it puts back stays counted. The
 // programs look a flow's record up only where its slot counts one.
 func TestReplaySlotsCountRecords(t *testing.T) {
 	h := newReplayHarness(t)
@@ -744,7 +744,7 @@ func TestReplaySlotsCountRecords(t *testing.T) {
 	if n := total(); n != len(flows) {
 		t.Fatalf("after a record was replaced: %d counted, want %d", n, len(flows))
 	}
-	// The old flow's forgetting puts the new one's record back, counted.
+	// The old flow's forgetting puts the new one's record back, still counted.
 	if e, _, err := h.p.ForgetReplayed(f.c, f.s, f.cookie); err != nil || !e.Replaced {
 		t.Fatalf("forget the replaced flow: %+v, %v; want the record kept", e, err)
 	}
