@@ -118,11 +118,7 @@ func (e *Engine) FastPathCaughtUp() {
 		if f == nil {
 			continue
 		}
-		t := f.expires.Add(forgetSlack)
-		if f.state == stateReplaying {
-			t = f.nextRetry.Add(retrySlack)
-		}
-		if by.IsZero() || t.Before(by) {
+		if t := f.timerBy(retrySlack, forgetSlack); by.IsZero() || t.Before(by) {
 			by = t
 		}
 	}

@@ -118,6 +118,16 @@ func (e *Engine) forgetSlack() time.Duration {
 	return max(e.cfg.Linger/10, e.retrySlack())
 }
 
+// timerBy is when the flow timer must fire for flow f, given the slacks:
+// its next retry's end of slack while it waits for its backend, its
+// linger's once answered.
+func (f *pendingFlow) timerBy(retrySlack, forgetSlack time.Duration) time.Time {
+	if f.state == stateReplaying {
+		return f.nextRetry.Add(retrySlack)
+	}
+	return f.expires.Add(forgetSlack)
+}
+
 // pendingAdded has the timer loop wake in time for flow f's first retry,
 // after f was added.
 func (e *Engine) pendingAdded(f *pendingFlow) {
@@ -203,7 +213,7 @@ func (e *Engine) Tick() {
 		switch f.state {
 		case stateReplaying:
 			if now.Before(f.nextRetry) {
-				nextBy(f.nextRetry.Add(retrySlack))
+				nextBy(f.timerBy(retrySlack, forgetSlack))
 				continue
 			}
 			if f.retries >= e.cfg.SYNRetries {
@@ -213,11 +223,11 @@ func (e *Engine) Tick() {
 			}
 			f.retries++
 			f.nextRetry = now.Add(e.cfg.RetryInitial << f.retries)
-			nextBy(f.nextRetry.Add(retrySlack))
+			nextBy(f.timerBy(retrySlack, forgetSlack))
 			actions = append(actions, action{k: k, f: *f})
 		case stateHandingOff, stateDone:
 			if !now.After(f.expires) {
-				nextBy(f.expires.Add(forgetSlack))
+				nextBy(f.timerBy(retrySlack, forgetSlack))
 				continue
 			}
 			e.pending.remove(k)
