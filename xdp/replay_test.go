@@ -8,9 +8,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"os"
-	"runtime"
 	"sort"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -541,7 +539,9 @@ func TestHandshakeEventsWakeTheReaderLater(t *testing.T) {
 		err error
 	}
 	reads := make(chan read)
+	reader := make(chan string)
 	go func() {
+		reader <- goroutineID()
 		for {
 			s, err := r.Read()
 			ev, ok := s.ReplayEvent()
@@ -553,11 +553,8 @@ func TestHandshakeEventsWakeTheReaderLater(t *testing.T) {
 	}()
 	// The reader waits in the network poller before the event is sent:
 	// an event already there would be read without a wake-up.
-	waitFor(t, "the reader to wait on the ring", func() bool {
-		buf := make([]byte, 1<<20)
-		st := string(buf[:runtime.Stack(buf, true)])
-		return strings.Contains(st, "(*SampleReader).Read") && strings.Contains(st, "runtime_pollWait")
-	})
+	id := <-reader
+	waitFor(t, "the reader to wait on the ring", func() bool { return goroutineState(id) == "IO wait" })
 	c := netip.MustParseAddrPort("198.51.100.33:46000")
 	ack, _ := h.cookieACK(c, service4, 0xc000)
 	if v, _ := h.run(ether(ack)); v != vTX {

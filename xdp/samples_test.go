@@ -67,7 +67,7 @@ type readResult struct {
 
 // reading is a Read in a goroutine of its own, known by its ID.
 type reading struct {
-	id     string // "goroutine N "
+	id     string // goroutineID
 	result chan readResult
 }
 
@@ -77,13 +77,12 @@ func testSampleReaderWaits(t *testing.T, h *harness) {
 		started := make(chan string)
 		c := reading{result: make(chan readResult, 1)}
 		go func() {
-			buf := make([]byte, 64)
-			started <- string(bytes.Fields(buf[:runtime.Stack(buf, false)])[1])
+			started <- goroutineID()
 			s, err := r.Read()
 			s.Frame = bytes.Clone(s.Frame)
 			c.result <- readResult{s, err}
 		}()
-		c.id = "goroutine " + <-started + " "
+		c.id = <-started
 		return c
 	}
 	// waitParked waits until the Read's goroutine waits in the network
@@ -149,6 +148,13 @@ func testSampleReaderWaits(t *testing.T, h *harness) {
 	if f := r.Fill(); f != 0 {
 		t.Errorf("a closed reader's ring is %.4f full", f)
 	}
+}
+
+// goroutineID is the calling goroutine's "goroutine N ", as its stack
+// dump starts (goroutineState).
+func goroutineID() string {
+	buf := make([]byte, 64)
+	return "goroutine " + string(bytes.Fields(buf[:runtime.Stack(buf, false)])[1]) + " "
 }
 
 // goroutineState is the state the runtime gives the goroutine whose
