@@ -47,25 +47,26 @@ func run(ctx context.Context, cfg Config, beforeServe func(*gateway)) error {
 
 // gateway is a running synguard's parts.
 type gateway struct {
-	cfg       Config
-	sender    *rawsock.Sender
-	table     *conntrack.Table
-	entries   *conntrack.Counter // counts the hand-off mark's entries for the metrics
-	eng       *engine.Engine
-	queues    []*nfq.Queue
-	tel       *telemetry.Telemetry
-	metrics   net.Listener // nil without --metrics
-	replyPath ReplyPath    // in effect: ingress needs a packet socket
-	jar       *cookies.Jar
-	fast      *fastPath // nil without XDP
-	lock      *instanceLock
-	attacks   *attackHistory
-	health    *health
-	captures  *captures
-	rules     *firewall.Installed // set by install
-	learner   *learner            // set by install
-	watch     *rulesWatch         // keeps the rules in place once installed
-	notify    *notifier           // tells systemd how the gateway is doing (notify.go)
+	cfg        Config
+	sender     *rawsock.Sender
+	table      *conntrack.Table
+	entries    *conntrack.Counter     // counts the hand-off mark's entries for the metrics
+	queueStats *nfq.KernelStatsReader // the kernel's queue table, for the metrics
+	eng        *engine.Engine
+	queues     []*nfq.Queue
+	tel        *telemetry.Telemetry
+	metrics    net.Listener // nil without --metrics
+	replyPath  ReplyPath    // in effect: ingress needs a packet socket
+	jar        *cookies.Jar
+	fast       *fastPath // nil without XDP
+	lock       *instanceLock
+	attacks    *attackHistory
+	health     *health
+	captures   *captures
+	rules      *firewall.Installed // set by install
+	learner    *learner            // set by install
+	watch      *rulesWatch         // keeps the rules in place once installed
+	notify     *notifier           // tells systemd how the gateway is doing (notify.go)
 
 	// parts run concurrently while the gateway serves; install adds the
 	// backend learner. The first to fail stops them all.
@@ -178,6 +179,10 @@ func open(cfg Config) (_ *gateway, err error) {
 		}
 		g.queues = append(g.queues, q)
 	}
+	// Bound queues imply the kernel's table; telemetry reads it each second.
+	if g.queueStats, err = nfq.OpenKernelStats(); err != nil {
+		return nil, err
+	}
 
 	names := make([]string, 0)
 	for _, c := range engine.Counters() {
@@ -188,7 +193,7 @@ func open(cfg Config) (_ *gateway, err error) {
 			telemetry.CounterXDPHandshakeCompleted, telemetry.CounterXDPTranslated)
 	}
 	g.tel = telemetry.New(telemetry.Config{
-		Source: &source{eng: g.eng, queues: g.queues, queueOf: g.queueOf, fast: g.fast, health: g.health, attacks: g.attacks, watch: g.watch,
+		Source: &source{eng: g.eng, queues: g.queues, queueStats: g.queueStats, queueOf: g.queueOf, fast: g.fast, health: g.health, attacks: g.attacks, watch: g.watch,
 			entries: g.entries, handoffMark: cfg.HandoffMark},
 		Collector: telemetry.CollectorConfig{
 			Counters:  names,
@@ -391,6 +396,9 @@ func (g *gateway) close() {
 	}
 	if g.entries != nil {
 		g.entries.Close()
+	}
+	if g.queueStats != nil {
+		g.queueStats.Close()
 	}
 	if g.sender != nil {
 		g.sender.Close()

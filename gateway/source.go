@@ -9,13 +9,14 @@ import (
 
 // source feeds the metrics collector.
 type source struct {
-	eng     *engine.Engine
-	queues  []*nfq.Queue
-	queueOf func(i int) (num uint16, kind string) // gateway.queueOf
-	fast    *fastPath                             // nil without XDP
-	health  *health
-	attacks *attackHistory
-	watch   *rulesWatch
+	eng        *engine.Engine
+	queues     []*nfq.Queue
+	queueStats *nfq.KernelStatsReader
+	queueOf    func(i int) (num uint16, kind string) // gateway.queueOf
+	fast       *fastPath                             // nil without XDP
+	health     *health
+	attacks    *attackHistory
+	watch      *rulesWatch
 
 	entries     *conntrack.Counter
 	handoffMark uint32
@@ -79,7 +80,7 @@ func (s *source) serviceMode(i int) string {
 }
 
 func (s *source) QueueCounters() []telemetry.QueueCounters {
-	kernel, _ := nfq.KernelStats()
+	kernel, _ := s.queueStats.Read()
 	out := make([]telemetry.QueueCounters, len(s.queues))
 	for i, q := range s.queues {
 		st := q.Stats()

@@ -2,11 +2,14 @@ package nfq
 
 import (
 	"bufio"
+	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // kernelStatsPath is the kernel's per-namespace queue table. thread-self,
@@ -32,13 +35,54 @@ type KernelQueueStats struct {
 // namespace. It needs the nfnetlink_queue module loaded, which any bound
 // queue implies.
 func KernelStats() ([]KernelQueueStats, error) {
+	r, err := OpenKernelStats()
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	return r.Read()
+}
+
+// A KernelStatsReader reads the queue table again and again through one
+// open file. A daemon that samples the table every second on an
+// otherwise idle machine paid more for the cold path lookup of each open
+// than for anything else it did while idle.
+type KernelStatsReader struct {
+	mu  sync.Mutex
+	f   *os.File
+	buf []byte
+}
+
+// OpenKernelStats opens the queue table of the calling thread's network
+// namespace, which stays the reader's.
+func OpenKernelStats() (*KernelStatsReader, error) {
 	f, err := os.Open(kernelStatsPath)
 	if err != nil {
 		return nil, fmt.Errorf("nfq: kernel stats: %w", err)
 	}
-	defer f.Close()
-	return ParseKernelStats(f)
+	return &KernelStatsReader{f: f, buf: make([]byte, 4096)}, nil
 }
+
+// Read reads the table as it is now: a read from offset 0 makes the
+// kernel print it afresh.
+func (r *KernelStatsReader) Read() ([]KernelQueueStats, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for {
+		n, err := r.f.ReadAt(r.buf, 0)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("nfq: kernel stats: %w", err)
+		}
+		if n < len(r.buf) {
+			return ParseKernelStats(bytes.NewReader(r.buf[:n]))
+		}
+		// The table may have grown past the buffer: read it whole again.
+		r.buf = make([]byte, 2*len(r.buf))
+	}
+}
+
+// Close closes the file.
+func (r *KernelStatsReader) Close() error { return r.f.Close() }
 
 // ParseKernelStats parses the nfnetlink_queue proc table. The kernel
 // (net/netfilter/nfnetlink_queue.c, seq_show) prints per bound queue:

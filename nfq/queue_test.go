@@ -616,3 +616,63 @@ func TestOpenUnderLoad(t *testing.T) {
 		t.Errorf("errors counted: %+v", st)
 	}
 }
+
+// TestKernelStatsReaderFollowsTheTable reads the kernel's queue table
+// through one open file while queues are bound and unbound: each read
+// shows the table as it is then, also once it outgrows the first buffer.
+func TestKernelStatsReaderFollowsTheTable(t *testing.T) {
+	ns := nstest.New(t, "sgt-nfq")
+	var r *nfq.KernelStatsReader
+	if err := ns.Do(func() (err error) {
+		r, err = nfq.OpenKernelStats()
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	listed := func() map[uint16]uint32 {
+		t.Helper()
+		all, err := r.Read()
+		if err != nil {
+			t.Fatalf("Read: %v", err)
+		}
+		m := make(map[uint16]uint32, len(all))
+		for _, s := range all {
+			m[s.Queue] = s.PortID
+		}
+		return m
+	}
+	if got := listed(); len(got) != 0 {
+		t.Fatalf("fresh namespace lists queues %v", got)
+	}
+	// About 55 bytes a line: 80 queues outgrow a 4 KiB buffer.
+	const n = 80
+	queues := make([]*nfq.Queue, n)
+	for i := range queues {
+		var err error
+		if err = ns.Do(func() error {
+			queues[i], err = nfq.Open(nfq.Config{Queue: uint16(100 + i)})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		defer queues[i].Close()
+	}
+	got := listed()
+	for i, q := range queues {
+		if id, ok := got[uint16(100+i)]; !ok || id != q.PortID() {
+			t.Errorf("queue %d listed %v with port id %d, want port id %d", 100+i, ok, id, q.PortID())
+		}
+	}
+	if len(got) != n {
+		t.Errorf("%d queues listed, want %d", len(got), n)
+	}
+	for _, q := range queues[n/2:] {
+		if err := q.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := listed(); len(got) != n/2 {
+		t.Errorf("%d queues listed after %d were closed, want %d", len(got), n-n/2, n/2)
+	}
+}
