@@ -121,6 +121,30 @@ func (t *ProbeTally) Add(r lab.ProbeResult) {
 	t.total = append(t.total, r.Total)
 }
 
+// Merge adds o's probes to t: one tally of the clients of several runs.
+func (t *ProbeTally) Merge(o *ProbeTally) {
+	if o == nil || o == t {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.attempts += o.attempts
+	t.ok += o.ok
+	t.handshake = append(t.handshake, o.handshake...)
+	t.firstByte = append(t.firstByte, o.firstByte...)
+	t.total = append(t.total, o.total...)
+	for k, v := range o.errs {
+		if t.errs == nil {
+			t.errs = make(map[string]int)
+		}
+		t.errs[k] += v
+	}
+	t.synRetrans += o.synRetrans
+	t.synRetransSegs += o.synRetransSegs
+}
+
 // ProbeSummary is what a run reports about its legitimate clients.
 // Latencies are over the successful probes only: a failed probe has no
 // handshake time, only a timeout, and the success ratio accounts for it.

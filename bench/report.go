@@ -77,6 +77,9 @@ type ReportConfig struct {
 	// when the clients were next to the gateway.
 	ClientRTTms   float64 `json:"client_rtt_ms,omitempty"`
 	MeasuredRTTms float64 `json:"measured_rtt_ms,omitempty"`
+	// Rounds is how many times each rate was measured, the systems in
+	// turn, and pooled (bench --rounds); absent for one.
+	Rounds int `json:"rounds,omitempty"`
 }
 
 // RunResult is one system under one offered load.
@@ -208,6 +211,24 @@ type RunResult struct {
 	XDPDrop     uint64         `json:"xdp_drop,omitempty"`
 	XDPPass     uint64         `json:"xdp_pass,omitempty"`
 	ProbeErrors map[string]int `json:"probe_errors,omitempty"`
+	// Rounds are the run's figures round by round, against that round's
+	// baseline, when it was measured in several (Config.Rounds); the
+	// fields above pool them.
+	Rounds []Round `json:"rounds,omitempty"`
+}
+
+// Round is one round's figures of a run measured in several: its CPU per
+// flood packet (µs per SYN or per forged ACK, as the report's attack) and
+// its legitimate clients' request p50 and handshake p99.
+type Round struct {
+	CPUus          float64 `json:"cpu_us"`
+	TotalP50ms     float64 `json:"request_p50_ms"`
+	HandshakeP99ms float64 `json:"handshake_p99_ms"`
+}
+
+// roundRow is a round's figures from its run as runRow makes it.
+func roundRow(run RunResult, attack Kind) Round {
+	return Round{CPUus: run.cpuPerPacket(attack), TotalP50ms: run.TotalP50ms, HandshakeP99ms: run.HandshakeP99ms}
 }
 
 // NoFloodRun is one system's legitimate clients without a flood: the same
@@ -682,6 +703,7 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 	}
 	b.WriteString("\n")
 	r.writeTTFB(&b)
+	r.writeRounds(&b)
 
 	b.WriteString("## Reading\n\n")
 	for _, line := range r.reading() {
@@ -1396,3 +1418,54 @@ const methodClientRTT = `- **Client RTT.** The legitimate clients connect from a
   as always and its replies end there, so it never crosses the relay. Before the floods, each
   system is measured once without one (the time-to-first-byte table's "no flood" rows).
 `
+
+// writeRounds writes each run's figures round by round, when the rates
+// were measured in several: how far one round's figure moves from the
+// next, and, where SYNPROXY ran, each round's ratio to its figure of the
+// same round.
+func (r *Report) writeRounds(b *bytes.Buffer) {
+	if r.Config.Rounds < 2 {
+		return
+	}
+	unit := r.words().short
+	fmt.Fprintf(b, "## Rounds\n\nEach rate was measured in %d rounds, the baseline and the systems in turn, in the opposite order every other round; "+
+		"the table above pools them (as one run of %d × %s s). Round by round, against that round's baseline:\n\n",
+		r.Config.Rounds, r.Config.Rounds, fmtFloat(r.Config.DurationS))
+	fmt.Fprintf(b, "| target | system | CPU µs/%s | ratio to SYNPROXY | request p50 ms | ratio to SYNPROXY | handshake p99 ms |\n", unit)
+	b.WriteString("|---|---|---|---|---|---|---|\n")
+	runs := r.sortedRuns()
+	proxy := make(map[int]RunResult)
+	for _, run := range runs {
+		if run.System == Synproxy {
+			proxy[run.TargetPPS] = run
+		}
+	}
+	list := func(xs []Round, f func(Round) float64, base []Round) (vals, ratios string) {
+		v := make([]string, len(xs))
+		q := make([]string, 0, len(xs))
+		for i, x := range xs {
+			v[i] = fmt.Sprintf("%.2f", f(x))
+			if i < len(base) && f(base[i]) > 0 {
+				q = append(q, fmt.Sprintf("%.2f", f(x)/f(base[i])))
+			}
+		}
+		if len(q) == 0 {
+			q = append(q, "n/a")
+		}
+		return strings.Join(v, " / "), strings.Join(q, " / ")
+	}
+	for _, run := range runs {
+		if len(run.Rounds) == 0 {
+			continue
+		}
+		var base []Round
+		if p, ok := proxy[run.TargetPPS]; ok && run.System != Synproxy {
+			base = p.Rounds
+		}
+		cpu, cpuRatio := list(run.Rounds, func(x Round) float64 { return x.CPUus }, base)
+		p50, p50Ratio := list(run.Rounds, func(x Round) float64 { return x.TotalP50ms }, base)
+		hs, _ := list(run.Rounds, func(x Round) float64 { return x.HandshakeP99ms }, nil)
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s | %s |\n", rateName(run.TargetPPS), r.label(run.variant()), cpu, cpuRatio, p50, p50Ratio, hs)
+	}
+	b.WriteString("\n")
+}

@@ -929,3 +929,42 @@ func TestMachineBPFStats(t *testing.T) {
 		t.Errorf("%s read back as %+v, %v", b, back, err)
 	}
 }
+
+// With rounds, report.md lists each run's rounds and each round's ratio
+// to SYNPROXY's same round; one round writes no such section, and the
+// rounds read back from report.json.
+func TestRoundsMarkdown(t *testing.T) {
+	rep := &Report{Attack: KindACK, Config: ReportConfig{Rounds: 2, DurationS: 10}, Runs: []RunResult{
+		{System: Synproxy, Path: PathKernel, TargetPPS: 10_000, CPUusPerACK: 1.1, TotalP50ms: 0.5,
+			Rounds: []Round{{CPUus: 1.0, TotalP50ms: 0.4, HandshakeP99ms: 1}, {CPUus: 1.2, TotalP50ms: 0.6, HandshakeP99ms: 2}}},
+		{System: Synguard, Path: PathTC, Queues: 1, TargetPPS: 10_000, CPUusPerACK: 0.5, TotalP50ms: 0.5,
+			Rounds: []Round{{CPUus: 0.45, TotalP50ms: 0.42, HandshakeP99ms: 1.5}, {CPUus: 0.6, TotalP50ms: 0.54, HandshakeP99ms: 2.5}}},
+		{System: None, Path: PathKernel, TargetPPS: 0, CPUusPerACK: 2,
+			Rounds: []Round{{CPUus: 2, TotalP50ms: 0.3}, {CPUus: 2.2, TotalP50ms: 0.35}}},
+	}}
+	var b bytes.Buffer
+	rep.writeRounds(&b)
+	want := `| target | system | CPU µs/ACK | ratio to SYNPROXY | request p50 ms | ratio to SYNPROXY | handshake p99 ms |
+|---|---|---|---|---|---|---|
+| 10000/s | synguard | 0.45 / 0.60 | 0.45 / 0.50 | 0.42 / 0.54 | 1.05 / 0.90 | 1.50 / 2.50 |
+| 10000/s | synproxy | 1.00 / 1.20 | n/a | 0.40 / 0.60 | n/a | 1.00 / 2.00 |
+| max | none | 2.00 / 2.20 | n/a | 0.30 / 0.35 | n/a | 0.00 / 0.00 |
+
+`
+	got := b.String()
+	if i := strings.Index(got, "| target"); i < 0 || !strings.HasPrefix(got, "## Rounds\n\nEach rate was measured in 2 rounds") {
+		t.Fatalf("rounds section:\n%s", got)
+	} else if diff := cmp.Diff(want, got[i:]); diff != "" {
+		t.Errorf("rounds table (-want +got):\n%s", diff)
+	}
+	dir, again := rewrite(t, rep)
+	if !slices.Equal(again.Runs[1].Rounds, rep.Runs[1].Rounds) || again.Config.Rounds != 2 {
+		t.Errorf("read back from %s: rounds %v, config %d", dir, again.Runs[1].Rounds, again.Config.Rounds)
+	}
+	rep.Config.Rounds = 1
+	b.Reset()
+	rep.writeRounds(&b)
+	if b.Len() != 0 {
+		t.Errorf("one round wrote:\n%s", b.String())
+	}
+}

@@ -22,7 +22,11 @@ import (
 const (
 	DefaultDuration = 10 * time.Second
 	QuickDuration   = 5 * time.Second
-	MaxRuns         = 64
+	MaxRuns         = 192
+	// DefaultRounds is the full run's rounds (Config.Rounds); MaxRounds
+	// bounds them.
+	DefaultRounds = 3
+	MaxRounds     = 10
 	// MaxQueues bounds the NFQUEUE counts synguard is measured with.
 	MaxQueues = 64
 	// settle is the time after a flood during which queues and socket
@@ -72,6 +76,12 @@ type Config struct {
 	// (DefaultProbeTimeout when 0).
 	ProbeRate    int
 	ProbeTimeout time.Duration
+	// Rounds measures every rate that many times over, the baseline and
+	// the systems in turn, in the opposite order each round, and pools
+	// the rounds of each (1 when 0): on a shared, noisy machine one
+	// system's 10 s then shares the others' conditions, and the report
+	// shows each round's figures beside the pooled ones.
+	Rounds int
 	// MaxAttempts bounds the measurements of one run while other
 	// processes contend for the machine (DefaultMaxAttempts when 0; see
 	// bencher.run).
@@ -114,6 +124,9 @@ func (c *Config) setDefaults() {
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = DefaultMaxAttempts
 	}
+	if c.Rounds == 0 {
+		c.Rounds = 1
+	}
 	if c.Family == "" {
 		c.Family = IPv4
 	}
@@ -140,9 +153,11 @@ func (c *Config) Validate() error {
 	case c.ClientRTT > 0 && c.ProbeTimeout > 0 && c.ProbeTimeout < minProbeRTTs*c.ClientRTT:
 		return fmt.Errorf("bench: a probe timeout of %v is too short for a client RTT of %v: give it at least %v",
 			c.ProbeTimeout, c.ClientRTT, minProbeRTTs*c.ClientRTT)
+	case c.Rounds < 0 || c.Rounds > MaxRounds:
+		return fmt.Errorf("bench: %d rounds outside 1..%d", c.Rounds, MaxRounds)
 	case c.runs() > MaxRuns:
-		return fmt.Errorf("bench: %d rates × (%d system runs + a baseline)%s is more than %d runs",
-			len(c.Rates), len(c.variants()), c.noFloodRuns(), MaxRuns)
+		return fmt.Errorf("bench: %d rates × (%d system runs + a baseline)%s%s is more than %d runs",
+			len(c.Rates), len(c.variants()), c.roundsText(), c.noFloodRuns(), MaxRuns)
 	case c.Duration <= 0 || c.Duration > MaxFloodDuration:
 		return fmt.Errorf("bench: duration %v outside (0, %v]", c.Duration, MaxFloodDuration)
 	case c.ProbeRate < 1 || c.ProbeRate > MaxProbeRate:
@@ -197,13 +212,22 @@ const minProbeRTTs = 4
 const noFlood = -1
 
 // runs counts the runs the benchmark makes: a baseline and each variant
-// at every rate, and each variant once without a flood with a client RTT.
+// at every rate in every round, and each variant once without a flood
+// with a client RTT.
 func (c *Config) runs() int {
-	n := len(c.Rates) * (len(c.variants()) + 1)
+	n := len(c.Rates) * (len(c.variants()) + 1) * max(c.Rounds, 1)
 	if c.ClientRTT > 0 {
 		n += len(c.variants())
 	}
 	return n
+}
+
+// roundsText names the rounds in Validate's count.
+func (c *Config) roundsText() string {
+	if c.Rounds > 1 {
+		return fmt.Sprintf(" × %d rounds", c.Rounds)
+	}
+	return ""
 }
 
 // noFloodRuns names the runs without a flood in Validate's count.
@@ -281,6 +305,7 @@ type measurement struct {
 	backlogDrops uint64
 	attempts     int // measurements made to get this one (bencher.run)
 	probes       ProbeSummary
+	tally        *ProbeTally // what probes summarizes
 
 	// synguard only
 	queueDrops    uint64
@@ -348,6 +373,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			BackendOptions: b.backendOpts,
 			SynguardArgs:   cfg.SynguardArgs,
 			ClientRTTms:    ms(cfg.ClientRTT),
+			Rounds:         cfg.Rounds,
 		},
 	}
 	// A failed or interrupted benchmark still writes the runs it has.
@@ -374,21 +400,77 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		}
 	}
 	for _, rate := range cfg.Rates {
-		base, err := b.run(ctx, "baseline", func() setup { return baselineRules(t.Gateway, fam, b.service, cfg.Attack) }, rate)
+		base, runs, err := b.rounds(ctx, rate)
 		if err != nil {
-			return finish(fmt.Errorf("baseline at %s: %w", rateName(rate), err))
+			return finish(err)
 		}
-		rep.Baselines = append(rep.Baselines, baselineRow(rate, base, cfg.Attack))
-		for _, v := range cfg.variants() {
-			name := cfg.progressName(v)
-			m, err := b.run(ctx, name, func() setup { return b.setupFor(v) }, rate)
-			if err != nil {
-				return finish(fmt.Errorf("%s at %s: %w", name, rateName(rate), err))
+		rep.Baselines = append(rep.Baselines, baselineRow(rate, base.pooled, cfg.Attack))
+		for i, v := range cfg.variants() {
+			row := runRow(v, rate, runs[i].pooled, base.pooled, cfg.Attack)
+			if cfg.Rounds > 1 {
+				for r, m := range runs[i].each {
+					row.Rounds = append(row.Rounds, roundRow(runRow(v, rate, m, base.each[r], cfg.Attack), cfg.Attack))
+				}
 			}
-			rep.Runs = append(rep.Runs, runRow(v, rate, m, base, cfg.Attack))
+			rep.Runs = append(rep.Runs, row)
 		}
 	}
 	return finish(nil)
+}
+
+// pooledRuns are one system's (or the baseline's) measurements at one
+// rate, a round each, and their pool.
+type pooledRuns struct {
+	each   []measurement
+	pooled measurement
+}
+
+// rounds measures the baseline and every variant at rate Config.Rounds
+// times, in turn: the baseline first and the variants in order in the
+// first round, in the opposite order in the second, and so on.
+func (b *bencher) rounds(ctx context.Context, rate int) (base pooledRuns, runs []pooledRuns, err error) {
+	variants := b.cfg.variants()
+	runs = make([]pooledRuns, len(variants))
+	// Step -1 is the baseline, 0.. the variants.
+	steps := make([]int, 0, len(variants)+1)
+	for i := -1; i < len(variants); i++ {
+		steps = append(steps, i)
+	}
+	for round := range b.cfg.Rounds {
+		order := slices.Clone(steps)
+		if round%2 == 1 {
+			slices.Reverse(order)
+		}
+		for _, i := range order {
+			var m measurement
+			if i < 0 {
+				name := b.roundName("baseline", round)
+				if m, err = b.run(ctx, name, func() setup { return baselineRules(b.lab.Gateway, b.fam, b.service, b.cfg.Attack) }, rate); err != nil {
+					return base, runs, fmt.Errorf("%s at %s: %w", name, rateName(rate), err)
+				}
+				base.each = append(base.each, m)
+				base.pooled.add(m)
+				continue
+			}
+			v := variants[i]
+			name := b.roundName(b.cfg.progressName(v), round)
+			if m, err = b.run(ctx, name, func() setup { return b.setupFor(v) }, rate); err != nil {
+				return base, runs, fmt.Errorf("%s at %s: %w", name, rateName(rate), err)
+			}
+			runs[i].each = append(runs[i].each, m)
+			runs[i].pooled.add(m)
+		}
+	}
+	return base, runs, nil
+}
+
+// roundName is a run's name in the progress lines: with its round when
+// there are several.
+func (b *bencher) roundName(name string, round int) string {
+	if b.cfg.Rounds > 1 {
+		return fmt.Sprintf("%s %d/%d", name, round+1, b.cfg.Rounds)
+	}
+	return name
 }
 
 // bencher holds one benchmark's lab and the state shared by its runs.
@@ -736,8 +818,53 @@ func (b *bencher) measure(ctx context.Context, rate int) (measurement, error) {
 	if pr.err != nil {
 		return m, fmt.Errorf("legitimate clients: %w", pr.err)
 	}
-	m.probes = pr.t.Summary()
+	m.tally, m.probes = pr.t, pr.t.Summary()
 	return m, nil
+}
+
+// add pools o into m, as if one run had lasted both: times, packets and
+// legitimate clients add up, the peak RSS is the larger one, and a path
+// that differs between the two is named as both ("xdp+nfqueue").
+func (m *measurement) add(o measurement) {
+	m.flood.Sent += o.flood.Sent
+	m.flood.Errors += o.flood.Errors
+	m.flood.Elapsed += o.flood.Elapsed
+	m.window += o.window
+	m.busy += o.busy
+	m.ours += o.ours
+	m.floodCPU += o.floodCPU
+	m.self += o.self
+	m.other += o.other
+	m.replies += o.replies
+	m.backendACKs += o.backendACKs
+	m.rx += o.rx
+	m.backlogDrops += o.backlogDrops
+	m.attempts += o.attempts
+	if m.tally == nil {
+		m.tally = &ProbeTally{}
+	}
+	m.tally.Merge(o.tally)
+	m.probes = m.tally.Summary()
+	m.queueDrops += o.queueDrops
+	m.engineSYNs += o.engineSYNs
+	m.cookieInvalid += o.cookieInvalid
+	m.processCPU += o.processCPU
+	m.peakRSS = max(m.peakRSS, o.peakRSS)
+	switch {
+	case m.path == "":
+		m.path = o.path
+	case o.path != "" && !slices.Contains(strings.Split(m.path, "+"), o.path):
+		m.path += "+" + o.path
+	}
+	m.xdpTX += o.xdpTX
+	m.xdpDrop += o.xdpDrop
+	m.xdpPass += o.xdpPass
+	if len(m.queueReceived) < len(o.queueReceived) {
+		m.queueReceived = append(m.queueReceived, make([]uint64, len(o.queueReceived)-len(m.queueReceived))...)
+	}
+	for i, n := range o.queueReceived {
+		m.queueReceived[i] += n
+	}
 }
 
 func runRow(v variant, rate int, m, base measurement, attack Kind) RunResult {

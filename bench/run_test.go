@@ -2,15 +2,19 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/synguard/synguard/internal/roottest"
 	"github.com/synguard/synguard/lab"
@@ -52,7 +56,9 @@ func runTinyBench(t *testing.T, cfg Config) (*Report, string) {
 	cfg.Duration = 2 * time.Second
 	cfg.ProbeRate = 10
 	cfg.OutDir = out
-	cfg.Progress = logWriter{t}
+	if cfg.Progress == nil {
+		cfg.Progress = logWriter{t}
+	}
 	if _, err := Run(ctx, cfg); err != nil {
 		if log, rerr := os.ReadFile(filepath.Join(out, "synguard.log")); rerr == nil {
 			t.Logf("synguard log:\n%s", log)
@@ -211,10 +217,10 @@ func TestConfigValidateQueues(t *testing.T) {
 		{[]int{MaxQueues + 1}, nil, 1, "queues outside"},
 		{[]int{2, 2}, nil, 1, "queue count 2 listed twice"},
 		{[]int{1, 2}, []System{None}, 1, "apply to synguard and synguard-nfqueue, neither of which is among the systems"},
-		// 10 rates × (6 variants + baseline) = 70 runs.
-		{[]int{1, 2}, nil, 10, "more than 64 runs"},
-		// 22 rates × (2 variants + baseline) = 66 runs.
-		{[]int{1}, []System{SynguardNFQueue, None}, 22, "more than 64 runs"},
+		// 28 rates × (6 variants + baseline) = 196 runs.
+		{[]int{1, 2}, nil, 28, "more than 192 runs"},
+		// 65 rates × (2 variants + baseline) = 195 runs.
+		{[]int{1}, []System{SynguardNFQueue, None}, 65, "more than 192 runs"},
 	} {
 		cfg := ok
 		cfg.Queues, cfg.Systems = tt.queues, tt.systems
@@ -290,6 +296,57 @@ func TestBenchEndToEndIPv6(t *testing.T) {
 	}
 	if !strings.Contains(string(md), "Address family: **IPv6**") {
 		t.Error("report.md does not say IPv6")
+	}
+}
+
+// A tiny benchmark in two rounds: the baseline and the systems take
+// turns, in the opposite order in the second round, and each run pools
+// its rounds and lists them.
+func TestBenchEndToEndRounds(t *testing.T) {
+	var progress strings.Builder
+	rep, out := runTinyBench(t, Config{Name: "sgt-benchrnd", Rates: []int{2000}, Systems: []System{Synguard, Synproxy},
+		Rounds: 2, MaxAttempts: 1, Progress: io.MultiWriter(logWriter{t}, &progress)})
+	if len(rep.Runs) != 2 || len(rep.Baselines) != 1 || rep.Config.Rounds != 2 {
+		t.Fatalf("%d runs, %d baselines, %d rounds recorded; want 2, 1, 2", len(rep.Runs), len(rep.Baselines), rep.Config.Rounds)
+	}
+	// Each line names its run and round; they come in turn.
+	at := 0
+	for _, name := range []string{"baseline 1/2", "synguard 1/2", "synproxy 1/2", "synproxy 2/2", "synguard 2/2", "baseline 2/2"} {
+		i := strings.Index(progress.String()[at:], " "+name+" ")
+		if i < 0 {
+			t.Fatalf("no %q after the first %d bytes of the progress:\n%s", name, at, progress.String())
+		}
+		at += i + 1
+	}
+	const perRound = 2000 * 2 // the rate times the 2 s flood
+	for _, r := range rep.Runs {
+		if len(r.Rounds) != 2 {
+			t.Errorf("%s: %d rounds listed, want 2", r.System, len(r.Rounds))
+			continue
+		}
+		// The pool is both rounds' packets and clients.
+		if r.SYNsSent != 2*perRound || r.LegitAttempts != 2*20 {
+			t.Errorf("%s: pooled %d SYNs and %d clients, want %d and %d", r.System, r.SYNsSent, r.LegitAttempts, 2*perRound, 2*20)
+		}
+		for i, rd := range r.Rounds {
+			if rd.TotalP50ms <= 0 || rd.HandshakeP99ms <= 0 {
+				t.Errorf("%s round %d: request p50 %.3f ms, handshake p99 %.3f ms", r.System, i+1, rd.TotalP50ms, rd.HandshakeP99ms)
+			}
+		}
+		lo, hi := min(r.Rounds[0].TotalP50ms, r.Rounds[1].TotalP50ms), max(r.Rounds[0].TotalP50ms, r.Rounds[1].TotalP50ms)
+		if r.TotalP50ms < lo || r.TotalP50ms > hi {
+			t.Errorf("%s: pooled request p50 %.3f ms outside its rounds' %.3f–%.3f", r.System, r.TotalP50ms, lo, hi)
+		}
+	}
+	if base := rep.Baselines[0]; base.SYNsSent != 2*perRound || base.LegitAttempts != 2*20 {
+		t.Errorf("baseline pooled %d SYNs and %d clients", base.SYNsSent, base.LegitAttempts)
+	}
+	md, err := os.ReadFile(filepath.Join(out, ReportMD))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(md), "## Rounds") {
+		t.Errorf("report.md has no Rounds section")
 	}
 }
 
@@ -441,9 +498,9 @@ func TestConfigValidateClientRTT(t *testing.T) {
 		{-time.Millisecond, 0, 1, "client RTT -1ms outside"},
 		{lab.MaxClientRTT + 1, time.Hour, 1, "outside"},
 		{time.Second, 3 * time.Second, 1, "a probe timeout of 3s is too short for a client RTT of 1s: give it at least 4s"},
-		// 12 rates × (4 variants + baseline) + 4 without a flood = 64;
-		// 13 rates are 69.
-		{20 * time.Millisecond, 0, 13, "13 rates × (4 system runs + a baseline) + 4 runs without a flood is more than 64 runs"},
+		// 37 rates × (4 variants + baseline) + 4 without a flood = 189;
+		// 38 rates are 194.
+		{20 * time.Millisecond, 0, 38, "38 rates × (4 system runs + a baseline) + 4 runs without a flood is more than 192 runs"},
 	} {
 		cfg := ok
 		cfg.ClientRTT, cfg.ProbeTimeout = tt.rtt, tt.timeout
@@ -459,5 +516,103 @@ func TestConfigValidateClientRTT(t *testing.T) {
 	cfg.ClientRTT, cfg.Rates = 20*time.Millisecond, make([]int, 12)
 	if err := cfg.Validate(); err != nil {
 		t.Errorf("64 runs: %v", err)
+	}
+}
+
+// Pooling rounds adds up every figure a measurement has, so that a field
+// added later cannot be left out of the pool unnoticed.
+func TestMeasurementAddPoolsEveryField(t *testing.T) {
+	one := func(path string, rss uint64) measurement {
+		m := measurement{path: path, peakRSS: rss, queueReceived: []uint64{1, 2}}
+		v := reflect.ValueOf(&m).Elem()
+		for i := range v.NumField() {
+			// The fields are unexported: set them through their address.
+			f := reflect.NewAt(v.Field(i).Type(), unsafe.Pointer(v.Field(i).UnsafeAddr())).Elem()
+			switch f.Kind() {
+			case reflect.Int, reflect.Int64:
+				f.SetInt(3)
+			case reflect.Uint64:
+				if v.Type().Field(i).Name != "peakRSS" {
+					f.SetUint(3)
+				}
+			}
+		}
+		m.flood = FloodStats{Sent: 100, Errors: 1, Elapsed: time.Second}
+		m.tally = &ProbeTally{}
+		m.tally.Add(lab.ProbeResult{OK: true, Handshake: time.Millisecond, FirstByte: 2 * time.Millisecond, Total: 3 * time.Millisecond})
+		m.tally.Add(lab.ProbeResult{Err: errors.New("connect: i/o timeout"), SYNRetransmits: 2})
+		m.probes = m.tally.Summary()
+		return m
+	}
+	var pool measurement
+	pool.add(one(PathXDP, 10))
+	pool.add(one(PathXDP, 30))
+	pool.add(one(PathNFQueue, 20))
+	v := reflect.ValueOf(pool)
+	for i := range v.NumField() {
+		name, f := v.Type().Field(i).Name, v.Field(i)
+		switch {
+		case name == "peakRSS":
+			if f.Uint() != 30 {
+				t.Errorf("peakRSS %d, want the largest, 30", f.Uint())
+			}
+		case f.Kind() == reflect.Int || f.Kind() == reflect.Int64:
+			if f.Int() != 9 {
+				t.Errorf("%s = %d after three rounds of 3, want 9", name, f.Int())
+			}
+		case f.Kind() == reflect.Uint64:
+			if f.Uint() != 9 {
+				t.Errorf("%s = %d after three rounds of 3, want 9", name, f.Uint())
+			}
+		}
+	}
+	if want := (FloodStats{Sent: 300, Errors: 3, Elapsed: 3 * time.Second}); pool.flood != want {
+		t.Errorf("flood %+v, want %+v", pool.flood, want)
+	}
+	if !slices.Equal(pool.queueReceived, []uint64{3, 6}) {
+		t.Errorf("queueReceived %v, want [3 6]", pool.queueReceived)
+	}
+	if pool.path != PathXDP+"+"+PathNFQueue {
+		t.Errorf("path %q, want both paths named", pool.path)
+	}
+	p := pool.probes
+	if p.Attempts != 6 || p.OK != 3 || p.SYNRetransmitted != 3 || p.SYNRetransmits != 6 || sumValues(p.Errors) != 3 {
+		t.Errorf("pooled clients %+v", p)
+	}
+	if p.HandshakeP50 != time.Millisecond || p.TotalP99 != 3*time.Millisecond {
+		t.Errorf("pooled latencies: handshake p50 %v, request p99 %v", p.HandshakeP50, p.TotalP99)
+	}
+}
+
+func sumValues(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+// Rounds multiply the runs, and are bounded.
+func TestConfigValidateRounds(t *testing.T) {
+	ok := Config{Name: "b", Binary: "/bin/true", Rates: DefaultRates, Duration: time.Second, ProbeRate: 1, OutDir: "/tmp/x"}
+	for _, tt := range []struct {
+		rounds int
+		want   string // "" for valid
+	}{
+		{0, ""},
+		{1, ""},
+		// 7 rates × (4 variants + a baseline) × 5 rounds = 175 runs.
+		{5, ""},
+		// × 6 rounds = 210.
+		{6, "7 rates × (4 system runs + a baseline) × 6 rounds is more than 192 runs"},
+		{-1, "-1 rounds outside 1..10"},
+		{MaxRounds + 1, "11 rounds outside 1..10"},
+	} {
+		cfg := ok
+		cfg.Rounds = tt.rounds
+		err := cfg.Validate()
+		if tt.want == "" && err != nil || tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)) {
+			t.Errorf("%d rounds: error %v, want %q", tt.rounds, err, tt.want)
+		}
 	}
 }

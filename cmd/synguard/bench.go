@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net/netip"
@@ -73,6 +74,7 @@ func benchConfig(args []string, stdout io.Writer) (bench.Config, error) {
 	name := fs.String("name", benchLabName, "namespace name `prefix` of the benchmark's lab")
 	synguardArgs := fs.String("synguard-args", "", "more `arguments` for synguard run, space-separated, e.g. \"--reply-path route\" (default: none, its defaults)")
 	ipv6 := fs.Bool("ipv6", false, "run everything over IPv6: service [2001:db8:b::2]:80, flood from 2001:db8:ff00::/40, ip6tables on the gateway")
+	rounds := fs.Int("rounds", bench.DefaultRounds, "`number` of rounds: each rate is measured that many times, the baseline and the systems in turn (in the opposite order every other round), and pooled; the report shows each round too (1 with --quick unless given)")
 	clientRTT := fs.Duration("client-rtt", 0, "put the legitimate clients this round trip away, behind a delay relay (the flood keeps its direct path), measure every system without a flood too, and report the time to first byte (e.g. 20ms; default: next to the gateway)")
 	if err := parseArgs(fs, args); err != nil {
 		return bench.Config{}, err
@@ -96,8 +98,15 @@ func benchConfig(args []string, stdout io.Writer) (bench.Config, error) {
 		return cfg, usagef("bench --attack: %v", err)
 	}
 	cfg.SynguardArgs = strings.Fields(*synguardArgs)
+	cfg.Rounds = *rounds
 	if *quick {
 		cfg.Rates, cfg.Duration, cfg.MaxAttempts = bench.QuickRates, bench.QuickDuration, bench.QuickMaxAttempts
+		if !flagGiven(fs, "rounds") {
+			cfg.Rounds = 1
+		}
+	}
+	if cfg.Rounds < 1 {
+		return cfg, usagef("bench --rounds: %d, want 1..%d", cfg.Rounds, bench.MaxRounds)
 	}
 	if *rates != "" {
 		r, err := parseRates(*rates)
@@ -274,4 +283,11 @@ func runBenchFlood(ctx context.Context, args []string, stdout, _ io.Writer) erro
 	}
 	fmt.Fprintf(stdout, "sent %d %s in %s (%.0f/s), %d errors\n", st.Sent, what, st.Elapsed.Round(time.Millisecond), float64(st.Sent)/st.Elapsed.Seconds(), st.Errors)
 	return nil
+}
+
+// flagGiven reports whether the command line set the flag name.
+func flagGiven(fs *flag.FlagSet, name string) bool {
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == name })
+	return given
 }

@@ -41,7 +41,10 @@ func TestBenchBadCommandLines(t *testing.T) {
 		{"empty attack", []string{"bench", "--attack", ""}, `bench --attack: "": want syn or ack`},
 		{"nfqueue misspelt", []string{"bench", "--systems", "synguard,synguard-nfq"}, `unknown system "synguard-nfq" (want synguard, synguard-nfqueue, synproxy or none)`},
 		{"flood bad kind", []string{"bench", "flood", "--kind", "fin", "--target", "203.0.113.2:80"}, `bench flood --kind: "fin": want syn or ack`},
-		{"queues too many runs", []string{"bench", "--queues", "1,2,3,4,5,6,7,8,9,10"}, "more than 64 runs"},
+		{"queues too many runs", []string{"bench", "--queues", "1,2,3,4,5,6,7,8,9,10"}, "× 3 rounds is more than 192 runs"},
+		{"rounds zero", []string{"bench", "--rounds", "0"}, "bench --rounds: 0, want 1..10"},
+		{"rounds too many", []string{"bench", "--rounds", "11"}, "11 rounds outside 1..10"},
+		{"rounds not a number", []string{"bench", "--rounds", "three"}, "-rounds"},
 		{"ipv6 not a bool", []string{"bench", "--ipv6=maybe"}, "-ipv6"},
 		{"ipv6 with a bad value", []string{"bench", "--ipv6", "--probe-rate", "0"}, "probe rate 0"},
 		{"client rtt not a duration", []string{"bench", "--client-rtt", "20"}, "-client-rtt"},
@@ -77,6 +80,30 @@ func TestBenchConfigClientRTT(t *testing.T) {
 		}
 		if cfg.ClientRTT != tt.want {
 			t.Errorf("%q: client RTT %v, want %v", tt.args, cfg.ClientRTT, tt.want)
+		}
+	}
+}
+
+// A full run measures each rate in DefaultRounds rounds, --quick in one;
+// --rounds says how many either way.
+func TestBenchConfigRounds(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want int
+	}{
+		{nil, bench.DefaultRounds},
+		{[]string{"--quick"}, 1},
+		{[]string{"--rounds", "5"}, 5},
+		{[]string{"--quick", "--rounds", "2"}, 2},
+		{[]string{"--rounds=1", "--attack", "ack"}, 1},
+	} {
+		cfg, err := benchConfig(tt.args, io.Discard)
+		if err != nil {
+			t.Errorf("%q: %v", tt.args, err)
+			continue
+		}
+		if cfg.Rounds != tt.want {
+			t.Errorf("%q: %d rounds, want %d", tt.args, cfg.Rounds, tt.want)
 		}
 	}
 }
