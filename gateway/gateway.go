@@ -68,10 +68,33 @@ type gateway struct {
 	watch      *rulesWatch         // keeps the rules in place once installed
 	notify     *notifier           // tells systemd how the gateway is doing (notify.go)
 
+	lastBeat time.Time // of heartbeat
+
 	// parts run concurrently while the gateway serves; install adds the
 	// backend learner. The first to fail stops them all.
 	parts []part
 }
+
+// heartbeat is the gateway's once-a-second work: the dashboard's sample
+// and the backends' health. It runs after the engine's control steps,
+// which come at least once a second (engine.QuietControlTick), so that an
+// idle gateway wakes once a second for all of it: on a quiet machine each
+// wake-up costs more than the work it does.
+func (g *gateway) heartbeat(now time.Time) {
+	if now.Sub(g.lastBeat) < telemetry.SamplePeriod-beatSlack {
+		return
+	}
+	g.lastBeat = now
+	g.tel.Sample()
+	g.health.judge(g.eng, now)
+	if g.learner != nil && g.health.anyDown() {
+		g.learner.judgedDown()
+	}
+}
+
+// beatSlack lets a control step that comes a little early still beat: the
+// engine's quiet period is exactly telemetry.SamplePeriod.
+const beatSlack = 50 * time.Millisecond
 
 // part is one of the gateway's goroutines. run returns when ctx is done;
 // returning before that is a failure, with or without an error.
@@ -163,6 +186,7 @@ func open(cfg Config) (_ *gateway, err error) {
 			if g.fast != nil {
 				g.fast.step(g.eng, g.jar, now)
 			}
+			g.heartbeat(now)
 		},
 	})
 	if err != nil {
@@ -203,6 +227,7 @@ func open(cfg Config) (_ *gateway, err error) {
 			Log:       cfg.LogLimiter,
 		},
 		Logger:        cfg.Logger,
+		CallerSamples: true, // g.heartbeat
 		StatsInterval: cfg.StatsInterval,
 	})
 	if cfg.MetricsAddr != "" {

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"strings"
@@ -66,5 +67,56 @@ func TestBackendHealth(t *testing.T) {
 	want := []string{`"event":"backend_down"`, `"event":"backend_up"`, `"event":"backend_down"`, `"event":"backend_up"`}
 	if strings.Join(transitions, " ") != strings.Join(want, " ") {
 		t.Errorf("logged transitions %v, want one line per change %v", transitions, want)
+	}
+}
+
+// The learner probes each interval, at once when woken, and, once a
+// backend is judged down, within downProbeEvery and every downProbeEvery
+// after that while it stays down.
+func TestLearnerProbesSoonWhileDown(t *testing.T) {
+	// Not parallel: the lifecycle tests want no other goroutine of ours.
+	h := newHealth(zerolog.Nop())
+	l := newLearner(nil, zerolog.Nop(), 0, h)
+	probes := make(chan time.Time, 16)
+	l.probe = func(context.Context) { probes <- time.Now() }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { l.loop(ctx, time.Hour); close(done) }()
+	defer func() { cancel(); <-done }()
+	next := func(within time.Duration) time.Time {
+		t.Helper()
+		select {
+		case at := <-probes:
+			return at
+		case <-time.After(within):
+			t.Fatalf("no probe within %v", within)
+			return time.Time{}
+		}
+	}
+
+	// Woken: a round at once.
+	woken := time.Now()
+	l.wake()
+	if d := next(time.Second).Sub(woken); d > 500*time.Millisecond {
+		t.Errorf("woken, the probe came %v later", d)
+	}
+
+	svc := engine.Service{Index: 0, Addr: netip.MustParseAddrPort("192.0.2.10:80")}
+	h.probed(svc, errors.New("connection refused"), time.Now())
+	judged := time.Now()
+	l.judgedDown()
+	first := next(downProbeEvery + 2*time.Second)
+	if d := first.Sub(judged); d < downProbeEvery-100*time.Millisecond {
+		t.Errorf("probed %v after the judgement, want about %v", d, downProbeEvery)
+	}
+	// Still down after that probe: again downProbeEvery later, with no
+	// judgement in between.
+	if d := next(downProbeEvery + 2*time.Second).Sub(first); d < downProbeEvery-100*time.Millisecond {
+		t.Errorf("probed again %v later, want about %v", d, downProbeEvery)
+	}
+	select {
+	case at := <-probes:
+		t.Errorf("an extra probe %v after the judgement", at.Sub(judged))
+	default:
 	}
 }

@@ -21,13 +21,17 @@ type learner struct {
 	log  zerolog.Logger
 	mark uint32
 	down map[int]bool // per service index: last probe failed (log changes only)
-	// now asks the loop for a round at once (a reload added services).
-	now    chan struct{}
-	health *health
+	// now asks the loop for a round at once (a reload added services);
+	// downNow for one within downProbeEvery (judgedDown).
+	now, downNow chan struct{}
+	health       *health
+	probe        func(ctx context.Context) // probeAll; a test's stand-in
 }
 
 func newLearner(eng *engine.Engine, log zerolog.Logger, mark uint32, h *health) *learner {
-	return &learner{eng: eng, log: log, mark: mark, down: make(map[int]bool), now: make(chan struct{}, 1), health: h}
+	l := &learner{eng: eng, log: log, mark: mark, down: make(map[int]bool), now: make(chan struct{}, 1), downNow: make(chan struct{}, 1), health: h}
+	l.probe = l.probeAll
+	return l
 }
 
 // wake asks for a round of probes soon, without waiting.
@@ -66,27 +70,41 @@ func (l *learner) probeAll(ctx context.Context) {
 	}
 }
 
-// loop probes every backend each interval (every downProbeEvery while
-// one is down) and judges their health each second.
+// loop probes every backend each interval, and every downProbeEvery
+// while one is down. The gateway's heartbeat judges their health
+// (health.judge) and tells the loop of a backend judged down (judgedDown).
 func (l *learner) loop(ctx context.Context, every time.Duration) {
-	judge := time.NewTicker(time.Second)
-	defer judge.Stop()
 	next := time.Now().Add(every)
+	probe := time.NewTimer(every)
+	defer probe.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case now := <-judge.C:
-			l.health.judge(l.eng, now)
-			if soon := now.Add(downProbeEvery); l.health.anyDown() && soon.Before(next) {
+		case <-l.downNow:
+			if soon := time.Now().Add(downProbeEvery); soon.Before(next) {
 				next = soon
+				probe.Reset(downProbeEvery)
 			}
-			if now.Before(next) {
-				continue
-			}
+			continue
+		case <-probe.C:
 		case <-l.now:
 		}
-		l.probeAll(ctx)
-		next = time.Now().Add(every)
+		l.probe(ctx)
+		wait := every
+		if l.health.anyDown() {
+			wait = min(every, downProbeEvery)
+		}
+		next = time.Now().Add(wait)
+		probe.Reset(wait)
+	}
+}
+
+// judgedDown tells the loop that a backend is down, so that it is probed
+// within downProbeEvery; it never waits.
+func (l *learner) judgedDown() {
+	select {
+	case l.downNow <- struct{}{}:
+	default:
 	}
 }

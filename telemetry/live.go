@@ -339,11 +339,6 @@ func (t *Telemetry) sampleLive() {
 	}
 }
 
-// Sample reads the source now and adds a point to the dashboard's
-// figures, as Run does once a second: for tools and tests that drive the
-// clock (Config.Now) themselves.
-func (t *Telemetry) Sample() { t.sampleLive() }
-
 // ratesBetween computes the key rates between two readings dt seconds
 // apart.
 func ratesBetween(prev, cur map[string]uint64, dt float64) Rates {

@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -381,5 +382,54 @@ func TestFetchStats(t *testing.T) {
 	defer notJSON.Close()
 	if _, err := FetchStats(context.Background(), notJSON.Client(), strings.TrimPrefix(notJSON.URL, "http://")); err == nil || !strings.Contains(err.Error(), "not synguard's stats") {
 		t.Errorf("a page that is not JSON: %v", err)
+	}
+}
+
+// countingSource counts the readings taken of it: a sample for the
+// dashboard or the stats lines reads the queues once.
+type countingSource struct {
+	*fakeSource
+	reads atomic.Int64
+}
+
+func (c *countingSource) QueueCounters() []QueueCounters {
+	c.reads.Add(1)
+	return c.fakeSource.QueueCounters()
+}
+
+// With CallerSamples, Run samples once at its start and then leaves the
+// samples to the caller; when the caller's samples stop, Run takes over,
+// sampleFallback later, once a period.
+func TestCallerSamples(t *testing.T) {
+	t.Parallel()
+	src := &countingSource{fakeSource: newFakeSource()}
+	tel := New(Config{Source: src, Collector: CollectorConfig{Counters: testCounters, Handshake: NewHistograms(2)},
+		StatsInterval: time.Hour, CallerSamples: true})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { tel.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	// The dashboard's first sample and the stats lines' baseline.
+	if !poll.Until(5*time.Second, func() bool { return src.reads.Load() >= 2 }) {
+		t.Fatalf("%d readings at Run's start, want 2", src.reads.Load())
+	}
+	start := src.reads.Load()
+	// One and a half periods of the caller's samples: a Run sampling by
+	// itself would have added one.
+	calls := 0
+	for end := time.Now().Add(SamplePeriod * 3 / 2); time.Now().Before(end); calls++ {
+		tel.Sample()
+		time.Sleep(SamplePeriod / 10)
+	}
+	if got := src.reads.Load() - start; got != int64(calls) {
+		t.Errorf("%d samples for %d of the caller's: Run sampled by itself", got, calls)
+	}
+	stopped := time.Now()
+	before := src.reads.Load()
+	if !poll.Until(sampleFallback+3*SamplePeriod, func() bool { return src.reads.Load() >= before+2 }) {
+		t.Fatalf("Run took %d samples in %v after the caller's stopped, want 2", src.reads.Load()-before, time.Since(stopped))
+	}
+	if d := time.Since(stopped); d < sampleFallback {
+		t.Errorf("Run sampled by itself %v after the caller's last sample, before sampleFallback (%v)", d, sampleFallback)
 	}
 }
