@@ -208,19 +208,26 @@ func (c *Config) Validate() error {
 // end), which its timeout must allow.
 const minProbeRTTs = 4
 
-// noFlood is the rate of a run without a flood (Config.ClientRTT).
+// noFlood is the rate of a run without a flood (Config.withoutFlood).
 const noFlood = -1
 
 // runs counts the runs the benchmark makes: a baseline and each variant
-// at every rate in every round, and each variant once without a flood
-// with a client RTT.
+// at every rate in every round, and as many without a flood when there
+// are such runs (withoutFlood).
 func (c *Config) runs() int {
-	n := len(c.Rates) * (len(c.variants()) + 1) * max(c.Rounds, 1)
-	if c.ClientRTT > 0 {
-		n += len(c.variants())
+	perRound := (len(c.variants()) + 1) * max(c.Rounds, 1)
+	n := len(c.Rates) * perRound
+	if c.withoutFlood() {
+		n += perRound
 	}
 	return n
 }
+
+// withoutFlood says the baseline and every system are also measured
+// without a flood: with the clients a round trip away, for their time to
+// first byte; in a forged-ACK flood, for the share of each system's CPU
+// that is its legitimate clients', not the flood's (quietCost).
+func (c *Config) withoutFlood() bool { return c.ClientRTT > 0 || c.Attack == KindACK }
 
 // roundsText names the rounds in Validate's count.
 func (c *Config) roundsText() string {
@@ -232,8 +239,8 @@ func (c *Config) roundsText() string {
 
 // noFloodRuns names the runs without a flood in Validate's count.
 func (c *Config) noFloodRuns() string {
-	if c.ClientRTT > 0 {
-		return fmt.Sprintf(" + %d runs without a flood", len(c.variants()))
+	if c.withoutFlood() {
+		return fmt.Sprintf(" + %d runs without a flood", (len(c.variants())+1)*max(c.Rounds, 1))
 	}
 	return ""
 }
@@ -390,13 +397,21 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		}
 		logf(cfg.Progress, "client RTT %v: %.2f ms measured (ICMP echo p50, legitimate clients to the backend)\n",
 			cfg.ClientRTT, rep.Config.MeasuredRTTms)
-		for _, v := range cfg.variants() {
-			name := cfg.progressName(v)
-			m, err := b.run(ctx, name, func() setup { return b.setupFor(v) }, noFlood)
-			if err != nil {
-				return finish(fmt.Errorf("%s without a flood: %w", name, err))
+	}
+	// quiet[i] is variant i's cost without a flood, for an ACK flood's
+	// runs; nil otherwise.
+	var quiet []*quietCost
+	if cfg.withoutFlood() {
+		base, runs, err := b.rounds(ctx, noFlood)
+		if err != nil {
+			return finish(err)
+		}
+		rep.NoFloodBaseline = &NoFloodBaseline{BenchCPUS: base.pooled.ours.Seconds(), WindowS: base.pooled.window.Seconds()}
+		for i, v := range cfg.variants() {
+			rep.NoFlood = append(rep.NoFlood, noFloodRow(v, runs[i].pooled))
+			if cfg.Attack == KindACK {
+				quiet = append(quiet, &quietCost{system: runs[i].pooled, baseline: base.pooled})
 			}
-			rep.NoFlood = append(rep.NoFlood, noFloodRow(v, m))
 		}
 	}
 	for _, rate := range cfg.Rates {
@@ -406,10 +421,14 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		}
 		rep.Baselines = append(rep.Baselines, baselineRow(rate, base.pooled, cfg.Attack))
 		for i, v := range cfg.variants() {
-			row := runRow(v, rate, runs[i].pooled, base.pooled, cfg.Attack)
+			var q *quietCost
+			if quiet != nil {
+				q = quiet[i]
+			}
+			row := runRow(v, rate, runs[i].pooled, base.pooled, q, cfg.Attack)
 			if cfg.Rounds > 1 {
 				for r, m := range runs[i].each {
-					row.Rounds = append(row.Rounds, roundRow(runRow(v, rate, m, base.each[r], cfg.Attack), cfg.Attack))
+					row.Rounds = append(row.Rounds, roundRow(runRow(v, rate, m, base.each[r], q, cfg.Attack), cfg.Attack))
 				}
 			}
 			rep.Runs = append(rep.Runs, row)
@@ -867,7 +886,32 @@ func (m *measurement) add(o measurement) {
 	}
 }
 
-func runRow(v variant, rate int, m, base measurement, attack Kind) RunResult {
+// quietCost is a system's and the baseline's runs without a flood (pooled
+// over the rounds). A forged-ACK flood leaves synguard's services in
+// passthrough, as they are without one, so the CPU its process spends
+// over such a run, on the legitimate clients' handshakes (which cross its
+// queues, and whose kernel work from the verdict on runs in its process)
+// and on its own housekeeping, is what it would spend over a flood run
+// without the flood. The kernel systems do the same clients' work in the
+// benchmark process, which the measure leaves out; for them it is the
+// kernel threads' and about the baseline's.
+type quietCost struct {
+	system, baseline measurement
+}
+
+// without is x's CPU in the measure less the quiet run's over as long.
+func without(x, quiet measurement) time.Duration {
+	if quiet.window <= 0 {
+		return x.ours
+	}
+	return x.ours - time.Duration(float64(quiet.ours)*float64(x.window)/float64(quiet.window))
+}
+
+// runRow makes the report's row of a run of variant v at rate against its
+// baseline. With q (a forged-ACK flood), CPU µs/ACK counts what the
+// system and the baseline spent beyond their runs without a flood: the
+// flood's cost, not the legitimate clients' (ClientsCPUusACK).
+func runRow(v variant, rate int, m, base measurement, q *quietCost, attack Kind) RunResult {
 	path := PathKernel
 	if v.sys.IsSynguard() {
 		path = m.path
@@ -925,6 +969,10 @@ func runRow(v variant, rate int, m, base measurement, attack Kind) RunResult {
 		r.BackendACKPPS = perSecond(m.backendACKs, m.flood.Elapsed)
 		r.RSTPPS = perSecond(m.replies, m.flood.Elapsed)
 		r.CPUusPerACK, r.MachineCPUusACK, r.ProcessCPUusACK = cpu, machine, process
+		if q != nil {
+			r.CPUusPerACK = CPUPerSYN(without(m, q.system), m.flood.Sent, without(base, q.baseline), base.flood.Sent)
+			r.ClientsCPUusACK = cpu - r.CPUusPerACK
+		}
 		return r
 	}
 	r.SYNsSent = m.flood.Sent
@@ -959,6 +1007,9 @@ func noFloodRow(v variant, m measurement) NoFloodRun {
 		OtherLoad:       m.otherShare(),
 		Attempts:        m.attempts,
 		ProbeErrors:     m.probes.Errors,
+		BenchCPUS:       m.ours.Seconds(),
+		ProcessCPUS:     m.processCPU.Seconds(),
+		WindowS:         m.window.Seconds(),
 	}
 }
 

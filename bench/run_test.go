@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -360,6 +361,23 @@ func TestBenchEndToEndACK(t *testing.T) {
 	if rep.Attack != KindACK || len(rep.Runs) != 4 || len(rep.Baselines) != 1 {
 		t.Fatalf("attack %q, %d runs, %d baselines; want ack, 4, 1", rep.Attack, len(rep.Runs), len(rep.Baselines))
 	}
+	// Every system and the baseline were measured without the flood too,
+	// and the flood's CPU leaves that out: synguard's process served the
+	// legitimate clients' handshakes there.
+	if len(rep.NoFlood) != 4 || rep.NoFloodBaseline == nil || rep.NoFloodBaseline.WindowS <= 0 {
+		t.Fatalf("%d runs without a flood, baseline's %+v", len(rep.NoFlood), rep.NoFloodBaseline)
+	}
+	for _, n := range rep.NoFlood {
+		if n.WindowS <= 0 || n.BenchCPUS <= 0 || n.LegitSuccess <= 0.9 || (n.System.IsSynguard() != (n.ProcessCPUS > 0)) {
+			t.Errorf("%s without a flood: %.2f s of CPU over %.2f s (process %.3f s), legitimate success %.2f",
+				n.System, n.BenchCPUS, n.WindowS, n.ProcessCPUS, n.LegitSuccess)
+		}
+	}
+	for _, r := range rep.Runs {
+		if r.ClientsCPUusACK == 0 {
+			t.Errorf("%s: no clients' share left out of its CPU µs/ACK", r.System)
+		}
+	}
 	for _, r := range rep.Runs {
 		t.Run(string(r.System), func(t *testing.T) {
 			if r.ACKsSent <= 0 || r.SYNsSent != 0 || r.OfferedPPS <= 0 {
@@ -498,9 +516,9 @@ func TestConfigValidateClientRTT(t *testing.T) {
 		{-time.Millisecond, 0, 1, "client RTT -1ms outside"},
 		{lab.MaxClientRTT + 1, time.Hour, 1, "outside"},
 		{time.Second, 3 * time.Second, 1, "a probe timeout of 3s is too short for a client RTT of 1s: give it at least 4s"},
-		// 37 rates × (4 variants + baseline) + 4 without a flood = 189;
-		// 38 rates are 194.
-		{20 * time.Millisecond, 0, 38, "38 rates × (4 system runs + a baseline) + 4 runs without a flood is more than 192 runs"},
+		// 37 rates × (4 variants + baseline) + 5 without a flood = 190;
+		// 38 rates are 195.
+		{20 * time.Millisecond, 0, 38, "38 rates × (4 system runs + a baseline) + 5 runs without a flood is more than 192 runs"},
 	} {
 		cfg := ok
 		cfg.ClientRTT, cfg.ProbeTimeout = tt.rtt, tt.timeout
@@ -597,22 +615,54 @@ func TestConfigValidateRounds(t *testing.T) {
 	ok := Config{Name: "b", Binary: "/bin/true", Rates: DefaultRates, Duration: time.Second, ProbeRate: 1, OutDir: "/tmp/x"}
 	for _, tt := range []struct {
 		rounds int
+		attack Kind
 		want   string // "" for valid
 	}{
-		{0, ""},
-		{1, ""},
+		{0, KindSYN, ""},
+		{1, KindSYN, ""},
 		// 7 rates × (4 variants + a baseline) × 5 rounds = 175 runs.
-		{5, ""},
+		{5, KindSYN, ""},
 		// × 6 rounds = 210.
-		{6, "7 rates × (4 system runs + a baseline) × 6 rounds is more than 192 runs"},
-		{-1, "-1 rounds outside 1..10"},
-		{MaxRounds + 1, "11 rounds outside 1..10"},
+		{6, KindSYN, "7 rates × (4 system runs + a baseline) × 6 rounds is more than 192 runs"},
+		// A forged-ACK flood's runs without a flood: 140 + 20 = 160 with
+		// 4 rounds, 175 + 25 = 200 with 5.
+		{4, KindACK, ""},
+		{5, KindACK, "7 rates × (4 system runs + a baseline) × 5 rounds + 25 runs without a flood is more than 192 runs"},
+		{-1, KindSYN, "-1 rounds outside 1..10"},
+		{MaxRounds + 1, KindSYN, "11 rounds outside 1..10"},
 	} {
 		cfg := ok
-		cfg.Rounds = tt.rounds
+		cfg.Rounds, cfg.Attack = tt.rounds, tt.attack
 		err := cfg.Validate()
 		if tt.want == "" && err != nil || tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)) {
-			t.Errorf("%d rounds: error %v, want %q", tt.rounds, err, tt.want)
+			t.Errorf("%d rounds, %s flood: error %v, want %q", tt.rounds, tt.attack, err, tt.want)
 		}
+	}
+}
+
+// In a forged-ACK flood, CPU µs/ACK leaves out what the system and the
+// baseline spent over their runs without a flood, scaled to the flood
+// run's window; the part left out is reported beside it.
+func TestRunRowACKWithoutTheFlood(t *testing.T) {
+	run := func(ours, window time.Duration, sent int) measurement {
+		return measurement{ours: ours, window: window, flood: FloodStats{Sent: sent, Elapsed: window}}
+	}
+	m := run(2*time.Second, 10*time.Second, 100_000)
+	base := run(1500*time.Millisecond, 10*time.Second, 100_000)
+	q := &quietCost{system: run(200*time.Millisecond, 5*time.Second, 0), baseline: run(50*time.Millisecond, 5*time.Second, 0)}
+	v := variant{sys: Synguard, queues: 1}
+
+	raw := runRow(v, 10_000, m, base, nil, KindACK)
+	if raw.CPUusPerACK != 5 || raw.ClientsCPUusACK != 0 {
+		t.Errorf("without runs without a flood: %.3f µs/ACK, clients %.3f; want 5 and 0", raw.CPUusPerACK, raw.ClientsCPUusACK)
+	}
+	// (2 s − 0.2 s × 10/5) − (1.5 s − 0.05 s × 10/5) = 0.2 s over 100,000 ACKs.
+	got := runRow(v, 10_000, m, base, q, KindACK)
+	if math.Abs(got.CPUusPerACK-2) > 1e-9 || math.Abs(got.ClientsCPUusACK-3) > 1e-9 {
+		t.Errorf("%.3f µs/ACK, clients %.3f; want 2 and 3", got.CPUusPerACK, got.ClientsCPUusACK)
+	}
+	// A SYN flood's runs are never given one; its figure is the raw one.
+	if syn := runRow(v, 10_000, m, base, nil, KindSYN); syn.CPUusPerSYN != 5 || syn.ClientsCPUusACK != 0 {
+		t.Errorf("SYN flood: %.3f µs/SYN, clients %.3f", syn.CPUusPerSYN, syn.ClientsCPUusACK)
 	}
 }

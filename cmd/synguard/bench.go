@@ -40,8 +40,12 @@ func runBenchScenarios(ctx context.Context, args []string, stdout, _ io.Writer) 
 	if cfg.ClientRTT > 0 {
 		labDesc += ", clients " + cfg.ClientRTT.String() + " away"
 	}
-	fmt.Fprintf(stdout, "bench: lab %s, %s flood, rates %s, %s per flood, systems %s; writing to %s\n",
-		labDesc, cfg.Attack, ratesString(cfg.Rates), cfg.Duration, sysDesc, cfg.OutDir)
+	rounds := ""
+	if cfg.Rounds > 1 {
+		rounds = fmt.Sprintf(" × %d rounds", cfg.Rounds)
+	}
+	fmt.Fprintf(stdout, "bench: lab %s, %s flood, rates %s, %s per flood%s, systems %s; writing to %s\n",
+		labDesc, cfg.Attack, ratesString(cfg.Rates), cfg.Duration, rounds, sysDesc, cfg.OutDir)
 	rep, err := bench.Run(ctx, cfg)
 	if err != nil {
 		if rep != nil {
