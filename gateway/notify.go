@@ -211,7 +211,7 @@ type pathHealth struct {
 	// failure and the NFQUEUE path took every packet, as designed. Nil
 	// without XDP.
 	fastSynced func() (time.Time, bool)
-	kernel     func() ([]nfq.KernelQueueStats, error) // nfq.KernelStats
+	kernel     func() ([]nfq.KernelQueueStats, error) // the gateway's queueStats.Read
 	queues     []queueProbe
 }
 
@@ -234,7 +234,7 @@ type queueProbe struct {
 }
 
 func (g *gateway) pathHealth(maxAge time.Duration) *pathHealth {
-	h := &pathHealth{maxAge: maxAge, since: time.Now(), heartbeat: g.eng.LastControl, kernel: nfq.KernelStats}
+	h := &pathHealth{maxAge: maxAge, since: time.Now(), heartbeat: g.eng.LastControl, kernel: g.queueStats.Read}
 	for i, q := range g.queues {
 		num, kind := g.queueOf(i)
 		h.queues = append(h.queues, queueProbe{num: num, name: queueName(num, kind), port: q.PortID(),
