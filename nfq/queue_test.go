@@ -649,14 +649,7 @@ func TestKernelStatsReaderFollowsTheTable(t *testing.T) {
 	const n = 80
 	queues := make([]*nfq.Queue, n)
 	for i := range queues {
-		var err error
-		if err = ns.Do(func() error {
-			queues[i], err = nfq.Open(nfq.Config{Queue: uint16(100 + i)})
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		defer queues[i].Close()
+		queues[i] = openQueue(t, ns, nfq.Config{Queue: uint16(100 + i)})
 	}
 	got := listed()
 	for i, q := range queues {
