@@ -215,13 +215,16 @@ const noFlood = -1
 // at every rate in every round, and as many without a flood when there
 // are such runs (withoutFlood).
 func (c *Config) runs() int {
-	perRound := (len(c.variants()) + 1) * max(c.Rounds, 1)
-	n := len(c.Rates) * perRound
+	n := len(c.Rates) * c.runsPerRate()
 	if c.withoutFlood() {
-		n += perRound
+		n += c.runsPerRate()
 	}
 	return n
 }
+
+// runsPerRate counts the runs at one rate (or without a flood): the
+// baseline and each variant, in every round.
+func (c *Config) runsPerRate() int { return (len(c.variants()) + 1) * max(c.Rounds, 1) }
 
 // withoutFlood says the baseline and every system are also measured
 // without a flood: with the clients a round trip away, for their time to
@@ -240,7 +243,7 @@ func (c *Config) roundsText() string {
 // noFloodRuns names the runs without a flood in Validate's count.
 func (c *Config) noFloodRuns() string {
 	if c.withoutFlood() {
-		return fmt.Sprintf(" + %d runs without a flood", (len(c.variants())+1)*max(c.Rounds, 1))
+		return fmt.Sprintf(" + %d runs without a flood", c.runsPerRate())
 	}
 	return ""
 }
