@@ -3,11 +3,14 @@ package gateway
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/synguard/synguard/internal/nstest"
+	"github.com/synguard/synguard/internal/poll"
 )
 
 // TestOneInstancePerNamespace: a second lock in the same namespace is
@@ -66,4 +69,92 @@ func TestOpenRefusedByTheLock(t *testing.T) {
 	if rules := iptablesSave(t, ns); strings.Contains(rules, "SYNGUARD") {
 		t.Fatalf("a refused open installed rules:\n%s", rules)
 	}
+}
+
+// TestLockWaitsOutADeadHolder: a lock still held after the synguard that
+// wrote it has exited (a child it was starting shares the lock until its
+// exec) is waited for and taken once let go; held past the wait, it is
+// refused with the dead pid. A live holder is refused at once (above).
+func TestLockWaitsOutADeadHolder(t *testing.T) {
+	dead := exitedPid(t)
+	holdAsDead := func(t *testing.T, dir string) *instanceLock {
+		held, err := lockInstance(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(held.path, []byte(fmt.Sprintf("%d\n", dead)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return held
+	}
+
+	t.Run("let go", func(t *testing.T) {
+		dir := t.TempDir()
+		held := holdAsDead(t, dir)
+		// The file stays where it is, as when a dead synguard's child execs.
+		time.AfterFunc(50*time.Millisecond, func() { held.f.Close() })
+		l, err := lockInstanceWithin(dir, 10*time.Second)
+		if err != nil {
+			t.Fatalf("lock left by a dead holder's child: %v, want it taken once let go", err)
+		}
+		defer l.release()
+		if pid, _ := os.ReadFile(l.path); strings.TrimSpace(string(pid)) != fmt.Sprint(os.Getpid()) {
+			t.Fatalf("lock file holds %q, want this process's pid", pid)
+		}
+	})
+
+	t.Run("held on", func(t *testing.T) {
+		dir := t.TempDir()
+		held := holdAsDead(t, dir)
+		defer held.release()
+		const wait = 200 * time.Millisecond
+		start := time.Now()
+		_, err := lockInstanceWithin(dir, wait)
+		if want := fmt.Sprintf("after its synguard (pid %d) exited", dead); err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("lock held on after its holder exited: %v, want an error containing %q", err, want)
+		}
+		if took := time.Since(start); took < wait {
+			t.Fatalf("refused after %v, before the %v wait", took, wait)
+		}
+	})
+}
+
+// TestHolderAlive: only a holder known to be gone (no such process, or a
+// zombie, whose files are closed) is waited for.
+func TestHolderAlive(t *testing.T) {
+	zombie := exec.Command("true")
+	if err := zombie.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer zombie.Wait()
+	zpid := zombie.Process.Pid
+	poll.Must(t, 5*time.Second, "the child never became a zombie", func() bool {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", zpid))
+		return err == nil && strings.Contains(string(stat), ") Z ")
+	})
+	for _, tc := range []struct {
+		holder string
+		alive  bool
+	}{
+		{"", true}, // locked, pid not written yet
+		{"not a pid", true},
+		{"0", true},
+		{fmt.Sprint(os.Getpid()), true},
+		{fmt.Sprint(exitedPid(t)), false},
+		{fmt.Sprint(zpid), false},
+	} {
+		if _, alive := holderAlive(tc.holder); alive != tc.alive {
+			t.Errorf("holderAlive(%q) = %v, want %v", tc.holder, alive, tc.alive)
+		}
+	}
+}
+
+// exitedPid returns the pid of a child that has exited and been reaped.
+func exitedPid(t *testing.T) int {
+	t.Helper()
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd.Process.Pid
 }
