@@ -43,7 +43,7 @@ func TestOperatorView(t *testing.T) {
 	g := startGateway(t, topo.Gateway, "--protect", service.String(), "--mode", "always", "--stats-interval", "1s")
 
 	// One real connection, so there is a hand-off to time (which the
-	// engine hears of up to 2 ms after the handshake, where the tc
+	// engine hears of up to 5 ms after the handshake, where the tc
 	// programs complete it). The client reads nothing more until the
 	// flow's entry exists, so that the flow is still open when the
 	// engine comes to make it: a flow over sooner gets none.

@@ -146,7 +146,7 @@ func TestPortReuseDuringTimeWait(t *testing.T) {
 
 // TestPortReuseAfterFlowsWithoutEntries: flows over before their entry
 // was needed (the tc programs complete the handshake, and the engine
-// makes the entry 2 ms later) get none, and leave the programs' record
+// makes the entry 5 ms later) get none, and leave the programs' record
 // to translate their last segments; a client reconnecting at once from
 // the same ports must get through as a new connection, however its new
 // cookie compares with the old one, and every flow's end reach the

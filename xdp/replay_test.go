@@ -557,6 +557,7 @@ func TestHandshakeEventsWakeTheReaderLater(t *testing.T) {
 	waitFor(t, "the reader to wait on the ring", func() bool { return goroutineState(id) == "IO wait" })
 	c := netip.MustParseAddrPort("198.51.100.33:46000")
 	ack, _ := h.cookieACK(c, service4, 0xc000)
+	sent := time.Now()
 	if v, _ := h.run(ether(ack)); v != vTX {
 		t.Fatalf("cookie ACK: verdict %v", v)
 	}
@@ -567,6 +568,12 @@ func TestHandshakeEventsWakeTheReaderLater(t *testing.T) {
 	got = <-reads
 	if got.err != nil || got.ok || !isKick(got.s) {
 		t.Fatalf("second read: %+v, %v; want the timer's kick", got.s, got.err)
+	}
+	// Due after the scheduler's next tick (4 ms apart at HZ=250), the
+	// timer costs no reprogramming of the CPU's timer inside the
+	// handshake (synguard.c HS_WAKE_NS). A timer never fires early.
+	if d := time.Since(sent); d < 4*time.Millisecond {
+		t.Fatalf("the kick came %v after the event, before a tick's period", d)
 	}
 	r.Close()
 	for got := range reads {
@@ -631,7 +638,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // TestReplayNeedsRoomForItsEvent: the tc program replays a SYN only when
 // it could reserve the event that tells the engine (which resends the
 // SYN and makes the entry); with the ring full, the cookie ACK goes to
-// the queue as it would without the fast path.
+// the queue as it would without the fast path, its early flow recorded
+// (and only then).
 func TestReplayNeedsRoomForItsEvent(t *testing.T) {
 	h := newReplayHarness(t)
 	replayed := 0
@@ -639,11 +647,22 @@ func TestReplayNeedsRoomForItsEvent(t *testing.T) {
 		c := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 51, 100, byte(i >> 8)}), uint16(20000+i&0xff))
 		ack, _ := h.cookieACK(c, service4, uint32(i)*977)
 		v, _ := h.run(ether(ack))
+		// A flow replayed here has its record for its next segments;
+		// one whose ACK goes to the queue needs its early flow there.
+		var ef synguardEarlyFlow
+		k := flowKey(c, service4)
+		recorded := h.p.objs.EarlyFlows.Lookup(&k, &ef) == nil
 		if v == vPass {
+			if !recorded {
+				t.Fatalf("cookie ACK %d, passed to the queue: no early flow for its next segments", i)
+			}
 			break
 		}
 		if v != vTX {
 			t.Fatalf("cookie ACK %d: verdict %v", i, v)
+		}
+		if recorded {
+			t.Fatalf("cookie ACK %d, replayed: an early flow recorded as well", i)
 		}
 		replayed++
 		if replayed > 1<<18/8 {
