@@ -172,6 +172,12 @@ func TestPortReuseAfterFlowsWithoutEntries(t *testing.T) {
 				g.metric("synguard_xdp_handshake_completed_total"), g.metric("synguard_ended_unseen_total"), g.metric("synguard_entry_replaced_total"))
 		}
 	}
+	// The engine hears of the handshakes completed at tc up to 5 ms
+	// after them, which may be after the loop: wait until it has handed
+	// off every connection.
+	if !poll.Until(5*time.Second, func() bool { return g.metric("synguard_flows_handed_off_total") >= connections }) {
+		t.Fatalf("the engine handed off %v of the %d connections", g.metric("synguard_flows_handed_off_total"), connections)
+	}
 	ended := g.metric("synguard_ended_unseen_total")
 	t.Logf("%v of %d handshakes completed at tc, %v flows ended before their entry, %v stale entries replaced", g.metric("synguard_xdp_handshake_completed_total"),
 		connections, ended, g.metric("synguard_entry_replaced_total"))
