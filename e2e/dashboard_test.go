@@ -93,8 +93,11 @@ func TestOperatorView(t *testing.T) {
 	// later one (a larger SYN total than the first look showed).
 	start := time.Now()
 	wait := flood(t, topo.Client, service, 3000, 60000, 20*time.Second)
+	// The SYN total tells a sample taken since the flood began: the
+	// quiet page's rate is rounded for display, and the quiet sample's
+	// own rate may lie above it.
 	g.waitStats(t, "a sample with the flood in its rates", func(s telemetry.ServiceView) bool {
-		return s.Rates.SYN > quiet.synRate && s.Rates.SYNACK > 0
+		return int64(s.Totals[telemetry.CounterSYNReceived]) > quiet.synTotal && s.Rates.SYN > quiet.synRate && s.Rates.SYNACK > 0
 	})
 	first := dashboard(t, browser, topo.Gateway, service)
 	g.waitStats(t, "a sample after the first look's", func(s telemetry.ServiceView) bool {
