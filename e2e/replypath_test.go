@@ -72,8 +72,17 @@ func TestReplyPath(t *testing.T) {
 					t.Fatalf("no start event with reply_path %q:\n%s", step.path, g.log.String())
 				}
 				err := connect(topo, fam.svc)
-				sent := g.serviceMetric("synguard_synack_sent_total", fam.svc)
-				failed := g.serviceMetric("synguard_send_error_total", fam.svc)
+				// The client can have its SYN-ACK before the worker counts
+				// it: wait for the count this step expects, then read all.
+				var sent, failed float64
+				poll.Until(5*time.Second, func() bool {
+					sent = g.serviceMetric("synguard_synack_sent_total", fam.svc)
+					failed = g.serviceMetric("synguard_send_error_total", fam.svc)
+					if step.path == "ingress" || !step.blackhole {
+						return sent >= 1
+					}
+					return failed >= 1
+				})
 				routed := outputCounter(t, topo, fam.save) - before
 				g.stop()
 				switch {
