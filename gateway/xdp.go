@@ -284,7 +284,8 @@ func (f *fastPath) ringLost(ctx context.Context, err error, msg string) error {
 }
 
 // runSamples feeds the SYNs the program samples (one in xdp.SampleEvery
-// of those it answers or drops) to the engine's counts by source and to
+// of those it answers or drops, at most one per xdp.SampleGap on a CPU,
+// each weighing the SYNs since the last) to the engine's counts by source and to
 // the attack's pcap sample, until ctx is done. Without them an attack
 // answered at the driver would have no sources; losing them costs the
 // attribution, not the protection, so a failure is logged, not fatal.
@@ -315,7 +316,7 @@ func (f *fastPath) runSamples(ctx context.Context, eng *engine.Engine, caps *cap
 		if !ok {
 			return
 		}
-		eng.ObserveSource(s.Service, src, xdp.SampleEvery)
+		eng.ObserveSource(s.Service, src, s.Weight)
 		caps.offer(s.Service, ip, time.Now())
 	}
 	pause := time.NewTimer(samplePoll)

@@ -15,17 +15,29 @@ import (
 )
 
 // SampleEvery is how sparsely the program hands the SYNs it answers or
-// drops to Samples: one in SampleEvery, on each CPU.
+// drops to Samples: one in SampleEvery on each CPU, but no two within
+// SampleGap of each other. Each sample weighs the SYNs since the last.
 const SampleEvery = 8
+
+// SampleGap is the least time between two samples on a CPU: 10,000
+// samples a second per CPU at most, which a 80,000 SYN/s flood reaches.
+// Past it samples weigh more rather than coming faster, so reading them
+// costs userspace what it costs at that rate, however fast the flood.
+const SampleGap = 100 * time.Microsecond
 
 // sampleBytes is how much of each sampled frame the program copies.
 const sampleBytes = 128
 
-// Sample is one sampled SYN: the index of its service and the first
-// bytes of its frame (Ethernet header included).
+// Sample is one sampled SYN: the index of its service, the first bytes
+// of its frame (Ethernet header included) and how many SYNs it stands
+// for.
 type Sample struct {
 	Service int
 	Frame   []byte
+	// Weight is the SYNs its CPU answered or dropped since its previous
+	// sample, this one included: SampleEvery, or more past SampleGap's
+	// rate (1 for a CPU's first).
+	Weight uint32
 	// Event says the record is a flow's event (ReplayEvent), not a SYN.
 	Event bool
 }
@@ -184,17 +196,24 @@ func (r *SampleReader) next() (s Sample, ok bool, err error) {
 }
 
 // parse copies the sample in record b: the service (4 bytes), the
-// frame's length (4 bytes), the frame.
+// frame's length and the sample's weight (2 bytes each; an event's
+// length takes all 4), the frame.
 func (r *SampleReader) parse(b []byte) (Sample, bool) {
 	if len(b) < 8 {
 		return Sample{}, false
 	}
 	svc := binary.NativeEndian.Uint32(b[0:4])
+	event := svc&sampleEvent != 0
 	n := int(binary.NativeEndian.Uint32(b[4:8]))
+	var weight uint32
+	if !event {
+		n = int(binary.NativeEndian.Uint16(b[4:6]))
+		weight = uint32(binary.NativeEndian.Uint16(b[6:8]))
+	}
 	if n > sampleBytes || 8+n > len(b) {
 		return Sample{}, false
 	}
-	return Sample{Service: int(svc &^ sampleEvent), Event: svc&sampleEvent != 0, Frame: r.frame[:copy(r.frame[:], b[8:8+n])]}, true
+	return Sample{Service: int(svc &^ sampleEvent), Event: event, Weight: weight, Frame: r.frame[:copy(r.frame[:], b[8:8+n])]}, true
 }
 
 // SetDeadline bounds Read's wait: once the ring is empty past t, Read

@@ -16,11 +16,13 @@ import (
 )
 
 // TestSamples: one SYN in SampleEvery that the program answers or drops
-// reaches the sample ring, with its service and its frame as it came in.
+// reaches the sample ring, with its service, its frame as it came in
+// and its weight: the SYNs since the previous sample (1 for the first).
 func TestSamples(t *testing.T) { forKinds(t, testSamples) }
 
 func testSamples(t *testing.T, h *harness) {
 	r := openSamples(t, h)
+	noSampleGap(t, h)
 	const n = 4 * SampleEvery
 	var frames [][]byte
 	for i := range n {
@@ -40,7 +42,10 @@ func testSamples(t *testing.T, h *harness) {
 	if len(got) != n/SampleEvery {
 		t.Fatalf("%d samples of %d SYNs, want %d", len(got), n, n/SampleEvery)
 	}
-	for _, s := range got {
+	for i, s := range got {
+		if want := map[bool]uint32{true: 1, false: SampleEvery}[i == 0]; s.Weight != want {
+			t.Errorf("sample %d weighs %d SYNs, want %d", i, s.Weight, want)
+		}
 		if s.Service != 0 {
 			t.Errorf("sample of service %d, want 0", s.Service)
 		}
@@ -178,6 +183,7 @@ func TestSampleRingWraps(t *testing.T) { forKinds(t, testSampleRingWraps) }
 
 func testSampleRingWraps(t *testing.T, h *harness) {
 	r := openSamples(t, h)
+	noSampleGap(t, h)
 	// Each round fills about half the 1 MiB ring (144-byte records).
 	const rounds, perRound = 3, 3600
 	src := netip.MustParseAddrPort("198.51.100.9:40000")
@@ -202,6 +208,55 @@ func testSampleRingWraps(t *testing.T, h *harness) {
 		if want != next {
 			t.Fatalf("round %d: samples up to SYN %d of %d", round, want, next)
 		}
+	}
+}
+
+// TestSamplesPastTheGap: within SampleGap of a CPU's last sample no SYN
+// is sampled, and the next one after it weighs every SYN since, so the
+// counts by source keep the flood's size however few samples it gets.
+func TestSamplesPastTheGap(t *testing.T) { forKinds(t, testSamplesPastTheGap) }
+
+func testSamplesPastTheGap(t *testing.T, h *harness) {
+	r := openSamples(t, h)
+	// Long enough that the burst below fits in it on a loaded machine.
+	const gap = 500 * time.Millisecond
+	if err := h.p.setSampleGap(gap); err != nil {
+		t.Fatal(err)
+	}
+	src := netip.MustParseAddrPort("198.51.100.9:40000")
+	send := func(n int) {
+		t.Helper()
+		for i := range n {
+			if v, _ := h.run(ether(rawSegment(src, service4, uint32(i), 0, packet.SYN, linuxOpts(1460, 7), nil))); v != vTX {
+				t.Fatalf("SYN %d: %v, want tx", i, v)
+			}
+		}
+	}
+	start := time.Now()
+	const burst = 5 * SampleEvery
+	send(burst)
+	if took := time.Since(start); took >= gap {
+		t.Fatalf("%d SYNs took %v, longer than the gap of %v the test needs them inside", burst, took, gap)
+	}
+	got := drainSamples(t, r)
+	if len(got) != 1 || got[0].Weight != 1 {
+		t.Fatalf("%d SYNs within the gap: samples %+v, want one, the first, weighing 1", burst, got)
+	}
+	// The next SYN whose turn it is, past the gap, is sampled.
+	poll.Must(t, 5*time.Second, "the gap never passed", func() bool { return time.Since(start) > gap })
+	send(1)
+	got = drainSamples(t, r)
+	if len(got) != 1 || got[0].Weight != burst {
+		t.Fatalf("a SYN past the gap: samples %+v, want one weighing %d", got, burst)
+	}
+}
+
+// noSampleGap lets the harness program sample every SampleEvery-th SYN
+// however close together: tests send them faster than SampleGap allows.
+func noSampleGap(t *testing.T, h *harness) {
+	t.Helper()
+	if err := h.p.setSampleGap(0); err != nil {
+		t.Fatal(err)
 	}
 }
 

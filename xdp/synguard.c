@@ -117,15 +117,28 @@ struct src_key {
 };
 
 // A SYN sampled for the engine's counts by source and the attack's pcap:
-// the service's index and the frame's first bytes.
+// the service's index, the frame's length, how many SYNs it stands for
+// and the frame's first bytes.
 #define SAMPLE_EVERY 8
 #define SAMPLE_BYTES 128
 #define SAMPLE_ROOM 256 // a power of two above SAMPLE_BYTES
 struct sample {
 	__u32 svc;
-	__u32 len;
+	__u16 len;
+	__u16 weight; // in the length's upper half of an event's layout
 	__u8 data[SAMPLE_ROOM];
 };
+
+// sample_gap holds the least time between two samples on a CPU, in
+// nanoseconds, written at load (xdp.SampleGap): a faster flood gets
+// heavier samples, not more, so what reading them costs userspace stops
+// growing with the flood.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} sample_gap SEC(".maps");
 
 // The engine's control block, renewed while the engine is healthy. Keys
 // are SipHash keys of epochs epoch_base, +1 and +2; the current epoch is
@@ -385,11 +398,19 @@ static __always_inline void hs_event_submit(struct hs_event *e, const struct flo
 	bpf_ringbuf_submit(e, hs_wake_flags());
 }
 
+// A CPU's way to its next sample: the SYNs it answered or dropped, that
+// count at its last sample, and when the next may be taken.
+struct sample_tick {
+	__u64 syns;
+	__u64 sampled_at;
+	__u64 next_ns;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct sample_tick);
 } sample_tick SEC(".maps");
 
 // The conntrack lookup kfunc and its options (struct bpf_ct_opts, 16
@@ -964,20 +985,31 @@ static __always_inline int list_verdict(struct pkt *p, __u32 svc)
 	return LIST_NONE;
 }
 
-// sample_syn hands every SAMPLE_EVERY-th SYN this CPU answers or drops to
-// userspace, before its bytes are overwritten: the engine counts its
-// source (weighing SAMPLE_EVERY) and an attack's pcap keeps it.
+// sample_syn hands a SYN this CPU answers or drops to userspace, before
+// its bytes are overwritten: the first and every SAMPLE_EVERY-th after
+// it, but none sooner than sample_gap_ns after the last. The engine
+// counts its source, weighing the SYNs since the last sample (this one
+// included), and an attack's pcap keeps it. The clock is read only at
+// every SAMPLE_EVERY-th SYN.
 static __always_inline void sample_syn(void *ctx, enum hook h, struct pkt *p, __u32 svc)
 {
 	__u32 zero = 0;
-	__u64 *tick = bpf_map_lookup_elem(&sample_tick, &zero);
+	struct sample_tick *tick = bpf_map_lookup_elem(&sample_tick, &zero);
 	if (!tick)
 		return;
-	if ((*tick)++ & (SAMPLE_EVERY - 1))
+	if (tick->syns++ & (SAMPLE_EVERY - 1))
 		return;
+	__u64 now = bpf_ktime_get_ns();
+	if (now < tick->next_ns)
+		return;
+	__u64 *gap = bpf_map_lookup_elem(&sample_gap, &zero);
+	__u64 weight = tick->syns - tick->sampled_at;
+	tick->sampled_at = tick->syns;
+	tick->next_ns = now + (gap ? *gap : 0);
 	struct sample *s = bpf_ringbuf_reserve(&samples, sizeof(*s), 0);
 	if (!s)
-		return; // userspace is behind: the sample is lost, not the SYN
+		return; // userspace is behind: the sample is lost, not the SYNs
+	s->weight = weight > 0xffff ? 0xffff : weight;
 	// 64 bits, and a barrier, so that the verifier sees the bound on the
 	// very register the helper gets.
 	__u64 len = sizeof(struct ethhdr) + (__u64)p->ip_len;

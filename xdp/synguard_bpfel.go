@@ -87,6 +87,13 @@ type synguardReplyBuf struct {
 	B [88]uint8
 }
 
+type synguardSampleTick struct {
+	_         structs.HostLayout
+	Syns      uint64
+	SampledAt uint64
+	NextNs    uint64
+}
+
 type synguardSrcKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -134,6 +141,7 @@ const (
 	synguardMapReplayFlows        = "replay_flows"
 	synguardMapReplayScratch      = "replay_scratch"
 	synguardMapReplaySlots        = "replay_slots"
+	synguardMapSampleGap          = "sample_gap"
 	synguardMapSampleTick         = "sample_tick"
 	synguardMapSamples            = "samples"
 	synguardMapServices           = "services"
@@ -205,6 +213,7 @@ type synguardMapSpecs struct {
 	ReplayFlows   *ebpf.MapSpec `ebpf:"replay_flows"`
 	ReplayScratch *ebpf.MapSpec `ebpf:"replay_scratch"`
 	ReplaySlots   *ebpf.MapSpec `ebpf:"replay_slots"`
+	SampleGap     *ebpf.MapSpec `ebpf:"sample_gap"`
 	SampleTick    *ebpf.MapSpec `ebpf:"sample_tick"`
 	Samples       *ebpf.MapSpec `ebpf:"samples"`
 	Services      *ebpf.MapSpec `ebpf:"services"`
@@ -248,6 +257,7 @@ type synguardMaps struct {
 	ReplayFlows   *ebpf.Map `ebpf:"replay_flows"`
 	ReplayScratch *ebpf.Map `ebpf:"replay_scratch"`
 	ReplaySlots   *ebpf.Map `ebpf:"replay_slots"`
+	SampleGap     *ebpf.Map `ebpf:"sample_gap"`
 	SampleTick    *ebpf.Map `ebpf:"sample_tick"`
 	Samples       *ebpf.Map `ebpf:"samples"`
 	Services      *ebpf.Map `ebpf:"services"`
@@ -266,6 +276,7 @@ func (m *synguardMaps) Close() error {
 		m.ReplayFlows,
 		m.ReplayScratch,
 		m.ReplaySlots,
+		m.SampleGap,
 		m.SampleTick,
 		m.Samples,
 		m.Services,

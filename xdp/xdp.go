@@ -174,7 +174,19 @@ func Load() (*Program, error) {
 		p.objs.Close()
 		return nil, err
 	}
+	if err := p.setSampleGap(SampleGap); err != nil {
+		p.Close()
+		return nil, err
+	}
 	return p, nil
+}
+
+// setSampleGap sets the least time between two samples on a CPU.
+func (p *Program) setSampleGap(d time.Duration) error {
+	if err := p.objs.SampleGap.Update(uint32(0), uint64(d.Nanoseconds()), ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("xdp: set the sample gap: %w", err)
+	}
+	return nil
 }
 
 // Attach attaches the fast path to the link named name in mode (auto
