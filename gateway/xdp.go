@@ -374,9 +374,10 @@ func readSamples(ctx context.Context, r sampleRing, use func(xdp.Sample), failed
 	}
 }
 
-// samplePoll is the longest runSamples leaves a ring that has samples.
+// samplePoll is the longest readSamples leaves a ring that has samples.
 // The ring (xdp/synguard.c) holds about 3,850, so 100 ms keeps up with
-// 38,000 samples a second (300,000 SYNs); faster floods shorten it. Each
+// 38,000 samples a second (four CPUs at xdp.SampleGap's most); more
+// shorten it. Each
 // drain is a wake-up, and on a quiet gateway the wake-ups cost more than
 // the samples.
 const samplePoll = 100 * time.Millisecond

@@ -20,7 +20,7 @@ import (
 const SampleEvery = 8
 
 // SampleGap is the least time between two samples on a CPU: 10,000
-// samples a second per CPU at most, which a 80,000 SYN/s flood reaches.
+// samples a second per CPU at most, which an 80,000 SYN/s flood reaches.
 // Past it samples weigh more rather than coming faster, so reading them
 // costs userspace what it costs at that rate, however fast the flood.
 const SampleGap = 100 * time.Microsecond
@@ -204,9 +204,13 @@ func (r *SampleReader) parse(b []byte) (Sample, bool) {
 	}
 	svc := binary.NativeEndian.Uint32(b[0:4])
 	event := svc&sampleEvent != 0
-	n := int(binary.NativeEndian.Uint32(b[4:8]))
-	var weight uint32
-	if !event {
+	var (
+		n      int
+		weight uint32
+	)
+	if event {
+		n = int(binary.NativeEndian.Uint32(b[4:8]))
+	} else {
 		n = int(binary.NativeEndian.Uint16(b[4:6]))
 		weight = uint32(binary.NativeEndian.Uint16(b[6:8]))
 	}

@@ -987,7 +987,7 @@ static __always_inline int list_verdict(struct pkt *p, __u32 svc)
 
 // sample_syn hands a SYN this CPU answers or drops to userspace, before
 // its bytes are overwritten: the first and every SAMPLE_EVERY-th after
-// it, but none sooner than sample_gap_ns after the last. The engine
+// it, but none sooner than sample_gap holds after the last. The engine
 // counts its source, weighing the SYNs since the last sample (this one
 // included), and an attack's pcap keeps it. The clock is read only at
 // every SAMPLE_EVERY-th SYN.
