@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -106,11 +107,11 @@ func Probe(ctx context.Context, ns *netns.NS, target netip.AddrPort, timeout tim
 // the connection, and before the first write the SYN is the only one
 // there has been.
 func synRetransmits(conn net.Conn) (int, error) {
-	tc, ok := conn.(*net.TCPConn)
+	sc, ok := conn.(syscall.Conn)
 	if !ok {
-		return 0, fmt.Errorf("%T is not a TCP connection", conn)
+		return 0, fmt.Errorf("%T is not a socket", conn)
 	}
-	raw, err := tc.SyscallConn()
+	raw, err := sc.SyscallConn()
 	if err != nil {
 		return 0, err
 	}
@@ -217,18 +218,4 @@ func Download(ctx context.Context, ns *netns.NS, target netip.AddrPort, n int64)
 		return sum, got, fmt.Errorf("download %s: got %d bytes, want %d", url, got, n)
 	}
 	return sum, got, nil
-}
-
-// dial connects to target with the socket created inside ns. The connected
-// socket works from any goroutine afterwards.
-func dial(ctx context.Context, ns *netns.NS, target netip.AddrPort) (net.Conn, error) {
-	var (
-		d    net.Dialer
-		conn net.Conn
-	)
-	err := do(ns, func() (err error) {
-		conn, err = d.DialContext(ctx, "tcp", target.String())
-		return err
-	})
-	return conn, err
 }
