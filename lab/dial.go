@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -44,7 +45,11 @@ func dial(ctx context.Context, ns *netns.NS, target netip.AddrPort) (net.Conn, e
 	if err != nil {
 		return nil, dialError(target, err)
 	}
-	c := fc.(*net.TCPConn) // a stream socket of family AF_INET or AF_INET6
+	c, ok := fc.(*net.TCPConn)
+	if !ok {
+		fc.Close()
+		return nil, dialError(target, fmt.Errorf("socket is a %T", fc))
+	}
 	if d, ok := ctx.Deadline(); ok {
 		_ = c.SetWriteDeadline(d)
 	}

@@ -73,9 +73,11 @@
 // and [Listen] set a listen backlog, for backends whose accept queue
 // overflows. [Probe] times one legitimate connection (handshake, then a
 // small verified download: its first byte and its end) and [Download]
-// fetches and checksums a large body. Sockets are created inside the namespace with [netns.NS.Do] and then
-// used from ordinary goroutines. All of these accept a nil namespace,
-// meaning the caller's own.
+// fetches and checksums a large body. Sockets are created inside the
+// namespace with [netns.NS.Do]; a client's connect, and its wait in the
+// network poller, then run from ordinary goroutines, on no thread of
+// their own. All of these accept a nil namespace, meaning the caller's
+// own.
 //
 // # Observing
 //
