@@ -56,7 +56,7 @@ func dial(ctx context.Context, ns *netns.NS, target netip.AddrPort) (net.Conn, e
 	stop := context.AfterFunc(ctx, func() { _ = c.SetWriteDeadline(time.Unix(1, 0)) })
 	err = waitConnected(c)
 	if !stop() {
-		err = errors.Join(ctx.Err(), err)
+		err = ctx.Err() // what moved the deadline
 	}
 	if err != nil {
 		c.Close()
