@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -15,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/synguard/synguard/conntrack"
+	"github.com/synguard/synguard/internal/nstest"
 	"github.com/synguard/synguard/internal/poll"
 	"github.com/synguard/synguard/lab"
 	"github.com/synguard/synguard/lab/netns"
@@ -200,31 +200,15 @@ func TestPortReuseAfterFlowsWithoutEntries(t *testing.T) {
 func closingSockets(t *testing.T, ns *netns.NS, port uint16) int {
 	t.Helper()
 	n := 0
-	if err := ns.Do(func() error {
-		for _, f := range []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"} {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				return err
-			}
-			for _, line := range strings.Split(string(b), "\n")[1:] {
-				fields := strings.Fields(line)
-				if len(fields) < 4 {
-					continue
-				}
-				local, state := fields[1], fields[3]
-				if !strings.HasSuffix(local, fmt.Sprintf(":%04X", port)) {
-					continue
-				}
-				switch state {
-				case "0A", "06", "07": // LISTEN, TIME_WAIT, CLOSE
-				default:
-					n++
-				}
-			}
+	for _, s := range nstest.TCPSockets(t, ns) {
+		if s.LocalPort != port {
+			continue
 		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
+		switch s.State {
+		case nstest.TCPListen, nstest.TCPTimeWait, nstest.TCPClose:
+		default:
+			n++
+		}
 	}
 	return n
 }

@@ -1,7 +1,6 @@
 package lab_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"net/netip"
@@ -108,20 +107,12 @@ func threads(t *testing.T) int {
 	return 0
 }
 
-// synSent counts ns's IPv4 sockets in SYN_SENT.
+// synSent counts ns's sockets in SYN_SENT.
 func synSent(t *testing.T, ns *netns.NS) int {
 	t.Helper()
-	var table []byte
-	if err := ns.Do(func() (err error) {
-		table, err = os.ReadFile("/proc/thread-self/net/tcp")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
 	n := 0
-	for line := range bytes.Lines(table) {
-		// sl local_address rem_address st ...; st 02 is SYN_SENT.
-		if f := bytes.Fields(line); len(f) > 3 && string(f[3]) == "02" {
+	for _, s := range nstest.TCPSockets(t, ns) {
+		if s.State == nstest.TCPSynSent {
 			n++
 		}
 	}
