@@ -47,7 +47,10 @@
 // clients that succeeded, with failures counted by kind, and counts the
 // clients whose SYN their kernel had to retransmit
 // ([lab.ProbeResult.SYNRetransmits]): each one a handshake packet
-// dropped on the way that cost its client at least 1 s.
+// dropped on the way that cost its client at least 1 s. After the floods
+// ([Config.ServerFirst]) every system is measured once more with clients
+// of a protocol whose server speaks first ([lab.ProbeGreeting] against
+// [lab.ServeGreeting]), with the backend's count of the ACKs it rejected.
 //
 // # Scenarios
 //

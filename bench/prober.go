@@ -39,6 +39,10 @@ type ProbeConfig struct {
 	// Timeout bounds one client: connect, request and verified response
 	// (DefaultProbeTimeout when 0).
 	Timeout time.Duration
+	// Greeting makes the clients those of a protocol whose server speaks
+	// first: each sends nothing and reads the server's greeting
+	// (lab.ProbeGreeting); FirstByte is then the greeting's.
+	Greeting bool
 }
 
 // RunProbes starts cfg.Rate legitimate clients per second for cfg.Duration,
@@ -56,6 +60,10 @@ func RunProbes(ctx context.Context, cfg ProbeConfig) (*ProbeTally, error) {
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultProbeTimeout
+	}
+	probe := lab.Probe
+	if cfg.Greeting {
+		probe = lab.ProbeGreeting
 	}
 	tally := &ProbeTally{}
 	var wg sync.WaitGroup
@@ -77,7 +85,7 @@ func RunProbes(ctx context.Context, cfg ProbeConfig) (*ProbeTally, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			tally.Add(lab.Probe(ctx, cfg.NS, cfg.Target, cfg.Timeout))
+			tally.Add(probe(ctx, cfg.NS, cfg.Target, cfg.Timeout))
 		}()
 	}
 	wg.Wait()

@@ -43,6 +43,9 @@ type Report struct {
 	// NoFloodBaseline is the baseline's run without a flood, when the
 	// systems had theirs.
 	NoFloodBaseline *NoFloodBaseline `json:"no_flood_baseline,omitempty"`
+	// ServerFirst is each system's clients of a protocol whose server
+	// speaks first, without a flood (bench --server-first).
+	ServerFirst []ServerFirstRun `json:"server_first,omitempty"`
 }
 
 // NoFloodBaseline is the baseline's run without a flood: the CPU time of
@@ -281,6 +284,37 @@ type NoFloodRun struct {
 	WindowS     float64 `json:"window_s,omitempty"`
 }
 
+// ServerFirstRun is one system's clients of a protocol whose server
+// speaks first (SMTP, SSH, FTP), without a flood: each connects, sends
+// nothing and waits for the backend's greeting (lab.ProbeGreeting), which
+// the backend writes once it has taken the gateway's ACK of its SYN-ACK.
+type ServerFirstRun struct {
+	System System `json:"system"`
+	Queues int    `json:"queues"`
+	// Path is as in NoFloodRun.
+	Path           string  `json:"path"`
+	LegitAttempts  int     `json:"legit_attempts"`
+	LegitOK        int     `json:"legit_ok"`
+	LegitSuccess   float64 `json:"legit_success"`
+	HandshakeP50ms float64 `json:"handshake_p50_ms"`
+	// Greeting* are connect() until the greeting's first byte.
+	GreetingP50ms float64 `json:"greeting_p50_ms"`
+	GreetingP90ms float64 `json:"greeting_p90_ms"`
+	GreetingP99ms float64 `json:"greeting_p99_ms"`
+	// BackendACKsRejected is the ACKs the backend dropped in its
+	// handshakes for echoing a timestamp it never sent (the backend's
+	// TcpExt TSEcrRejected over the run); BackendSYNACKsResent the
+	// SYN-ACKs it sent again (TCPSynRetrans), a second after the first
+	// when no usable ACK came.
+	BackendACKsRejected  uint64         `json:"backend_acks_rejected"`
+	BackendSYNACKsResent uint64         `json:"backend_synacks_resent"`
+	ProbeErrors          map[string]int `json:"probe_errors,omitempty"`
+	OtherLoad            float64        `json:"other_load"`
+	Attempts             int            `json:"attempts"`
+}
+
+func (n ServerFirstRun) variant() variant { return variant{sys: n.System, queues: n.Queues} }
+
 // SYNRetrans is how many legitimate clients' kernels had to send their
 // SYN again in a run: each one's SYN, or the SYN-ACK answering it, was
 // dropped on the way, and the client waited at least its 1 s
@@ -516,6 +550,14 @@ func LoadReport(path string) (*Report, error) {
 			return nil, fmt.Errorf("load report %s: run without a flood %d: %s with %d queues", path, i, n.System, n.Queues)
 		}
 	}
+	for i, n := range r.ServerFirst {
+		if _, err := ParseSystem(string(n.System)); err != nil {
+			return nil, fmt.Errorf("load report %s: server-first run %d: %w", path, i, err)
+		}
+		if (n.System.IsSynguard() && (n.Queues < 1 || n.Queues > MaxQueues)) || (!n.System.IsSynguard() && n.Queues != 0) {
+			return nil, fmt.Errorf("load report %s: server-first run %d: %s with %d queues", path, i, n.System, n.Queues)
+		}
+	}
 	if r.Config.ClientRTTms < 0 || r.Config.MeasuredRTTms < 0 {
 		return nil, fmt.Errorf("load report %s: negative client RTT", path)
 	}
@@ -726,6 +768,7 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 	}
 	b.WriteString("\n")
 	r.writeTTFB(&b)
+	r.writeServerFirst(&b)
 	r.writeRounds(&b)
 
 	b.WriteString("## Reading\n\n")
@@ -948,6 +991,9 @@ func (r *Report) reading() []string {
 		}
 	}
 	if line := r.readTTFB(); line != "" {
+		lines = append(lines, line)
+	}
+	if line := r.readServerFirst(); line != "" {
 		lines = append(lines, line)
 	}
 	if line := r.readShortfall(); line != "" {
@@ -1454,6 +1500,54 @@ const methodClientRTT = `- **Client RTT.** The legitimate clients connect from a
   as always and its replies end there, so it never crosses the relay. Before the floods, each
   system is measured once without one (the time-to-first-byte table's "no flood" rows).
 `
+
+// writeServerFirst writes report.md's section on the clients of a
+// protocol whose server speaks first, when they were measured.
+func (r *Report) writeServerFirst(b *bytes.Buffer) {
+	if len(r.ServerFirst) == 0 {
+		return
+	}
+	b.WriteString("## Clients of a protocol whose server speaks first\n\n")
+	b.WriteString("Each system once more without a flood, the backend now a server that greets first (as SMTP, SSH, FTP and MySQL do): " +
+		"its clients connect, send nothing and wait for the greeting, which the backend writes once it has taken the gateway's ACK of its SYN-ACK. " +
+		"A backend that rejects that ACK (for echoing a timestamp the backend never sent: TcpExt TSEcrRejected) waits for one it can take, " +
+		"and sends its SYN-ACK again a second later (TCPSynRetrans): the greeting then comes a second late. " +
+		"Both counters are the backend's over the run.\n\n")
+	b.WriteString("| system | queues | legit ok | handshake p50 | greeting p50 / p90 / p99 | backend rejected ACKs | backend resent SYN-ACKs |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|\n")
+	rows := slices.Clone(r.ServerFirst)
+	slices.SortStableFunc(rows, func(a, b ServerFirstRun) int { return compareVariants(a.variant(), b.variant()) })
+	for _, n := range rows {
+		queues := "n/a"
+		if n.System.IsSynguard() {
+			queues = fmt.Sprint(n.Queues)
+		}
+		fmt.Fprintf(b, "| %s | %s | %.1f%% (%d/%d) | %s ms | %s / %s / %s ms | %d | %d |\n",
+			n.System, queues, 100*n.LegitSuccess, n.LegitOK, n.LegitAttempts, fmtMS(n.HandshakeP50ms),
+			fmtMS(n.GreetingP50ms), fmtMS(n.GreetingP90ms), fmtMS(n.GreetingP99ms), n.BackendACKsRejected, n.BackendSYNACKsResent)
+	}
+	b.WriteString("\n")
+}
+
+// readServerFirst compares the systems' greeting times, and names the
+// backend's rejected ACKs where there were any; empty without
+// server-first runs.
+func (r *Report) readServerFirst() string {
+	if len(r.ServerFirst) == 0 {
+		return ""
+	}
+	rows := slices.Clone(r.ServerFirst)
+	slices.SortStableFunc(rows, func(a, b ServerFirstRun) int { return compareVariants(a.variant(), b.variant()) })
+	var parts []string
+	for _, n := range rows {
+		part := fmt.Sprintf("%s %s ms", r.label(n.variant()), fmtMS(n.GreetingP50ms))
+		if n.BackendACKsRejected > 0 {
+			part += fmt.Sprintf(" (the backend rejected %d of its ACKs)", n.BackendACKsRejected)
+		}
+		parts = append(parts, part)
+	}
+	return "**A server that speaks first** greeted its clients (p50, connect() to the greeting, no flood): " + strings.Join(parts, ", ") + "."
+}
 
 // writeRounds writes each run's figures round by round, when the rates
 // were measured in several: how far one round's figure moves from the

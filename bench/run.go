@@ -106,6 +106,12 @@ type Config struct {
 	// every system is also measured once without a flood. Their time to
 	// first byte then shows what users feel (at most lab.MaxClientRTT).
 	ClientRTT time.Duration
+	// ServerFirst measures every system once more, without a flood, with
+	// clients of a protocol whose server speaks first (SMTP, SSH): each
+	// connects, sends nothing and waits for the backend's greeting
+	// (lab.ProbeGreeting), which comes only once the backend took the
+	// gateway's ACK (Report.ServerFirst).
+	ServerFirst bool
 }
 
 func (c *Config) setDefaults() {
@@ -213,7 +219,8 @@ const noFlood = -1
 
 // runs counts the runs the benchmark makes: a baseline and each variant
 // at every rate in every round, and as many without a flood when there
-// are such runs (withoutFlood).
+// are such runs (withoutFlood). The server-first runs are not counted:
+// one per variant, without a flood, they do not make a benchmark long.
 func (c *Config) runs() int {
 	n := len(c.Rates) * c.runsPerRate()
 	if c.withoutFlood() {
@@ -316,6 +323,12 @@ type measurement struct {
 	attempts     int // measurements made to get this one (bencher.run)
 	probes       ProbeSummary
 	tally        *ProbeTally // what probes summarizes
+	// backendACKsRejected is ACKs the backend dropped in a handshake for
+	// echoing a timestamp it never sent (TcpExt TSEcrRejected);
+	// backendSYNACKsResent the SYN-ACKs (and SYNs: it sends none) it sent
+	// again (TCPSynRetrans), for want of a usable ACK or because one was
+	// lost. They count every connection the backend saw, the flood's too.
+	backendACKsRejected, backendSYNACKsResent uint64
 
 	// synguard only
 	queueDrops    uint64
@@ -437,7 +450,31 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			rep.Runs = append(rep.Runs, row)
 		}
 	}
+	if cfg.ServerFirst {
+		rows, err := b.serverFirst(ctx)
+		rep.ServerFirst = rows
+		if err != nil {
+			return finish(err)
+		}
+	}
 	return finish(nil)
+}
+
+// serverFirst measures each variant without a flood, with clients that
+// wait for the backend's greeting instead of sending a request.
+func (b *bencher) serverFirst(ctx context.Context) ([]ServerFirstRun, error) {
+	b.greeting = true
+	defer func() { b.greeting = false }()
+	var rows []ServerFirstRun
+	for _, v := range b.cfg.variants() {
+		name := b.cfg.progressName(v) + " greeting"
+		m, err := b.run(ctx, name, func() setup { return b.setupFor(v) }, noFlood)
+		if err != nil {
+			return rows, fmt.Errorf("%s: %w", name, err)
+		}
+		rows = append(rows, serverFirstRow(v, m))
+	}
+	return rows, nil
 }
 
 // pooledRuns are one system's (or the baseline's) measurements at one
@@ -510,6 +547,9 @@ type bencher struct {
 	backendACKs *packetCounter
 	backendOpts BackendOptions
 	labNS       map[uint64]bool // inodes of the lab's namespaces
+	// greeting makes the backend a greeting server and the legitimate
+	// clients wait for its greeting (the server-first runs).
+	greeting bool
 }
 
 // prepare sets up what every run shares: the backend's SYN cookies, the
@@ -571,7 +611,11 @@ func (b *bencher) measureRTT(ctx context.Context) (float64, error) {
 func (b *bencher) restartBackend(ctx context.Context) error {
 	b.closeBackend()
 	bctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	be, err := lab.ServeBackend(bctx, b.lab.Backend, b.service)
+	serve := lab.ServeBackend
+	if b.greeting {
+		serve = lab.ServeGreeting
+	}
+	be, err := serve(bctx, b.lab.Backend, b.service)
 	if err != nil {
 		cancel()
 		return err
@@ -767,11 +811,15 @@ func (b *bencher) measure(ctx context.Context, rate int) (measurement, error) {
 	if err != nil {
 		return m, err
 	}
+	tcp0, err := lab.TCPExt(b.lab.Backend)
+	if err != nil {
+		return m, fmt.Errorf("backend TCP counters: %w", err)
+	}
 	start := time.Now()
 	go func() {
 		t, err := RunProbes(ctx, ProbeConfig{
 			NS: b.lab.LegitClient(), Target: b.service, Rate: b.cfg.ProbeRate,
-			Duration: b.cfg.Duration, Timeout: b.cfg.ProbeTimeout,
+			Duration: b.cfg.Duration, Timeout: b.cfg.ProbeTimeout, Greeting: b.greeting,
 		})
 		probes <- probeResult{t, err}
 	}()
@@ -841,6 +889,12 @@ func (b *bencher) measure(ctx context.Context, rate int) (measurement, error) {
 		return m, fmt.Errorf("legitimate clients: %w", pr.err)
 	}
 	m.tally, m.probes = pr.t, pr.t.Summary()
+	tcp1, err := lab.TCPExt(b.lab.Backend)
+	if err != nil {
+		return m, fmt.Errorf("backend TCP counters: %w", err)
+	}
+	m.backendACKsRejected = tcp1["TSEcrRejected"] - tcp0["TSEcrRejected"]
+	m.backendSYNACKsResent = tcp1["TCPSynRetrans"] - tcp0["TCPSynRetrans"]
 	return m, nil
 }
 
@@ -861,6 +915,8 @@ func (m *measurement) add(o measurement) {
 	m.backendACKs += o.backendACKs
 	m.rx += o.rx
 	m.backlogDrops += o.backlogDrops
+	m.backendACKsRejected += o.backendACKsRejected
+	m.backendSYNACKsResent += o.backendSYNACKsResent
 	m.attempts += o.attempts
 	if m.tally == nil {
 		m.tally = &ProbeTally{}
@@ -983,6 +1039,32 @@ func runRow(v variant, rate int, m, base measurement, q *quietCost, attack Kind)
 	r.EngineSYNs = m.engineSYNs
 	r.CPUusPerSYN, r.MachineCPUusSYN, r.ProcessCPUusSYN = cpu, machine, process
 	return r
+}
+
+// serverFirstRow is a variant's server-first run: its clients waiting
+// for the backend's greeting.
+func serverFirstRow(v variant, m measurement) ServerFirstRun {
+	path := PathKernel
+	if v.sys.IsSynguard() {
+		path = m.path
+	}
+	return ServerFirstRun{
+		System:               v.sys,
+		Queues:               v.queues,
+		Path:                 path,
+		LegitAttempts:        m.probes.Attempts,
+		LegitOK:              m.probes.OK,
+		LegitSuccess:         m.probes.Success,
+		HandshakeP50ms:       ms(m.probes.HandshakeP50),
+		GreetingP50ms:        ms(m.probes.FirstByteP50),
+		GreetingP90ms:        ms(m.probes.FirstByteP90),
+		GreetingP99ms:        ms(m.probes.FirstByteP99),
+		BackendACKsRejected:  m.backendACKsRejected,
+		BackendSYNACKsResent: m.backendSYNACKsResent,
+		ProbeErrors:          m.probes.Errors,
+		OtherLoad:            m.otherShare(),
+		Attempts:             m.attempts,
+	}
 }
 
 // noFloodRow is a variant's run without a flood: its legitimate

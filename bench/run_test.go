@@ -666,3 +666,43 @@ func TestRunRowACKWithoutTheFlood(t *testing.T) {
 		t.Errorf("SYN flood: %.3f µs/SYN, clients %.3f", syn.CPUusPerSYN, syn.ClientsCPUusACK)
 	}
 }
+
+// After its floods the benchmark measures each system with clients that
+// wait for a greeting: synguard's backend takes the gateway's ACK at
+// once, rejecting none and resending no SYN-ACK, for the fast path and
+// the queue alike, and so does the unprotected backend with its own
+// handshake. SYNPROXY's figures are the kernel's and only logged.
+func TestBenchEndToEndServerFirst(t *testing.T) {
+	rep, out := runTinyBench(t, Config{Name: "sgt-greet", Rates: []int{2000}, ServerFirst: true})
+	if len(rep.ServerFirst) != 4 {
+		t.Fatalf("%d server-first runs, want 4: %+v", len(rep.ServerFirst), rep.ServerFirst)
+	}
+	for _, n := range rep.ServerFirst {
+		t.Logf("%s: %d/%d greetings, p50 %.3f ms, p99 %.3f ms; backend rejected %d ACKs, resent %d SYN-ACKs",
+			n.System, n.LegitOK, n.LegitAttempts, n.GreetingP50ms, n.GreetingP99ms, n.BackendACKsRejected, n.BackendSYNACKsResent)
+		if n.LegitAttempts != 20 || n.LegitOK != n.LegitAttempts {
+			t.Errorf("%s: %d of %d greetings; errors %v", n.System, n.LegitOK, n.LegitAttempts, n.ProbeErrors)
+		}
+		if n.GreetingP50ms < n.HandshakeP50ms || n.GreetingP99ms < n.GreetingP50ms {
+			t.Errorf("%s: handshake p50 %.3f ms, greeting p50 %.3f, p99 %.3f", n.System, n.HandshakeP50ms, n.GreetingP50ms, n.GreetingP99ms)
+		}
+		if n.System == Synproxy {
+			continue
+		}
+		if n.BackendACKsRejected != 0 || n.BackendSYNACKsResent != 0 {
+			t.Errorf("%s: the backend rejected %d ACKs and resent %d SYN-ACKs", n.System, n.BackendACKsRejected, n.BackendSYNACKsResent)
+		}
+	}
+	for _, n := range rep.ServerFirst {
+		if n.System == Synguard && n.Path != PathTC || n.System == SynguardNFQueue && n.Path != PathNFQueue {
+			t.Errorf("%s answered on path %q", n.System, n.Path)
+		}
+	}
+	md, err := os.ReadFile(filepath.Join(out, ReportMD))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(md), "## Clients of a protocol whose server speaks first") {
+		t.Errorf("report.md has no server-first section")
+	}
+}

@@ -122,7 +122,8 @@ func sockaddr(ap netip.AddrPort) (int, unix.Sockaddr) {
 	return unix.AF_INET6, &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}
 }
 
-// Backend is the HTTP backend serving in-process.
+// Backend is a lab backend serving in-process: HTTP (ServeBackend) or a
+// greeting (ServeGreeting).
 type Backend struct {
 	addr     netip.AddrPort
 	accepted atomic.Int64
@@ -143,10 +144,11 @@ func ServeBackendBacklog(ctx context.Context, ns *netns.NS, addr netip.AddrPort,
 	if err != nil {
 		return nil, err
 	}
-	return serveBackend(ctx, ln), nil
+	return startBackend(ctx, ln, ServeHTTP), nil
 }
 
-func serveBackend(ctx context.Context, ln net.Listener) *Backend {
+// startBackend runs serve on ln until ctx is done or Close is called.
+func startBackend(ctx context.Context, ln net.Listener, serve func(context.Context, net.Listener) error) *Backend {
 	ctx, cancel := context.WithCancel(ctx)
 	b := &Backend{
 		addr:   ln.Addr().(*net.TCPAddr).AddrPort(),
@@ -156,7 +158,7 @@ func serveBackend(ctx context.Context, ln net.Listener) *Backend {
 	b.addr = netip.AddrPortFrom(b.addr.Addr().Unmap(), b.addr.Port())
 	go func() {
 		defer close(b.done)
-		b.err = ServeHTTP(ctx, &countingListener{Listener: ln, n: &b.accepted})
+		b.err = serve(ctx, &countingListener{Listener: ln, n: &b.accepted})
 	}()
 	return b
 }

@@ -73,7 +73,9 @@
 // and [Listen] set a listen backlog, for backends whose accept queue
 // overflows. [Probe] times one legitimate connection (handshake, then a
 // small verified download: its first byte and its end) and [Download]
-// fetches and checksums a large body. Sockets are created inside the
+// fetches and checksums a large body. [ServeGreeting] is a backend whose
+// server speaks first, as SMTP's does, and [ProbeGreeting] its client,
+// which sends nothing and times the greeting. Sockets are created inside the
 // namespace with [netns.NS.Do]; a client's connect, and its wait in the
 // network poller, then run from ordinary goroutines, on no thread of
 // their own. All of these accept a nil namespace, meaning the caller's
@@ -81,7 +83,9 @@
 //
 // # Observing
 //
-// [ReadLinkCounters] reads an interface's packet counters and [OpenCapture]
+// [TCPExt] reads a namespace's TcpExt counters (such as a backend's
+// TSEcrRejected, the ACKs it dropped for a timestamp echo it never
+// sent). [ReadLinkCounters] reads an interface's packet counters and [OpenCapture]
 // receives copies of the packets crossing one (AF_PACKET), for tests and
 // scenarios that check what was on the wire.
 package lab

@@ -72,6 +72,13 @@ func SYNRetransmitsWithin(d time.Duration) int {
 // content; it notes whether its SYN had to be sent again. Everything is
 // bounded by timeout (DefaultProbeTimeout when not positive) and ctx.
 func Probe(ctx context.Context, ns *netns.NS, target netip.AddrPort, timeout time.Duration) ProbeResult {
+	return probe(ctx, ns, target, timeout, probeRequest)
+}
+
+// probe connects as Probe does and hands the connection to exchange,
+// which returns the bytes it received and whether they were right.
+func probe(ctx context.Context, ns *netns.NS, target netip.AddrPort, timeout time.Duration,
+	exchange func(context.Context, net.Conn, netip.AddrPort) (int64, error)) ProbeResult {
 	if timeout <= 0 {
 		timeout = DefaultProbeTimeout
 	}
@@ -93,7 +100,7 @@ func Probe(ctx context.Context, ns *netns.NS, target netip.AddrPort, timeout tim
 		r.SYNRetransmits = SYNRetransmitsWithin(r.Handshake)
 	}
 	fb := &firstByteConn{Conn: conn}
-	r.Bytes, r.Err = probeRequest(ctx, fb, target)
+	r.Bytes, r.Err = exchange(ctx, fb, target)
 	r.Total = time.Since(start)
 	if !fb.first.IsZero() {
 		r.FirstByte = fb.first.Sub(start)

@@ -80,6 +80,7 @@ func benchConfig(args []string, stdout io.Writer) (bench.Config, error) {
 	ipv6 := fs.Bool("ipv6", false, "run everything over IPv6: service [2001:db8:b::2]:80, flood from 2001:db8:ff00::/40, ip6tables on the gateway")
 	rounds := fs.Int("rounds", bench.DefaultRounds, "`number` of rounds: each rate is measured that many times, the baseline and the systems in turn (in the opposite order every other round), and pooled; the report shows each round too (1 with --quick unless given)")
 	clientRTT := fs.Duration("client-rtt", 0, "put the legitimate clients this round trip away, behind a delay relay (the flood keeps its direct path), measure every system without a flood too, and report the time to first byte (e.g. 20ms; default: next to the gateway)")
+	serverFirst := fs.Bool("server-first", true, "after the floods, measure every system once more without a flood with clients of a protocol whose server speaks first (SMTP, SSH): each waits for the backend's greeting, which comes only once the backend took the gateway's ACK")
 	if err := parseArgs(fs, args); err != nil {
 		return bench.Config{}, err
 	}
@@ -93,6 +94,7 @@ func benchConfig(args []string, stdout io.Writer) (bench.Config, error) {
 		Progress:     stdout,
 		Family:       bench.IPv4,
 		ClientRTT:    *clientRTT,
+		ServerFirst:  *serverFirst,
 	}
 	if *ipv6 {
 		cfg.Family = bench.IPv6

@@ -108,6 +108,29 @@ func TestBenchConfigRounds(t *testing.T) {
 	}
 }
 
+// Every benchmark measures the clients of a server-first protocol after
+// its floods, --quick ones too, unless --server-first=false.
+func TestBenchConfigServerFirst(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want bool
+	}{
+		{nil, true},
+		{[]string{"--quick"}, true},
+		{[]string{"--server-first=false"}, false},
+		{[]string{"--quick", "--server-first=false", "--attack", "ack"}, false},
+	} {
+		cfg, err := benchConfig(tt.args, io.Discard)
+		if err != nil {
+			t.Errorf("%q: %v", tt.args, err)
+			continue
+		}
+		if cfg.ServerFirst != tt.want {
+			t.Errorf("%q: server-first %v, want %v", tt.args, cfg.ServerFirst, tt.want)
+		}
+	}
+}
+
 // --ipv6 runs the benchmark over IPv6; without it, IPv4 as always. It
 // combines with every other flag.
 func TestBenchConfigFamily(t *testing.T) {
