@@ -966,19 +966,24 @@ func without(x, quiet measurement) time.Duration {
 	return x.ours - time.Duration(float64(quiet.ours)*float64(x.window)/float64(quiet.window))
 }
 
+// pathOf is the path a run of variant v took: synguard's, as its fast
+// path's verdicts say (measurement.path); the kernel's for the others.
+func (m measurement) pathOf(v variant) string {
+	if v.sys.IsSynguard() {
+		return m.path
+	}
+	return PathKernel
+}
+
 // runRow makes the report's row of a run of variant v at rate against its
 // baseline. With q (a forged-ACK flood), CPU µs/ACK counts what the
 // system and the baseline spent beyond their runs without a flood: the
 // flood's cost, not the legitimate clients' (ClientsCPUusACK).
 func runRow(v variant, rate int, m, base measurement, q *quietCost, attack Kind) RunResult {
-	path := PathKernel
-	if v.sys.IsSynguard() {
-		path = m.path
-	}
 	r := RunResult{
 		System:          v.sys,
 		Queues:          v.queues,
-		Path:            path,
+		Path:            m.pathOf(v),
 		TargetPPS:       rate,
 		DurationS:       m.flood.Elapsed.Seconds(),
 		SendErrors:      m.flood.Errors,
@@ -1044,14 +1049,10 @@ func runRow(v variant, rate int, m, base measurement, q *quietCost, attack Kind)
 // serverFirstRow is a variant's server-first run: its clients waiting
 // for the backend's greeting.
 func serverFirstRow(v variant, m measurement) ServerFirstRun {
-	path := PathKernel
-	if v.sys.IsSynguard() {
-		path = m.path
-	}
 	return ServerFirstRun{
 		System:               v.sys,
 		Queues:               v.queues,
-		Path:                 path,
+		Path:                 m.pathOf(v),
 		LegitAttempts:        m.probes.Attempts,
 		LegitOK:              m.probes.OK,
 		LegitSuccess:         m.probes.Success,
@@ -1070,14 +1071,10 @@ func serverFirstRow(v variant, m measurement) ServerFirstRun {
 // noFloodRow is a variant's run without a flood: its legitimate
 // clients alone.
 func noFloodRow(v variant, m measurement) NoFloodRun {
-	path := PathKernel
-	if v.sys.IsSynguard() {
-		path = m.path
-	}
 	return NoFloodRun{
 		System:          v.sys,
 		Queues:          v.queues,
-		Path:            path,
+		Path:            m.pathOf(v),
 		LegitAttempts:   m.probes.Attempts,
 		LegitOK:         m.probes.OK,
 		LegitSuccess:    m.probes.Success,
