@@ -596,6 +596,13 @@ func (r *Report) sortedRuns() []RunResult {
 	return runs
 }
 
+// sortedServerFirst is the server-first runs in the systems' order.
+func (r *Report) sortedServerFirst() []ServerFirstRun {
+	rows := slices.Clone(r.ServerFirst)
+	slices.SortStableFunc(rows, func(a, b ServerFirstRun) int { return compareVariants(a.variant(), b.variant()) })
+	return rows
+}
+
 func compareVariants(a, b variant) int {
 	return cmp.Or(cmp.Compare(systemIndex(a.sys), systemIndex(b.sys)), cmp.Compare(a.queues, b.queues))
 }
@@ -1515,9 +1522,7 @@ func (r *Report) writeServerFirst(b *bytes.Buffer) {
 		"Both counters are the backend's over the run.\n\n")
 	b.WriteString("| system | queues | legit ok | handshake p50 | greeting p50 / p90 / p99 | backend rejected ACKs | backend resent SYN-ACKs |\n")
 	b.WriteString("|---|---:|---:|---:|---:|---:|---:|\n")
-	rows := slices.Clone(r.ServerFirst)
-	slices.SortStableFunc(rows, func(a, b ServerFirstRun) int { return compareVariants(a.variant(), b.variant()) })
-	for _, n := range rows {
+	for _, n := range r.sortedServerFirst() {
 		queues := "n/a"
 		if n.System.IsSynguard() {
 			queues = fmt.Sprint(n.Queues)
@@ -1536,10 +1541,8 @@ func (r *Report) readServerFirst() string {
 	if len(r.ServerFirst) == 0 {
 		return ""
 	}
-	rows := slices.Clone(r.ServerFirst)
-	slices.SortStableFunc(rows, func(a, b ServerFirstRun) int { return compareVariants(a.variant(), b.variant()) })
 	var parts []string
-	for _, n := range rows {
+	for _, n := range r.sortedServerFirst() {
 		part := fmt.Sprintf("%s %s ms", r.label(n.variant()), fmtMS(n.GreetingP50ms))
 		if n.BackendACKsRejected > 0 {
 			part += fmt.Sprintf(" (the backend rejected %d of its ACKs)", n.BackendACKsRejected)

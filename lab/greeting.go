@@ -93,12 +93,7 @@ func ProbeGreeting(ctx context.Context, ns *netns.NS, target netip.AddrPort, tim
 	return probe(ctx, ns, target, timeout, readGreeting)
 }
 
-func readGreeting(ctx context.Context, conn net.Conn, _ netip.AddrPort) (int64, error) {
-	if d, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(d)
-	}
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
+func readGreeting(conn net.Conn, _ netip.AddrPort) (int64, error) {
 	buf := make([]byte, len(Greeting))
 	n, err := io.ReadFull(conn, buf)
 	if err != nil {

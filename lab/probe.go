@@ -76,9 +76,10 @@ func Probe(ctx context.Context, ns *netns.NS, target netip.AddrPort, timeout tim
 }
 
 // probe connects as Probe does and hands the connection to exchange,
-// which returns the bytes it received and whether they were right.
+// which returns the bytes it received and whether they were right; its
+// I/O is bounded by ctx's deadline and ended by ctx's cancellation.
 func probe(ctx context.Context, ns *netns.NS, target netip.AddrPort, timeout time.Duration,
-	exchange func(context.Context, net.Conn, netip.AddrPort) (int64, error)) ProbeResult {
+	exchange func(net.Conn, netip.AddrPort) (int64, error)) ProbeResult {
 	if timeout <= 0 {
 		timeout = DefaultProbeTimeout
 	}
@@ -99,8 +100,14 @@ func probe(ctx context.Context, ns *netns.NS, target netip.AddrPort, timeout tim
 	if r.SYNRetransmits, err = synRetransmits(conn); err != nil {
 		r.SYNRetransmits = SYNRetransmitsWithin(r.Handshake)
 	}
+	if d, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(d)
+	}
+	// Cancellation interrupts blocked I/O by moving the deadline.
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
 	fb := &firstByteConn{Conn: conn}
-	r.Bytes, r.Err = exchange(ctx, fb, target)
+	r.Bytes, r.Err = exchange(fb, target)
 	r.Total = time.Since(start)
 	if !fb.first.IsZero() {
 		r.FirstByte = fb.first.Sub(start)
@@ -137,14 +144,7 @@ func synRetransmits(conn net.Conn) (int, error) {
 	return int(info.Total_retrans), nil
 }
 
-func probeRequest(ctx context.Context, conn net.Conn, target netip.AddrPort) (int64, error) {
-	if d, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(d)
-	}
-	// Cancellation interrupts blocked I/O by moving the deadline.
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-
+func probeRequest(conn net.Conn, target netip.AddrPort) (int64, error) {
 	req := "GET /bytes/" + strconv.Itoa(ProbeBytes) + " HTTP/1.1\r\nHost: " + target.String() +
 		"\r\nUser-Agent: synguard-probe\r\nConnection: close\r\n\r\n"
 	if _, err := io.WriteString(conn, req); err != nil {
