@@ -25,6 +25,7 @@ import (
 	"github.com/synguard/synguard/internal/poll"
 	"github.com/synguard/synguard/lab"
 	"github.com/synguard/synguard/lab/netns"
+	"github.com/synguard/synguard/nfq"
 	"github.com/synguard/synguard/packet"
 )
 
@@ -121,6 +122,38 @@ func (g *gateway) alive() bool {
 		return false
 	default:
 		return true
+	}
+}
+
+// stallUntilFull stops the gateway's process (SIGSTOP), as a machine
+// that gives it no CPU would, until the kernel's queue number queue is
+// full: it holds nfq.DefaultMaxQueueLen packets, or dropped one. Then the
+// gateway goes on (SIGCONT). A test that must overflow a queue stalls the
+// gateway under its flood: on a machine with cores to spare the engine
+// drains even two generators at their maximum.
+func (g *gateway) stallUntilFull(queue uint16) {
+	g.t.Helper()
+	p := g.cmd.Process
+	if err := p.Signal(syscall.SIGSTOP); err != nil {
+		g.t.Fatalf("stop gateway: %v", err)
+	}
+	defer func() {
+		if err := p.Signal(syscall.SIGCONT); err != nil {
+			g.t.Errorf("resume gateway: %v", err)
+		}
+	}()
+	var last nfq.KernelQueueStats
+	full := poll.Until(10*time.Second, func() bool {
+		for _, q := range kernelQueues(g.t, g.ns) {
+			if q.Queue == queue {
+				last = q
+				return q.Waiting >= nfq.DefaultMaxQueueLen || q.QueueDropped+q.UserDropped > 0
+			}
+		}
+		return false
+	})
+	if !full {
+		g.t.Fatalf("queue %d not full 10 s into the gateway's stall: %+v", queue, last)
 	}
 }
 

@@ -152,7 +152,8 @@ func TestCrashKeepsFlowsRestartCleansUp(t *testing.T) {
 }
 
 // TestQueueOverflow floods one queue with two generators at their
-// maximum, past what the engine drains. With --fail closed the kernel drops the
+// maximum and stalls the gateway under them until the queue is full
+// (stallUntilFull), so that it overflows on any machine. With --fail closed the kernel drops the
 // excess, counts it, and no spoofed SYN reaches the backend. With --fail
 // open the kernel lets the excess through unseen (and counts it nowhere;
 // docs/architecture.md, "Queues and fail-open"), so spoofed SYNs do reach
@@ -171,11 +172,10 @@ func TestQueueOverflow(t *testing.T) {
 			g := startGateway(t, topo.Gateway, "--protect", service.String(), "--mode", "always", "--fail", fail, "--xdp", "off")
 			g.waitStarted()
 
-			// Two generators at their maximum, so that the engine, which
-			// shares the machine's two cores with them, falls behind.
 			const count = 2 * 300_000
 			wait1 := flood(t, topo.Client, service, 0, count/2, 3*time.Second)
 			wait2 := flood(t, topo.Client, service, 0, count/2, 3*time.Second)
+			g.stallUntilFull(0)
 			out := wait1() + wait2()
 			// Only what the engine counted once it was done with the
 			// flood tells whether it fell behind, and only what the
