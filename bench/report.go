@@ -371,6 +371,9 @@ type Baseline struct {
 	TTFBP50ms      float64 `json:"ttfb_p50_ms,omitempty"`
 	TTFBP90ms      float64 `json:"ttfb_p90_ms,omitempty"`
 	TTFBP99ms      float64 `json:"ttfb_p99_ms,omitempty"`
+	// TotalP50ms is their request p50, what the reading holds each
+	// system's against (absent from reports recorded before it).
+	TotalP50ms float64 `json:"request_p50_ms,omitempty"`
 	// LegitSYNRetrans is as in RunResult.
 	LegitSYNRetrans *SYNRetrans `json:"legit_syn_retrans,omitempty"`
 	BacklogDrops    uint64      `json:"backlog_drops"`
@@ -997,6 +1000,9 @@ func (r *Report) reading() []string {
 			}
 		}
 	}
+	if line := r.readAgainstSynproxy(); line != "" {
+		lines = append(lines, line)
+	}
 	if line := r.readTTFB(); line != "" {
 		lines = append(lines, line)
 	}
@@ -1039,6 +1045,63 @@ func (r *Report) reading() []string {
 		lines = append(lines, line)
 	}
 	return lines
+}
+
+// readAgainstSynproxy sets each system's request p50 against SYNPROXY's,
+// rate by rate, beside the baseline's: the same clients with nothing
+// answering the flood, what a gateway that cost nothing would get. How
+// far the baseline's ratio strays from 1 is how far this run's ratios
+// move for reasons of the machine. Empty without SYNPROXY's runs or the
+// baselines' request p50 (reports recorded before it).
+func (r *Report) readAgainstSynproxy() string {
+	proxy := make(map[int]float64)
+	for _, run := range r.Runs {
+		if run.System == Synproxy && run.TotalP50ms > 0 {
+			proxy[run.TargetPPS] = run.TotalP50ms
+		}
+	}
+	base := make(map[int]float64)
+	for _, b := range r.Baselines {
+		if _, ok := proxy[b.TargetPPS]; ok && b.TotalP50ms > 0 {
+			base[b.TargetPPS] = b.TotalP50ms
+		}
+	}
+	if len(base) == 0 {
+		return ""
+	}
+	rates := slices.SortedFunc(maps.Keys(proxy), func(a, b int) int { return cmp.Compare(rateKey(a), rateKey(b)) })
+	names := make([]string, len(rates))
+	for i, rate := range rates {
+		names[i] = rateName(rate)
+	}
+	ratios := func(p50 func(rate int) (float64, bool)) string {
+		out := make([]string, len(rates))
+		for i, rate := range rates {
+			out[i] = "n/a"
+			if v, ok := p50(rate); ok && v > 0 {
+				out[i] = fmt.Sprintf("%.2f", v/proxy[rate])
+			}
+		}
+		return strings.Join(out, ", ")
+	}
+	var parts []string
+	for _, v := range r.variants() {
+		if v.sys == Synproxy {
+			continue
+		}
+		parts = append(parts, r.label(v)+" "+ratios(func(rate int) (float64, bool) {
+			i := slices.IndexFunc(r.Runs, func(run RunResult) bool { return run.variant() == v && run.TargetPPS == rate })
+			if i < 0 {
+				return 0, false
+			}
+			return r.Runs[i].TotalP50ms, true
+		}))
+	}
+	parts = append(parts, "the baseline "+ratios(func(rate int) (float64, bool) { v, ok := base[rate]; return v, ok }))
+	return fmt.Sprintf("**Request p50 against SYNPROXY's** (at %s): %s. The baseline's clients are the same, with the flood "+
+		"dropped before anything answers it: a gateway that cost nothing would get its figures, so how far its ratios "+
+		"stray from 1 is how far this run moves a ratio for reasons of the machine, not of the system.",
+		strings.Join(names, ", "), strings.Join(parts, "; "))
 }
 
 // readQueues compares one synguard system's queue counts at the highest

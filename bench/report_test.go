@@ -392,6 +392,46 @@ func TestReading(t *testing.T) {
 	}
 }
 
+// The reading sets each system's request p50 against SYNPROXY's, rate
+// by rate, beside the baseline's, which a report recorded before the
+// baselines' request p50 lacks.
+func TestReadingAgainstSynproxy(t *testing.T) {
+	rep := &Report{
+		Runs: []RunResult{
+			{System: Synguard, Queues: 1, TargetPPS: 0, TotalP50ms: 0.63},
+			{System: Synguard, Queues: 1, TargetPPS: 10_000, TotalP50ms: 0.66},
+			{System: Synproxy, TargetPPS: 10_000, TotalP50ms: 0.60},
+			{System: Synproxy, TargetPPS: 0, TotalP50ms: 0.70},
+			{System: None, TargetPPS: 10_000, TotalP50ms: 0.9},
+		},
+		Baselines: []Baseline{
+			{TargetPPS: 0, TotalP50ms: 0.77},
+			{TargetPPS: 10_000, TotalP50ms: 0.57},
+		},
+	}
+	want := "**Request p50 against SYNPROXY's** (at 10000/s, max): synguard 1.10, 0.90; none 1.50, n/a; the baseline 0.95, 1.10."
+	if got := rep.readAgainstSynproxy(); !strings.HasPrefix(got, want) {
+		t.Errorf("reading:\n%s\nwant it to begin:\n%s", got, want)
+	}
+	if !slices.ContainsFunc(rep.reading(), func(line string) bool { return strings.HasPrefix(line, want) }) {
+		t.Errorf("reading lacks the comparison:\n%s", strings.Join(rep.reading(), "\n"))
+	}
+	dir, again := rewrite(t, rep)
+	if got := again.readAgainstSynproxy(); !strings.HasPrefix(got, want) {
+		t.Errorf("read back from %s: %s", dir, got)
+	}
+	old := *rep
+	old.Baselines = []Baseline{{TargetPPS: 0}, {TargetPPS: 10_000}}
+	if got := old.readAgainstSynproxy(); got != "" {
+		t.Errorf("baselines without a request p50: %s", got)
+	}
+	old = *rep
+	old.Runs = slices.DeleteFunc(slices.Clone(rep.Runs), func(run RunResult) bool { return run.System == Synproxy })
+	if got := old.readAgainstSynproxy(); got != "" {
+		t.Errorf("without SYNPROXY: %s", got)
+	}
+}
+
 // The reading compares queue counts at the highest load, from the numbers.
 func TestReadingQueues(t *testing.T) {
 	rep := &Report{Machine: Machine{CPUs: 2}, Runs: []RunResult{

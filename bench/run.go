@@ -1109,6 +1109,7 @@ func baselineRow(rate int, m measurement, attack Kind) Baseline {
 		TTFBP50ms:       ms(m.probes.FirstByteP50),
 		TTFBP90ms:       ms(m.probes.FirstByteP90),
 		TTFBP99ms:       ms(m.probes.FirstByteP99),
+		TotalP50ms:      ms(m.probes.TotalP50),
 		LegitSYNRetrans: synRetrans(m.probes),
 		BacklogDrops:    m.backlogDrops,
 		OtherLoad:       m.otherShare(),

@@ -339,8 +339,8 @@ func TestBenchEndToEndRounds(t *testing.T) {
 			t.Errorf("%s: pooled request p50 %.3f ms outside its rounds' %.3f–%.3f", r.System, r.TotalP50ms, lo, hi)
 		}
 	}
-	if base := rep.Baselines[0]; base.SYNsSent != 2*perRound || base.LegitAttempts != 2*20 {
-		t.Errorf("baseline pooled %d SYNs and %d clients", base.SYNsSent, base.LegitAttempts)
+	if base := rep.Baselines[0]; base.SYNsSent != 2*perRound || base.LegitAttempts != 2*20 || base.TotalP50ms <= 0 {
+		t.Errorf("baseline pooled %d SYNs and %d clients, request p50 %.3f ms", base.SYNsSent, base.LegitAttempts, base.TotalP50ms)
 	}
 	md, err := os.ReadFile(filepath.Join(out, ReportMD))
 	if err != nil {
@@ -348,6 +348,12 @@ func TestBenchEndToEndRounds(t *testing.T) {
 	}
 	if !strings.Contains(string(md), "## Rounds") {
 		t.Errorf("report.md has no Rounds section")
+	}
+	// The reading sets synguard's request p50 against SYNPROXY's beside
+	// the baseline's.
+	if !strings.Contains(string(md), "**Request p50 against SYNPROXY's** (at 2000/s): synguard ") ||
+		!strings.Contains(string(md), "; the baseline ") {
+		t.Errorf("report.md's reading does not set synguard and the baseline against SYNPROXY:\n%s", md)
 	}
 }
 

@@ -96,8 +96,12 @@ func BenchmarkLegitUnderFlood(b *testing.B) {
 		at := "@" + legitRateName(rate)
 		b.ReportMetric(sg.requestP50, "synguard-request-p50-ms"+at)
 		b.ReportMetric(sp.requestP50, "synproxy-request-p50-ms"+at)
+		// The baseline's clients meet nothing but plain forwarding: how
+		// far its ratio strays from 1 is this run's noise.
+		base := baselineRequestP50(rep.Baselines, rate)
 		if sp.requestP50 > 0 {
 			b.ReportMetric(sg.requestP50/sp.requestP50, "request-p50-synguard/synproxy"+at)
+			b.ReportMetric(base/sp.requestP50, "request-p50-baseline/synproxy"+at)
 		}
 		b.ReportMetric(sg.handshakeP99, "synguard-handshake-p99-ms"+at)
 		b.ReportMetric(sp.handshakeP99, "synproxy-handshake-p99-ms"+at)
@@ -105,9 +109,10 @@ func BenchmarkLegitUnderFlood(b *testing.B) {
 		b.ReportMetric(float64(sp.retrans), "synproxy-legit-syn-retrans"+at)
 		b.ReportMetric(100*sg.retransShare(), "synguard-%legit-syn-retrans"+at)
 		b.ReportMetric(100*sg.success(), "synguard-%legit-ok"+at)
-		fmt.Fprintf(&summary, "%s: request p50 synguard %.2f ms, SYNPROXY %.2f ms (%.2f×); handshake p99 synguard %.2f ms, SYNPROXY %.2f ms; "+
+		fmt.Fprintf(&summary, "%s: request p50 synguard %.2f ms, SYNPROXY %.2f ms (%.2f×; the baseline %.2f ms, %.2f×); "+
+			"handshake p99 synguard %.2f ms, SYNPROXY %.2f ms; "+
 			"SYN retransmitted: synguard %d of %d clients, SYNPROXY %d of %d; ok: synguard %d, SYNPROXY %d\n",
-			legitRateName(rate), sg.requestP50, sp.requestP50, sg.requestP50/sp.requestP50, sg.handshakeP99, sp.handshakeP99,
+			legitRateName(rate), sg.requestP50, sp.requestP50, sg.requestP50/sp.requestP50, base, base/sp.requestP50, sg.handshakeP99, sp.handshakeP99,
 			sg.retrans, sg.attempts, sp.retrans, sp.attempts, sg.ok, sp.ok)
 		if sp.requestP50 > 0 {
 			worstRatio = max(worstRatio, sg.requestP50/sp.requestP50)
@@ -166,12 +171,20 @@ func legitFigures(runs []bench.RunResult, sys bench.System, rate int) legitRun {
 			l.retrans += r.LegitSYNRetrans.Clients
 		}
 	}
-	if len(p50s) > 0 {
-		slices.Sort(p50s)
-		n := len(p50s)
-		l.requestP50 = (p50s[(n-1)/2] + p50s[n/2]) / 2
-	}
+	l.requestP50 = median(p50s)
 	return l
+}
+
+// baselineRequestP50 is the median over the rounds of the baselines'
+// request p50 at one rate, ms.
+func baselineRequestP50(bases []bench.Baseline, rate int) float64 {
+	var p50s []float64
+	for _, base := range bases {
+		if base.TargetPPS == rate {
+			p50s = append(p50s, base.TotalP50ms)
+		}
+	}
+	return median(p50s)
 }
 
 // parseLegitRates reads -legit.rates: SYN/s, or max (0) for as fast as

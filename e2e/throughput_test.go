@@ -292,8 +292,13 @@ func iptables(b *testing.B, topo *lab.Topology, args []string) {
 	}
 }
 
-func median(v []float64) float64 {
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	return s[len(s)/2]
+// median is the middle of vs (the mean of the two middle ones for an
+// even count), 0 for none.
+func median(vs []float64) float64 {
+	if len(vs) == 0 {
+		return 0
+	}
+	vs = slices.Sorted(slices.Values(vs))
+	n := len(vs)
+	return (vs[(n-1)/2] + vs[n/2]) / 2
 }
