@@ -129,7 +129,7 @@ func (g *gateway) alive() bool {
 // that gives it no CPU would, until the kernel's queue number queue is
 // full: it holds nfq.DefaultMaxQueueLen packets, or dropped one. Then the
 // gateway goes on (SIGCONT). A test that must overflow a queue stalls the
-// gateway under its flood: on a machine with cores to spare the engine
+// gateway under its flood: on a fast enough machine the engine
 // drains even two generators at their maximum.
 func (g *gateway) stallUntilFull(queue uint16) {
 	g.t.Helper()
