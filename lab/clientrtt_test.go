@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net/netip"
+	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strings"
@@ -219,14 +220,20 @@ func TestClientRTTFloodKeepsItsDirectPath(t *testing.T) {
 
 // Down stops the relay and removes all five namespaces; an Up that fails
 // on a taken relay or remote name removes what it made and leaves the
-// taken one.
+// taken one. While the relay runs the process has a P more for each of
+// its two sending threads, which hold one as they sleep, and Down takes
+// them back.
 func TestClientRTTCleanup(t *testing.T) {
 	roottest.Require(t)
 	ctx := context.Background()
+	procs := runtime.GOMAXPROCS(0)
 	name := labName("rttdown")
 	topo, err := lab.Up(ctx, lab.Config{Name: name, ClientRTT: clientRTT})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if got := runtime.GOMAXPROCS(0); got != procs+2 {
+		t.Errorf("GOMAXPROCS %d with the relay running, want %d: a P for each sending thread", got, procs+2)
 	}
 	nss := topo.Namespaces()
 	if len(nss) != 5 {
@@ -249,6 +256,9 @@ func TestClientRTTCleanup(t *testing.T) {
 	}
 	if err := topo.Down(ctx); err != nil {
 		t.Fatalf("second Down: %v", err)
+	}
+	if got := runtime.GOMAXPROCS(0); got != procs {
+		t.Errorf("GOMAXPROCS %d after Down, want %d as before Up", got, procs)
 	}
 
 	for _, suffix := range []string{lab.RelaySuffix, lab.RemoteSuffix} {
