@@ -360,6 +360,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
 	started := time.Now()
+	defer setProcs(2 * runtime.NumCPU())()
 	// An IPv4 benchmark turns IPv6 off, so that nothing but its own
 	// traffic (such as neighbour discovery) runs in the lab.
 	fam := familyNet(cfg.Family)
@@ -475,6 +476,24 @@ func (b *bencher) serverFirst(ctx context.Context) ([]ServerFirstRun, error) {
 		rows = append(rows, serverFirstRow(v, m))
 	}
 	return rows, nil
+}
+
+// setProcs sets GOMAXPROCS to n and returns what puts it back. The
+// benchmark's process is three parties at once that outside the lab are
+// processes of their own: the flood's sender, the legitimate clients and
+// the backend. With as many Ps as CPUs, a client or the backend, ready
+// to run, waited for a P that the sender held through its system calls
+// or its packet building until the runtime's monitor took it back; how
+// long depends on the system under test, whose work for the flood runs
+// inside the sender's system calls. With twice as many, the kernel alone
+// shares the CPUs among them, as it does among separate processes. (Two
+// alternated pairs on a 2-CPU VM, --rates 25000,100000,200000 --rounds
+// 3: synguard's request p50 against SYNPROXY's 0.96–1.09× with 4 Ps,
+// 1.03–1.18× with 2, lower at every rate of both pairs; synguard's own
+// fell by 6–23%, SYNPROXY's by -2 to 13%.)
+func setProcs(n int) (restore func()) {
+	was := runtime.GOMAXPROCS(n)
+	return func() { runtime.GOMAXPROCS(was) }
 }
 
 // pooledRuns are one system's (or the baseline's) measurements at one

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -305,8 +306,14 @@ func TestBenchEndToEndIPv6(t *testing.T) {
 // its rounds and lists them.
 func TestBenchEndToEndRounds(t *testing.T) {
 	var progress strings.Builder
+	procs, during := runtime.GOMAXPROCS(0), &procsSeen{}
 	rep, out := runTinyBench(t, Config{Name: "sgt-benchrnd", Rates: []int{2000}, Systems: []System{Synguard, Synproxy},
-		Rounds: 2, MaxAttempts: 1, Progress: io.MultiWriter(logWriter{t}, &progress)})
+		Rounds: 2, MaxAttempts: 1, Progress: io.MultiWriter(logWriter{t}, &progress, during)})
+	// The sender, the clients and the backend share the process: it has
+	// twice as many Ps as CPUs while it runs, and as many as before after.
+	if want := []int{2 * runtime.NumCPU()}; !slices.Equal(during.seen, want) || runtime.GOMAXPROCS(0) != procs {
+		t.Errorf("GOMAXPROCS %v during the run and %d after, want %v and %d", during.seen, runtime.GOMAXPROCS(0), want, procs)
+	}
 	if len(rep.Runs) != 2 || len(rep.Baselines) != 1 || rep.Config.Rounds != 2 {
 		t.Fatalf("%d runs, %d baselines, %d rounds recorded; want 2, 1, 2", len(rep.Runs), len(rep.Baselines), rep.Config.Rounds)
 	}
@@ -711,4 +718,14 @@ func TestBenchEndToEndServerFirst(t *testing.T) {
 	if !strings.Contains(string(md), "## Clients of a protocol whose server speaks first") {
 		t.Errorf("report.md has no server-first section")
 	}
+}
+
+// procsSeen records the values of GOMAXPROCS it saw at each write.
+type procsSeen struct{ seen []int }
+
+func (p *procsSeen) Write(b []byte) (int, error) {
+	if n := runtime.GOMAXPROCS(0); !slices.Contains(p.seen, n) {
+		p.seen = append(p.seen, n)
+	}
+	return len(b), nil
 }
