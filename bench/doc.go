@@ -72,6 +72,10 @@
 // (legitimate clients' cookie ACKs and established flows), which a sweep
 // over them then shows. Before each run the backend is restarted and the
 // gateway's conntrack table flushed, so no run inherits another's state.
+// The flood's sender, the legitimate clients and the backend are this
+// process's goroutines; [Run] gives it twice as many Ps as CPUs, so that
+// none waits for a P another holds and the kernel alone shares the CPUs,
+// as among the separate processes they are outside the lab (setProcs).
 // A run floods from the client namespace while legitimate clients
 // connect, and reads:
 //
